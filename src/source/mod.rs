@@ -1,0 +1,139 @@
+//! Where series come from: a Prometheus server over HTTP ([`prometheus`]) or a replayed CSV
+//! trace ([`replay`]), behind one [`Source`] trait.
+//!
+//! A source answers range queries on a step grid. It never invents data: a query that
+//! matches nothing is [`SourceError::Empty`], not a series of zeros, and non-finite samples
+//! (NaN, ±Inf) are dropped, leaving gaps that the forecasters fill.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::series::Sample;
+
+pub mod prometheus;
+pub mod replay;
+
+/// A boxed future, so that [`Source`] can be held as `Arc<dyn Source>`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Series grouped by the value of one label (e.g. `instance`).
+pub type Grouped = BTreeMap<String, Vec<Sample>>;
+
+/// A provider of step-aligned series.
+pub trait Source: Send + Sync {
+    /// The one series `query` gives over `[start, end]` (Unix seconds, inclusive) at `step`
+    /// seconds. Samples are step-aligned, sorted and finite. More than one series is an
+    /// error; none is [`SourceError::Empty`].
+    fn range<'a>(
+        &'a self,
+        query: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>>;
+
+    /// The series `query` gives, keyed by the value of `label` (e.g. per `instance`).
+    /// A series without that label is an error; no series is [`SourceError::Empty`].
+    fn range_by<'a>(
+        &'a self,
+        query: &'a str,
+        label: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Grouped, SourceError>>;
+}
+
+/// Why a query gave no usable series. Every variant names the query.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    /// The query matched no series in the range.
+    #[error("query `{query}` matched no series")]
+    Empty {
+        /// The query.
+        query: String,
+    },
+    /// One series was expected, several came back.
+    #[error("query `{query}` returned {count} series; expected exactly one (aggregate it, e.g. with sum())")]
+    ManySeries {
+        /// The query.
+        query: String,
+        /// How many series.
+        count: usize,
+    },
+    /// A series lacked the label to group by.
+    #[error("query `{query}` returned a series without the label `{label}`; expected every series to carry it")]
+    MissingLabel {
+        /// The query.
+        query: String,
+        /// The label.
+        label: String,
+    },
+    /// Prometheus answered `status: "error"`; its message is passed on.
+    #[error("Prometheus refused query `{query}`: {error_type}: {message}")]
+    Prometheus {
+        /// The query.
+        query: String,
+        /// Prometheus' `errorType` (e.g. `bad_data`, `timeout`).
+        error_type: String,
+        /// Prometheus' `error` message.
+        message: String,
+    },
+    /// A non-success HTTP status without a Prometheus error body.
+    #[error("query `{query}`: HTTP {status} from {url}: {body}")]
+    Http {
+        /// The query.
+        query: String,
+        /// The URL asked.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
+    /// The request timed out.
+    #[error("query `{query}`: no answer from {url} within {timeout_ms} ms")]
+    Timeout {
+        /// The query.
+        query: String,
+        /// The URL asked.
+        url: String,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The server could not be reached (refused, reset, DNS).
+    #[error("query `{query}`: cannot reach {url}: {message}")]
+    Unreachable {
+        /// The query.
+        query: String,
+        /// The URL asked.
+        url: String,
+        /// The transport error.
+        message: String,
+    },
+    /// The answer was not the expected JSON.
+    #[error("query `{query}`: unreadable answer: {message}")]
+    Decode {
+        /// The query.
+        query: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl SourceError {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Empty { .. } => "empty",
+            Self::ManySeries { .. } => "many_series",
+            Self::MissingLabel { .. } => "missing_label",
+            Self::Prometheus { .. } => "prometheus_error",
+            Self::Http { .. } => "http",
+            Self::Timeout { .. } => "timeout",
+            Self::Unreachable { .. } => "unreachable",
+            Self::Decode { .. } => "decode",
+        }
+    }
+}

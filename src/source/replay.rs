@@ -1,0 +1,1 @@
+//! A replayed CSV trace (placeholder, filled in by the pipeline work).
