@@ -1,1 +1,235 @@
-//! A replayed CSV trace (placeholder, filled in by the pipeline work).
+//! A replayed CSV trace behind the [`Source`] interface, for backtests and the demo.
+//!
+//! The trace format is the one in `shared/traces`: a header `timestamp_seconds,value`, one
+//! row per bucket, the value being the number of requests in the bucket that starts at the
+//! timestamp. Missing rows are gaps, never zeros.
+
+use std::path::{Path, PathBuf};
+
+use super::{BoxFuture, Grouped, Source, SourceError};
+use crate::series::Sample;
+
+/// Why a trace could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// The file could not be opened or read.
+    #[error("{file}: {message}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A row is malformed.
+    #[error("{file}:{line}: {message}; expected `timestamp_seconds,value` with numbers")]
+    Row {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The trace cannot be put on a regular grid.
+    #[error("{file}: {message}")]
+    Shape {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A trace on a regular grid: `counts[i]` requests in the bucket `[start + i·step, +step)`;
+/// `NaN` where the trace has no row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// Start of the first bucket, Unix s.
+    pub start: i64,
+    /// Bucket length, seconds.
+    pub step: i64,
+    /// Requests per bucket; `NaN` for a missing bucket.
+    pub counts: Vec<f64>,
+}
+
+impl Trace {
+    /// Reads a trace file.
+    pub fn load(path: &Path) -> Result<Self, TraceError> {
+        let file = || path.to_owned();
+        let mut reader = csv::Reader::from_path(path).map_err(|e| TraceError::Read { file: file(), message: e.to_string() })?;
+        let mut rows: Vec<(i64, f64)> = Vec::new();
+        for (k, record) in reader.records().enumerate() {
+            let line = k as u64 + 2;
+            let record = record.map_err(|e| TraceError::Row { file: file(), line, message: e.to_string() })?;
+            let field = |i: usize| record.get(i).map(str::trim).unwrap_or("");
+            let ts: f64 = field(0)
+                .parse()
+                .map_err(|_| TraceError::Row { file: file(), line, message: format!("bad timestamp `{}`", field(0)) })?;
+            let value: f64 = field(1)
+                .parse()
+                .map_err(|_| TraceError::Row { file: file(), line, message: format!("bad value `{}`", field(1)) })?;
+            if !ts.is_finite() || !value.is_finite() || value < 0.0 {
+                return Err(TraceError::Row { file: file(), line, message: "non-finite or negative number".into() });
+            }
+            if let Some(&(prev, _)) = rows.last()
+                && ts as i64 <= prev
+            {
+                return Err(TraceError::Row { file: file(), line, message: format!("timestamp {ts} is not after {prev}; expected sorted rows") });
+            }
+            rows.push((ts as i64, value));
+        }
+        Self::from_rows(&rows).map_err(|message| TraceError::Shape { file: file(), message })
+    }
+
+    /// Puts sorted `(timestamp, count)` rows on a grid whose step is the most common gap.
+    pub fn from_rows(rows: &[(i64, f64)]) -> Result<Self, String> {
+        if rows.len() < 2 {
+            return Err(format!("{} row(s); expected at least two", rows.len()));
+        }
+        let mut gaps: Vec<i64> = rows.windows(2).take(1000).map(|w| w[1].0 - w[0].0).collect();
+        gaps.sort_unstable();
+        // The most common gap (the smaller on a tie): missing rows only make gaps longer.
+        let step = gaps
+            .chunk_by(|a, b| a == b)
+            .max_by(|a, b| a.len().cmp(&b.len()).then(b[0].cmp(&a[0])))
+            .map_or(1, |run| run[0]);
+        let start = rows[0].0;
+        let n = ((rows[rows.len() - 1].0 - start) / step) as usize + 1;
+        let mut counts = vec![f64::NAN; n];
+        for &(ts, v) in rows {
+            if (ts - start) % step != 0 {
+                return Err(format!("timestamp {ts} is off the {step}s grid starting at {start}"));
+            }
+            counts[((ts - start) / step) as usize] = v;
+        }
+        Ok(Self { start, step, counts })
+    }
+
+    /// Start of bucket `i`.
+    pub fn timestamp(&self, i: usize) -> i64 {
+        self.start + i as i64 * self.step
+    }
+
+    /// Requests/s in bucket `i` (`NaN` when missing).
+    pub fn rps(&self, i: usize) -> f64 {
+        self.counts[i] / self.step as f64
+    }
+
+    /// The first `n` buckets as a trace.
+    pub fn truncated(&self, n: usize) -> Self {
+        Self { start: self.start, step: self.step, counts: self.counts[..n.min(self.counts.len())].to_vec() }
+    }
+}
+
+/// A [`Source`] that answers every query with the trace's request rate, its timestamps moved
+/// by `offset` seconds. As with a Prometheus rate, the sample at `t` is the rate over the
+/// bucket that ended at `t`, so a bucket is visible only once it has ended.
+#[derive(Debug, Clone)]
+pub struct ReplaySource {
+    trace: Trace,
+    offset: i64,
+}
+
+impl ReplaySource {
+    /// Replays `trace` with timestamps moved by `offset` seconds.
+    pub fn new(trace: Trace, offset: i64) -> Self {
+        Self { trace, offset }
+    }
+
+    /// The samples in `[start, end]` at `step` (a multiple of the trace step; buckets are
+    /// averaged), without gaps.
+    pub fn samples(&self, start: i64, end: i64, step: i64) -> Result<Vec<Sample>, String> {
+        let ts = self.trace.step;
+        if step <= 0 || step % ts != 0 {
+            return Err(format!("step {step}s is not a multiple of the trace's {ts}s"));
+        }
+        let per = (step / ts) as usize;
+        let first_end = self.trace.start + self.offset + ts;
+        let mut out = Vec::new();
+        // Sample times are multiples of `step`; each averages the `per` buckets ending there.
+        let mut t = crate::series::align_down(start.max(first_end), step);
+        if t < start.max(first_end) {
+            t += step;
+        }
+        while t <= end {
+            let last = (t - first_end) / ts; // index of the bucket ending at t
+            if last >= self.trace.counts.len() as i64 {
+                break;
+            }
+            if last + 1 >= per as i64 {
+                let lo = (last + 1) as usize - per;
+                let window = &self.trace.counts[lo..=last as usize];
+                if window.iter().all(|v| v.is_finite()) {
+                    let mean = window.iter().sum::<f64>() / per as f64 / ts as f64;
+                    out.push(Sample { ts: t, value: mean });
+                }
+            }
+            t += step;
+        }
+        Ok(out)
+    }
+
+    fn answer(&self, query: &str, start: i64, end: i64, step: i64) -> Result<Vec<Sample>, SourceError> {
+        let samples = self
+            .samples(start, end, step)
+            .map_err(|message| SourceError::Decode { query: query.to_owned(), message })?;
+        if samples.is_empty() {
+            return Err(SourceError::Empty { query: query.to_owned() });
+        }
+        Ok(samples)
+    }
+}
+
+impl Source for ReplaySource {
+    fn range<'a>(&'a self, query: &'a str, start: i64, end: i64, step: i64) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
+        Box::pin(async move { self.answer(query, start, end, step) })
+    }
+
+    fn range_by<'a>(&'a self, query: &'a str, _label: &'a str, start: i64, end: i64, step: i64) -> BoxFuture<'a, Result<Grouped, SourceError>> {
+        Box::pin(async move { Ok(Grouped::from([("replay".to_owned(), self.answer(query, start, end, step)?)])) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_go_on_a_grid_with_gaps() {
+        let t = Trace::from_rows(&[(0, 60.0), (60, 120.0), (180, 30.0)]).unwrap();
+        assert_eq!((t.start, t.step, t.counts.len()), (0, 60, 4));
+        assert!(t.counts[2].is_nan());
+        assert_eq!(t.rps(1), 2.0);
+    }
+
+    #[test]
+    fn bad_traces_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |body: &str, want: &str| {
+            let p = dir.path().join("t.csv");
+            std::fs::write(&p, body).unwrap();
+            let e = Trace::load(&p).unwrap_err().to_string();
+            assert!(e.contains("t.csv") && e.contains(want), "{e}");
+        };
+        check("timestamp_seconds,value\n0,1\n60,x\n", ":3: bad value `x`");
+        check("timestamp_seconds,value\n60,1\n0,1\n", "not after");
+        check("timestamp_seconds,value\n0,1\n", "at least two");
+        check("timestamp_seconds,value\n0,1\n60,2\n120,2\n150,1\n", "off the 60s grid");
+    }
+
+    #[test]
+    fn replay_shows_a_bucket_once_it_has_ended() {
+        let t = Trace::from_rows(&[(0, 60.0), (60, 120.0), (120, f64::NAN), (180, 240.0)]).unwrap();
+        let src = ReplaySource::new(t, 1020);
+        let s = src.samples(0, 1260, 60).unwrap();
+        let got: Vec<(i64, f64)> = s.iter().map(|s| (s.ts, s.value)).collect();
+        // Bucket [1020,1080) ends at 1080; the missing bucket leaves a gap at 1200.
+        assert_eq!(got, [(1080, 1.0), (1140, 2.0), (1260, 4.0)]);
+        let whole = Trace::from_rows(&[(0, 60.0), (60, 120.0), (120, 180.0)]).unwrap();
+        let coarse = ReplaySource::new(whole, 0).samples(0, 1000, 120).unwrap();
+        assert_eq!(coarse, [Sample { ts: 120, value: 1.5 }]);
+        let s = src.samples(1100, 1150, 60).unwrap();
+        assert_eq!(s.len(), 1);
+        assert!(src.samples(0, 2000, 90).is_err());
+    }
+}
