@@ -119,7 +119,6 @@ pub(crate) fn quantile(xs: &mut [f64], q: f64) -> Option<f64> {
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;
     let (_, &mut lo_v, _) = xs.select_nth_unstable_by(lo, f64::total_cmp);
-    let lo_v = lo_v;
     if hi == lo {
         return Some(lo_v);
     }
