@@ -4,28 +4,92 @@
 //! pipeline produced:
 //!
 //! - [`config`]: the TOML file, validated once into [`config::Config`].
-//! - [`source`]: where series come from (Prometheus, or a replayed CSV trace).
+//! - [`source`]: where series come from: Prometheus over HTTP, or a replayed CSV trace.
 //! - [`series`]: step-aligned samples in bounded buffers.
+//! - [`forecast`]: pure; a series and `now` in, a forecast with intervals out.
+//! - [`decide`]: pure; forecast, observations, policy and `now` in, a decision with reasons out.
+//! - [`act`]: where decisions go: signed webhooks to the platform and the balancer.
+//! - [`pipeline`]: the per-target loop that strings the four together on the wall clock.
+//! - [`store`]: the one shared handle on state; [`api`] serves it over HTTP.
+//! - [`simulate`]: backtests, the same forecast and decide code on a virtual clock.
+//! - [`metrics`], [`telemetry`]: prescale's own metrics and logs.
 
+pub mod act;
+pub mod api;
 pub mod config;
-pub mod series;
-pub mod source;
 pub mod decide;
 pub mod forecast;
-pub mod act;
+pub mod metrics;
+pub mod pipeline;
+pub mod series;
 pub mod simulate;
+pub mod source;
+pub mod store;
 pub mod telemetry;
 
 use std::future::Future;
+use std::sync::Arc;
 
-/// Runs the pipeline and the HTTP API until `shutdown` completes.
+/// Runs the pipeline for every target and the HTTP API on `listener` until `shutdown`
+/// completes, then stops every task and returns.
 pub async fn serve(
     config: config::Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let _ = (config, listener);
+    use anyhow::Context;
+    let prom = config
+        .prometheus
+        .as_ref()
+        .with_context(|| format!("{}: key `prometheus`: missing; expected a [prometheus] table with `url`", config.file.display()))?;
+    let source: Arc<dyn source::Source> = Arc::new(source::prometheus::PrometheusClient::new(prom)?);
+    serve_with(config, source, listener, shutdown).await
+}
+
+/// [`serve`] over any [`source::Source`] (a replayed trace, say).
+pub async fn serve_with(
+    config: config::Config,
+    source: Arc<dyn source::Source>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let store = store::Store::new(&config.targets, metrics::Metrics::new());
+    let sender = Arc::new(act::webhook::WebhookSender::new(config.delivery).context("building the webhook client")?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in &config.targets {
+        let (scale_tx, scale_rx) = tokio::sync::watch::channel(None);
+        let (rebalance_tx, rebalance_rx) = tokio::sync::watch::channel(None);
+        for (hook, rx) in [(&t.platform, scale_rx), (&t.balancer, rebalance_rx)] {
+            if let Some(hook) = hook {
+                let task = pipeline::deliver_loop(sender.clone(), hook.clone(), store.clone(), rx, stop_rx.clone());
+                tasks.spawn(task);
+            }
+        }
+        let target_loop = pipeline::TargetLoop {
+            target: Arc::new(t.clone()),
+            source: source.clone(),
+            store: store.clone(),
+            level: config.forecast.level,
+            scale_tx,
+            rebalance_tx,
+        };
+        tasks.spawn(target_loop.run(stop_rx.clone()));
+    }
+    let addr = listener.local_addr().context("reading the listen address")?;
+    tracing::info!(%addr, targets = config.targets.len(), "serving");
+    let app = api::router(store);
+    let mut stop = stop_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.changed().await;
+    });
+    let server = tokio::spawn(async move { server.await });
     shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    server.await.context("HTTP server task")?.context("HTTP server")?;
     Ok(())
 }
 

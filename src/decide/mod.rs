@@ -7,6 +7,8 @@
 //! recommended within the stabilisation window (Kubernetes HPA semantics), and is refused
 //! while the data is missing or stale.
 
+pub mod balance;
+
 use std::collections::VecDeque;
 
 use serde::Serialize;

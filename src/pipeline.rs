@@ -1,0 +1,293 @@
+//! The live loop of one target: poll → forecast → decide → act, every `interval`.
+//!
+//! At start each signal is backfilled over `history`; afterwards only what is new since the
+//! newest sample is fetched (a gap left by an outage is fetched again when the source
+//! returns). Forecasting and deciding are the pure functions of [`crate::forecast`] and
+//! [`crate::decide`], called with the wall clock's `now`. Actions go to a delivery task per
+//! receiver through a `watch` channel, so a slow receiver never delays polling and a newer
+//! action replaces one not yet picked up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::act::webhook::WebhookSender;
+use crate::act::{Action, RebalanceAction, ScaleAction};
+use crate::config::{Mode, TargetConfig, WebhookConfig};
+use crate::decide::{self, Observed, Policy, balance};
+use crate::forecast::{self, History};
+use crate::metrics::{DecisionLabels, DeliveryLabels, PollLabels, SignalLabels, TargetLabels};
+use crate::series::{Sample, align_down};
+use crate::source::{Source, SourceError};
+use crate::store::{DecisionRecord, DeliveryRecord, InstanceStats, Signal, Store};
+
+/// A weight must move by more than this before a rebalance is sent.
+const REBALANCE_THRESHOLD: u32 = 10;
+/// Steps of per-instance history fetched each cycle (the newest value is used).
+const INSTANCE_WINDOW_STEPS: i64 = 5;
+
+/// The wall clock in Unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Polls, forecasts, decides and hands actions to the delivery tasks for one target.
+pub struct TargetLoop {
+    /// The target.
+    pub target: Arc<TargetConfig>,
+    /// Where series come from.
+    pub source: Arc<dyn Source>,
+    /// Shared state.
+    pub store: Store,
+    /// Prediction-interval level.
+    pub level: f64,
+    /// Scale actions for the platform's delivery task.
+    pub scale_tx: watch::Sender<Option<Action>>,
+    /// Rebalance actions for the balancer's delivery task.
+    pub rebalance_tx: watch::Sender<Option<Action>>,
+}
+
+impl TargetLoop {
+    /// Runs one cycle immediately, then one every `interval`, until `shutdown` flips.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.target.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            // A cycle is bounded by the source's timeouts; stop waiting for it on shutdown.
+            tokio::select! {
+                () = self.cycle(unix_now()) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        debug!(target = %self.target.name, "target loop stopped");
+    }
+
+    /// One poll → forecast → decide → act pass at `now`.
+    pub async fn cycle(&self, now: i64) {
+        let signals = Signal::configured(&self.target);
+        for (signal, query) in signals {
+            match signal {
+                Signal::InstanceRate | Signal::InstanceLatency => self.poll_instances(signal, query, now).await,
+                _ => self.poll(signal, query, now).await,
+            }
+        }
+        self.decide(now);
+    }
+
+    async fn poll(&self, signal: Signal, query: &str, now: i64) {
+        let t = &self.target;
+        let step = t.step_secs();
+        let end = align_down(now, step);
+        let earliest = align_down(now - t.history.as_secs() as i64, step);
+        let newest = self.store.target(&t.name).and_then(|s| s.signals.get(&signal).and_then(|h| h.newest));
+        let start = newest.map_or(earliest, |n| (n + step).max(earliest));
+        if start > end {
+            return;
+        }
+        let result = self.timed(signal, self.source.range(query, start, end, step)).await;
+        let Some(mut state) = self.store.target(&t.name) else { return };
+        let age_metric = self.store.metrics().sample_age.get_or_create(&self.signal_labels(signal)).clone();
+        match result {
+            Ok(samples) => {
+                let added = state.series_mut(signal).map_or(0, |s| s.extend(samples.iter().copied()));
+                let newest = state.series_mut(signal).and_then(|s| s.last()).map(|s| s.ts);
+                if signal == Signal::RequestRate && !state.backfilled {
+                    state.backfilled = true;
+                    info!(target = %t.name, points = added, "backfilled");
+                }
+                if signal == Signal::Replicas
+                    && let Some(last) = samples.last()
+                {
+                    state.replicas = last.value.round().clamp(0.0, f64::from(u32::MAX)) as u32;
+                }
+                let h = state.signals.entry(signal).or_default();
+                h.newest = newest.or(h.newest);
+                h.last_poll = Some(now);
+                h.error = None;
+                if let Some(n) = h.newest {
+                    age_metric.set((now - n) as f64);
+                }
+                debug!(target = %t.name, signal = signal.as_str(), added, "polled");
+            }
+            Err(e) => {
+                let h = state.signals.entry(signal).or_default();
+                h.last_poll = Some(now);
+                h.error = Some(e.to_string());
+                if let Some(n) = h.newest {
+                    age_metric.set((now - n) as f64);
+                }
+                warn!(target = %t.name, signal = signal.as_str(), error = %e, "poll failed");
+            }
+        }
+    }
+
+    async fn poll_instances(&self, signal: Signal, query: &str, now: i64) {
+        let t = &self.target;
+        let step = t.step_secs();
+        let end = align_down(now, step);
+        let start = end - INSTANCE_WINDOW_STEPS * step;
+        let result = self.timed(signal, self.source.range_by(query, "instance", start, end, step)).await;
+        let Some(mut state) = self.store.target(&t.name) else { return };
+        let h = state.signals.entry(signal).or_default();
+        h.last_poll = Some(now);
+        match result {
+            Ok(grouped) => {
+                h.error = None;
+                h.newest = grouped.values().filter_map(|s| s.last().map(|s| s.ts)).max().or(h.newest);
+                let latest: BTreeMap<String, f64> =
+                    grouped.into_iter().filter_map(|(k, s)| s.last().map(|s| (k, s.value))).collect();
+                state.instances.retain(|k, _| latest.contains_key(k));
+                for (instance, value) in latest {
+                    let stats = state.instances.entry(instance).or_insert_with(InstanceStats::default);
+                    match signal {
+                        Signal::InstanceLatency => stats.latency = Some(value),
+                        _ => stats.rate = Some(value),
+                    }
+                }
+            }
+            Err(e) => {
+                h.error = Some(e.to_string());
+                warn!(target = %t.name, signal = signal.as_str(), error = %e, "poll failed");
+            }
+        }
+    }
+
+    /// Awaits a query, counting it and its duration.
+    async fn timed<T>(
+        &self,
+        signal: Signal,
+        fut: impl Future<Output = Result<T, SourceError>>,
+    ) -> Result<T, SourceError> {
+        let started = Instant::now();
+        let result = fut.await;
+        let m = self.store.metrics();
+        m.poll_duration.get_or_create(&self.signal_labels(signal)).observe(started.elapsed().as_secs_f64());
+        let outcome = result.as_ref().map_or_else(|e| e.metric_label(), |_| "ok");
+        m.polls
+            .get_or_create(&PollLabels {
+                target: self.target.name.clone(),
+                signal: signal.as_str().to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        result
+    }
+
+    fn signal_labels(&self, signal: Signal) -> SignalLabels {
+        SignalLabels { target: self.target.name.clone(), signal: signal.as_str().to_owned() }
+    }
+
+    /// Forecasts and decides from the stored state; sends what changed.
+    fn decide(&self, now: i64) {
+        let t = &self.target;
+        let policy = Policy::of(t);
+        let Some(mut state) = self.store.target(&t.name) else { return };
+        let degraded = state.degraded_reasons(now);
+        let grid = state.rate.to_grid();
+        let forecast = grid.as_ref().and_then(|(start, values)| {
+            let history = History { start: *start, step: t.step_secs(), values };
+            forecast::forecast(history, now, policy.lookahead, self.level).ok()
+        });
+        let fresh = |s: Option<Sample>| s.filter(|s| now - s.ts <= t.stale_after.as_secs() as i64);
+        let observed = Observed {
+            replicas: state.replicas,
+            demand_rps: fresh(state.rate.last()).map(|s| s.value),
+            degraded: !degraded.is_empty(),
+        };
+        let decision = decide::decide(&policy, forecast.as_ref(), observed, &mut state.decide_state, now);
+        if t.queries.replicas.is_none() {
+            // Without a replicas query, the count asked for is taken as the count running.
+            state.replicas = decision.to;
+        }
+
+        let m = self.store.metrics();
+        let labels = TargetLabels { target: t.name.clone() };
+        m.desired_replicas.get_or_create(&labels).set(i64::from(decision.to));
+        m.degraded.get_or_create(&labels).set(i64::from(!degraded.is_empty()));
+        let direction = match decision.to.cmp(&decision.from) {
+            std::cmp::Ordering::Greater => "up",
+            std::cmp::Ordering::Less => "down",
+            std::cmp::Ordering::Equal => "hold",
+        };
+        m.decisions
+            .get_or_create(&DecisionLabels {
+                target: t.name.clone(),
+                direction: direction.to_owned(),
+                reason: decision.reasons.first().map_or("", |r| r.code).to_owned(),
+            })
+            .inc();
+
+        let model = forecast.as_ref().map(|f| f.model);
+        if decision.is_change() {
+            info!(target = %t.name, from = decision.from, to = decision.to, reasons = %decision.reason_codes(), "scale decision");
+            if t.mode == Mode::Act {
+                let action = Action::Scale(ScaleAction::from_decision(&t.name, &decision, model));
+                self.scale_tx.send_replace(Some(action));
+            }
+        }
+        let weights = balance::weights(&state.instances);
+        if !weights.is_empty() && balance::changed(&state.weights, &weights, REBALANCE_THRESHOLD) {
+            info!(target = %t.name, instances = weights.len(), "rebalance");
+            state.weights = weights.clone();
+            if t.mode == Mode::Act {
+                let action = Action::Rebalance(RebalanceAction { target: t.name.clone(), weights, issued_at: now });
+                self.rebalance_tx.send_replace(Some(action));
+            }
+        }
+        state.forecast = forecast;
+        state.last_decision = Some(decision.clone());
+        drop(state);
+        self.store.record_decision(DecisionRecord { target: t.name.clone(), decision, mode: t.mode });
+    }
+}
+
+/// Delivers the newest action from `rx` to `hook`, one at a time, until `shutdown` flips.
+pub async fn deliver_loop(
+    sender: Arc<WebhookSender>,
+    hook: WebhookConfig,
+    store: Store,
+    mut rx: watch::Receiver<Option<Action>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+        let Some(action) = rx.borrow_and_update().clone() else { continue };
+        let result = tokio::select! {
+            r = sender.deliver(&hook, &action) => r,
+            _ = shutdown.changed() => break,
+        };
+        let (outcome, attempts, error) = match &result {
+            Ok(d) => (d.outcome_label(), d.attempts, None),
+            Err(e) => (e.outcome_label(), e.attempts(), Some(e.to_string())),
+        };
+        store
+            .metrics()
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                target: action.target().to_owned(),
+                kind: action.kind().to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        if let Some(mut state) = store.target(action.target()) {
+            state.last_delivery = Some(DeliveryRecord {
+                kind: action.kind(),
+                idempotency_key: action.idempotency_key(),
+                outcome,
+                attempts,
+                error,
+                at: unix_now(),
+            });
+        }
+    }
+}

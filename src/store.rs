@@ -1,0 +1,261 @@
+//! The one shared handle on the pipeline's state: series, health, forecasts, decisions and
+//! deliveries per target. The pipeline writes it; the HTTP API reads it.
+//!
+//! Locks are `std::sync::Mutex`es held only for short, synchronous sections and never across
+//! an `.await` (the guards are not `Send`, so the compiler enforces it): forecasting a
+//! target copies its grid out first.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use crate::config::{Mode, TargetConfig};
+pub use crate::decide::balance::InstanceStats;
+use crate::decide::{DecideState, Decision};
+use crate::forecast::Forecast;
+use crate::metrics::Metrics;
+use crate::series::Series;
+
+/// How many decisions the log keeps, across targets.
+const DECISION_LOG: usize = 10_000;
+
+/// A signal of a target: the name used in metrics, the API and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// Requests/s.
+    RequestRate,
+    /// Latency, seconds.
+    Latency,
+    /// Replica count.
+    Replicas,
+    /// Requests/s per instance.
+    InstanceRate,
+    /// Latency per instance.
+    InstanceLatency,
+}
+
+impl Signal {
+    /// The name, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RequestRate => "request_rate",
+            Self::Latency => "latency",
+            Self::Replicas => "replicas",
+            Self::InstanceRate => "instance_rate",
+            Self::InstanceLatency => "instance_latency",
+        }
+    }
+
+    /// The signals a target's configuration asks for, with their queries.
+    pub fn configured(t: &TargetConfig) -> Vec<(Signal, &str)> {
+        let q = &t.queries;
+        [
+            (Self::RequestRate, Some(q.request_rate.as_str())),
+            (Self::Latency, q.latency.as_deref()),
+            (Self::Replicas, q.replicas.as_deref()),
+            (Self::InstanceRate, q.instance_rate.as_deref()),
+            (Self::InstanceLatency, q.instance_latency.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(s, q)| q.map(|q| (s, q)))
+        .collect()
+    }
+}
+
+/// What is known of one signal's freshness.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SignalHealth {
+    /// Timestamp of the newest sample (Unix s).
+    pub newest: Option<i64>,
+    /// When it was last polled (Unix s).
+    pub last_poll: Option<i64>,
+    /// The last poll's error, if it failed.
+    pub error: Option<String>,
+}
+
+/// The outcome of the last webhook delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRecord {
+    /// `scale` or `rebalance`.
+    pub kind: &'static str,
+    /// The action's idempotency key.
+    pub idempotency_key: String,
+    /// `delivered`, `rejected` or `gave_up`.
+    pub outcome: &'static str,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The error, when not delivered.
+    pub error: Option<String>,
+    /// When it ended (Unix s).
+    pub at: i64,
+}
+
+/// A decision in the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord {
+    /// The target.
+    pub target: String,
+    /// The decision.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// Whether it was to be sent (`act`) or only shown (`forecast-only`).
+    pub mode: Mode,
+}
+
+/// Everything known of one target.
+#[derive(Debug)]
+pub struct TargetState {
+    /// Its configuration.
+    pub config: Arc<TargetConfig>,
+    /// Request rate, requests/s.
+    pub rate: Series,
+    /// Latency, seconds.
+    pub latency: Series,
+    /// Observed replica counts.
+    pub replica_series: Series,
+    /// Freshness per configured signal.
+    pub signals: BTreeMap<Signal, SignalHealth>,
+    /// Whether the request rate has been backfilled.
+    pub backfilled: bool,
+    /// Replicas now: observed when a `replicas` query is configured and fresh, else the
+    /// last count asked for (at start: `min_replicas`).
+    pub replicas: u32,
+    /// The forecast the last decision used.
+    pub forecast: Option<Forecast>,
+    /// Stabilisation memory of the decision engine.
+    pub decide_state: DecideState,
+    /// The last decision.
+    pub last_decision: Option<Decision>,
+    /// The latest per-instance observations.
+    pub instances: BTreeMap<String, InstanceStats>,
+    /// The last balancer weights computed.
+    pub weights: BTreeMap<String, u32>,
+    /// The last delivery outcome.
+    pub last_delivery: Option<DeliveryRecord>,
+}
+
+impl TargetState {
+    fn new(config: Arc<TargetConfig>) -> Self {
+        let step = config.step_secs();
+        let cap = config.history_points();
+        let signals = Signal::configured(&config).into_iter().map(|(s, _)| (s, SignalHealth::default())).collect();
+        Self {
+            rate: Series::new(step, cap),
+            latency: Series::new(step, cap),
+            replica_series: Series::new(step, cap),
+            signals,
+            backfilled: false,
+            replicas: config.min_replicas,
+            forecast: None,
+            decide_state: DecideState::default(),
+            last_decision: None,
+            instances: BTreeMap::new(),
+            weights: BTreeMap::new(),
+            last_delivery: None,
+            config,
+        }
+    }
+
+    /// The buffer of a signal that keeps one series (not the per-instance ones).
+    pub fn series_mut(&mut self, signal: Signal) -> Option<&mut Series> {
+        match signal {
+            Signal::RequestRate => Some(&mut self.rate),
+            Signal::Latency => Some(&mut self.latency),
+            Signal::Replicas => Some(&mut self.replica_series),
+            Signal::InstanceRate | Signal::InstanceLatency => None,
+        }
+    }
+
+    /// Why the target is degraded at `now`: one line per missing, failing or stale signal;
+    /// empty when healthy.
+    pub fn degraded_reasons(&self, now: i64) -> Vec<String> {
+        let stale_after = self.config.stale_after.as_secs() as i64;
+        let mut out = Vec::new();
+        for (signal, h) in &self.signals {
+            let name = signal.as_str();
+            match (h.newest, &h.error) {
+                (_, Some(e)) => out.push(format!("{name}: {e}")),
+                (None, None) => out.push(format!("{name}: no data yet")),
+                (Some(ts), None) if now - ts > stale_after => {
+                    out.push(format!("{name}: stale, newest sample {}s old (stale_after {stale_after}s)", now - ts))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// `ok`, `degraded` or `backfilling`.
+    pub fn status(&self, now: i64) -> &'static str {
+        if !self.backfilled {
+            "backfilling"
+        } else if self.degraded_reasons(now).is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        }
+    }
+}
+
+/// The shared state; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Fixed at start: the set of targets never changes while running.
+    targets: BTreeMap<String, Mutex<TargetState>>,
+    /// Newest last.
+    decisions: Mutex<VecDeque<DecisionRecord>>,
+    metrics: Metrics,
+}
+
+impl Store {
+    /// A store for these targets.
+    pub fn new(targets: &[TargetConfig], metrics: Metrics) -> Self {
+        let targets = targets
+            .iter()
+            .map(|t| (t.name.clone(), Mutex::new(TargetState::new(Arc::new(t.clone())))))
+            .collect();
+        Self { inner: Arc::new(Inner { targets, decisions: Mutex::new(VecDeque::new()), metrics }) }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Target names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.inner.targets.keys().map(String::as_str)
+    }
+
+    /// Locks one target's state; `None` for an unknown name. Hold it briefly.
+    pub fn target(&self, name: &str) -> Option<MutexGuard<'_, TargetState>> {
+        self.inner.targets.get(name).map(|m| lock(m))
+    }
+
+    /// Appends a decision to the log.
+    pub fn record_decision(&self, record: DecisionRecord) {
+        let mut log = lock(&self.inner.decisions);
+        log.push_back(record);
+        while log.len() > DECISION_LOG {
+            log.pop_front();
+        }
+    }
+
+    /// Up to `limit` decisions, newest first, optionally of one target.
+    pub fn decisions(&self, target: Option<&str>, limit: usize) -> Vec<DecisionRecord> {
+        let log = lock(&self.inner.decisions);
+        log.iter().rev().filter(|d| target.is_none_or(|t| d.target == t)).take(limit).cloned().collect()
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: state is updated in small steps that leave it
+/// consistent, so a panic elsewhere must not take the API down with it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
