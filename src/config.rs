@@ -467,7 +467,10 @@ impl Validator<'_> {
         }
         let delivery = self.delivery(raw.delivery)?;
         if raw.targets.is_empty() {
-            return Err(self.err("target", "no target; expected at least one [[target]] table"));
+            return Err(self.err(
+                "target",
+                "no target; expected at least one [[target]] table",
+            ));
         }
         let mut seen = HashSet::new();
         let mut targets = Vec::with_capacity(raw.targets.len());
@@ -558,8 +561,7 @@ impl Validator<'_> {
 
     fn target(&self, i: usize, t: RawTarget) -> Result<TargetConfig, ConfigError> {
         let valid_name = !t.name.is_empty()
-            && t
-                .name
+            && t.name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !valid_name {
@@ -599,7 +601,10 @@ impl Validator<'_> {
         if !(t.capacity_rps.is_finite() && t.capacity_rps > 0.0) {
             return Err(self.err(
                 key("capacity_rps"),
-                format!("{} is not usable; expected a positive number of requests/s", t.capacity_rps),
+                format!(
+                    "{} is not usable; expected a positive number of requests/s",
+                    t.capacity_rps
+                ),
             ));
         }
         let min_replicas = t.min_replicas.unwrap_or(1);
@@ -619,7 +624,10 @@ impl Validator<'_> {
         if step.as_secs() == 0 || step.subsec_nanos() != 0 {
             return Err(self.err(
                 key("step"),
-                format!("{} is not usable; expected whole seconds, at least 1s", humantime::format_duration(step)),
+                format!(
+                    "{} is not usable; expected whole seconds, at least 1s",
+                    humantime::format_duration(step)
+                ),
             ));
         }
         let interval = t.interval.unwrap_or(DEFAULT_INTERVAL);
@@ -638,10 +646,19 @@ impl Validator<'_> {
         }
         let stale_after = t.stale_after.unwrap_or(2 * step + 2 * interval);
         if stale_after < step {
-            return Err(self.err(key("stale_after"), "is shorter than step; expected at least one step"));
+            return Err(self.err(
+                key("stale_after"),
+                "is shorter than step; expected at least one step",
+            ));
         }
-        let platform = t.platform.map(|w| self.webhook(&key("platform"), w)).transpose()?;
-        let balancer = t.balancer.map(|w| self.webhook(&key("balancer"), w)).transpose()?;
+        let platform = t
+            .platform
+            .map(|w| self.webhook(&key("platform"), w))
+            .transpose()?;
+        let balancer = t
+            .balancer
+            .map(|w| self.webhook(&key("balancer"), w))
+            .transpose()?;
         Ok(TargetConfig {
             name: t.name.clone(),
             queries,
@@ -664,7 +681,11 @@ impl Validator<'_> {
     fn webhook(&self, key: &str, w: RawWebhook) -> Result<WebhookConfig, ConfigError> {
         let url = self.url(&format!("{key}.url"), &w.url)?;
         let secret = self
-            .secret(&format!("{key}.secret"), w.secret_env.as_deref(), w.secret_file.as_deref())?
+            .secret(
+                &format!("{key}.secret"),
+                w.secret_env.as_deref(),
+                w.secret_file.as_deref(),
+            )?
             .ok_or_else(|| {
                 self.err(
                     key,
@@ -675,22 +696,45 @@ impl Validator<'_> {
     }
 
     fn url(&self, key: &str, s: &str) -> Result<Url, ConfigError> {
-        let url = Url::parse(s)
-            .map_err(|e| self.err(key, format!("`{s}` is not a URL ({e}); expected e.g. http://127.0.0.1:9090")))?;
+        let url = Url::parse(s).map_err(|e| {
+            self.err(
+                key,
+                format!("`{s}` is not a URL ({e}); expected e.g. http://127.0.0.1:9090"),
+            )
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(self.err(key, format!("`{s}` has scheme `{}`; expected http or https", url.scheme())));
+            return Err(self.err(
+                key,
+                format!(
+                    "`{s}` has scheme `{}`; expected http or https",
+                    url.scheme()
+                ),
+            ));
         }
         Ok(url)
     }
 
     /// Resolves a secret given as `<key>_env` or `<key>_file`; at most one may be set.
-    fn secret(&self, key: &str, env: Option<&str>, file: Option<&Path>) -> Result<Option<Secret>, ConfigError> {
+    fn secret(
+        &self,
+        key: &str,
+        env: Option<&str>,
+        file: Option<&Path>,
+    ) -> Result<Option<Secret>, ConfigError> {
         let value = match (env, file) {
             (Some(_), Some(_)) => {
-                return Err(self.err(key, format!("both `{key}_env` and `{key}_file` are set; expected one")));
+                return Err(self.err(
+                    key,
+                    format!("both `{key}_env` and `{key}_file` are set; expected one"),
+                ));
             }
             (Some(var), None) => std::env::var(var).map_err(|_| {
-                self.err(format!("{key}_env"), format!("environment variable `{var}` is not set; expected it to hold the secret"))
+                self.err(
+                    format!("{key}_env"),
+                    format!(
+                        "environment variable `{var}` is not set; expected it to hold the secret"
+                    ),
+                )
             })?,
             (None, Some(path)) => {
                 let path = match self.file.parent() {
@@ -698,7 +742,10 @@ impl Validator<'_> {
                     _ => path.to_owned(),
                 };
                 std::fs::read_to_string(&path).map_err(|e| {
-                    self.err(format!("{key}_file"), format!("cannot read `{}`: {e}", path.display()))
+                    self.err(
+                        format!("{key}_file"),
+                        format!("cannot read `{}`: {e}", path.display()),
+                    )
                 })?
             }
             (None, None) => return Ok(None),
@@ -755,14 +802,42 @@ max_replicas = 40
     #[test]
     fn errors_name_file_key_and_expectation() {
         let cases: &[(&str, &str, &[&str])] = &[
-            ("max_replicas = 40", "max_replicas = 40\ncapcity = 3", &["test.toml", "capcity", "expected one of"]),
-            ("startup = \"3m\"", "startup = \"3 parsecs\"", &["test.toml", "startup", "parsecs"]),
-            ("min_replicas = 2", "min_replicas = 50", &["test.toml", "target[web].min_replicas", "max_replicas"]),
-            ("name = \"web\"", "name = \"\"", &["test.toml", "target[0].name", "non-empty"]),
-            ("capacity_rps = 150", "capacity_rps = -1", &["target[web].capacity_rps", "positive"]),
+            (
+                "max_replicas = 40",
+                "max_replicas = 40\ncapcity = 3",
+                &["test.toml", "capcity", "expected one of"],
+            ),
+            (
+                "startup = \"3m\"",
+                "startup = \"3 parsecs\"",
+                &["test.toml", "startup", "parsecs"],
+            ),
+            (
+                "min_replicas = 2",
+                "min_replicas = 50",
+                &["test.toml", "target[web].min_replicas", "max_replicas"],
+            ),
+            (
+                "name = \"web\"",
+                "name = \"\"",
+                &["test.toml", "target[0].name", "non-empty"],
+            ),
+            (
+                "capacity_rps = 150",
+                "capacity_rps = -1",
+                &["target[web].capacity_rps", "positive"],
+            ),
             ("step = \"1m\"", "", &[]),
-            ("url = \"http://127.0.0.1:9090\"", "url = \"nope\"", &["prometheus.url", "not a URL"]),
-            ("listen = \"127.0.0.1:8080\"", "listen = \"localhost\"", &["server.listen", "IP:PORT"]),
+            (
+                "url = \"http://127.0.0.1:9090\"",
+                "url = \"nope\"",
+                &["prometheus.url", "not a URL"],
+            ),
+            (
+                "listen = \"127.0.0.1:8080\"",
+                "listen = \"localhost\"",
+                &["server.listen", "IP:PORT"],
+            ),
         ];
         for (from, to, wants) in cases {
             if wants.is_empty() {
@@ -778,9 +853,15 @@ max_replicas = 40
 
     #[test]
     fn duplicate_targets_are_refused() {
-        let text = format!("{MINIMAL}\n{}", &MINIMAL[MINIMAL.find("[[target]]").unwrap()..]);
+        let text = format!(
+            "{MINIMAL}\n{}",
+            &MINIMAL[MINIMAL.find("[[target]]").unwrap()..]
+        );
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("target[1].name") && err.contains("duplicate target `web`"), "{err}");
+        assert!(
+            err.contains("target[1].name") && err.contains("duplicate target `web`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -791,13 +872,20 @@ max_replicas = 40
             "{MINIMAL}\n[target.platform]\nurl = \"http://127.0.0.1:9000/scale\"\nsecret_file = \"secret\"\n"
         );
         let c = Config::parse(&text, &dir.path().join("p.toml")).unwrap();
-        assert_eq!(c.targets[0].platform.as_ref().unwrap().secret.expose(), "s3cret");
+        assert_eq!(
+            c.targets[0].platform.as_ref().unwrap().secret.expose(),
+            "s3cret"
+        );
 
         let text = format!(
             "{MINIMAL}\n[target.platform]\nurl = \"http://127.0.0.1:9000/scale\"\nsecret_env = \"PRESCALE_TEST_UNSET_VARIABLE\"\n"
         );
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("target[web].platform.secret_env") && err.contains("PRESCALE_TEST_UNSET_VARIABLE"), "{err}");
+        assert!(
+            err.contains("target[web].platform.secret_env")
+                && err.contains("PRESCALE_TEST_UNSET_VARIABLE"),
+            "{err}"
+        );
 
         let text = format!("{MINIMAL}\n[target.platform]\nurl = \"http://127.0.0.1:9000/scale\"\n");
         let err = parse(&text).unwrap_err().to_string();

@@ -38,11 +38,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let prom = config
-        .prometheus
-        .as_ref()
-        .with_context(|| format!("{}: key `prometheus`: missing; expected a [prometheus] table with `url`", config.file.display()))?;
-    let source: Arc<dyn source::Source> = Arc::new(source::prometheus::PrometheusClient::new(prom)?);
+    let prom = config.prometheus.as_ref().with_context(|| {
+        format!(
+            "{}: key `prometheus`: missing; expected a [prometheus] table with `url`",
+            config.file.display()
+        )
+    })?;
+    let source: Arc<dyn source::Source> =
+        Arc::new(source::prometheus::PrometheusClient::new(prom)?);
     serve_with(config, source, listener, shutdown).await
 }
 
@@ -55,7 +58,9 @@ pub async fn serve_with(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let store = store::Store::new(&config.targets, metrics::Metrics::new());
-    let sender = Arc::new(act::webhook::WebhookSender::new(config.delivery).context("building the webhook client")?);
+    let sender = Arc::new(
+        act::webhook::WebhookSender::new(config.delivery).context("building the webhook client")?,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for t in &config.targets {
@@ -63,7 +68,13 @@ pub async fn serve_with(
         let (rebalance_tx, rebalance_rx) = tokio::sync::watch::channel(None);
         for (hook, rx) in [(&t.platform, scale_rx), (&t.balancer, rebalance_rx)] {
             if let Some(hook) = hook {
-                let task = pipeline::deliver_loop(sender.clone(), hook.clone(), store.clone(), rx, stop_rx.clone());
+                let task = pipeline::deliver_loop(
+                    sender.clone(),
+                    hook.clone(),
+                    store.clone(),
+                    rx,
+                    stop_rx.clone(),
+                );
                 tasks.spawn(task);
             }
         }
@@ -77,7 +88,9 @@ pub async fn serve_with(
         };
         tasks.spawn(target_loop.run(stop_rx.clone()));
     }
-    let addr = listener.local_addr().context("reading the listen address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
     tracing::info!(%addr, targets = config.targets.len(), "serving");
     let app = api::router(store);
     let mut stop = stop_rx.clone();
@@ -89,7 +102,10 @@ pub async fn serve_with(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
-    server.await.context("HTTP server task")?.context("HTTP server")?;
+    server
+        .await
+        .context("HTTP server task")?
+        .context("HTTP server")?;
     Ok(())
 }
 
@@ -119,7 +135,10 @@ pub async fn shutdown_signal() {
 pub fn summary(config: &config::Config) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let prom = config.prometheus.as_ref().map_or("not configured".to_owned(), |p| p.url.to_string());
+    let prom = config
+        .prometheus
+        .as_ref()
+        .map_or("not configured".to_owned(), |p| p.url.to_string());
     let _ = writeln!(s, "prometheus: {prom}");
     let _ = writeln!(s, "listen: {}", config.server.listen);
     let _ = writeln!(s, "targets: {}", config.targets.len());
@@ -136,8 +155,16 @@ pub fn summary(config: &config::Config) -> String {
             humantime::format_duration(t.interval),
             humantime::format_duration(t.step),
             humantime::format_duration(t.history),
-            if t.platform.is_some() { ", platform webhook" } else { "" },
-            if t.balancer.is_some() { ", balancer webhook" } else { "" },
+            if t.platform.is_some() {
+                ", platform webhook"
+            } else {
+                ""
+            },
+            if t.balancer.is_some() {
+                ", balancer webhook"
+            } else {
+                ""
+            },
         );
     }
     s

@@ -90,8 +90,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", prescale::summary(&config));
             Ok(())
         }
-        Command::Backtest { trace, capacity, startup, out, config } => {
-            anyhow::ensure!(capacity.is_finite() && capacity > 0.0, "--capacity {capacity}: expected a positive number of requests/s");
+        Command::Backtest {
+            trace,
+            capacity,
+            startup,
+            out,
+            config,
+        } => {
+            anyhow::ensure!(
+                capacity.is_finite() && capacity > 0.0,
+                "--capacity {capacity}: expected a positive number of requests/s"
+            );
             let (mut target, level) = match config {
                 Some(path) => {
                     let c = Config::load(&path)?;
@@ -103,11 +112,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             target.startup = startup;
             let trace = Trace::load(&trace)?;
             let rows = prescale::simulate::backtest(&trace, &target, level);
-            let mut w = csv::Writer::from_path(&out).with_context(|| format!("writing {}", out.display()))?;
+            let mut w = csv::Writer::from_path(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
             for row in &rows {
-                w.serialize(row).with_context(|| format!("writing {}", out.display()))?;
+                w.serialize(row)
+                    .with_context(|| format!("writing {}", out.display()))?;
             }
-            w.flush().with_context(|| format!("writing {}", out.display()))?;
+            w.flush()
+                .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("{} rows written to {}", rows.len(), out.display());
             Ok(())
         }

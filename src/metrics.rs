@@ -89,21 +89,51 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("prescale");
         let polls = Family::<PollLabels, Counter>::default();
-        registry.register("polls", "Range queries by target, signal and outcome", polls.clone());
+        registry.register(
+            "polls",
+            "Range queries by target, signal and outcome",
+            polls.clone(),
+        );
         let poll_duration = Family::<SignalLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
         });
-        registry.register("poll_duration_seconds", "Duration of range queries", poll_duration.clone());
+        registry.register(
+            "poll_duration_seconds",
+            "Duration of range queries",
+            poll_duration.clone(),
+        );
         let sample_age = Family::<SignalLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register("sample_age_seconds", "Age of the newest sample of a signal", sample_age.clone());
+        registry.register(
+            "sample_age_seconds",
+            "Age of the newest sample of a signal",
+            sample_age.clone(),
+        );
         let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("decisions", "Decisions by direction and reason", decisions.clone());
+        registry.register(
+            "decisions",
+            "Decisions by direction and reason",
+            decisions.clone(),
+        );
         let deliveries = Family::<DeliveryLabels, Counter>::default();
-        registry.register("deliveries", "Webhook deliveries by outcome", deliveries.clone());
+        registry.register(
+            "deliveries",
+            "Webhook deliveries by outcome",
+            deliveries.clone(),
+        );
         let desired_replicas = Family::<TargetLabels, Gauge>::default();
-        registry.register("desired_replicas", "Replicas asked for", desired_replicas.clone());
+        registry.register(
+            "desired_replicas",
+            "Replicas asked for",
+            desired_replicas.clone(),
+        );
         let degraded = Family::<TargetLabels, Gauge>::default();
-        registry.register("target_degraded", "1 while a signal of the target is missing or stale", degraded.clone());
+        registry.register(
+            "target_degraded",
+            "1 while a signal of the target is missing or stale",
+            degraded.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             polls,

@@ -31,7 +31,9 @@ const INSTANCE_WINDOW_STEPS: i64 = 5;
 
 /// The wall clock in Unix seconds.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Polls, forecasts, decides and hands actions to the delivery tasks for one target.
@@ -74,7 +76,9 @@ impl TargetLoop {
         let signals = Signal::configured(&self.target);
         for (signal, query) in signals {
             match signal {
-                Signal::InstanceRate | Signal::InstanceLatency => self.poll_instances(signal, query, now).await,
+                Signal::InstanceRate | Signal::InstanceLatency => {
+                    self.poll_instances(signal, query, now).await
+                }
                 _ => self.poll(signal, query, now).await,
             }
         }
@@ -86,18 +90,35 @@ impl TargetLoop {
         let step = t.step_secs();
         let end = align_down(now, step);
         let earliest = align_down(now - t.history.as_secs() as i64, step);
-        let newest = self.store.target(&t.name).and_then(|s| s.signals.get(&signal).and_then(|h| h.newest));
+        let newest = self
+            .store
+            .target(&t.name)
+            .and_then(|s| s.signals.get(&signal).and_then(|h| h.newest));
         let start = newest.map_or(earliest, |n| (n + step).max(earliest));
         if start > end {
             return;
         }
-        let result = self.timed(signal, self.source.range(query, start, end, step)).await;
-        let Some(mut state) = self.store.target(&t.name) else { return };
-        let age_metric = self.store.metrics().sample_age.get_or_create(&self.signal_labels(signal)).clone();
+        let result = self
+            .timed(signal, self.source.range(query, start, end, step))
+            .await;
+        let Some(mut state) = self.store.target(&t.name) else {
+            return;
+        };
+        let age_metric = self
+            .store
+            .metrics()
+            .sample_age
+            .get_or_create(&self.signal_labels(signal))
+            .clone();
         match result {
             Ok(samples) => {
-                let added = state.series_mut(signal).map_or(0, |s| s.extend(samples.iter().copied()));
-                let newest = state.series_mut(signal).and_then(|s| s.last()).map(|s| s.ts);
+                let added = state
+                    .series_mut(signal)
+                    .map_or(0, |s| s.extend(samples.iter().copied()));
+                let newest = state
+                    .series_mut(signal)
+                    .and_then(|s| s.last())
+                    .map(|s| s.ts);
                 if signal == Signal::RequestRate && !state.backfilled {
                     state.backfilled = true;
                     info!(target = %t.name, points = added, "backfilled");
@@ -133,19 +154,35 @@ impl TargetLoop {
         let step = t.step_secs();
         let end = align_down(now, step);
         let start = end - INSTANCE_WINDOW_STEPS * step;
-        let result = self.timed(signal, self.source.range_by(query, "instance", start, end, step)).await;
-        let Some(mut state) = self.store.target(&t.name) else { return };
+        let result = self
+            .timed(
+                signal,
+                self.source.range_by(query, "instance", start, end, step),
+            )
+            .await;
+        let Some(mut state) = self.store.target(&t.name) else {
+            return;
+        };
         let h = state.signals.entry(signal).or_default();
         h.last_poll = Some(now);
         match result {
             Ok(grouped) => {
                 h.error = None;
-                h.newest = grouped.values().filter_map(|s| s.last().map(|s| s.ts)).max().or(h.newest);
-                let latest: BTreeMap<String, f64> =
-                    grouped.into_iter().filter_map(|(k, s)| s.last().map(|s| (k, s.value))).collect();
+                h.newest = grouped
+                    .values()
+                    .filter_map(|s| s.last().map(|s| s.ts))
+                    .max()
+                    .or(h.newest);
+                let latest: BTreeMap<String, f64> = grouped
+                    .into_iter()
+                    .filter_map(|(k, s)| s.last().map(|s| (k, s.value)))
+                    .collect();
                 state.instances.retain(|k, _| latest.contains_key(k));
                 for (instance, value) in latest {
-                    let stats = state.instances.entry(instance).or_insert_with(InstanceStats::default);
+                    let stats = state
+                        .instances
+                        .entry(instance)
+                        .or_insert_with(InstanceStats::default);
                     match signal {
                         Signal::InstanceLatency => stats.latency = Some(value),
                         _ => stats.rate = Some(value),
@@ -168,7 +205,9 @@ impl TargetLoop {
         let started = Instant::now();
         let result = fut.await;
         let m = self.store.metrics();
-        m.poll_duration.get_or_create(&self.signal_labels(signal)).observe(started.elapsed().as_secs_f64());
+        m.poll_duration
+            .get_or_create(&self.signal_labels(signal))
+            .observe(started.elapsed().as_secs_f64());
         let outcome = result.as_ref().map_or_else(|e| e.metric_label(), |_| "ok");
         m.polls
             .get_or_create(&PollLabels {
@@ -181,18 +220,27 @@ impl TargetLoop {
     }
 
     fn signal_labels(&self, signal: Signal) -> SignalLabels {
-        SignalLabels { target: self.target.name.clone(), signal: signal.as_str().to_owned() }
+        SignalLabels {
+            target: self.target.name.clone(),
+            signal: signal.as_str().to_owned(),
+        }
     }
 
     /// Forecasts and decides from the stored state; sends what changed.
     fn decide(&self, now: i64) {
         let t = &self.target;
         let policy = Policy::of(t);
-        let Some(mut state) = self.store.target(&t.name) else { return };
+        let Some(mut state) = self.store.target(&t.name) else {
+            return;
+        };
         let degraded = state.degraded_reasons(now);
         let grid = state.rate.to_grid();
         let forecast = grid.as_ref().and_then(|(start, values)| {
-            let history = History { start: *start, step: t.step_secs(), values };
+            let history = History {
+                start: *start,
+                step: t.step_secs(),
+                values,
+            };
             forecast::forecast(history, now, policy.lookahead, self.level).ok()
         });
         let fresh = |s: Option<Sample>| s.filter(|s| now - s.ts <= t.stale_after.as_secs() as i64);
@@ -201,16 +249,28 @@ impl TargetLoop {
             demand_rps: fresh(state.rate.last()).map(|s| s.value),
             degraded: !degraded.is_empty(),
         };
-        let decision = decide::decide(&policy, forecast.as_ref(), observed, &mut state.decide_state, now);
+        let decision = decide::decide(
+            &policy,
+            forecast.as_ref(),
+            observed,
+            &mut state.decide_state,
+            now,
+        );
         if t.queries.replicas.is_none() {
             // Without a replicas query, the count asked for is taken as the count running.
             state.replicas = decision.to;
         }
 
         let m = self.store.metrics();
-        let labels = TargetLabels { target: t.name.clone() };
-        m.desired_replicas.get_or_create(&labels).set(i64::from(decision.to));
-        m.degraded.get_or_create(&labels).set(i64::from(!degraded.is_empty()));
+        let labels = TargetLabels {
+            target: t.name.clone(),
+        };
+        m.desired_replicas
+            .get_or_create(&labels)
+            .set(i64::from(decision.to));
+        m.degraded
+            .get_or_create(&labels)
+            .set(i64::from(!degraded.is_empty()));
         let direction = match decision.to.cmp(&decision.from) {
             std::cmp::Ordering::Greater => "up",
             std::cmp::Ordering::Less => "down",
@@ -237,14 +297,22 @@ impl TargetLoop {
             info!(target = %t.name, instances = weights.len(), "rebalance");
             state.weights = weights.clone();
             if t.mode == Mode::Act {
-                let action = Action::Rebalance(RebalanceAction { target: t.name.clone(), weights, issued_at: now });
+                let action = Action::Rebalance(RebalanceAction {
+                    target: t.name.clone(),
+                    weights,
+                    issued_at: now,
+                });
                 self.rebalance_tx.send_replace(Some(action));
             }
         }
         state.forecast = forecast;
         state.last_decision = Some(decision.clone());
         drop(state);
-        self.store.record_decision(DecisionRecord { target: t.name.clone(), decision, mode: t.mode });
+        self.store.record_decision(DecisionRecord {
+            target: t.name.clone(),
+            decision,
+            mode: t.mode,
+        });
     }
 }
 
@@ -261,7 +329,9 @@ pub async fn deliver_loop(
             changed = rx.changed() => if changed.is_err() { break },
             _ = shutdown.changed() => break,
         }
-        let Some(action) = rx.borrow_and_update().clone() else { continue };
+        let Some(action) = rx.borrow_and_update().clone() else {
+            continue;
+        };
         let result = tokio::select! {
             r = sender.deliver(&hook, &action) => r,
             _ = shutdown.changed() => break,

@@ -47,7 +47,11 @@ pub fn backtest(trace: &Trace, target: &TargetConfig, level: f64) -> Vec<Row> {
         // Buckets 0..i have ended by `now`.
         let lo = i.saturating_sub(keep);
         let seen = &rps[lo..i];
-        let history = History { start: trace.timestamp(lo), step, values: seen };
+        let history = History {
+            start: trace.timestamp(lo),
+            step,
+            values: seen,
+        };
         let fc = forecast::forecast(history, now, policy.lookahead, level).ok();
         let observed = Observed {
             replicas,
@@ -76,9 +80,17 @@ mod tests {
 
     fn trace(n: usize) -> Trace {
         let counts = (0..n)
-            .map(|i| 600.0 + 300.0 * ((i % 1440) as f64 / 1440.0 * std::f64::consts::TAU).sin() + (i * 37 % 11) as f64)
+            .map(|i| {
+                600.0
+                    + 300.0 * ((i % 1440) as f64 / 1440.0 * std::f64::consts::TAU).sin()
+                    + (i * 37 % 11) as f64
+            })
             .collect();
-        Trace { start: 1_000_020, step: 60, counts }
+        Trace {
+            start: 1_000_020,
+            step: 60,
+            counts,
+        }
     }
 
     #[test]
@@ -90,8 +102,15 @@ mod tests {
         assert_eq!(rows[0].timestamp, t.start);
         // After two days of warm-up, the smooth daily cycle is covered nearly always.
         let late = &rows[2 * 1440..];
-        let short = late.iter().filter(|r| f64::from(r.replicas) < r.demand_rps).count();
-        assert!(short * 100 < late.len(), "{short} of {} steps short", late.len());
+        let short = late
+            .iter()
+            .filter(|r| f64::from(r.replicas) < r.demand_rps)
+            .count();
+        assert!(
+            short * 100 < late.len(),
+            "{short} of {} steps short",
+            late.len()
+        );
     }
 
     #[test]
@@ -101,7 +120,10 @@ mod tests {
         let full = backtest(&t, &target, 0.95);
         let cut = backtest(&t.truncated(2000), &target, 0.95);
         for (a, b) in cut.iter().zip(&full) {
-            assert_eq!((a.timestamp, a.replicas, &a.reason), (b.timestamp, b.replicas, &b.reason));
+            assert_eq!(
+                (a.timestamp, a.replicas, &a.reason),
+                (b.timestamp, b.replicas, &b.reason)
+            );
         }
     }
 }

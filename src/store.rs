@@ -140,7 +140,10 @@ impl TargetState {
     fn new(config: Arc<TargetConfig>) -> Self {
         let step = config.step_secs();
         let cap = config.history_points();
-        let signals = Signal::configured(&config).into_iter().map(|(s, _)| (s, SignalHealth::default())).collect();
+        let signals = Signal::configured(&config)
+            .into_iter()
+            .map(|(s, _)| (s, SignalHealth::default()))
+            .collect();
         Self {
             rate: Series::new(step, cap),
             latency: Series::new(step, cap),
@@ -178,9 +181,10 @@ impl TargetState {
             match (h.newest, &h.error) {
                 (_, Some(e)) => out.push(format!("{name}: {e}")),
                 (None, None) => out.push(format!("{name}: no data yet")),
-                (Some(ts), None) if now - ts > stale_after => {
-                    out.push(format!("{name}: stale, newest sample {}s old (stale_after {stale_after}s)", now - ts))
-                }
+                (Some(ts), None) if now - ts > stale_after => out.push(format!(
+                    "{name}: stale, newest sample {}s old (stale_after {stale_after}s)",
+                    now - ts
+                )),
                 _ => {}
             }
         }
@@ -218,9 +222,20 @@ impl Store {
     pub fn new(targets: &[TargetConfig], metrics: Metrics) -> Self {
         let targets = targets
             .iter()
-            .map(|t| (t.name.clone(), Mutex::new(TargetState::new(Arc::new(t.clone())))))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    Mutex::new(TargetState::new(Arc::new(t.clone()))),
+                )
+            })
             .collect();
-        Self { inner: Arc::new(Inner { targets, decisions: Mutex::new(VecDeque::new()), metrics }) }
+        Self {
+            inner: Arc::new(Inner {
+                targets,
+                decisions: Mutex::new(VecDeque::new()),
+                metrics,
+            }),
+        }
     }
 
     /// The metrics.
@@ -250,7 +265,12 @@ impl Store {
     /// Up to `limit` decisions, newest first, optionally of one target.
     pub fn decisions(&self, target: Option<&str>, limit: usize) -> Vec<DecisionRecord> {
         let log = lock(&self.inner.decisions);
-        log.iter().rev().filter(|d| target.is_none_or(|t| d.target == t)).take(limit).cloned().collect()
+        log.iter()
+            .rev()
+            .filter(|d| target.is_none_or(|t| d.target == t))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 }
 

@@ -36,11 +36,19 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     fn unknown_target(name: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "unknown_target", format!("no target named `{name}`"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_target",
+            format!("no target named `{name}`"),
+        )
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -85,10 +93,19 @@ async fn readyz(State(store): State<Store>) -> Response {
     let mut waiting = Vec::new();
     let mut degraded = Vec::new();
     for name in store.names() {
-        let Some(t) = store.target(name) else { continue };
+        let Some(t) = store.target(name) else {
+            continue;
+        };
         if !t.backfilled {
             let why = t.degraded_reasons(now).join("; ");
-            waiting.push(format!("{name}: not backfilled yet{}", if why.is_empty() { String::new() } else { format!(" ({why})") }));
+            waiting.push(format!(
+                "{name}: not backfilled yet{}",
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({why})")
+                }
+            ));
         }
         let reasons = t.degraded_reasons(now);
         if !reasons.is_empty() {
@@ -96,13 +113,24 @@ async fn readyz(State(store): State<Store>) -> Response {
         }
     }
     let ready = waiting.is_empty();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "reasons": waiting, "degraded": degraded }))).into_response()
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": ready, "reasons": waiting, "degraded": degraded })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(store): State<Store>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         store.metrics().encode(),
     )
         .into_response()
@@ -159,9 +187,14 @@ struct TargetDetail {
     last_delivery: Option<DeliveryRecord>,
 }
 
-async fn target(State(store): State<Store>, Path(name): Path<String>) -> Result<Json<TargetDetail>, ApiError> {
+async fn target(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+) -> Result<Json<TargetDetail>, ApiError> {
     let now = unix_now();
-    let t = store.target(&name).ok_or_else(|| ApiError::unknown_target(&name))?;
+    let t = store
+        .target(&name)
+        .ok_or_else(|| ApiError::unknown_target(&name))?;
     let c = &t.config;
     Ok(Json(TargetDetail {
         summary: TargetSummary {
@@ -180,7 +213,11 @@ async fn target(State(store): State<Store>, Path(name): Path<String>) -> Result<
         step_seconds: c.step_secs(),
         demand_rps: t.rate.last().map(|s| s.value),
         points: t.rate.len(),
-        signals: t.signals.iter().map(|(s, h)| (s.as_str(), h.clone())).collect(),
+        signals: t
+            .signals
+            .iter()
+            .map(|(s, h)| (s.as_str(), h.clone()))
+            .collect(),
         last_decision: t.last_decision.clone(),
         instances: t.instances.clone(),
         weights: t.weights.clone(),
@@ -211,8 +248,11 @@ async fn target_forecast(
 ) -> Result<Json<ForecastBody>, ApiError> {
     let horizon = match q.horizon.as_deref() {
         None => Duration::from_secs(3_600),
-        Some(s) => humantime::parse_duration(s)
-            .map_err(|e| ApiError::bad_request(format!("horizon `{s}`: {e}; expected a duration such as 30m or 1h")))?,
+        Some(s) => humantime::parse_duration(s).map_err(|e| {
+            ApiError::bad_request(format!(
+                "horizon `{s}`: {e}; expected a duration such as 30m or 1h"
+            ))
+        })?,
     };
     if horizon.is_zero() || horizon > MAX_HORIZON {
         return Err(ApiError::bad_request(format!(
@@ -223,15 +263,40 @@ async fn target_forecast(
     }
     // Copy what the forecast needs, then let go of the lock before computing.
     let (grid, step, level) = {
-        let t = store.target(&name).ok_or_else(|| ApiError::unknown_target(&name))?;
-        (t.rate.to_grid(), t.config.step_secs(), t.forecast.as_ref().map_or(0.95, |f| f.level))
+        let t = store
+            .target(&name)
+            .ok_or_else(|| ApiError::unknown_target(&name))?;
+        (
+            t.rate.to_grid(),
+            t.config.step_secs(),
+            t.forecast.as_ref().map_or(0.95, |f| f.level),
+        )
     };
     let Some((start, values)) = grid else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_data", format!("target `{name}` has no request-rate data yet")));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_data",
+            format!("target `{name}` has no request-rate data yet"),
+        ));
     };
     let now = unix_now();
-    let f = forecast::forecast(History { start, step, values: &values }, now, horizon.as_secs() as i64, level)
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_data", format!("target `{name}`: {e}")))?;
+    let f = forecast::forecast(
+        History {
+            start,
+            step,
+            values: &values,
+        },
+        now,
+        horizon.as_secs() as i64,
+        level,
+    )
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_data",
+            format!("target `{name}`: {e}"),
+        )
+    })?;
     let end = now + horizon.as_secs() as i64;
     Ok(Json(ForecastBody {
         target: name,
@@ -259,7 +324,11 @@ async fn decisions(
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("limit `{s}`: expected a whole number from 1 to {MAX_LIMIT}")))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "limit `{s}`: expected a whole number from 1 to {MAX_LIMIT}"
+                ))
+            })?,
     };
     if let Some(t) = q.target.as_deref()
         && store.target(t).is_none()
@@ -286,17 +355,28 @@ mod tests {
         let now = unix_now() / 60 * 60;
         {
             let mut s = store.target("web").unwrap();
-            s.rate.extend((0..120).map(|k| Sample { ts: now - 60 * (119 - k), value: 42.0 }));
+            s.rate.extend((0..120).map(|k| Sample {
+                ts: now - 60 * (119 - k),
+                value: 42.0,
+            }));
             s.backfilled = true;
         }
         store
     }
 
     async fn get(store: &Store, uri: &str) -> (StatusCode, serde_json::Value) {
-        let res = router(store.clone()).oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+        let res = router(store.clone())
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = res.status();
-        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     #[tokio::test]
@@ -304,7 +384,11 @@ mod tests {
         let s = store();
         let check = |status: StatusCode, code: &'static str, body: serde_json::Value| {
             assert_eq!(body["error"]["code"], code, "{body}");
-            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
             status
         };
         let (st, b) = get(&s, "/api/v1/targets/nope").await;
@@ -313,11 +397,19 @@ mod tests {
         assert_eq!(check(st, "unknown_target", b), StatusCode::NOT_FOUND);
         for bad in ["horizon=abc", "horizon=0s", "horizon=30d"] {
             let (st, b) = get(&s, &format!("/api/v1/targets/web/forecast?{bad}")).await;
-            assert_eq!(check(st, "bad_request", b), StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(
+                check(st, "bad_request", b),
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
         }
         for bad in ["limit=0", "limit=x", "limit=100000"] {
             let (st, b) = get(&s, &format!("/api/v1/decisions?{bad}")).await;
-            assert_eq!(check(st, "bad_request", b), StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(
+                check(st, "bad_request", b),
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
         }
         let (st, b) = get(&s, "/api/v1/decisions?target=nope").await;
         assert_eq!(check(st, "unknown_target", b), StatusCode::NOT_FOUND);
@@ -335,9 +427,16 @@ mod tests {
         let points = b["points"].as_array().unwrap();
         let generated = b["generated_at"].as_i64().unwrap();
         let last = points.last().unwrap()["timestamp"].as_i64().unwrap();
-        assert!(last <= generated + 1800 && last > generated + 1800 - 60, "{last} vs {generated}");
+        assert!(
+            last <= generated + 1800 && last > generated + 1800 - 60,
+            "{last} vs {generated}"
+        );
         for p in points {
-            let (v, lo, hi) = (p["value"].as_f64().unwrap(), p["lower"].as_f64().unwrap(), p["upper"].as_f64().unwrap());
+            let (v, lo, hi) = (
+                p["value"].as_f64().unwrap(),
+                p["lower"].as_f64().unwrap(),
+                p["upper"].as_f64().unwrap(),
+            );
             assert!(lo <= v && v <= hi && (v - 42.0).abs() < 1e-9, "{p}");
         }
     }
@@ -349,6 +448,12 @@ mod tests {
         s.target("web").unwrap().backfilled = false;
         let (st, b) = get(&s, "/readyz").await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(b["reasons"][0].as_str().unwrap().contains("web: not backfilled"), "{b}");
+        assert!(
+            b["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("web: not backfilled"),
+            "{b}"
+        );
     }
 }

@@ -40,7 +40,10 @@ pub fn weights(instances: &BTreeMap<String, InstanceStats>) -> BTreeMap<String, 
 /// moved by more than `threshold`.
 pub fn changed(old: &BTreeMap<String, u32>, new: &BTreeMap<String, u32>, threshold: u32) -> bool {
     old.len() != new.len()
-        || old.iter().zip(new).any(|((ka, a), (kb, b))| ka != kb || a.abs_diff(*b) > threshold)
+        || old
+            .iter()
+            .zip(new)
+            .any(|((ka, a), (kb, b))| ka != kb || a.abs_diff(*b) > threshold)
 }
 
 #[cfg(test)]
@@ -48,7 +51,18 @@ mod tests {
     use super::*;
 
     fn inst(pairs: &[(&str, Option<f64>)]) -> BTreeMap<String, InstanceStats> {
-        pairs.iter().map(|(n, l)| (n.to_string(), InstanceStats { rate: Some(1.0), latency: *l })).collect()
+        pairs
+            .iter()
+            .map(|(n, l)| {
+                (
+                    n.to_string(),
+                    InstanceStats {
+                        rate: Some(1.0),
+                        latency: *l,
+                    },
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -57,7 +71,10 @@ mod tests {
             let got: Vec<u32> = weights(&inst(pairs)).into_values().collect();
             assert_eq!(got, want, "{pairs:?}");
         };
-        check(&[("a", Some(0.1)), ("b", Some(0.2)), ("c", Some(0.4))], &[100, 50, 25]);
+        check(
+            &[("a", Some(0.1)), ("b", Some(0.2)), ("c", Some(0.4))],
+            &[100, 50, 25],
+        );
         check(&[("a", None), ("b", None)], &[100, 100]);
         check(&[("a", Some(0.1)), ("b", None)], &[100, 100]);
         check(&[("a", Some(0.1)), ("b", Some(1000.0))], &[100, 1]);

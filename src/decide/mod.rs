@@ -124,7 +124,11 @@ pub fn decide(
 
     let peak = forecast
         .and_then(|f| f.peak_upper(now, now + policy.lookahead))
-        .map(|p| Peak { timestamp: p.timestamp, value: p.value, upper: p.upper });
+        .map(|p| Peak {
+            timestamp: p.timestamp,
+            value: p.value,
+            upper: p.upper,
+        });
     let predicted = peak.map(|p| need(p.upper));
     let reactive = observed.demand_rps.map(need);
 
@@ -132,7 +136,10 @@ pub fn decide(
         (Some(p), Some(r)) if r > p => {
             reasons.push(Reason {
                 code: "Demand",
-                message: format!("observed {:.2} rps needs {r} replicas, above the forecast's {p}", observed.demand_rps.unwrap_or(0.0)),
+                message: format!(
+                    "observed {:.2} rps needs {r} replicas, above the forecast's {p}",
+                    observed.demand_rps.unwrap_or(0.0)
+                ),
             });
             r
         }
@@ -148,48 +155,82 @@ pub fn decide(
             p
         }
         (None, Some(r)) => {
-            reasons.push(Reason { code: "Demand", message: format!("no forecast; observed demand needs {r} replicas") });
+            reasons.push(Reason {
+                code: "Demand",
+                message: format!("no forecast; observed demand needs {r} replicas"),
+            });
             r
         }
         (None, None) => {
-            reasons.push(Reason { code: "NoData", message: "no forecast and no observed demand: holding".into() });
+            reasons.push(Reason {
+                code: "NoData",
+                message: "no forecast and no observed demand: holding".into(),
+            });
             observed.replicas
         }
     };
 
     if want > policy.max_replicas {
-        reasons.push(Reason { code: "TooManyReplicas", message: format!("{want} capped at max_replicas {}", policy.max_replicas) });
+        reasons.push(Reason {
+            code: "TooManyReplicas",
+            message: format!("{want} capped at max_replicas {}", policy.max_replicas),
+        });
         want = policy.max_replicas;
     }
     if want < policy.min_replicas {
-        reasons.push(Reason { code: "TooFewReplicas", message: format!("{want} raised to min_replicas {}", policy.min_replicas) });
+        reasons.push(Reason {
+            code: "TooFewReplicas",
+            message: format!("{want} raised to min_replicas {}", policy.min_replicas),
+        });
         want = policy.min_replicas;
     }
 
     // HPA-style scale-down stabilisation: the highest recommendation within the window.
-    state.recommendations.retain(|&(t, _)| t > now - policy.scale_in_window);
+    state
+        .recommendations
+        .retain(|&(t, _)| t > now - policy.scale_in_window);
     state.recommendations.push_back((now, want));
     let mut to = want;
     if want < observed.replicas {
         if observed.degraded {
-            reasons.push(Reason { code: "Degraded", message: "data missing or stale: no scale-in".into() });
+            reasons.push(Reason {
+                code: "Degraded",
+                message: "data missing or stale: no scale-in".into(),
+            });
             to = observed.replicas;
         } else {
-            let held = state.recommendations.iter().map(|&(_, r)| r).max().unwrap_or(want);
+            let held = state
+                .recommendations
+                .iter()
+                .map(|&(_, r)| r)
+                .max()
+                .unwrap_or(want);
             let stabilised = held.min(observed.replicas).max(want);
             if stabilised > want {
                 reasons.push(Reason {
                     code: "ScaleDownStabilized",
-                    message: format!("holding {stabilised}: recommended within the last {}s", policy.scale_in_window),
+                    message: format!(
+                        "holding {stabilised}: recommended within the last {}s",
+                        policy.scale_in_window
+                    ),
                 });
             }
             to = stabilised;
         }
     } else if observed.degraded {
-        reasons.push(Reason { code: "Degraded", message: "data missing or stale: scaling out on the evidence there is".into() });
+        reasons.push(Reason {
+            code: "Degraded",
+            message: "data missing or stale: scaling out on the evidence there is".into(),
+        });
     }
 
-    Decision { at: now, from: observed.replicas, to, reasons, peak }
+    Decision {
+        at: now,
+        from: observed.replicas,
+        to,
+        reasons,
+        peak,
+    }
 }
 
 #[cfg(test)]
@@ -197,7 +238,13 @@ mod tests {
     use super::*;
     use crate::forecast::Point;
 
-    const POLICY: Policy = Policy { capacity_rps: 10.0, min_replicas: 2, max_replicas: 20, lookahead: 300, scale_in_window: 300 };
+    const POLICY: Policy = Policy {
+        capacity_rps: 10.0,
+        min_replicas: 2,
+        max_replicas: 20,
+        lookahead: 300,
+        scale_in_window: 300,
+    };
 
     fn flat(now: i64, upper: f64) -> Forecast {
         Forecast {
@@ -205,23 +252,38 @@ mod tests {
             step_seconds: 60,
             model: "test",
             level: 0.95,
-            points: (1..=10).map(|k| Point { timestamp: now + 60 * k, value: upper * 0.8, lower: 0.0, upper }).collect(),
+            points: (1..=10)
+                .map(|k| Point {
+                    timestamp: now + 60 * k,
+                    value: upper * 0.8,
+                    lower: 0.0,
+                    upper,
+                })
+                .collect(),
         }
     }
 
     fn obs(replicas: u32, demand: f64) -> Observed {
-        Observed { replicas, demand_rps: Some(demand), degraded: false }
+        Observed {
+            replicas,
+            demand_rps: Some(demand),
+            degraded: false,
+        }
     }
 
     /// (replicas now, upper forecast, demand now, degraded) → (replicas asked, first reason)
     #[test]
     fn single_decisions() {
-        let check = |replicas: u32, upper: f64, demand: f64, degraded: bool, want: u32, code: &str| {
-            let mut st = DecideState::default();
-            let o = Observed { degraded, ..obs(replicas, demand) };
-            let d = decide(&POLICY, Some(&flat(0, upper)), o, &mut st, 0);
-            assert_eq!((d.to, d.reasons[0].code), (want, code), "{d:?}");
-        };
+        let check =
+            |replicas: u32, upper: f64, demand: f64, degraded: bool, want: u32, code: &str| {
+                let mut st = DecideState::default();
+                let o = Observed {
+                    degraded,
+                    ..obs(replicas, demand)
+                };
+                let d = decide(&POLICY, Some(&flat(0, upper)), o, &mut st, 0);
+                assert_eq!((d.to, d.reasons[0].code), (want, code), "{d:?}");
+            };
         check(5, 95.0, 50.0, false, 10, "Prediction");
         check(5, 100.0, 50.0, false, 10, "Prediction");
         check(5, 40.0, 120.0, false, 12, "Demand");
@@ -236,7 +298,17 @@ mod tests {
         let mut st = DecideState::default();
         let d = decide(&POLICY, Some(&flat(0, 500.0)), obs(5, 1.0), &mut st, 0);
         assert_eq!(d.reason_codes(), "Prediction+TooManyReplicas");
-        let d = decide(&POLICY, None, Observed { replicas: 5, demand_rps: None, degraded: true }, &mut st, 0);
+        let d = decide(
+            &POLICY,
+            None,
+            Observed {
+                replicas: 5,
+                demand_rps: None,
+                degraded: true,
+            },
+            &mut st,
+            0,
+        );
         assert_eq!((d.to, d.reason_codes().as_str()), (5, "NoData+Degraded"));
     }
 
@@ -248,7 +320,13 @@ mod tests {
         for k in 0..12 {
             let now = k * 60;
             let upper = if k == 0 { 100.0 } else { 30.0 };
-            let d = decide(&POLICY, Some(&flat(now, upper)), obs(replicas, 10.0), &mut st, now);
+            let d = decide(
+                &POLICY,
+                Some(&flat(now, upper)),
+                obs(replicas, 10.0),
+                &mut st,
+                now,
+            );
             if k > 0 && k < 5 {
                 assert_eq!(d.reasons.last().unwrap().code, "ScaleDownStabilized");
             }

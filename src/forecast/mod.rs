@@ -97,7 +97,9 @@ pub fn forecast(
         return Err(ForecastError::NoData);
     }
     let last = history.end();
-    let steps = ((now + horizon - last) as f64 / history.step as f64).ceil().max(1.0) as usize;
+    let steps = ((now + horizon - last) as f64 / history.step as f64)
+        .ceil()
+        .max(1.0) as usize;
     let model = DailyProfile::fit(history);
     let points = model.predict(steps, level);
     Ok(Forecast {
@@ -148,7 +150,11 @@ mod tests {
     #[test]
     fn forecast_spans_to_now_plus_horizon() {
         let values = vec![10.0; 120];
-        let h = History { start: 0, step: 60, values: &values };
+        let h = History {
+            start: 0,
+            step: 60,
+            values: &values,
+        };
         // Last value at 7140; now 7200; horizon 600 → points 7200..=7800.
         let f = forecast(h, 7200, 600, 0.95).unwrap();
         assert_eq!(f.points.first().unwrap().timestamp, 7200);
@@ -159,7 +165,11 @@ mod tests {
     #[test]
     fn all_gaps_is_no_data() {
         let values = vec![f64::NAN; 10];
-        let h = History { start: 0, step: 60, values: &values };
+        let h = History {
+            start: 0,
+            step: 60,
+            values: &values,
+        };
         assert_eq!(forecast(h, 600, 60, 0.95), Err(ForecastError::NoData));
     }
 }

@@ -62,7 +62,12 @@ impl DailyProfile {
                 exp += fitted_at(first_recent + k);
             }
         }
-        let last_finite = values.iter().rev().copied().find(|v| v.is_finite()).unwrap_or(0.0);
+        let last_finite = values
+            .iter()
+            .rev()
+            .copied()
+            .find(|v| v.is_finite())
+            .unwrap_or(0.0);
         let level = if exp > 1e-12 {
             obs / exp
         } else if profile.is_some() {
@@ -71,7 +76,11 @@ impl DailyProfile {
         } else {
             last_finite
         };
-        let level = if profile.is_some() { level.clamp(0.05, 20.0) } else { level };
+        let level = if profile.is_some() {
+            level.clamp(0.05, 20.0)
+        } else {
+            level
+        };
 
         let res_n = steps_in(RESIDUAL_WINDOW).min(values.len());
         let ratios = (values.len() - res_n..values.len())
@@ -153,7 +162,11 @@ fn daily_profile(history: History<'_>, per_day: usize, half: usize) -> Vec<f64> 
                 .filter(|v| v.is_finite()),
         );
         if let Some(m) = quantile(&mut column, 0.5) {
-            let p = phase(history.start + (first + off) as i64 * history.step, history.step, per_day);
+            let p = phase(
+                history.start + (first + off) as i64 * history.step,
+                history.step,
+                per_day,
+            );
             medians[p] = m;
         }
     }
@@ -212,7 +225,11 @@ mod tests {
     use super::*;
 
     fn hist(values: &[f64], step: i64) -> History<'_> {
-        History { start: 0, step, values }
+        History {
+            start: 0,
+            step,
+            values,
+        }
     }
 
     /// A series with a known daily shape: the profile must reproduce it, scaled by today's
@@ -221,11 +238,19 @@ mod tests {
     fn follows_the_daily_shape_at_todays_level() {
         let step = 300;
         let per_day = (DAY / step) as usize;
-        let shape = |i: usize| 100.0 + 50.0 * ((i % per_day) as f64 / per_day as f64 * std::f64::consts::TAU).sin();
+        let shape = |i: usize| {
+            100.0 + 50.0 * ((i % per_day) as f64 / per_day as f64 * std::f64::consts::TAU).sin()
+        };
         // Three days; the last half day runs at twice the usual level.
         let n = 3 * per_day;
         let values: Vec<f64> = (0..n)
-            .map(|i| if i >= n - per_day / 2 { 2.0 * shape(i) } else { shape(i) })
+            .map(|i| {
+                if i >= n - per_day / 2 {
+                    2.0 * shape(i)
+                } else {
+                    shape(i)
+                }
+            })
             .collect();
         let m = DailyProfile::fit(hist(&values, step));
         assert_eq!(m.name(), "daily_profile");
@@ -233,7 +258,11 @@ mod tests {
         let pts = m.predict(per_day, 0.95);
         for (k, p) in pts.iter().enumerate().step_by(24) {
             let want = 2.0 * shape(n + k);
-            assert!((p.value - want).abs() / want < 0.08, "step {k}: {} vs {want}", p.value);
+            assert!(
+                (p.value - want).abs() / want < 0.08,
+                "step {k}: {} vs {want}",
+                p.value
+            );
             assert!(p.lower <= p.value && p.value <= p.upper);
         }
     }
@@ -249,7 +278,11 @@ mod tests {
         }
         let m = DailyProfile::fit(hist(&values, step));
         let pts = m.predict(per_day, 0.9);
-        assert!(pts.iter().all(|p| (p.value - 10.0).abs() < 1e-6), "{:?}", &pts[..20]);
+        assert!(
+            pts.iter().all(|p| (p.value - 10.0).abs() < 1e-6),
+            "{:?}",
+            &pts[..20]
+        );
     }
 
     #[test]
@@ -267,13 +300,19 @@ mod tests {
     fn all_zero_series_forecasts_zero() {
         let values = vec![0.0; 3 * 288];
         let m = DailyProfile::fit(hist(&values, 300));
-        assert!(m.predict(10, 0.95).iter().all(|p| p.value == 0.0 && p.upper == 0.0));
+        assert!(
+            m.predict(10, 0.95)
+                .iter()
+                .all(|p| p.value == 0.0 && p.upper == 0.0)
+        );
     }
 
     #[test]
     fn interval_widens_with_noise() {
         let calm: Vec<f64> = (0..600).map(|i| 100.0 + (i % 2) as f64).collect();
-        let noisy: Vec<f64> = (0..600).map(|i| 100.0 + 40.0 * ((i * 7919 % 13) as f64 - 6.0) / 6.0).collect();
+        let noisy: Vec<f64> = (0..600)
+            .map(|i| 100.0 + 40.0 * ((i * 7919 % 13) as f64 - 6.0) / 6.0)
+            .collect();
         let width = |v: &[f64]| {
             let p = DailyProfile::fit(hist(v, 60)).predict(1, 0.95)[0];
             p.upper - p.lower
@@ -285,7 +324,10 @@ mod tests {
     fn smoothing_wraps_around() {
         let xs = [3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0];
         let s = smooth_circular(&xs, 1);
-        assert!((s[0] - 2.0).abs() < 1e-12 && (s[6] - 2.0).abs() < 1e-12, "{s:?}");
+        assert!(
+            (s[0] - 2.0).abs() < 1e-12 && (s[6] - 2.0).abs() < 1e-12,
+            "{s:?}"
+        );
         assert!((s.iter().sum::<f64>() - 6.0).abs() < 1e-12);
     }
 }

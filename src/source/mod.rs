@@ -55,7 +55,9 @@ pub enum SourceError {
         query: String,
     },
     /// One series was expected, several came back.
-    #[error("query `{query}` returned {count} series; expected exactly one (aggregate it, e.g. with sum())")]
+    #[error(
+        "query `{query}` returned {count} series; expected exactly one (aggregate it, e.g. with sum())"
+    )]
     ManySeries {
         /// The query.
         query: String,
@@ -63,7 +65,9 @@ pub enum SourceError {
         count: usize,
     },
     /// A series lacked the label to group by.
-    #[error("query `{query}` returned a series without the label `{label}`; expected every series to carry it")]
+    #[error(
+        "query `{query}` returned a series without the label `{label}`; expected every series to carry it"
+    )]
     MissingLabel {
         /// The query.
         query: String,

@@ -1,1 +1,704 @@
-//! Prometheus HTTP API client (placeholder).
+//! A Prometheus server as a [`Source`]: range queries over the HTTP API
+//! (`GET {base}/api/v1/query_range`).
+//!
+//! Prometheus refuses a range query of more than 11,000 points per series, so a long range
+//! (a backfill of weeks at a fine step) is split into consecutive chunks of at most
+//! [`MAX_POINTS_PER_REQUEST`] steps, asked one after the other and concatenated. Start and
+//! end are aligned down to the step first, so that every sample lies on the step grid and
+//! successive polls ask for the same timestamps.
+//!
+//! Non-finite values (`NaN`, `+Inf`, `-Inf`, e.g. from a division by a zero rate) are
+//! dropped, leaving gaps; a series with no finite value in the range counts as absent.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tracing::{debug, warn};
+use url::Url;
+
+use super::{BoxFuture, Grouped, Source, SourceError};
+use crate::config::{PrometheusAuth, PrometheusConfig};
+use crate::series::{Sample, align_down};
+
+/// Most steps asked of Prometheus in one request (it refuses more than 11,000).
+pub const MAX_POINTS_PER_REQUEST: i64 = 10_000;
+
+/// How much of an unexpected response body is kept in [`SourceError::Http`].
+const BODY_EXCERPT_CHARS: usize = 500;
+
+/// The client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The HTTP client could not be built (e.g. the TLS backend failed to initialise).
+    #[error("cannot build the HTTP client for Prometheus")]
+    Http(#[source] reqwest::Error),
+    /// The query endpoint could not be derived from the base URL.
+    #[error("cannot derive the query endpoint from the Prometheus URL `{url}`: {source}")]
+    Url {
+        /// The base URL (without credentials).
+        url: String,
+        /// Why.
+        source: url::ParseError,
+    },
+}
+
+/// A client of the Prometheus HTTP API, answering [`Source`] range queries.
+///
+/// Cheap to clone (the HTTP connection pool is shared).
+#[derive(Debug, Clone)]
+pub struct PrometheusClient {
+    http: reqwest::Client,
+    /// `{base}/api/v1/query_range`, the path prefix of the base kept.
+    endpoint: Url,
+    /// The endpoint without credentials, for messages.
+    shown: String,
+    auth: Option<PrometheusAuth>,
+    timeout: Duration,
+}
+
+impl PrometheusClient {
+    /// A client for the server at `cfg.url` (a path prefix such as `/prometheus` is kept),
+    /// sending `cfg.auth` with every request and giving up on one after `cfg.timeout`.
+    ///
+    /// Installs rustls' `ring` provider as the process default unless one is installed
+    /// already, since reqwest is built without a provider of its own.
+    pub fn new(cfg: &PrometheusConfig) -> Result<Self, BuildError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(BuildError::Http)?;
+        let mut base = cfg.url.clone();
+        // `join` replaces the last path segment unless the path ends with `/`:
+        // `http://h/prom` + `api/v1/query_range` must give `http://h/prom/api/v1/...`.
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        let endpoint = base
+            .join("api/v1/query_range")
+            .map_err(|source| BuildError::Url {
+                url: redacted(&cfg.url),
+                source,
+            })?;
+        Ok(Self {
+            http,
+            shown: redacted(&endpoint),
+            endpoint,
+            auth: cfg.auth.clone(),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// Every series `query` gives over the aligned range, chunk by chunk, concatenated;
+    /// series without a finite sample are left out.
+    async fn fetch(
+        &self,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Vec<Labelled>, SourceError> {
+        let step = step.max(1);
+        let mut merged: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        for (from, to) in chunks(start, end, step) {
+            let answer = self.query_range(query, from, to, step).await?;
+            debug!(
+                query,
+                start = from,
+                end = to,
+                step,
+                series = answer.series.len(),
+                points = answer.series.iter().map(|s| s.samples.len()).sum::<usize>(),
+                dropped = answer.dropped,
+                "query_range"
+            );
+            for w in &answer.warnings {
+                warn!(query, warning = %w, "Prometheus warned about a query");
+            }
+            for s in answer.series {
+                let held = merged.entry(s.labels).or_default();
+                // Chunks do not overlap and come in order; this only guards the invariant
+                // (strictly increasing timestamps) against a misbehaving server.
+                let newest = held.last().map_or(i64::MIN, |l| l.ts);
+                held.extend(s.samples.into_iter().filter(|x| x.ts > newest));
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter(|(_, samples)| !samples.is_empty())
+            .map(|(labels, samples)| Labelled { labels, samples })
+            .collect())
+    }
+
+    /// One request for `[start, end]`, both on the step grid.
+    async fn query_range(
+        &self,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Answer, SourceError> {
+        let mut request = self
+            .http
+            .get(self.endpoint.clone())
+            .timeout(self.timeout)
+            .query(&[
+                ("query", query),
+                ("start", &start.to_string()),
+                ("end", &end.to_string()),
+                ("step", &step.to_string()),
+            ]);
+        request = match &self.auth {
+            Some(PrometheusAuth::Bearer(token)) => request.bearer_auth(token.expose()),
+            Some(PrometheusAuth::Basic { username, password }) => {
+                request.basic_auth(username, Some(password.expose()))
+            }
+            None => request,
+        };
+        // A pooled keep-alive connection may have been closed by the server (e.g. a
+        // restarted Prometheus) without the pool noticing yet; the request then fails after
+        // connecting. A range query is idempotent, so it is sent once more, on a new
+        // connection. A refused connection or a timeout is not retried.
+        let retry = request.try_clone();
+        let response = match (request.send().await, retry) {
+            (Err(e), Some(retry)) if !e.is_timeout() && !e.is_connect() => {
+                debug!(query, error = %chain(&e), "query_range failed after connecting; retrying once");
+                retry.send().await
+            }
+            (result, _) => result,
+        };
+        let response = response.map_err(|e| self.transport(query, e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(query, e))?;
+        parse(query, &self.shown, status, &body)
+    }
+
+    /// Maps a transport failure to [`SourceError::Timeout`] or [`SourceError::Unreachable`].
+    fn transport(&self, query: &str, e: reqwest::Error) -> SourceError {
+        if e.is_timeout() {
+            SourceError::Timeout {
+                query: query.to_owned(),
+                url: self.shown.clone(),
+                timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            }
+        } else {
+            SourceError::Unreachable {
+                query: query.to_owned(),
+                url: self.shown.clone(),
+                // The URL is in the error already, without the long query string.
+                message: chain(&e.without_url()),
+            }
+        }
+    }
+}
+
+impl Source for PrometheusClient {
+    fn range<'a>(
+        &'a self,
+        query: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
+        Box::pin(async move {
+            let mut series = self.fetch(query, start, end, step).await?;
+            match series.len() {
+                0 => Err(SourceError::Empty {
+                    query: query.to_owned(),
+                }),
+                1 => Ok(series.swap_remove(0).samples),
+                count => Err(SourceError::ManySeries {
+                    query: query.to_owned(),
+                    count,
+                }),
+            }
+        })
+    }
+
+    fn range_by<'a>(
+        &'a self,
+        query: &'a str,
+        label: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Grouped, SourceError>> {
+        Box::pin(async move {
+            let series = self.fetch(query, start, end, step).await?;
+            group(query, label, series)
+        })
+    }
+}
+
+/// Keys `series` by the value of `label`: every series must carry it, and no two may share
+/// a value (that would be two series where one was expected).
+fn group(query: &str, label: &str, series: Vec<Labelled>) -> Result<Grouped, SourceError> {
+    if series.is_empty() {
+        return Err(SourceError::Empty {
+            query: query.to_owned(),
+        });
+    }
+    if series.iter().any(|s| !s.labels.contains_key(label)) {
+        return Err(SourceError::MissingLabel {
+            query: query.to_owned(),
+            label: label.to_owned(),
+        });
+    }
+    let count = series.len();
+    let mut grouped = Grouped::new();
+    for s in series {
+        let key = s.labels.get(label).cloned().unwrap_or_default();
+        if grouped.insert(key, s.samples).is_some() {
+            return Err(SourceError::ManySeries {
+                query: query.to_owned(),
+                count,
+            });
+        }
+    }
+    Ok(grouped)
+}
+
+/// The requests covering `[start, end]` aligned down to `step`: consecutive, disjoint
+/// `(from, to)` pairs on the grid, each of at most [`MAX_POINTS_PER_REQUEST`] points.
+/// Empty when the aligned end is before the aligned start.
+fn chunks(start: i64, end: i64, step: i64) -> Vec<(i64, i64)> {
+    let step = step.max(1);
+    let (start, end) = (align_down(start, step), align_down(end, step));
+    let span = (MAX_POINTS_PER_REQUEST - 1).saturating_mul(step);
+    let mut out = Vec::new();
+    let mut from = start;
+    while from <= end {
+        let to = from.saturating_add(span).min(end);
+        out.push((from, to));
+        match to.checked_add(step) {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    out
+}
+
+/// A series' identity: its labels, `__name__` included when Prometheus keeps it.
+type Labels = BTreeMap<String, String>;
+
+/// One series with its finite samples.
+#[derive(Debug, Clone, PartialEq)]
+struct Labelled {
+    labels: Labels,
+    samples: Vec<Sample>,
+}
+
+/// What one successful request gave.
+#[derive(Debug, PartialEq)]
+struct Answer {
+    /// The series, samples finite and sorted; a series may have none left.
+    series: Vec<Labelled>,
+    /// How many non-finite samples were dropped.
+    dropped: usize,
+    /// Prometheus' warnings (e.g. about a rate over a non-counter).
+    warnings: Vec<String>,
+}
+
+/// The envelope of every Prometheus API answer.
+#[derive(Deserialize)]
+struct Envelope {
+    status: String,
+    data: Option<Data>,
+    #[serde(rename = "errorType")]
+    error_type: Option<String>,
+    error: Option<String>,
+    #[serde(default)]
+    warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct RawSeries {
+    #[serde(default)]
+    metric: Labels,
+    /// `[unix_seconds, "value"]`; absent for native histograms, which are not used.
+    #[serde(default)]
+    values: Vec<(f64, String)>,
+}
+
+/// Reads one HTTP answer: a Prometheus error body (whatever the status) is
+/// [`SourceError::Prometheus`], another non-2xx is [`SourceError::Http`], and a 2xx must be
+/// a matrix.
+fn parse(query: &str, url: &str, status: u16, body: &[u8]) -> Result<Answer, SourceError> {
+    let envelope = serde_json::from_slice::<Envelope>(body);
+    if let Ok(e) = &envelope
+        && e.status == "error"
+    {
+        return Err(SourceError::Prometheus {
+            query: query.to_owned(),
+            error_type: e.error_type.clone().unwrap_or_else(|| "unknown".to_owned()),
+            message: e.error.clone().unwrap_or_default(),
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(SourceError::Http {
+            query: query.to_owned(),
+            url: url.to_owned(),
+            status,
+            body: excerpt(body),
+        });
+    }
+    let decode = |message: String| SourceError::Decode {
+        query: query.to_owned(),
+        message,
+    };
+    let envelope = envelope.map_err(|e| decode(format!("not a Prometheus API answer: {e}")))?;
+    if envelope.status != "success" {
+        return Err(decode(format!("unknown status `{}`", envelope.status)));
+    }
+    let data = envelope
+        .data
+        .ok_or_else(|| decode("no `data` in a successful answer".to_owned()))?;
+    if data.result_type != "matrix" {
+        return Err(decode(format!(
+            "result type `{}`; expected `matrix`",
+            data.result_type
+        )));
+    }
+    let raw: Vec<RawSeries> = serde_json::from_value(data.result)
+        .map_err(|e| decode(format!("malformed matrix: {e}")))?;
+    let mut dropped = 0;
+    let mut series = Vec::with_capacity(raw.len());
+    for s in raw {
+        let mut samples = Vec::with_capacity(s.values.len());
+        for (ts, value) in s.values {
+            if !ts.is_finite() {
+                return Err(decode(format!("timestamp `{ts}` is not a number")));
+            }
+            let value = parse_value(&value)
+                .ok_or_else(|| decode(format!("value `{value}` is not a number")))?;
+            if value.is_finite() {
+                samples.push(Sample {
+                    ts: ts.round() as i64,
+                    value,
+                });
+            } else {
+                dropped += 1;
+            }
+        }
+        series.push(Labelled {
+            labels: s.metric,
+            samples,
+        });
+    }
+    Ok(Answer {
+        series,
+        dropped,
+        warnings: envelope.warnings,
+    })
+}
+
+/// A sample value as Prometheus writes it: a decimal, `NaN`, `+Inf` or `-Inf`.
+fn parse_value(s: &str) -> Option<f64> {
+    match s {
+        "NaN" => Some(f64::NAN),
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        _ => s.parse().ok(),
+    }
+}
+
+/// The start of a body, for a message.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(BODY_EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// A URL without user name and password, for messages.
+fn redacted(url: &Url) -> String {
+    let mut url = url.clone();
+    // Only fails for URLs that cannot have credentials, which then have none to hide.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// An error and its causes, `: `-separated (reqwest's own message names only the URL).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_aligned_range_without_overlap() {
+        #[track_caller]
+        fn check(input: (i64, i64, i64), expected: &[(i64, i64)]) {
+            let (start, end, step) = input;
+            assert_eq!(chunks(start, end, step), expected, "chunks{input:?}");
+        }
+        let n = MAX_POINTS_PER_REQUEST;
+        // Unaligned ends are aligned down.
+        check((61, 179, 60), &[(60, 120)]);
+        check((0, 0, 5), &[(0, 0)]);
+        check((10, 9, 1), &[]);
+        check((125, 100, 60), &[]);
+        // Exactly one full chunk, then one point more.
+        check((0, (n - 1) * 5, 5), &[(0, (n - 1) * 5)]);
+        check((0, n * 5, 5), &[(0, (n - 1) * 5), (n * 5, n * 5)]);
+        // One day at 5s: 17,281 points in two requests.
+        check((0, 86_400, 5), &[(0, (n - 1) * 5), (n * 5, 86_400)]);
+        check((-7, 3, 5), &[(-10, 0)]);
+    }
+
+    #[test]
+    fn chunks_never_exceed_the_point_limit() {
+        for (start, end, step) in [(3, 1_000_000, 7), (0, 2_592_000, 15), (1, 60_000, 1)] {
+            let cs = chunks(start, end, step);
+            assert_eq!(cs.first().map(|c| c.0), Some(align_down(start, step)));
+            assert_eq!(cs.last().map(|c| c.1), Some(align_down(end, step)));
+            for w in cs.windows(2) {
+                assert_eq!(w[1].0, w[0].1 + step);
+            }
+            let total: i64 = cs.iter().map(|(a, b)| (b - a) / step + 1).sum();
+            assert_eq!(
+                total,
+                (align_down(end, step) - align_down(start, step)) / step + 1
+            );
+            assert!(
+                cs.iter()
+                    .all(|(a, b)| (b - a) / step < MAX_POINTS_PER_REQUEST)
+            );
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn samples(pairs: &[(i64, f64)]) -> Vec<Sample> {
+        pairs
+            .iter()
+            .map(|&(ts, value)| Sample { ts, value })
+            .collect()
+    }
+
+    /// The outcome of [`parse`], flattened for comparison.
+    #[derive(Debug, PartialEq)]
+    enum Parsed {
+        Ok {
+            series: Vec<(Labels, Vec<Sample>)>,
+            dropped: usize,
+            warnings: Vec<String>,
+        },
+        Err(String),
+    }
+
+    #[track_caller]
+    fn check(input: (u16, &str), expected: Parsed) {
+        let (status, body) = input;
+        let got = match parse("q", "http://p/api/v1/query_range", status, body.as_bytes()) {
+            Ok(a) => Parsed::Ok {
+                series: a
+                    .series
+                    .into_iter()
+                    .map(|s| (s.labels, s.samples))
+                    .collect(),
+                dropped: a.dropped,
+                warnings: a.warnings,
+            },
+            Err(e) => Parsed::Err(format!("{}: {e}", e.metric_label())),
+        };
+        assert_eq!(got, expected, "parse({status}, {body})");
+    }
+
+    fn ok(series: Vec<(Labels, Vec<Sample>)>, dropped: usize) -> Parsed {
+        Parsed::Ok {
+            series,
+            dropped,
+            warnings: vec![],
+        }
+    }
+
+    fn err(s: &str) -> Parsed {
+        Parsed::Err(s.to_owned())
+    }
+
+    #[test]
+    fn parse_matrix_drops_non_finite_values() {
+        check(
+            (
+                200,
+                r#"{"status":"success","data":{"resultType":"matrix","result":[
+                    {"metric":{"instance":"a"},"values":[[60,"1.5"],[120,"NaN"],[180,"+Inf"],[240,"-Inf"],[300,"2e3"]]},
+                    {"metric":{},"values":[[1700000000.0,"-0.25"]]}]}}"#,
+            ),
+            ok(
+                vec![
+                    (
+                        labels(&[("instance", "a")]),
+                        samples(&[(60, 1.5), (300, 2000.0)]),
+                    ),
+                    (labels(&[]), samples(&[(1_700_000_000, -0.25)])),
+                ],
+                3,
+            ),
+        );
+        check(
+            (
+                200,
+                r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+            ),
+            ok(vec![], 0),
+        );
+        check(
+            (
+                200,
+                r#"{"status":"success","warnings":["w1"],"data":{"resultType":"matrix","result":[{"metric":{},"values":[[5,"NaN"]]}]}}"#,
+            ),
+            Parsed::Ok {
+                series: vec![(labels(&[]), vec![])],
+                dropped: 1,
+                warnings: vec!["w1".to_owned()],
+            },
+        );
+    }
+
+    #[test]
+    fn parse_maps_errors_to_their_cause() {
+        let bad_data = r#"{"status":"error","errorType":"bad_data","error":"1:5: parse error"}"#;
+        for status in [400, 422, 503, 200] {
+            check(
+                (status, bad_data),
+                err("prometheus_error: Prometheus refused query `q`: bad_data: 1:5: parse error"),
+            );
+        }
+        check(
+            (502, "<html>Bad Gateway</html>\n"),
+            err(
+                "http: query `q`: HTTP 502 from http://p/api/v1/query_range: <html>Bad Gateway</html>",
+            ),
+        );
+        check(
+            (404, r#"{"status":"success"}"#),
+            err(
+                "http: query `q`: HTTP 404 from http://p/api/v1/query_range: {\"status\":\"success\"}",
+            ),
+        );
+        check(
+            (200, "<html>"),
+            err(
+                "decode: query `q`: unreadable answer: not a Prometheus API answer: expected value at line 1 column 1",
+            ),
+        );
+        check(
+            (
+                200,
+                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+            ),
+            err("decode: query `q`: unreadable answer: result type `vector`; expected `matrix`"),
+        );
+        check(
+            (
+                200,
+                r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[5,"x"]]}]}}"#,
+            ),
+            err("decode: query `q`: unreadable answer: value `x` is not a number"),
+        );
+    }
+
+    #[test]
+    fn long_http_bodies_are_cut() {
+        let body = "x".repeat(2 * BODY_EXCERPT_CHARS);
+        let cut = excerpt(body.as_bytes());
+        assert_eq!(cut.chars().count(), BODY_EXCERPT_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn group_by_label() {
+        let series = |pairs: &[&[(&str, &str)]]| -> Vec<Labelled> {
+            pairs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Labelled {
+                    labels: labels(p),
+                    samples: samples(&[(60, i as f64)]),
+                })
+                .collect()
+        };
+        #[track_caller]
+        fn check(input: Vec<Labelled>, expected: Result<Vec<(&str, f64)>, &str>) {
+            let got = group("q", "instance", input)
+                .map(|g| {
+                    g.into_iter()
+                        .map(|(k, v)| (k, v[0].value))
+                        .collect::<Vec<_>>()
+                })
+                .map_err(|e| e.metric_label());
+            let expected =
+                expected.map(|v| v.into_iter().map(|(k, x)| (k.to_owned(), x)).collect());
+            assert_eq!(got, expected);
+        }
+        check(
+            series(&[&[("instance", "b")], &[("instance", "a")]]),
+            Ok(vec![("a", 1.0), ("b", 0.0)]),
+        );
+        check(series(&[]), Err("empty"));
+        check(
+            series(&[&[("instance", "a")], &[("job", "x")]]),
+            Err("missing_label"),
+        );
+        check(
+            series(&[
+                &[("instance", "a"), ("job", "x")],
+                &[("instance", "a"), ("job", "y")],
+            ]),
+            Err("many_series"),
+        );
+    }
+
+    #[test]
+    fn endpoint_keeps_the_path_prefix_and_hides_credentials() {
+        #[track_caller]
+        fn check(input: &str, expected: &str) {
+            let cfg = PrometheusConfig {
+                url: Url::parse(input).unwrap(),
+                auth: None,
+                timeout: Duration::from_secs(1),
+            };
+            let client = PrometheusClient::new(&cfg).unwrap();
+            assert_eq!(client.shown, expected, "{input}");
+        }
+        check(
+            "http://127.0.0.1:9090",
+            "http://127.0.0.1:9090/api/v1/query_range",
+        );
+        check("http://h/prom", "http://h/prom/api/v1/query_range");
+        check("https://h/a/b/?x=1", "https://h/a/b/api/v1/query_range");
+        check("http://u:pw@h:1/", "http://h:1/api/v1/query_range");
+    }
+}

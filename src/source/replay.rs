@@ -56,29 +56,51 @@ impl Trace {
     /// Reads a trace file.
     pub fn load(path: &Path) -> Result<Self, TraceError> {
         let file = || path.to_owned();
-        let mut reader = csv::Reader::from_path(path).map_err(|e| TraceError::Read { file: file(), message: e.to_string() })?;
+        let mut reader = csv::Reader::from_path(path).map_err(|e| TraceError::Read {
+            file: file(),
+            message: e.to_string(),
+        })?;
         let mut rows: Vec<(i64, f64)> = Vec::new();
         for (k, record) in reader.records().enumerate() {
             let line = k as u64 + 2;
-            let record = record.map_err(|e| TraceError::Row { file: file(), line, message: e.to_string() })?;
+            let record = record.map_err(|e| TraceError::Row {
+                file: file(),
+                line,
+                message: e.to_string(),
+            })?;
             let field = |i: usize| record.get(i).map(str::trim).unwrap_or("");
-            let ts: f64 = field(0)
-                .parse()
-                .map_err(|_| TraceError::Row { file: file(), line, message: format!("bad timestamp `{}`", field(0)) })?;
-            let value: f64 = field(1)
-                .parse()
-                .map_err(|_| TraceError::Row { file: file(), line, message: format!("bad value `{}`", field(1)) })?;
+            let ts: f64 = field(0).parse().map_err(|_| TraceError::Row {
+                file: file(),
+                line,
+                message: format!("bad timestamp `{}`", field(0)),
+            })?;
+            let value: f64 = field(1).parse().map_err(|_| TraceError::Row {
+                file: file(),
+                line,
+                message: format!("bad value `{}`", field(1)),
+            })?;
             if !ts.is_finite() || !value.is_finite() || value < 0.0 {
-                return Err(TraceError::Row { file: file(), line, message: "non-finite or negative number".into() });
+                return Err(TraceError::Row {
+                    file: file(),
+                    line,
+                    message: "non-finite or negative number".into(),
+                });
             }
             if let Some(&(prev, _)) = rows.last()
                 && ts as i64 <= prev
             {
-                return Err(TraceError::Row { file: file(), line, message: format!("timestamp {ts} is not after {prev}; expected sorted rows") });
+                return Err(TraceError::Row {
+                    file: file(),
+                    line,
+                    message: format!("timestamp {ts} is not after {prev}; expected sorted rows"),
+                });
             }
             rows.push((ts as i64, value));
         }
-        Self::from_rows(&rows).map_err(|message| TraceError::Shape { file: file(), message })
+        Self::from_rows(&rows).map_err(|message| TraceError::Shape {
+            file: file(),
+            message,
+        })
     }
 
     /// Puts sorted `(timestamp, count)` rows on a grid whose step is the most common gap.
@@ -86,7 +108,11 @@ impl Trace {
         if rows.len() < 2 {
             return Err(format!("{} row(s); expected at least two", rows.len()));
         }
-        let mut gaps: Vec<i64> = rows.windows(2).take(1000).map(|w| w[1].0 - w[0].0).collect();
+        let mut gaps: Vec<i64> = rows
+            .windows(2)
+            .take(1000)
+            .map(|w| w[1].0 - w[0].0)
+            .collect();
         gaps.sort_unstable();
         // The most common gap (the smaller on a tie): missing rows only make gaps longer.
         let step = gaps
@@ -98,11 +124,17 @@ impl Trace {
         let mut counts = vec![f64::NAN; n];
         for &(ts, v) in rows {
             if (ts - start) % step != 0 {
-                return Err(format!("timestamp {ts} is off the {step}s grid starting at {start}"));
+                return Err(format!(
+                    "timestamp {ts} is off the {step}s grid starting at {start}"
+                ));
             }
             counts[((ts - start) / step) as usize] = v;
         }
-        Ok(Self { start, step, counts })
+        Ok(Self {
+            start,
+            step,
+            counts,
+        })
     }
 
     /// Start of bucket `i`.
@@ -117,7 +149,11 @@ impl Trace {
 
     /// The first `n` buckets as a trace.
     pub fn truncated(&self, n: usize) -> Self {
-        Self { start: self.start, step: self.step, counts: self.counts[..n.min(self.counts.len())].to_vec() }
+        Self {
+            start: self.start,
+            step: self.step,
+            counts: self.counts[..n.min(self.counts.len())].to_vec(),
+        }
     }
 }
 
@@ -141,7 +177,9 @@ impl ReplaySource {
     pub fn samples(&self, start: i64, end: i64, step: i64) -> Result<Vec<Sample>, String> {
         let ts = self.trace.step;
         if step <= 0 || step % ts != 0 {
-            return Err(format!("step {step}s is not a multiple of the trace's {ts}s"));
+            return Err(format!(
+                "step {step}s is not a multiple of the trace's {ts}s"
+            ));
         }
         let per = (step / ts) as usize;
         let first_end = self.trace.start + self.offset + ts;
@@ -169,24 +207,53 @@ impl ReplaySource {
         Ok(out)
     }
 
-    fn answer(&self, query: &str, start: i64, end: i64, step: i64) -> Result<Vec<Sample>, SourceError> {
+    fn answer(
+        &self,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Vec<Sample>, SourceError> {
         let samples = self
             .samples(start, end, step)
-            .map_err(|message| SourceError::Decode { query: query.to_owned(), message })?;
+            .map_err(|message| SourceError::Decode {
+                query: query.to_owned(),
+                message,
+            })?;
         if samples.is_empty() {
-            return Err(SourceError::Empty { query: query.to_owned() });
+            return Err(SourceError::Empty {
+                query: query.to_owned(),
+            });
         }
         Ok(samples)
     }
 }
 
 impl Source for ReplaySource {
-    fn range<'a>(&'a self, query: &'a str, start: i64, end: i64, step: i64) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
+    fn range<'a>(
+        &'a self,
+        query: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
         Box::pin(async move { self.answer(query, start, end, step) })
     }
 
-    fn range_by<'a>(&'a self, query: &'a str, _label: &'a str, start: i64, end: i64, step: i64) -> BoxFuture<'a, Result<Grouped, SourceError>> {
-        Box::pin(async move { Ok(Grouped::from([("replay".to_owned(), self.answer(query, start, end, step)?)])) })
+    fn range_by<'a>(
+        &'a self,
+        query: &'a str,
+        _label: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Grouped, SourceError>> {
+        Box::pin(async move {
+            Ok(Grouped::from([(
+                "replay".to_owned(),
+                self.answer(query, start, end, step)?,
+            )]))
+        })
     }
 }
 
@@ -214,7 +281,10 @@ mod tests {
         check("timestamp_seconds,value\n0,1\n60,x\n", ":3: bad value `x`");
         check("timestamp_seconds,value\n60,1\n0,1\n", "not after");
         check("timestamp_seconds,value\n0,1\n", "at least two");
-        check("timestamp_seconds,value\n0,1\n60,2\n120,2\n150,1\n", "off the 60s grid");
+        check(
+            "timestamp_seconds,value\n0,1\n60,2\n120,2\n150,1\n",
+            "off the 60s grid",
+        );
     }
 
     #[test]
@@ -227,7 +297,13 @@ mod tests {
         assert_eq!(got, [(1080, 1.0), (1140, 2.0), (1260, 4.0)]);
         let whole = Trace::from_rows(&[(0, 60.0), (60, 120.0), (120, 180.0)]).unwrap();
         let coarse = ReplaySource::new(whole, 0).samples(0, 1000, 120).unwrap();
-        assert_eq!(coarse, [Sample { ts: 120, value: 1.5 }]);
+        assert_eq!(
+            coarse,
+            [Sample {
+                ts: 120,
+                value: 1.5
+            }]
+        );
         let s = src.samples(1100, 1150, 60).unwrap();
         assert_eq!(s.len(), 1);
         assert!(src.samples(0, 2000, 90).is_err());

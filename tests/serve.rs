@@ -1,0 +1,540 @@
+//! `prescale::serve` end to end: a real Prometheus backfilled from a real trace, a live
+//! exporter, real webhook receivers, and the HTTP API on a real socket.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Backfill, Exporter, Options, Prometheus, Receiver, TempConfig, poll_until_async};
+use prescale::config::Config;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const SECRET: &str = "test-secret-123";
+
+/// A running `prescale serve`, stopped (and joined) by [`Running::stop`].
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    client: reqwest::Client,
+}
+
+impl Running {
+    async fn start(config_path: &Path) -> Self {
+        let config = Config::load(config_path).expect("valid test config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(prescale::serve(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+            client,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .client
+            .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn text(&self, path: &str) -> String {
+        match self.get(path).await.1 {
+            Value::String(s) => s,
+            other => other.to_string(),
+        }
+    }
+
+    /// Waits until `GET path` gives a body for which `probe` returns `Some`.
+    async fn wait<T>(&self, what: &str, path: &str, probe: impl Fn(u16, &Value) -> Option<T>) -> T {
+        poll_until_async(what, DEADLINE, || async {
+            let (status, body) = self.get(path).await;
+            probe(status, &body)
+        })
+        .await
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+        result
+            .expect("serve stops within 20 s")
+            .expect("serve task")
+            .expect("serve returns Ok");
+    }
+}
+
+async fn start_prometheus(opts: Options) -> Prometheus {
+    tokio::task::spawn_blocking(move || Prometheus::start(opts))
+        .await
+        .expect("start prometheus")
+}
+
+fn webhook_table(table: &str, url: &str) -> String {
+    format!("[target.{table}]\nurl = \"{url}\"\nsecret_file = \"secret\"\n")
+}
+
+/// Backfill, readiness, incremental polls, the forecast endpoint, and a scale webhook that
+/// is retried through two 500s and delivered once, signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_polls_forecasts_and_delivers_a_signed_scale_webhook() {
+    let backfill = Backfill::from_trace(3);
+    let backfill_end = backfill.end();
+    let exporter = Exporter::start(backfill.total(), 300.0);
+    let prom = start_prometheus(Options {
+        backfill: Some(backfill),
+        scrape: Some(exporter.addr()),
+        port: None,
+    })
+    .await;
+    let platform = Receiver::start(&[500, 500]);
+
+    let toml = format!(
+        r#"[prometheus]
+url = "{}"
+
+[delivery]
+initial_backoff = "20ms"
+max_backoff = "100ms"
+
+[[target]]
+name = "web"
+request_rate = '{}'
+capacity_rps = 0.5
+startup = "1m"
+min_replicas = 2
+max_replicas = 500
+interval = "1s"
+step = "10s"
+history = "2d"
+{}"#,
+        prom.url(),
+        common::RATE_QUERY,
+        webhook_table("platform", &platform.url("/scale")),
+    );
+    let cfg = TempConfig::write(&toml);
+    cfg.write_file("secret", SECRET);
+    let app = Running::start(cfg.path()).await;
+
+    // Ready once backfilled: 2 days at 10 s, fetched in two chunks.
+    app.wait("readiness", "/readyz", |s, b| {
+        (s == 200 && b["ready"] == true).then_some(())
+    })
+    .await;
+    let (_, detail) = app.get("/api/v1/targets/web").await;
+    let points = detail["points"].as_u64().unwrap();
+    assert!(
+        (17_280..=17_283).contains(&points),
+        "backfilled {points} points, expected 2 d / 10 s + 1: {detail}"
+    );
+    let first_newest = detail["signals"]["request_rate"]["newest"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        first_newest >= backfill_end - 10,
+        "newest {first_newest} vs backfill end {backfill_end}"
+    );
+
+    // Incremental polls pick up what the exporter adds after the backfill: the rate climbs
+    // far above the trace's (a few requests/s) and the newest sample moves on.
+    let (newest, demand) = app
+        .wait(
+            "the exporter's samples to show in the polled rate",
+            "/api/v1/targets/web",
+            |_, b| {
+                let newest = b["signals"]["request_rate"]["newest"].as_i64()?;
+                let demand = b["demand_rps"].as_f64()?;
+                (newest > first_newest && demand > 20.0).then_some((newest, demand))
+            },
+        )
+        .await;
+    assert!(newest % 10 == 0, "samples are step-aligned: {newest}");
+    assert!(
+        demand < 400.0,
+        "rate {demand} is at most the exporter's 300 rps plus the trace"
+    );
+
+    // The forecast endpoint.
+    let (status, f) = app.get("/api/v1/targets/web/forecast?horizon=30m").await;
+    assert_eq!(status, 200, "{f}");
+    assert_eq!(
+        (f["target"].as_str(), f["step_seconds"].as_i64()),
+        (Some("web"), Some(10))
+    );
+    let pts = f["points"].as_array().unwrap();
+    assert!(
+        (170..=182).contains(&pts.len()),
+        "{} points for 30 m at 10 s",
+        pts.len()
+    );
+    let mut prev = 0;
+    for p in pts {
+        let ts = p["timestamp"].as_i64().unwrap();
+        let (v, lo, hi) = (
+            p["value"].as_f64().unwrap(),
+            p["lower"].as_f64().unwrap(),
+            p["upper"].as_f64().unwrap(),
+        );
+        assert!(ts > prev && lo <= v && v <= hi && v.is_finite(), "{p}");
+        prev = ts;
+    }
+
+    // The first scale decision went to the platform: 500, 500, then 200.
+    let reqs = platform.wait_for(3, DEADLINE).await;
+    let key = reqs[0]
+        .header("idempotency-key")
+        .expect("Idempotency-Key")
+        .to_owned();
+    let now = common::now_secs();
+    for r in &reqs[..3] {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/scale");
+        assert_eq!(
+            r.header("idempotency-key"),
+            Some(key.as_str()),
+            "same key on every attempt"
+        );
+        assert_eq!(r.body, reqs[0].body, "same body on every attempt");
+        let sig = r.header("prescale-signature").expect("signature header");
+        prescale::act::webhook::verify(SECRET.as_bytes(), sig, &r.body[..], now, 120)
+            .expect("signature verifies");
+        assert!(prescale::act::webhook::verify(b"wrong", sig, &r.body[..], now, 120).is_err());
+    }
+    let body = reqs[0].json();
+    assert_eq!(
+        (
+            body["kind"].as_str(),
+            body["target"].as_str(),
+            body["schema_version"].as_u64()
+        ),
+        (Some("scale"), Some("web"), Some(1))
+    );
+    assert_eq!(body["from"], 2, "{body}");
+    assert!(body["to"].as_u64().unwrap() > 2, "{body}");
+    assert!(body["reasons"][0]["code"].is_string(), "{body}");
+
+    // Delivered once: the 200 ended it; the target's last delivery says so unless a newer
+    // action has been sent since (the demand keeps rising).
+    app.wait("delivery to be recorded", "/api/v1/targets/web", |_, b| {
+        let d = &b["last_delivery"];
+        (d["outcome"] == "delivered").then_some(())
+    })
+    .await;
+    let same_key = platform
+        .requests()
+        .iter()
+        .filter(|r| r.header("idempotency-key") == Some(&key))
+        .count();
+    assert_eq!(
+        same_key, 3,
+        "the action was sent until the first 200, then never again"
+    );
+
+    // Decisions and metrics.
+    let (status, d) = app.get("/api/v1/decisions?target=web&limit=5").await;
+    assert_eq!(status, 200);
+    let list = d["decisions"].as_array().unwrap();
+    assert!(!list.is_empty() && list.len() <= 5);
+    assert!(
+        list[0]["at"].as_i64() >= list[list.len() - 1]["at"].as_i64(),
+        "newest first"
+    );
+    let metrics = app.text("/metrics").await;
+    for want in [
+        r#"prescale_polls_total{target="web",signal="request_rate",outcome="ok"}"#,
+        r#"prescale_deliveries_total{target="web",kind="scale",outcome="delivered"}"#,
+        r#"prescale_sample_age_seconds{target="web",signal="request_rate"}"#,
+        "prescale_poll_duration_seconds_bucket",
+        "prescale_decisions_total",
+    ] {
+        assert!(metrics.contains(want), "metrics lack {want}:\n{metrics}");
+    }
+    app.stop().await;
+}
+
+/// Prometheus down at start: not ready, degraded, with the reason; up: ready; down again:
+/// degraded and no scale-in; up again: recovered and scaling in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_prometheus_down_at_start_and_later_without_scaling_in() {
+    let port = common::free_port();
+    // The replica query says 30 run while demand needs 2, so a healthy target scales in.
+    let toml = format!(
+        r#"[prometheus]
+url = "http://127.0.0.1:{port}"
+timeout = "2s"
+
+[[target]]
+name = "web"
+request_rate = '{}'
+replicas = 'vector(30)'
+capacity_rps = 1000
+startup = "1m"
+min_replicas = 2
+max_replicas = 40
+interval = "1s"
+step = "10s"
+history = "1d"
+scale_in_window = "1s"
+"#,
+        common::RATE_QUERY
+    );
+    let cfg = TempConfig::write(&toml);
+    let app = Running::start(cfg.path()).await;
+
+    let reasons = app
+        .wait(
+            "the unreachable Prometheus to be reported",
+            "/readyz",
+            |s, b| {
+                (s == 503 && b["degraded"].to_string().contains("cannot reach")).then(|| b.clone())
+            },
+        )
+        .await;
+    assert!(
+        reasons["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("web: not backfilled"),
+        "{reasons}"
+    );
+    let (_, t) = app.get("/api/v1/targets/web").await;
+    assert_eq!(t["status"], "backfilling");
+
+    let mut prom = start_prometheus(Options {
+        backfill: Some(Backfill::from_trace(2)),
+        scrape: None,
+        port: Some(port),
+    })
+    .await;
+    app.wait("readiness after Prometheus came up", "/readyz", |s, _| {
+        (s == 200).then_some(())
+    })
+    .await;
+    app.wait("a healthy scale-in", "/api/v1/targets/web", |_, b| {
+        let d = &b["last_decision"];
+        (b["status"] == "ok" && d["from"] == 30 && d["to"].as_u64()? < 30).then_some(())
+    })
+    .await;
+
+    let prom = tokio::task::spawn_blocking(move || {
+        prom.stop();
+        prom
+    })
+    .await
+    .expect("stop prometheus");
+    let down_at = app
+        .wait(
+            "degradation after Prometheus went down",
+            "/api/v1/targets/web",
+            |_, b| (b["status"] == "degraded").then(|| b["last_decision"]["at"].as_i64()),
+        )
+        .await
+        .unwrap_or(0);
+    // A few cycles while down: every decision holds 30, saying why.
+    let held = app
+        .wait(
+            "three decisions while degraded",
+            "/api/v1/decisions?target=web&limit=1000",
+            |_, b| {
+                let during: Vec<Value> = b["decisions"]
+                    .as_array()?
+                    .iter()
+                    .filter(|d| d["at"].as_i64() > Some(down_at))
+                    .cloned()
+                    .collect();
+                (during.len() >= 3).then_some(during)
+            },
+        )
+        .await;
+    for d in &held {
+        assert_eq!(
+            (d["from"].as_u64(), d["to"].as_u64()),
+            (Some(30), Some(30)),
+            "no scale-in while degraded: {d}"
+        );
+        assert!(d["reasons"].to_string().contains("Degraded"), "{d}");
+    }
+    let (status, r) = app.get("/readyz").await;
+    assert_eq!(
+        status, 200,
+        "still ready (backfilled), with the degradation listed: {r}"
+    );
+    assert!(r["degraded"].to_string().contains("cannot reach"), "{r}");
+
+    let prom = tokio::task::spawn_blocking(move || {
+        let mut prom = prom;
+        prom.restart();
+        prom
+    })
+    .await
+    .expect("restart prometheus");
+    app.wait(
+        "recovery after Prometheus returned",
+        "/api/v1/targets/web",
+        |_, b| {
+            let d = &b["last_decision"];
+            (b["status"] == "ok"
+                && b["degraded_reasons"].as_array()?.is_empty()
+                && d["to"].as_u64()? < 30)
+                .then_some(())
+        },
+    )
+    .await;
+    app.stop().await;
+    drop(prom);
+}
+
+/// A query that matches nothing and one with a syntax error: reported by name, never read
+/// as zero, and the healthy target beside them is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_queries_are_reported_by_name() {
+    let prom = start_prometheus(Options {
+        backfill: Some(Backfill::from_trace(1)),
+        scrape: None,
+        port: None,
+    })
+    .await;
+    let target = |name: &str, query: &str| {
+        format!(
+            "[[target]]\nname = \"{name}\"\nrequest_rate = '{query}'\ncapacity_rps = 1\nstartup = \"1m\"\n\
+             min_replicas = 3\nmax_replicas = 10\ninterval = \"1s\"\nhistory = \"6h\"\n"
+        )
+    };
+    let toml = format!(
+        "[prometheus]\nurl = \"{}\"\n\n{}\n{}\n{}",
+        prom.url(),
+        target("web", common::RATE_QUERY),
+        target("ghost", "sum(rate(no_such_metric_total[5m]))"),
+        target("broken", "sum(rate(http_requests_total[5m]"),
+    );
+    let cfg = TempConfig::write(&toml);
+    let app = Running::start(cfg.path()).await;
+
+    let ready = app
+        .wait(
+            "web backfilled, ghost and broken polled",
+            "/readyz",
+            |s, b| {
+                let text = b.to_string();
+                let polled = text.contains("matched no series") && text.contains("bad_data");
+                (s == 503 && polled && !text.contains("web: not")).then(|| b.clone())
+            },
+        )
+        .await;
+    assert_eq!(ready["ready"], false);
+
+    let (_, ghost) = app.get("/api/v1/targets/ghost").await;
+    let why = ghost["degraded_reasons"].to_string();
+    assert!(
+        why.contains("matched no series") && why.contains("no_such_metric_total"),
+        "{ghost}"
+    );
+    assert_eq!(
+        ghost["points"], 0,
+        "nothing stored for an empty result: {ghost}"
+    );
+    assert!(ghost["demand_rps"].is_null(), "never read as zero: {ghost}");
+    let d = &ghost["last_decision"];
+    assert_eq!(
+        (d["to"].as_u64(), d["reasons"][0]["code"].as_str()),
+        (Some(3), Some("NoData")),
+        "{ghost}"
+    );
+    let (status, f) = app.get("/api/v1/targets/ghost/forecast").await;
+    assert_eq!(
+        (status, f["error"]["code"].as_str()),
+        (503, Some("no_data")),
+        "{f}"
+    );
+
+    let (_, broken) = app.get("/api/v1/targets/broken").await;
+    let why = broken["degraded_reasons"].to_string();
+    assert!(
+        why.contains("bad_data") && why.contains("sum(rate(http_requests_total[5m]"),
+        "{broken}"
+    );
+
+    let (_, web) = app.get("/api/v1/targets/web").await;
+    assert_eq!(web["status"], "ok", "{web}");
+    let metrics = app.text("/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"prescale_polls_total{target="ghost",signal="request_rate",outcome="empty"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"outcome="prometheus_error""#),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+/// In `forecast-only` mode decisions are made and shown but nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecast_only_mode_sends_nothing() {
+    let prom = start_prometheus(Options {
+        backfill: Some(Backfill::from_trace(1)),
+        scrape: None,
+        port: None,
+    })
+    .await;
+    let platform = Receiver::start(&[]);
+    let toml = format!(
+        "[prometheus]\nurl = \"{}\"\n\n[[target]]\nname = \"web\"\nrequest_rate = '{}'\ncapacity_rps = 0.05\n\
+         startup = \"1m\"\nmin_replicas = 1\nmax_replicas = 100\ninterval = \"1s\"\nhistory = \"6h\"\n\
+         mode = \"forecast-only\"\n{}",
+        prom.url(),
+        common::RATE_QUERY,
+        webhook_table("platform", &platform.url("/scale")),
+    );
+    let cfg = TempConfig::write(&toml);
+    cfg.write_file("secret", SECRET);
+    let app = Running::start(cfg.path()).await;
+    // Three decisions, the first a change from 1: each would have been sent in `act` mode.
+    let list = app
+        .wait("three decisions", "/api/v1/decisions?target=web", |_, b| {
+            let l = b["decisions"].as_array()?.clone();
+            (l.len() >= 3).then_some(l)
+        })
+        .await;
+    let first = &list[list.len() - 1];
+    assert_eq!(first["mode"], "forecast-only");
+    assert!(
+        first["to"].as_u64() > first["from"].as_u64(),
+        "a scale-out was decided: {first}"
+    );
+    let (_, t) = app.get("/api/v1/targets/web").await;
+    assert!(t["last_delivery"].is_null(), "{t}");
+    app.stop().await;
+    assert!(
+        platform.requests().is_empty(),
+        "nothing is sent in forecast-only mode"
+    );
+}
