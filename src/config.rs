@@ -17,12 +17,12 @@ use url::Url;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read: {error}")]
     Read {
         /// The file.
         file: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML or does not match the schema (unknown key, bad type,
     /// bad duration); the message from the TOML parser shows the line and the key.
@@ -413,9 +413,9 @@ const MAX_HISTORY_POINTS: u64 = 1_000_000;
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             file: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }
@@ -827,7 +827,21 @@ max_replicas = 40
                 "capacity_rps = -1",
                 &["target[web].capacity_rps", "positive"],
             ),
-            ("step = \"1m\"", "", &[]),
+            (
+                "max_replicas = 40",
+                "max_replicas = 40\nstep = \"1500ms\"",
+                &["target[web].step", "whole seconds"],
+            ),
+            (
+                "max_replicas = 40",
+                "max_replicas = 40\nlatency_slo = \"250ms\"",
+                &["target[web].latency_slo", "`latency` query"],
+            ),
+            (
+                "max_replicas = 40",
+                "max_replicas = 40\nmode = \"sometimes\"",
+                &["test.toml", "sometimes", "act", "forecast-only"],
+            ),
             (
                 "url = \"http://127.0.0.1:9090\"",
                 "url = \"nope\"",
@@ -840,9 +854,7 @@ max_replicas = 40
             ),
         ];
         for (from, to, wants) in cases {
-            if wants.is_empty() {
-                continue;
-            }
+            assert!(MINIMAL.contains(from), "case `{from}` changes nothing");
             let text = MINIMAL.replace(from, to);
             let err = parse(&text).expect_err(to).to_string();
             for want in *wants {

@@ -1,0 +1,204 @@
+//! The `prescale` binary as a user runs it: `check-config`, `backtest` on a real trace, and
+//! `serve` stopping cleanly on SIGTERM.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Backfill, Options, Prometheus, TempConfig, poll_until};
+
+fn prescale(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .args(args)
+        .output()
+        .expect("run prescale")
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+#[test]
+fn check_config_accepts_the_shipped_example() {
+    let out = prescale(&[
+        "check-config",
+        repo("config/prescale.toml").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("prescale.toml: ok") && stdout.contains("web:"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_names_the_file_and_the_unknown_key() {
+    let example = std::fs::read_to_string(repo("config/prescale.toml")).unwrap();
+    let cfg = TempConfig::write(
+        &example.replace("max_replicas = 40", "max_replicas = 40\nmax_replica = 4"),
+    );
+    let out = prescale(&["check-config", cfg.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("prescale.toml") && stderr.contains("unknown field `max_replica`"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no summary on error");
+
+    let out = prescale(&["check-config", "/nonexistent/prescale.toml"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("/nonexistent/prescale.toml: cannot read"));
+}
+
+fn backtest(trace: &Path, out: &Path) -> Vec<csv::StringRecord> {
+    let o = prescale(&[
+        "backtest",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--capacity",
+        "0.1",
+        "--startup",
+        "5m",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "backtest failed: {}", text(&o.stderr));
+    let mut r = csv::Reader::from_path(out).expect("decisions csv");
+    let header: Vec<String> = r.headers().unwrap().iter().map(str::to_owned).collect();
+    assert_eq!(
+        header,
+        [
+            "timestamp",
+            "demand_rps",
+            "forecast_rps",
+            "upper_rps",
+            "replicas",
+            "reason"
+        ]
+    );
+    r.records().map(|r| r.expect("row")).collect()
+}
+
+/// One row per trace step, and cutting the trace after N days leaves the first N days of
+/// decisions unchanged: no decision looks ahead.
+#[test]
+fn backtest_writes_a_row_per_step_without_look_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = common::read_trace(&common::trace_path());
+    let write = |name: &str, rows: &[(i64, f64)]| {
+        let p = dir.path().join(name);
+        let body: String = rows.iter().map(|(t, v)| format!("{t},{v}\n")).collect();
+        std::fs::write(&p, format!("timestamp_seconds,value\n{body}")).unwrap();
+        p
+    };
+    // Three days, and the same cut after two.
+    let three = write("three.csv", &rows[..3 * 1440]);
+    let two = write("two.csv", &rows[..2 * 1440]);
+    let full = backtest(&three, &dir.path().join("three.out.csv"));
+    let cut = backtest(&two, &dir.path().join("two.out.csv"));
+    assert_eq!(full.len(), 3 * 1440, "a row per step");
+    assert_eq!(cut.len(), 2 * 1440);
+    for (i, (a, b)) in cut.iter().zip(&full).enumerate() {
+        assert_eq!(a, b, "row {i} changed when later data was added");
+    }
+    for (row, (ts, _)) in full.iter().zip(&rows) {
+        assert_eq!(row[0].parse::<i64>().unwrap(), *ts);
+        assert!(row[4].parse::<u32>().unwrap() >= 1);
+    }
+    // Scaling follows the day: more replicas at the daily peak than overnight.
+    let replicas: Vec<u32> = full.iter().map(|r| r[4].parse().unwrap()).collect();
+    let (lo, hi) = (
+        replicas[1440..].iter().min().unwrap(),
+        replicas[1440..].iter().max().unwrap(),
+    );
+    assert!(hi >= &(lo * 3), "replicas range {lo}..{hi}");
+}
+
+#[test]
+fn backtest_rejects_bad_input_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "timestamp_seconds,value\n0,1\n60,oops\n").unwrap();
+    let out_path = dir.path().join("out.csv");
+    let o = prescale(&[
+        "backtest",
+        "--trace",
+        bad.to_str().unwrap(),
+        "--capacity",
+        "1",
+        "--startup",
+        "1m",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("bad.csv:3: bad value `oops`"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!out_path.exists(), "nothing written on bad input");
+    let o = prescale(&[
+        "backtest",
+        "--trace",
+        "x.csv",
+        "--capacity",
+        "0",
+        "--startup",
+        "1m",
+        "--out",
+        "y.csv",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--capacity"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+/// `prescale serve` answers health checks and exits 0 on SIGTERM.
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let prom = Prometheus::start(Options {
+        backfill: Some(Backfill::from_trace(1)),
+        scrape: None,
+        port: None,
+    });
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = TempConfig::write(&common::minimal_config(
+        &prom.url(),
+        listen,
+        "history = \"6h\"\ninterval = \"1s\"",
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .args(["serve", "--config", cfg.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn prescale serve");
+    poll_until("prescale to be ready", Duration::from_secs(60), || {
+        matches!(common::http_get(listen, "/readyz"), Ok((200, _))).then_some(())
+    });
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = poll_until("prescale to exit", Duration::from_secs(20), || {
+        child.try_wait().ok().flatten()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit {status}: {stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+}
