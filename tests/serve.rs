@@ -538,3 +538,64 @@ async fn forecast_only_mode_sends_nothing() {
         "nothing is sent in forecast-only mode"
     );
 }
+
+/// Per-instance latency drives balancer weights, sent signed to the balancer webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalances_by_instance_latency() {
+    let prom = start_prometheus(Options {
+        backfill: Some(Backfill::from_trace(1)),
+        scrape: None,
+        port: None,
+    })
+    .await;
+    let balancer = Receiver::start(&[]);
+    // Two instances, the second twice as slow.
+    let latency = r#"label_replace(vector(0.1), "instance", "10.0.0.1:8080", "", "") or label_replace(vector(0.2), "instance", "10.0.0.2:8080", "", "")"#;
+    let toml = format!(
+        "[prometheus]\nurl = \"{}\"\n\n[[target]]\nname = \"web\"\nrequest_rate = '{}'\ninstance_latency = '{latency}'\n\
+         capacity_rps = 1\nstartup = \"1m\"\nmax_replicas = 10\ninterval = \"1s\"\nhistory = \"6h\"\n{}",
+        prom.url(),
+        common::RATE_QUERY,
+        webhook_table("balancer", &balancer.url("/weights")),
+    );
+    let cfg = TempConfig::write(&toml);
+    cfg.write_file("secret", SECRET);
+    let app = Running::start(cfg.path()).await;
+    let reqs = balancer.wait_for(1, DEADLINE).await;
+    let body = reqs[0].json();
+    assert_eq!(
+        (body["kind"].as_str(), body["target"].as_str()),
+        (Some("rebalance"), Some("web")),
+        "{body}"
+    );
+    assert_eq!(
+        body["weights"],
+        serde_json::json!({"10.0.0.1:8080": 100, "10.0.0.2:8080": 50}),
+        "{body}"
+    );
+    let sig = reqs[0].header("prescale-signature").expect("signed");
+    prescale::act::webhook::verify(
+        SECRET.as_bytes(),
+        sig,
+        &reqs[0].body[..],
+        common::now_secs(),
+        120,
+    )
+    .expect("valid signature");
+    let (_, t) = app.get("/api/v1/targets/web").await;
+    assert_eq!(t["weights"]["10.0.0.2:8080"], 50, "{t}");
+    assert_eq!(t["instances"]["10.0.0.2:8080"]["latency"], 0.2, "{t}");
+    // Unchanged weights are not sent again.
+    app.wait(
+        "a few more cycles",
+        "/api/v1/decisions?target=web",
+        |_, b| (b["decisions"].as_array()?.len() >= 4).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        balancer.requests().len(),
+        1,
+        "weights did not change, nothing more is sent"
+    );
+    app.stop().await;
+}
