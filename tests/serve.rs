@@ -96,6 +96,15 @@ async fn start_prometheus(opts: Options) -> Prometheus {
         .expect("start prometheus")
 }
 
+/// A Prometheus holding the trace's last `days` days, scraping nothing.
+async fn backfilled(days: u32) -> Prometheus {
+    start_prometheus(Options {
+        backfill: Some(Backfill::from_trace(days)),
+        ..Options::default()
+    })
+    .await
+}
+
 fn webhook_table(table: &str, url: &str) -> String {
     format!("[target.{table}]\nurl = \"{url}\"\nsecret_file = \"secret\"\n")
 }
@@ -414,12 +423,7 @@ scale_in_window = "1s"
 /// as zero, and the healthy target beside them is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_queries_are_reported_by_name() {
-    let prom = start_prometheus(Options {
-        backfill: Some(Backfill::from_trace(1)),
-        scrape: None,
-        port: None,
-    })
-    .await;
+    let prom = backfilled(1).await;
     let target = |name: &str, query: &str| {
         format!(
             "[[target]]\nname = \"{name}\"\nrequest_rate = '{query}'\ncapacity_rps = 1\nstartup = \"1m\"\n\
@@ -499,12 +503,7 @@ async fn bad_queries_are_reported_by_name() {
 /// In `forecast-only` mode decisions are made and shown but nothing is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forecast_only_mode_sends_nothing() {
-    let prom = start_prometheus(Options {
-        backfill: Some(Backfill::from_trace(1)),
-        scrape: None,
-        port: None,
-    })
-    .await;
+    let prom = backfilled(1).await;
     let platform = Receiver::start(&[]);
     let toml = format!(
         "[prometheus]\nurl = \"{}\"\n\n[[target]]\nname = \"web\"\nrequest_rate = '{}'\ncapacity_rps = 0.05\n\
@@ -542,12 +541,7 @@ async fn forecast_only_mode_sends_nothing() {
 /// Per-instance latency drives balancer weights, sent signed to the balancer webhook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalances_by_instance_latency() {
-    let prom = start_prometheus(Options {
-        backfill: Some(Backfill::from_trace(1)),
-        scrape: None,
-        port: None,
-    })
-    .await;
+    let prom = backfilled(1).await;
     let balancer = Receiver::start(&[]);
     // Two instances, the second twice as slow.
     let latency = r#"label_replace(vector(0.1), "instance", "10.0.0.1:8080", "", "") or label_replace(vector(0.2), "instance", "10.0.0.2:8080", "", "")"#;
