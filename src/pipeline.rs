@@ -260,6 +260,11 @@ impl TargetLoop {
             // Without a replicas query, the count asked for is taken as the count running.
             state.replicas = decision.to;
         }
+        let replicas = f64::from(state.replicas);
+        state.replicas_history.extend([Sample {
+            ts: now,
+            value: replicas,
+        }]);
 
         let m = self.store.metrics();
         let labels = TargetLabels {

@@ -115,6 +115,8 @@ pub struct TargetState {
     pub latency: Series,
     /// Observed replica counts.
     pub replica_series: Series,
+    /// The replica count at each decision (observed, or the count asked for).
+    pub replicas_history: Series,
     /// Freshness per configured signal.
     pub signals: BTreeMap<Signal, SignalHealth>,
     /// Whether the request rate has been backfilled.
@@ -148,6 +150,7 @@ impl TargetState {
             rate: Series::new(step, cap),
             latency: Series::new(step, cap),
             replica_series: Series::new(step, cap),
+            replicas_history: Series::new(step, cap),
             signals,
             backfilled: false,
             replicas: config.min_replicas,

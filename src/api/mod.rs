@@ -14,9 +14,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+mod dashboard;
+
 use crate::decide::Decision;
 use crate::forecast::{self, History, Point};
 use crate::pipeline::unix_now;
+use crate::series::Sample;
 use crate::store::{DecisionRecord, DeliveryRecord, InstanceStats, SignalHealth, Store};
 
 /// The longest forecast horizon served.
@@ -72,7 +75,9 @@ pub fn router(store: Store) -> Router {
         .route("/api/v1/targets", get(targets))
         .route("/api/v1/targets/{name}", get(target))
         .route("/api/v1/targets/{name}/forecast", get(target_forecast))
+        .route("/api/v1/targets/{name}/history", get(target_history))
         .route("/api/v1/decisions", get(decisions))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(store)
@@ -305,6 +310,66 @@ async fn target_forecast(
         model: f.model,
         level: f.level,
         points: f.until(end).copied().collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    signal: Option<String>,
+    since: Option<String>,
+}
+
+/// An observed series.
+#[derive(Debug, Serialize)]
+struct HistoryBody {
+    target: String,
+    signal: &'static str,
+    points: Vec<Sample>,
+}
+
+/// The observed series of one signal since a time: `since` is a duration back from now
+/// (`6h`, default `24h`) or a Unix timestamp. `signal=replicas` is the replica count the
+/// target had at each decision (observed, or asked for without a `replicas` query).
+async fn target_history(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<HistoryBody>, ApiError> {
+    let now = unix_now();
+    let since = match q.since.as_deref() {
+        None => now - 86_400,
+        Some(s) => match s.parse::<i64>() {
+            Ok(ts) if ts >= 0 => ts,
+            _ => humantime::parse_duration(s).map(|d| now - d.as_secs() as i64).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "since `{s}`: expected a duration back from now (e.g. 6h) or a Unix timestamp"
+                ))
+            })?,
+        },
+    };
+    let signal = match q.signal.as_deref().unwrap_or("rate") {
+        "rate" => "rate",
+        "latency" => "latency",
+        "replicas" => "replicas",
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "signal `{other}`: expected one of rate, latency, replicas"
+            )));
+        }
+    };
+    let t = store
+        .target(&name)
+        .ok_or_else(|| ApiError::unknown_target(&name))?;
+    let series = match signal {
+        "rate" => &t.rate,
+        "latency" => &t.latency,
+        _ => &t.replicas_history,
+    };
+    let points = series.since(since).copied().collect();
+    Ok(Json(HistoryBody {
+        target: name.clone(),
+        signal,
+        points,
     }))
 }
 

@@ -1,0 +1,164 @@
+// prescale dashboard: reads the JSON API and draws with uPlot (vendored). No build step.
+"use strict";
+
+const REFRESH_MS = 5000;
+const state = { selected: new URLSearchParams(location.search).get("target"), charts: {} };
+
+const $ = (sel) => document.querySelector(sel);
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const fmtTime = (ts) => new Date(ts * 1000).toLocaleString();
+const fmtNum = (x, d = 2) => (x == null || !isFinite(x) ? "—" : Number(x).toFixed(d));
+
+async function getJson(url) {
+  const res = await fetch(url, { headers: { accept: "application/json" } });
+  if (!res.ok) {
+    let msg = `${res.status}`;
+    try { msg = (await res.json()).error.message; } catch (_) { /* not JSON */ }
+    const err = new Error(`${url}: ${msg}`);
+    err.status = res.status;
+    throw err;
+  }
+  return res.json();
+}
+
+// A value or null from an optional request: the page shows what it can.
+async function maybe(url) {
+  try { return await getJson(url); } catch (e) { return { error: e }; }
+}
+
+function renderTargets(targets) {
+  const rows = targets.map((t) => {
+    const status = t.paused ? "paused" : t.status;
+    const want = t.desired_replicas == null ? "" : ` → ${t.desired_replicas}`;
+    return `<tr data-name="${esc(t.name)}" class="${t.name === state.selected ? "selected" : ""}">
+      <td>${esc(t.name)}</td><td><span class="badge ${esc(status)}">${esc(status)}</span></td>
+      <td>${t.replicas}${want}</td></tr>`;
+  });
+  $("#targets").innerHTML = rows.join("");
+  for (const tr of document.querySelectorAll("#targets tr")) {
+    tr.addEventListener("click", () => { state.selected = tr.dataset.name; refresh(); });
+  }
+}
+
+function renderFacts(d) {
+  const facts = [
+    ["state", `<span class="badge ${esc(d.status)}">${esc(d.status)}</span>`],
+    ["mode", esc(d.mode)],
+    ["replicas now", d.replicas],
+    ["asked for", d.desired_replicas ?? "—"],
+    ["demand", `${fmtNum(d.demand_rps)} rps`],
+    ["capacity / replica", `${fmtNum(d.capacity_rps)} rps`],
+    ["bounds", `${d.min_replicas}–${d.max_replicas}`],
+  ];
+  $("#facts").innerHTML = facts.map(([k, v]) => `<div><span>${k}</span><b>${v}</b></div>`).join("");
+  const reasons = d.degraded_reasons || [];
+  const b = d.bottleneck;
+  let text = b
+    ? `<span class="warn">Predicted bottleneck: ${esc(b.signal)} at ${fmtTime(b.at ?? b.timestamp)}` +
+      `${b.shortfall_rps != null ? `, short by ${fmtNum(b.shortfall_rps)} rps` : ""}</span>`
+    : "No bottleneck predicted within the forecast horizon.";
+  if (reasons.length) text += `<br><span class="warn">Degraded: ${reasons.map(esc).join("; ")}</span>`;
+  $("#bottleneck").innerHTML = text;
+}
+
+// Aligns several [[ts, value], …] series on one sorted time axis, nulls elsewhere.
+function align(seriesList) {
+  const xs = [...new Set(seriesList.flatMap((s) => s.map((p) => p[0])))].sort((a, b) => a - b);
+  const index = new Map(xs.map((x, i) => [x, i]));
+  const cols = seriesList.map((s) => {
+    const col = new Array(xs.length).fill(null);
+    for (const [x, v] of s) col[index.get(x)] = v;
+    return col;
+  });
+  return [xs, ...cols];
+}
+
+function draw(id, opts, data) {
+  const el = document.getElementById(id);
+  if (state.charts[id]) state.charts[id].destroy();
+  el.innerHTML = "";
+  const width = Math.max(320, el.clientWidth || 800);
+  state.charts[id] = new uPlot({ width, height: 260, ...opts }, data, el);
+  // For tests and people: how many values each chart shows.
+  el.dataset.points = String(data.slice(1).reduce((n, col) => n + col.filter((v) => v != null).length, 0));
+}
+
+function renderDemandChart(detail, history, forecast, replicas) {
+  const observed = (history.points || []).map((p) => [p.timestamp, p.value]);
+  const pts = forecast.points || [];
+  const value = pts.map((p) => [p.timestamp, p.value]);
+  const lower = pts.map((p) => [p.timestamp, p.lower]);
+  const upper = pts.map((p) => [p.timestamp, p.upper]);
+  const cap = (replicas.points || []).map((p) => [p.timestamp, p.value * detail.capacity_rps]);
+  const data = align([observed, value, lower, upper, cap]);
+  const stepped = uPlot.paths.stepped({ align: 1 });
+  draw("demand-chart", {
+    series: [
+      {},
+      { label: "demand", stroke: "#2b6cb0", width: 1.5 },
+      { label: "forecast", stroke: "#805ad5", width: 1.5, dash: [6, 4] },
+      { label: "lower", stroke: "rgba(128,90,213,.35)", width: 1 },
+      { label: "upper", stroke: "rgba(128,90,213,.35)", width: 1 },
+      { label: "capacity", stroke: "#1f8a4c", width: 2, paths: stepped, spanGaps: true },
+    ],
+    bands: [{ series: [4, 3], fill: "rgba(128,90,213,.15)" }],
+    axes: [{}, { label: "requests/s" }],
+  }, data);
+}
+
+function renderReplicasChart(replicas) {
+  const pts = (replicas.points || []).map((p) => [p.timestamp, p.value]);
+  draw("replicas-chart", {
+    series: [{}, { label: "replicas", stroke: "#dd6b20", width: 2, paths: uPlot.paths.stepped({ align: 1 }) }],
+    axes: [{}, { label: "replicas" }],
+  }, align([pts]));
+}
+
+function renderDecisions(list) {
+  $("#decisions").innerHTML = list.slice(0, 15).map((d) => {
+    const reasons = (d.reasons || []).map((r) => `<code title="${esc(r.message)}">${esc(r.code)}</code>`).join("");
+    return `<tr><td>${fmtTime(d.at)}</td><td>${d.from} → ${d.to}</td><td class="reasons">${reasons}</td></tr>`;
+  }).join("") || `<tr><td colspan="3" class="muted">no decision yet</td></tr>`;
+}
+
+function renderDelivery(d) {
+  const last = d.last_delivery;
+  $("#delivery").innerHTML = last
+    ? `${esc(last.kind)}: <b>${esc(last.outcome)}</b> after ${last.attempts} attempt(s) at ${fmtTime(last.at)}` +
+      (last.error ? ` — <span class="warn">${esc(last.error)}</span>` : "")
+    : "nothing sent yet";
+}
+
+async function refresh() {
+  try {
+    const { targets } = await getJson("/api/v1/targets");
+    if (!state.selected && targets.length) state.selected = targets[0].name;
+    renderTargets(targets);
+    const name = state.selected;
+    if (!name) return;
+    const q = encodeURIComponent(name);
+    const since = $("#window").value;
+    const [detail, history, forecast, replicas, decisions] = await Promise.all([
+      getJson(`/api/v1/targets/${q}`),
+      maybe(`/api/v1/targets/${q}/history?signal=rate&since=${since}`),
+      maybe(`/api/v1/targets/${q}/forecast?horizon=1h`),
+      maybe(`/api/v1/targets/${q}/history?signal=replicas&since=${since}`),
+      maybe(`/api/v1/decisions?target=${q}&limit=50`),
+    ]);
+    $("#title").textContent = name;
+    renderFacts(detail);
+    renderDemandChart(detail, history, forecast, replicas);
+    renderReplicasChart(replicas);
+    renderDecisions(decisions.decisions || []);
+    renderDelivery(detail);
+    $("#error").textContent = "";
+    $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    document.body.dataset.rendered = String(Date.now());
+  } catch (e) {
+    $("#error").textContent = e.message;
+  }
+}
+
+$("#window").addEventListener("change", refresh);
+refresh();
+setInterval(refresh, REFRESH_MS);
