@@ -12,12 +12,16 @@
 //! - [`pipeline`]: the per-target loop that strings the four together on the wall clock.
 //! - [`store`]: the one shared handle on state; [`api`] serves it over HTTP.
 //! - [`simulate`]: backtests, the same forecast and decide code on a virtual clock.
+//! - [`demo`]: the whole pipeline on a synthetic workload and a simulated platform.
+//! - [`clock`]: where the live pipeline reads `now` (the system's, or the demo's faster one).
 //! - [`metrics`], [`telemetry`]: prescale's own metrics and logs.
 
 pub mod act;
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod decide;
+pub mod demo;
 pub mod forecast;
 pub mod metrics;
 pub mod pipeline;
@@ -46,18 +50,20 @@ pub async fn serve(
     })?;
     let source: Arc<dyn source::Source> =
         Arc::new(source::prometheus::PrometheusClient::new(prom)?);
-    serve_with(config, source, listener, shutdown).await
+    serve_with(config, source, clock::Clock::system(), listener, shutdown).await
 }
 
-/// [`serve`] over any [`source::Source`] (a replayed trace, say).
+/// [`serve`] over any [`source::Source`] (a replayed trace, say) with `now` read from
+/// `clock` (the demo's runs faster than real time).
 pub async fn serve_with(
     config: config::Config,
     source: Arc<dyn source::Source>,
+    clock: clock::Clock,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let store = store::Store::new(&config.targets, metrics::Metrics::new());
+    let store = store::Store::with_clock(&config.targets, metrics::Metrics::new(), clock);
     let sender = Arc::new(
         act::webhook::WebhookSender::new(config.delivery).context("building the webhook client")?,
     );

@@ -35,6 +35,19 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the whole pipeline on a synthetic workload (or a trace) with a simulated
+    /// platform, the API and the dashboard: nothing else needed.
+    Demo {
+        /// Where the API and the dashboard listen.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Replay this trace (CSV `timestamp_seconds,value`) instead of the synthetic workload.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// How many times faster than real time the simulation runs (900: an hour every 4 s).
+        #[arg(long, default_value_t = 900.0)]
+        speed: f64,
+    },
     /// Validate a configuration file and print a summary.
     CheckConfig {
         /// The configuration file.
@@ -83,6 +96,23 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .with_context(|| format!("listening on {}", config.server.listen))?;
                 prescale::serve(config, listener, prescale::shutdown_signal()).await
             })
+        }
+        Command::Demo {
+            listen,
+            trace,
+            speed,
+        } => {
+            anyhow::ensure!(
+                speed.is_finite() && speed > 0.0,
+                "--speed {speed}: expected a positive number"
+            );
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let opts = prescale::demo::DemoOptions {
+                listen,
+                trace,
+                speed,
+            };
+            runtime.block_on(prescale::demo::run(opts, prescale::shutdown_signal()))
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -28,13 +28,6 @@ use crate::store::{DecisionRecord, DeliveryRecord, InstanceStats, Signal, Store}
 const REBALANCE_THRESHOLD: u32 = 10;
 /// Steps of per-instance history fetched each cycle (the newest value is used).
 const INSTANCE_WINDOW_STEPS: i64 = 5;
-
-/// The wall clock in Unix seconds.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 /// Polls, forecasts, decides and hands actions to the delivery tasks for one target.
 pub struct TargetLoop {
@@ -55,7 +48,7 @@ pub struct TargetLoop {
 impl TargetLoop {
     /// Runs one cycle immediately, then one every `interval`, until `shutdown` flips.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval(self.target.interval);
+        let mut ticker = tokio::time::interval(self.store.clock().real(self.target.interval));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -64,14 +57,14 @@ impl TargetLoop {
             }
             // A cycle is bounded by the source's timeouts; stop waiting for it on shutdown.
             tokio::select! {
-                () = self.cycle(unix_now()) => {}
+                () = self.cycle(self.store.now()) => {}
                 _ = shutdown.changed() => break,
             }
         }
         debug!(target = %self.target.name, "target loop stopped");
     }
 
-    /// One poll → forecast → decide → act pass at `now`.
+    /// One poll → forecast → decide → act pass at `now` (the store's clock).
     pub async fn cycle(&self, now: i64) {
         let signals = Signal::configured(&self.target);
         for (signal, query) in signals {
@@ -361,7 +354,7 @@ pub async fn deliver_loop(
                 outcome,
                 attempts,
                 error,
-                at: unix_now(),
+                at: store.now(),
             });
         }
     }

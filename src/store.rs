@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use crate::clock::Clock;
 use crate::config::{Mode, TargetConfig};
 pub use crate::decide::balance::InstanceStats;
 use crate::decide::{DecideState, Decision};
@@ -218,11 +219,17 @@ struct Inner {
     /// Newest last.
     decisions: Mutex<VecDeque<DecisionRecord>>,
     metrics: Metrics,
+    clock: Clock,
 }
 
 impl Store {
-    /// A store for these targets.
+    /// A store for these targets on the system clock.
     pub fn new(targets: &[TargetConfig], metrics: Metrics) -> Self {
+        Self::with_clock(targets, metrics, Clock::system())
+    }
+
+    /// A store for these targets whose `now` comes from `clock`.
+    pub fn with_clock(targets: &[TargetConfig], metrics: Metrics, clock: Clock) -> Self {
         let targets = targets
             .iter()
             .map(|t| {
@@ -237,8 +244,19 @@ impl Store {
                 targets,
                 decisions: Mutex::new(VecDeque::new()),
                 metrics,
+                clock,
             }),
         }
+    }
+
+    /// Now, in Unix seconds, on the pipeline's clock.
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+
+    /// The pipeline's clock.
+    pub fn clock(&self) -> Clock {
+        self.inner.clock
     }
 
     /// The metrics.

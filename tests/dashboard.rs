@@ -87,9 +87,15 @@ history = "2d"
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(prescale::serve_with(config, source, listener, async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(prescale::serve_with(
+        config,
+        source,
+        prescale::clock::Clock::system(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     // Wait for data and a few decisions, so the charts have something to show.
     common::poll_until_async(

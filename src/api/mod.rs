@@ -18,7 +18,6 @@ mod dashboard;
 
 use crate::decide::Decision;
 use crate::forecast::{self, History, Point};
-use crate::pipeline::unix_now;
 use crate::series::Sample;
 use crate::store::{DecisionRecord, DeliveryRecord, InstanceStats, SignalHealth, Store};
 
@@ -94,7 +93,7 @@ async fn healthz() -> Json<serde_json::Value> {
 /// 200 once every target has been backfilled, else 503 with the reasons. Degraded targets
 /// are listed either way.
 async fn readyz(State(store): State<Store>) -> Response {
-    let now = unix_now();
+    let now = store.now();
     let mut waiting = Vec::new();
     let mut degraded = Vec::new();
     for name in store.names() {
@@ -154,7 +153,7 @@ struct TargetSummary {
 }
 
 async fn targets(State(store): State<Store>) -> Json<serde_json::Value> {
-    let now = unix_now();
+    let now = store.now();
     let list: Vec<TargetSummary> = store
         .names()
         .filter_map(|name| {
@@ -196,7 +195,7 @@ async fn target(
     State(store): State<Store>,
     Path(name): Path<String>,
 ) -> Result<Json<TargetDetail>, ApiError> {
-    let now = unix_now();
+    let now = store.now();
     let t = store
         .target(&name)
         .ok_or_else(|| ApiError::unknown_target(&name))?;
@@ -284,7 +283,7 @@ async fn target_forecast(
             format!("target `{name}` has no request-rate data yet"),
         ));
     };
-    let now = unix_now();
+    let now = store.now();
     let f = forecast::forecast(
         History {
             start,
@@ -335,7 +334,7 @@ async fn target_history(
     Path(name): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<HistoryBody>, ApiError> {
-    let now = unix_now();
+    let now = store.now();
     let since = match q.since.as_deref() {
         None => now - 86_400,
         Some(s) => match s.parse::<i64>() {
@@ -417,7 +416,7 @@ mod tests {
     fn store() -> Store {
         let t = TargetConfig::example("web", 10.0, Duration::from_secs(60));
         let store = Store::new(&[t], Metrics::new());
-        let now = unix_now() / 60 * 60;
+        let now = crate::clock::Clock::system().now() / 60 * 60;
         {
             let mut s = store.target("web").unwrap();
             s.rate.extend((0..120).map(|k| Sample {

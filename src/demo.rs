@@ -1,0 +1,466 @@
+//! `prescale demo`: the whole pipeline with nothing else installed.
+//!
+//! A synthetic workload (daily and weekly cycles, a trend, noise and a flash crowd), or a
+//! replayed trace, is served by an in-process [`Source`] on an accelerated [`Clock`]. A
+//! simulated platform starts replicas `startup` after it is asked and removes them at once;
+//! its webhook receiver runs in-process, checks each signature and logs what it gets. The
+//! pipeline, the API and the dashboard are the production ones.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use tracing::{info, warn};
+
+use crate::clock::Clock;
+use crate::config::{Config, Secret, WebhookConfig};
+use crate::series::{Sample, align_down};
+use crate::source::replay::{ReplaySource, Trace};
+use crate::source::{BoxFuture, Grouped, Source, SourceError};
+
+/// The demo's request-rate query.
+const DEMAND_QUERY: &str = "demand";
+/// The demo's replica-count query (the count the platform was asked for).
+const REPLICAS_QUERY: &str = "replicas";
+/// History generated before the demo starts.
+const HISTORY_DAYS: i64 = 14;
+const DAY: i64 = 86_400;
+
+/// How to run the demo.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where the API and the dashboard listen.
+    pub listen: SocketAddr,
+    /// A trace to replay instead of the synthetic workload.
+    pub trace: Option<PathBuf>,
+    /// How many times faster than real time the simulated clock runs.
+    pub speed: f64,
+}
+
+/// The synthetic workload: a pure function of time, in requests/s.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    /// Requests/s at the daily peak of a weekday, at `origin`.
+    pub peak_rps: f64,
+    /// Time the trend is measured from (Unix s).
+    pub origin: i64,
+    /// Growth per week (0.05 = 5 %).
+    pub weekly_growth: f64,
+    /// Relative noise amplitude.
+    pub noise: f64,
+    /// Start of the flash crowd (Unix s).
+    pub flash_start: i64,
+    /// Length of the flash crowd, seconds.
+    pub flash_secs: i64,
+    /// Peak multiplier of the flash crowd.
+    pub flash_factor: f64,
+}
+
+impl Workload {
+    /// The demo's default workload; the flash crowd comes 90 minutes after `start`.
+    pub fn demo(start: i64) -> Self {
+        Self {
+            peak_rps: 200.0,
+            origin: start,
+            weekly_growth: 0.05,
+            noise: 0.08,
+            flash_start: start + 90 * 60,
+            flash_secs: 40 * 60,
+            flash_factor: 2.5,
+        }
+    }
+
+    /// Requests/s at `t`.
+    pub fn rps(&self, t: i64) -> f64 {
+        use std::f64::consts::TAU;
+        let hour = t.rem_euclid(DAY) as f64 / 3_600.0;
+        // Low at 04:00 UTC, high at 16:00 UTC: from 20 % to 100 % of the peak.
+        let daily = 0.6 - 0.4 * ((hour - 4.0) / 24.0 * TAU).cos();
+        // 1970-01-01 was a Thursday: days 2 and 3 of each week are the weekend.
+        let weekday = (t.div_euclid(DAY) + 4).rem_euclid(7); // 0 = Sunday
+        let weekly = if weekday == 0 || weekday == 6 {
+            0.6
+        } else {
+            1.0
+        };
+        let trend = 1.0 + self.weekly_growth * (t - self.origin) as f64 / (7 * DAY) as f64;
+        let flash = {
+            let into = (t - self.flash_start) as f64 / self.flash_secs as f64;
+            if (0.0..1.0).contains(&into) {
+                // Quick rise, slow decay.
+                1.0 + (self.flash_factor - 1.0) * (into * 10.0).min(1.0) * (1.0 - into)
+            } else {
+                1.0
+            }
+        };
+        let noise = 1.0 + self.noise * unit_noise(t);
+        (self.peak_rps * daily * weekly * trend.max(0.1) * flash * noise).max(0.0)
+    }
+}
+
+/// A deterministic pseudo-random value in [-1, 1] for `t` (splitmix64).
+fn unit_noise(t: i64) -> f64 {
+    let mut z = (t as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+}
+
+/// A platform that starts replicas `startup` seconds after it is asked and removes them at
+/// once (cancelling launches still in flight first).
+#[derive(Debug)]
+pub struct Platform {
+    startup: i64,
+    /// (time, count asked for), in order.
+    asked: Vec<(i64, u32)>,
+    /// Replicas serving and launches in flight as of the last change: (ready at, count).
+    launches: Vec<(i64, u32)>,
+}
+
+impl Platform {
+    /// A platform running `initial` replicas since `at`.
+    pub fn new(startup: i64, at: i64, initial: u32) -> Self {
+        Self {
+            startup,
+            asked: vec![(at, initial)],
+            launches: vec![(at, initial)],
+        }
+    }
+
+    /// Asks for `to` replicas at `at`.
+    pub fn scale(&mut self, at: i64, to: u32) {
+        let total: u32 = self.launches.iter().map(|l| l.1).sum();
+        if to > total {
+            self.launches.push((at + self.startup, to - total));
+        } else {
+            let mut excess = total - to;
+            // Newest launches go first: in-flight ones before serving ones.
+            while excess > 0 {
+                let Some(last) = self.launches.last_mut() else {
+                    break;
+                };
+                let k = last.1.min(excess);
+                last.1 -= k;
+                excess -= k;
+                if last.1 == 0 {
+                    self.launches.pop();
+                }
+            }
+        }
+        self.asked.push((at, to));
+    }
+
+    /// The count asked for at `t`.
+    pub fn asked_at(&self, t: i64) -> u32 {
+        let i = self.asked.partition_point(|a| a.0 <= t);
+        self.asked[i.saturating_sub(1)].1
+    }
+
+    /// Replicas serving now (for launches as they stand).
+    pub fn ready_at(&self, t: i64) -> u32 {
+        self.launches.iter().filter(|l| l.0 <= t).map(|l| l.1).sum()
+    }
+}
+
+/// Where the demo's demand comes from.
+enum Demand {
+    Synthetic(Workload),
+    Replay(ReplaySource),
+}
+
+/// The demo's [`Source`]: demand from the workload or trace, replicas from the platform;
+/// nothing after the clock's `now`.
+struct DemoSource {
+    demand: Demand,
+    platform: Arc<Mutex<Platform>>,
+    clock: Clock,
+}
+
+impl DemoSource {
+    fn answer(
+        &self,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Vec<Sample>, SourceError> {
+        let end = end.min(self.clock.now());
+        let mut t = align_down(start, step);
+        if t < start {
+            t += step;
+        }
+        let grid = std::iter::successors(Some(t), |t| Some(t + step)).take_while(|t| *t <= end);
+        let samples: Vec<Sample> = match query {
+            DEMAND_QUERY => match &self.demand {
+                // The rate over the bucket ending at `t`, as a Prometheus rate would be.
+                Demand::Synthetic(w) => grid
+                    .map(|t| Sample {
+                        ts: t,
+                        value: w.rps(t - step / 2),
+                    })
+                    .collect(),
+                Demand::Replay(r) => {
+                    r.samples(start, end, step)
+                        .map_err(|message| SourceError::Decode {
+                            query: query.to_owned(),
+                            message,
+                        })?
+                }
+            },
+            REPLICAS_QUERY => {
+                let p = self.platform.lock().unwrap_or_else(|e| e.into_inner());
+                grid.map(|t| Sample {
+                    ts: t,
+                    value: f64::from(p.asked_at(t)),
+                })
+                .collect()
+            }
+            _ => Vec::new(),
+        };
+        if samples.is_empty() {
+            return Err(SourceError::Empty {
+                query: query.to_owned(),
+            });
+        }
+        Ok(samples)
+    }
+}
+
+impl Source for DemoSource {
+    fn range<'a>(
+        &'a self,
+        query: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
+        Box::pin(async move { self.answer(query, start, end, step) })
+    }
+
+    fn range_by<'a>(
+        &'a self,
+        query: &'a str,
+        _label: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Grouped, SourceError>> {
+        Box::pin(async move {
+            Ok(Grouped::from([(
+                "demo".to_owned(),
+                self.answer(query, start, end, step)?,
+            )]))
+        })
+    }
+}
+
+/// The in-process platform receiver's state.
+#[derive(Clone)]
+struct Receiver {
+    platform: Arc<Mutex<Platform>>,
+    clock: Clock,
+    secret: Arc<Secret>,
+}
+
+async fn receive_scale(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let signature = headers
+        .get(crate::act::webhook::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let wall = Clock::system().now();
+    if let Err(e) =
+        crate::act::webhook::verify(r.secret.expose().as_bytes(), signature, &body, wall, 300)
+    {
+        warn!(error = %e, "demo platform: refused a webhook with a bad signature");
+        return StatusCode::UNAUTHORIZED;
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let Some(to) = v["to"].as_u64().and_then(|n| u32::try_from(n).ok()) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let key = headers
+        .get(crate::act::webhook::IDEMPOTENCY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let reasons: Vec<&str> = v["reasons"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["code"].as_str()).collect())
+        .unwrap_or_default();
+    info!(target = v["target"].as_str().unwrap_or(""), from = v["from"].as_u64(), to, reasons = %reasons.join("+"), key, "demo platform received a scale webhook");
+    r.platform
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .scale(r.clock.now(), to);
+    StatusCode::OK
+}
+
+/// Runs the demo until `shutdown` completes.
+pub async fn run(
+    opts: DemoOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let wall = Clock::system().now();
+    let start = align_down(wall, 60);
+    let (demand, capacity, what) = match &opts.trace {
+        None => (
+            Demand::Synthetic(Workload::demo(start)),
+            10.0,
+            "a synthetic workload".to_owned(),
+        ),
+        Some(path) => {
+            let trace = Trace::load(path)?;
+            let n = trace.counts.len() as i64;
+            anyhow::ensure!(
+                n * trace.step > 2 * DAY,
+                "{}: expected more than two days of trace",
+                path.display()
+            );
+            // Two weeks of history (or all but a day of a shorter trace) before `now`.
+            let history = (HISTORY_DAYS * DAY).min(n * trace.step - DAY);
+            let offset = start - (trace.start + history);
+            let finite: Vec<f64> = trace
+                .counts
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .collect();
+            let mean_rps =
+                finite.iter().sum::<f64>() / finite.len().max(1) as f64 / trace.step as f64;
+            let capacity = (mean_rps / 8.0).max(1e-6);
+            (
+                Demand::Replay(ReplaySource::new(trace, offset)),
+                capacity,
+                format!("the trace {}", path.display()),
+            )
+        }
+    };
+    let clock = Clock::accelerated(start, opts.speed);
+    let startup = 180;
+    let platform = Arc::new(Mutex::new(Platform::new(
+        startup,
+        start - HISTORY_DAYS * DAY,
+        2,
+    )));
+    let secret = Arc::new(Secret::new(format!("{:032x}", rand::random::<u128>())));
+
+    let receiver = Router::new()
+        .route("/scale", post(receive_scale))
+        .with_state(Receiver {
+            platform: platform.clone(),
+            clock,
+            secret: secret.clone(),
+        });
+    let receiver_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the demo platform receiver")?;
+    let receiver_addr = receiver_listener.local_addr()?;
+    let (stop_receiver, receiver_stopped) = tokio::sync::oneshot::channel::<()>();
+    let receiver_task = tokio::spawn(async move {
+        axum::serve(receiver_listener, receiver)
+            .with_graceful_shutdown(async move {
+                let _ = receiver_stopped.await;
+            })
+            .await
+    });
+
+    let toml = format!(
+        r#"[server]
+listen = "{listen}"
+
+[[target]]
+name = "demo"
+request_rate = "{DEMAND_QUERY}"
+replicas = "{REPLICAS_QUERY}"
+capacity_rps = {capacity}
+startup = "{startup}s"
+min_replicas = 2
+max_replicas = 200
+"#,
+        listen = opts.listen
+    );
+    let mut config = Config::parse(&toml, std::path::Path::new("(demo)"))?;
+    config.targets[0].platform = Some(WebhookConfig {
+        url: format!("http://{receiver_addr}/scale")
+            .parse()
+            .context("receiver URL")?,
+        secret: (*secret).clone(),
+    });
+    let source: Arc<dyn Source> = Arc::new(DemoSource {
+        demand,
+        platform,
+        clock,
+    });
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let hour = Duration::from_secs(3_600).div_f64(clock.speed());
+    println!(
+        "prescale demo: replaying {what} at {}x (a simulated hour every {:.1} s).\n  dashboard: http://{addr}/\n  API:       http://{addr}/api/v1/targets\n  metrics:   http://{addr}/metrics\n  Ctrl-C stops.",
+        clock.speed(),
+        hour.as_secs_f64()
+    );
+    let result = crate::serve_with(config, source, clock, listener, shutdown).await;
+    let _ = stop_receiver.send(());
+    let _ = receiver_task.await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_has_daily_and_weekly_cycles_and_a_flash_crowd() {
+        // 2026-11-16 was a Monday.
+        let monday = 1_763_251_200;
+        let w = Workload {
+            noise: 0.0,
+            ..Workload::demo(monday)
+        };
+        let at = |day: i64, hour: i64| w.rps(monday + day * DAY + hour * 3_600);
+        assert!(
+            at(7, 16) > 4.0 * at(7, 4),
+            "daily: {} vs {}",
+            at(7, 16),
+            at(7, 4)
+        );
+        assert!(
+            (at(12, 16) / at(7, 16) - 0.6).abs() < 0.02,
+            "Saturday is 0.6 of Monday"
+        );
+        assert!(at(14, 16) > at(7, 16), "trend grows");
+        let flash = w.rps(w.flash_start + 5 * 60);
+        let before = w.rps(w.flash_start - 60);
+        assert!(flash > 1.8 * before, "flash crowd: {flash} vs {before}");
+        assert!((-1.0..=1.0).contains(&unit_noise(12_345)));
+    }
+
+    #[test]
+    fn platform_starts_late_and_stops_at_once() {
+        let mut p = Platform::new(180, 0, 2);
+        p.scale(1_000, 5);
+        assert_eq!(
+            (p.ready_at(1_100), p.ready_at(1_180), p.asked_at(1_100)),
+            (2, 5, 5)
+        );
+        // Scaling in cancels what is still in flight first.
+        p.scale(1_200, 8);
+        p.scale(1_250, 4);
+        assert_eq!(
+            (p.ready_at(1_300), p.ready_at(2_000), p.asked_at(1_260)),
+            (4, 4, 4)
+        );
+        assert_eq!(p.asked_at(500), 2);
+    }
+}
