@@ -422,8 +422,8 @@ mod tests {
 
     #[test]
     fn workload_has_daily_and_weekly_cycles_and_a_flash_crowd() {
-        // 2026-11-16 was a Monday.
-        let monday = 1_763_251_200;
+        // 2025-11-17 was a Monday.
+        let monday = 1_763_337_600;
         let w = Workload {
             noise: 0.0,
             ..Workload::demo(monday)
