@@ -104,6 +104,13 @@ pub struct RawBasicAuth {
 pub struct RawServer {
     /// Address to listen on (default `127.0.0.1:8080`).
     pub listen: Option<String>,
+    /// Environment variable holding the API bearer token; mutating endpoints need it.
+    pub api_token_env: Option<String>,
+    /// File holding the API bearer token (trailing whitespace trimmed).
+    pub api_token_file: Option<PathBuf>,
+    /// Require the token on read endpoints too (default false; `/healthz`, `/readyz` and
+    /// `/metrics` stay open).
+    pub auth_reads: Option<bool>,
 }
 
 /// `[forecast]`.
@@ -278,6 +285,10 @@ pub enum PrometheusAuth {
 pub struct ServerConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Bearer token for the API; without it, mutating endpoints refuse every request.
+    pub api_token: Option<Secret>,
+    /// Whether read endpoints need the token too.
+    pub auth_reads: bool,
 }
 
 /// Validated `[forecast]`.
@@ -458,6 +469,18 @@ impl Validator<'_> {
                 format!("`{listen}` is not an address; expected IP:PORT, e.g. 127.0.0.1:8080"),
             )
         })?;
+        let api_token = self.secret(
+            "server.api_token",
+            raw.server.api_token_env.as_deref(),
+            raw.server.api_token_file.as_deref(),
+        )?;
+        let auth_reads = raw.server.auth_reads.unwrap_or(false);
+        if auth_reads && api_token.is_none() {
+            return Err(self.err(
+                "server.auth_reads",
+                "is true without a token; expected `api_token_env` or `api_token_file` too",
+            ));
+        }
         let level = raw.forecast.level.unwrap_or(0.95);
         if !(level > 0.0 && level < 1.0) {
             return Err(self.err(
@@ -487,7 +510,11 @@ impl Validator<'_> {
         Ok(Config {
             file: self.file.to_owned(),
             prometheus,
-            server: ServerConfig { listen },
+            server: ServerConfig {
+                listen,
+                api_token,
+                auth_reads,
+            },
             forecast: ForecastConfig { level },
             delivery,
             targets,

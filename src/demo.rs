@@ -395,6 +395,8 @@ max_replicas = 200
             .context("receiver URL")?,
         secret: (*secret).clone(),
     });
+    let token = format!("{:032x}", rand::random::<u128>());
+    config.server.api_token = Some(Secret::new(token.clone()));
     let source: Arc<dyn Source> = Arc::new(DemoSource {
         demand,
         platform,
@@ -406,7 +408,7 @@ max_replicas = 200
     let addr = listener.local_addr()?;
     let hour = Duration::from_secs(3_600).div_f64(clock.speed());
     println!(
-        "prescale demo: replaying {what} at {}x (a simulated hour every {:.1} s).\n  dashboard: http://{addr}/\n  API:       http://{addr}/api/v1/targets\n  metrics:   http://{addr}/metrics\n  Ctrl-C stops.",
+        "prescale demo: replaying {what} at {}x (a simulated hour every {:.1} s).\n  dashboard: http://{addr}/\n  API:       http://{addr}/api/v1/targets\n  metrics:   http://{addr}/metrics\n  API token (pause, resume, refit): {token}\n    e.g. curl -X POST -H 'Authorization: Bearer {token}' http://{addr}/api/v1/targets/demo/pause\n  Ctrl-C stops.",
         clock.speed(),
         hour.as_secs_f64()
     );

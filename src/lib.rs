@@ -98,7 +98,7 @@ pub async fn serve_with(
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, targets = config.targets.len(), "serving");
-    let app = api::router(store);
+    let app = api::router(store, api::ApiAuth::from_config(&config.server));
     let mut stop = stop_rx.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop.changed().await;

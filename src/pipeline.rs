@@ -227,6 +227,10 @@ impl TargetLoop {
             return;
         };
         let degraded = state.degraded_reasons(now);
+        if std::mem::take(&mut state.refit_requested) {
+            // The current forecaster refits from the stored series on every cycle.
+            info!(target = %t.name, "refit requested");
+        }
         let grid = state.rate.to_grid();
         let forecast = grid.as_ref().and_then(|(start, values)| {
             let history = History {
@@ -249,8 +253,10 @@ impl TargetLoop {
             &mut state.decide_state,
             now,
         );
-        if t.queries.replicas.is_none() {
-            // Without a replicas query, the count asked for is taken as the count running.
+        let acting = t.mode == Mode::Act && !state.paused;
+        if t.queries.replicas.is_none() && acting {
+            // Without a replicas query, the count asked for is taken as the count running;
+            // when nothing is sent (forecast-only, paused), nothing was asked for.
             state.replicas = decision.to;
         }
         let replicas = f64::from(state.replicas);
@@ -285,7 +291,7 @@ impl TargetLoop {
         let model = forecast.as_ref().map(|f| f.model);
         if decision.is_change() {
             info!(target = %t.name, from = decision.from, to = decision.to, reasons = %decision.reason_codes(), "scale decision");
-            if t.mode == Mode::Act {
+            if acting {
                 let action = Action::Scale(ScaleAction::from_decision(&t.name, &decision, model));
                 self.scale_tx.send_replace(Some(action));
             }
@@ -294,7 +300,7 @@ impl TargetLoop {
         if !weights.is_empty() && balance::changed(&state.weights, &weights, REBALANCE_THRESHOLD) {
             info!(target = %t.name, instances = weights.len(), "rebalance");
             state.weights = weights.clone();
-            if t.mode == Mode::Act {
+            if acting {
                 let action = Action::Rebalance(RebalanceAction {
                     target: t.name.clone(),
                     weights,

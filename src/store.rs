@@ -137,6 +137,10 @@ pub struct TargetState {
     pub weights: BTreeMap<String, u32>,
     /// The last delivery outcome.
     pub last_delivery: Option<DeliveryRecord>,
+    /// Acting is paused (`POST …/pause`): decisions are made and shown, nothing is sent.
+    pub paused: bool,
+    /// A refit was asked for (`POST …/refit`); the pipeline clears it when it refits.
+    pub refit_requested: bool,
 }
 
 impl TargetState {
@@ -161,6 +165,8 @@ impl TargetState {
             instances: BTreeMap::new(),
             weights: BTreeMap::new(),
             last_delivery: None,
+            paused: false,
+            refit_requested: false,
             config,
         }
     }
@@ -195,14 +201,16 @@ impl TargetState {
         out
     }
 
-    /// `ok`, `degraded` or `backfilling`.
+    /// `backfilling`, `degraded`, `paused` or `ok`, the first that applies.
     pub fn status(&self, now: i64) -> &'static str {
         if !self.backfilled {
             "backfilling"
-        } else if self.degraded_reasons(now).is_empty() {
-            "ok"
-        } else {
+        } else if !self.degraded_reasons(now).is_empty() {
             "degraded"
+        } else if self.paused {
+            "paused"
+        } else {
+            "ok"
         }
     }
 }
@@ -283,15 +291,22 @@ impl Store {
         }
     }
 
-    /// Up to `limit` decisions, newest first, optionally of one target.
-    pub fn decisions(&self, target: Option<&str>, limit: usize) -> Vec<DecisionRecord> {
+    /// Up to `limit` decisions after skipping `offset`, newest first, optionally of one
+    /// target; and how many match in all.
+    pub fn decisions(
+        &self,
+        target: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<DecisionRecord>, usize) {
         let log = lock(&self.inner.decisions);
-        log.iter()
-            .rev()
-            .filter(|d| target.is_none_or(|t| d.target == t))
-            .take(limit)
-            .cloned()
-            .collect()
+        let matching = || {
+            log.iter()
+                .rev()
+                .filter(|d| target.is_none_or(|t| d.target == t))
+        };
+        let page = matching().skip(offset).take(limit).cloned().collect();
+        (page, matching().count())
     }
 }
 

@@ -93,4 +93,8 @@ fn demo_runs_the_pipeline_on_its_own_and_stops_on_ctrl_c() {
         "the platform was scaled by webhook ({replicas:?}): {err}"
     );
     assert!(!err.contains("bad signature"), "{err}");
+    assert!(
+        out.contains("API token (pause, resume, refit): "),
+        "prints the token: {out}"
+    );
 }

@@ -1,20 +1,31 @@
-//! The HTTP API: health, readiness, metrics, targets, forecasts and decisions.
+//! The HTTP API: health, readiness, metrics, targets, forecasts, decisions, the dashboard,
+//! and the OpenAPI document that describes it all (`GET /api/v1/openapi.json`).
 //!
-//! [`router`] builds the whole API over a [`Store`]; handlers only read it (forecasts for a
-//! requested horizon are computed from a copy of the stored series, outside the lock).
-//! Every error is JSON `{"error": {"code", "message"}}` through [`ApiError`].
+//! [`router`] builds the whole API over a [`Store`]. Read handlers only read it (forecasts
+//! for a requested horizon are computed from a copy of the stored series, outside the
+//! lock); the few mutating ones (pause, resume, refit) set a flag the pipeline reads, and
+//! always need the API token ([`ApiAuth`]). Every error is JSON
+//! `{"error": {"code", "message"}}` through [`ApiError`], bad query parameters included.
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
+mod auth;
 mod dashboard;
+
+pub use auth::ApiAuth;
 
 use crate::decide::Decision;
 use crate::forecast::{self, History, Point};
@@ -23,9 +34,9 @@ use crate::store::{DecisionRecord, DeliveryRecord, InstanceStats, SignalHealth, 
 
 /// The longest forecast horizon served.
 const MAX_HORIZON: Duration = Duration::from_secs(7 * 86_400);
-/// Decisions listed when no `limit` is given.
+/// Items listed when no `limit` is given.
 const DEFAULT_LIMIT: usize = 50;
-/// The most decisions one request may list.
+/// The most items one request may list.
 const MAX_LIMIT: usize = 1_000;
 
 /// An API error: an HTTP status, a stable code and a message for people.
@@ -58,6 +69,60 @@ impl ApiError {
     }
 }
 
+/// The JSON body of every error.
+#[derive(Debug, Serialize, ToSchema)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+struct ErrorDetail {
+    /// Stable code: `bad_request`, `unknown_target`, `not_found`, `no_data`,
+    /// `unauthorized`, `forbidden`.
+    code: String,
+    /// For people.
+    message: String,
+}
+
+/// Query parameters, deserialised strictly: an unknown or malformed parameter is a 400
+/// with a JSON error, like every other error.
+struct ApiQuery<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// Parses an optional `limit` (1..=MAX_LIMIT) and `offset`.
+fn page(limit: Option<&str>, offset: Option<&str>) -> Result<(usize, usize), ApiError> {
+    let limit = match limit {
+        None => DEFAULT_LIMIT,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "limit `{s}`: expected a whole number from 1 to {MAX_LIMIT}"
+                ))
+            })?,
+    };
+    let offset = match offset {
+        None => 0,
+        Some(s) => s.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!("offset `{s}`: expected a whole number from 0"))
+        })?,
+    };
+    Ok((limit, offset))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
@@ -65,33 +130,134 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The API over `store`.
-pub fn router(store: Store) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/targets", get(targets))
-        .route("/api/v1/targets/{name}", get(target))
-        .route("/api/v1/targets/{name}/forecast", get(target_forecast))
-        .route("/api/v1/targets/{name}/history", get(target_history))
-        .route("/api/v1/decisions", get(decisions))
+/// The API over `store`, guarded by `auth`.
+pub fn router(store: Store, auth: ApiAuth) -> Router {
+    routes(store, auth).0
+}
+
+/// A router that remembers the method and path of every route it serves, so that a test
+/// can hold them to the OpenAPI document.
+struct Routes {
+    router: Router<Store>,
+    list: Vec<(&'static str, &'static str)>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            list: Vec::new(),
+        }
+    }
+
+    fn get<H: axum::handler::Handler<T, Store>, T: 'static>(
+        mut self,
+        path: &'static str,
+        h: H,
+    ) -> Self {
+        self.router = self.router.route(path, get(h));
+        self.list.push(("get", path));
+        self
+    }
+
+    fn post<H: axum::handler::Handler<T, Store>, T: 'static>(
+        mut self,
+        path: &'static str,
+        h: H,
+    ) -> Self {
+        self.router = self.router.route(path, post(h));
+        self.list.push(("post", path));
+        self
+    }
+
+    fn merge(mut self, other: Routes, layer: impl FnOnce(Router<Store>) -> Router<Store>) -> Self {
+        self.router = self.router.merge(layer(other.router));
+        self.list.extend(other.list);
+        self
+    }
+}
+
+/// The router and the (method, path) of each documented route.
+fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static str)>) {
+    let auth = Arc::new(auth);
+    let reads = Routes::new()
+        .get("/api/v1/targets", targets)
+        .get("/api/v1/targets/{name}", target)
+        .get("/api/v1/targets/{name}/forecast", target_forecast)
+        .get("/api/v1/targets/{name}/history", target_history)
+        .get("/api/v1/decisions", decisions);
+    let writes = Routes::new()
+        .post("/api/v1/targets/{name}/pause", pause)
+        .post("/api/v1/targets/{name}/resume", resume)
+        .post("/api/v1/targets/{name}/refit", refit);
+    let read_auth = auth.clone();
+    let all = Routes::new()
+        .get("/healthz", healthz)
+        .get("/readyz", readyz)
+        .get("/metrics", metrics)
+        .get("/api/v1/openapi.json", openapi)
+        .merge(reads, |r| {
+            r.route_layer(middleware::from_fn_with_state(
+                read_auth,
+                auth::require_token_for_reads,
+            ))
+        })
+        .merge(writes, |r| {
+            r.route_layer(middleware::from_fn_with_state(auth, auth::require_token))
+        });
+    let router = all
+        .router
         .merge(dashboard::routes())
         .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(store)
+        .with_state(store);
+    (router, all.list)
+}
+
+/// The OpenAPI document: every route of [`router`] (a test holds them to it).
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "prescale", description = "Predictive autoscaler: forecasts, bottlenecks and decisions."),
+    paths(healthz, readyz, metrics, openapi, targets, target, target_forecast, target_history, decisions, pause, resume, refit),
+    components(schemas(ErrorBody, ErrorDetail, TargetSummary, TargetList, TargetDetail, ForecastBody, HistoryBody, DecisionList, Action)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "The process runs", body = Object, example = json!({"status": "ok"}))))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// 200 once every target has been backfilled, else 503 with the reasons. Degraded targets
 /// are listed either way.
+#[utoipa::path(get, path = "/readyz", tag = "meta", responses(
+    (status = 200, description = "Every target is backfilled; degraded ones are listed", body = Object),
+    (status = 503, description = "Some target is not backfilled yet; `reasons` says which and why", body = Object)))]
 async fn readyz(State(store): State<Store>) -> Response {
     let now = store.now();
     let mut waiting = Vec::new();
@@ -129,6 +295,8 @@ async fn readyz(State(store): State<Store>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "prescale's own metrics", content_type = "application/openmetrics-text")))]
 async fn metrics(State(store): State<Store>) -> Response {
     (
         [(
@@ -141,39 +309,81 @@ async fn metrics(State(store): State<Store>) -> Response {
 }
 
 /// A target in the list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct TargetSummary {
     name: String,
+    /// `backfilling`, `degraded`, `paused` or `ok`.
     status: &'static str,
+    /// `act` or `forecast-only`.
+    #[schema(value_type = String)]
     mode: crate::config::Mode,
+    /// Whether acting is paused by `POST …/pause`.
+    paused: bool,
     replicas: u32,
     desired_replicas: Option<u32>,
     min_replicas: u32,
     max_replicas: u32,
 }
 
-async fn targets(State(store): State<Store>) -> Json<serde_json::Value> {
+/// A page of targets.
+#[derive(Debug, Serialize, ToSchema)]
+struct TargetList {
+    targets: Vec<TargetSummary>,
+    /// How many targets there are in all.
+    total: usize,
+    /// The `offset` of the next page, if any.
+    next_offset: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    /// At most this many (1 to 1000, default 50).
+    limit: Option<String>,
+    /// Skip this many (default 0).
+    offset: Option<String>,
+}
+
+fn summary(name: &str, t: &crate::store::TargetState, now: i64) -> TargetSummary {
+    TargetSummary {
+        name: name.to_owned(),
+        status: t.status(now),
+        mode: t.config.mode,
+        paused: t.paused,
+        replicas: t.replicas,
+        desired_replicas: t.last_decision.as_ref().map(|d| d.to),
+        min_replicas: t.config.min_replicas,
+        max_replicas: t.config.max_replicas,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/targets", tag = "targets", params(PageQuery),
+    security((), ("bearer" = [])),
+    responses((status = 200, body = TargetList), (status = 400, body = ErrorBody)))]
+async fn targets(
+    State(store): State<Store>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<TargetList>, ApiError> {
+    let (limit, offset) = page(q.limit.as_deref(), q.offset.as_deref())?;
     let now = store.now();
-    let list: Vec<TargetSummary> = store
-        .names()
-        .filter_map(|name| {
-            let t = store.target(name)?;
-            Some(TargetSummary {
-                name: name.to_owned(),
-                status: t.status(now),
-                mode: t.config.mode,
-                replicas: t.replicas,
-                desired_replicas: t.last_decision.as_ref().map(|d| d.to),
-                min_replicas: t.config.min_replicas,
-                max_replicas: t.config.max_replicas,
-            })
-        })
+    let names: Vec<&str> = store.names().collect();
+    let total = names.len();
+    let targets = names
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .filter_map(|name| Some(summary(name, &*store.target(name)?, now)))
         .collect();
-    Json(json!({ "targets": list }))
+    let next_offset = (offset + limit < total).then_some(offset + limit);
+    Ok(Json(TargetList {
+        targets,
+        total,
+        next_offset,
+    }))
 }
 
 /// One target in detail.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct TargetDetail {
     #[serde(flatten)]
     summary: TargetSummary,
@@ -184,13 +394,26 @@ struct TargetDetail {
     step_seconds: i64,
     demand_rps: Option<f64>,
     points: usize,
+    /// Per signal: newest sample, last poll, last error.
+    #[schema(value_type = Object)]
     signals: std::collections::BTreeMap<&'static str, SignalHealth>,
+    /// The last decision with its reasons.
+    #[schema(value_type = Option<Object>)]
     last_decision: Option<Decision>,
+    /// The latest per-instance observations.
+    #[schema(value_type = Object)]
     instances: std::collections::BTreeMap<String, InstanceStats>,
+    /// The last balancer weights.
     weights: std::collections::BTreeMap<String, u32>,
+    /// The last delivery's outcome.
+    #[schema(value_type = Option<Object>)]
     last_delivery: Option<DeliveryRecord>,
 }
 
+#[utoipa::path(get, path = "/api/v1/targets/{name}", tag = "targets",
+    params(("name" = String, Path, description = "Target name")),
+    security((), ("bearer" = [])),
+    responses((status = 200, body = TargetDetail), (status = 404, body = ErrorBody)))]
 async fn target(
     State(store): State<Store>,
     Path(name): Path<String>,
@@ -201,15 +424,7 @@ async fn target(
         .ok_or_else(|| ApiError::unknown_target(&name))?;
     let c = &t.config;
     Ok(Json(TargetDetail {
-        summary: TargetSummary {
-            name: name.clone(),
-            status: t.status(now),
-            mode: c.mode,
-            replicas: t.replicas,
-            desired_replicas: t.last_decision.as_ref().map(|d| d.to),
-            min_replicas: c.min_replicas,
-            max_replicas: c.max_replicas,
-        },
+        summary: summary(&name, &t, now),
         degraded_reasons: t.degraded_reasons(now),
         capacity_rps: c.capacity_rps,
         startup_seconds: c.startup.as_secs(),
@@ -229,26 +444,35 @@ async fn target(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 struct ForecastQuery {
+    /// How far ahead, e.g. `30m` (default `1h`, at most `7d`).
     horizon: Option<String>,
 }
 
 /// The forecast body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ForecastBody {
     target: String,
     generated_at: i64,
     step_seconds: i64,
     model: &'static str,
     level: f64,
+    /// `{timestamp, value, lower, upper}` per step.
+    #[schema(value_type = Vec<Object>)]
     points: Vec<Point>,
 }
 
+#[utoipa::path(get, path = "/api/v1/targets/{name}/forecast", tag = "targets",
+    params(("name" = String, Path, description = "Target name"), ForecastQuery),
+    security((), ("bearer" = [])),
+    responses((status = 200, body = ForecastBody), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, description = "No data yet", body = ErrorBody)))]
 async fn target_forecast(
     State(store): State<Store>,
     Path(name): Path<String>,
-    Query(q): Query<ForecastQuery>,
+    ApiQuery(q): ApiQuery<ForecastQuery>,
 ) -> Result<Json<ForecastBody>, ApiError> {
     let horizon = match q.horizon.as_deref() {
         None => Duration::from_secs(3_600),
@@ -312,27 +536,36 @@ async fn target_forecast(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 struct HistoryQuery {
+    /// `rate` (default), `latency` or `replicas`.
     signal: Option<String>,
+    /// A duration back from now (e.g. `6h`, default `24h`) or a Unix timestamp.
     since: Option<String>,
 }
 
 /// An observed series.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct HistoryBody {
     target: String,
     signal: &'static str,
+    /// `{timestamp, value}` per sample.
+    #[schema(value_type = Vec<Object>)]
     points: Vec<Sample>,
 }
 
 /// The observed series of one signal since a time: `since` is a duration back from now
 /// (`6h`, default `24h`) or a Unix timestamp. `signal=replicas` is the replica count the
 /// target had at each decision (observed, or asked for without a `replicas` query).
+#[utoipa::path(get, path = "/api/v1/targets/{name}/history", tag = "targets",
+    params(("name" = String, Path, description = "Target name"), HistoryQuery),
+    security((), ("bearer" = [])),
+    responses((status = 200, body = HistoryBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn target_history(
     State(store): State<Store>,
     Path(name): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryBody>, ApiError> {
     let now = store.now();
     let since = match q.since.as_deref() {
@@ -372,35 +605,111 @@ async fn target_history(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 struct DecisionsQuery {
+    /// Only this target's decisions.
     target: Option<String>,
+    /// At most this many (1 to 1000, default 50).
     limit: Option<String>,
+    /// Skip this many of the newest (default 0).
+    offset: Option<String>,
 }
 
+/// A page of decisions, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+struct DecisionList {
+    /// Each: `target`, `at`, `from`, `to`, `reasons` [{code, message}], `peak`, `mode`.
+    #[schema(value_type = Vec<Object>)]
+    decisions: Vec<DecisionRecord>,
+    /// How many match in all (within the retained log).
+    total: usize,
+    /// The `offset` of the next page, if any.
+    next_offset: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/decisions", tag = "decisions", params(DecisionsQuery),
+    security((), ("bearer" = [])),
+    responses((status = 200, body = DecisionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn decisions(
     State(store): State<Store>,
-    Query(q): Query<DecisionsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "limit `{s}`: expected a whole number from 1 to {MAX_LIMIT}"
-                ))
-            })?,
-    };
+    ApiQuery(q): ApiQuery<DecisionsQuery>,
+) -> Result<Json<DecisionList>, ApiError> {
+    let (limit, offset) = page(q.limit.as_deref(), q.offset.as_deref())?;
     if let Some(t) = q.target.as_deref()
         && store.target(t).is_none()
     {
         return Err(ApiError::unknown_target(t));
     }
-    let list: Vec<DecisionRecord> = store.decisions(q.target.as_deref(), limit);
-    Ok(Json(json!({ "decisions": list })))
+    let (decisions, total) = store.decisions(q.target.as_deref(), offset, limit);
+    let next_offset = (offset + limit < total).then_some(offset + limit);
+    Ok(Json(DecisionList {
+        decisions,
+        total,
+        next_offset,
+    }))
+}
+
+/// The answer of a mutating endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+struct Action {
+    target: String,
+    /// `paused`, `resumed` or `refit_scheduled`.
+    action: &'static str,
+}
+
+/// Sets a flag on a target, answering 404 for an unknown one.
+fn act_on(
+    store: &Store,
+    name: String,
+    action: &'static str,
+    f: impl FnOnce(&mut crate::store::TargetState),
+) -> Result<Json<Action>, ApiError> {
+    let mut t = store
+        .target(&name)
+        .ok_or_else(|| ApiError::unknown_target(&name))?;
+    f(&mut t);
+    drop(t);
+    tracing::info!(target = %name, action, "API action");
+    Ok(Json(Action {
+        target: name,
+        action,
+    }))
+}
+
+/// Stops acting on a target: it still polls, forecasts and decides, but sends nothing.
+#[utoipa::path(post, path = "/api/v1/targets/{name}/pause", tag = "actions",
+    params(("name" = String, Path, description = "Target name")), security(("bearer" = [])),
+    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn pause(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+) -> Result<Json<Action>, ApiError> {
+    act_on(&store, name, "paused", |t| t.paused = true)
+}
+
+/// Acts on a paused target again.
+#[utoipa::path(post, path = "/api/v1/targets/{name}/resume", tag = "actions",
+    params(("name" = String, Path, description = "Target name")), security(("bearer" = [])),
+    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn resume(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+) -> Result<Json<Action>, ApiError> {
+    act_on(&store, name, "resumed", |t| t.paused = false)
+}
+
+/// Refits the target's forecast models at its next cycle.
+#[utoipa::path(post, path = "/api/v1/targets/{name}/refit", tag = "actions",
+    params(("name" = String, Path, description = "Target name")), security(("bearer" = [])),
+    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn refit(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+) -> Result<Json<Action>, ApiError> {
+    act_on(&store, name, "refit_scheduled", |t| {
+        t.refit_requested = true
+    })
 }
 
 #[cfg(test)]
@@ -429,7 +738,7 @@ mod tests {
     }
 
     async fn get(store: &Store, uri: &str) -> (StatusCode, serde_json::Value) {
-        let res = router(store.clone())
+        let res = router(store.clone(), ApiAuth::default())
             .oneshot(Request::get(uri).body(Body::empty()).unwrap())
             .await
             .unwrap();
@@ -441,6 +750,219 @@ mod tests {
             status,
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn mutations_need_the_right_token() {
+        let s = store();
+        let secret = crate::config::Secret::new("s3cret");
+        let open = router(s.clone(), ApiAuth::default());
+        let guarded = router(s.clone(), ApiAuth::new(Some(&secret), false));
+        // (router, token, status, code)
+        let cases: [(&Router, Option<&str>, StatusCode, &str); 4] = [
+            (
+                &open,
+                Some("s3cret"),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ), // no token configured: never acts
+            (&guarded, None, StatusCode::UNAUTHORIZED, "unauthorized"),
+            (&guarded, Some("wrong"), StatusCode::FORBIDDEN, "forbidden"),
+            (
+                &guarded,
+                Some("s3cret-but-longer"),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+            ),
+        ];
+        for (app, token, status, code) in cases {
+            let (st, b) = call(app, "POST", "/api/v1/targets/web/pause", token).await;
+            assert_eq!(
+                (st, b["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{token:?}: {b}"
+            );
+            assert!(
+                !s.target("web").unwrap().paused,
+                "refused requests never act"
+            );
+        }
+        let (st, b) = call(
+            &guarded,
+            "POST",
+            "/api/v1/targets/web/pause",
+            Some("s3cret"),
+        )
+        .await;
+        assert_eq!(
+            (st, b["action"].as_str()),
+            (StatusCode::OK, Some("paused")),
+            "{b}"
+        );
+        assert!(s.target("web").unwrap().paused);
+        let (_, b) = call(&guarded, "GET", "/api/v1/targets", None).await;
+        assert_eq!(
+            b["targets"][0]["paused"], true,
+            "reads stay open by default: {b}"
+        );
+        let (st, _) = call(
+            &guarded,
+            "POST",
+            "/api/v1/targets/web/resume",
+            Some("s3cret"),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(!s.target("web").unwrap().paused);
+        let (st, _) = call(
+            &guarded,
+            "POST",
+            "/api/v1/targets/web/refit",
+            Some("s3cret"),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(s.target("web").unwrap().refit_requested);
+        let (st, b) = call(
+            &guarded,
+            "POST",
+            "/api/v1/targets/nope/pause",
+            Some("s3cret"),
+        )
+        .await;
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("unknown_target"))
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_can_require_the_token() {
+        let s = store();
+        let secret = crate::config::Secret::new("s3cret");
+        let app = router(s, ApiAuth::new(Some(&secret), true));
+        assert_eq!(
+            call(&app, "GET", "/api/v1/targets", None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&app, "GET", "/api/v1/targets", Some("nope")).await.0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            call(&app, "GET", "/api/v1/targets", Some("s3cret")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, "GET", "/healthz", None).await.0,
+            StatusCode::OK,
+            "health stays open"
+        );
+    }
+
+    /// Every route the router serves is in the OpenAPI document, and every operation in the
+    /// document is served (not the fallback).
+    #[tokio::test]
+    async fn every_route_is_in_the_openapi_document() {
+        let s = store();
+        let secret = crate::config::Secret::new("t");
+        let (app, served) = routes(s, ApiAuth::new(Some(&secret), false));
+        let (_, doc) = call(&app, "GET", "/api/v1/openapi.json", None).await;
+        let mut documented = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().unwrap().keys() {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+        let mut served: Vec<(String, String)> = served
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(served, documented, "router and OpenAPI document differ");
+        for (method, path) in &documented {
+            let uri = path.replace("{name}", "web");
+            let (st, b) = call(&app, &method.to_uppercase(), &uri, Some("t")).await;
+            assert!(
+                st != StatusCode::METHOD_NOT_ALLOWED && b["error"]["code"] != "not_found",
+                "{method} {path}: {st} {b}"
+            );
+        }
+        assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+    }
+
+    #[tokio::test]
+    async fn lists_are_paginated() {
+        let s = store();
+        for k in 0..5 {
+            s.record_decision(DecisionRecord {
+                target: "web".into(),
+                decision: Decision {
+                    at: k,
+                    from: 1,
+                    to: 2,
+                    reasons: Vec::new(),
+                    peak: None,
+                },
+                mode: crate::config::Mode::Act,
+            });
+        }
+        let app = router(s, ApiAuth::default());
+        let (_, b) = call(&app, "GET", "/api/v1/decisions?limit=2&offset=1", None).await;
+        let at: Vec<i64> = b["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["at"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            (at, b["total"].as_u64(), b["next_offset"].as_u64()),
+            (vec![3, 2], Some(5), Some(3))
+        );
+        let (_, b) = call(&app, "GET", "/api/v1/decisions?limit=2&offset=4", None).await;
+        assert!(b["next_offset"].is_null(), "{b}");
+        let (_, b) = call(&app, "GET", "/api/v1/targets?limit=1", None).await;
+        assert_eq!(
+            (b["total"].as_u64(), b["targets"].as_array().map(Vec::len)),
+            (Some(1), Some(1))
+        );
+        let (st, b) = call(&app, "GET", "/api/v1/targets?offset=-1", None).await;
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_request"))
+        );
+        let (st, b) = call(&app, "GET", "/api/v1/decisions?colour=blue", None).await;
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_request")),
+            "unknown parameters are refused: {b}"
+        );
     }
 
     #[tokio::test]
@@ -477,6 +999,14 @@ mod tests {
         }
         let (st, b) = get(&s, "/api/v1/decisions?target=nope").await;
         assert_eq!(check(st, "unknown_target", b), StatusCode::NOT_FOUND);
+        for bad in ["signal=volume", "since=yesterday"] {
+            let (st, b) = get(&s, &format!("/api/v1/targets/web/history?{bad}")).await;
+            assert_eq!(
+                check(st, "bad_request", b),
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
         let (st, b) = get(&s, "/nowhere").await;
         assert_eq!(check(st, "not_found", b), StatusCode::NOT_FOUND);
     }
