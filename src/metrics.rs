@@ -76,6 +76,10 @@ pub struct Metrics {
     pub desired_replicas: Family<TargetLabels, Gauge>,
     /// 1 while a target is degraded.
     pub degraded: Family<TargetLabels, Gauge>,
+    /// Rolling mean absolute error of the request-rate forecast.
+    pub forecast_mae: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    /// Rolling share of observations inside the prediction interval.
+    pub forecast_coverage: Family<TargetLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -134,8 +138,22 @@ impl Metrics {
             "1 while a signal of the target is missing or stale",
             degraded.clone(),
         );
+        let forecast_mae = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "forecast_mae_rps",
+            "Rolling mean absolute error of the request-rate forecast, requests/s",
+            forecast_mae.clone(),
+        );
+        let forecast_coverage = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "forecast_interval_coverage_ratio",
+            "Rolling share of observed request rates inside the forecast's prediction interval",
+            forecast_coverage.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            forecast_mae,
+            forecast_coverage,
             polls,
             poll_duration,
             sample_age,

@@ -231,6 +231,24 @@ impl TargetLoop {
             // The current forecaster refits from the stored series on every cycle.
             info!(target = %t.name, "refit requested");
         }
+        // Score the previous forecast against what has been observed since it was made.
+        if let Some(prev) = state.forecast.take() {
+            // Its points start after the last observation it saw: all later ones are new.
+            let first = prev.points.first().map_or(i64::MAX, |p| p.timestamp);
+            let scored: Vec<(f64, bool)> = prev.score(state.rate.since(first)).collect();
+            state.forecast_quality.extend(scored);
+            let labels = TargetLabels {
+                target: t.name.clone(),
+            };
+            let m = self.store.metrics();
+            if let (Some(mae), Some(coverage)) = (
+                state.forecast_quality.mae(),
+                state.forecast_quality.coverage(),
+            ) {
+                m.forecast_mae.get_or_create(&labels).set(mae);
+                m.forecast_coverage.get_or_create(&labels).set(coverage);
+            }
+        }
         let grid = state.rate.to_grid();
         let forecast = grid.as_ref().and_then(|(start, values)| {
             let history = History {

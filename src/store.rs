@@ -93,6 +93,47 @@ pub struct DeliveryRecord {
     pub at: i64,
 }
 
+/// How the forecasts of one target have done lately: a rolling window of errors.
+#[derive(Debug, Clone, Default)]
+pub struct ForecastQuality {
+    window: VecDeque<(f64, bool)>,
+}
+
+/// Forecast points scored per target, at most.
+const QUALITY_WINDOW: usize = 720;
+
+impl ForecastQuality {
+    /// Adds scored points `(absolute error, inside the interval)`.
+    pub fn extend(&mut self, scored: impl IntoIterator<Item = (f64, bool)>) {
+        self.window.extend(scored);
+        while self.window.len() > QUALITY_WINDOW {
+            self.window.pop_front();
+        }
+    }
+
+    /// Mean absolute error, requests/s; `None` before any point was scored.
+    pub fn mae(&self) -> Option<f64> {
+        (!self.window.is_empty())
+            .then(|| self.window.iter().map(|e| e.0).sum::<f64>() / self.window.len() as f64)
+    }
+
+    /// Share of observations inside the prediction interval.
+    pub fn coverage(&self) -> Option<f64> {
+        (!self.window.is_empty())
+            .then(|| self.window.iter().filter(|e| e.1).count() as f64 / self.window.len() as f64)
+    }
+
+    /// Points scored.
+    pub fn len(&self) -> usize {
+        self.window.len()
+    }
+
+    /// Whether no point was scored.
+    pub fn is_empty(&self) -> bool {
+        self.window.is_empty()
+    }
+}
+
 /// A decision in the log.
 #[derive(Debug, Clone, Serialize)]
 pub struct DecisionRecord {
@@ -127,6 +168,8 @@ pub struct TargetState {
     pub replicas: u32,
     /// The forecast the last decision used.
     pub forecast: Option<Forecast>,
+    /// How recent forecasts did against what was then observed.
+    pub forecast_quality: ForecastQuality,
     /// Stabilisation memory of the decision engine.
     pub decide_state: DecideState,
     /// The last decision.
@@ -160,6 +203,7 @@ impl TargetState {
             backfilled: false,
             replicas: config.min_replicas,
             forecast: None,
+            forecast_quality: ForecastQuality::default(),
             decide_state: DecideState::default(),
             last_decision: None,
             instances: BTreeMap::new(),

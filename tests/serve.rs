@@ -189,6 +189,14 @@ history = "2d"
         "rate {demand} is at most the exporter's 300 rps plus the trace"
     );
 
+    // Forecasts are scored against what was observed after them.
+    let (_, detail) = app.get("/api/v1/targets/web").await;
+    let q = &detail["forecast_quality"];
+    assert!(
+        q["points"].as_u64() > Some(0) && q["mae_rps"].as_f64().is_some(),
+        "{q}"
+    );
+
     // The forecast endpoint.
     let (status, f) = app.get("/api/v1/targets/web/forecast?horizon=30m").await;
     assert_eq!(status, 200, "{f}");
@@ -281,6 +289,8 @@ history = "2d"
         r#"prescale_sample_age_seconds{target="web",signal="request_rate"}"#,
         "prescale_poll_duration_seconds_bucket",
         "prescale_decisions_total",
+        r#"prescale_forecast_mae_rps{target="web"}"#,
+        r#"prescale_forecast_interval_coverage_ratio{target="web"}"#,
     ] {
         assert!(metrics.contains(want), "metrics lack {want}:\n{metrics}");
     }

@@ -219,7 +219,7 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
 #[openapi(
     info(title = "prescale", description = "Predictive autoscaler: forecasts, bottlenecks and decisions."),
     paths(healthz, readyz, metrics, openapi, targets, target, target_forecast, target_history, decisions, pause, resume, refit),
-    components(schemas(ErrorBody, ErrorDetail, TargetSummary, TargetList, TargetDetail, ForecastBody, HistoryBody, DecisionList, Action)),
+    components(schemas(ErrorBody, ErrorDetail, TargetSummary, TargetList, TargetDetail, QualityBody, ForecastBody, HistoryBody, DecisionList, Action)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -408,6 +408,19 @@ struct TargetDetail {
     /// The last delivery's outcome.
     #[schema(value_type = Option<Object>)]
     last_delivery: Option<DeliveryRecord>,
+    /// How the request-rate forecasts did lately.
+    forecast_quality: QualityBody,
+}
+
+/// Rolling forecast quality.
+#[derive(Debug, Serialize, ToSchema)]
+struct QualityBody {
+    /// Mean absolute error, requests/s.
+    mae_rps: Option<f64>,
+    /// Share of observations inside the prediction interval.
+    interval_coverage: Option<f64>,
+    /// Observations scored.
+    points: usize,
 }
 
 #[utoipa::path(get, path = "/api/v1/targets/{name}", tag = "targets",
@@ -441,6 +454,11 @@ async fn target(
         instances: t.instances.clone(),
         weights: t.weights.clone(),
         last_delivery: t.last_delivery.clone(),
+        forecast_quality: QualityBody {
+            mae_rps: t.forecast_quality.mae(),
+            interval_coverage: t.forecast_quality.coverage(),
+            points: t.forecast_quality.len(),
+        },
     }))
 }
 

@@ -69,6 +69,25 @@ impl Forecast {
     pub fn until(&self, to: i64) -> impl Iterator<Item = &Point> {
         self.points.iter().take_while(move |p| p.timestamp <= to)
     }
+
+    /// How it did against what happened: `(absolute error, inside the interval)` for each
+    /// observed sample it had a point for.
+    pub fn score<'a>(
+        &'a self,
+        observed: impl IntoIterator<Item = &'a crate::series::Sample> + 'a,
+    ) -> impl Iterator<Item = (f64, bool)> + 'a {
+        observed.into_iter().filter_map(|s| {
+            let i = self
+                .points
+                .binary_search_by_key(&s.ts, |p| p.timestamp)
+                .ok()?;
+            let p = self.points[i];
+            Some((
+                (s.value - p.value).abs(),
+                p.lower <= s.value && s.value <= p.upper,
+            ))
+        })
+    }
 }
 
 /// Why no forecast could be made.
@@ -160,6 +179,40 @@ mod tests {
         assert_eq!(f.points.first().unwrap().timestamp, 7200);
         assert_eq!(f.points.last().unwrap().timestamp, 7800);
         assert!(f.points.iter().all(|p| (p.value - 10.0).abs() < 1e-9));
+    }
+
+    #[test]
+    fn score_matches_points_by_timestamp() {
+        let f = Forecast {
+            generated_at: 0,
+            step_seconds: 60,
+            model: "t",
+            level: 0.9,
+            points: (1..=3)
+                .map(|k| Point {
+                    timestamp: 60 * k,
+                    value: 10.0,
+                    lower: 8.0,
+                    upper: 12.0,
+                })
+                .collect(),
+        };
+        let observed = [
+            crate::series::Sample {
+                ts: 60,
+                value: 11.0,
+            },
+            crate::series::Sample {
+                ts: 90,
+                value: 50.0,
+            },
+            crate::series::Sample {
+                ts: 180,
+                value: 14.0,
+            },
+        ];
+        let got: Vec<(f64, bool)> = f.score(&observed).collect();
+        assert_eq!(got, [(1.0, true), (4.0, false)]);
     }
 
     #[test]
