@@ -172,3 +172,84 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metric names registered, as their `# TYPE` lines give them.
+    fn exported() -> Vec<String> {
+        // A family shows only once it has a child: give each one.
+        let m = Metrics::new();
+        let t = || TargetLabels { target: "t".into() };
+        let sig = || SignalLabels {
+            target: "t".into(),
+            signal: "s".into(),
+        };
+        m.polls
+            .get_or_create(&PollLabels {
+                target: "t".into(),
+                signal: "s".into(),
+                outcome: "ok".into(),
+            })
+            .inc();
+        m.poll_duration.get_or_create(&sig()).observe(0.1);
+        m.sample_age.get_or_create(&sig()).set(1.0);
+        m.decisions
+            .get_or_create(&DecisionLabels {
+                target: "t".into(),
+                direction: "up".into(),
+                reason: "r".into(),
+            })
+            .inc();
+        m.deliveries
+            .get_or_create(&DeliveryLabels {
+                target: "t".into(),
+                kind: "k".into(),
+                outcome: "o".into(),
+            })
+            .inc();
+        m.desired_replicas.get_or_create(&t()).set(1);
+        m.degraded.get_or_create(&t()).set(0);
+        m.forecast_mae.get_or_create(&t()).set(1.0);
+        m.forecast_coverage.get_or_create(&t()).set(1.0);
+        m.encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Every `prescale_*` series the shipped Grafana dashboard queries is one we export.
+    #[test]
+    fn grafana_dashboard_uses_exported_metrics() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana-dashboard.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let dash: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let families = exported();
+        let mut used = 0;
+        for panel in dash["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    let Some(name) = word.strip_prefix("prescale_") else {
+                        continue;
+                    };
+                    let base = ["_total", "_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|suffix| name.strip_suffix(suffix))
+                        .unwrap_or(name);
+                    assert!(
+                        families.iter().any(|f| f == &format!("prescale_{base}")),
+                        "panel `{}` queries prescale_{name}, which is not exported ({families:?})",
+                        panel["title"]
+                    );
+                    used += 1;
+                }
+            }
+        }
+        assert!(used >= 9, "the dashboard queries our metrics ({used})");
+    }
+}
