@@ -6,10 +6,12 @@
 //! target copies its grid out first.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::Serialize;
 
+use crate::act::alert::AlertState;
+use crate::act::outbox::Outbox;
 use crate::config::{Mode, TargetConfig};
 pub use crate::decide::balance::InstanceStats;
 use crate::decide::{DecideState, Decision};
@@ -78,11 +80,11 @@ pub struct SignalHealth {
 /// The outcome of the last webhook delivery.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryRecord {
-    /// `scale` or `rebalance`.
+    /// `scale`, `rebalance` or `alert`.
     pub kind: &'static str,
     /// The action's idempotency key.
     pub idempotency_key: String,
-    /// `delivered`, `rejected` or `gave_up`.
+    /// `delivered`, `rejected`, `gave_up`, `expired` or `superseded`.
     pub outcome: &'static str,
     /// Attempts made.
     pub attempts: u32,
@@ -134,6 +136,8 @@ pub struct TargetState {
     pub weights: BTreeMap<String, u32>,
     /// The last delivery outcome.
     pub last_delivery: Option<DeliveryRecord>,
+    /// The predicted-bottleneck alert, when one is firing.
+    pub alert: AlertState,
 }
 
 impl TargetState {
@@ -157,6 +161,7 @@ impl TargetState {
             instances: BTreeMap::new(),
             weights: BTreeMap::new(),
             last_delivery: None,
+            alert: AlertState::default(),
             config,
         }
     }
@@ -215,6 +220,8 @@ struct Inner {
     /// Newest last.
     decisions: Mutex<VecDeque<DecisionRecord>>,
     metrics: Metrics,
+    /// The durable outbox, once opened (`serve` sets it before anything runs).
+    outbox: OnceLock<Outbox>,
 }
 
 impl Store {
@@ -234,8 +241,19 @@ impl Store {
                 targets,
                 decisions: Mutex::new(VecDeque::new()),
                 metrics,
+                outbox: OnceLock::new(),
             }),
         }
+    }
+
+    /// Attaches the outbox (once; a second call is ignored).
+    pub fn set_outbox(&self, outbox: Outbox) {
+        let _ = self.inner.outbox.set(outbox);
+    }
+
+    /// The outbox, once attached.
+    pub fn outbox(&self) -> Option<&Outbox> {
+        self.inner.outbox.get()
     }
 
     /// The metrics.

@@ -1,4 +1,5 @@
-//! The HTTP API: health, readiness, metrics, targets, forecasts and decisions.
+//! The HTTP API: health, readiness, metrics, targets, forecasts, decisions and the
+//! deliveries in the outbox (listed, and dead ones retried).
 //!
 //! [`router`] builds the whole API over a [`Store`]; handlers only read it (forecasts for a
 //! requested horizon are computed from a copy of the stored series, outside the lock).
@@ -9,11 +10,12 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::act::outbox::{Delivery, DeliveryState, OutboxError};
 use crate::decide::Decision;
 use crate::forecast::{self, History, Point};
 use crate::pipeline::unix_now;
@@ -25,6 +27,8 @@ const MAX_HORIZON: Duration = Duration::from_secs(7 * 86_400);
 const DEFAULT_LIMIT: usize = 50;
 /// The most decisions one request may list.
 const MAX_LIMIT: usize = 1_000;
+/// The most deliveries one request may list.
+const MAX_DELIVERY_LIMIT: usize = 10_000;
 
 /// An API error: an HTTP status, a stable code and a message for people.
 #[derive(Debug)]
@@ -73,6 +77,9 @@ pub fn router(store: Store) -> Router {
         .route("/api/v1/targets/{name}", get(target))
         .route("/api/v1/targets/{name}/forecast", get(target_forecast))
         .route("/api/v1/decisions", get(decisions))
+        .route("/api/v1/deliveries", get(deliveries))
+        .route("/api/v1/deliveries/{id}", get(delivery))
+        .route("/api/v1/deliveries/{id}/retry", post(retry_delivery))
         .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(store)
@@ -337,6 +344,130 @@ async fn decisions(
     }
     let list: Vec<DecisionRecord> = store.decisions(q.target.as_deref(), limit);
     Ok(Json(json!({ "decisions": list })))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeliveriesQuery {
+    state: Option<String>,
+    target: Option<String>,
+    limit: Option<String>,
+}
+
+/// A delivery as the API shows it: times in Unix seconds, the body as JSON.
+fn delivery_view(d: &Delivery) -> serde_json::Value {
+    let secs = |ms: i64| ms as f64 / 1000.0;
+    json!({
+        "id": d.id,
+        "target": d.target,
+        "kind": d.kind,
+        "state": d.state,
+        "outcome": d.outcome,
+        "idempotency_key": d.idempotency_key,
+        "attempts": d.attempts,
+        "created_at": secs(d.created_at_ms),
+        "next_attempt_at": (d.state == DeliveryState::Pending).then(|| secs(d.next_attempt_ms)),
+        "finished_at": d.finished_at_ms.map(secs),
+        "last_error": d.last_error,
+        "last_status": d.last_status,
+        "response_body": d.response_body,
+        "superseded_by": d.superseded_by,
+        "body": serde_json::from_str::<serde_json::Value>(&d.body)
+            .unwrap_or_else(|_| serde_json::Value::String(d.body.clone())),
+    })
+}
+
+fn outbox_error(e: OutboxError) -> ApiError {
+    match e {
+        OutboxError::NotFound(id) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_delivery",
+            format!("no delivery with id {id}"),
+        ),
+        e @ OutboxError::NotDead { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "not_dead", e.to_string())
+        }
+        e => {
+            tracing::error!(error = %e, "outbox error in the API");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                "the outbox could not be read or written; see the server log",
+            )
+        }
+    }
+}
+
+fn outbox(store: &Store) -> Result<crate::act::outbox::Outbox, ApiError> {
+    store.outbox().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_outbox",
+            "the outbox is not open",
+        )
+    })
+}
+
+fn delivery_id(s: &str) -> Result<u64, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::bad_request(format!("delivery id `{s}`: expected a whole number")))
+}
+
+/// `GET /api/v1/deliveries?state=&target=&limit=`: newest first.
+async fn deliveries(
+    State(store): State<Store>,
+    Query(q): Query<DeliveriesQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state `{s}`: expected pending, delivered, dead or superseded"
+            ))
+        })?),
+    };
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_DELIVERY_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "limit `{s}`: expected a whole number from 1 to {MAX_DELIVERY_LIMIT}"
+                ))
+            })?,
+    };
+    if let Some(t) = q.target.as_deref()
+        && store.target(t).is_none()
+    {
+        return Err(ApiError::unknown_target(t));
+    }
+    let list = outbox(&store)?
+        .list(state, q.target, limit)
+        .await
+        .map_err(outbox_error)?;
+    let list: Vec<_> = list.iter().map(delivery_view).collect();
+    Ok(Json(json!({ "deliveries": list })))
+}
+
+/// `GET /api/v1/deliveries/{id}`.
+async fn delivery(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = delivery_id(&id)?;
+    let d = outbox(&store)?.get(id).await.map_err(outbox_error)?;
+    Ok(Json(delivery_view(&d)))
+}
+
+/// `POST /api/v1/deliveries/{id}/retry`: a dead delivery goes back to pending.
+async fn retry_delivery(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = delivery_id(&id)?;
+    let d = outbox(&store)?.retry(id).await.map_err(outbox_error)?;
+    Ok(Json(delivery_view(&d)))
 }
 
 #[cfg(test)]
