@@ -183,9 +183,17 @@ struct Shared {
     db: Arc<Database>,
     path: PathBuf,
     /// New and retried actions, for the worker.
-    to_worker: mpsc::UnboundedSender<Vec<Delivery>>,
+    to_worker: mpsc::UnboundedSender<ToWorker>,
     /// The worker's end, until [`Outbox::worker`] takes it.
-    from_handles: Mutex<Option<mpsc::UnboundedReceiver<Vec<Delivery>>>>,
+    from_handles: Mutex<Option<mpsc::UnboundedReceiver<ToWorker>>>,
+}
+
+/// What the handles tell the worker.
+enum ToWorker {
+    /// Newly written actions.
+    New(Vec<Delivery>),
+    /// A dead action put back by hand.
+    Retried(Delivery),
 }
 
 impl Outbox {
@@ -316,7 +324,7 @@ impl Outbox {
             })
             .await?;
         // The worker may be gone (shutting down); the actions are on disk for the next start.
-        let _ = self.inner.to_worker.send(records.clone());
+        let _ = self.inner.to_worker.send(ToWorker::New(records.clone()));
         Ok(records)
     }
 
@@ -388,7 +396,7 @@ impl Outbox {
             })
             .await?;
         info!(id, target = %d.target, kind = %d.kind, "dead delivery put back for retry");
-        let _ = self.inner.to_worker.send(vec![d.clone()]);
+        let _ = self.inner.to_worker.send(ToWorker::Retried(d.clone()));
         Ok(d)
     }
 
@@ -506,9 +514,11 @@ struct Index {
 }
 
 impl Index {
-    /// Adds pending records; returns the older ones they supersede (not in flight).
+    /// Adds pending records; returns the older ones they supersede (not in flight), with
+    /// the newest that supersedes each. Those stay in the index until their outcome is
+    /// written.
     fn add(&mut self, records: Vec<Delivery>) -> Vec<(u64, u64)> {
-        let mut superseded = Vec::new();
+        let mut superseded: BTreeMap<u64, u64> = BTreeMap::new();
         for d in records {
             if d.state != DeliveryState::Pending || self.pending.contains_key(&d.id) {
                 continue;
@@ -530,14 +540,13 @@ impl Index {
                     })
                     .collect();
                 for id in older {
-                    self.remove(id);
-                    superseded.push((id, d.id));
+                    superseded.insert(id, d.id);
                 }
             }
             self.lanes.entry(lane).or_default().insert(d.id);
             self.pending.insert(d.id, d);
         }
-        superseded
+        superseded.into_iter().collect()
     }
 
     fn remove(&mut self, id: u64) -> Option<Delivery> {
@@ -618,7 +627,7 @@ pub struct Worker {
     receivers: Receivers,
     metrics: Metrics,
     store: Option<Store>,
-    from_handles: mpsc::UnboundedReceiver<Vec<Delivery>>,
+    from_handles: mpsc::UnboundedReceiver<ToWorker>,
     index: Index,
     dead: i64,
 }
@@ -671,10 +680,18 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                Some(batch) = self.from_handles.recv() => {
-                    let mut records = batch;
+                Some(first) = self.from_handles.recv() => {
+                    let mut records = Vec::new();
+                    let mut take = |msg| match msg {
+                        ToWorker::New(new) => records.extend(new),
+                        ToWorker::Retried(d) => {
+                            self.dead -= 1;
+                            records.push(d);
+                        }
+                    };
+                    take(first);
                     while let Ok(more) = self.from_handles.try_recv() {
-                        records.extend(more);
+                        take(more);
                     }
                     let superseded = self.index.add(records);
                     self.update_gauges();

@@ -547,7 +547,13 @@ struct Server {
 
 impl Server {
     fn start(router: Router) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Self::start_on(router, 0)
+    }
+
+    /// On a given port (0: a free one).
+    fn start_on(router: Router, port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
         let addr = listener.local_addr().expect("local address");
         listener
             .set_nonblocking(true)
@@ -645,6 +651,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// The status the receiver answered.
+    pub status: u16,
 }
 
 impl Recorded {
@@ -711,8 +719,32 @@ impl Reply {
 struct ReceiverState {
     requests: Mutex<Vec<Recorded>>,
     script: Mutex<VecDeque<Reply>>,
-    then: Reply,
+    then: Mutex<Reply>,
     count: watch::Sender<usize>,
+    /// Answer 503 to this share of requests, at random (after the script).
+    fail_ratio: Mutex<Option<(f64, rand::rngs::StdRng)>>,
+    /// Requests being answered now, and the most at once, per path.
+    in_flight: Mutex<std::collections::HashMap<String, (usize, usize)>>,
+}
+
+/// Counts a request as in flight on its path until dropped (also when the client goes
+/// away and the handler is cancelled).
+struct InFlight {
+    state: Arc<ReceiverState>,
+    path: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut m = self
+            .state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = m.get_mut(&self.path) {
+            e.0 = e.0.saturating_sub(1);
+        }
+    }
 }
 
 impl ReceiverState {
@@ -743,14 +775,67 @@ impl Receiver {
         let state = Arc::new(ReceiverState {
             requests: Mutex::new(Vec::new()),
             script: Mutex::new(script.into()),
-            then,
+            then: Mutex::new(then),
             count: watch::Sender::new(0),
+            fail_ratio: Mutex::new(None),
+            in_flight: Mutex::new(Default::default()),
         });
         let router = Router::new().fallback(record).with_state(state.clone());
         Self {
             server: Server::start(router),
             state,
         }
+    }
+
+    /// Answers `then` for ever, on 127.0.0.1:`port` (e.g. a port that refused connections
+    /// until now).
+    pub fn start_on(port: u16, then: Reply) -> Self {
+        let state = Arc::new(ReceiverState {
+            requests: Mutex::new(Vec::new()),
+            script: Mutex::new(VecDeque::new()),
+            then: Mutex::new(then),
+            count: watch::Sender::new(0),
+            fail_ratio: Mutex::new(None),
+            in_flight: Mutex::new(Default::default()),
+        });
+        let router = Router::new().fallback(record).with_state(state.clone());
+        Self {
+            server: Server::start_on(router, port),
+            state,
+        }
+    }
+
+    /// Answers 200, but 503 to a random `ratio` of requests (seeded, so a run can be
+    /// repeated).
+    pub fn flaky(ratio: f64, seed: u64) -> Self {
+        use rand::SeedableRng;
+        let r = Self::start(&[]);
+        *r.state.fail_ratio.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((ratio, rand::rngs::StdRng::seed_from_u64(seed)));
+        r
+    }
+
+    /// From now on, answers `reply` once the script has run out.
+    pub fn set_then(&self, reply: Reply) {
+        *self.state.then.lock().unwrap_or_else(|p| p.into_inner()) = reply;
+    }
+
+    /// The most requests answered at once on `path`.
+    pub fn max_in_flight(&self, path: &str) -> usize {
+        let m = self
+            .state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        m.get(path).map_or(0, |e| e.1)
+    }
+
+    /// The requests answered with a 2xx.
+    pub fn accepted(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
     }
 
     /// Its address.
@@ -805,18 +890,41 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let path = uri.path().to_owned();
+    let _in_flight = {
+        let mut m = state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(path.clone()).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+        InFlight {
+            state: state.clone(),
+            path: path.clone(),
+        }
+    };
+    let reply = {
+        let mut script = state.script.lock().unwrap_or_else(|p| p.into_inner());
+        script.pop_front().unwrap_or_else(|| {
+            let mut flaky = state.fail_ratio.lock().unwrap_or_else(|p| p.into_inner());
+            let fail = match flaky.as_mut() {
+                Some((ratio, rng)) => rand::Rng::random_bool(rng, *ratio),
+                None => false,
+            };
+            if fail {
+                Reply::status(503)
+            } else {
+                state.then.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            }
+        })
+    };
     state.requests().push(Recorded {
         method,
-        path: uri.path().to_owned(),
+        path,
         query: uri.query().map(str::to_owned),
         headers,
         body,
+        status: reply.status,
     });
     state.count.send_modify(|c| *c += 1);
-    let reply = {
-        let mut script = state.script.lock().unwrap_or_else(|p| p.into_inner());
-        script.pop_front().unwrap_or_else(|| state.then.clone())
-    };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
