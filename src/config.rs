@@ -1174,6 +1174,130 @@ max_replicas = 40
     }
 
     #[test]
+    fn state_alertmanager_rotation_and_haproxy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("new"), "new-secret\n").unwrap();
+        std::fs::write(dir.path().join("old"), "old-secret\n").unwrap();
+        let text = format!(
+            "{MINIMAL}\n[target.platform]\nurl = \"http://127.0.0.1:9000/scale\"\nsecret_file = \"new\"\n\
+             previous_secret_file = \"old\"\n\n[target.balancer]\nkind = \"haproxy\"\n\
+             runtime_api = \"unix:/run/haproxy/admin.sock\"\nbackend = \"web\"\n\n\
+             [state]\ndir = \"var\"\n\n[alertmanager]\nurl = \"http://127.0.0.1:9093\"\nlead = \"10m\"\n"
+        );
+        let c = Config::parse(&text, &dir.path().join("p.toml")).unwrap();
+        let t = &c.targets[0];
+        let p = t.platform.as_ref().unwrap();
+        assert_eq!(
+            (
+                p.secret.expose(),
+                p.previous_secret.as_ref().unwrap().expose()
+            ),
+            ("new-secret", "old-secret")
+        );
+        assert!(t.balancer.is_none());
+        let h = t.haproxy.as_ref().unwrap();
+        assert_eq!(
+            (&h.runtime_api, h.backend.as_str(), h.timeout),
+            (
+                &RuntimeApi::Unix("/run/haproxy/admin.sock".into()),
+                "web",
+                Duration::from_secs(2)
+            )
+        );
+        assert_eq!(c.state.dir, dir.path().join("var"));
+        let am = c.alertmanager.as_ref().unwrap();
+        assert_eq!(
+            (am.lead, am.resend),
+            (Duration::from_secs(600), Duration::from_secs(60))
+        );
+
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.state.dir, Path::new("state"));
+        assert_eq!(c.delivery.max_age, Duration::from_secs(3600));
+        assert!(c.alertmanager.is_none());
+
+        let tcp = MINIMAL.to_owned()
+            + "\n[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"127.0.0.1:9999\"\nbackend = \"b\"\n";
+        let c = parse(&tcp).unwrap();
+        assert_eq!(
+            c.targets[0].haproxy.as_ref().unwrap().runtime_api,
+            RuntimeApi::Tcp("127.0.0.1:9999".into())
+        );
+    }
+
+    /// Each broken balancer, state or alertmanager table fails naming its key.
+    #[test]
+    fn balancer_state_and_alertmanager_errors() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "[target.balancer]\nkind = \"nginx\"\n",
+                &["target[web].balancer.kind", "`nginx`", "haproxy"],
+            ),
+            (
+                "[target.balancer]\nkind = \"haproxy\"\nbackend = \"web\"\n",
+                &["target[web].balancer.runtime_api", "missing"],
+            ),
+            (
+                "[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"nowhere\"\nbackend = \"web\"\n",
+                &["target[web].balancer.runtime_api", "`nowhere`"],
+            ),
+            (
+                "[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"/s.sock\"\n",
+                &["target[web].balancer.backend", "missing"],
+            ),
+            (
+                "[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"/s.sock\"\nbackend = \"b\"\nurl = \"http://x\"\n",
+                &["target[web].balancer.url", "kind = \"webhook\""],
+            ),
+            (
+                "[target.balancer]\nbackend = \"b\"\n",
+                &["target[web].balancer.backend", "kind = \"haproxy\""],
+            ),
+            (
+                "[target.balancer]\nsecret_env = \"X\"\n",
+                &["target[web].balancer.url", "missing"],
+            ),
+            (
+                "[target.platform]\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"/nonexistent/s\"\nprevious_secret_env = \"PRESCALE_TEST_UNSET\"\n",
+                &["target[web].platform.secret_file", "/nonexistent/s"],
+            ),
+        ];
+        for (extra, wants) in cases {
+            let err = parse(&format!("{MINIMAL}\n{extra}"))
+                .expect_err(extra)
+                .to_string();
+            for want in *wants {
+                assert!(
+                    err.contains(want),
+                    "error for `{extra}` lacks `{want}`: {err}"
+                );
+            }
+        }
+        let top: &[(&str, &[&str])] = &[
+            (
+                "[alertmanager]\nurl = \"ftp://x\"\n",
+                &["alertmanager.url", "http or https"],
+            ),
+            (
+                "[alertmanager]\nurl = \"http://x\"\nlead = \"0s\"\n",
+                &["alertmanager.lead"],
+            ),
+            ("[state]\ndir = \"\"\n", &["state.dir", "empty"]),
+            ("[delivery]\nmax_age = \"0s\"\n", &["delivery.max_age"]),
+        ];
+        for (extra, wants) in top {
+            let text = format!("{extra}\n{MINIMAL}");
+            let err = parse(&text).expect_err(extra).to_string();
+            for want in *wants {
+                assert!(
+                    err.contains(want),
+                    "error for `{extra}` lacks `{want}`: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn shipped_example_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prescale.toml");
         let c = Config::load(&path).unwrap();

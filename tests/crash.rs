@@ -90,13 +90,17 @@ fn kill_9_between_write_and_delivery_then_restart_delivers_once() {
     cfg.write_file("prescale.toml", &config(port));
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut second = spawn(cfg.path(), &log);
-    poll_until("the pending rebalance delivered after restart", DEADLINE, || {
-        receiver
-            .accepted()
-            .iter()
-            .any(|r| r.header("idempotency-key") == Some(key.as_str()))
-            .then_some(())
-    });
+    poll_until(
+        "the pending rebalance delivered after restart",
+        DEADLINE,
+        || {
+            receiver
+                .accepted()
+                .iter()
+                .any(|r| r.header("idempotency-key") == Some(key.as_str()))
+                .then_some(())
+        },
+    );
     let d = poll_until("the delivery recorded", DEADLINE, || {
         get(addr, &format!("/api/v1/deliveries/{id}")).filter(|d| d["state"] == "delivered")
     });
@@ -173,10 +177,7 @@ fn unusable_state_directory_stops_start_cleanly() {
     cfg.write_file("prescale.toml", &config_with_state("state"));
     cfg.write_file("state", "x");
     let path = cfg.dir().join("state");
-    serve_fails(
-        &cfg,
-        &[&path.display().to_string(), "is not a directory"],
-    );
+    serve_fails(&cfg, &[&path.display().to_string(), "is not a directory"]);
 
     // A corrupt outbox: refused, and left exactly as it was.
     let cfg = TempConfig::write("");
@@ -184,7 +185,10 @@ fn unusable_state_directory_stops_start_cleanly() {
     std::fs::create_dir(cfg.dir().join("state")).unwrap();
     let file = cfg.write_file("state/outbox.redb", &"garbage ".repeat(1000));
     let before = std::fs::read(&file).unwrap();
-    serve_fails(&cfg, &[&file.display().to_string(), "cannot open it as an outbox"]);
+    serve_fails(
+        &cfg,
+        &[&file.display().to_string(), "cannot open it as an outbox"],
+    );
     assert_eq!(std::fs::read(&file).unwrap(), before, "untouched");
     let entries: Vec<_> = std::fs::read_dir(cfg.dir().join("state"))
         .unwrap()

@@ -17,7 +17,7 @@ fn snippet(lang: &str) -> String {
     let after = &readme[readme
         .find(&marker)
         .unwrap_or_else(|| panic!("README.md has no `{marker}` block"))..];
-    let start = after.find("```").expect("a code block") ;
+    let start = after.find("```").expect("a code block");
     let body = &after[start..];
     let body = &body[body.find('\n').expect("fence line") + 1..];
     body[..body.find("```").expect("closing fence")].to_owned()

@@ -807,6 +807,43 @@ mod tests {
         );
     }
 
+    /// While rotating, both secrets sign; a receiver holding either accepts.
+    #[test]
+    fn rotation_signs_with_both_secrets() {
+        let body: &[u8] = b"{}";
+        let header = sign_all(&[b"new", b"old"], 1000, body);
+        assert_eq!(header.matches(",v1=").count(), 2, "{header}");
+        assert!(
+            header.starts_with(&sign(b"new", 1000, body)),
+            "current first"
+        );
+        for secret in [&b"new"[..], b"old"] {
+            assert_eq!(verify(secret, &header, body, 1000, 300), Ok(()));
+        }
+        assert_eq!(
+            verify(b"other", &header, body, 1000, 300),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn previous_secret_signs_every_attempt() {
+        let (r, mut hook) = receiver(&[(StatusCode::INTERNAL_SERVER_ERROR, "oops")]).await;
+        hook.previous_secret = Some(Secret::new("previous"));
+        sender(2_000, 3)
+            .deliver(&hook, &scale())
+            .await
+            .expect("delivered");
+        for s in r.seen() {
+            let h = header(&s, SIGNATURE_HEADER);
+            assert_eq!(
+                verify(SECRET.as_bytes(), h, &s.body, unix_now(), 300),
+                Ok(())
+            );
+            assert_eq!(verify(b"previous", h, &s.body, unix_now(), 300), Ok(()));
+        }
+    }
+
     /// attempt → backoff with no jitter and with the most jitter.
     #[test]
     fn backoff_doubles_and_caps() {
