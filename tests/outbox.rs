@@ -328,15 +328,12 @@ async fn client_error_is_dead_lettered_with_the_body_and_can_be_retried() {
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }
     };
-    let dead = poll_until_async("the dead letter to be listed", DEADLINE, || {
-        let get = get.clone();
-        async move {
-            let (_, b) = get("/api/v1/deliveries?state=dead".into()).await;
-            b["deliveries"]
-                .as_array()
-                .filter(|l| !l.is_empty())
-                .cloned()
-        }
+    let dead = poll_until_async("the dead letter to be listed", DEADLINE, || async move {
+        let (_, b) = get("/api/v1/deliveries?state=dead".into()).await;
+        b["deliveries"]
+            .as_array()
+            .filter(|l| !l.is_empty())
+            .cloned()
     })
     .await;
     let d = &dead[0];
@@ -379,12 +376,9 @@ async fn client_error_is_dead_lettered_with_the_body_and_can_be_retried() {
         reqs[1].header("idempotency-key")
     );
     assert_eq!(reqs[0].body, reqs[1].body);
-    let d = poll_until_async("the retried delivery", DEADLINE, || {
-        let get = get.clone();
-        async move {
-            let (_, b) = get(format!("/api/v1/deliveries/{id}")).await;
-            (b["state"] == "delivered").then_some(b)
-        }
+    let d = poll_until_async("the retried delivery", DEADLINE, || async move {
+        let (_, b) = get(format!("/api/v1/deliveries/{id}")).await;
+        (b["state"] == "delivered").then_some(b)
     })
     .await;
     assert_eq!(d["attempts"], 1, "attempts start afresh on a retry: {d}");

@@ -193,7 +193,7 @@ enum ToWorker {
     /// Newly written actions.
     New(Vec<Delivery>),
     /// A dead action put back by hand.
-    Retried(Delivery),
+    Retried(Box<Delivery>),
 }
 
 impl Outbox {
@@ -215,7 +215,7 @@ impl Outbox {
         let path = dir.join(FILE_NAME);
         let file_existed = path.exists();
         let opened = Database::create(&path)
-            .map_err(redb::Error::from)
+            .map_err(DbError::from)
             .and_then(|db| init(&db).map(|()| db));
         let db = match opened {
             Ok(db) => db,
@@ -226,7 +226,7 @@ impl Outbox {
                 } else if !file_existed {
                     let _ = std::fs::remove_file(&path);
                 }
-                let why = match e {
+                let why = match *e.0 {
                     redb::Error::DatabaseAlreadyOpen => {
                         "in use by another process (another prescale on the same state directory?)"
                             .to_owned()
@@ -280,11 +280,11 @@ impl Outbox {
         let path = self.inner.path.clone();
         let records = self
             .blocking(move |db| {
-                let storage = |e: redb::Error| OutboxError::Storage {
+                let storage = |e: DbError| OutboxError::Storage {
                     path: path.clone(),
                     error: e.to_string(),
                 };
-                let write = || -> Result<Vec<Delivery>, redb::Error> {
+                let write = || -> Result<Vec<Delivery>, DbError> {
                     let txn = db.begin_write()?;
                     let mut out = Vec::with_capacity(actions.len());
                     {
@@ -363,7 +363,7 @@ impl Outbox {
         let now = now_ms();
         let d = self
             .blocking(move |db| {
-                let storage = |e: redb::Error| OutboxError::Storage {
+                let storage = |e: DbError| OutboxError::Storage {
                     path: path.clone(),
                     error: e.to_string(),
                 };
@@ -396,7 +396,10 @@ impl Outbox {
             })
             .await?;
         info!(id, target = %d.target, kind = %d.kind, "dead delivery put back for retry");
-        let _ = self.inner.to_worker.send(ToWorker::Retried(d.clone()));
+        let _ = self
+            .inner
+            .to_worker
+            .send(ToWorker::Retried(Box::new(d.clone())));
         Ok(d)
     }
 
@@ -429,7 +432,23 @@ impl Outbox {
     }
 }
 
-fn init(db: &Database) -> Result<(), redb::Error> {
+/// A redb error, boxed (redb's own error type is large).
+#[derive(Debug)]
+struct DbError(Box<redb::Error>);
+
+impl<E: Into<redb::Error>> From<E> for DbError {
+    fn from(e: E) -> Self {
+        Self(Box::new(e.into()))
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+fn init(db: &Database) -> Result<(), DbError> {
     let txn = db.begin_write()?;
     txn.open_table(DELIVERIES)?;
     txn.open_table(META)?;
@@ -450,7 +469,7 @@ fn decode(path: &Path, id: u64, bytes: &[u8]) -> Result<Delivery, OutboxError> {
 }
 
 fn read_one(db: &Database, path: &Path, id: u64) -> Result<Delivery, OutboxError> {
-    let storage = |e: redb::Error| OutboxError::Storage {
+    let storage = |e: DbError| OutboxError::Storage {
         path: path.to_owned(),
         error: e.to_string(),
     };
@@ -469,7 +488,7 @@ fn scan(
     rev: bool,
     mut f: impl FnMut(Delivery) -> bool,
 ) -> Result<(), OutboxError> {
-    let storage = |e: redb::Error| OutboxError::Storage {
+    let storage = |e: DbError| OutboxError::Storage {
         path: path.to_owned(),
         error: e.to_string(),
     };
@@ -686,7 +705,7 @@ impl Worker {
                         ToWorker::New(new) => records.extend(new),
                         ToWorker::Retried(d) => {
                             self.dead -= 1;
-                            records.push(d);
+                            records.push(*d);
                         }
                     };
                     take(first);
@@ -852,7 +871,7 @@ impl Worker {
         let written = self
             .outbox
             .blocking(move |db| {
-                let write = || -> Result<(), redb::Error> {
+                let write = || -> Result<(), DbError> {
                     let txn = db.begin_write()?;
                     {
                         let mut table = txn.open_table(DELIVERIES)?;
@@ -971,7 +990,7 @@ impl Worker {
                 if old.is_empty() {
                     return Ok(0);
                 }
-                let write = || -> Result<usize, redb::Error> {
+                let write = || -> Result<usize, DbError> {
                     let txn = db.begin_write()?;
                     {
                         let mut table = txn.open_table(DELIVERIES)?;
