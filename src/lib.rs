@@ -140,6 +140,10 @@ pub fn summary(config: &config::Config) -> String {
         .map_or("not configured".to_owned(), |p| p.url.to_string());
     let _ = writeln!(s, "prometheus: {prom}");
     let _ = writeln!(s, "listen: {}", config.server.listen);
+    let _ = writeln!(s, "state: {}", config.state.dir.display());
+    if let Some(am) = &config.alertmanager {
+        let _ = writeln!(s, "alertmanager: {}", am.url);
+    }
     let _ = writeln!(s, "targets: {}", config.targets.len());
     for t in &config.targets {
         let _ = writeln!(
