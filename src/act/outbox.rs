@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -211,7 +211,18 @@ impl Outbox {
         if dir_existed && !dir.is_dir() {
             return Err(dir_err("exists but is not a directory".to_owned()));
         }
-        std::fs::create_dir_all(dir).map_err(|e| dir_err(format!("cannot create it: {e}")))?;
+        // The outermost directory this call creates, to remove again on failure.
+        let created = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .last()
+            .map(Path::to_owned);
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            if let Some(top) = &created {
+                let _ = std::fs::remove_dir_all(top);
+            }
+            return Err(dir_err(format!("cannot create it: {e}")));
+        }
         let path = dir.join(FILE_NAME);
         let file_existed = path.exists();
         let opened = Database::create(&path)
@@ -221,8 +232,8 @@ impl Outbox {
             Ok(db) => db,
             Err(e) => {
                 // Leave nothing half-written: remove what this call made.
-                if !dir_existed {
-                    let _ = std::fs::remove_dir_all(dir);
+                if let Some(top) = &created {
+                    let _ = std::fs::remove_dir_all(top);
                 } else if !file_existed {
                     let _ = std::fs::remove_file(&path);
                 }
@@ -494,7 +505,6 @@ fn scan(
     };
     let txn = db.begin_read().map_err(|e| storage(e.into()))?;
     let table = txn.open_table(DELIVERIES).map_err(|e| storage(e.into()))?;
-    let _ = table.len().map_err(|e| storage(e.into()))?;
     let iter = table.iter().map_err(|e| storage(e.into()))?;
     let mut step =
         |item: Result<(redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>), redb::StorageError>| {
@@ -1032,5 +1042,110 @@ fn static_outcome(outcome: &str) -> &'static str {
         "expired" => "expired",
         "superseded" => "superseded",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(id: u64, target: &str, kind: &str, group: bool, next: i64) -> Delivery {
+        Delivery {
+            id,
+            target: target.into(),
+            kind: kind.into(),
+            group: group.then(|| format!("{target}/{kind}")),
+            idempotency_key: format!("k{id}"),
+            body: "{}".into(),
+            state: DeliveryState::Pending,
+            outcome: None,
+            created_at_ms: 0,
+            age_from_ms: 0,
+            attempts: 0,
+            next_attempt_ms: next,
+            last_error: None,
+            last_status: None,
+            response_body: None,
+            finished_at_ms: None,
+            superseded_by: None,
+        }
+    }
+
+    fn ids(v: &[Delivery]) -> Vec<u64> {
+        let mut ids: Vec<u64> = v.iter().map(|d| d.id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// One head per lane, only when due, never while the lane is busy.
+    #[test]
+    fn lanes_take_their_head_one_at_a_time() {
+        let mut ix = Index::default();
+        let none = ix.add(vec![
+            d(1, "a", "rebalance", false, 0),
+            d(2, "a", "rebalance", false, 0),
+            d(3, "b", "rebalance", false, 50),
+            d(4, "a", "scale", true, 0),
+        ]);
+        assert!(none.is_empty(), "rebalance is never superseded");
+        assert_eq!(ids(&ix.take_due(10, 64)), [1, 4], "b is not due yet");
+        assert_eq!(ix.next_wake(), Some(50));
+        assert!(
+            ix.take_due(100, 64).iter().all(|d| d.id == 3),
+            "busy lanes wait"
+        );
+        ix.remove(1);
+        assert_eq!(ids(&ix.take_due(100, 64)), [2]);
+        assert_eq!(ix.take_due(100, 64).len(), 0);
+        let mut ix2 = Index::default();
+        ix2.add(
+            (1..=5)
+                .map(|i| d(i, &format!("t{i}"), "scale", true, 0))
+                .collect(),
+        );
+        assert_eq!(ix2.take_due(0, 2).len(), 2, "at most `room` at once");
+    }
+
+    /// A newer action of a group supersedes older pending ones, but not one in flight;
+    /// that one learns of the newer one when its attempt fails.
+    #[test]
+    fn newer_of_a_group_supersedes() {
+        let mut ix = Index::default();
+        ix.add(vec![d(1, "a", "scale", true, 0)]);
+        assert_eq!(ix.take_due(0, 64)[0].id, 1);
+        assert!(
+            ix.add(vec![d(2, "a", "scale", true, 0)]).is_empty(),
+            "1 is in flight"
+        );
+        assert_eq!(ix.add(vec![d(3, "a", "scale", true, 0)]), [(2, 3)]);
+        let one = ix.pending[&1].clone();
+        assert_eq!(
+            ix.has_newer(&one),
+            Some(2),
+            "2 is still indexed until written"
+        );
+        ix.remove(2);
+        assert_eq!(ix.has_newer(&one), Some(3));
+        assert_eq!(
+            ix.add(vec![
+                d(4, "b", "scale", true, 0),
+                d(5, "b", "scale", true, 0)
+            ]),
+            [(4, 5)],
+            "within one batch too"
+        );
+    }
+
+    #[test]
+    fn states_round_trip_their_names() {
+        for s in [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Dead,
+            DeliveryState::Superseded,
+        ] {
+            assert_eq!(DeliveryState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(DeliveryState::parse("lost"), None);
     }
 }

@@ -249,7 +249,9 @@ impl WebhookSender {
     }
 
     /// Delivers `action` to `hook`, retrying transient failures with exponential backoff
-    /// and jitter, and logs one line with the outcome.
+    /// and jitter, and logs one line with the outcome. For one-off use: `serve` delivers
+    /// through the outbox, which calls [`WebhookSender::attempt`] and keeps its own
+    /// (durable) count of attempts.
     ///
     /// Dropping the future stops further attempts; a request already sent may still have
     /// been applied, which is what the idempotency key is for.
