@@ -478,6 +478,9 @@ async fn restart_resumes_pending_deliveries() {
         |_| url.clone(),
         cfg,
     );
+    // The same decision made again after the restart is the same action: not written twice.
+    let again = run.outbox.enqueue(vec![rebalance("web", 1)]).await.unwrap();
+    assert!(again.is_empty(), "{again:#?}");
     let all = run.settled(DEADLINE).await;
     assert!(
         all.iter().all(|d| d.state == DeliveryState::Delivered),

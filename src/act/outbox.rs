@@ -50,6 +50,9 @@ pub const FILE_NAME: &str = "outbox.redb";
 
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Idempotency key → id: an action identical to one already written (the same decision
+/// made again, e.g. by a restarted process in the same second) is not written twice.
+const KEYS: TableDefinition<&str, u64> = TableDefinition::new("keys");
 const NEXT_ID: &str = "next_id";
 
 /// Where an action is in its life.
@@ -281,8 +284,9 @@ impl Outbox {
             .map_err(|e| self.storage(format!("storage task failed: {e}")))?
     }
 
-    /// Writes `actions` durably, in order, and hands them to the worker; returns their
-    /// ids. When this returns, the actions survive a crash.
+    /// Writes `actions` durably, in order, and hands them to the worker; returns what was
+    /// written. An action whose idempotency key is already in the outbox (an identical
+    /// action) is left out. When this returns, the actions survive a crash.
     pub async fn enqueue(&self, actions: Vec<Action>) -> Result<Vec<Delivery>, OutboxError> {
         if actions.is_empty() {
             return Ok(Vec::new());
@@ -301,14 +305,22 @@ impl Outbox {
                     {
                         let mut meta = txn.open_table(META)?;
                         let mut table = txn.open_table(DELIVERIES)?;
+                        let mut keys = txn.open_table(KEYS)?;
                         let mut next = meta.get(NEXT_ID)?.map_or(1, |v| v.value());
                         for a in &actions {
+                            let key = a.idempotency_key();
+                            if let Some(id) = keys.get(key.as_str())? {
+                                debug!(target = a.target(), kind = a.kind(), key = %key, id = id.value(),
+                                    "identical action already in the outbox; not written again");
+                                continue;
+                            }
+                            keys.insert(key.as_str(), next)?;
                             let d = Delivery {
                                 id: next,
                                 target: a.target().to_owned(),
                                 kind: a.kind().to_owned(),
                                 group: a.supersede_group(),
-                                idempotency_key: a.idempotency_key(),
+                                idempotency_key: key,
                                 body: String::from_utf8_lossy(&a.body()).into_owned(),
                                 state: DeliveryState::Pending,
                                 outcome: None,
@@ -463,6 +475,7 @@ fn init(db: &Database) -> Result<(), DbError> {
     let txn = db.begin_write()?;
     txn.open_table(DELIVERIES)?;
     txn.open_table(META)?;
+    txn.open_table(KEYS)?;
     txn.commit()?;
     Ok(())
 }
@@ -993,7 +1006,7 @@ impl Worker {
                         DeliveryState::Delivered | DeliveryState::Superseded
                     );
                     if done && d.finished_at_ms.is_some_and(|f| f < cutoff) {
-                        old.push(d.id);
+                        old.push((d.id, d.idempotency_key));
                     }
                     true
                 })?;
@@ -1004,8 +1017,10 @@ impl Worker {
                     let txn = db.begin_write()?;
                     {
                         let mut table = txn.open_table(DELIVERIES)?;
-                        for id in &old {
+                        let mut keys = txn.open_table(KEYS)?;
+                        for (id, key) in &old {
                             table.remove(id)?;
+                            keys.remove(key.as_str())?;
                         }
                     }
                     txn.commit()?;
