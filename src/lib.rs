@@ -72,7 +72,7 @@ pub async fn serve_with(
     };
     let worker = outbox
         .worker(settings, receivers, metrics, Some(store.clone()))
-        .context("the outbox worker was already taken")?;
+        .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(worker.run(stop_rx.clone()));

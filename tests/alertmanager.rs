@@ -64,6 +64,7 @@ async fn firing_then_resolved_through_the_outbox() {
     };
     let worker = outbox
         .worker(settings, receivers, Metrics::new(), None)
+        .await
         .unwrap();
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(worker.run(stopped));
@@ -116,11 +117,15 @@ async fn firing_then_resolved_through_the_outbox() {
         ours(&alerts(&am).await, "api").is_none().then_some(())
     })
     .await;
-    let done = outbox
-        .list(Some(DeliveryState::Delivered), None, 10)
-        .await
-        .unwrap();
-    assert_eq!(done.len(), 2, "{done:#?}");
+    // Both recorded as delivered (the record follows Alertmanager's answer).
+    poll_until_async("both alerts recorded as delivered", DEADLINE, || async {
+        let done = outbox
+            .list(Some(DeliveryState::Delivered), None, 10)
+            .await
+            .unwrap();
+        (done.len() == 2).then_some(())
+    })
+    .await;
     let _ = stop.send(true);
     task.await.unwrap();
 }

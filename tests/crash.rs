@@ -196,6 +196,26 @@ fn unusable_state_directory_stops_start_cleanly() {
         .collect();
     assert_eq!(entries, ["outbox.redb"], "nothing else written");
 
+    // A valid redb file whose record is not a delivery: refused at start, naming the record.
+    let cfg = TempConfig::write("");
+    cfg.write_file("prescale.toml", &config_with_state("state"));
+    std::fs::create_dir(cfg.dir().join("state")).unwrap();
+    let file = cfg.dir().join("state/outbox.redb");
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("deliveries");
+            let mut t = txn.open_table(table).unwrap();
+            t.insert(1, &b"not json"[..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    serve_fails(
+        &cfg,
+        &[&file.display().to_string(), "record 1 is not readable"],
+    );
+
     // Another prescale holds the outbox: refused, naming it.
     let cfg = TempConfig::write("");
     cfg.write_file("prescale.toml", &config_with_state("state"));

@@ -49,7 +49,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(
+    async fn start(
         dir: &Path,
         targets: &[String],
         kind: &'static str,
@@ -76,6 +76,7 @@ impl Running {
         };
         let worker = outbox
             .worker(settings, receivers, metrics.clone(), Some(store.clone()))
+            .await
             .expect("a worker");
         let (stop, stopped) = watch::channel(false);
         let worker = tokio::spawn(worker.run(stopped));
@@ -163,7 +164,8 @@ async fn receiver_down_then_up_delivers_once_in_order() {
         "rebalance",
         |t| format!("http://127.0.0.1:{port}/{t}"),
         delivery(1_000, 1_000, 10, 100),
-    );
+    )
+    .await;
     let mut actions = Vec::new();
     for seq in 0..5 {
         actions.push(rebalance("a", seq));
@@ -235,7 +237,8 @@ async fn slow_receiver_times_out_without_piling_up() {
         "rebalance",
         |_| url.clone(),
         delivery(300, 1_000, 1_000, 1_000),
-    );
+    )
+    .await;
     run.outbox
         .enqueue((0..3).map(|s| rebalance("web", s)).collect())
         .await
@@ -313,7 +316,8 @@ async fn client_error_is_dead_lettered_with_the_body_and_can_be_retried() {
         "scale",
         |_| url.clone(),
         delivery(1_000, 5, 10, 50),
-    );
+    )
+    .await;
     let (base, client) = api(run.store.clone()).await;
     run.outbox
         .enqueue(vec![scale("web", 4, 1)])
@@ -344,11 +348,13 @@ async fn client_error_is_dead_lettered_with_the_body_and_can_be_retried() {
     assert_eq!(d["response_body"], r#"{"error":"unknown service web"}"#);
     assert_eq!(d["body"]["kind"], "scale");
     assert_eq!(receiver.requests().len(), 1, "a 4xx is not retried");
-    let metrics = run.metrics.encode();
-    assert!(
-        metrics.contains(r#"prescale_outbox_deliveries{state="dead"} 1"#),
-        "{metrics}"
-    );
+    // The metrics follow the record.
+    let metrics = poll_until_async("the dead letter counted", DEADLINE, || async {
+        let m = run.metrics.encode();
+        m.contains(r#"prescale_outbox_deliveries{state="dead"} 1"#)
+            .then_some(m)
+    })
+    .await;
     assert!(
         metrics.contains(
             r#"prescale_deliveries_total{target="web",kind="scale",outcome="rejected"} 1"#
@@ -414,7 +420,8 @@ async fn newer_scale_supersedes_undelivered_older_ones() {
         "scale",
         |_| url.clone(),
         delivery(1_000, 1_000, 20, 40),
-    );
+    )
+    .await;
     run.outbox.enqueue(vec![scale("web", 3, 1)]).await.unwrap();
     receiver.wait_for(1, DEADLINE).await;
     run.outbox.enqueue(vec![scale("web", 5, 2)]).await.unwrap();
@@ -461,7 +468,8 @@ async fn restart_resumes_pending_deliveries() {
         "rebalance",
         |_| url.clone(),
         cfg,
-    );
+    )
+    .await;
     run.outbox
         .enqueue((0..3).map(|s| rebalance("web", s)).collect())
         .await
@@ -477,7 +485,8 @@ async fn restart_resumes_pending_deliveries() {
         "rebalance",
         |_| url.clone(),
         cfg,
-    );
+    )
+    .await;
     // The same decision made again after the restart is the same action: not written twice.
     let again = run.outbox.enqueue(vec![rebalance("web", 1)]).await.unwrap();
     assert!(again.is_empty(), "{again:#?}");
@@ -515,7 +524,8 @@ async fn soak_10000_actions_through_a_flaky_receiver() {
         "rebalance",
         |t| format!("{base}/{t}"),
         delivery(5_000, 6, 5, 50),
-    );
+    )
+    .await;
     let started = Instant::now();
     // One decision cycle writes one action per target.
     for seq in 0..PER_TARGET {

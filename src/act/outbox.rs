@@ -427,22 +427,39 @@ impl Outbox {
     }
 
     /// The worker that delivers through `receivers`, counting in `metrics` and recording
-    /// each target's last delivery in `store`. Only one worker per outbox: `None` when it
-    /// was already taken.
-    pub fn worker(
+    /// each target's last delivery in `store`, with the pending actions loaded (so that an
+    /// unreadable outbox fails here, at start). Only one worker per outbox.
+    pub async fn worker(
         &self,
         settings: Settings,
         receivers: Receivers,
         metrics: Metrics,
         store: Option<Store>,
-    ) -> Option<Worker> {
+    ) -> Result<Worker, OutboxError> {
+        let path = self.inner.path.clone();
+        let (resumed, dead) = self
+            .blocking(move |db| {
+                let mut pending = Vec::new();
+                let mut dead = 0;
+                scan(db, &path, false, |d| {
+                    match d.state {
+                        DeliveryState::Pending => pending.push(d),
+                        DeliveryState::Dead => dead += 1,
+                        _ => {}
+                    }
+                    true
+                })?;
+                Ok((pending, dead))
+            })
+            .await?;
         let from_handles = self
             .inner
             .from_handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        Some(Worker {
+            .take()
+            .ok_or_else(|| self.storage("already has a worker"))?;
+        Ok(Worker {
             outbox: self.clone(),
             settings,
             receivers,
@@ -450,7 +467,8 @@ impl Outbox {
             store,
             from_handles,
             index: Index::default(),
-            dead: 0,
+            resumed,
+            dead,
         })
     }
 }
@@ -671,6 +689,8 @@ pub struct Worker {
     store: Option<Store>,
     from_handles: mpsc::UnboundedReceiver<ToWorker>,
     index: Index,
+    /// Pending at start, not yet in the index.
+    resumed: Vec<Delivery>,
     dead: i64,
 }
 
@@ -678,11 +698,7 @@ impl Worker {
     /// Loads the pending actions, then delivers until `shutdown` flips. Attempts in flight
     /// at shutdown are abandoned; their actions stay pending for the next start.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        if let Err(e) = self.load().await {
-            error!(error = %e, "cannot load the outbox; nothing will be delivered");
-            let _ = shutdown.changed().await;
-            return;
-        }
+        self.resume().await;
         let mut in_flight: JoinSet<Attempt> = JoinSet::new();
         let mut attempting: HashMap<tokio::task::Id, u64> = HashMap::new();
         let mut next_prune = now_ms();
@@ -773,28 +789,12 @@ impl Worker {
         debug!("outbox worker stopped");
     }
 
-    async fn load(&mut self) -> Result<(), OutboxError> {
-        let path = self.outbox.inner.path.clone();
-        let (pending, dead) = self
-            .outbox
-            .blocking(move |db| {
-                let mut pending = Vec::new();
-                let mut dead = 0;
-                scan(db, &path, false, |d| {
-                    match d.state {
-                        DeliveryState::Pending => pending.push(d),
-                        DeliveryState::Dead => dead += 1,
-                        _ => {}
-                    }
-                    true
-                })?;
-                Ok((pending, dead))
-            })
-            .await?;
+    /// Takes the actions pending at start into the index.
+    async fn resume(&mut self) {
+        let pending = std::mem::take(&mut self.resumed);
         if !pending.is_empty() {
             info!(pending = pending.len(), "resuming pending deliveries");
         }
-        self.dead = dead;
         // Older pending actions of a group were superseded while the process was down.
         let superseded = self.index.add(pending);
         self.update_gauges();
@@ -805,7 +805,6 @@ impl Worker {
                 .collect();
             self.record(outcomes).await;
         }
-        Ok(())
     }
 
     /// Writes the outcomes in one transaction, then updates the index, the metrics and
