@@ -24,7 +24,8 @@ async fn main() -> anyhow::Result<()> {
     let seconds: f64 = args.next().map_or(Ok(10.0), |s| s.parse())?;
 
     // 100 targets over the NASA trace, its 21st day placed at now: 14 days of history each.
-    let trace_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces/nasa_http_jul95_1min.csv");
+    let trace_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces/nasa_http_jul95_1min.csv");
     let trace = Trace::load(&trace_path)?;
     let now = Clock::system().now() / 60 * 60;
     let offset = now - (trace.start + 21 * 86_400);
@@ -36,26 +37,42 @@ async fn main() -> anyhow::Result<()> {
              max_replicas = 500\ninterval = \"1s\"\nhistory = \"14d\"\n\n"
         ));
     }
-    let config = Config::parse(&toml, Path::new("(load test)"))?;
+    let state = tempfile::tempdir()?;
+    let config = Config::parse(&toml, &state.path().join("prescale.toml"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(prescale::serve_with(config, source, Clock::system(), listener, async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(prescale::serve_with(
+        config,
+        source,
+        Clock::system(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build()?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .build()?;
     let started = Instant::now();
     loop {
         let r = client.get(format!("http://{addr}/readyz")).send().await;
         if r.is_ok_and(|r| r.status().is_success()) {
             break;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "server not ready within 120 s");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "server not ready within 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("{TARGETS} targets backfilled in {:.1} s; loading {rate} req/s for {seconds} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{TARGETS} targets backfilled in {:.1} s; loading {rate} req/s for {seconds} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let total = (rate * seconds) as usize;
     let period = Duration::from_secs_f64(1.0 / rate);
@@ -65,7 +82,10 @@ async fn main() -> anyhow::Result<()> {
         let due = t0 + period * i as u32;
         tokio::time::sleep_until(due.into()).await;
         let client = client.clone();
-        let url = format!("http://{addr}/api/v1/targets/t{}/forecast?horizon=1h", i % TARGETS);
+        let url = format!(
+            "http://{addr}/api/v1/targets/t{}/forecast?horizon=1h",
+            i % TARGETS
+        );
         tasks.push(tokio::spawn(async move {
             let ok = match client.get(url).send().await {
                 Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),

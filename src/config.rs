@@ -64,6 +64,11 @@ pub struct RawConfig {
     /// Webhook delivery settings shared by all targets.
     #[serde(default)]
     pub delivery: RawDelivery,
+    /// Where durable state (the delivery outbox) lives.
+    #[serde(default)]
+    pub state: RawState,
+    /// Alerts for predicted bottlenecks that scaling cannot prevent.
+    pub alertmanager: Option<RawAlertmanager>,
     /// The services to scale; at least one.
     #[serde(default, rename = "target")]
     pub targets: Vec<RawTarget>,
@@ -136,6 +141,37 @@ pub struct RawDelivery {
     /// Longest backoff between attempts (default 30s).
     #[serde(default, with = "humantime_serde")]
     pub max_backoff: Option<Duration>,
+    /// An action not delivered this long after it was decided is dead-lettered (default 1h).
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+/// `[state]`: durable state.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// Directory of the delivery outbox (`outbox.redb`); created if missing. Relative paths
+    /// resolve against the configuration file's directory (default `state` beside it).
+    pub dir: Option<PathBuf>,
+    /// Delivered and superseded actions are kept this long for the API (default 7d);
+    /// dead letters are kept until retried.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
+}
+
+/// `[alertmanager]`: where predicted-bottleneck alerts go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertmanager {
+    /// Base URL of Alertmanager, e.g. `http://127.0.0.1:9093`; alerts are posted to
+    /// `/api/v2/alerts` under it.
+    pub url: String,
+    /// Alert when a breach is predicted within this lead (default 30m).
+    #[serde(default, with = "humantime_serde")]
+    pub lead: Option<Duration>,
+    /// Re-send a firing alert this often, so Alertmanager keeps it active (default 1m).
+    #[serde(default, with = "humantime_serde")]
+    pub resend: Option<Duration>,
 }
 
 /// `[[target]]`: one scaled service.
@@ -187,8 +223,35 @@ pub struct RawTarget {
     pub mode: Option<Mode>,
     /// Where scale actions go.
     pub platform: Option<RawWebhook>,
-    /// Where rebalance actions go.
-    pub balancer: Option<RawWebhook>,
+    /// Where rebalance actions go: a webhook (default) or HAProxy's runtime API.
+    pub balancer: Option<RawBalancer>,
+}
+
+/// `[target.balancer]`: a signed webhook (`kind = "webhook"`, the default, with the keys
+/// of [`RawWebhook`]) or HAProxy (`kind = "haproxy"`, with `runtime_api` and `backend`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBalancer {
+    /// `webhook` (default) or `haproxy`.
+    pub kind: Option<String>,
+    /// Webhook: receiver URL.
+    pub url: Option<String>,
+    /// Webhook: variable holding the signing secret.
+    pub secret_env: Option<String>,
+    /// Webhook: file holding the signing secret.
+    pub secret_file: Option<PathBuf>,
+    /// Webhook: variable holding the previous secret, still signed with while rotating.
+    pub previous_secret_env: Option<String>,
+    /// Webhook: file holding the previous secret.
+    pub previous_secret_file: Option<PathBuf>,
+    /// HAProxy: the runtime API (`stats socket ... level admin`): `unix:/path/to.sock`, a
+    /// socket path starting with `/`, or `HOST:PORT`.
+    pub runtime_api: Option<String>,
+    /// HAProxy: the backend whose servers are the target's instances.
+    pub backend: Option<String>,
+    /// HAProxy: timeout of one runtime API command (default 2s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 /// `[target.platform]` / `[target.balancer]`: a signed webhook.
@@ -201,6 +264,11 @@ pub struct RawWebhook {
     pub secret_env: Option<String>,
     /// File holding the HMAC signing secret (trailing whitespace trimmed).
     pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the previous secret: while rotating, every request is
+    /// signed with both (one `v1=` each), so receivers may hold either.
+    pub previous_secret_env: Option<String>,
+    /// File holding the previous secret.
+    pub previous_secret_file: Option<PathBuf>,
 }
 
 /// Whether a target's decisions are sent.
@@ -251,6 +319,10 @@ pub struct Config {
     pub forecast: ForecastConfig,
     /// Webhook delivery settings.
     pub delivery: DeliveryConfig,
+    /// Durable state.
+    pub state: StateConfig,
+    /// Alertmanager, when configured.
+    pub alertmanager: Option<AlertmanagerConfig>,
     /// The targets, in file order; names unique.
     pub targets: Vec<TargetConfig>,
 }
@@ -309,6 +381,8 @@ pub struct DeliveryConfig {
     pub initial_backoff: Duration,
     /// Longest backoff.
     pub max_backoff: Duration,
+    /// Age (since decided, or since a manual retry) past which an action is dead-lettered.
+    pub max_age: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -318,6 +392,56 @@ impl Default for DeliveryConfig {
             max_attempts: 6,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            max_age: Duration::from_secs(3_600),
+        }
+    }
+}
+
+/// Validated `[state]`.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// Directory of the outbox, absolute or relative to the working directory.
+    pub dir: PathBuf,
+    /// How long delivered and superseded actions are kept.
+    pub retention: Duration,
+}
+
+/// Validated `[alertmanager]`.
+#[derive(Debug, Clone)]
+pub struct AlertmanagerConfig {
+    /// Base URL.
+    pub url: Url,
+    /// How far ahead a breach is alerted.
+    pub lead: Duration,
+    /// How often a firing alert is re-sent.
+    pub resend: Duration,
+}
+
+/// Validated HAProxy balancer of a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyConfig {
+    /// The runtime API.
+    pub runtime_api: RuntimeApi,
+    /// Backend name.
+    pub backend: String,
+    /// Timeout of one command.
+    pub timeout: Duration,
+}
+
+/// Where HAProxy's runtime API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeApi {
+    /// A unix socket.
+    Unix(PathBuf),
+    /// A TCP address, `HOST:PORT`.
+    Tcp(String),
+}
+
+impl fmt::Display for RuntimeApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Tcp(a) => f.write_str(a),
         }
     }
 }
@@ -370,6 +494,8 @@ pub struct TargetConfig {
     pub platform: Option<WebhookConfig>,
     /// Rebalance webhook.
     pub balancer: Option<WebhookConfig>,
+    /// Rebalance through HAProxy's runtime API instead (`[target.balancer] kind = "haproxy"`).
+    pub haproxy: Option<HaproxyConfig>,
 }
 
 impl TargetConfig {
@@ -401,6 +527,7 @@ impl TargetConfig {
             mode: Mode::Act,
             platform: None,
             balancer: None,
+            haproxy: None,
         }
     }
 }
@@ -412,6 +539,8 @@ pub struct WebhookConfig {
     pub url: Url,
     /// HMAC-SHA256 signing secret.
     pub secret: Secret,
+    /// The previous secret while rotating: requests carry a signature with each.
+    pub previous_secret: Option<Secret>,
 }
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
@@ -489,6 +618,8 @@ impl Validator<'_> {
             ));
         }
         let delivery = self.delivery(raw.delivery)?;
+        let state = self.state(raw.state)?;
+        let alertmanager = raw.alertmanager.map(|a| self.alertmanager(a)).transpose()?;
         if raw.targets.is_empty() {
             return Err(self.err(
                 "target",
@@ -517,6 +648,8 @@ impl Validator<'_> {
             },
             forecast: ForecastConfig { level },
             delivery,
+            state,
+            alertmanager,
             targets,
         })
     }
@@ -570,7 +703,11 @@ impl Validator<'_> {
             max_attempts: d.max_attempts.unwrap_or(def.max_attempts),
             initial_backoff: d.initial_backoff.unwrap_or(def.initial_backoff),
             max_backoff: d.max_backoff.unwrap_or(def.max_backoff),
+            max_age: d.max_age.unwrap_or(def.max_age),
         };
+        if out.max_age.is_zero() {
+            return Err(self.err("delivery.max_age", "expected a duration above zero"));
+        }
         if out.timeout.is_zero() {
             return Err(self.err("delivery.timeout", "expected a duration above zero"));
         }
@@ -584,6 +721,128 @@ impl Validator<'_> {
             ));
         }
         Ok(out)
+    }
+
+    fn state(&self, s: RawState) -> Result<StateConfig, ConfigError> {
+        let dir = s.dir.unwrap_or_else(|| PathBuf::from("state"));
+        if dir.as_os_str().is_empty() {
+            return Err(self.err("state.dir", "is empty; expected a directory path"));
+        }
+        let dir = match self.file.parent() {
+            Some(base) if dir.is_relative() => base.join(dir),
+            _ => dir,
+        };
+        let retention = s.retention.unwrap_or(Duration::from_secs(7 * 86_400));
+        Ok(StateConfig { dir, retention })
+    }
+
+    fn alertmanager(&self, a: RawAlertmanager) -> Result<AlertmanagerConfig, ConfigError> {
+        let url = self.url("alertmanager.url", &a.url)?;
+        let lead = a.lead.unwrap_or(Duration::from_secs(1_800));
+        if lead.is_zero() {
+            return Err(self.err("alertmanager.lead", "expected a duration above zero"));
+        }
+        let resend = a.resend.unwrap_or(Duration::from_secs(60));
+        if resend < Duration::from_secs(1) {
+            return Err(self.err("alertmanager.resend", "expected at least 1s"));
+        }
+        Ok(AlertmanagerConfig { url, lead, resend })
+    }
+
+    fn balancer(
+        &self,
+        key: &str,
+        b: RawBalancer,
+    ) -> Result<(Option<WebhookConfig>, Option<HaproxyConfig>), ConfigError> {
+        match b.kind.as_deref().unwrap_or("webhook") {
+            "webhook" => {
+                let stray = [
+                    ("runtime_api", b.runtime_api.is_some()),
+                    ("backend", b.backend.is_some()),
+                    ("timeout", b.timeout.is_some()),
+                ];
+                if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
+                    return Err(self.err(
+                        format!("{key}.{k}"),
+                        "belongs to kind = \"haproxy\"; expected webhook keys (url, secret_env, secret_file)",
+                    ));
+                }
+                let url = b.url.ok_or_else(|| {
+                    self.err(
+                        format!("{key}.url"),
+                        "missing; expected the webhook URL (or kind = \"haproxy\")",
+                    )
+                })?;
+                let w = RawWebhook {
+                    url,
+                    secret_env: b.secret_env,
+                    secret_file: b.secret_file,
+                    previous_secret_env: b.previous_secret_env,
+                    previous_secret_file: b.previous_secret_file,
+                };
+                Ok((Some(self.webhook(key, w)?), None))
+            }
+            "haproxy" => {
+                let stray = [
+                    ("url", b.url.is_some()),
+                    ("secret_env", b.secret_env.is_some()),
+                    ("secret_file", b.secret_file.is_some()),
+                    ("previous_secret_env", b.previous_secret_env.is_some()),
+                    ("previous_secret_file", b.previous_secret_file.is_some()),
+                ];
+                if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
+                    return Err(self.err(
+                        format!("{key}.{k}"),
+                        "belongs to kind = \"webhook\"; expected runtime_api and backend",
+                    ));
+                }
+                let api = b.runtime_api.ok_or_else(|| {
+                    self.err(
+                        format!("{key}.runtime_api"),
+                        "missing; expected `unix:/path/to/admin.sock` or `HOST:PORT`",
+                    )
+                })?;
+                let runtime_api = if let Some(path) = api.strip_prefix("unix:") {
+                    RuntimeApi::Unix(PathBuf::from(path))
+                } else if api.starts_with('/') {
+                    RuntimeApi::Unix(PathBuf::from(&api))
+                } else if api
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+                {
+                    RuntimeApi::Tcp(api.clone())
+                } else {
+                    return Err(self.err(
+                        format!("{key}.runtime_api"),
+                        format!("`{api}` is not an address; expected `unix:/path/to/admin.sock` or `HOST:PORT`"),
+                    ));
+                };
+                let backend = b.backend.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                    self.err(
+                        format!("{key}.backend"),
+                        "missing or empty; expected the name of the HAProxy backend",
+                    )
+                })?;
+                let timeout = b.timeout.unwrap_or(Duration::from_secs(2));
+                if timeout.is_zero() {
+                    return Err(
+                        self.err(format!("{key}.timeout"), "expected a duration above zero")
+                    );
+                }
+                Ok((
+                    None,
+                    Some(HaproxyConfig {
+                        runtime_api,
+                        backend,
+                        timeout,
+                    }),
+                ))
+            }
+            other => Err(self.err(
+                format!("{key}.kind"),
+                format!("`{other}` is not a balancer kind; expected `webhook` or `haproxy`"),
+            )),
+        }
     }
 
     fn target(&self, i: usize, t: RawTarget) -> Result<TargetConfig, ConfigError> {
@@ -682,10 +941,10 @@ impl Validator<'_> {
             .platform
             .map(|w| self.webhook(&key("platform"), w))
             .transpose()?;
-        let balancer = t
-            .balancer
-            .map(|w| self.webhook(&key("balancer"), w))
-            .transpose()?;
+        let (balancer, haproxy) = match t.balancer {
+            Some(b) => self.balancer(&key("balancer"), b)?,
+            None => (None, None),
+        };
         Ok(TargetConfig {
             name: t.name.clone(),
             queries,
@@ -702,6 +961,7 @@ impl Validator<'_> {
             mode: t.mode.unwrap_or(Mode::Act),
             platform,
             balancer,
+            haproxy,
         })
     }
 
@@ -719,7 +979,16 @@ impl Validator<'_> {
                     "no signing secret; expected `secret_env` (a variable name) or `secret_file`",
                 )
             })?;
-        Ok(WebhookConfig { url, secret })
+        let previous_secret = self.secret(
+            &format!("{key}.previous_secret"),
+            w.previous_secret_env.as_deref(),
+            w.previous_secret_file.as_deref(),
+        )?;
+        Ok(WebhookConfig {
+            url,
+            secret,
+            previous_secret,
+        })
     }
 
     fn url(&self, key: &str, s: &str) -> Result<Url, ConfigError> {
@@ -929,6 +1198,130 @@ max_replicas = 40
         let text = format!("{MINIMAL}\n[target.platform]\nurl = \"http://127.0.0.1:9000/scale\"\n");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("no signing secret"), "{err}");
+    }
+
+    #[test]
+    fn state_alertmanager_rotation_and_haproxy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("new"), "new-secret\n").unwrap();
+        std::fs::write(dir.path().join("old"), "old-secret\n").unwrap();
+        let text = format!(
+            "{MINIMAL}\n[target.platform]\nurl = \"http://127.0.0.1:9000/scale\"\nsecret_file = \"new\"\n\
+             previous_secret_file = \"old\"\n\n[target.balancer]\nkind = \"haproxy\"\n\
+             runtime_api = \"unix:/run/haproxy/admin.sock\"\nbackend = \"web\"\n\n\
+             [state]\ndir = \"var\"\n\n[alertmanager]\nurl = \"http://127.0.0.1:9093\"\nlead = \"10m\"\n"
+        );
+        let c = Config::parse(&text, &dir.path().join("p.toml")).unwrap();
+        let t = &c.targets[0];
+        let p = t.platform.as_ref().unwrap();
+        assert_eq!(
+            (
+                p.secret.expose(),
+                p.previous_secret.as_ref().unwrap().expose()
+            ),
+            ("new-secret", "old-secret")
+        );
+        assert!(t.balancer.is_none());
+        let h = t.haproxy.as_ref().unwrap();
+        assert_eq!(
+            (&h.runtime_api, h.backend.as_str(), h.timeout),
+            (
+                &RuntimeApi::Unix("/run/haproxy/admin.sock".into()),
+                "web",
+                Duration::from_secs(2)
+            )
+        );
+        assert_eq!(c.state.dir, dir.path().join("var"));
+        let am = c.alertmanager.as_ref().unwrap();
+        assert_eq!(
+            (am.lead, am.resend),
+            (Duration::from_secs(600), Duration::from_secs(60))
+        );
+
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.state.dir, Path::new("state"));
+        assert_eq!(c.delivery.max_age, Duration::from_secs(3600));
+        assert!(c.alertmanager.is_none());
+
+        let tcp = MINIMAL.to_owned()
+            + "\n[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"127.0.0.1:9999\"\nbackend = \"b\"\n";
+        let c = parse(&tcp).unwrap();
+        assert_eq!(
+            c.targets[0].haproxy.as_ref().unwrap().runtime_api,
+            RuntimeApi::Tcp("127.0.0.1:9999".into())
+        );
+    }
+
+    /// Each broken balancer, state or alertmanager table fails naming its key.
+    #[test]
+    fn balancer_state_and_alertmanager_errors() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "[target.balancer]\nkind = \"nginx\"\n",
+                &["target[web].balancer.kind", "`nginx`", "haproxy"],
+            ),
+            (
+                "[target.balancer]\nkind = \"haproxy\"\nbackend = \"web\"\n",
+                &["target[web].balancer.runtime_api", "missing"],
+            ),
+            (
+                "[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"nowhere\"\nbackend = \"web\"\n",
+                &["target[web].balancer.runtime_api", "`nowhere`"],
+            ),
+            (
+                "[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"/s.sock\"\n",
+                &["target[web].balancer.backend", "missing"],
+            ),
+            (
+                "[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"/s.sock\"\nbackend = \"b\"\nurl = \"http://x\"\n",
+                &["target[web].balancer.url", "kind = \"webhook\""],
+            ),
+            (
+                "[target.balancer]\nbackend = \"b\"\n",
+                &["target[web].balancer.backend", "kind = \"haproxy\""],
+            ),
+            (
+                "[target.balancer]\nsecret_env = \"X\"\n",
+                &["target[web].balancer.url", "missing"],
+            ),
+            (
+                "[target.platform]\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"/nonexistent/s\"\nprevious_secret_env = \"PRESCALE_TEST_UNSET\"\n",
+                &["target[web].platform.secret_file", "/nonexistent/s"],
+            ),
+        ];
+        for (extra, wants) in cases {
+            let err = parse(&format!("{MINIMAL}\n{extra}"))
+                .expect_err(extra)
+                .to_string();
+            for want in *wants {
+                assert!(
+                    err.contains(want),
+                    "error for `{extra}` lacks `{want}`: {err}"
+                );
+            }
+        }
+        let top: &[(&str, &[&str])] = &[
+            (
+                "[alertmanager]\nurl = \"ftp://x\"\n",
+                &["alertmanager.url", "http or https"],
+            ),
+            (
+                "[alertmanager]\nurl = \"http://x\"\nlead = \"0s\"\n",
+                &["alertmanager.lead"],
+            ),
+            ("[state]\ndir = \"\"\n", &["state.dir", "empty"]),
+            ("[delivery]\nmax_age = \"0s\"\n", &["delivery.max_age"]),
+        ];
+        for (extra, wants) in top {
+            let text = format!("{extra}\n{MINIMAL}");
+            let err = parse(&text).expect_err(extra).to_string();
+            for want in *wants {
+                assert!(
+                    err.contains(want),
+                    "error for `{extra}` lacks `{want}`: {err}"
+                );
+            }
+        }
     }
 
     #[test]

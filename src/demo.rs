@@ -388,12 +388,15 @@ max_replicas = 200
 "#,
         listen = opts.listen
     );
-    let mut config = Config::parse(&toml, std::path::Path::new("(demo)"))?;
+    // The outbox lives in a directory of its own, removed when the demo ends.
+    let state_dir = std::env::temp_dir().join(format!("prescale-demo-{}", std::process::id()));
+    let mut config = Config::parse(&toml, &state_dir.join("demo.toml"))?;
     config.targets[0].platform = Some(WebhookConfig {
         url: format!("http://{receiver_addr}/scale")
             .parse()
             .context("receiver URL")?,
         secret: (*secret).clone(),
+        previous_secret: None,
     });
     let token = format!("{:032x}", rand::random::<u128>());
     config.server.api_token = Some(Secret::new(token.clone()));
@@ -413,6 +416,11 @@ max_replicas = 200
         hour.as_secs_f64()
     );
     let result = crate::serve_with(config, source, clock, listener, shutdown).await;
+    if let Err(e) = std::fs::remove_dir_all(&state_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(dir = %state_dir.display(), error = %e, "could not remove the demo's state directory");
+    }
     let _ = stop_receiver.send(());
     let _ = receiver_task.await;
     result

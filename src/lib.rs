@@ -8,7 +8,8 @@
 //! - [`series`]: step-aligned samples in bounded buffers.
 //! - [`forecast`]: pure; a series and `now` in, a forecast with intervals out.
 //! - [`decide`]: pure; forecast, observations, policy and `now` in, a decision with reasons out.
-//! - [`act`]: where decisions go: signed webhooks to the platform and the balancer.
+//! - [`act`]: where decisions go: a durable outbox, then signed webhooks to the platform and
+//!   the balancer, HAProxy's runtime API, and Alertmanager.
 //! - [`pipeline`]: the per-target loop that strings the four together on the wall clock.
 //! - [`store`]: the one shared handle on state; [`api`] serves it over HTTP.
 //! - [`simulate`]: backtests, the same forecast and decide code on a virtual clock.
@@ -63,34 +64,32 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let store = store::Store::with_clock(&config.targets, metrics::Metrics::new(), clock);
-    let sender = Arc::new(
-        act::webhook::WebhookSender::new(config.delivery).context("building the webhook client")?,
-    );
+    // The outbox first: a state directory that cannot be used stops everything here.
+    let outbox = act::outbox::Outbox::open(&config.state.dir)?;
+    let metrics = metrics::Metrics::new();
+    let store = store::Store::with_clock(&config.targets, metrics.clone(), clock);
+    store.set_outbox(outbox.clone());
+    let sender =
+        act::webhook::WebhookSender::new(config.delivery).context("building the webhook client")?;
+    let receivers = act::Receivers::new(&config, sender);
+    let settings = act::outbox::Settings {
+        delivery: config.delivery,
+        retention: config.state.retention,
+    };
+    let worker = outbox
+        .worker(settings, receivers, metrics, Some(store.clone()))
+        .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(worker.run(stop_rx.clone()));
     for t in &config.targets {
-        let (scale_tx, scale_rx) = tokio::sync::watch::channel(None);
-        let (rebalance_tx, rebalance_rx) = tokio::sync::watch::channel(None);
-        for (hook, rx) in [(&t.platform, scale_rx), (&t.balancer, rebalance_rx)] {
-            if let Some(hook) = hook {
-                let task = pipeline::deliver_loop(
-                    sender.clone(),
-                    hook.clone(),
-                    store.clone(),
-                    rx,
-                    stop_rx.clone(),
-                );
-                tasks.spawn(task);
-            }
-        }
         let target_loop = pipeline::TargetLoop {
             target: Arc::new(t.clone()),
             source: source.clone(),
             store: store.clone(),
             level: config.forecast.level,
-            scale_tx,
-            rebalance_tx,
+            outbox: outbox.clone(),
+            alerts: config.alertmanager.clone(),
         };
         tasks.spawn(target_loop.run(stop_rx.clone()));
     }
@@ -147,6 +146,10 @@ pub fn summary(config: &config::Config) -> String {
         .map_or("not configured".to_owned(), |p| p.url.to_string());
     let _ = writeln!(s, "prometheus: {prom}");
     let _ = writeln!(s, "listen: {}", config.server.listen);
+    let _ = writeln!(s, "state: {}", config.state.dir.display());
+    if let Some(am) = &config.alertmanager {
+        let _ = writeln!(s, "alertmanager: {}", am.url);
+    }
     let _ = writeln!(s, "targets: {}", config.targets.len());
     for t in &config.targets {
         let _ = writeln!(
@@ -168,6 +171,8 @@ pub fn summary(config: &config::Config) -> String {
             },
             if t.balancer.is_some() {
                 ", balancer webhook"
+            } else if t.haproxy.is_some() {
+                ", HAProxy balancer"
             } else {
                 ""
             },

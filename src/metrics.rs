@@ -45,10 +45,17 @@ pub struct DecisionLabels {
 pub struct DeliveryLabels {
     /// Target name.
     pub target: String,
-    /// `scale` or `rebalance`.
+    /// `scale`, `rebalance` or `alert`.
     pub kind: String,
-    /// `delivered`, `rejected` or `gave_up`.
+    /// `delivered`, `rejected`, `gave_up`, `expired` or `superseded`.
     pub outcome: String,
+}
+
+/// Labels of the outbox gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboxLabels {
+    /// `pending` or `dead`.
+    pub state: String,
 }
 
 /// Labels of a per-target metric.
@@ -72,6 +79,10 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     /// Webhook deliveries by outcome.
     pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Actions in the outbox by state (`pending`, `dead`).
+    pub outbox: Family<OutboxLabels, Gauge>,
+    /// Seconds from an action's decision to its delivery.
+    pub delivery_latency: Histogram,
     /// Replicas asked for.
     pub desired_replicas: Family<TargetLabels, Gauge>,
     /// 1 while a target is degraded.
@@ -126,6 +137,20 @@ impl Metrics {
             "Webhook deliveries by outcome",
             deliveries.clone(),
         );
+        let outbox = Family::<OutboxLabels, Gauge>::default();
+        registry.register(
+            "outbox_deliveries",
+            "Actions in the outbox by state: pending, or dead (given up, retry by hand)",
+            outbox.clone(),
+        );
+        let delivery_latency = Histogram::new([
+            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+        ]);
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from an action's decision to its delivery",
+            delivery_latency.clone(),
+        );
         let desired_replicas = Family::<TargetLabels, Gauge>::default();
         registry.register(
             "desired_replicas",
@@ -159,6 +184,8 @@ impl Metrics {
             sample_age,
             decisions,
             deliveries,
+            outbox,
+            delivery_latency,
             desired_replicas,
             degraded,
         }

@@ -3,33 +3,35 @@
 //! At start each signal is backfilled over `history`; afterwards only what is new since the
 //! newest sample is fetched (a gap left by an outage is fetched again when the source
 //! returns). Forecasting and deciding are the pure functions of [`crate::forecast`] and
-//! [`crate::decide`], called with the wall clock's `now`. Actions go to a delivery task per
-//! receiver through a `watch` channel, so a slow receiver never delays polling and a newer
-//! action replaces one not yet picked up.
+//! [`crate::decide`], called with the wall clock's `now`. Actions are written to the durable
+//! outbox ([`crate::act::outbox`]) before anything is sent; its worker delivers them, so a
+//! slow receiver never delays polling and a newer scale action supersedes one not yet
+//! delivered. A predicted bottleneck that scaling cannot prevent becomes an alert.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::act::webhook::WebhookSender;
+use crate::act::alert::{self, Limit};
+use crate::act::outbox::Outbox;
 use crate::act::{Action, RebalanceAction, ScaleAction};
-use crate::config::{Mode, TargetConfig, WebhookConfig};
+use crate::config::{AlertmanagerConfig, Mode, TargetConfig};
 use crate::decide::{self, Observed, Policy, balance};
 use crate::forecast::{self, History};
-use crate::metrics::{DecisionLabels, DeliveryLabels, PollLabels, SignalLabels, TargetLabels};
+use crate::metrics::{DecisionLabels, PollLabels, SignalLabels, TargetLabels};
 use crate::series::{Sample, align_down};
 use crate::source::{Source, SourceError};
-use crate::store::{DecisionRecord, DeliveryRecord, InstanceStats, Signal, Store};
+use crate::store::{DecisionRecord, InstanceStats, Signal, Store};
 
 /// A weight must move by more than this before a rebalance is sent.
 const REBALANCE_THRESHOLD: u32 = 10;
 /// Steps of per-instance history fetched each cycle (the newest value is used).
 const INSTANCE_WINDOW_STEPS: i64 = 5;
 
-/// Polls, forecasts, decides and hands actions to the delivery tasks for one target.
+/// Polls, forecasts, decides and writes actions to the outbox for one target.
 pub struct TargetLoop {
     /// The target.
     pub target: Arc<TargetConfig>,
@@ -39,10 +41,10 @@ pub struct TargetLoop {
     pub store: Store,
     /// Prediction-interval level.
     pub level: f64,
-    /// Scale actions for the platform's delivery task.
-    pub scale_tx: watch::Sender<Option<Action>>,
-    /// Rebalance actions for the balancer's delivery task.
-    pub rebalance_tx: watch::Sender<Option<Action>>,
+    /// Where actions are written before they are sent.
+    pub outbox: Outbox,
+    /// Alertmanager, when predicted bottlenecks are to be alerted.
+    pub alerts: Option<AlertmanagerConfig>,
 }
 
 impl TargetLoop {
@@ -75,7 +77,12 @@ impl TargetLoop {
                 _ => self.poll(signal, query, now).await,
             }
         }
-        self.decide(now);
+        let actions = self.decide(now);
+        if !actions.is_empty()
+            && let Err(e) = self.outbox.enqueue(actions).await
+        {
+            error!(target = %self.target.name, error = %e, "cannot write actions to the outbox; they are lost");
+        }
     }
 
     async fn poll(&self, signal: Signal, query: &str, now: i64) {
@@ -219,13 +226,15 @@ impl TargetLoop {
         }
     }
 
-    /// Forecasts and decides from the stored state; sends what changed.
-    fn decide(&self, now: i64) {
+    /// Forecasts and decides from the stored state; returns the actions to send.
+    fn decide(&self, now: i64) -> Vec<Action> {
         let t = &self.target;
         let policy = Policy::of(t);
+        let mut actions = Vec::new();
         let Some(mut state) = self.store.target(&t.name) else {
-            return;
+            return actions;
         };
+        let alert_lead = self.alerts.as_ref().map_or(0, |a| a.lead.as_secs() as i64);
         let degraded = state.degraded_reasons(now);
         if std::mem::take(&mut state.refit_requested) {
             // The current forecaster refits from the stored series on every cycle.
@@ -256,7 +265,9 @@ impl TargetLoop {
                 step: t.step_secs(),
                 values,
             };
-            forecast::forecast(history, now, policy.lookahead, self.level).ok()
+            // Far enough ahead for the decision and for alerts.
+            let horizon = policy.lookahead.max(alert_lead);
+            forecast::forecast(history, now, horizon, self.level).ok()
         });
         let fresh = |s: Option<Sample>| s.filter(|s| now - s.ts <= t.stale_after.as_secs() as i64);
         let observed = Observed {
@@ -309,22 +320,49 @@ impl TargetLoop {
         let model = forecast.as_ref().map(|f| f.model);
         if decision.is_change() {
             info!(target = %t.name, from = decision.from, to = decision.to, reasons = %decision.reason_codes(), "scale decision");
-            if acting {
+            if acting && t.platform.is_some() {
                 let action = Action::Scale(ScaleAction::from_decision(&t.name, &decision, model));
-                self.scale_tx.send_replace(Some(action));
+                actions.push(action);
             }
         }
         let weights = balance::weights(&state.instances);
         if !weights.is_empty() && balance::changed(&state.weights, &weights, REBALANCE_THRESHOLD) {
             info!(target = %t.name, instances = weights.len(), "rebalance");
             state.weights = weights.clone();
-            if acting {
+            if acting && (t.balancer.is_some() || t.haproxy.is_some()) {
                 let action = Action::Rebalance(RebalanceAction {
                     target: t.name.clone(),
                     weights,
                     issued_at: now,
                 });
-                self.rebalance_tx.send_replace(Some(action));
+                actions.push(action);
+            }
+        }
+        if let Some(am) = &self.alerts {
+            // What the target may still reach: its maximum, or in forecast-only mode (where
+            // prescale scales nothing) what runs now.
+            let (reachable, limit) = match t.mode {
+                Mode::Act => (t.max_replicas, Limit::MaxReplicas),
+                Mode::ForecastOnly => (state.replicas, Limit::ForecastOnly),
+            };
+            let bottleneck = forecast.as_ref().and_then(|f| {
+                alert::predicted_breach(
+                    &t.name,
+                    f,
+                    now,
+                    alert_lead,
+                    t.capacity_rps,
+                    reachable,
+                    limit,
+                )
+            });
+            if let Some(a) = state
+                .alert
+                .step(bottleneck, now, am.resend.as_secs() as i64)
+            {
+                info!(target = %t.name, resolved = a.resolved, time_to_breach_s = a.bottleneck.time_to_breach_secs,
+                    shortfall_rps = a.bottleneck.shortfall_rps, "predicted bottleneck alert");
+                actions.push(Action::Alert(a));
             }
         }
         state.forecast = forecast;
@@ -335,51 +373,6 @@ impl TargetLoop {
             decision,
             mode: t.mode,
         });
-    }
-}
-
-/// Delivers the newest action from `rx` to `hook`, one at a time, until `shutdown` flips.
-pub async fn deliver_loop(
-    sender: Arc<WebhookSender>,
-    hook: WebhookConfig,
-    store: Store,
-    mut rx: watch::Receiver<Option<Action>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { break },
-            _ = shutdown.changed() => break,
-        }
-        let Some(action) = rx.borrow_and_update().clone() else {
-            continue;
-        };
-        let result = tokio::select! {
-            r = sender.deliver(&hook, &action) => r,
-            _ = shutdown.changed() => break,
-        };
-        let (outcome, attempts, error) = match &result {
-            Ok(d) => (d.outcome_label(), d.attempts, None),
-            Err(e) => (e.outcome_label(), e.attempts(), Some(e.to_string())),
-        };
-        store
-            .metrics()
-            .deliveries
-            .get_or_create(&DeliveryLabels {
-                target: action.target().to_owned(),
-                kind: action.kind().to_owned(),
-                outcome: outcome.to_owned(),
-            })
-            .inc();
-        if let Some(mut state) = store.target(action.target()) {
-            state.last_delivery = Some(DeliveryRecord {
-                kind: action.kind(),
-                idempotency_key: action.idempotency_key(),
-                outcome,
-                attempts,
-                error,
-                at: store.now(),
-            });
-        }
+        actions
     }
 }

@@ -6,10 +6,12 @@
 //! target copies its grid out first.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::Serialize;
 
+use crate::act::alert::AlertState;
+use crate::act::outbox::Outbox;
 use crate::clock::Clock;
 use crate::config::{Mode, TargetConfig};
 pub use crate::decide::balance::InstanceStats;
@@ -79,11 +81,11 @@ pub struct SignalHealth {
 /// The outcome of the last webhook delivery.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryRecord {
-    /// `scale` or `rebalance`.
+    /// `scale`, `rebalance` or `alert`.
     pub kind: &'static str,
     /// The action's idempotency key.
     pub idempotency_key: String,
-    /// `delivered`, `rejected` or `gave_up`.
+    /// `delivered`, `rejected`, `gave_up`, `expired` or `superseded`.
     pub outcome: &'static str,
     /// Attempts made.
     pub attempts: u32,
@@ -184,6 +186,8 @@ pub struct TargetState {
     pub paused: bool,
     /// A refit was asked for (`POST …/refit`); the pipeline clears it when it refits.
     pub refit_requested: bool,
+    /// The predicted-bottleneck alert, when one is firing.
+    pub alert: AlertState,
 }
 
 impl TargetState {
@@ -211,6 +215,7 @@ impl TargetState {
             last_delivery: None,
             paused: false,
             refit_requested: false,
+            alert: AlertState::default(),
             config,
         }
     }
@@ -272,6 +277,8 @@ struct Inner {
     decisions: Mutex<VecDeque<DecisionRecord>>,
     metrics: Metrics,
     clock: Clock,
+    /// The durable outbox, once opened (`serve` sets it before anything runs).
+    outbox: OnceLock<Outbox>,
 }
 
 impl Store {
@@ -297,6 +304,7 @@ impl Store {
                 decisions: Mutex::new(VecDeque::new()),
                 metrics,
                 clock,
+                outbox: OnceLock::new(),
             }),
         }
     }
@@ -309,6 +317,16 @@ impl Store {
     /// The pipeline's clock.
     pub fn clock(&self) -> Clock {
         self.inner.clock
+    }
+
+    /// Attaches the outbox (once; a second call is ignored).
+    pub fn set_outbox(&self, outbox: Outbox) {
+        let _ = self.inner.outbox.set(outbox);
+    }
+
+    /// The outbox, once attached.
+    pub fn outbox(&self) -> Option<&Outbox> {
+        self.inner.outbox.get()
     }
 
     /// The metrics.

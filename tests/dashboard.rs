@@ -81,7 +81,8 @@ max_replicas = 100
 interval = "1s"
 history = "2d"
 "#;
-    let config = Config::parse(toml, Path::new("dashboard-test.toml")).expect("config");
+    let dir = tempfile::tempdir().expect("state dir");
+    let config = Config::parse(toml, &dir.path().join("prescale.toml")).expect("config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

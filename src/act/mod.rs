@@ -6,17 +6,31 @@
 //! content alone, so a retry, or a resend after a restart, carries the same body and key
 //! and a receiver can drop duplicates.
 //!
-//! - [`webhook`]: HMAC-signed JSON POSTs with retries, and the signature scheme receivers
-//!   verify.
+//! An [`Action::Alert`] tells Alertmanager of a predicted bottleneck that scaling cannot
+//! prevent.
+//!
+//! - [`outbox`]: every action is written to a durable outbox before it is sent; a worker
+//!   delivers it, in order per target and receiver, with retries, superseding and dead
+//!   letters.
+//! - [`webhook`]: HMAC-signed JSON POSTs, and the signature scheme receivers verify.
+//! - [`haproxy`]: balancer weights through HAProxy's runtime API.
+//! - [`alert`]: predicted bottlenecks and their Alertmanager body.
+//! - [`Receivers`]: where each kind of action of each target goes, and one attempt at it.
 
+pub mod alert;
+pub mod haproxy;
+pub mod outbox;
 pub mod webhook;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::config::{AlertmanagerConfig, Config, HaproxyConfig, WebhookConfig};
 use crate::decide::{Decision, Peak, Reason};
+pub use alert::AlertAction;
 
 /// The version of the webhook body; receivers should refuse versions they do not know.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -71,8 +85,10 @@ pub struct RebalanceAction {
 pub enum Action {
     /// Change the replica count (goes to the platform webhook).
     Scale(ScaleAction),
-    /// Change instance weights (goes to the balancer webhook).
+    /// Change instance weights (goes to the balancer: a webhook or HAProxy).
     Rebalance(RebalanceAction),
+    /// A predicted bottleneck, firing or resolved (goes to Alertmanager).
+    Alert(AlertAction),
 }
 
 impl Action {
@@ -81,14 +97,32 @@ impl Action {
         match self {
             Self::Scale(a) => &a.target,
             Self::Rebalance(a) => &a.target,
+            Self::Alert(a) => &a.bottleneck.target,
         }
     }
 
-    /// `"scale"` or `"rebalance"`: the `kind` of the body, and a label for logs and metrics.
+    /// `"scale"`, `"rebalance"` or `"alert"`: the `kind` of the body, and a label for logs
+    /// and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Scale(_) => "scale",
             Self::Rebalance(_) => "rebalance",
+            Self::Alert(_) => "alert",
+        }
+    }
+
+    /// The group within which a newer undelivered action supersedes an older one: scale
+    /// actions of a target (only the newest count matters), and one alert of a target and
+    /// signal (only its newest state matters). `None` for rebalance actions, which are all
+    /// delivered in order.
+    pub fn supersede_group(&self) -> Option<String> {
+        match self {
+            Self::Scale(a) => Some(format!("{}/scale", a.target)),
+            Self::Rebalance(_) => None,
+            Self::Alert(a) => Some(format!(
+                "{}/alert/{}",
+                a.bottleneck.target, a.bottleneck.signal
+            )),
         }
     }
 
@@ -97,6 +131,7 @@ impl Action {
         match self {
             Self::Scale(a) => a.issued_at,
             Self::Rebalance(a) => a.issued_at,
+            Self::Alert(a) => a.issued_at,
         }
     }
 
@@ -106,7 +141,11 @@ impl Action {
     /// adds `from`, `to`, `reasons` (`[{code, message}]`) and `forecast`
     /// (`{model, peak_timestamp, peak_value_rps, peak_upper_rps}`, or `null` when no
     /// forecast peak was used); a rebalance action adds `weights` (`{instance: weight}`).
+    /// An alert's body is Alertmanager's instead ([`AlertAction::payload`]).
     pub fn payload(&self) -> Value {
+        if let Self::Alert(a) = self {
+            return a.payload();
+        }
         let mut body = json!({
             "schema_version": SCHEMA_VERSION,
             "kind": self.kind(),
@@ -131,6 +170,7 @@ impl Action {
                 json!({ "from": a.from, "to": a.to, "reasons": reasons, "forecast": forecast })
             }
             Self::Rebalance(a) => json!({ "weights": a.weights }),
+            Self::Alert(_) => Value::Null,
         };
         if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
             body.extend(extra);
@@ -153,6 +193,128 @@ impl Action {
         let mut key = hex::encode(digest);
         key.truncate(32);
         key
+    }
+}
+
+/// How one attempt to deliver an action ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Delivered; the receiver's status, when it has one (HTTP).
+    Success(Option<u16>),
+    /// Worth another try: a connection error, a timeout, a 5xx, 408 or 429.
+    Retry {
+        /// What went wrong.
+        error: String,
+        /// The HTTP status, if any.
+        status: Option<u16>,
+        /// The receiver's `Retry-After`, if any.
+        retry_after: Option<Duration>,
+    },
+    /// Refused for good (a 4xx, a 3xx, a backend or server that does not exist): retrying
+    /// would not help.
+    Final {
+        /// What went wrong.
+        error: String,
+        /// The HTTP status, if any.
+        status: Option<u16>,
+        /// The start of the receiver's answer.
+        body: String,
+    },
+}
+
+/// Where one kind of action of one target goes.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A signed webhook.
+    Webhook(WebhookConfig),
+    /// HAProxy's runtime API.
+    Haproxy(HaproxyConfig),
+    /// Alertmanager's v2 API.
+    Alertmanager(AlertmanagerConfig),
+}
+
+/// Every configured receiver, by target and action kind, and the clients to reach them.
+#[derive(Debug, Clone)]
+pub struct Receivers {
+    routes: HashMap<(String, &'static str), Destination>,
+    webhooks: webhook::WebhookSender,
+}
+
+impl Receivers {
+    /// The receivers of `config`: each target's platform (scale), balancer (rebalance:
+    /// webhook or HAProxy) and, when configured, Alertmanager (alert).
+    pub fn new(config: &Config, webhooks: webhook::WebhookSender) -> Self {
+        let mut routes = HashMap::new();
+        for t in &config.targets {
+            if let Some(h) = &t.platform {
+                routes.insert((t.name.clone(), "scale"), Destination::Webhook(h.clone()));
+            }
+            if let Some(h) = &t.balancer {
+                routes.insert(
+                    (t.name.clone(), "rebalance"),
+                    Destination::Webhook(h.clone()),
+                );
+            }
+            if let Some(h) = &t.haproxy {
+                routes.insert(
+                    (t.name.clone(), "rebalance"),
+                    Destination::Haproxy(h.clone()),
+                );
+            }
+            if let Some(am) = &config.alertmanager {
+                routes.insert(
+                    (t.name.clone(), "alert"),
+                    Destination::Alertmanager(am.clone()),
+                );
+            }
+        }
+        Self { routes, webhooks }
+    }
+
+    /// Receivers from an explicit list of `(target, kind, destination)`.
+    pub fn from_routes(
+        routes: impl IntoIterator<Item = (String, &'static str, Destination)>,
+        webhooks: webhook::WebhookSender,
+    ) -> Self {
+        Self {
+            routes: routes.into_iter().map(|(t, k, d)| ((t, k), d)).collect(),
+            webhooks,
+        }
+    }
+
+    /// Whether actions of `kind` for `target` have somewhere to go.
+    pub fn has(&self, target: &str, kind: &str) -> bool {
+        self.route(target, kind).is_some()
+    }
+
+    fn route(&self, target: &str, kind: &str) -> Option<&Destination> {
+        let kind = match kind {
+            "scale" => "scale",
+            "rebalance" => "rebalance",
+            "alert" => "alert",
+            _ => return None,
+        };
+        self.routes.get(&(target.to_owned(), kind))
+    }
+
+    /// One attempt to deliver `body` (an action of `kind` for `target`) with idempotency
+    /// key `key`.
+    pub async fn attempt(&self, target: &str, kind: &str, body: &[u8], key: &str) -> Attempt {
+        match self.route(target, kind) {
+            None => Attempt::Final {
+                error: format!("no receiver configured for {kind} actions of target `{target}`"),
+                status: None,
+                body: String::new(),
+            },
+            Some(Destination::Webhook(h)) => self.webhooks.attempt(h, body, key).await,
+            Some(Destination::Haproxy(h)) => haproxy::apply_body(h, body).await,
+            Some(Destination::Alertmanager(am)) => {
+                let mut url = am.url.clone();
+                let path = format!("{}/api/v2/alerts", url.path().trim_end_matches('/'));
+                url.set_path(&path);
+                self.webhooks.post_json(&url, body).await
+            }
+        }
     }
 }
 

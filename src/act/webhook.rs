@@ -4,7 +4,9 @@
 //!
 //! - `Prescale-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 //!   The timestamp is inside the signed text, so a receiver can refuse old requests
-//!   (replays); [`verify`] is the reference check.
+//!   (replays); [`verify`] is the reference check. While a secret is rotated, the header
+//!   carries one `v1=` per secret (the current one first), so a receiver holding either
+//!   accepts the request.
 //! - `Idempotency-Key: <key>`: [`Action::idempotency_key`], the same on every attempt.
 //! - `Content-Type: application/json`, `User-Agent: prescale/<version>`.
 //!
@@ -22,7 +24,7 @@ use sha2::Sha256;
 use tracing::{debug, info, warn};
 use url::Url;
 
-use super::Action;
+use super::{Action, Attempt};
 use crate::config::{DeliveryConfig, WebhookConfig};
 
 /// The header carrying the signature.
@@ -49,8 +51,18 @@ fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
 /// The `Prescale-Signature` header value for `body` signed at `timestamp` (Unix s):
 /// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let tag = mac(secret, timestamp, body).finalize().into_bytes();
-    format!("t={timestamp},v1={}", hex::encode(tag))
+    sign_all(&[secret], timestamp, body)
+}
+
+/// The header signed with each of `secrets`, in order: `t=<timestamp>,v1=<…>,v1=<…>`.
+pub fn sign_all(secrets: &[&[u8]], timestamp: i64, body: &[u8]) -> String {
+    let mut header = format!("t={timestamp}");
+    for secret in secrets {
+        let tag = mac(secret, timestamp, body).finalize().into_bytes();
+        header.push_str(",v1=");
+        header.push_str(&hex::encode(tag));
+    }
+    header
 }
 
 /// Why a signature was refused.
@@ -212,21 +224,6 @@ pub struct WebhookSender {
     cfg: DeliveryConfig,
 }
 
-/// How one attempt ended.
-enum Attempt {
-    Success(u16),
-    /// Worth another try; `retry_after` is the receiver's `Retry-After`, if any.
-    Retry {
-        error: String,
-        status: Option<u16>,
-        retry_after: Option<Duration>,
-    },
-    Final {
-        status: u16,
-        body: String,
-    },
-}
-
 impl WebhookSender {
     /// A sender with its own HTTP client (system proxy settings apply; redirects are not
     /// followed). Fails only if the TLS backend cannot be initialised.
@@ -234,7 +231,8 @@ impl WebhookSender {
         Self::with_builder(cfg, reqwest::Client::builder())
     }
 
-    fn with_builder(
+    /// A sender whose client is built from `builder` (e.g. `no_proxy()` in tests).
+    pub fn with_builder(
         cfg: DeliveryConfig,
         builder: reqwest::ClientBuilder,
     ) -> Result<Self, reqwest::Error> {
@@ -251,7 +249,9 @@ impl WebhookSender {
     }
 
     /// Delivers `action` to `hook`, retrying transient failures with exponential backoff
-    /// and jitter, and logs one line with the outcome.
+    /// and jitter, and logs one line with the outcome. For one-off use: `serve` delivers
+    /// through the outbox, which calls [`WebhookSender::attempt`] and keeps its own
+    /// (durable) count of attempts.
     ///
     /// Dropping the future stops further attempts; a request already sent may still have
     /// been applied, which is what the idempotency key is for.
@@ -271,13 +271,15 @@ impl WebhookSender {
             attempt += 1;
             match self.attempt(hook, &body, &key).await {
                 Attempt::Success(status) => {
+                    let status = status.unwrap_or(200);
                     info!(target, kind, %url, attempts = attempt, status, %key, "webhook delivered");
                     return Ok(Delivered {
                         attempts: attempt,
                         status,
                     });
                 }
-                Attempt::Final { status, body } => {
+                Attempt::Final { status, body, .. } => {
+                    let status = status.unwrap_or(0);
                     warn!(target, kind, %url, attempts = attempt, status, %key, body = %body, "webhook rejected");
                     return Err(DeliveryError::Rejected {
                         target: target.to_owned(),
@@ -316,17 +318,35 @@ impl WebhookSender {
         }
     }
 
-    async fn attempt(&self, hook: &WebhookConfig, body: &[u8], key: &str) -> Attempt {
-        let signature = sign(hook.secret.expose().as_bytes(), unix_now(), body);
-        let sent = self
+    /// One signed POST of `body` to `hook` with idempotency key `key`; no retries.
+    pub async fn attempt(&self, hook: &WebhookConfig, body: &[u8], key: &str) -> Attempt {
+        let mut secrets = vec![hook.secret.expose().as_bytes()];
+        if let Some(previous) = &hook.previous_secret {
+            secrets.push(previous.expose().as_bytes());
+        }
+        let signature = sign_all(&secrets, unix_now(), body);
+        let request = self
             .client
             .post(hook.url.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(SIGNATURE_HEADER, signature)
             .header(IDEMPOTENCY_HEADER, key)
-            .body(body.to_vec())
-            .send()
-            .await;
+            .body(body.to_vec());
+        self.send(request).await
+    }
+
+    /// One unsigned POST of a JSON `body` to `url` (Alertmanager's API); no retries.
+    pub async fn post_json(&self, url: &Url, body: &[u8]) -> Attempt {
+        let request = self
+            .client
+            .post(url.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body.to_vec());
+        self.send(request).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Attempt {
+        let sent = request.send().await;
         let mut response = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -339,7 +359,7 @@ impl WebhookSender {
         };
         let status = response.status();
         if status.is_success() {
-            return Attempt::Success(status.as_u16());
+            return Attempt::Success(Some(status.as_u16()));
         }
         let retry_after = response
             .headers()
@@ -362,7 +382,8 @@ impl WebhookSender {
             }
         } else {
             Attempt::Final {
-                status: status.as_u16(),
+                error: format!("HTTP {status}"),
+                status: Some(status.as_u16()),
                 body: snippet,
             }
         }
@@ -410,7 +431,7 @@ async fn snippet(response: &mut reqwest::Response) -> Result<String, reqwest::Er
 /// The wait after failed attempt number `attempt` (1-based): `initial_backoff` doubled per
 /// attempt, capped at `max_backoff`, with equal jitter — half fixed, half scaled by
 /// `jitter` in [0, 1) — so retries spread out but never bunch at zero.
-fn backoff(cfg: &DeliveryConfig, attempt: u32, jitter: f64) -> Duration {
+pub(crate) fn backoff(cfg: &DeliveryConfig, attempt: u32, jitter: f64) -> Duration {
     let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
     let base = cfg
         .initial_backoff
@@ -421,7 +442,7 @@ fn backoff(cfg: &DeliveryConfig, attempt: u32, jitter: f64) -> Duration {
 }
 
 /// The URL with any password replaced, for logs and errors.
-fn redacted(url: &Url) -> String {
+pub(crate) fn redacted(url: &Url) -> String {
     if url.password().is_some() {
         let mut url = url.clone();
         // Fails only for URLs that cannot have credentials, which this one has.
@@ -515,6 +536,7 @@ mod tests {
         WebhookConfig {
             url: url.parse().expect("url"),
             secret: Secret::new(SECRET),
+            previous_secret: None,
         }
     }
 
@@ -524,6 +546,7 @@ mod tests {
             max_attempts,
             initial_backoff: Duration::from_millis(2),
             max_backoff: Duration::from_millis(10),
+            ..DeliveryConfig::default()
         };
         // Tests talk to 127.0.0.1 only: never through a proxy from the environment.
         WebhookSender::with_builder(cfg, reqwest::Client::builder().no_proxy()).expect("client")
@@ -786,6 +809,43 @@ mod tests {
         );
     }
 
+    /// While rotating, both secrets sign; a receiver holding either accepts.
+    #[test]
+    fn rotation_signs_with_both_secrets() {
+        let body: &[u8] = b"{}";
+        let header = sign_all(&[b"new", b"old"], 1000, body);
+        assert_eq!(header.matches(",v1=").count(), 2, "{header}");
+        assert!(
+            header.starts_with(&sign(b"new", 1000, body)),
+            "current first"
+        );
+        for secret in [&b"new"[..], b"old"] {
+            assert_eq!(verify(secret, &header, body, 1000, 300), Ok(()));
+        }
+        assert_eq!(
+            verify(b"other", &header, body, 1000, 300),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn previous_secret_signs_every_attempt() {
+        let (r, mut hook) = receiver(&[(StatusCode::INTERNAL_SERVER_ERROR, "oops")]).await;
+        hook.previous_secret = Some(Secret::new("previous"));
+        sender(2_000, 3)
+            .deliver(&hook, &scale())
+            .await
+            .expect("delivered");
+        for s in r.seen() {
+            let h = header(&s, SIGNATURE_HEADER);
+            assert_eq!(
+                verify(SECRET.as_bytes(), h, &s.body, unix_now(), 300),
+                Ok(())
+            );
+            assert_eq!(verify(b"previous", h, &s.body, unix_now(), 300), Ok(()));
+        }
+    }
+
     /// attempt → backoff with no jitter and with the most jitter.
     #[test]
     fn backoff_doubles_and_caps() {
@@ -794,6 +854,7 @@ mod tests {
             max_attempts: 10,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(1000),
+            ..DeliveryConfig::default()
         };
         let check = |attempt, low_ms, high_ms| {
             assert_eq!(

@@ -1,5 +1,6 @@
-//! The HTTP API: health, readiness, metrics, targets, forecasts, decisions, the dashboard,
-//! and the OpenAPI document that describes it all (`GET /api/v1/openapi.json`).
+//! The HTTP API: health, readiness, metrics, targets, forecasts, decisions, the deliveries
+//! in the outbox (listed, and dead ones retried), the dashboard, and the OpenAPI document
+//! that describes it all (`GET /api/v1/openapi.json`).
 //!
 //! [`router`] builds the whole API over a [`Store`]. Read handlers only read it (forecasts
 //! for a requested horizon are computed from a copy of the stored series, outside the
@@ -27,6 +28,7 @@ mod dashboard;
 
 pub use auth::ApiAuth;
 
+use crate::act::outbox::{Delivery, DeliveryState, OutboxError};
 use crate::decide::Decision;
 use crate::forecast::{self, History, Point};
 use crate::series::Sample;
@@ -38,6 +40,8 @@ const MAX_HORIZON: Duration = Duration::from_secs(7 * 86_400);
 const DEFAULT_LIMIT: usize = 50;
 /// The most items one request may list.
 const MAX_LIMIT: usize = 1_000;
+/// The most deliveries one request may list.
+const MAX_DELIVERY_LIMIT: usize = 10_000;
 
 /// An API error: an HTTP status, a stable code and a message for people.
 #[derive(Debug)]
@@ -185,11 +189,14 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
         .get("/api/v1/targets/{name}", target)
         .get("/api/v1/targets/{name}/forecast", target_forecast)
         .get("/api/v1/targets/{name}/history", target_history)
-        .get("/api/v1/decisions", decisions);
+        .get("/api/v1/decisions", decisions)
+        .get("/api/v1/deliveries", deliveries)
+        .get("/api/v1/deliveries/{id}", delivery);
     let writes = Routes::new()
         .post("/api/v1/targets/{name}/pause", pause)
         .post("/api/v1/targets/{name}/resume", resume)
-        .post("/api/v1/targets/{name}/refit", refit);
+        .post("/api/v1/targets/{name}/refit", refit)
+        .post("/api/v1/deliveries/{id}/retry", retry_delivery);
     let read_auth = auth.clone();
     let all = Routes::new()
         .get("/healthz", healthz)
@@ -218,7 +225,8 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
 #[derive(OpenApi)]
 #[openapi(
     info(title = "prescale", description = "Predictive autoscaler: forecasts, bottlenecks and decisions."),
-    paths(healthz, readyz, metrics, openapi, targets, target, target_forecast, target_history, decisions, pause, resume, refit),
+    paths(healthz, readyz, metrics, openapi, targets, target, target_forecast, target_history, decisions,
+        deliveries, delivery, retry_delivery, pause, resume, refit),
     components(schemas(ErrorBody, ErrorDetail, TargetSummary, TargetList, TargetDetail, QualityBody, ForecastBody, HistoryBody, DecisionList, Action)),
     modifiers(&BearerAuth),
 )]
@@ -728,6 +736,156 @@ async fn refit(
     act_on(&store, name, "refit_scheduled", |t| {
         t.refit_requested = true
     })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    /// `pending`, `delivered`, `dead` or `superseded`.
+    state: Option<String>,
+    /// Only this target's deliveries.
+    target: Option<String>,
+    /// At most this many (1 to 10000, default 50).
+    limit: Option<String>,
+    /// Skip this many of the newest (default 0).
+    offset: Option<String>,
+}
+
+/// A delivery as the API shows it: times in Unix seconds, the body as JSON.
+fn delivery_view(d: &Delivery) -> serde_json::Value {
+    let secs = |ms: i64| ms as f64 / 1000.0;
+    json!({
+        "id": d.id,
+        "target": d.target,
+        "kind": d.kind,
+        "state": d.state,
+        "outcome": d.outcome,
+        "idempotency_key": d.idempotency_key,
+        "attempts": d.attempts,
+        "created_at": secs(d.created_at_ms),
+        "next_attempt_at": (d.state == DeliveryState::Pending).then(|| secs(d.next_attempt_ms)),
+        "finished_at": d.finished_at_ms.map(secs),
+        "last_error": d.last_error,
+        "last_status": d.last_status,
+        "response_body": d.response_body,
+        "superseded_by": d.superseded_by,
+        "body": serde_json::from_str::<serde_json::Value>(&d.body)
+            .unwrap_or_else(|_| serde_json::Value::String(d.body.clone())),
+    })
+}
+
+fn outbox_error(e: OutboxError) -> ApiError {
+    match e {
+        OutboxError::NotFound(id) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_delivery",
+            format!("no delivery with id {id}"),
+        ),
+        e @ OutboxError::NotDead { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "not_dead", e.to_string())
+        }
+        e => {
+            tracing::error!(error = %e, "outbox error in the API");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                "the outbox could not be read or written; see the server log",
+            )
+        }
+    }
+}
+
+fn outbox(store: &Store) -> Result<crate::act::outbox::Outbox, ApiError> {
+    store.outbox().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_outbox",
+            "the outbox is not open",
+        )
+    })
+}
+
+fn delivery_id(s: &str) -> Result<u64, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::bad_request(format!("delivery id `{s}`: expected a whole number")))
+}
+
+/// Deliveries in the outbox, newest first: `{"deliveries": [...], "next_offset"}`.
+#[utoipa::path(get, path = "/api/v1/deliveries", tag = "deliveries", params(DeliveriesQuery),
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "`{deliveries: [{id, target, kind, state, outcome, idempotency_key, attempts, created_at, next_attempt_at, finished_at, last_error, last_status, response_body, superseded_by, body}], next_offset}`", body = Object),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn deliveries(
+    State(store): State<Store>,
+    ApiQuery(q): ApiQuery<DeliveriesQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state `{s}`: expected pending, delivered, dead or superseded"
+            ))
+        })?),
+    };
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_DELIVERY_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "limit `{s}`: expected a whole number from 1 to {MAX_DELIVERY_LIMIT}"
+                ))
+            })?,
+    };
+    if let Some(t) = q.target.as_deref()
+        && store.target(t).is_none()
+    {
+        return Err(ApiError::unknown_target(t));
+    }
+    let offset = match q.offset.as_deref() {
+        None => 0,
+        Some(s) => s.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!("offset `{s}`: expected a whole number from 0"))
+        })?,
+    };
+    let list = outbox(&store)?
+        .list(state, q.target, offset + limit)
+        .await
+        .map_err(outbox_error)?;
+    let full = list.len() == offset + limit;
+    let list: Vec<_> = list.iter().skip(offset).map(delivery_view).collect();
+    Ok(Json(
+        json!({ "deliveries": list, "next_offset": full.then_some(offset + limit) }),
+    ))
+}
+
+/// One delivery.
+#[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "deliveries",
+    params(("id" = u64, Path, description = "Delivery id")), security((), ("bearer" = [])),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delivery(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = delivery_id(&id)?;
+    let d = outbox(&store)?.get(id).await.map_err(outbox_error)?;
+    Ok(Json(delivery_view(&d)))
+}
+
+/// A dead delivery goes back to pending (same idempotency key).
+#[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "deliveries",
+    params(("id" = u64, Path, description = "Delivery id")), security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Not dead", body = ErrorBody)))]
+async fn retry_delivery(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = delivery_id(&id)?;
+    let d = outbox(&store)?.retry(id).await.map_err(outbox_error)?;
+    Ok(Json(delivery_view(&d)))
 }
 
 #[cfg(test)]

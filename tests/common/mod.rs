@@ -547,7 +547,13 @@ struct Server {
 
 impl Server {
     fn start(router: Router) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Self::start_on(router, 0)
+    }
+
+    /// On a given port (0: a free one).
+    fn start_on(router: Router, port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
         let addr = listener.local_addr().expect("local address");
         listener
             .set_nonblocking(true)
@@ -645,6 +651,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// The status the receiver answered.
+    pub status: u16,
 }
 
 impl Recorded {
@@ -711,8 +719,32 @@ impl Reply {
 struct ReceiverState {
     requests: Mutex<Vec<Recorded>>,
     script: Mutex<VecDeque<Reply>>,
-    then: Reply,
+    then: Mutex<Reply>,
     count: watch::Sender<usize>,
+    /// Answer 503 to this share of requests, at random (after the script).
+    fail_ratio: Mutex<Option<(f64, rand::rngs::StdRng)>>,
+    /// Requests being answered now, and the most at once, per path.
+    in_flight: Mutex<std::collections::HashMap<String, (usize, usize)>>,
+}
+
+/// Counts a request as in flight on its path until dropped (also when the client goes
+/// away and the handler is cancelled).
+struct InFlight {
+    state: Arc<ReceiverState>,
+    path: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut m = self
+            .state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = m.get_mut(&self.path) {
+            e.0 = e.0.saturating_sub(1);
+        }
+    }
 }
 
 impl ReceiverState {
@@ -743,14 +775,67 @@ impl Receiver {
         let state = Arc::new(ReceiverState {
             requests: Mutex::new(Vec::new()),
             script: Mutex::new(script.into()),
-            then,
+            then: Mutex::new(then),
             count: watch::Sender::new(0),
+            fail_ratio: Mutex::new(None),
+            in_flight: Mutex::new(Default::default()),
         });
         let router = Router::new().fallback(record).with_state(state.clone());
         Self {
             server: Server::start(router),
             state,
         }
+    }
+
+    /// Answers `then` for ever, on 127.0.0.1:`port` (e.g. a port that refused connections
+    /// until now).
+    pub fn start_on(port: u16, then: Reply) -> Self {
+        let state = Arc::new(ReceiverState {
+            requests: Mutex::new(Vec::new()),
+            script: Mutex::new(VecDeque::new()),
+            then: Mutex::new(then),
+            count: watch::Sender::new(0),
+            fail_ratio: Mutex::new(None),
+            in_flight: Mutex::new(Default::default()),
+        });
+        let router = Router::new().fallback(record).with_state(state.clone());
+        Self {
+            server: Server::start_on(router, port),
+            state,
+        }
+    }
+
+    /// Answers 200, but 503 to a random `ratio` of requests (seeded, so a run can be
+    /// repeated).
+    pub fn flaky(ratio: f64, seed: u64) -> Self {
+        use rand::SeedableRng;
+        let r = Self::start(&[]);
+        *r.state.fail_ratio.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((ratio, rand::rngs::StdRng::seed_from_u64(seed)));
+        r
+    }
+
+    /// From now on, answers `reply` once the script has run out.
+    pub fn set_then(&self, reply: Reply) {
+        *self.state.then.lock().unwrap_or_else(|p| p.into_inner()) = reply;
+    }
+
+    /// The most requests answered at once on `path`.
+    pub fn max_in_flight(&self, path: &str) -> usize {
+        let m = self
+            .state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        m.get(path).map_or(0, |e| e.1)
+    }
+
+    /// The requests answered with a 2xx.
+    pub fn accepted(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
     }
 
     /// Its address.
@@ -805,18 +890,41 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let path = uri.path().to_owned();
+    let _in_flight = {
+        let mut m = state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(path.clone()).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+        InFlight {
+            state: state.clone(),
+            path: path.clone(),
+        }
+    };
+    let reply = {
+        let mut script = state.script.lock().unwrap_or_else(|p| p.into_inner());
+        script.pop_front().unwrap_or_else(|| {
+            let mut flaky = state.fail_ratio.lock().unwrap_or_else(|p| p.into_inner());
+            let fail = match flaky.as_mut() {
+                Some((ratio, rng)) => rand::Rng::random_bool(rng, *ratio),
+                None => false,
+            };
+            if fail {
+                Reply::status(503)
+            } else {
+                state.then.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            }
+        })
+    };
     state.requests().push(Recorded {
         method,
-        path: uri.path().to_owned(),
+        path,
         query: uri.query().map(str::to_owned),
         headers,
         body,
+        status: reply.status,
     });
     state.count.send_modify(|c| *c += 1);
-    let reply = {
-        let mut script = state.script.lock().unwrap_or_else(|p| p.into_inner());
-        script.pop_front().unwrap_or_else(|| state.then.clone())
-    };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
@@ -891,4 +999,231 @@ max_replicas = 40
 {extra}
 "#
     )
+}
+
+// ---------------------------------------------------------------------------------------
+// HAProxy and Alertmanager.
+// ---------------------------------------------------------------------------------------
+
+/// Panics naming the Debian package when `cmd` cannot be run.
+fn require(cmd: &str, arg: &str, package: &str) {
+    if let Err(e) = Command::new(cmd).arg(arg).output() {
+        panic!(
+            "`{cmd}` is needed by this test but cannot be run ({e}); \
+             install Debian package {package} (apt-get install -y {package})"
+        );
+    }
+}
+
+/// A real `haproxy` in the foreground: an HTTP frontend on a free port, balancing
+/// (round robin, weight 100 each) over backend `web` with one server per address, and the
+/// runtime API at admin level on a unix socket and a TCP port. Killed on drop.
+pub struct Haproxy {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// The frontend.
+    pub frontend: SocketAddr,
+    /// The runtime API's TCP address.
+    pub api_tcp: SocketAddr,
+}
+
+impl Haproxy {
+    /// Starts it and waits until the frontend and both API sockets answer.
+    pub fn start(servers: &[SocketAddr]) -> Self {
+        require("haproxy", "-v", "haproxy");
+        let dir = tempfile::Builder::new()
+            .prefix("prescale-haproxy-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let frontend = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let api_tcp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cfg = format!(
+            "global\n  stats socket {}/admin.sock level admin\n  stats socket ipv4@{api_tcp} level admin\n\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\n\
+             frontend fe\n  bind {frontend}\n  default_backend web\n\n\
+             backend web\n  balance roundrobin\n",
+            dir.path().display()
+        );
+        for (i, s) in servers.iter().enumerate() {
+            let _ = writeln!(cfg, "  server s{i} {s} weight 100");
+        }
+        let file = dir.path().join("haproxy.cfg");
+        std::fs::write(&file, cfg).expect("write haproxy.cfg");
+        let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("haproxy.log");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start haproxy ({e}); install Debian package haproxy")
+            });
+        let mut h = Self {
+            dir,
+            child,
+            frontend,
+            api_tcp,
+        };
+        let socket = h.socket();
+        poll_until("haproxy to listen", READY_DEADLINE, || {
+            if let Ok(Some(status)) = h.child.try_wait() {
+                panic!("haproxy exited early ({status}); its log:\n{}", h.log());
+            }
+            let ready = socket.exists()
+                && TcpStream::connect(frontend).is_ok()
+                && TcpStream::connect(api_tcp).is_ok();
+            ready.then_some(())
+        });
+        h
+    }
+
+    /// The runtime API's unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// One runtime API command over the unix socket; HAProxy's whole answer.
+    pub fn command(&self, cmd: &str) -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).expect("admin socket");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        writeln!(s, "{cmd}").expect("write the command");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read the answer");
+        out
+    }
+
+    /// `(server name, address, admin state, weight)` from `show servers state web`.
+    pub fn servers(&self) -> Vec<(String, String, u32, u32)> {
+        let text = self.command("show servers state web");
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        assert_eq!(lines.next(), Some("1"), "{text}");
+        let header: Vec<&str> = lines
+            .next()
+            .expect("header")
+            .trim_start_matches("# ")
+            .split(' ')
+            .collect();
+        let col = |n: &str| {
+            header
+                .iter()
+                .position(|h| *h == n)
+                .unwrap_or_else(|| panic!("no {n}: {text}"))
+        };
+        lines
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (
+                    f[col("srv_name")].to_owned(),
+                    format!("{}:{}", f[col("srv_addr")], f[col("srv_port")]),
+                    f[col("srv_admin_state")].parse().expect("admin state"),
+                    f[col("srv_uweight")].parse().expect("weight"),
+                )
+            })
+            .collect()
+    }
+
+    /// Sends `n` GETs through the frontend, each on its own connection; panics on failure.
+    pub fn traffic(&self, n: usize) {
+        for i in 0..n {
+            let (status, body) = http_get(self.frontend, &format!("/req/{i}"))
+                .unwrap_or_else(|e| panic!("request {i} through haproxy: {e}"));
+            assert_eq!(status, 200, "request {i} through haproxy: {body}");
+        }
+    }
+
+    /// Its log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real `prometheus-alertmanager` on a free port, no clustering, one receiver that
+/// sends nothing. Killed on drop.
+pub struct Alertmanager {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+impl Alertmanager {
+    /// Starts it and waits until `/-/ready` answers 200.
+    pub fn start() -> Self {
+        require(
+            "prometheus-alertmanager",
+            "--version",
+            "prometheus-alertmanager",
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("prescale-alertmanager-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let cfg = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &cfg,
+            "route:\n  receiver: nowhere\n  group_wait: 1s\nreceivers:\n  - name: nowhere\n",
+        )
+        .expect("write alertmanager.yml");
+        let log = std::fs::File::create(dir.path().join("alertmanager.log")).expect("log");
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--cluster.listen-address=")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start prometheus-alertmanager ({e}); install Debian package prometheus-alertmanager")
+            });
+        let mut am = Self { dir, child, addr };
+        poll_until("alertmanager to be ready", READY_DEADLINE, || {
+            if let Ok(Some(status)) = am.child.try_wait() {
+                panic!(
+                    "alertmanager exited early ({status}); its log:\n{}",
+                    am.log()
+                );
+            }
+            matches!(http_get(addr, "/-/ready"), Ok((200, _))).then_some(())
+        });
+        am
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `GET /api/v2/alerts`: the alerts it holds (active, silenced and inhibited).
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http_get(self.addr, "/api/v2/alerts").expect("GET /api/v2/alerts");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&body)
+            .unwrap_or_else(|e| panic!("not a list of alerts ({e}): {body}"))
+    }
+
+    /// Its log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("alertmanager.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
