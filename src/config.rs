@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::decide::{RateKind, RatePolicy, Rules, Select};
+
 /// A configuration error: where it is (file, key) and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,6 +69,19 @@ pub struct RawConfig {
     /// The services to scale; at least one.
     #[serde(default, rename = "target")]
     pub targets: Vec<RawTarget>,
+    /// A replica budget shared by all targets.
+    #[serde(default)]
+    pub budget: RawBudget,
+}
+
+/// `[budget]`: a global replica budget.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Most replicas across all targets; when the decisions ask for more, targets are
+    /// served by `priority`, then in proportion to need, never below `min_replicas`
+    /// (default: no budget).
+    pub max_replicas: Option<u32>,
 }
 
 /// `[prometheus]`: the server to query.
@@ -176,12 +191,59 @@ pub struct RawTarget {
     /// Scale in only to the highest count recommended within this window (default 5m).
     #[serde(default, with = "humantime_serde")]
     pub scale_in_window: Option<Duration>,
+    /// Share of `capacity_rps` each replica is planned to carry, in (0, 1] (default 0.9).
+    pub target_utilization: Option<f64>,
+    /// The demand policy holds while load / planned capacity is within 1 ± this, in
+    /// [0, 1) (default 0.1, as the Kubernetes HPA).
+    pub tolerance: Option<f64>,
+    /// Priority under a `[budget]`: higher is served first (default 0).
+    pub priority: Option<u32>,
+    /// Scaling behaviour, as `HorizontalPodAutoscaler.spec.behavior`.
+    pub behavior: Option<RawBehavior>,
     /// `act` (default) sends webhooks; `forecast-only` decides and shows, sends nothing.
     pub mode: Option<Mode>,
     /// Where scale actions go.
     pub platform: Option<RawWebhook>,
     /// Where rebalance actions go.
     pub balancer: Option<RawWebhook>,
+}
+
+/// `[target.behavior]`: scale-up and scale-down rules.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBehavior {
+    /// Default: no window; max(+100 %, +4 pods) per 15 s.
+    pub scale_up: Option<RawRules>,
+    /// Default: a 300 s window (or `scale_in_window`); −100 % per 15 s.
+    pub scale_down: Option<RawRules>,
+}
+
+/// `[target.behavior.scale_up]` / `[target.behavior.scale_down]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    /// Scale-up: the lowest recommendation within it; scale-down: the highest.
+    #[serde(default, with = "humantime_serde")]
+    pub stabilization_window: Option<Duration>,
+    /// `Max` (default), `Min` or `Disabled`.
+    pub select_policy: Option<Select>,
+    /// Rate limits, e.g. `[{ type = "Pods", value = 4, period = "1m" }]`; an empty list
+    /// means no limit.
+    pub policies: Option<Vec<RawRatePolicy>>,
+}
+
+/// One rate-limit policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRatePolicy {
+    /// `Pods` or `Percent`.
+    #[serde(rename = "type")]
+    pub kind: RateKind,
+    /// Replicas, or percent of the count at the start of the period; above 0.
+    pub value: u32,
+    /// The period, whole seconds, at least 1s.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
 }
 
 /// `[target.platform]` / `[target.balancer]`: a signed webhook.
@@ -246,6 +308,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// The targets, in file order; names unique.
     pub targets: Vec<TargetConfig>,
+    /// Most replicas across all targets, if budgeted.
+    pub budget: Option<u32>,
 }
 
 /// Validated `[prometheus]`.
@@ -351,8 +415,18 @@ pub struct TargetConfig {
     pub step: Duration,
     /// Age past which a signal is stale.
     pub stale_after: Duration,
-    /// Scale-in stabilisation window.
+    /// Scale-in stabilisation window (the same as `scale_down.stabilization_window`).
     pub scale_in_window: Duration,
+    /// Share of `capacity_rps` each replica is planned to carry, in (0, 1].
+    pub target_utilization: f64,
+    /// Tolerance of the demand policy, in [0, 1).
+    pub tolerance: f64,
+    /// Priority under a budget; higher first.
+    pub priority: u32,
+    /// Scale-up behaviour.
+    pub scale_up: Rules,
+    /// Scale-down behaviour.
+    pub scale_down: Rules,
     /// Act or only forecast.
     pub mode: Mode,
     /// Scale webhook.
@@ -387,6 +461,11 @@ impl TargetConfig {
             step: DEFAULT_STEP,
             stale_after: 2 * DEFAULT_STEP + 2 * DEFAULT_INTERVAL,
             scale_in_window: DEFAULT_SCALE_IN_WINDOW,
+            target_utilization: DEFAULT_TARGET_UTILIZATION,
+            tolerance: DEFAULT_TOLERANCE,
+            priority: 0,
+            scale_up: Rules::default_scale_up(),
+            scale_down: Rules::default_scale_down(),
             mode: Mode::Act,
             platform: None,
             balancer: None,
@@ -407,6 +486,10 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_HISTORY: Duration = Duration::from_secs(14 * 86_400);
 const DEFAULT_STEP: Duration = Duration::from_secs(60);
 const DEFAULT_SCALE_IN_WINDOW: Duration = Duration::from_secs(300);
+/// Planned load per replica, as a share of `capacity_rps`.
+pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.9;
+/// The HPA's tolerance.
+pub const DEFAULT_TOLERANCE: f64 = 0.1;
 /// Prometheus refuses a range query of more than 11,000 points per series.
 const MAX_HISTORY_POINTS: u64 = 1_000_000;
 
@@ -484,6 +567,9 @@ impl Validator<'_> {
             }
             targets.push(t);
         }
+        if raw.budget.max_replicas == Some(0) {
+            return Err(self.err("budget.max_replicas", "is 0; expected at least 1"));
+        }
         Ok(Config {
             file: self.file.to_owned(),
             prometheus,
@@ -491,6 +577,7 @@ impl Validator<'_> {
             forecast: ForecastConfig { level },
             delivery,
             targets,
+            budget: raw.budget.max_replicas,
         })
     }
 
@@ -651,6 +738,49 @@ impl Validator<'_> {
                 "is shorter than step; expected at least one step",
             ));
         }
+        let target_utilization = t.target_utilization.unwrap_or(DEFAULT_TARGET_UTILIZATION);
+        if !(target_utilization > 0.0 && target_utilization <= 1.0) {
+            return Err(self.err(
+                key("target_utilization"),
+                format!(
+                    "{target_utilization} is out of range; expected a number in (0, 1], e.g. 0.9"
+                ),
+            ));
+        }
+        let tolerance = t.tolerance.unwrap_or(DEFAULT_TOLERANCE);
+        if !(0.0..1.0).contains(&tolerance) {
+            return Err(self.err(
+                key("tolerance"),
+                format!("{tolerance} is out of range; expected a number in [0, 1), e.g. 0.1"),
+            ));
+        }
+        let behavior = t.behavior.unwrap_or_default();
+        if t.scale_in_window.is_some()
+            && behavior
+                .scale_down
+                .as_ref()
+                .is_some_and(|r| r.stabilization_window.is_some())
+        {
+            return Err(self.err(
+                key("behavior.scale_down.stabilization_window"),
+                "is set together with `scale_in_window`; expected one of them",
+            ));
+        }
+        let scale_up = self.rules(
+            &key("behavior.scale_up"),
+            behavior.scale_up,
+            Rules::default_scale_up(),
+        )?;
+        let mut down_default = Rules::default_scale_down();
+        down_default.stabilization_window = t
+            .scale_in_window
+            .unwrap_or(DEFAULT_SCALE_IN_WINDOW)
+            .as_secs() as i64;
+        let scale_down = self.rules(
+            &key("behavior.scale_down"),
+            behavior.scale_down,
+            down_default,
+        )?;
         let platform = t
             .platform
             .map(|w| self.webhook(&key("platform"), w))
@@ -671,10 +801,58 @@ impl Validator<'_> {
             history,
             step,
             stale_after,
-            scale_in_window: t.scale_in_window.unwrap_or(DEFAULT_SCALE_IN_WINDOW),
+            scale_in_window: Duration::from_secs(scale_down.stabilization_window as u64),
+            target_utilization,
+            tolerance,
+            priority: t.priority.unwrap_or(0),
+            scale_up,
+            scale_down,
             mode: t.mode.unwrap_or(Mode::Act),
             platform,
             balancer,
+        })
+    }
+
+    /// Validates one direction's behaviour over its defaults.
+    fn rules(
+        &self,
+        key: &str,
+        raw: Option<RawRules>,
+        default: Rules,
+    ) -> Result<Rules, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(default);
+        };
+        let window = raw
+            .stabilization_window
+            .map_or(default.stabilization_window, |d| d.as_secs() as i64);
+        let policies = match raw.policies {
+            None => default.policies,
+            Some(list) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let k = format!("{key}.policies[{i}]");
+                    if p.value == 0 {
+                        return Err(self.err(format!("{k}.value"), "is 0; expected at least 1"));
+                    }
+                    if p.period.as_secs() == 0 || p.period.subsec_nanos() != 0 {
+                        return Err(
+                            self.err(format!("{k}.period"), "expected whole seconds, at least 1s")
+                        );
+                    }
+                    Ok(RatePolicy {
+                        kind: p.kind,
+                        value: p.value,
+                        period: p.period.as_secs() as i64,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Rules {
+            stabilization_window: window,
+            select: raw.select_policy.unwrap_or(default.select),
+            policies,
         })
     }
 

@@ -244,9 +244,18 @@ impl TargetLoop {
             forecast::forecast(history, now, policy.lookahead, self.level).ok()
         });
         let fresh = |s: Option<Sample>| s.filter(|s| now - s.ts <= t.stale_after.as_secs() as i64);
+        let latency = t
+            .latency_slo
+            .zip(fresh(state.latency.last()))
+            .map(|(slo, s)| decide::Latency {
+                p95: s.value,
+                slo: slo.as_secs_f64(),
+                rps_per_replica_at_slo: None,
+            });
         let observed = Observed {
             replicas: state.replicas,
             demand_rps: fresh(state.rate.last()).map(|s| s.value),
+            latency,
             degraded: !degraded.is_empty(),
         };
         let decision = decide::decide(
