@@ -196,6 +196,9 @@ pub struct RawTarget {
     /// The demand policy holds while load / planned capacity is within 1 ± this, in
     /// [0, 1) (default 0.1, as the Kubernetes HPA).
     pub tolerance: Option<f64>,
+    /// Headroom added to predicted peaks, as a share of the typical demand (its
+    /// exponentially weighted mean over about a day), ≥ 0 (default 0).
+    pub headroom: Option<f64>,
     /// Priority under a `[budget]`: higher is served first (default 0).
     pub priority: Option<u32>,
     /// Scaling behaviour, as `HorizontalPodAutoscaler.spec.behavior`.
@@ -421,6 +424,8 @@ pub struct TargetConfig {
     pub target_utilization: f64,
     /// Tolerance of the demand policy, in [0, 1).
     pub tolerance: f64,
+    /// Headroom over predicted peaks, as a share of the typical demand (≥ 0).
+    pub headroom: f64,
     /// Priority under a budget; higher first.
     pub priority: u32,
     /// Scale-up behaviour.
@@ -463,6 +468,7 @@ impl TargetConfig {
             scale_in_window: DEFAULT_SCALE_IN_WINDOW,
             target_utilization: DEFAULT_TARGET_UTILIZATION,
             tolerance: DEFAULT_TOLERANCE,
+            headroom: DEFAULT_HEADROOM,
             priority: 0,
             scale_up: Rules::default_scale_up(),
             scale_down: Rules::default_scale_down(),
@@ -490,6 +496,8 @@ const DEFAULT_SCALE_IN_WINDOW: Duration = Duration::from_secs(300);
 pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.9;
 /// The HPA's tolerance.
 pub const DEFAULT_TOLERANCE: f64 = 0.1;
+/// Headroom over predicted peaks, as a share of the typical demand.
+pub const DEFAULT_HEADROOM: f64 = 0.0;
 /// Prometheus refuses a range query of more than 11,000 points per series.
 const MAX_HISTORY_POINTS: u64 = 1_000_000;
 
@@ -754,6 +762,13 @@ impl Validator<'_> {
                 format!("{tolerance} is out of range; expected a number in [0, 1), e.g. 0.1"),
             ));
         }
+        let headroom = t.headroom.unwrap_or(DEFAULT_HEADROOM);
+        if !(headroom.is_finite() && headroom >= 0.0) {
+            return Err(self.err(
+                key("headroom"),
+                format!("{headroom} is not usable; expected a number >= 0, e.g. 0.2"),
+            ));
+        }
         let behavior = t.behavior.unwrap_or_default();
         if t.scale_in_window.is_some()
             && behavior
@@ -804,6 +819,7 @@ impl Validator<'_> {
             scale_in_window: Duration::from_secs(scale_down.stabilization_window as u64),
             target_utilization,
             tolerance,
+            headroom,
             priority: t.priority.unwrap_or(0),
             scale_up,
             scale_down,

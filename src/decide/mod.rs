@@ -43,6 +43,9 @@ pub struct Policy {
     pub lookahead: i64,
     /// Seconds between decisions (rate limits apply once per period within it).
     pub interval: i64,
+    /// Headroom added to the predicted peak, as a share of the typical demand (its
+    /// exponentially weighted mean over about a day).
+    pub headroom: f64,
     /// Scale-up behaviour.
     pub scale_up: Rules,
     /// Scale-down behaviour.
@@ -60,6 +63,7 @@ impl Policy {
             max_replicas: t.max_replicas,
             lookahead: (t.startup + t.interval).as_secs() as i64,
             interval: t.interval.as_secs() as i64,
+            headroom: t.headroom,
             scale_up: t.scale_up.clone(),
             scale_down: t.scale_down.clone(),
         }
@@ -182,7 +186,12 @@ impl Decision {
 pub struct DecideState {
     history: behavior::History,
     last: Option<i64>,
+    /// Typical demand: (exponentially weighted mean, when last updated).
+    typical: Option<(f64, i64)>,
 }
+
+/// Time constant of the typical demand, seconds.
+const TYPICAL_TAU: f64 = 86_400.0;
 
 impl DecideState {
     /// Tells the state that the count actually asked for differs from the decision (a
@@ -213,6 +222,18 @@ pub fn decide(
         });
     let demand_rps = observed.demand_rps.filter(|v| v.is_finite() && *v >= 0.0);
 
+    if let Some(d) = demand_rps {
+        state.typical = Some(match state.typical {
+            Some((m, t)) if now > t => {
+                let a = 1.0 - (-((now - t) as f64) / TYPICAL_TAU).exp();
+                (m + a * (d - m), now)
+            }
+            Some(prev) => prev,
+            None => (d, now),
+        });
+    }
+    let headroom = policy.headroom * state.typical.map_or(0.0, |(m, _)| m);
+
     // Each policy's recommendation, with its reason; the highest wins, ties to the first.
     let mut candidates: Vec<(u32, Reason)> = Vec::with_capacity(3);
     if let Some(d) = demand_rps {
@@ -239,7 +260,14 @@ pub fn decide(
         ));
     }
     if let Some(pk) = peak {
-        let r = policy.need(pk.upper);
+        let r = policy.need(pk.upper + headroom * policy.target_utilization);
+        // Like the demand policy, scale in only past the tolerance: a forecast that
+        // wavers around the current count must not make it flap.
+        let r = if r < current && f64::from(r) >= f64::from(current) * (1.0 - policy.tolerance) {
+            current
+        } else {
+            r
+        };
         candidates.insert(
             0,
             (
@@ -247,7 +275,7 @@ pub fn decide(
                 Reason::new(
                     "Prediction",
                     format!(
-                        "upper forecast {:.3} rps at {} within the next {}s needs {r} replicas",
+                        "upper forecast {:.3} rps at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
                         pk.upper, pk.timestamp, policy.lookahead
                     ),
                 ),
@@ -410,6 +438,7 @@ mod tests {
             max_replicas: 20,
             lookahead: 300,
             interval: 60,
+            headroom: 0.0,
             scale_up: Rules::default_scale_up(),
             scale_down: Rules::default_scale_down(),
         }
