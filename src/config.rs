@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::decide::balance::{MAX_WEIGHT, Settings, Strategy};
 use crate::decide::{RateKind, RatePolicy, Rules, Select};
 
 /// A configuration error: where it is (file, key) and what was expected.
@@ -166,6 +167,8 @@ pub struct RawTarget {
     pub instance_rate: Option<String>,
     /// PromQL giving the latency per instance, grouped by the `instance` label.
     pub instance_latency: Option<String>,
+    /// PromQL giving the error ratio (0..1) per instance, grouped by the `instance` label.
+    pub instance_errors: Option<String>,
     /// Requests/s one replica serves within its latency SLO.
     pub capacity_rps: f64,
     /// Time from asking for a replica to it serving, e.g. `3m`.
@@ -209,6 +212,31 @@ pub struct RawTarget {
     pub platform: Option<RawWebhook>,
     /// Where rebalance actions go.
     pub balancer: Option<RawWebhook>,
+    /// How balancer weights are computed, and failover.
+    pub rebalance: Option<RawRebalance>,
+}
+
+/// `[target.rebalance]`: balancer weights and failover.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRebalance {
+    /// `equal`, `capacity`, `least_requests` or `least_response_time` (default).
+    pub strategy: Option<Strategy>,
+    /// Relative capacity per instance for `capacity`, e.g. `{ "10.0.0.1:8080" = 2 }`
+    /// (unlisted instances count 1).
+    pub capacity: Option<std::collections::BTreeMap<String, f64>>,
+    /// Drain outliers by latency or error rate (default true).
+    pub failover: Option<bool>,
+    /// Observations the outlier test looks at (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// Robust z-score above which an instance is an outlier, > 0 (default 3.5).
+    pub z_threshold: Option<f64>,
+    /// Most instances drained at once, as a share of all, in [0, 1) (default 0.34).
+    pub max_drained_fraction: Option<f64>,
+    /// A weight must move by more than this (of 100) before new weights are sent
+    /// (default 10).
+    pub threshold: Option<u32>,
 }
 
 /// `[target.behavior]`: scale-up and scale-down rules.
@@ -391,6 +419,8 @@ pub struct Queries {
     pub instance_rate: Option<String>,
     /// Latency per `instance`.
     pub instance_latency: Option<String>,
+    /// Error ratio per `instance`.
+    pub instance_errors: Option<String>,
 }
 
 /// A validated target.
@@ -438,6 +468,8 @@ pub struct TargetConfig {
     pub platform: Option<WebhookConfig>,
     /// Rebalance webhook.
     pub balancer: Option<WebhookConfig>,
+    /// Balancer weights and failover.
+    pub rebalance: Settings,
 }
 
 impl TargetConfig {
@@ -475,6 +507,7 @@ impl TargetConfig {
             mode: Mode::Act,
             platform: None,
             balancer: None,
+            rebalance: Settings::default(),
         }
     }
 }
@@ -683,6 +716,7 @@ impl Validator<'_> {
             replicas: query("replicas", t.replicas.clone())?,
             instance_rate: query("instance_rate", t.instance_rate.clone())?,
             instance_latency: query("instance_latency", t.instance_latency.clone())?,
+            instance_errors: query("instance_errors", t.instance_errors.clone())?,
         };
         if t.latency_slo.is_some() && queries.latency.is_none() {
             return Err(self.err(
@@ -796,6 +830,7 @@ impl Validator<'_> {
             behavior.scale_down,
             down_default,
         )?;
+        let rebalance = self.rebalance(&key("rebalance"), t.rebalance.unwrap_or_default())?;
         let platform = t
             .platform
             .map(|w| self.webhook(&key("platform"), w))
@@ -826,6 +861,56 @@ impl Validator<'_> {
             mode: t.mode.unwrap_or(Mode::Act),
             platform,
             balancer,
+            rebalance,
+        })
+    }
+
+    fn rebalance(&self, key: &str, r: RawRebalance) -> Result<Settings, ConfigError> {
+        let d = Settings::default();
+        let capacity = r.capacity.unwrap_or_default();
+        for (instance, c) in &capacity {
+            if !(c.is_finite() && *c > 0.0) {
+                return Err(self.err(
+                    format!("{key}.capacity.\"{instance}\""),
+                    format!("{c} is not usable; expected a positive number"),
+                ));
+            }
+        }
+        let window = r.window.map_or(d.window, |w| w.as_secs() as i64);
+        if window < 1 {
+            return Err(self.err(format!("{key}.window"), "expected at least 1s"));
+        }
+        let z_threshold = r.z_threshold.unwrap_or(d.z_threshold);
+        if !(z_threshold.is_finite() && z_threshold > 0.0) {
+            return Err(self.err(
+                format!("{key}.z_threshold"),
+                format!("{z_threshold} is not usable; expected a number above 0, e.g. 3.5"),
+            ));
+        }
+        let max_drained_fraction = r.max_drained_fraction.unwrap_or(d.max_drained_fraction);
+        if !(0.0..1.0).contains(&max_drained_fraction) {
+            return Err(self.err(
+                format!("{key}.max_drained_fraction"),
+                format!(
+                    "{max_drained_fraction} is out of range; expected a number in [0, 1), e.g. 0.34"
+                ),
+            ));
+        }
+        let threshold = r.threshold.unwrap_or(d.threshold);
+        if threshold >= MAX_WEIGHT {
+            return Err(self.err(
+                format!("{key}.threshold"),
+                format!("{threshold} is out of range; expected less than {MAX_WEIGHT}"),
+            ));
+        }
+        Ok(Settings {
+            strategy: r.strategy.unwrap_or(d.strategy),
+            capacity,
+            failover: r.failover.unwrap_or(d.failover),
+            window,
+            z_threshold,
+            max_drained_fraction,
+            threshold,
         })
     }
 

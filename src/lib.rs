@@ -85,6 +85,7 @@ pub async fn serve_with(
             level: config.forecast.level,
             scale_tx,
             rebalance_tx,
+            budget: config.budget,
         };
         tasks.spawn(target_loop.run(stop_rx.clone()));
     }

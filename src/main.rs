@@ -27,6 +27,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once; the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Poll Prometheus, forecast, decide, send webhooks and serve the HTTP API.

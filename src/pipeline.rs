@@ -24,8 +24,6 @@ use crate::series::{Sample, align_down};
 use crate::source::{Source, SourceError};
 use crate::store::{DecisionRecord, DeliveryRecord, InstanceStats, Signal, Store};
 
-/// A weight must move by more than this before a rebalance is sent.
-const REBALANCE_THRESHOLD: u32 = 10;
 /// Steps of per-instance history fetched each cycle (the newest value is used).
 const INSTANCE_WINDOW_STEPS: i64 = 5;
 
@@ -50,6 +48,8 @@ pub struct TargetLoop {
     pub scale_tx: watch::Sender<Option<Action>>,
     /// Rebalance actions for the balancer's delivery task.
     pub rebalance_tx: watch::Sender<Option<Action>>,
+    /// Most replicas across all targets, if budgeted.
+    pub budget: Option<u32>,
 }
 
 impl TargetLoop {
@@ -76,7 +76,7 @@ impl TargetLoop {
         let signals = Signal::configured(&self.target);
         for (signal, query) in signals {
             match signal {
-                Signal::InstanceRate | Signal::InstanceLatency => {
+                Signal::InstanceRate | Signal::InstanceLatency | Signal::InstanceErrors => {
                     self.poll_instances(signal, query, now).await
                 }
                 _ => self.poll(signal, query, now).await,
@@ -185,6 +185,7 @@ impl TargetLoop {
                         .or_insert_with(InstanceStats::default);
                     match signal {
                         Signal::InstanceLatency => stats.latency = Some(value),
+                        Signal::InstanceErrors => stats.errors = Some(value),
                         _ => stats.rate = Some(value),
                     }
                 }
@@ -258,13 +259,37 @@ impl TargetLoop {
             latency,
             degraded: !degraded.is_empty(),
         };
-        let decision = decide::decide(
+        let mut decision = decide::decide(
             &policy,
             forecast.as_ref(),
             observed,
             &mut state.decide_state,
             now,
         );
+        state.wanted = Some(decision.to);
+        if let Some(budget) = self.budget {
+            // The other targets are locked one at a time, never while holding this one.
+            drop(state);
+            let granted = self.granted(budget);
+            let Some(again) = self.store.target(&t.name) else {
+                return;
+            };
+            state = again;
+            if let Some((granted, total)) = granted
+                && granted < decision.to
+            {
+                decision.limit_to(
+                    granted,
+                    format!(
+                        "{} limited to {granted} by the budget of {budget} replicas across targets (asked for in all: {total})",
+                        decision.to
+                    ),
+                );
+                state
+                    .decide_state
+                    .record_scale(now, decision.from, decision.to);
+            }
+        }
         if t.queries.replicas.is_none() {
             // Without a replicas query, the count asked for is taken as the count running.
             state.replicas = decision.to;
@@ -301,8 +326,22 @@ impl TargetLoop {
                 self.scale_tx.send_replace(Some(action));
             }
         }
-        let weights = balance::weights(&state.instances);
-        if !weights.is_empty() && balance::changed(&state.weights, &weights, REBALANCE_THRESHOLD) {
+        let instances = state.instances.clone();
+        let balance = state.balancer.update(&t.rebalance, &instances, now);
+        for (instance, why) in &balance.drained {
+            if !state.drained.contains_key(instance) {
+                warn!(target = %t.name, %instance, why = %why, "draining an outlier");
+            }
+        }
+        for instance in state.drained.keys() {
+            if !balance.drained.contains_key(instance) {
+                info!(target = %t.name, %instance, "restoring a drained instance");
+            }
+        }
+        state.drained = balance.drained;
+        let weights = balance.weights;
+        if !weights.is_empty() && balance::changed(&state.weights, &weights, t.rebalance.threshold)
+        {
             info!(target = %t.name, instances = weights.len(), "rebalance");
             state.weights = weights.clone();
             if t.mode == Mode::Act {
@@ -322,6 +361,31 @@ impl TargetLoop {
             decision,
             mode: t.mode,
         });
+    }
+}
+
+impl TargetLoop {
+    /// This target's share of `budget` given every target's last wish, and the total
+    /// wished; `None` if this target is not in the store.
+    fn granted(&self, budget: u32) -> Option<(u32, u64)> {
+        let mut claims = Vec::new();
+        let mut mine = None;
+        for name in self.store.names() {
+            let Some(s) = self.store.target(name) else {
+                continue;
+            };
+            if name == self.target.name {
+                mine = Some(claims.len());
+            }
+            claims.push(decide::budget::Claim {
+                priority: s.config.priority,
+                min: s.config.min_replicas,
+                want: s.wanted.unwrap_or(s.replicas),
+            });
+        }
+        let total = claims.iter().map(|c| u64::from(c.want)).sum();
+        let granted = decide::budget::allocate(budget, &claims);
+        mine.map(|i| (granted[i], total))
     }
 }
 

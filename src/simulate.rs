@@ -208,9 +208,12 @@ impl Score {
         from: usize,
     ) -> Self {
         let (mut lost, mut total, mut under, mut n, mut replica_steps) = (0.0, 0.0, 0, 0, 0.0);
-        for i in from..trace.counts.len().min(serving.len()) {
+        for (i, &r) in serving.iter().enumerate().skip(from) {
+            if i >= trace.counts.len() {
+                break;
+            }
             let d = trace.rps(i);
-            let r = f64::from(serving[i]);
+            let r = f64::from(r);
             replica_steps += r;
             n += 1;
             if !d.is_finite() {

@@ -184,6 +184,7 @@ struct TargetDetail {
     last_decision: Option<Decision>,
     instances: std::collections::BTreeMap<String, InstanceStats>,
     weights: std::collections::BTreeMap<String, u32>,
+    drained: std::collections::BTreeMap<String, String>,
     last_delivery: Option<DeliveryRecord>,
 }
 
@@ -221,6 +222,7 @@ async fn target(
         last_decision: t.last_decision.clone(),
         instances: t.instances.clone(),
         weights: t.weights.clone(),
+        drained: t.drained.clone(),
         last_delivery: t.last_delivery.clone(),
     }))
 }

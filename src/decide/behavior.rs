@@ -289,7 +289,7 @@ mod tests {
         check(&up, 10, 15, &[(990, 6)], (10, 0)); // 6 added within 15 s: from 4 the limit is 8, below 10: hold
         // Default scale-down: −100 % per 15 s, so down to 0 at once.
         let down = Rules::default_scale_down();
-        check(&down, 10, 15, &[], (u32::MAX, 0));
+        check(&down, 10, 15, &[], (20, 0));
         // Docs: Pods 4 / 60 s and Percent 10 / 60 s, Max: with 80 replicas 8 go (10 %),
         // then with 72 again 8 (7.2 rounded up).
         let docs = rules(Select::Max, 300, &[(Pods, 4, 60), (Percent, 10, 60)]);

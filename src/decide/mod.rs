@@ -482,17 +482,11 @@ mod tests {
         check(5, 100.0, 50.0, false, 10, "Prediction");
         check(5, 40.0, 120.0, false, 12, "Demand");
         // Within the tolerance the demand policy holds; prediction still scales in.
-        check(5, 10.0, 54.0, false, 5, "Demand+ScaleDownStabilized");
+        check(5, 10.0, 54.0, false, 5, "Demand");
         check(5, 500.0, 50.0, false, 20, "Prediction+TooManyReplicas");
-        check(5, 1.0, 1.0, false, 5, "Prediction+ScaleDownStabilized");
-        check(
-            5,
-            20.0,
-            20.0,
-            true,
-            5,
-            "Prediction+ScaleDownStabilized+Degraded",
-        );
+        // No earlier recommendation to hold on to: down at once, to the minimum.
+        check(5, 1.0, 1.0, false, 2, "Prediction+TooFewReplicas");
+        check(5, 20.0, 20.0, true, 5, "Prediction+Degraded");
         check(5, 90.0, 20.0, true, 9, "Prediction+Degraded");
     }
 

@@ -131,17 +131,17 @@ mod tests {
             })
             .collect();
         let serving = vec![3; rows.len()];
-        let svg = svg(&rows, &serving, 40.0).unwrap();
-        assert!(svg.starts_with("<svg"), "{}", &svg[..50.min(svg.len())]);
+        let out = svg(&rows, &serving, 40.0).unwrap();
+        assert!(out.starts_with("<svg"), "{}", &out[..50.min(out.len())]);
         for label in [
             "demand",
             "forecast upper bound",
             "serving capacity",
             "replicas asked",
         ] {
-            assert!(svg.contains(label), "no {label}");
+            assert!(out.contains(label), "no {label}");
         }
-        assert!(svg.len() < 2_000_000, "{} bytes", svg.len());
+        assert!(out.len() < 2_000_000, "{} bytes", out.len());
         assert!(svg(&[], &[], 1.0).unwrap().starts_with("<svg"));
     }
 }
