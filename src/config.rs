@@ -1142,6 +1142,102 @@ max_replicas = 40
         }
     }
 
+    /// The decision, behaviour, budget and rebalance keys: each broken value names its key.
+    #[test]
+    fn scaling_keys_are_validated() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "target_utilization = 1.5",
+                &["target[web].target_utilization", "(0, 1]"],
+            ),
+            ("tolerance = 1", &["target[web].tolerance", "[0, 1)"]),
+            ("headroom = -1", &["target[web].headroom", ">= 0"]),
+            (
+                "[target.behavior.scale_down]\npolicies = [{ type = \"Pods\", value = 0, period = \"1m\" }]",
+                &[
+                    "target[web].behavior.scale_down.policies[0].value",
+                    "at least 1",
+                ],
+            ),
+            (
+                "[target.behavior.scale_up]\npolicies = [{ type = \"Pods\", value = 2, period = \"500ms\" }]",
+                &[
+                    "target[web].behavior.scale_up.policies[0].period",
+                    "whole seconds",
+                ],
+            ),
+            (
+                "[target.behavior.scale_up]\nselect_policy = \"Sometimes\"",
+                &["test.toml", "Sometimes", "Max", "Disabled"],
+            ),
+            (
+                "scale_in_window = \"5m\"\n[target.behavior.scale_down]\nstabilization_window = \"10m\"",
+                &[
+                    "target[web].behavior.scale_down.stabilization_window",
+                    "scale_in_window",
+                ],
+            ),
+            (
+                "[target.rebalance]\nmax_drained_fraction = 1.5",
+                &["target[web].rebalance.max_drained_fraction", "[0, 1)"],
+            ),
+            (
+                "[target.rebalance]\nstrategy = \"random\"",
+                &["test.toml", "random", "least_response_time"],
+            ),
+            (
+                "[target.rebalance]\nz_threshold = 0",
+                &["target[web].rebalance.z_threshold", "above 0"],
+            ),
+            (
+                "[target.rebalance.capacity]\n\"10.0.0.1:80\" = -2",
+                &["target[web].rebalance.capacity.\"10.0.0.1:80\"", "positive"],
+            ),
+        ];
+        for (extra, wants) in cases {
+            let err = parse(&format!("{MINIMAL}{extra}\n"))
+                .expect_err(extra)
+                .to_string();
+            for want in *wants {
+                assert!(
+                    err.contains(want),
+                    "error for `{extra}` lacks `{want}`: {err}"
+                );
+            }
+        }
+        let err = parse(&format!("[budget]\nmax_replicas = 0\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("budget.max_replicas"), "{err}");
+    }
+
+    #[test]
+    fn scaling_keys_are_read() {
+        let text = format!(
+            "[budget]\nmax_replicas = 100\n{MINIMAL}target_utilization = 0.7\npriority = 3\n\
+             scale_in_window = \"10m\"\n\
+             [target.behavior.scale_down]\nselect_policy = \"Min\"\n\
+             policies = [{{ type = \"Percent\", value = 10, period = \"1m\" }}, {{ type = \"Pods\", value = 4, period = \"1m\" }}]\n\
+             [target.rebalance]\nstrategy = \"capacity\"\ncapacity = {{ \"a:80\" = 2 }}\n"
+        );
+        let c = parse(&text).unwrap();
+        let t = &c.targets[0];
+        assert_eq!(c.budget, Some(100));
+        assert_eq!((t.target_utilization, t.priority), (0.7, 3));
+        assert_eq!(t.scale_down.stabilization_window, 600);
+        assert_eq!(t.scale_down.select, Select::Min);
+        assert_eq!(t.scale_down.policies.len(), 2);
+        assert_eq!(t.scale_down.policies[0].kind, RateKind::Percent);
+        assert_eq!(t.scale_up, Rules::default_scale_up());
+        assert_eq!(t.rebalance.strategy, Strategy::Capacity);
+        assert_eq!(t.rebalance.capacity["a:80"], 2.0);
+        // Defaults as the Kubernetes HPA.
+        let d = parse(MINIMAL).unwrap();
+        assert_eq!(d.targets[0].scale_down, Rules::default_scale_down());
+        assert_eq!(d.targets[0].tolerance, 0.1);
+        assert_eq!(d.budget, None);
+    }
+
     #[test]
     fn duplicate_targets_are_refused() {
         let text = format!(
