@@ -7,7 +7,8 @@
 //! - **performance**: when the observed p95 latency exceeds the SLO, the count the learned
 //!   latency curve needs to bring it back under (proportional to the excess without one);
 //! - **prediction**: the highest upper forecast over `[now, now + startup + interval]`,
-//!   the time until a replica asked for now would serve, over the same per-replica load.
+//!   the time until a replica asked for now would serve, over the same per-replica load,
+//!   also holding within the tolerance (against flapping).
 //!
 //! The winner then goes through the HPA's scaling behaviour ([`behavior`]): stabilisation
 //! windows (scale-in only to the highest recommendation within the window, so only when all
@@ -261,9 +262,9 @@ pub fn decide(
     }
     if let Some(pk) = peak {
         let r = policy.need(pk.upper + headroom * policy.target_utilization);
-        // Like the demand policy, scale in only past the tolerance: a forecast that
-        // wavers around the current count must not make it flap.
-        let r = if r < current && f64::from(r) >= f64::from(current) * (1.0 - policy.tolerance) {
+        // Like the demand policy, move only past the tolerance: a forecast that wavers
+        // around the current count must not make it flap.
+        let r = if f64::from(r.abs_diff(current)) <= f64::from(current) * policy.tolerance {
             current
         } else {
             r
@@ -481,6 +482,10 @@ mod tests {
         check(5, 95.0, 50.0, false, 10, "Prediction");
         check(5, 100.0, 50.0, false, 10, "Prediction");
         check(5, 40.0, 120.0, false, 12, "Demand");
+        // Prediction holds within the tolerance (11 is within 10 % of 10), moves past it.
+        check(10, 105.0, 50.0, false, 10, "Prediction");
+        check(10, 115.0, 50.0, false, 12, "Prediction");
+        check(10, 79.0, 50.0, false, 8, "Prediction");
         // Within the tolerance the demand policy holds; prediction still scales in.
         check(5, 10.0, 54.0, false, 5, "Demand");
         check(5, 500.0, 50.0, false, 20, "Prediction+TooManyReplicas");
