@@ -143,6 +143,9 @@ pub fn summary(config: &config::Config) -> String {
     let _ = writeln!(s, "prometheus: {prom}");
     let _ = writeln!(s, "listen: {}", config.server.listen);
     let _ = writeln!(s, "targets: {}", config.targets.len());
+    if let Some(budget) = config.budget {
+        let _ = writeln!(s, "budget: {budget} replicas across targets");
+    }
     for t in &config.targets {
         let _ = writeln!(
             s,

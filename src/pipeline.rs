@@ -326,8 +326,8 @@ impl TargetLoop {
                 self.scale_tx.send_replace(Some(action));
             }
         }
-        let instances = state.instances.clone();
-        let balance = state.balancer.update(&t.rebalance, &instances, now);
+        let st = &mut *state;
+        let balance = st.balancer.update(&t.rebalance, &st.instances, now);
         for (instance, why) in &balance.drained {
             if !state.drained.contains_key(instance) {
                 warn!(target = %t.name, %instance, why = %why, "draining an outlier");
