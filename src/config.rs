@@ -194,8 +194,12 @@ pub struct RawTarget {
     /// Scale in only to the highest count recommended within this window (default 5m).
     #[serde(default, with = "humantime_serde")]
     pub scale_in_window: Option<Duration>,
-    /// Share of `capacity_rps` each replica is planned to carry, in (0, 1] (default 0.9).
+    /// Share of `capacity_rps` each replica carries in the demand (reactive) policy, in
+    /// (0, 1] (default 0.7).
     pub target_utilization: Option<f64>,
+    /// Share of `capacity_rps` each replica carries when planning for the upper forecast,
+    /// in (0, 1] (default 0.9).
+    pub prediction_utilization: Option<f64>,
     /// The demand policy holds while load / planned capacity is within 1 ± this, in
     /// [0, 1) (default 0.1, as the Kubernetes HPA).
     pub tolerance: Option<f64>,
@@ -450,8 +454,10 @@ pub struct TargetConfig {
     pub stale_after: Duration,
     /// Scale-in stabilisation window (the same as `scale_down.stabilization_window`).
     pub scale_in_window: Duration,
-    /// Share of `capacity_rps` each replica is planned to carry, in (0, 1].
+    /// Share of `capacity_rps` each replica carries in the demand policy, in (0, 1].
     pub target_utilization: f64,
+    /// Share of `capacity_rps` each replica carries in the prediction policy, in (0, 1].
+    pub prediction_utilization: f64,
     /// Tolerance of the demand policy, in [0, 1).
     pub tolerance: f64,
     /// Headroom over predicted peaks, as a share of the typical demand (≥ 0).
@@ -499,6 +505,7 @@ impl TargetConfig {
             stale_after: 2 * DEFAULT_STEP + 2 * DEFAULT_INTERVAL,
             scale_in_window: DEFAULT_SCALE_IN_WINDOW,
             target_utilization: DEFAULT_TARGET_UTILIZATION,
+            prediction_utilization: DEFAULT_PREDICTION_UTILIZATION,
             tolerance: DEFAULT_TOLERANCE,
             headroom: DEFAULT_HEADROOM,
             priority: 0,
@@ -525,8 +532,10 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_HISTORY: Duration = Duration::from_secs(14 * 86_400);
 const DEFAULT_STEP: Duration = Duration::from_secs(60);
 const DEFAULT_SCALE_IN_WINDOW: Duration = Duration::from_secs(300);
-/// Planned load per replica, as a share of `capacity_rps`.
-pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.9;
+/// Load per replica in the demand policy, as a share of `capacity_rps`.
+pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.7;
+/// Load per replica at the upper forecast, as a share of `capacity_rps`.
+pub const DEFAULT_PREDICTION_UTILIZATION: f64 = 0.9;
 /// The HPA's tolerance.
 pub const DEFAULT_TOLERANCE: f64 = 0.1;
 /// Headroom over predicted peaks, as a share of the typical demand.
@@ -780,15 +789,27 @@ impl Validator<'_> {
                 "is shorter than step; expected at least one step",
             ));
         }
-        let target_utilization = t.target_utilization.unwrap_or(DEFAULT_TARGET_UTILIZATION);
-        if !(target_utilization > 0.0 && target_utilization <= 1.0) {
-            return Err(self.err(
-                key("target_utilization"),
-                format!(
-                    "{target_utilization} is out of range; expected a number in (0, 1], e.g. 0.9"
-                ),
-            ));
-        }
+        let utilization = |k: &str, v: Option<f64>, default: f64| {
+            let v = v.unwrap_or(default);
+            if v > 0.0 && v <= 1.0 {
+                Ok(v)
+            } else {
+                Err(self.err(
+                    key(k),
+                    format!("{v} is out of range; expected a number in (0, 1], e.g. {default}"),
+                ))
+            }
+        };
+        let target_utilization = utilization(
+            "target_utilization",
+            t.target_utilization,
+            DEFAULT_TARGET_UTILIZATION,
+        )?;
+        let prediction_utilization = utilization(
+            "prediction_utilization",
+            t.prediction_utilization,
+            DEFAULT_PREDICTION_UTILIZATION,
+        )?;
         let tolerance = t.tolerance.unwrap_or(DEFAULT_TOLERANCE);
         if !(0.0..1.0).contains(&tolerance) {
             return Err(self.err(
@@ -853,6 +874,7 @@ impl Validator<'_> {
             stale_after,
             scale_in_window: Duration::from_secs(scale_down.stabilization_window as u64),
             target_utilization,
+            prediction_utilization,
             tolerance,
             headroom,
             priority: t.priority.unwrap_or(0),
@@ -1149,6 +1171,10 @@ max_replicas = 40
             (
                 "target_utilization = 1.5",
                 &["target[web].target_utilization", "(0, 1]"],
+            ),
+            (
+                "prediction_utilization = 0",
+                &["target[web].prediction_utilization", "(0, 1]"],
             ),
             ("tolerance = 1", &["target[web].tolerance", "[0, 1)"]),
             ("headroom = -1", &["target[web].headroom", ">= 0"]),

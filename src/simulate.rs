@@ -98,6 +98,7 @@ pub fn hpa(trace: &Trace, target: &TargetConfig, target_utilization: f64) -> Vec
     let mut target = target.clone();
     target.interval = std::time::Duration::from_secs(step as u64);
     target.target_utilization = target_utilization;
+    target.prediction_utilization = target_utilization;
     target.tolerance = crate::config::DEFAULT_TOLERANCE;
     target.scale_up = decide::Rules::default_scale_up();
     target.scale_down = decide::Rules::default_scale_down();

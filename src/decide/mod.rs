@@ -7,8 +7,13 @@
 //! - **performance**: when the observed p95 latency exceeds the SLO, the count the learned
 //!   latency curve needs to bring it back under (proportional to the excess without one);
 //! - **prediction**: the highest upper forecast over `[now, now + startup + interval]`,
-//!   the time until a replica asked for now would serve, over the same per-replica load,
-//!   also holding within the tolerance (against flapping).
+//!   the time until a replica asked for now would serve, over `capacity ×
+//!   prediction_utilization`, also holding within the tolerance (against flapping).
+//!
+//! The two plan at different utilisations on purpose: the upper forecast already carries a
+//! margin, so it is planned close to capacity (0.9 by default), while observed demand above
+//! the forecast means the forecast missed, and a miss tends to grow during the start-up
+//! time, so the reactive floor plans with an HPA's usual margin (0.7 by default).
 //!
 //! The winner then goes through the HPA's scaling behaviour ([`behavior`]): stabilisation
 //! windows (scale-in only to the highest recommendation within the window, so only when all
@@ -32,8 +37,10 @@ use crate::forecast::Forecast;
 pub struct Policy {
     /// Requests/s one replica serves within its SLO.
     pub capacity_rps: f64,
-    /// The share of `capacity_rps` each replica is planned to carry, in (0, 1].
+    /// The share of `capacity_rps` each replica carries in the demand policy, in (0, 1].
     pub target_utilization: f64,
+    /// The share of `capacity_rps` each replica carries in the prediction policy, in (0, 1].
+    pub prediction_utilization: f64,
     /// The demand policy holds while load/planned capacity is within 1 ± tolerance.
     pub tolerance: f64,
     /// Fewest replicas.
@@ -59,6 +66,7 @@ impl Policy {
         Self {
             capacity_rps: t.capacity_rps,
             target_utilization: t.target_utilization,
+            prediction_utilization: t.prediction_utilization,
             tolerance: t.tolerance,
             min_replicas: t.min_replicas,
             max_replicas: t.max_replicas,
@@ -70,9 +78,9 @@ impl Policy {
         }
     }
 
-    /// Replicas needed to carry `rps` at the target utilisation.
-    fn need(&self, rps: f64) -> u32 {
-        let per = self.capacity_rps * self.target_utilization;
+    /// Replicas needed to carry `rps` at `utilization`.
+    fn need(&self, rps: f64, utilization: f64) -> u32 {
+        let per = self.capacity_rps * utilization;
         (rps / per - 1e-9).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
     }
 }
@@ -247,7 +255,7 @@ pub fn decide(
         let r = if (ratio - 1.0).abs() <= policy.tolerance {
             current
         } else {
-            policy.need(d)
+            policy.need(d, policy.target_utilization)
         };
         candidates.push((
             r,
@@ -261,7 +269,7 @@ pub fn decide(
         ));
     }
     if let Some(pk) = peak {
-        let r = policy.need(pk.upper + headroom * policy.target_utilization);
+        let r = policy.need(pk.upper + headroom, policy.prediction_utilization);
         // Like the demand policy, move only past the tolerance: a forecast that wavers
         // around the current count must not make it flap.
         let r = if f64::from(r.abs_diff(current)) <= f64::from(current) * policy.tolerance {
@@ -434,6 +442,7 @@ mod tests {
         Policy {
             capacity_rps: 10.0,
             target_utilization: 1.0,
+            prediction_utilization: 1.0,
             tolerance: 0.1,
             min_replicas: 2,
             max_replicas: 20,
