@@ -504,6 +504,29 @@ mod tests {
         check(5, 90.0, 20.0, true, 9, "Prediction+Degraded");
     }
 
+    /// The HPA formula and its tolerance, as in the Kubernetes documentation ("Algorithm
+    /// details"): `ceil(current × metric / target)`, skipped within 10 % of the target.
+    /// (replicas, demand rps) → replicas, with 10 rps per replica at utilisation 1.
+    #[test]
+    fn demand_policy_is_the_hpa_formula() {
+        let check = |replicas: u32, demand: f64, want: u32| {
+            let mut st = DecideState::default();
+            let d = decide(&policy(), None, obs(replicas, demand), &mut st, 0);
+            assert_eq!(
+                (d.to, d.reasons[0].code),
+                (want, "Demand"),
+                "{replicas} replicas at {demand} rps: {d:?}"
+            );
+        };
+        check(4, 80.0, 8); // 200 % of target: double
+        check(4, 20.0, 2); // 50 %: halve
+        check(5, 54.0, 5); // 108 %: within the tolerance
+        check(5, 46.0, 5); // 92 %: within
+        check(5, 56.0, 6); // 112 %: past it
+        check(10, 85.0, 9); // 85 %: past it, down
+        check(0, 5.0, 2); // nothing running: the formula, then min_replicas
+    }
+
     #[test]
     fn missing_data_holds() {
         let mut st = DecideState::default();
