@@ -700,3 +700,44 @@ async fn drains_a_slow_instance() {
     );
     app.stop().await;
 }
+
+/// Observed latency over the SLO scales out through the performance policy, and the
+/// decision says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_over_the_slo_scales_out() {
+    let prom = backfilled(1).await;
+    // Far more capacity than the trace needs: only latency can ask for more than the minimum.
+    let toml = format!(
+        "[prometheus]\nurl = \"{}\"\n\n[[target]]\nname = \"web\"\nrequest_rate = '{}'\nlatency = 'vector(1.0)'\n\
+         latency_slo = \"250ms\"\ncapacity_rps = 1000\nstartup = \"1m\"\nmin_replicas = 2\nmax_replicas = 50\n\
+         interval = \"1s\"\nhistory = \"6h\"\nmode = \"forecast-only\"\n",
+        prom.url(),
+        common::RATE_QUERY,
+    );
+    let cfg = TempConfig::write(&toml);
+    let app = Running::start(cfg.path()).await;
+    let d = app
+        .wait(
+            "a performance decision",
+            "/api/v1/decisions?target=web&limit=20",
+            |_, b| {
+                b["decisions"]
+                    .as_array()?
+                    .iter()
+                    .find(|d| d["reasons"][0]["code"] == "Performance")
+                    .cloned()
+            },
+        )
+        .await;
+    // p95 1 s against 250 ms, no latency curve yet: the count scaled by the excess (×4),
+    // then the default scale-up policy may hold it to max(+100 %, +4) per 15 s.
+    let from = d["from"].as_u64().unwrap();
+    let why = d["reasons"][0]["message"].as_str().unwrap();
+    assert!(
+        why.contains("objective") && why.contains(&format!("{} replicas", from * 4)),
+        "{d}"
+    );
+    let to = d["to"].as_u64().unwrap();
+    assert!(to > from && to <= from * 4, "{d}");
+    app.stop().await;
+}
