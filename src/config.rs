@@ -13,6 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::decide::balance::{MAX_WEIGHT, Settings, Strategy};
+use crate::decide::{RateKind, RatePolicy, Rules, Select};
+
 /// A configuration error: where it is (file, key) and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -72,6 +75,19 @@ pub struct RawConfig {
     /// The services to scale; at least one.
     #[serde(default, rename = "target")]
     pub targets: Vec<RawTarget>,
+    /// A replica budget shared by all targets.
+    #[serde(default)]
+    pub budget: RawBudget,
+}
+
+/// `[budget]`: a global replica budget.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Most replicas across all targets; when the decisions ask for more, targets are
+    /// served by `priority`, then in proportion to need, never below `min_replicas`
+    /// (default: no budget).
+    pub max_replicas: Option<u32>,
 }
 
 /// `[prometheus]`: the server to query.
@@ -194,6 +210,8 @@ pub struct RawTarget {
     pub instance_rate: Option<String>,
     /// PromQL giving the latency per instance, grouped by the `instance` label.
     pub instance_latency: Option<String>,
+    /// PromQL giving the error ratio (0..1) per instance, grouped by the `instance` label.
+    pub instance_errors: Option<String>,
     /// Requests/s one replica serves within its latency SLO.
     pub capacity_rps: f64,
     /// Time from asking for a replica to it serving, e.g. `3m`.
@@ -219,12 +237,91 @@ pub struct RawTarget {
     /// Scale in only to the highest count recommended within this window (default 5m).
     #[serde(default, with = "humantime_serde")]
     pub scale_in_window: Option<Duration>,
+    /// Share of `capacity_rps` each replica carries in the demand (reactive) policy, in
+    /// (0, 1] (default 0.7).
+    pub target_utilization: Option<f64>,
+    /// Share of `capacity_rps` each replica carries when planning for the upper forecast,
+    /// in (0, 1] (default 0.9).
+    pub prediction_utilization: Option<f64>,
+    /// The demand policy holds while load / planned capacity is within 1 ± this, in
+    /// [0, 1) (default 0.1, as the Kubernetes HPA).
+    pub tolerance: Option<f64>,
+    /// Headroom added to predicted peaks, as a share of the typical demand (its
+    /// exponentially weighted mean over about a day), ≥ 0 (default 0).
+    pub headroom: Option<f64>,
+    /// Priority under a `[budget]`: higher is served first (default 0).
+    pub priority: Option<u32>,
+    /// Scaling behaviour, as `HorizontalPodAutoscaler.spec.behavior`.
+    pub behavior: Option<RawBehavior>,
     /// `act` (default) sends webhooks; `forecast-only` decides and shows, sends nothing.
     pub mode: Option<Mode>,
     /// Where scale actions go.
     pub platform: Option<RawWebhook>,
     /// Where rebalance actions go: a webhook (default) or HAProxy's runtime API.
     pub balancer: Option<RawBalancer>,
+    /// How balancer weights are computed, and failover.
+    pub rebalance: Option<RawRebalance>,
+}
+
+/// `[target.rebalance]`: balancer weights and failover.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRebalance {
+    /// `equal`, `capacity`, `least_requests` or `least_response_time` (default).
+    pub strategy: Option<Strategy>,
+    /// Relative capacity per instance for `capacity`, e.g. `{ "10.0.0.1:8080" = 2 }`
+    /// (unlisted instances count 1).
+    pub capacity: Option<std::collections::BTreeMap<String, f64>>,
+    /// Drain outliers by latency or error rate (default true).
+    pub failover: Option<bool>,
+    /// Observations the outlier test looks at (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// Robust z-score above which an instance is an outlier, > 0 (default 3.5).
+    pub z_threshold: Option<f64>,
+    /// Most instances drained at once, as a share of all, in [0, 1) (default 0.34).
+    pub max_drained_fraction: Option<f64>,
+    /// A weight must move by more than this (of 100) before new weights are sent
+    /// (default 10).
+    pub threshold: Option<u32>,
+}
+
+/// `[target.behavior]`: scale-up and scale-down rules.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBehavior {
+    /// Default: no window; max(+100 %, +4 pods) per 15 s.
+    pub scale_up: Option<RawRules>,
+    /// Default: a 300 s window (or `scale_in_window`); −100 % per 15 s.
+    pub scale_down: Option<RawRules>,
+}
+
+/// `[target.behavior.scale_up]` / `[target.behavior.scale_down]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    /// Scale-up: the lowest recommendation within it; scale-down: the highest.
+    #[serde(default, with = "humantime_serde")]
+    pub stabilization_window: Option<Duration>,
+    /// `Max` (default), `Min` or `Disabled`.
+    pub select_policy: Option<Select>,
+    /// Rate limits, e.g. `[{ type = "Pods", value = 4, period = "1m" }]`; an empty list
+    /// means no limit.
+    pub policies: Option<Vec<RawRatePolicy>>,
+}
+
+/// One rate-limit policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRatePolicy {
+    /// `Pods` or `Percent`.
+    #[serde(rename = "type")]
+    pub kind: RateKind,
+    /// Replicas, or percent of the count at the start of the period; above 0.
+    pub value: u32,
+    /// The period, whole seconds, at least 1s.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
 }
 
 /// `[target.balancer]`: a signed webhook (`kind = "webhook"`, the default, with the keys
@@ -325,6 +422,8 @@ pub struct Config {
     pub alertmanager: Option<AlertmanagerConfig>,
     /// The targets, in file order; names unique.
     pub targets: Vec<TargetConfig>,
+    /// Most replicas across all targets, if budgeted.
+    pub budget: Option<u32>,
 }
 
 /// Validated `[prometheus]`.
@@ -459,6 +558,8 @@ pub struct Queries {
     pub instance_rate: Option<String>,
     /// Latency per `instance`.
     pub instance_latency: Option<String>,
+    /// Error ratio per `instance`.
+    pub instance_errors: Option<String>,
 }
 
 /// A validated target.
@@ -486,8 +587,22 @@ pub struct TargetConfig {
     pub step: Duration,
     /// Age past which a signal is stale.
     pub stale_after: Duration,
-    /// Scale-in stabilisation window.
+    /// Scale-in stabilisation window (the same as `scale_down.stabilization_window`).
     pub scale_in_window: Duration,
+    /// Share of `capacity_rps` each replica carries in the demand policy, in (0, 1].
+    pub target_utilization: f64,
+    /// Share of `capacity_rps` each replica carries in the prediction policy, in (0, 1].
+    pub prediction_utilization: f64,
+    /// Tolerance of the demand policy, in [0, 1).
+    pub tolerance: f64,
+    /// Headroom over predicted peaks, as a share of the typical demand (≥ 0).
+    pub headroom: f64,
+    /// Priority under a budget; higher first.
+    pub priority: u32,
+    /// Scale-up behaviour.
+    pub scale_up: Rules,
+    /// Scale-down behaviour.
+    pub scale_down: Rules,
     /// Act or only forecast.
     pub mode: Mode,
     /// Scale webhook.
@@ -496,6 +611,8 @@ pub struct TargetConfig {
     pub balancer: Option<WebhookConfig>,
     /// Rebalance through HAProxy's runtime API instead (`[target.balancer] kind = "haproxy"`).
     pub haproxy: Option<HaproxyConfig>,
+    /// Balancer weights and failover.
+    pub rebalance: Settings,
 }
 
 impl TargetConfig {
@@ -524,10 +641,18 @@ impl TargetConfig {
             step: DEFAULT_STEP,
             stale_after: 2 * DEFAULT_STEP + 2 * DEFAULT_INTERVAL,
             scale_in_window: DEFAULT_SCALE_IN_WINDOW,
+            target_utilization: DEFAULT_TARGET_UTILIZATION,
+            prediction_utilization: DEFAULT_PREDICTION_UTILIZATION,
+            tolerance: DEFAULT_TOLERANCE,
+            headroom: DEFAULT_HEADROOM,
+            priority: 0,
+            scale_up: Rules::default_scale_up(),
+            scale_down: Rules::default_scale_down(),
             mode: Mode::Act,
             platform: None,
             balancer: None,
             haproxy: None,
+            rebalance: Settings::default(),
         }
     }
 }
@@ -547,6 +672,14 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_HISTORY: Duration = Duration::from_secs(14 * 86_400);
 const DEFAULT_STEP: Duration = Duration::from_secs(60);
 const DEFAULT_SCALE_IN_WINDOW: Duration = Duration::from_secs(300);
+/// Load per replica in the demand policy, as a share of `capacity_rps`.
+pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.7;
+/// Load per replica at the upper forecast, as a share of `capacity_rps`.
+pub const DEFAULT_PREDICTION_UTILIZATION: f64 = 0.9;
+/// The HPA's tolerance.
+pub const DEFAULT_TOLERANCE: f64 = 0.1;
+/// Headroom over predicted peaks, as a share of the typical demand.
+pub const DEFAULT_HEADROOM: f64 = 0.0;
 /// Prometheus refuses a range query of more than 11,000 points per series.
 const MAX_HISTORY_POINTS: u64 = 1_000_000;
 
@@ -638,6 +771,9 @@ impl Validator<'_> {
             }
             targets.push(t);
         }
+        if raw.budget.max_replicas == Some(0) {
+            return Err(self.err("budget.max_replicas", "is 0; expected at least 1"));
+        }
         Ok(Config {
             file: self.file.to_owned(),
             prometheus,
@@ -651,6 +787,7 @@ impl Validator<'_> {
             state,
             alertmanager,
             targets,
+            budget: raw.budget.max_replicas,
         })
     }
 
@@ -874,6 +1011,7 @@ impl Validator<'_> {
             replicas: query("replicas", t.replicas.clone())?,
             instance_rate: query("instance_rate", t.instance_rate.clone())?,
             instance_latency: query("instance_latency", t.instance_latency.clone())?,
+            instance_errors: query("instance_errors", t.instance_errors.clone())?,
         };
         if t.latency_slo.is_some() && queries.latency.is_none() {
             return Err(self.err(
@@ -937,6 +1075,69 @@ impl Validator<'_> {
                 "is shorter than step; expected at least one step",
             ));
         }
+        let utilization = |k: &str, v: Option<f64>, default: f64| {
+            let v = v.unwrap_or(default);
+            if v > 0.0 && v <= 1.0 {
+                Ok(v)
+            } else {
+                Err(self.err(
+                    key(k),
+                    format!("{v} is out of range; expected a number in (0, 1], e.g. {default}"),
+                ))
+            }
+        };
+        let target_utilization = utilization(
+            "target_utilization",
+            t.target_utilization,
+            DEFAULT_TARGET_UTILIZATION,
+        )?;
+        let prediction_utilization = utilization(
+            "prediction_utilization",
+            t.prediction_utilization,
+            DEFAULT_PREDICTION_UTILIZATION,
+        )?;
+        let tolerance = t.tolerance.unwrap_or(DEFAULT_TOLERANCE);
+        if !(0.0..1.0).contains(&tolerance) {
+            return Err(self.err(
+                key("tolerance"),
+                format!("{tolerance} is out of range; expected a number in [0, 1), e.g. 0.1"),
+            ));
+        }
+        let headroom = t.headroom.unwrap_or(DEFAULT_HEADROOM);
+        if !(headroom.is_finite() && headroom >= 0.0) {
+            return Err(self.err(
+                key("headroom"),
+                format!("{headroom} is not usable; expected a number >= 0, e.g. 0.2"),
+            ));
+        }
+        let behavior = t.behavior.unwrap_or_default();
+        if t.scale_in_window.is_some()
+            && behavior
+                .scale_down
+                .as_ref()
+                .is_some_and(|r| r.stabilization_window.is_some())
+        {
+            return Err(self.err(
+                key("behavior.scale_down.stabilization_window"),
+                "is set together with `scale_in_window`; expected one of them",
+            ));
+        }
+        let scale_up = self.rules(
+            &key("behavior.scale_up"),
+            behavior.scale_up,
+            Rules::default_scale_up(),
+        )?;
+        let mut down_default = Rules::default_scale_down();
+        down_default.stabilization_window = t
+            .scale_in_window
+            .unwrap_or(DEFAULT_SCALE_IN_WINDOW)
+            .as_secs() as i64;
+        let scale_down = self.rules(
+            &key("behavior.scale_down"),
+            behavior.scale_down,
+            down_default,
+        )?;
+        let rebalance = self.rebalance(&key("rebalance"), t.rebalance.unwrap_or_default())?;
         let platform = t
             .platform
             .map(|w| self.webhook(&key("platform"), w))
@@ -957,11 +1158,111 @@ impl Validator<'_> {
             history,
             step,
             stale_after,
-            scale_in_window: t.scale_in_window.unwrap_or(DEFAULT_SCALE_IN_WINDOW),
+            scale_in_window: Duration::from_secs(scale_down.stabilization_window as u64),
+            target_utilization,
+            prediction_utilization,
+            tolerance,
+            headroom,
+            priority: t.priority.unwrap_or(0),
+            scale_up,
+            scale_down,
             mode: t.mode.unwrap_or(Mode::Act),
             platform,
             balancer,
             haproxy,
+            rebalance,
+        })
+    }
+
+    fn rebalance(&self, key: &str, r: RawRebalance) -> Result<Settings, ConfigError> {
+        let d = Settings::default();
+        let capacity = r.capacity.unwrap_or_default();
+        for (instance, c) in &capacity {
+            if !(c.is_finite() && *c > 0.0) {
+                return Err(self.err(
+                    format!("{key}.capacity.\"{instance}\""),
+                    format!("{c} is not usable; expected a positive number"),
+                ));
+            }
+        }
+        let window = r.window.map_or(d.window, |w| w.as_secs() as i64);
+        if window < 1 {
+            return Err(self.err(format!("{key}.window"), "expected at least 1s"));
+        }
+        let z_threshold = r.z_threshold.unwrap_or(d.z_threshold);
+        if !(z_threshold.is_finite() && z_threshold > 0.0) {
+            return Err(self.err(
+                format!("{key}.z_threshold"),
+                format!("{z_threshold} is not usable; expected a number above 0, e.g. 3.5"),
+            ));
+        }
+        let max_drained_fraction = r.max_drained_fraction.unwrap_or(d.max_drained_fraction);
+        if !(0.0..1.0).contains(&max_drained_fraction) {
+            return Err(self.err(
+                format!("{key}.max_drained_fraction"),
+                format!(
+                    "{max_drained_fraction} is out of range; expected a number in [0, 1), e.g. 0.34"
+                ),
+            ));
+        }
+        let threshold = r.threshold.unwrap_or(d.threshold);
+        if threshold >= MAX_WEIGHT {
+            return Err(self.err(
+                format!("{key}.threshold"),
+                format!("{threshold} is out of range; expected less than {MAX_WEIGHT}"),
+            ));
+        }
+        Ok(Settings {
+            strategy: r.strategy.unwrap_or(d.strategy),
+            capacity,
+            failover: r.failover.unwrap_or(d.failover),
+            window,
+            z_threshold,
+            max_drained_fraction,
+            threshold,
+        })
+    }
+
+    /// Validates one direction's behaviour over its defaults.
+    fn rules(
+        &self,
+        key: &str,
+        raw: Option<RawRules>,
+        default: Rules,
+    ) -> Result<Rules, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(default);
+        };
+        let window = raw
+            .stabilization_window
+            .map_or(default.stabilization_window, |d| d.as_secs() as i64);
+        let policies = match raw.policies {
+            None => default.policies,
+            Some(list) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let k = format!("{key}.policies[{i}]");
+                    if p.value == 0 {
+                        return Err(self.err(format!("{k}.value"), "is 0; expected at least 1"));
+                    }
+                    if p.period.as_secs() == 0 || p.period.subsec_nanos() != 0 {
+                        return Err(
+                            self.err(format!("{k}.period"), "expected whole seconds, at least 1s")
+                        );
+                    }
+                    Ok(RatePolicy {
+                        kind: p.kind,
+                        value: p.value,
+                        period: p.period.as_secs() as i64,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Rules {
+            stabilization_window: window,
+            select: raw.select_policy.unwrap_or(default.select),
+            policies,
         })
     }
 
@@ -1157,6 +1458,106 @@ max_replicas = 40
                 assert!(err.contains(want), "error for `{to}` lacks `{want}`: {err}");
             }
         }
+    }
+
+    /// The decision, behaviour, budget and rebalance keys: each broken value names its key.
+    #[test]
+    fn scaling_keys_are_validated() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "target_utilization = 1.5",
+                &["target[web].target_utilization", "(0, 1]"],
+            ),
+            (
+                "prediction_utilization = 0",
+                &["target[web].prediction_utilization", "(0, 1]"],
+            ),
+            ("tolerance = 1", &["target[web].tolerance", "[0, 1)"]),
+            ("headroom = -1", &["target[web].headroom", ">= 0"]),
+            (
+                "[target.behavior.scale_down]\npolicies = [{ type = \"Pods\", value = 0, period = \"1m\" }]",
+                &[
+                    "target[web].behavior.scale_down.policies[0].value",
+                    "at least 1",
+                ],
+            ),
+            (
+                "[target.behavior.scale_up]\npolicies = [{ type = \"Pods\", value = 2, period = \"500ms\" }]",
+                &[
+                    "target[web].behavior.scale_up.policies[0].period",
+                    "whole seconds",
+                ],
+            ),
+            (
+                "[target.behavior.scale_up]\nselect_policy = \"Sometimes\"",
+                &["test.toml", "Sometimes", "Max", "Disabled"],
+            ),
+            (
+                "scale_in_window = \"5m\"\n[target.behavior.scale_down]\nstabilization_window = \"10m\"",
+                &[
+                    "target[web].behavior.scale_down.stabilization_window",
+                    "scale_in_window",
+                ],
+            ),
+            (
+                "[target.rebalance]\nmax_drained_fraction = 1.5",
+                &["target[web].rebalance.max_drained_fraction", "[0, 1)"],
+            ),
+            (
+                "[target.rebalance]\nstrategy = \"random\"",
+                &["test.toml", "random", "least_response_time"],
+            ),
+            (
+                "[target.rebalance]\nz_threshold = 0",
+                &["target[web].rebalance.z_threshold", "above 0"],
+            ),
+            (
+                "[target.rebalance.capacity]\n\"10.0.0.1:80\" = -2",
+                &["target[web].rebalance.capacity.\"10.0.0.1:80\"", "positive"],
+            ),
+        ];
+        for (extra, wants) in cases {
+            let err = parse(&format!("{MINIMAL}{extra}\n"))
+                .expect_err(extra)
+                .to_string();
+            for want in *wants {
+                assert!(
+                    err.contains(want),
+                    "error for `{extra}` lacks `{want}`: {err}"
+                );
+            }
+        }
+        let err = parse(&format!("[budget]\nmax_replicas = 0\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("budget.max_replicas"), "{err}");
+    }
+
+    #[test]
+    fn scaling_keys_are_read() {
+        let text = format!(
+            "[budget]\nmax_replicas = 100\n{MINIMAL}target_utilization = 0.7\npriority = 3\n\
+             scale_in_window = \"10m\"\n\
+             [target.behavior.scale_down]\nselect_policy = \"Min\"\n\
+             policies = [{{ type = \"Percent\", value = 10, period = \"1m\" }}, {{ type = \"Pods\", value = 4, period = \"1m\" }}]\n\
+             [target.rebalance]\nstrategy = \"capacity\"\ncapacity = {{ \"a:80\" = 2 }}\n"
+        );
+        let c = parse(&text).unwrap();
+        let t = &c.targets[0];
+        assert_eq!(c.budget, Some(100));
+        assert_eq!((t.target_utilization, t.priority), (0.7, 3));
+        assert_eq!(t.scale_down.stabilization_window, 600);
+        assert_eq!(t.scale_down.select, Select::Min);
+        assert_eq!(t.scale_down.policies.len(), 2);
+        assert_eq!(t.scale_down.policies[0].kind, RateKind::Percent);
+        assert_eq!(t.scale_up, Rules::default_scale_up());
+        assert_eq!(t.rebalance.strategy, Strategy::Capacity);
+        assert_eq!(t.rebalance.capacity["a:80"], 2.0);
+        // Defaults as the Kubernetes HPA.
+        let d = parse(MINIMAL).unwrap();
+        assert_eq!(d.targets[0].scale_down, Rules::default_scale_down());
+        assert_eq!(d.targets[0].tolerance, 0.1);
+        assert_eq!(d.budget, None);
     }
 
     #[test]

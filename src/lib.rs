@@ -90,6 +90,7 @@ pub async fn serve_with(
             level: config.forecast.level,
             outbox: outbox.clone(),
             alerts: config.alertmanager.clone(),
+            budget: config.budget,
         };
         tasks.spawn(target_loop.run(stop_rx.clone()));
     }
@@ -151,6 +152,9 @@ pub fn summary(config: &config::Config) -> String {
         let _ = writeln!(s, "alertmanager: {}", am.url);
     }
     let _ = writeln!(s, "targets: {}", config.targets.len());
+    if let Some(budget) = config.budget {
+        let _ = writeln!(s, "budget: {budget} replicas across targets");
+    }
     for t in &config.targets {
         let _ = writeln!(
             s,

@@ -27,6 +27,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once; the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Poll Prometheus, forecast, decide, send webhooks and serve the HTTP API.
@@ -56,8 +58,27 @@ enum Command {
     /// Replay a trace through the forecast and decision code on a virtual clock.
     Backtest {
         /// Trace CSV: `timestamp_seconds,value`, value = requests in the bucket.
+        #[arg(
+            long,
+            required_unless_present = "prometheus",
+            conflicts_with = "prometheus"
+        )]
+        trace: Option<PathBuf>,
+        /// Replay a range of a Prometheus series instead of a trace file.
+        #[arg(long, requires_all = ["query", "from", "to"])]
+        prometheus: Option<url::Url>,
+        /// PromQL giving the request rate (requests/s) as one series.
         #[arg(long)]
-        trace: PathBuf,
+        query: Option<String>,
+        /// Start of the range: RFC 3339 (`2026-01-01T00:00:00Z`) or Unix seconds.
+        #[arg(long, value_parser = parse_time)]
+        from: Option<i64>,
+        /// End of the range: RFC 3339 or Unix seconds.
+        #[arg(long, value_parser = parse_time)]
+        to: Option<i64>,
+        /// Resolution of the replayed range (with `--prometheus`).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1m")]
+        step: Duration,
         /// Requests/s one replica serves.
         #[arg(long)]
         capacity: f64,
@@ -70,6 +91,15 @@ enum Command {
         /// Take the policy (min/max replicas, windows) from this config's first target.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Also write the scores (prescale, the HPA at 0.5–0.9, clairvoyant) as JSON here.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        /// Also draw demand, forecast band, serving capacity and replicas as SVG here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Warm-up left out of the scores, e.g. `2d`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        skip: Duration,
     },
 }
 
@@ -122,10 +152,18 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Backtest {
             trace,
+            prometheus,
+            query,
+            from,
+            to,
+            step,
             capacity,
             startup,
             out,
             config,
+            summary,
+            plot,
+            skip,
         } => {
             anyhow::ensure!(
                 capacity.is_finite() && capacity > 0.0,
@@ -140,8 +178,21 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             target.capacity_rps = capacity;
             target.startup = startup;
-            let trace = Trace::load(&trace)?;
-            let rows = prescale::simulate::backtest(&trace, &target, level);
+            let trace = match (trace, prometheus, query, from, to) {
+                (Some(path), ..) => Trace::load(&path)?,
+                (None, Some(url), Some(query), Some(from), Some(to)) => {
+                    prometheus_trace(url, &query, from, to, step)?
+                }
+                _ => anyhow::bail!(
+                    "expected --trace FILE or --prometheus URL --query Q --from T --to T"
+                ),
+            };
+            let started = std::time::Instant::now();
+            let bar = progress_bar(trace.counts.len());
+            let rows = prescale::simulate::backtest(&trace, &target, level, |done| {
+                bar.set_position(done as u64)
+            });
+            bar.finish_and_clear();
             let mut w = csv::Writer::from_path(&out)
                 .with_context(|| format!("writing {}", out.display()))?;
             for row in &rows {
@@ -151,7 +202,84 @@ fn run(command: Command) -> anyhow::Result<()> {
             w.flush()
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("{} rows written to {}", rows.len(), out.display());
+            let skip = skip.as_secs() as i64;
+            let scores = prescale::simulate::Summary::of(&trace, &target, &rows, skip);
+            print!("{}", scores.table());
+            if let Some(path) = summary {
+                let json = serde_json::to_string_pretty(&scores)?;
+                std::fs::write(&path, json + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = plot {
+                let asked: Vec<u32> = rows.iter().map(|r| r.replicas).collect();
+                let delay = startup.as_secs().div_ceil(trace.step as u64) as usize;
+                let serving = prescale::simulate::ready(&asked, delay);
+                let svg = prescale::simulate::plot::svg(&rows, &serving, capacity)
+                    .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+                std::fs::write(&path, svg)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            tracing::debug!(elapsed = ?started.elapsed(), "backtest done");
             Ok(())
         }
     }
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+fn progress_bar(steps: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(steps as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} steps, {eta} left")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// A time given as RFC 3339 or Unix seconds.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| {
+            format!("`{s}`: {e}; expected RFC 3339 (2026-01-01T00:00:00Z) or Unix seconds")
+        })
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .map_err(|_| format!("`{s}` is before 1970"))
+        })
+}
+
+/// A range of a Prometheus series as a trace (rate × step requests per bucket).
+fn prometheus_trace(
+    url: url::Url,
+    query: &str,
+    from: i64,
+    to: i64,
+    step: Duration,
+) -> anyhow::Result<Trace> {
+    use prescale::source::Source;
+    let step = step.as_secs() as i64;
+    anyhow::ensure!(step >= 1, "--step: expected whole seconds, at least 1s");
+    anyhow::ensure!(from < to, "--from {from} is not before --to {to}");
+    let cfg = prescale::config::PrometheusConfig {
+        url: url.clone(),
+        auth: None,
+        timeout: Duration::from_secs(30),
+    };
+    let client = prescale::source::prometheus::PrometheusClient::new(&cfg)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let samples = runtime
+        .block_on(client.range(query, from, to, step))
+        .with_context(|| format!("querying {url} for `{query}`"))?;
+    let rows: Vec<(i64, f64)> = samples
+        .iter()
+        .map(|s| (s.ts, s.value * step as f64))
+        .collect();
+    Trace::from_rows(&rows).map_err(|e| anyhow::anyhow!("{url} `{query}` from {from} to {to}: {e}"))
 }

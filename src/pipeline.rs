@@ -26,8 +26,6 @@ use crate::series::{Sample, align_down};
 use crate::source::{Source, SourceError};
 use crate::store::{DecisionRecord, InstanceStats, Signal, Store};
 
-/// A weight must move by more than this before a rebalance is sent.
-const REBALANCE_THRESHOLD: u32 = 10;
 /// Steps of per-instance history fetched each cycle (the newest value is used).
 const INSTANCE_WINDOW_STEPS: i64 = 5;
 
@@ -45,6 +43,8 @@ pub struct TargetLoop {
     pub outbox: Outbox,
     /// Alertmanager, when predicted bottlenecks are to be alerted.
     pub alerts: Option<AlertmanagerConfig>,
+    /// Most replicas across all targets, if budgeted.
+    pub budget: Option<u32>,
 }
 
 impl TargetLoop {
@@ -71,7 +71,7 @@ impl TargetLoop {
         let signals = Signal::configured(&self.target);
         for (signal, query) in signals {
             match signal {
-                Signal::InstanceRate | Signal::InstanceLatency => {
+                Signal::InstanceRate | Signal::InstanceLatency | Signal::InstanceErrors => {
                     self.poll_instances(signal, query, now).await
                 }
                 _ => self.poll(signal, query, now).await,
@@ -185,6 +185,7 @@ impl TargetLoop {
                         .or_insert_with(InstanceStats::default);
                     match signal {
                         Signal::InstanceLatency => stats.latency = Some(value),
+                        Signal::InstanceErrors => stats.errors = Some(value),
                         _ => stats.rate = Some(value),
                     }
                 }
@@ -270,22 +271,60 @@ impl TargetLoop {
             forecast::forecast(history, now, horizon, self.level).ok()
         });
         let fresh = |s: Option<Sample>| s.filter(|s| now - s.ts <= t.stale_after.as_secs() as i64);
+        let latency = t
+            .latency_slo
+            .zip(fresh(state.latency.last()))
+            .map(|(slo, s)| decide::Latency {
+                p95: s.value,
+                slo: slo.as_secs_f64(),
+                rps_per_replica_at_slo: None,
+            });
         let observed = Observed {
             replicas: state.replicas,
             demand_rps: fresh(state.rate.last()).map(|s| s.value),
+            latency,
             degraded: !degraded.is_empty(),
         };
-        let decision = decide::decide(
+        let mut decision = decide::decide(
             &policy,
             forecast.as_ref(),
             observed,
             &mut state.decide_state,
             now,
         );
+        state.wanted = Some(decision.to);
+        // The most the budget grants this target, when it grants less than it wants.
+        let mut budget_cap = None;
+        if let Some(budget) = self.budget {
+            // The other targets are locked one at a time, never while holding this one.
+            drop(state);
+            let granted = self.granted(budget);
+            let Some(again) = self.store.target(&t.name) else {
+                return actions;
+            };
+            state = again;
+            if let Some((granted, total)) = granted
+                && granted < decision.to
+            {
+                decision.limit_to(
+                    granted,
+                    format!(
+                        "{} limited to {granted} by the budget of {budget} replicas across targets (asked for in all: {total})",
+                        decision.to
+                    ),
+                );
+                state
+                    .decide_state
+                    .record_scale(now, decision.from, decision.to);
+                budget_cap = Some(granted);
+            }
+        }
         let acting = t.mode == Mode::Act && !state.paused;
-        if t.queries.replicas.is_none() && acting {
-            // Without a replicas query, the count asked for is taken as the count running;
-            // when nothing is sent (forecast-only, paused), nothing was asked for.
+        if t.queries.replicas.is_none() && !state.paused {
+            // Without a replicas query, the count asked for is taken as the count running
+            // (in forecast-only mode: the count prescale would have asked for). While
+            // paused nothing is asked for, so the first decision after a resume sends
+            // whatever differs from what was last sent.
             state.replicas = decision.to;
         }
         let replicas = f64::from(state.replicas);
@@ -325,8 +364,22 @@ impl TargetLoop {
                 actions.push(action);
             }
         }
-        let weights = balance::weights(&state.instances);
-        if !weights.is_empty() && balance::changed(&state.weights, &weights, REBALANCE_THRESHOLD) {
+        let st = &mut *state;
+        let balance = st.balancer.update(&t.rebalance, &st.instances, now);
+        for (instance, why) in &balance.drained {
+            if !state.drained.contains_key(instance) {
+                warn!(target = %t.name, %instance, why = %why, "draining an outlier");
+            }
+        }
+        for instance in state.drained.keys() {
+            if !balance.drained.contains_key(instance) {
+                info!(target = %t.name, %instance, "restoring a drained instance");
+            }
+        }
+        state.drained = balance.drained;
+        let weights = balance.weights;
+        if !weights.is_empty() && balance::changed(&state.weights, &weights, t.rebalance.threshold)
+        {
             info!(target = %t.name, instances = weights.len(), "rebalance");
             state.weights = weights.clone();
             if acting && (t.balancer.is_some() || t.haproxy.is_some()) {
@@ -339,11 +392,12 @@ impl TargetLoop {
             }
         }
         if let Some(am) = &self.alerts {
-            // What the target may still reach: its maximum, or in forecast-only mode (where
-            // prescale scales nothing) what runs now.
-            let (reachable, limit) = match t.mode {
-                Mode::Act => (t.max_replicas, Limit::MaxReplicas),
-                Mode::ForecastOnly => (state.replicas, Limit::ForecastOnly),
+            // What the target may still reach: what the budget grants it, its maximum, or
+            // in forecast-only mode (where prescale scales nothing) what runs now.
+            let (reachable, limit) = match (t.mode, budget_cap) {
+                (Mode::ForecastOnly, _) => (state.replicas, Limit::ForecastOnly),
+                (Mode::Act, Some(granted)) => (granted, Limit::Budget),
+                (Mode::Act, None) => (t.max_replicas, Limit::MaxReplicas),
             };
             let bottleneck = forecast.as_ref().and_then(|f| {
                 alert::predicted_breach(
@@ -374,5 +428,30 @@ impl TargetLoop {
             mode: t.mode,
         });
         actions
+    }
+}
+
+impl TargetLoop {
+    /// This target's share of `budget` given every target's last wish, and the total
+    /// wished; `None` if this target is not in the store.
+    fn granted(&self, budget: u32) -> Option<(u32, u64)> {
+        let mut claims = Vec::new();
+        let mut mine = None;
+        for name in self.store.names() {
+            let Some(s) = self.store.target(name) else {
+                continue;
+            };
+            if name == self.target.name {
+                mine = Some(claims.len());
+            }
+            claims.push(decide::budget::Claim {
+                priority: s.config.priority,
+                min: s.config.min_replicas,
+                want: s.wanted.unwrap_or(s.replicas),
+            });
+        }
+        let total = claims.iter().map(|c| u64::from(c.want)).sum();
+        let granted = decide::budget::allocate(budget, &claims);
+        mine.map(|i| (granted[i], total))
     }
 }

@@ -1,9 +1,14 @@
 //! Backtests: a trace replayed through the production forecast and decision code on a
-//! virtual clock.
+//! virtual clock, a simulated platform, and the scores that compare it with the Kubernetes
+//! HPA and a clairvoyant scaler.
 //!
 //! At each trace step `T` the forecaster sees only the buckets that ended by `T`, and the
-//! decision made from them is the replica count asked for from `T` on. Nothing here reads a
-//! clock or does I/O; the CLI writes the rows.
+//! decision made from them is the replica count asked for from `T` on. The platform serves
+//! a new replica `startup` after it was asked for and removes one at once (cancelling
+//! launches still in flight first). Nothing here reads a clock or does I/O; the CLI writes
+//! the rows, the summary and the plot.
+
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
@@ -11,6 +16,8 @@ use crate::config::TargetConfig;
 use crate::decide::{self, DecideState, Observed, Policy};
 use crate::forecast::{self, History};
 use crate::source::replay::Trace;
+
+pub mod plot;
 
 /// One backtest step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,7 +38,13 @@ pub struct Row {
 
 /// Replays `trace` through forecast and decide with `target`'s policy. The target's
 /// `interval` and `step` are taken to be the trace's step (one decision per bucket).
-pub fn backtest(trace: &Trace, target: &TargetConfig, level: f64) -> Vec<Row> {
+/// `progress` is called with the number of steps done, now and then.
+pub fn backtest(
+    trace: &Trace,
+    target: &TargetConfig,
+    level: f64,
+    mut progress: impl FnMut(usize),
+) -> Vec<Row> {
     let step = trace.step;
     let mut target = target.clone();
     target.interval = std::time::Duration::from_secs(step as u64);
@@ -52,11 +65,12 @@ pub fn backtest(trace: &Trace, target: &TargetConfig, level: f64) -> Vec<Row> {
             step,
             values: seen,
         };
+        // The one place the forecaster is called.
         let fc = forecast::forecast(history, now, policy.lookahead, level).ok();
+        let last = seen.last().copied().filter(|v| v.is_finite());
         let observed = Observed {
-            replicas,
-            demand_rps: seen.last().copied().filter(|v| v.is_finite()),
-            degraded: seen.last().is_none_or(|v| !v.is_finite()),
+            degraded: last.is_none(),
+            ..Observed::demand(replicas, last)
         };
         let d = decide::decide(&policy, fc.as_ref(), observed, &mut state, now);
         replicas = d.to;
@@ -69,8 +83,243 @@ pub fn backtest(trace: &Trace, target: &TargetConfig, level: f64) -> Vec<Row> {
             replicas,
             reason: d.reason_codes(),
         });
+        if i % 1024 == 1023 {
+            progress(i + 1);
+        }
     }
+    progress(rows.len());
     rows
+}
+
+/// The Kubernetes HPA on the same trace: the demand policy alone (tolerance 0.1, default
+/// behaviour) at `target_utilization`, reacting to the last complete bucket.
+pub fn hpa(trace: &Trace, target: &TargetConfig, target_utilization: f64) -> Vec<u32> {
+    let step = trace.step;
+    let mut target = target.clone();
+    target.interval = std::time::Duration::from_secs(step as u64);
+    target.target_utilization = target_utilization;
+    target.prediction_utilization = target_utilization;
+    target.tolerance = crate::config::DEFAULT_TOLERANCE;
+    target.scale_up = decide::Rules::default_scale_up();
+    target.scale_down = decide::Rules::default_scale_down();
+    let policy = Policy::of(&target);
+    let mut state = DecideState::default();
+    let first = trace.rps(0);
+    let mut replicas = if first.is_finite() {
+        ((first / (target.capacity_rps * target_utilization)).ceil() as u32)
+            .clamp(target.min_replicas, target.max_replicas)
+    } else {
+        target.min_replicas
+    };
+    (0..trace.counts.len())
+        .map(|i| {
+            if i > 0 {
+                let last = Some(trace.rps(i - 1)).filter(|v| v.is_finite());
+                let observed = Observed {
+                    degraded: last.is_none(),
+                    ..Observed::demand(replicas, last)
+                };
+                let now = trace.timestamp(i);
+                replicas = decide::decide(&policy, None, observed, &mut state, now).to;
+            }
+            replicas
+        })
+        .collect()
+}
+
+/// The clairvoyant scaler: exactly the replicas each bucket's demand needs, ready at once.
+pub fn clairvoyant(trace: &Trace, target: &TargetConfig) -> Vec<u32> {
+    (0..trace.counts.len())
+        .map(|i| {
+            let d = trace.rps(i);
+            let need = if d.is_finite() {
+                (d / target.capacity_rps - 1e-9).ceil().max(0.0) as u32
+            } else {
+                0
+            };
+            need.clamp(target.min_replicas, target.max_replicas)
+        })
+        .collect()
+}
+
+/// The replicas serving at each step when `asked[i]` is asked for from step `i` on: a new
+/// replica serves `delay` steps later; a removal cancels launches in flight (newest
+/// first), then removes serving replicas at once.
+pub fn ready(asked: &[u32], delay: usize) -> Vec<u32> {
+    let Some(&first) = asked.first() else {
+        return Vec::new();
+    };
+    let mut serving = i64::from(first);
+    // (step it serves from, count), oldest first.
+    let mut pending: VecDeque<(usize, i64)> = VecDeque::new();
+    let arrive = |i: usize, serving: &mut i64, pending: &mut VecDeque<(usize, i64)>| {
+        while pending.front().is_some_and(|&(at, _)| at <= i) {
+            *serving += pending.pop_front().map_or(0, |p| p.1);
+        }
+    };
+    asked
+        .iter()
+        .enumerate()
+        .map(|(i, &want)| {
+            arrive(i, &mut serving, &mut pending);
+            let want = i64::from(want);
+            let in_flight: i64 = pending.iter().map(|p| p.1).sum();
+            if want > serving + in_flight {
+                pending.push_back((i + delay, want - serving - in_flight));
+            } else if want < serving + in_flight {
+                let mut excess = serving + in_flight - want;
+                while excess > 0 {
+                    let Some((at, n)) = pending.pop_back() else {
+                        break;
+                    };
+                    let k = n.min(excess);
+                    excess -= k;
+                    if n > k {
+                        pending.push_back((at, n - k));
+                    }
+                }
+                serving -= excess;
+            }
+            arrive(i, &mut serving, &mut pending);
+            serving.max(0) as u32
+        })
+        .collect()
+}
+
+/// How a scaler did on a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Score {
+    /// Requests above the serving capacity, % of all requests.
+    pub lost_pct: f64,
+    /// Steps with demand above the serving capacity, % of steps.
+    pub under_provisioned_pct: f64,
+    /// Serving replicas × hours.
+    pub replica_hours: f64,
+    /// Steps at which the count asked for changed.
+    pub scale_changes: u32,
+}
+
+impl Score {
+    /// Scores `asked` (and what it leaves `serving`) against the trace, from step `from` on.
+    pub fn of(
+        trace: &Trace,
+        capacity_rps: f64,
+        asked: &[u32],
+        serving: &[u32],
+        from: usize,
+    ) -> Self {
+        let (mut lost, mut total, mut under, mut n, mut replica_steps) = (0.0, 0.0, 0, 0, 0.0);
+        for (i, &r) in serving.iter().enumerate().skip(from) {
+            if i >= trace.counts.len() {
+                break;
+            }
+            let d = trace.rps(i);
+            let r = f64::from(r);
+            replica_steps += r;
+            n += 1;
+            if !d.is_finite() {
+                continue;
+            }
+            let supply = r * capacity_rps;
+            total += d;
+            if d > supply * (1.0 + 1e-9) {
+                under += 1;
+                lost += d - supply;
+            }
+        }
+        let from = from.min(asked.len());
+        let changes = asked[from..].windows(2).filter(|w| w[0] != w[1]).count();
+        Self {
+            lost_pct: if total > 0.0 {
+                100.0 * lost / total
+            } else {
+                0.0
+            },
+            under_provisioned_pct: if n > 0 {
+                100.0 * f64::from(under) / f64::from(n)
+            } else {
+                0.0
+            },
+            replica_hours: replica_steps * trace.step as f64 / 3600.0,
+            scale_changes: changes as u32,
+        }
+    }
+}
+
+/// The target utilisations of the HPA baseline.
+pub const HPA_UTILIZATIONS: [f64; 5] = [0.5, 0.6, 0.7, 0.8, 0.9];
+
+/// Scores of prescale and its references on one trace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// Seconds between steps.
+    pub step_seconds: i64,
+    /// Requests/s per replica.
+    pub capacity_rps: f64,
+    /// Seconds from asking to serving.
+    pub startup_seconds: u64,
+    /// Seconds of warm-up left out of the scores.
+    pub skip_seconds: i64,
+    /// prescale.
+    pub prescale: Score,
+    /// The HPA at each target utilisation, keyed `hpa@0.7`.
+    pub hpa: BTreeMap<String, Score>,
+    /// The clairvoyant scaler.
+    pub clairvoyant: Score,
+}
+
+impl Summary {
+    /// Scores `rows` (a backtest of `trace` with `target`) and runs the references,
+    /// leaving the first `skip` seconds out of the scores.
+    pub fn of(trace: &Trace, target: &TargetConfig, rows: &[Row], skip: i64) -> Self {
+        let step = trace.step;
+        let delay = (target.startup.as_secs() as i64 + step - 1) / step;
+        let delay = delay.max(0) as usize;
+        let from = ((skip + step - 1) / step).max(0) as usize;
+        let cap = target.capacity_rps;
+        let asked: Vec<u32> = rows.iter().map(|r| r.replicas).collect();
+        let prescale = Score::of(trace, cap, &asked, &ready(&asked, delay), from);
+        let hpa = HPA_UTILIZATIONS
+            .iter()
+            .map(|&u| {
+                let asked = self::hpa(trace, target, u);
+                let s = Score::of(trace, cap, &asked, &ready(&asked, delay), from);
+                (format!("hpa@{u}"), s)
+            })
+            .collect();
+        let oracle = clairvoyant(trace, target);
+        Self {
+            step_seconds: step,
+            capacity_rps: cap,
+            startup_seconds: target.startup.as_secs(),
+            skip_seconds: skip,
+            prescale,
+            hpa,
+            clairvoyant: Score::of(trace, cap, &oracle, &oracle, from),
+        }
+    }
+
+    /// A table for people.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = format!(
+            "{:<12} {:>8} {:>8} {:>12} {:>8}\n",
+            "scaler", "lost%", "under%", "replica-h", "changes"
+        );
+        let mut line = |name: &str, v: &Score| {
+            let _ = writeln!(
+                s,
+                "{name:<12} {:>8.3} {:>8.2} {:>12.1} {:>8}",
+                v.lost_pct, v.under_provisioned_pct, v.replica_hours, v.scale_changes
+            );
+        };
+        line("prescale", &self.prescale);
+        for (k, v) in &self.hpa {
+            line(k, v);
+        }
+        line("clairvoyant", &self.clairvoyant);
+        s
+    }
 }
 
 #[cfg(test)]
@@ -97,7 +346,7 @@ mod tests {
     fn one_row_per_step_and_capacity_ahead_of_demand() {
         let t = trace(3 * 1440);
         let target = TargetConfig::example("t", 1.0, Duration::from_secs(300));
-        let rows = backtest(&t, &target, 0.95);
+        let rows = backtest(&t, &target, 0.95, |_| {});
         assert_eq!(rows.len(), t.counts.len());
         assert_eq!(rows[0].timestamp, t.start);
         // After two days of warm-up, the smooth daily cycle is covered nearly always.
@@ -117,13 +366,72 @@ mod tests {
     fn no_look_ahead() {
         let t = trace(2 * 1440 + 300);
         let target = TargetConfig::example("t", 1.0, Duration::from_secs(300));
-        let full = backtest(&t, &target, 0.95);
-        let cut = backtest(&t.truncated(2000), &target, 0.95);
+        let full = backtest(&t, &target, 0.95, |_| {});
+        let cut = backtest(&t.truncated(2000), &target, 0.95, |_| {});
         for (a, b) in cut.iter().zip(&full) {
             assert_eq!(
                 (a.timestamp, a.replicas, &a.reason),
                 (b.timestamp, b.replicas, &b.reason)
             );
         }
+    }
+
+    /// (asked per step, delay in steps) → serving per step.
+    #[test]
+    fn platform_serves_after_startup_and_removes_at_once() {
+        let check = |asked: &[u32], delay: usize, want: &[u32]| {
+            assert_eq!(ready(asked, delay), want, "{asked:?} delay {delay}");
+        };
+        check(&[2, 4, 4, 4, 4], 2, &[2, 2, 2, 4, 4]);
+        check(&[2, 4, 6, 6, 6], 2, &[2, 2, 2, 4, 6]);
+        // Removal at once.
+        check(&[5, 5, 2, 2], 3, &[5, 5, 2, 2]);
+        // A removal cancels the launches in flight first, newest first.
+        check(&[2, 4, 6, 3, 3, 3], 2, &[2, 2, 2, 3, 3, 3]);
+        check(&[2, 4, 6, 5, 5, 5], 2, &[2, 2, 2, 4, 5, 5]);
+        check(&[], 2, &[]);
+        check(&[3, 4], 0, &[3, 4]);
+    }
+
+    #[test]
+    fn scores() {
+        let t = Trace {
+            start: 0,
+            step: 60,
+            counts: vec![600.0, 1200.0, f64::NAN, 600.0],
+        };
+        // 10, 20, gap, 10 rps against 15 rps of capacity: 5 of 40 lost.
+        let s = Score::of(&t, 5.0, &[3, 3, 3, 4], &[3, 3, 3, 3], 0);
+        assert!((s.lost_pct - 12.5).abs() < 1e-9, "{s:?}");
+        assert!((s.under_provisioned_pct - 25.0).abs() < 1e-9, "{s:?}");
+        assert!((s.replica_hours - 0.2).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.scale_changes, 1);
+        // Skipping the first two steps leaves nothing lost.
+        assert_eq!(
+            Score::of(&t, 5.0, &[3, 3, 3, 4], &[3, 3, 3, 3], 2).lost_pct,
+            0.0
+        );
+    }
+
+    #[test]
+    fn hpa_baseline_reacts_a_step_late_and_waits_to_scale_in() {
+        let mut counts = vec![600.0; 5];
+        counts.extend([1800.0; 5]);
+        counts.extend([600.0; 10]);
+        let t = Trace {
+            start: 0,
+            step: 60,
+            counts,
+        };
+        let target = TargetConfig::example("t", 1.0, Duration::from_secs(120));
+        let asked = hpa(&t, &target, 0.5);
+        // 10 rps at 0.5 → 20; 30 rps → 60 one step after it starts; back to 20 only after
+        // the 300 s window.
+        assert_eq!(asked[..6], [20, 20, 20, 20, 20, 20]);
+        assert_eq!(asked[6], 60);
+        assert_eq!(asked[10..15], [60, 60, 60, 60, 60]);
+        assert!(asked[15..].iter().all(|&r| r == 20), "{asked:?}");
+        let oracle = clairvoyant(&t, &target);
+        assert_eq!((oracle[0], oracle[5]), (10, 30));
     }
 }

@@ -14,6 +14,7 @@ use crate::act::alert::AlertState;
 use crate::act::outbox::Outbox;
 use crate::clock::Clock;
 use crate::config::{Mode, TargetConfig};
+use crate::decide::balance::Balancer;
 pub use crate::decide::balance::InstanceStats;
 use crate::decide::{DecideState, Decision};
 use crate::forecast::Forecast;
@@ -37,6 +38,8 @@ pub enum Signal {
     InstanceRate,
     /// Latency per instance.
     InstanceLatency,
+    /// Error ratio per instance.
+    InstanceErrors,
 }
 
 impl Signal {
@@ -48,6 +51,7 @@ impl Signal {
             Self::Replicas => "replicas",
             Self::InstanceRate => "instance_rate",
             Self::InstanceLatency => "instance_latency",
+            Self::InstanceErrors => "instance_errors",
         }
     }
 
@@ -60,6 +64,7 @@ impl Signal {
             (Self::Replicas, q.replicas.as_deref()),
             (Self::InstanceRate, q.instance_rate.as_deref()),
             (Self::InstanceLatency, q.instance_latency.as_deref()),
+            (Self::InstanceErrors, q.instance_errors.as_deref()),
         ]
         .into_iter()
         .filter_map(|(s, q)| q.map(|q| (s, q)))
@@ -178,8 +183,14 @@ pub struct TargetState {
     pub last_decision: Option<Decision>,
     /// The latest per-instance observations.
     pub instances: BTreeMap<String, InstanceStats>,
-    /// The last balancer weights computed.
+    /// The last balancer weights sent (or, in `forecast-only` mode, computed).
     pub weights: BTreeMap<String, u32>,
+    /// Instances drained by failover, with why.
+    pub drained: BTreeMap<String, String>,
+    /// Rebalancing memory: the recent window per instance.
+    pub balancer: Balancer,
+    /// The count the last decision asked for before a budget limited it.
+    pub wanted: Option<u32>,
     /// The last delivery outcome.
     pub last_delivery: Option<DeliveryRecord>,
     /// Acting is paused (`POST …/pause`): decisions are made and shown, nothing is sent.
@@ -212,6 +223,9 @@ impl TargetState {
             last_decision: None,
             instances: BTreeMap::new(),
             weights: BTreeMap::new(),
+            drained: BTreeMap::new(),
+            balancer: Balancer::default(),
+            wanted: None,
             last_delivery: None,
             paused: false,
             refit_requested: false,
@@ -226,7 +240,7 @@ impl TargetState {
             Signal::RequestRate => Some(&mut self.rate),
             Signal::Latency => Some(&mut self.latency),
             Signal::Replicas => Some(&mut self.replica_series),
-            Signal::InstanceRate | Signal::InstanceLatency => None,
+            Signal::InstanceRate | Signal::InstanceLatency | Signal::InstanceErrors => None,
         }
     }
 

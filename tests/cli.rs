@@ -202,3 +202,138 @@ fn serve_stops_cleanly_on_sigterm() {
     assert!(status.success(), "exit {status}: {stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
 }
+
+/// `--summary` writes the scores of prescale, the HPA at 0.5–0.9 and the clairvoyant
+/// scaler; `--plot` draws the SVG; the table goes to stdout.
+#[test]
+fn backtest_scores_against_the_hpa_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = common::read_trace(&common::trace_path());
+    let body: String = rows[..3 * 1440]
+        .iter()
+        .map(|(t, v)| format!("{t},{v}\n"))
+        .collect();
+    let trace = dir.path().join("t.csv");
+    std::fs::write(&trace, format!("timestamp_seconds,value\n{body}")).unwrap();
+    let (out, summary, plot) = (
+        dir.path().join("out.csv"),
+        dir.path().join("summary.json"),
+        dir.path().join("plot.svg"),
+    );
+    let o = prescale(&[
+        "backtest",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--capacity",
+        "0.1",
+        "--startup",
+        "5m",
+        "--skip",
+        "2d",
+        "--out",
+        out.to_str().unwrap(),
+        "--summary",
+        summary.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let table = text(&o.stdout);
+    for name in ["prescale", "hpa@0.5", "hpa@0.9", "clairvoyant"] {
+        assert!(table.contains(name), "{table}");
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(s["skip_seconds"], 172_800, "{s}");
+    for key in ["hpa@0.5", "hpa@0.6", "hpa@0.7", "hpa@0.8", "hpa@0.9"] {
+        assert!(s["hpa"][key]["lost_pct"].is_number(), "{key}: {s}");
+    }
+    let clair = &s["clairvoyant"];
+    assert_eq!(clair["lost_pct"], 0.0, "{s}");
+    for scaler in [&s["prescale"], &s["hpa"]["hpa@0.7"]] {
+        for key in ["lost_pct", "under_provisioned_pct", "replica_hours"] {
+            assert!(scaler[key].as_f64().unwrap() >= 0.0, "{key}: {s}");
+        }
+        // Nobody serves the day for fewer replica-hours than the clairvoyant scaler.
+        assert!(
+            scaler["replica_hours"].as_f64() >= clair["replica_hours"].as_f64(),
+            "{s}"
+        );
+        assert!(scaler["scale_changes"].as_u64().unwrap() > 0, "{s}");
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("serving capacity"),
+        "{}",
+        &svg[..100.min(svg.len())]
+    );
+}
+
+/// `--prometheus URL --query Q --from --to` replays a range of a real Prometheus: a row per
+/// step, the demand being what Prometheus returns.
+#[test]
+fn backtest_replays_a_range_from_prometheus() {
+    let fill = Backfill::from_trace(1);
+    let prom = Prometheus::start(Options {
+        backfill: Some(fill.clone()),
+        scrape: None,
+        port: None,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.csv");
+    let (from, to) = (fill.start() + 3_600, fill.end());
+    let o = prescale(&[
+        "backtest",
+        "--prometheus",
+        &prom.url(),
+        "--query",
+        common::RATE_QUERY,
+        "--from",
+        &from.to_string(),
+        "--to",
+        &to.to_string(),
+        "--capacity",
+        "0.1",
+        "--startup",
+        "5m",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut r = csv::Reader::from_path(&out).unwrap();
+    let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len() as i64, (to - from) / 60 + 1);
+    for row in rows.iter().step_by(97) {
+        let ts: i64 = row[0].parse().unwrap();
+        let demand: f64 = row[1].parse().unwrap();
+        let want = fill.rate(ts, 300).expect("trace rate");
+        assert!(
+            (demand - want).abs() <= 1e-9 * want.max(1.0),
+            "at {ts}: {demand} vs {want}"
+        );
+    }
+    // A query that matches nothing is an error naming the query.
+    let o = prescale(&[
+        "backtest",
+        "--prometheus",
+        &prom.url(),
+        "--query",
+        "nothing_here",
+        "--from",
+        &from.to_string(),
+        "--to",
+        &to.to_string(),
+        "--capacity",
+        "0.1",
+        "--startup",
+        "5m",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("nothing_here"),
+        "{}",
+        text(&o.stderr)
+    );
+}

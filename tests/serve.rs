@@ -603,3 +603,151 @@ async fn rebalances_by_instance_latency() {
     );
     app.stop().await;
 }
+
+/// A global budget limits the lower-priority target first; its decisions say so in
+/// `GET /api/v1/decisions`, with the reasons of every clamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_limits_the_lower_priority_target_and_says_so() {
+    let prom = backfilled(1).await;
+    let target = |name: &str, priority: u32| {
+        format!(
+            "[[target]]\nname = \"{name}\"\nrequest_rate = '{}'\ncapacity_rps = 0.01\nstartup = \"1m\"\n\
+             min_replicas = 2\nmax_replicas = 1000\ninterval = \"1s\"\nhistory = \"6h\"\npriority = {priority}\n\
+             mode = \"forecast-only\"\n",
+            common::RATE_QUERY
+        )
+    };
+    let toml = format!(
+        "[prometheus]\nurl = \"{}\"\n\n[budget]\nmax_replicas = 30\n\n{}\n{}",
+        prom.url(),
+        target("web", 1),
+        target("batch", 0),
+    );
+    let cfg = TempConfig::write(&toml);
+    let app = Running::start(cfg.path()).await;
+    // Both want far more than 30 (the trace's rate is well above 0.3 rps).
+    let limited = app
+        .wait(
+            "a budget-limited decision of batch",
+            "/api/v1/decisions?target=batch&limit=50",
+            |_, b| {
+                b["decisions"]
+                    .as_array()?
+                    .iter()
+                    .find(|d| d["reasons"].to_string().contains("BudgetLimited"))
+                    .cloned()
+            },
+        )
+        .await;
+    let codes: Vec<&str> = limited["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["code"].as_str())
+        .collect();
+    assert_eq!(codes.last(), Some(&"BudgetLimited"), "{limited}");
+    assert!(
+        ["Prediction", "Demand"].contains(&codes[0]),
+        "the winning policy comes first: {limited}"
+    );
+    // The minimum holds whatever the budget.
+    assert!(limited["to"].as_u64().unwrap() >= 2, "{limited}");
+    let web = app
+        .wait(
+            "a decision of web",
+            "/api/v1/decisions?target=web&limit=1",
+            |_, b| b["decisions"].as_array()?.first().cloned(),
+        )
+        .await;
+    assert!(
+        web["to"].as_u64().unwrap() <= 28,
+        "web gets what is left above batch's minimum: {web}"
+    );
+    assert!(web["to"].as_u64().unwrap() > 2, "{web}");
+    app.stop().await;
+}
+
+/// An instance much slower than its peers is drained (weight 0) and the weights are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_a_slow_instance() {
+    let prom = backfilled(1).await;
+    let balancer = Receiver::start(&[]);
+    let latency = ["0.10", "0.11", "0.09", "2.0"]
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            format!(
+                r#"label_replace(vector({l}), "instance", "10.0.0.{}:8080", "", "")"#,
+                i + 1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let toml = format!(
+        "[prometheus]\nurl = \"{}\"\n\n[[target]]\nname = \"web\"\nrequest_rate = '{}'\ninstance_latency = '{latency}'\n\
+         capacity_rps = 1\nstartup = \"1m\"\nmax_replicas = 10\ninterval = \"1s\"\nhistory = \"6h\"\n{}\
+         [target.rebalance]\nstrategy = \"equal\"\n",
+        prom.url(),
+        common::RATE_QUERY,
+        webhook_table("balancer", &balancer.url("/weights")),
+    );
+    let cfg = TempConfig::write(&toml);
+    cfg.write_file("secret", SECRET);
+    let app = Running::start(cfg.path()).await;
+    let reqs = balancer.wait_for(1, DEADLINE).await;
+    let body = reqs[0].json();
+    assert_eq!(
+        body["weights"],
+        serde_json::json!({"10.0.0.1:8080": 100, "10.0.0.2:8080": 100, "10.0.0.3:8080": 100, "10.0.0.4:8080": 0}),
+        "{body}"
+    );
+    let (_, t) = app.get("/api/v1/targets/web").await;
+    assert!(
+        t["drained"]["10.0.0.4:8080"]
+            .as_str()
+            .is_some_and(|why| why.contains("latency")),
+        "{t}"
+    );
+    app.stop().await;
+}
+
+/// Observed latency over the SLO scales out through the performance policy, and the
+/// decision says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_over_the_slo_scales_out() {
+    let prom = backfilled(1).await;
+    // Far more capacity than the trace needs: only latency can ask for more than the minimum.
+    let toml = format!(
+        "[prometheus]\nurl = \"{}\"\n\n[[target]]\nname = \"web\"\nrequest_rate = '{}'\nlatency = 'vector(1.0)'\n\
+         latency_slo = \"250ms\"\ncapacity_rps = 1000\nstartup = \"1m\"\nmin_replicas = 2\nmax_replicas = 50\n\
+         interval = \"1s\"\nhistory = \"6h\"\nmode = \"forecast-only\"\n",
+        prom.url(),
+        common::RATE_QUERY,
+    );
+    let cfg = TempConfig::write(&toml);
+    let app = Running::start(cfg.path()).await;
+    let d = app
+        .wait(
+            "a performance decision",
+            "/api/v1/decisions?target=web&limit=20",
+            |_, b| {
+                b["decisions"]
+                    .as_array()?
+                    .iter()
+                    .find(|d| d["reasons"][0]["code"] == "Performance")
+                    .cloned()
+            },
+        )
+        .await;
+    // p95 1 s against 250 ms, no latency curve yet: the count scaled by the excess (×4),
+    // then the default scale-up policy may hold it to max(+100 %, +4) per 15 s.
+    let from = d["from"].as_u64().unwrap();
+    let why = d["reasons"][0]["message"].as_str().unwrap();
+    assert!(
+        why.contains("objective") && why.contains(&format!("{} replicas", from * 4)),
+        "{d}"
+    );
+    let to = d["to"].as_u64().unwrap();
+    assert!(to > from && to <= from * 4, "{d}");
+    app.stop().await;
+}

@@ -28,14 +28,17 @@ pub enum Limit {
     MaxReplicas,
     /// The target is in `forecast-only` mode: prescale will not scale it.
     ForecastOnly,
+    /// The shared budget grants the target no more replicas.
+    Budget,
 }
 
 impl Limit {
-    /// `max_replicas` or `forecast_only`.
+    /// `max_replicas`, `forecast_only` or `budget`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MaxReplicas => "max_replicas",
             Self::ForecastOnly => "forecast_only",
+            Self::Budget => "budget",
         }
     }
 }

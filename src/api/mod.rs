@@ -413,6 +413,8 @@ struct TargetDetail {
     instances: std::collections::BTreeMap<String, InstanceStats>,
     /// The last balancer weights.
     weights: std::collections::BTreeMap<String, u32>,
+    /// Drained instances and why (failover).
+    drained: std::collections::BTreeMap<String, String>,
     /// The last delivery's outcome.
     #[schema(value_type = Option<Object>)]
     last_delivery: Option<DeliveryRecord>,
@@ -461,6 +463,7 @@ async fn target(
         last_decision: t.last_decision.clone(),
         instances: t.instances.clone(),
         weights: t.weights.clone(),
+        drained: t.drained.clone(),
         last_delivery: t.last_delivery.clone(),
         forecast_quality: QualityBody {
             mae_rps: t.forecast_quality.mae(),
