@@ -638,23 +638,18 @@ impl Index {
             })
     }
 
-    /// The heads of idle lanes due at `now`, at most `room`; marks their lanes busy.
+    /// The heads of idle lanes due at `now`, longest due first (so no lane starves when
+    /// there is not room for all), at most `room`; marks their lanes busy.
     fn take_due(&mut self, now: i64, room: usize) -> Vec<Delivery> {
-        let mut due = Vec::new();
-        for (lane, ids) in &self.lanes {
-            if due.len() >= room {
-                break;
-            }
-            if self.busy.contains_key(lane) {
-                continue;
-            }
-            let Some(d) = ids.first().and_then(|id| self.pending.get(id)) else {
-                continue;
-            };
-            if d.next_attempt_ms <= now {
-                due.push(d.clone());
-            }
-        }
+        let mut due: Vec<&Delivery> = self
+            .lanes
+            .iter()
+            .filter(|(lane, _)| !self.busy.contains_key(*lane))
+            .filter_map(|(_, ids)| ids.first().and_then(|id| self.pending.get(id)))
+            .filter(|d| d.next_attempt_ms <= now)
+            .collect();
+        due.sort_by_key(|d| (d.next_attempt_ms, d.id));
+        let due: Vec<Delivery> = due.into_iter().take(room).cloned().collect();
         for d in &due {
             self.busy.insert(d.lane(), d.id);
         }
@@ -1114,10 +1109,14 @@ mod tests {
         let mut ix2 = Index::default();
         ix2.add(
             (1..=5)
-                .map(|i| d(i, &format!("t{i}"), "scale", true, 0))
+                .map(|i| d(i, &format!("t{i}"), "scale", true, 10 - i as i64))
                 .collect(),
         );
-        assert_eq!(ix2.take_due(0, 2).len(), 2, "at most `room` at once");
+        assert_eq!(
+            ids(&ix2.take_due(10, 2)),
+            [4, 5],
+            "at most `room` at once, longest due first"
+        );
     }
 
     /// A newer action of a group supersedes older pending ones, but not one in flight;

@@ -1126,15 +1126,6 @@ impl Haproxy {
             .collect()
     }
 
-    /// Sends `n` GETs through the frontend, each on its own connection; panics on failure.
-    pub fn traffic(&self, n: usize) {
-        for i in 0..n {
-            let (status, body) = http_get(self.frontend, &format!("/req/{i}"))
-                .unwrap_or_else(|e| panic!("request {i} through haproxy: {e}"));
-            assert_eq!(status, 200, "request {i} through haproxy: {body}");
-        }
-    }
-
     /// Its log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
