@@ -298,7 +298,7 @@ impl TargetLoop {
         if let Some(budget) = self.budget {
             // The other targets are locked one at a time, never while holding this one.
             drop(state);
-            let granted = self.granted(budget);
+            let granted = self.granted(budget, now);
             let Some(again) = self.store.target(&t.name) else {
                 return actions;
             };
@@ -433,8 +433,9 @@ impl TargetLoop {
 
 impl TargetLoop {
     /// This target's share of `budget` given every target's last wish, and the total
-    /// wished; `None` if this target is not in the store.
-    fn granted(&self, budget: u32) -> Option<(u32, u64)> {
+    /// wished; `None` if this target is not in the store. A degraded target's floor is
+    /// what it runs now: missing data never scales in, not even for the budget.
+    fn granted(&self, budget: u32, now: i64) -> Option<(u32, u64)> {
         let mut claims = Vec::new();
         let mut mine = None;
         for name in self.store.names() {
@@ -444,10 +445,16 @@ impl TargetLoop {
             if name == self.target.name {
                 mine = Some(claims.len());
             }
+            let want = s.wanted.unwrap_or(s.replicas);
+            let min = if s.degraded_reasons(now).is_empty() {
+                s.config.min_replicas
+            } else {
+                s.config.min_replicas.max(s.replicas.min(want))
+            };
             claims.push(decide::budget::Claim {
                 priority: s.config.priority,
-                min: s.config.min_replicas,
-                want: s.wanted.unwrap_or(s.replicas),
+                min,
+                want,
             });
         }
         let total = claims.iter().map(|c| u64::from(c.want)).sum();
