@@ -264,14 +264,21 @@ impl TargetState {
         out
     }
 
-    /// `backfilling`, `degraded`, `paused` or `ok`, the first that applies.
+    /// `backfilling`, `degraded`, `paused`, `budget-limited` or `ok`, the first that
+    /// applies.
     pub fn status(&self, now: i64) -> &'static str {
+        let budget_limited = self
+            .last_decision
+            .as_ref()
+            .is_some_and(|d| d.reasons.iter().any(|r| r.code == "BudgetLimited"));
         if !self.backfilled {
             "backfilling"
         } else if !self.degraded_reasons(now).is_empty() {
             "degraded"
         } else if self.paused {
             "paused"
+        } else if budget_limited {
+            "budget-limited"
         } else {
             "ok"
         }

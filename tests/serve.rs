@@ -664,6 +664,15 @@ async fn a_budget_limits_the_lower_priority_target_and_says_so() {
         "web gets what is left above batch's minimum: {web}"
     );
     assert!(web["to"].as_u64().unwrap() > 2, "{web}");
+    let (_, list) = app.get("/api/v1/targets").await;
+    let batch = list["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "batch")
+        .unwrap()
+        .clone();
+    assert_eq!(batch["status"], "budget-limited", "{batch}");
     app.stop().await;
 }
 

@@ -320,7 +320,7 @@ async fn metrics(State(store): State<Store>) -> Response {
 #[derive(Debug, Serialize, ToSchema)]
 struct TargetSummary {
     name: String,
-    /// `backfilling`, `degraded`, `paused` or `ok`.
+    /// `backfilling`, `degraded`, `paused`, `budget-limited` or `ok`.
     status: &'static str,
     /// `act` or `forecast-only`.
     #[schema(value_type = String)]
