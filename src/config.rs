@@ -112,6 +112,16 @@ pub struct RawServer {
 pub struct RawForecast {
     /// Prediction-interval level in (0, 1) (default 0.95).
     pub level: Option<f64>,
+    /// Re-select and refit each target's model this often (default 1h).
+    #[serde(default, with = "humantime_serde")]
+    pub refit_every: Option<Duration>,
+    /// Horizon model selection and intervals are tuned for (default 1h; at least each
+    /// target's startup + interval).
+    #[serde(default, with = "humantime_serde")]
+    pub horizon: Option<Duration>,
+    /// Directory of the fitted models, one file per target (default `models`, relative to
+    /// the working directory).
+    pub models_dir: Option<PathBuf>,
 }
 
 /// `[delivery]`: how webhooks are retried.
@@ -281,10 +291,40 @@ pub struct ServerConfig {
 }
 
 /// Validated `[forecast]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ForecastConfig {
     /// Prediction-interval level in (0, 1).
     pub level: f64,
+    /// Time between refits.
+    pub refit_every: Duration,
+    /// Horizon selection and intervals are tuned for.
+    pub horizon: Duration,
+    /// Directory of the fitted models.
+    pub models_dir: PathBuf,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> Self {
+        Self {
+            level: 0.95,
+            refit_every: Duration::from_secs(3_600),
+            horizon: Duration::from_secs(3_600),
+            models_dir: PathBuf::from("models"),
+        }
+    }
+}
+
+impl ForecastConfig {
+    /// Forecaster settings for a series of `step` seconds that must be forecast at least
+    /// `lookahead` seconds ahead.
+    pub fn settings(&self, step: i64, lookahead: i64) -> crate::forecast::Settings {
+        crate::forecast::Settings {
+            step,
+            level: self.level,
+            horizon: (self.horizon.as_secs() as i64).max(lookahead).max(step),
+            refit_every: self.refit_every.as_secs().max(1) as i64,
+        }
+    }
 }
 
 /// Validated `[delivery]`.
@@ -465,6 +505,24 @@ impl Validator<'_> {
                 format!("{level} is out of range; expected a number between 0 and 1, e.g. 0.95"),
             ));
         }
+        let def = ForecastConfig::default();
+        let refit_every = raw.forecast.refit_every.unwrap_or(def.refit_every);
+        if refit_every < Duration::from_secs(1) {
+            return Err(self.err("forecast.refit_every", "expected at least 1s, e.g. 1h"));
+        }
+        let horizon = raw.forecast.horizon.unwrap_or(def.horizon);
+        if horizon.is_zero() || horizon > Duration::from_secs(86_400) {
+            return Err(self.err(
+                "forecast.horizon",
+                "is out of range; expected above 0 and at most 1d, e.g. 1h",
+            ));
+        }
+        let forecast = ForecastConfig {
+            level,
+            refit_every,
+            horizon,
+            models_dir: raw.forecast.models_dir.unwrap_or(def.models_dir),
+        };
         let delivery = self.delivery(raw.delivery)?;
         if raw.targets.is_empty() {
             return Err(self.err(
@@ -488,7 +546,7 @@ impl Validator<'_> {
             file: self.file.to_owned(),
             prometheus,
             server: ServerConfig { listen },
-            forecast: ForecastConfig { level },
+            forecast,
             delivery,
             targets,
         })

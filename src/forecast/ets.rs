@@ -29,6 +29,8 @@ const CLIP: f64 = 4.0;
 const PERSIST: u32 = 3;
 /// Weight of the mean absolute innovation's update.
 const SCALE_WEIGHT: f64 = 0.02;
+/// Steps the level is run over before the end of the fitted history.
+pub(crate) const WARMUP: usize = 720;
 /// Seasonal factors are floored at this (the profile has mean 1), so a quiet phase cannot
 /// blow up the seasonally adjusted value.
 const FLOOR: f64 = 0.05;
@@ -113,8 +115,14 @@ impl Ets {
             next: first,
             notes,
         };
-        // Start the level at the median of the first hour-or-so of adjusted values.
-        let mut head: Vec<f64> = (first..y.len().min(first + 60))
+        // The level forgets in tens of steps: start it WARMUP steps from the end, at the
+        // median of the first hour-or-so of adjusted values there.
+        let start = y.len().saturating_sub(WARMUP).max(first);
+        let start = (start..y.len())
+            .find(|&i| y[i].is_finite())
+            .unwrap_or(first);
+        fit.next = start;
+        let mut head: Vec<f64> = (start..y.len().min(start + 60))
             .filter(|&i| y[i].is_finite())
             .map(|i| y[i] / fit.seasonal(i))
             .collect();
@@ -122,7 +130,7 @@ impl Ets {
         let mad: f64 =
             head.iter().map(|x| (x - fit.level).abs()).sum::<f64>() / head.len().max(1) as f64;
         fit.scale = mad;
-        for &v in &y[first..] {
+        for &v in &y[start..] {
             fit.update(v);
         }
         Some(fit)

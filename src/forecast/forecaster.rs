@@ -29,8 +29,10 @@ const WEEK: i64 = 7 * DAY;
 pub const EVAL_WINDOW: i64 = 2 * DAY;
 /// Weight of an under-forecast relative to an over-forecast in the selection loss.
 pub const UNDER_WEIGHT: f64 = 2.0;
-/// Forecast origins per refit, about (evenly spaced over the held-out window).
-const ORIGINS: usize = 1_000;
+/// Forecast origins scored per candidate, about (evenly spaced over the held-out window).
+const ORIGINS: usize = 240;
+/// Forecast origins the winner's intervals are calibrated on, about.
+const CALIBRATION_ORIGINS: usize = 1_440;
 /// Longest calibrated horizon, in steps.
 const MAX_HORIZON_STEPS: usize = 1_440;
 /// Longest forecast served, in steps.
@@ -79,7 +81,7 @@ struct Calibration {
 
 impl Calibration {
     fn scale(&self, value: f64) -> f64 {
-        value.max(self.floor).powf(self.power)
+        scale(value, self.floor, self.power)
     }
 
     /// `(lower, upper)` around `value` for `k` steps ahead (1-based).
@@ -487,6 +489,7 @@ fn select(
         return Ok((fitted, None, Vec::new()));
     };
     // Held-out errors of the winner, per horizon.
+    let stride = (window / CALIBRATION_ORIGINS).max(1);
     let calibration = best.fit(train).and_then(|mut fitted| {
         let mut pairs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); h];
         walk(
@@ -547,7 +550,7 @@ fn calibrate(pairs: &[Vec<(f64, f64)>], level: f64) -> Option<Calibration> {
     let floor = (0.05 * mean).max(1e-9);
     let mut best: Option<(f64, Calibration)> = None;
     for power in [0.5, 1.0] {
-        let scale = |v: f64| v.max(floor).powf(power);
+        let scale = |v: f64| scale(v, floor, power);
         let mut lo = Vec::with_capacity(pairs.len());
         let mut hi = Vec::with_capacity(pairs.len());
         let mut errs = Vec::new();
@@ -584,6 +587,12 @@ fn calibrate(pairs: &[Vec<(f64, f64)>], level: f64) -> Option<Calibration> {
         }
     }
     best.map(|(_, c)| c)
+}
+
+/// `max(value, floor)^power` for power ½ or 1, without `powf` (hot in calibration).
+fn scale(value: f64, floor: f64, power: f64) -> f64 {
+    let v = value.max(floor);
+    if power == 1.0 { v } else { v.sqrt() }
 }
 
 /// A moving average over ±max(1, k/8) horizons, so neighbouring horizons share evidence.

@@ -12,6 +12,7 @@ use linfa_linear::LinearRegression;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
+use super::ets::WARMUP;
 use super::model::{normal_quantile, own_interval};
 use super::quantile;
 
@@ -108,7 +109,9 @@ impl Fourier {
             }
         }
         fit.scale = mad / 1.25;
-        for &v in &y[first..] {
+        let start = y.len().saturating_sub(WARMUP).max(first);
+        fit.next = start;
+        for &v in &y[start..] {
             fit.update(v);
         }
         Some(fit)
