@@ -161,8 +161,9 @@ pub struct RawTarget {
     pub instance_rate: Option<String>,
     /// PromQL giving the latency per instance, grouped by the `instance` label.
     pub instance_latency: Option<String>,
-    /// Requests/s one replica serves within its latency SLO.
-    pub capacity_rps: f64,
+    /// Requests/s one replica serves within its latency SLO. Optional when `latency`,
+    /// `latency_slo` and `replicas` are set: it is then learned from latency under load.
+    pub capacity_rps: Option<f64>,
     /// Time from asking for a replica to it serving, e.g. `3m`.
     #[serde(with = "humantime_serde")]
     pub startup: Duration,
@@ -375,8 +376,9 @@ pub struct TargetConfig {
     pub queries: Queries,
     /// Latency objective.
     pub latency_slo: Option<Duration>,
-    /// Requests/s one replica serves within its SLO (> 0).
-    pub capacity_rps: f64,
+    /// Requests/s one replica serves within its SLO (> 0), when configured; otherwise it is
+    /// learned (see [`crate::forecast::capacity`]).
+    pub capacity_rps: Option<f64>,
     /// Time from asking for a replica to it serving.
     pub startup: Duration,
     /// Fewest replicas (≥ 1... or 0 if configured so).
@@ -418,7 +420,7 @@ impl TargetConfig {
             name: name.to_owned(),
             queries: Queries::default(),
             latency_slo: None,
-            capacity_rps,
+            capacity_rps: Some(capacity_rps),
             startup,
             min_replicas: 1,
             max_replicas: 1000,
@@ -656,14 +658,21 @@ impl Validator<'_> {
         if t.latency_slo.is_some_and(|d| d.is_zero()) {
             return Err(self.err(key("latency_slo"), "expected a duration above zero"));
         }
-        if !(t.capacity_rps.is_finite() && t.capacity_rps > 0.0) {
-            return Err(self.err(
-                key("capacity_rps"),
-                format!(
-                    "{} is not usable; expected a positive number of requests/s",
-                    t.capacity_rps
-                ),
-            ));
+        match t.capacity_rps {
+            Some(c) if !(c.is_finite() && c > 0.0) => {
+                return Err(self.err(
+                    key("capacity_rps"),
+                    format!("{c} is not usable; expected a positive number of requests/s"),
+                ));
+            }
+            None if t.latency_slo.is_none() || queries.replicas.is_none() => {
+                return Err(self.err(
+                    key("capacity_rps"),
+                    "is missing; expected a positive number of requests/s, or `latency`, \
+                     `latency_slo` and `replicas` to learn it from",
+                ));
+            }
+            _ => {}
         }
         let min_replicas = t.min_replicas.unwrap_or(1);
         if t.max_replicas == 0 {
@@ -922,6 +931,36 @@ max_replicas = 40
     }
 
     #[test]
+    fn capacity_may_be_left_to_learn_only_with_latency_slo_and_replicas() {
+        let without = MINIMAL.replace("capacity_rps = 150\n", "");
+        let err = parse(&without).unwrap_err().to_string();
+        assert!(
+            err.contains("target[web].capacity_rps") && err.contains("to learn it from"),
+            "{err}"
+        );
+        let learnable = without.replace(
+            "max_replicas = 40",
+            "max_replicas = 40\nlatency = 'p95'\nlatency_slo = \"250ms\"\nreplicas = 'count(up)'",
+        );
+        assert_eq!(parse(&learnable).unwrap().targets[0].capacity_rps, None);
+        let c = parse(&MINIMAL.replace(
+            "[[target]]",
+            "[forecast]\nrefit_every = \"30m\"\nmodels_dir = \"/var/lib/prescale\"\n\n[[target]]",
+        ))
+        .unwrap();
+        assert_eq!(c.forecast.refit_every, Duration::from_secs(1800));
+        assert_eq!(c.forecast.models_dir, PathBuf::from("/var/lib/prescale"));
+        let err =
+            parse(&MINIMAL.replace("[[target]]", "[forecast]\nhorizon = \"2d\"\n\n[[target]]"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("forecast.horizon") && err.contains("at most 1d"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn duplicate_targets_are_refused() {
         let text = format!(
             "{MINIMAL}\n{}",
@@ -967,6 +1006,6 @@ max_replicas = 40
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prescale.toml");
         let c = Config::load(&path).unwrap();
         assert_eq!(c.targets[0].name, "web");
-        assert_eq!(c.targets[0].capacity_rps, 150.0);
+        assert_eq!(c.targets[0].capacity_rps, Some(150.0));
     }
 }

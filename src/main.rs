@@ -127,7 +127,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 None => (TargetConfig::example("backtest", capacity, startup), 0.95),
             };
-            target.capacity_rps = capacity;
+            target.capacity_rps = Some(capacity);
             target.startup = startup;
             let trace = Trace::load(&trace)?;
             let rows = prescale::simulate::backtest(&trace, &target, level);

@@ -76,6 +76,32 @@ pub struct Metrics {
     pub desired_replicas: Family<TargetLabels, Gauge>,
     /// 1 while a target is degraded.
     pub degraded: Family<TargetLabels, Gauge>,
+    /// Seconds until the predicted bottleneck; +Inf when none within the horizon.
+    pub seconds_to_bottleneck: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    /// Requests/s per replica in use.
+    pub capacity_rps: Family<CapacityLabels, Gauge<f64, AtomicU64>>,
+    /// Model refits by selected model.
+    pub forecast_refits: Family<ModelLabels, Counter>,
+    /// One-step-ahead interval coverage since the last refit.
+    pub forecast_coverage: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+}
+
+/// Labels of the capacity in use.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapacityLabels {
+    /// Target name.
+    pub target: String,
+    /// `configured` or `learned`.
+    pub source: String,
+}
+
+/// Labels of a model refit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Target name.
+    pub target: String,
+    /// The selected model.
+    pub model: String,
 }
 
 impl Default for Metrics {
@@ -134,8 +160,36 @@ impl Metrics {
             "1 while a signal of the target is missing or stale",
             degraded.clone(),
         );
+        let seconds_to_bottleneck = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "seconds_to_bottleneck",
+            "Seconds until demand is predicted to outgrow the running replicas (+Inf: not within the horizon)",
+            seconds_to_bottleneck.clone(),
+        );
+        let capacity_rps = Family::<CapacityLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "capacity_rps",
+            "Requests/s per replica in use, by where it comes from",
+            capacity_rps.clone(),
+        );
+        let forecast_refits = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "forecast_refits",
+            "Model re-selections and refits, by the model selected",
+            forecast_refits.clone(),
+        );
+        let forecast_coverage = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "forecast_interval_coverage",
+            "Share of actuals inside the one-step-ahead prediction interval since the last refit",
+            forecast_coverage.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            seconds_to_bottleneck,
+            capacity_rps,
+            forecast_refits,
+            forecast_coverage,
             polls,
             poll_duration,
             sample_age,

@@ -16,13 +16,18 @@ use tracing::{debug, info, warn};
 
 use crate::act::webhook::WebhookSender;
 use crate::act::{Action, RebalanceAction, ScaleAction};
-use crate::config::{Mode, TargetConfig, WebhookConfig};
-use crate::decide::{self, Observed, Policy, balance};
-use crate::forecast::{self, History};
-use crate::metrics::{DecisionLabels, DeliveryLabels, PollLabels, SignalLabels, TargetLabels};
+use crate::config::{ForecastConfig, Mode, TargetConfig, WebhookConfig};
+use crate::decide::{self, Decision, Observed, Policy, Reason, balance};
+use crate::forecast::capacity::{self, Capacity, CapacitySource};
+use crate::forecast::{Forecaster, History, Updated, bottleneck};
+use crate::metrics::{
+    CapacityLabels, DecisionLabels, DeliveryLabels, ModelLabels, PollLabels, SignalLabels,
+    TargetLabels,
+};
+use crate::models::ModelsDir;
 use crate::series::{Sample, align_down};
 use crate::source::{Source, SourceError};
-use crate::store::{DecisionRecord, DeliveryRecord, InstanceStats, Signal, Store};
+use crate::store::{DecisionRecord, DeliveryRecord, InstanceStats, Signal, Store, TargetState};
 
 /// A weight must move by more than this before a rebalance is sent.
 const REBALANCE_THRESHOLD: u32 = 10;
@@ -46,6 +51,10 @@ pub struct TargetLoop {
     pub store: Store,
     /// Prediction-interval level.
     pub level: f64,
+    /// Forecast settings (refit schedule, horizon).
+    pub forecast: ForecastConfig,
+    /// Where fitted models are saved and loaded.
+    pub models: ModelsDir,
     /// Scale actions for the platform's delivery task.
     pub scale_tx: watch::Sender<Option<Action>>,
     /// Rebalance actions for the balancer's delivery task.
@@ -53,8 +62,10 @@ pub struct TargetLoop {
 }
 
 impl TargetLoop {
-    /// Runs one cycle immediately, then one every `interval`, until `shutdown` flips.
+    /// Loads the saved model, then runs one cycle immediately and one every `interval`,
+    /// until `shutdown` flips.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        self.load_model();
         let mut ticker = tokio::time::interval(self.target.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -69,6 +80,28 @@ impl TargetLoop {
             }
         }
         debug!(target = %self.target.name, "target loop stopped");
+    }
+
+    /// Puts the saved forecaster, if any, in the store, so that forecasts are served before
+    /// the first refit. A corrupt or old file is skipped with a warning (and overwritten at
+    /// the next refit).
+    pub fn load_model(&self) {
+        let name = &self.target.name;
+        let loaded = match self.models.load(name) {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(target = %name, error = %e, "model file skipped; the model will be refitted");
+                return;
+            }
+        };
+        let info = loaded.info();
+        if let Some(mut state) = self.store.target(name) {
+            state.forecaster = Some(loaded);
+        }
+        if let Some(i) = info {
+            info!(target = %name, model = i.model, fitted_at = i.fitted_at, "model loaded");
+        }
     }
 
     /// One poll → forecast → decide → act pass at `now`.
@@ -229,42 +262,141 @@ impl TargetLoop {
     /// Forecasts and decides from the stored state; sends what changed.
     fn decide(&self, now: i64) {
         let t = &self.target;
-        let policy = Policy::of(t);
+        let mut policy = Policy::of(t);
+        let settings = self.forecast.settings(t.step_secs(), policy.lookahead);
         let Some(mut state) = self.store.target(&t.name) else {
             return;
         };
         let degraded = state.degraded_reasons(now);
         let grid = state.rate.to_grid();
-        let forecast = grid.as_ref().and_then(|(start, values)| {
+        let forecaster = state
+            .forecaster
+            .get_or_insert_with(|| Forecaster::new(settings));
+        if *forecaster.settings() != settings {
+            forecaster.set_settings(settings);
+        }
+        // A refit holds this target's lock for some milliseconds; the API waits that long.
+        let updated = grid.as_ref().map(|(start, values)| {
             let history = History {
                 start: *start,
                 step: t.step_secs(),
                 values,
             };
-            forecast::forecast(history, now, policy.lookahead, self.level).ok()
+            forecaster.update(history, now)
         });
+        let refitted = matches!(updated, Some(Ok(Updated::Refitted)));
+        if let Some(Err(e)) = &updated {
+            debug!(target = %t.name, error = %e, "no forecast");
+        }
+        let forecast = forecaster.forecast(now, settings.horizon).ok();
+        let model_info = forecaster.info();
+        let saved = refitted.then(|| ModelsDir::encode(&t.name, forecaster, now));
+        if refitted || state.capacity.is_none() {
+            state.capacity = Some(resolve_capacity(&state, t));
+        }
+        let capacity = state.capacity.as_ref().and_then(|c| c.effective_rps);
+        let m = self.store.metrics();
+        let labels = TargetLabels {
+            target: t.name.clone(),
+        };
+        if let Some(i) = &model_info {
+            if refitted {
+                m.forecast_refits
+                    .get_or_create(&ModelLabels {
+                        target: t.name.clone(),
+                        model: i.model.to_owned(),
+                    })
+                    .inc();
+                info!(target = %t.name, model = i.model, description = %i.description, "model selected");
+            }
+            if let Some(c) = i.coverage {
+                m.forecast_coverage.get_or_create(&labels).set(c);
+            }
+        }
+        if let (Some(c), Some(cap)) = (&state.capacity, capacity) {
+            m.capacity_rps
+                .get_or_create(&CapacityLabels {
+                    target: t.name.clone(),
+                    source: if c.source == CapacitySource::Learned {
+                        "learned"
+                    } else {
+                        "configured"
+                    }
+                    .to_owned(),
+                })
+                .set(cap);
+        }
+        state.bottleneck = match (&forecast, capacity) {
+            (Some(f), Some(cap)) => {
+                let latency = state
+                    .capacity
+                    .as_ref()
+                    .and_then(|c| c.learned.as_ref())
+                    .zip(t.latency_slo)
+                    .map(|(l, slo)| (l.curve, slo.as_secs_f64()));
+                Some(bottleneck::predict(bottleneck::Inputs {
+                    forecast: f,
+                    now,
+                    replicas: state.replicas,
+                    capacity_per_replica: cap,
+                    demand_now: state.rate.last().map(|s| s.value),
+                    latency,
+                }))
+            }
+            _ => None,
+        };
+        m.seconds_to_bottleneck.get_or_create(&labels).set(
+            state
+                .bottleneck
+                .as_ref()
+                .map_or(f64::INFINITY, |b| b.seconds_to_breach()),
+        );
+        if let Some(bytes) = saved {
+            let models = self.models.clone();
+            let name = t.name.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = models.write(&name, &bytes) {
+                    warn!(target = %name, error = %e, "saving the model failed");
+                }
+            });
+        }
         let fresh = |s: Option<Sample>| s.filter(|s| now - s.ts <= t.stale_after.as_secs() as i64);
         let observed = Observed {
             replicas: state.replicas,
             demand_rps: fresh(state.rate.last()).map(|s| s.value),
             degraded: !degraded.is_empty(),
         };
-        let decision = decide::decide(
-            &policy,
-            forecast.as_ref(),
-            observed,
-            &mut state.decide_state,
-            now,
-        );
+        let decision = match capacity {
+            Some(cap) => {
+                policy.capacity_rps = cap;
+                decide::decide(
+                    &policy,
+                    forecast.as_ref(),
+                    observed,
+                    &mut state.decide_state,
+                    now,
+                )
+            }
+            // Nothing to size replicas by yet: hold, and say why.
+            None => Decision {
+                at: now,
+                from: state.replicas,
+                to: state.replicas,
+                reasons: vec![Reason {
+                    code: "NoCapacity",
+                    message: state
+                        .capacity
+                        .as_ref()
+                        .map_or_else(String::new, |c| c.reason.clone()),
+                }],
+                peak: None,
+            },
+        };
         if t.queries.replicas.is_none() {
             // Without a replicas query, the count asked for is taken as the count running.
             state.replicas = decision.to;
         }
 
-        let m = self.store.metrics();
-        let labels = TargetLabels {
-            target: t.name.clone(),
-        };
         m.desired_replicas
             .get_or_create(&labels)
             .set(i64::from(decision.to));
@@ -314,6 +446,33 @@ impl TargetLoop {
             mode: t.mode,
         });
     }
+}
+
+/// The capacity to decide with: configured, or learned from `(rate / replicas, latency)`
+/// pairs when the target has a latency SLO and a replicas query.
+fn resolve_capacity(state: &TargetState, t: &TargetConfig) -> Capacity {
+    let learned = match (t.latency_slo, &t.queries.replicas, &t.queries.latency) {
+        (Some(slo), Some(_), Some(_)) => {
+            let pairs: Vec<(f64, f64)> = state
+                .latency
+                .iter()
+                .filter_map(|l| {
+                    let at = |s: &crate::series::Series| {
+                        s.since(l.ts)
+                            .next()
+                            .filter(|x| x.ts == l.ts)
+                            .map(|x| x.value)
+                    };
+                    let rate = at(&state.rate)?;
+                    let replicas = at(&state.replica_series).filter(|r| *r >= 1.0)?;
+                    Some((rate / replicas, l.value))
+                })
+                .collect();
+            Some(capacity::learn(&pairs, slo.as_secs_f64()))
+        }
+        _ => None,
+    };
+    capacity::resolve(t.capacity_rps, learned.as_ref())
 }
 
 /// Delivers the newest action from `rx` to `hook`, one at a time, until `shutdown` flips.

@@ -13,7 +13,9 @@ use serde::Serialize;
 use crate::config::{Mode, TargetConfig};
 pub use crate::decide::balance::InstanceStats;
 use crate::decide::{DecideState, Decision};
-use crate::forecast::Forecast;
+use crate::forecast::bottleneck::Bottleneck;
+use crate::forecast::capacity::Capacity;
+use crate::forecast::{Forecast, Forecaster};
 use crate::metrics::Metrics;
 use crate::series::Series;
 
@@ -124,6 +126,13 @@ pub struct TargetState {
     pub replicas: u32,
     /// The forecast the last decision used.
     pub forecast: Option<Forecast>,
+    /// The request-rate forecaster: selected model and its state (loaded from the models
+    /// directory at start, else created at the first cycle).
+    pub forecaster: Option<Forecaster>,
+    /// The capacity in use and the evidence for it (resolved at each refit).
+    pub capacity: Option<Capacity>,
+    /// The predicted bottleneck as of the last cycle.
+    pub bottleneck: Option<Bottleneck>,
     /// Stabilisation memory of the decision engine.
     pub decide_state: DecideState,
     /// The last decision.
@@ -152,6 +161,9 @@ impl TargetState {
             backfilled: false,
             replicas: config.min_replicas,
             forecast: None,
+            forecaster: None,
+            capacity: None,
+            bottleneck: None,
             decide_state: DecideState::default(),
             last_decision: None,
             instances: BTreeMap::new(),

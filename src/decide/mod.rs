@@ -35,7 +35,8 @@ impl Policy {
     /// The policy of a configured target.
     pub fn of(t: &TargetConfig) -> Self {
         Self {
-            capacity_rps: t.capacity_rps,
+            // Unset when it is to be learned: the pipeline sets the resolved capacity.
+            capacity_rps: t.capacity_rps.unwrap_or(f64::NAN),
             min_replicas: t.min_replicas,
             max_replicas: t.max_replicas,
             lookahead: (t.startup + t.interval).as_secs() as i64,

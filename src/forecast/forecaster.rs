@@ -614,3 +614,189 @@ fn monotone(mut xs: Vec<f64>, pick: fn(f64, f64) -> f64) -> Vec<f64> {
     }
     xs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STEP: i64 = 300;
+    const PER_DAY: usize = (DAY / STEP) as usize;
+
+    fn settings() -> Settings {
+        Settings {
+            step: STEP,
+            level: 0.9,
+            horizon: 3_600,
+            refit_every: 3_600,
+        }
+    }
+
+    /// Deterministic noise in [-1, 1].
+    fn noise(i: usize) -> f64 {
+        // splitmix64's finaliser.
+        let mut x = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        ((x >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+
+    fn run(y: &[f64], fit_len: usize) -> Forecaster {
+        let mut f = Forecaster::new(settings());
+        let h = History {
+            start: 0,
+            step: STEP,
+            values: &y[..fit_len],
+        };
+        f.update(h, h.end() + STEP).unwrap();
+        f
+    }
+
+    /// The selected model on series whose best model is known.
+    #[test]
+    fn selects_the_model_that_fits() {
+        type Gen = fn(usize) -> f64;
+        // (name, series, models that may win)
+        let cases: &[(&str, Gen, &[&str])] = &[
+            // A sharp daily pattern repeating exactly: the seasonal naive (or a profile
+            // smoothed too little to matter) reproduces it.
+            (
+                "exact daily repeat",
+                |i| {
+                    if (i % PER_DAY) % 37 < 3 {
+                        500.0
+                    } else {
+                        50.0 + (i % PER_DAY) as f64 % 7.0
+                    }
+                },
+                &["seasonal_naive_daily", "ets"],
+            ),
+            // A smooth daily cycle with noise: the profile model wins.
+            (
+                "noisy daily cycle",
+                |i| {
+                    100.0
+                        * (1.5
+                            + ((i % PER_DAY) as f64 / PER_DAY as f64 * std::f64::consts::TAU).sin())
+                        * (1.0 + 0.2 * noise(i))
+                },
+                &["ets", "fourier"],
+            ),
+            // No seasonality at all: anything but the seasonal naive (which doubles the noise).
+            (
+                "constant with noise",
+                |i| 40.0 + 4.0 * noise(i),
+                &["ets", "level", "fourier"],
+            ),
+        ];
+        for &(name, series, want) in cases {
+            let y: Vec<f64> = (0..10 * PER_DAY).map(series).collect();
+            let f = run(&y, y.len());
+            let info = f.info().unwrap();
+            assert!(
+                want.contains(&info.model),
+                "{name}: selected {} ({:?})",
+                info.model,
+                info.selection
+            );
+            assert!(info.calibrated, "{name}");
+        }
+    }
+
+    /// Calibrated intervals cover about `level` of fresh data, and the forecast uses only
+    /// what was fed (refits and updates on the schedule).
+    #[test]
+    fn intervals_cover_about_the_level_and_updates_are_incremental() {
+        let series = |i: usize| {
+            200.0
+                * (1.5 + ((i % PER_DAY) as f64 / PER_DAY as f64 * std::f64::consts::TAU).sin())
+                * (1.0 + 0.15 * noise(i))
+        };
+        let y: Vec<f64> = (0..12 * PER_DAY).map(series).collect();
+        let start = 8 * PER_DAY;
+        let mut f = run(&y, start);
+        let (mut inside, mut total, mut refits) = (0usize, 0usize, 0usize);
+        for i in start + 1..y.len() - 12 {
+            let h = History {
+                start: 0,
+                step: STEP,
+                values: &y[..i],
+            };
+            let now = h.end() + STEP;
+            match f.update(h, now).unwrap() {
+                Updated::Refitted => refits += 1,
+                Updated::Appended(n) => assert_eq!(n, 1),
+                Updated::Unchanged => panic!("a new value each step"),
+            }
+            let fc = f.forecast(now, 3_600).unwrap();
+            assert_eq!(fc.points.len(), 13);
+            assert_eq!(fc.points[0].timestamp, h.end() + STEP);
+            let p = fc.points[11];
+            let actual = y[i + 11];
+            inside += usize::from(p.lower <= actual && actual <= p.upper);
+            total += 1;
+        }
+        let coverage = inside as f64 / total as f64;
+        assert!((0.85..=0.96).contains(&coverage), "coverage {coverage}");
+        // One refit an hour: every 12 steps.
+        assert_eq!(refits, total / 12, "{refits} refits over {total} steps");
+    }
+
+    #[test]
+    fn short_constant_zero_and_gappy_histories_forecast() {
+        let nan = f64::NAN;
+        // (name, series, expected first value)
+        let cases: Vec<(&str, Vec<f64>, f64)> = vec![
+            ("three values", vec![5.0, 5.0, 5.0], 5.0),
+            ("all zero", vec![0.0; 3 * PER_DAY], 0.0),
+            ("constant", vec![7.0; 5 * PER_DAY], 7.0),
+            (
+                "gaps are not zeros",
+                (0..3 * PER_DAY)
+                    .map(|i| if i % 5 == 0 { nan } else { 9.0 })
+                    .collect(),
+                9.0,
+            ),
+            (
+                "negative (counter reset) is a gap",
+                (0..2 * PER_DAY)
+                    .map(|i| if i % 50 == 0 { -1e6 } else { 3.0 })
+                    .collect(),
+                3.0,
+            ),
+        ];
+        for (name, y, want) in cases {
+            let f = run(&y, y.len());
+            let fc = f.forecast((y.len() as i64) * STEP, 600).unwrap();
+            let p = fc.points[0];
+            assert!((p.value - want).abs() < 1e-6, "{name}: {p:?}");
+            assert!(p.lower <= p.value && p.value <= p.upper, "{name}: {p:?}");
+        }
+        let mut f = Forecaster::new(settings());
+        let h = History {
+            start: 0,
+            step: STEP,
+            values: &[nan, nan],
+        };
+        assert_eq!(f.update(h, 600), Err(ForecastError::NoData));
+        assert_eq!(f.forecast(600, 600), Err(ForecastError::NotFitted));
+        let h = History {
+            start: 0,
+            step: 60,
+            values: &[1.0],
+        };
+        assert_eq!(f.update(h, 600), Err(ForecastError::BadStep(60)));
+    }
+
+    #[test]
+    fn short_history_says_which_periods_it_dropped() {
+        let y: Vec<f64> = (0..PER_DAY * 3 / 2)
+            .map(|i| 10.0 + (i % 12) as f64)
+            .collect();
+        let d = run(&y, y.len()).info().unwrap().description;
+        assert!(
+            d.contains("daily period dropped: 1.5 days of history < 2"),
+            "{d}"
+        );
+    }
+}
