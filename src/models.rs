@@ -36,6 +36,14 @@ pub enum ModelsError {
         /// The parser's message.
         message: String,
     },
+    /// The forecaster could not be encoded.
+    #[error("model of `{target}` cannot be encoded: {message}")]
+    Encode {
+        /// The target.
+        target: String,
+        /// The encoder's message.
+        message: String,
+    },
     /// The file is of another format version.
     #[error("{path}: model file format {found}, expected {FORMAT_VERSION}")]
     Version {
@@ -97,15 +105,17 @@ impl ModelsDir {
     }
 
     /// The file's content for `target`'s forecaster, saved at `now`.
-    pub fn encode(target: &str, forecaster: &Forecaster, now: i64) -> Vec<u8> {
+    pub fn encode(target: &str, forecaster: &Forecaster, now: i64) -> Result<Vec<u8>, ModelsError> {
         let saved = Saved {
             format_version: FORMAT_VERSION,
             target: target.to_owned(),
             saved_at: now,
             forecaster: forecaster.clone(),
         };
-        // Plain data with string keys: serialising cannot fail.
-        serde_json::to_vec(&saved).unwrap_or_default()
+        serde_json::to_vec(&saved).map_err(|e| ModelsError::Encode {
+            target: target.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Writes `bytes` as `target`'s file, atomically.
@@ -126,7 +136,7 @@ impl ModelsDir {
 
     /// Saves `target`'s forecaster at `now`.
     pub fn save(&self, target: &str, forecaster: &Forecaster, now: i64) -> Result<(), ModelsError> {
-        self.write(target, &Self::encode(target, forecaster, now))
+        self.write(target, &Self::encode(target, forecaster, now)?)
     }
 }
 
@@ -181,8 +191,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let models = ModelsDir::new(dir.path());
         let mut good = serde_json::to_value(
-            serde_json::from_slice::<serde_json::Value>(&ModelsDir::encode("web", &fitted(), 1))
-                .unwrap(),
+            serde_json::from_slice::<serde_json::Value>(
+                &ModelsDir::encode("web", &fitted(), 1).unwrap(),
+            )
+            .unwrap(),
         )
         .unwrap();
         good["format_version"] = 0.into();

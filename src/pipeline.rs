@@ -351,7 +351,10 @@ impl TargetLoop {
                 .as_ref()
                 .map_or(f64::INFINITY, |b| b.seconds_to_breach()),
         );
-        if let Some(bytes) = saved {
+        if let Some(bytes) = saved.and_then(|r| {
+            r.map_err(|e| warn!(target = %t.name, error = %e, "saving the model failed"))
+                .ok()
+        }) {
             let models = self.models.clone();
             let name = t.name.clone();
             tokio::task::spawn_blocking(move || {

@@ -164,7 +164,14 @@ mod tests {
         };
         // (forecast (value, upper), replicas, capacity/replica, latency, want: (seconds, signal, expected, upper))
         type Want = Option<(i64, BreachSignal, f64, f64)>;
-        let cases: &[(&[(f64, f64)], u32, f64, Option<(LatencyCurve, f64)>, Want)] = &[
+        type Case<'a> = (
+            &'a [(f64, f64)],
+            u32,
+            f64,
+            Option<(LatencyCurve, f64)>,
+            Want,
+        );
+        let cases: &[Case<'_>] = &[
             (&[(10.0, 12.0), (15.0, 18.0)], 2, 10.0, None, None),
             (
                 &[(10.0, 12.0), (18.0, 22.0), (25.0, 30.0)],

@@ -272,7 +272,7 @@ fn daily_profile(y: &[f64], first: usize, per_day: usize, smooth: usize) -> Vec<
     fill_ring(&mut medians);
     let mut smoothed = smooth_circular(&medians, smooth);
     let mean = smoothed.iter().sum::<f64>() / per_day as f64;
-    if !(mean > 0.0) {
+    if mean.is_nan() || mean <= 0.0 {
         return vec![1.0; per_day];
     }
     for v in &mut smoothed {
@@ -298,7 +298,7 @@ fn weekday_factors(y: &[f64], first: usize, per_day: usize) -> Vec<f64> {
             *f = q;
         }
     }
-    if factors.iter().all(|f| !f.is_finite()) || !(overall > 0.0) {
+    if factors.iter().all(|f| !f.is_finite()) || overall.is_nan() || overall <= 0.0 {
         return vec![1.0; 7];
     }
     for f in &mut factors {

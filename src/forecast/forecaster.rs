@@ -526,7 +526,7 @@ fn walk(
     mut seen: impl FnMut(usize, f64, f64),
 ) {
     for o in start..y.len() {
-        if (o - start) % stride == 0 {
+        if (o - start).is_multiple_of(stride) {
             fitted.predict_values(h.min(y.len() - o), buf);
             for (k, &p) in buf.iter().enumerate() {
                 let actual = y[o + k];
