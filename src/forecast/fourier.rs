@@ -122,13 +122,19 @@ impl FourierFit {
     fn features(&self, i: usize, out: &mut Vec<f64>) {
         out.clear();
         out.push(i as f64 - self.t0 as f64);
-        let per_day = self.spec.per_day as f64;
-        for (harmonics, period) in [(self.daily, per_day), (self.weekly, 7.0 * per_day)] {
-            for k in 1..=harmonics {
-                let x = std::f64::consts::TAU * k as f64 * (i as f64 % period) / period;
-                let (s, c) = x.sin_cos();
+        let per_day = self.spec.per_day.max(1);
+        for (harmonics, period) in [(self.daily, per_day), (self.weekly, 7 * per_day)] {
+            if harmonics == 0 {
+                continue;
+            }
+            let x = std::f64::consts::TAU * (i % period) as f64 / period as f64;
+            let (s1, c1) = x.sin_cos();
+            // Higher harmonics by the Chebyshev recurrence.
+            let (mut s_prev, mut c_prev, mut s, mut c) = (0.0, 1.0, s1, c1);
+            for _ in 0..harmonics {
                 out.push(s);
                 out.push(c);
+                (s_prev, c_prev, s, c) = (s, c, 2.0 * c1 * s - s_prev, 2.0 * c1 * c - c_prev);
             }
         }
     }
@@ -159,26 +165,21 @@ impl FourierFit {
         Some(())
     }
 
-    /// The regression's value at index `i`; harmonics by the Chebyshev recurrence, so one
-    /// `sin_cos` per period.
+    /// The periods in steps with their harmonics and coefficients.
+    fn periods(&self) -> [(usize, &[f64]); 2] {
+        let d = 2 * self.daily;
+        let per_day = self.spec.per_day;
+        [(per_day, &self.coef[..d]), (7 * per_day, &self.coef[d..])]
+    }
+
+    /// The regression's value at index `i`.
     fn curve(&self, i: usize) -> f64 {
         let mut v = self.intercept + self.trend * (i as f64 - self.t0 as f64);
-        let per_day = self.spec.per_day as f64;
-        let mut coef = self.coef.iter();
-        for (harmonics, period) in [(self.daily, per_day), (self.weekly, 7.0 * per_day)] {
-            if harmonics == 0 {
-                continue;
-            }
-            let x = std::f64::consts::TAU * (i as f64 % period) / period;
-            let (s1, c1) = x.sin_cos();
-            let (mut s_prev, mut c_prev) = (0.0, 1.0);
-            let (mut s, mut c) = (s1, c1);
-            for _ in 0..harmonics {
-                if let (Some(a), Some(b)) = (coef.next(), coef.next()) {
-                    v += a * s + b * c;
-                }
-                let (s_next, c_next) = (2.0 * c1 * s - s_prev, 2.0 * c1 * c - c_prev);
-                (s_prev, c_prev, s, c) = (s, c, s_next, c_next);
+        for (period, coef) in self.periods() {
+            if !coef.is_empty() {
+                let x = std::f64::consts::TAU * (i % period) as f64 / period as f64;
+                let (s1, c1) = x.sin_cos();
+                v += harmonic_sum(coef, s1, c1);
             }
         }
         v
@@ -201,7 +202,25 @@ impl FourierFit {
     /// Point forecasts for the next `horizon` values (never negative).
     pub fn predict_values(&self, horizon: usize, out: &mut Vec<f64>) {
         out.clear();
-        out.extend((0..horizon).map(|k| (self.curve(self.next + k) + self.correction).max(0.0)));
+        // The first harmonic of each period rotates by a fixed angle per step: two `sin_cos`
+        // per forecast instead of two per point.
+        let mut phases = self.periods().map(|(period, coef)| {
+            let x =
+                std::f64::consts::TAU * (self.next % period.max(1)) as f64 / period.max(1) as f64;
+            let d = std::f64::consts::TAU / period.max(1) as f64;
+            (coef, x.sin_cos(), d.sin_cos())
+        });
+        for k in 0..horizon {
+            let i = self.next + k;
+            let mut v = self.intercept + self.trend * (i as f64 - self.t0 as f64);
+            for (coef, (s1, c1), (sd, cd)) in &mut phases {
+                if !coef.is_empty() {
+                    v += harmonic_sum(coef, *s1, *c1);
+                }
+                (*s1, *c1) = (*s1 * *cd + *c1 * *sd, *c1 * *cd - *s1 * *sd);
+            }
+            out.push((v + self.correction).max(0.0));
+        }
     }
 
     /// Point forecasts with the model's own interval at `level`.
@@ -226,6 +245,18 @@ impl FourierFit {
     pub fn notes(&self) -> &[String] {
         &self.notes
     }
+}
+
+/// `Σ a_k sin(kx) + b_k cos(kx)` over `coef = [a_1, b_1, a_2, b_2, …]` from `sin x`, `cos x`,
+/// by the Chebyshev recurrence.
+fn harmonic_sum(coef: &[f64], s1: f64, c1: f64) -> f64 {
+    let (mut s_prev, mut c_prev, mut s, mut c) = (0.0, 1.0, s1, c1);
+    let mut v = 0.0;
+    for pair in coef.chunks_exact(2) {
+        v += pair[0] * s + pair[1] * c;
+        (s_prev, c_prev, s, c) = (s, c, 2.0 * c1 * s - s_prev, 2.0 * c1 * c - c_prev);
+    }
+    v
 }
 
 #[cfg(test)]
