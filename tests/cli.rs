@@ -313,6 +313,21 @@ fn restart_forecasts_from_the_saved_model_and_skips_a_corrupt_one() {
         "{detail}"
     );
     assert!(!model.is_null());
+    // Capacity and bottleneck are reported: 2 replicas × 150 rps configured, far above the
+    // trace's ~1 rps, so no breach within the horizon (and +Inf seconds to it).
+    assert_eq!(detail["capacity"]["source"], "configured", "{detail}");
+    assert_eq!(detail["capacity_rps"].as_f64(), Some(150.0), "{detail}");
+    assert_eq!(
+        detail["bottleneck"]["capacity_rps"].as_f64(),
+        Some(300.0),
+        "{detail}"
+    );
+    assert!(detail["bottleneck"]["breach"].is_null(), "{detail}");
+    let (_, metrics) = common::http_get(second.listen, "/metrics").unwrap();
+    assert!(
+        metrics.contains("prescale_seconds_to_bottleneck{target=\"web\"} inf"),
+        "{metrics}"
+    );
     let log = second.kill();
     assert!(log.contains("model loaded"), "{log}");
 
