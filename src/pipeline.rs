@@ -523,3 +523,67 @@ pub async fn deliver_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Queries, TargetConfig};
+    use crate::forecast::capacity::LatencyCurve;
+    use crate::metrics::Metrics;
+    use std::time::Duration;
+
+    /// A target without `capacity_rps` learns it from its series; one with it keeps it and
+    /// reports the learned value beside it.
+    #[test]
+    fn capacity_is_learned_from_rate_replicas_and_latency() {
+        let curve = LatencyCurve {
+            base: 0.05,
+            gain: 0.05,
+            saturation: 100.0,
+        };
+        // (configured, want source, want effective)
+        let cases = [
+            (None, CapacitySource::Learned, 66.7),
+            (Some(40.0), CapacitySource::Configured, 40.0),
+        ];
+        for (configured, source, want) in cases {
+            let mut t = TargetConfig::example("web", 1.0, Duration::from_secs(60));
+            t.capacity_rps = configured;
+            t.latency_slo = Some(Duration::from_millis(200));
+            t.queries = Queries {
+                request_rate: "rate".into(),
+                latency: Some("latency".into()),
+                replicas: Some("replicas".into()),
+                ..Queries::default()
+            };
+            let store = Store::new(std::slice::from_ref(&t), Metrics::new());
+            let mut state = store.target("web").unwrap();
+            for i in 0..600i64 {
+                let ts = i * 60;
+                let replicas = 2.0 + (i % 3) as f64;
+                let load = 10.0 + 80.0 * ((i * 37) % 100) as f64 / 100.0;
+                state.rate.extend([Sample {
+                    ts,
+                    value: load * replicas,
+                }]);
+                state.replica_series.extend([Sample {
+                    ts,
+                    value: replicas,
+                }]);
+                state.latency.extend([Sample {
+                    ts,
+                    value: curve.latency(load),
+                }]);
+            }
+            let c = resolve_capacity(&state, &t);
+            assert_eq!(c.source, source, "{}", c.reason);
+            let got = c.effective_rps.unwrap();
+            assert!(
+                (got - want).abs() / want < 0.05,
+                "{configured:?}: {got} vs {want}"
+            );
+            let learned = c.learned.as_ref().unwrap().capacity_rps;
+            assert!((learned - 66.7).abs() / 66.7 < 0.05, "learned {learned}");
+        }
+    }
+}
