@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{normal_quantile, own_interval};
+use super::model::{enough, normal_quantile, own_interval};
 use super::naive::fill_ring;
 use super::quantile;
 
@@ -81,7 +81,7 @@ impl Ets {
         } else {
             0.0
         };
-        let use_daily = self.daily && per_day > 0 && days >= 2.0;
+        let use_daily = self.daily && per_day > 0 && enough(days, 1.0);
         if self.daily && !use_daily {
             notes.push(if per_day == 0 {
                 "daily period dropped: the step does not divide a day".to_owned()
@@ -89,7 +89,7 @@ impl Ets {
                 format!("daily period dropped: {days:.1} days of history < 2")
             });
         }
-        let use_weekly = self.weekly && use_daily && days >= 14.0;
+        let use_weekly = self.weekly && use_daily && enough(days, 7.0);
         if self.weekly && use_daily && !use_weekly {
             notes.push(format!(
                 "weekly period dropped: {days:.1} days of history < 14"

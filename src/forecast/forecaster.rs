@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ets::Ets;
 use super::fourier::Fourier;
-use super::model::{Fitted, Spec};
+use super::model::{Fitted, Spec, enough};
 use super::naive::SeasonalNaive;
 use super::{Forecast, ForecastError, History, Point, quantile};
 
@@ -376,7 +376,7 @@ fn candidates(per_day: usize, days: f64, step: i64) -> Vec<Spec> {
                 alpha,
                 smooth,
             }));
-            if days >= 14.0 {
+            if enough(days, 7.0) {
                 out.push(Spec::Ets(Ets {
                     per_day,
                     daily: true,
@@ -385,12 +385,12 @@ fn candidates(per_day: usize, days: f64, step: i64) -> Vec<Spec> {
                     smooth,
                 }));
             }
-            if per_day == 0 || days < 2.0 {
+            if per_day == 0 || !enough(days, 1.0) {
                 break; // without a profile, smoothing changes nothing
             }
         }
     }
-    if per_day > 0 && days >= 2.0 {
+    if per_day > 0 && enough(days, 1.0) {
         out.push(Spec::Fourier(Fourier {
             per_day,
             daily: 6,
@@ -398,7 +398,7 @@ fn candidates(per_day: usize, days: f64, step: i64) -> Vec<Spec> {
             alpha: 0.15,
         }));
         out.push(Spec::Naive(SeasonalNaive { period: per_day }));
-        if days >= 14.0 {
+        if enough(days, 7.0) {
             out.push(Spec::Naive(SeasonalNaive {
                 period: 7 * per_day,
             }));

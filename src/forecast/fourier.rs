@@ -13,7 +13,7 @@ use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
 use super::ets::WARMUP;
-use super::model::{normal_quantile, own_interval};
+use super::model::{enough, normal_quantile, own_interval};
 use super::quantile;
 
 /// Rows used by the regression, at most.
@@ -67,13 +67,13 @@ impl Fourier {
             0.0
         };
         let mut notes = Vec::new();
-        let daily = if days >= 2.0 { self.daily } else { 0 };
+        let daily = if enough(days, 1.0) { self.daily } else { 0 };
         if self.daily > 0 && daily == 0 {
             notes.push(format!(
                 "daily period dropped: {days:.1} days of history < 2"
             ));
         }
-        let weekly = if days >= 14.0 { self.weekly } else { 0 };
+        let weekly = if enough(days, 7.0) { self.weekly } else { 0 };
         if self.weekly > 0 && weekly == 0 && daily > 0 {
             notes.push(format!(
                 "weekly period dropped: {days:.1} days of history < 14"

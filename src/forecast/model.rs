@@ -118,6 +118,12 @@ impl Fitted {
     }
 }
 
+/// Whether `days` of history hold two cycles of a period of `period_days`, give or take 1 %
+/// (so that a 14-day history whose first sample is a gap still counts two weeks).
+pub(crate) fn enough(days: f64, period_days: f64) -> bool {
+    days >= 2.0 * period_days * 0.99
+}
+
 /// `(value, lower, upper)` with a symmetric half-width, the lower bound floored at 0.
 pub(crate) fn own_interval(value: f64, half: f64) -> (f64, f64, f64) {
     (value, (value - half).max(0.0), value + half)
