@@ -119,8 +119,8 @@ pub struct RawForecast {
     /// target's startup + interval).
     #[serde(default, with = "humantime_serde")]
     pub horizon: Option<Duration>,
-    /// Directory of the fitted models, one file per target (default `models`, relative to
-    /// the working directory).
+    /// Directory of the fitted models, one file per target (default `models`; a relative
+    /// path is taken from the configuration file's directory).
     pub models_dir: Option<PathBuf>,
 }
 
@@ -523,7 +523,12 @@ impl Validator<'_> {
             level,
             refit_every,
             horizon,
-            models_dir: raw.forecast.models_dir.unwrap_or(def.models_dir),
+            // Relative to the configuration file, like secret files.
+            models_dir: match (raw.forecast.models_dir, self.file.parent()) {
+                (Some(d), _) if d.is_absolute() => d,
+                (d, Some(dir)) => dir.join(d.unwrap_or(def.models_dir)),
+                (d, None) => d.unwrap_or(def.models_dir),
+            },
         };
         let delivery = self.delivery(raw.delivery)?;
         if raw.targets.is_empty() {
@@ -950,6 +955,8 @@ max_replicas = 40
         .unwrap();
         assert_eq!(c.forecast.refit_every, Duration::from_secs(1800));
         assert_eq!(c.forecast.models_dir, PathBuf::from("/var/lib/prescale"));
+        let c = Config::parse(MINIMAL, Path::new("/etc/prescale/prescale.toml")).unwrap();
+        assert_eq!(c.forecast.models_dir, PathBuf::from("/etc/prescale/models"));
         let err =
             parse(&MINIMAL.replace("[[target]]", "[forecast]\nhorizon = \"2d\"\n\n[[target]]"))
                 .unwrap_err()
