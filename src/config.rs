@@ -140,6 +140,16 @@ pub struct RawServer {
 pub struct RawForecast {
     /// Prediction-interval level in (0, 1) (default 0.95).
     pub level: Option<f64>,
+    /// Re-select and refit each target's model this often (default 1h).
+    #[serde(default, with = "humantime_serde")]
+    pub refit_every: Option<Duration>,
+    /// Horizon model selection and intervals are tuned for (default 1h; at least each
+    /// target's startup + interval).
+    #[serde(default, with = "humantime_serde")]
+    pub horizon: Option<Duration>,
+    /// Directory of the fitted models, one file per target (default `models`; a relative
+    /// path is taken from the configuration file's directory).
+    pub models_dir: Option<PathBuf>,
 }
 
 /// `[delivery]`: how webhooks are retried.
@@ -212,8 +222,9 @@ pub struct RawTarget {
     pub instance_latency: Option<String>,
     /// PromQL giving the error ratio (0..1) per instance, grouped by the `instance` label.
     pub instance_errors: Option<String>,
-    /// Requests/s one replica serves within its latency SLO.
-    pub capacity_rps: f64,
+    /// Requests/s one replica serves within its latency SLO. Optional when `latency`,
+    /// `latency_slo` and `replicas` are set: it is then learned from latency under load.
+    pub capacity_rps: Option<f64>,
     /// Time from asking for a replica to it serving, e.g. `3m`.
     #[serde(with = "humantime_serde")]
     pub startup: Duration,
@@ -463,10 +474,40 @@ pub struct ServerConfig {
 }
 
 /// Validated `[forecast]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ForecastConfig {
     /// Prediction-interval level in (0, 1).
     pub level: f64,
+    /// Time between refits.
+    pub refit_every: Duration,
+    /// Horizon selection and intervals are tuned for.
+    pub horizon: Duration,
+    /// Directory of the fitted models.
+    pub models_dir: PathBuf,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> Self {
+        Self {
+            level: 0.95,
+            refit_every: Duration::from_secs(3_600),
+            horizon: Duration::from_secs(3_600),
+            models_dir: PathBuf::from("models"),
+        }
+    }
+}
+
+impl ForecastConfig {
+    /// Forecaster settings for a series of `step` seconds that must be forecast at least
+    /// `lookahead` seconds ahead.
+    pub fn settings(&self, step: i64, lookahead: i64) -> crate::forecast::Settings {
+        crate::forecast::Settings {
+            step,
+            level: self.level,
+            horizon: (self.horizon.as_secs() as i64).max(lookahead).max(step),
+            refit_every: self.refit_every.as_secs().max(1) as i64,
+        }
+    }
 }
 
 /// Validated `[delivery]`.
@@ -571,8 +612,9 @@ pub struct TargetConfig {
     pub queries: Queries,
     /// Latency objective.
     pub latency_slo: Option<Duration>,
-    /// Requests/s one replica serves within its SLO (> 0).
-    pub capacity_rps: f64,
+    /// Requests/s one replica serves within its SLO (> 0), when configured; otherwise it is
+    /// learned (see [`crate::forecast::capacity`]).
+    pub capacity_rps: Option<f64>,
     /// Time from asking for a replica to it serving.
     pub startup: Duration,
     /// Fewest replicas (≥ 1... or 0 if configured so).
@@ -632,7 +674,7 @@ impl TargetConfig {
             name: name.to_owned(),
             queries: Queries::default(),
             latency_slo: None,
-            capacity_rps,
+            capacity_rps: Some(capacity_rps),
             startup,
             min_replicas: 1,
             max_replicas: 1000,
@@ -750,6 +792,29 @@ impl Validator<'_> {
                 format!("{level} is out of range; expected a number between 0 and 1, e.g. 0.95"),
             ));
         }
+        let def = ForecastConfig::default();
+        let refit_every = raw.forecast.refit_every.unwrap_or(def.refit_every);
+        if refit_every < Duration::from_secs(1) {
+            return Err(self.err("forecast.refit_every", "expected at least 1s, e.g. 1h"));
+        }
+        let horizon = raw.forecast.horizon.unwrap_or(def.horizon);
+        if horizon.is_zero() || horizon > Duration::from_secs(86_400) {
+            return Err(self.err(
+                "forecast.horizon",
+                "is out of range; expected above 0 and at most 1d, e.g. 1h",
+            ));
+        }
+        let forecast = ForecastConfig {
+            level,
+            refit_every,
+            horizon,
+            // Relative to the configuration file, like secret files.
+            models_dir: match (raw.forecast.models_dir, self.file.parent()) {
+                (Some(d), _) if d.is_absolute() => d,
+                (d, Some(dir)) => dir.join(d.unwrap_or(def.models_dir)),
+                (d, None) => d.unwrap_or(def.models_dir),
+            },
+        };
         let delivery = self.delivery(raw.delivery)?;
         let state = self.state(raw.state)?;
         let alertmanager = raw.alertmanager.map(|a| self.alertmanager(a)).transpose()?;
@@ -782,7 +847,7 @@ impl Validator<'_> {
                 api_token,
                 auth_reads,
             },
-            forecast: ForecastConfig { level },
+            forecast,
             delivery,
             state,
             alertmanager,
@@ -1022,14 +1087,21 @@ impl Validator<'_> {
         if t.latency_slo.is_some_and(|d| d.is_zero()) {
             return Err(self.err(key("latency_slo"), "expected a duration above zero"));
         }
-        if !(t.capacity_rps.is_finite() && t.capacity_rps > 0.0) {
-            return Err(self.err(
-                key("capacity_rps"),
-                format!(
-                    "{} is not usable; expected a positive number of requests/s",
-                    t.capacity_rps
-                ),
-            ));
+        match t.capacity_rps {
+            Some(c) if !(c.is_finite() && c > 0.0) => {
+                return Err(self.err(
+                    key("capacity_rps"),
+                    format!("{c} is not usable; expected a positive number of requests/s"),
+                ));
+            }
+            None if t.latency_slo.is_none() || queries.replicas.is_none() => {
+                return Err(self.err(
+                    key("capacity_rps"),
+                    "is missing; expected a positive number of requests/s, or `latency`, \
+                     `latency_slo` and `replicas` to learn it from",
+                ));
+            }
+            _ => {}
         }
         let min_replicas = t.min_replicas.unwrap_or(1);
         if t.max_replicas == 0 {
@@ -1561,6 +1633,38 @@ max_replicas = 40
     }
 
     #[test]
+    fn capacity_may_be_left_to_learn_only_with_latency_slo_and_replicas() {
+        let without = MINIMAL.replace("capacity_rps = 150\n", "");
+        let err = parse(&without).unwrap_err().to_string();
+        assert!(
+            err.contains("target[web].capacity_rps") && err.contains("to learn it from"),
+            "{err}"
+        );
+        let learnable = without.replace(
+            "max_replicas = 40",
+            "max_replicas = 40\nlatency = 'p95'\nlatency_slo = \"250ms\"\nreplicas = 'count(up)'",
+        );
+        assert_eq!(parse(&learnable).unwrap().targets[0].capacity_rps, None);
+        let c = parse(&MINIMAL.replace(
+            "[[target]]",
+            "[forecast]\nrefit_every = \"30m\"\nmodels_dir = \"/var/lib/prescale\"\n\n[[target]]",
+        ))
+        .unwrap();
+        assert_eq!(c.forecast.refit_every, Duration::from_secs(1800));
+        assert_eq!(c.forecast.models_dir, PathBuf::from("/var/lib/prescale"));
+        let c = Config::parse(MINIMAL, Path::new("/etc/prescale/prescale.toml")).unwrap();
+        assert_eq!(c.forecast.models_dir, PathBuf::from("/etc/prescale/models"));
+        let err =
+            parse(&MINIMAL.replace("[[target]]", "[forecast]\nhorizon = \"2d\"\n\n[[target]]"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("forecast.horizon") && err.contains("at most 1d"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn duplicate_targets_are_refused() {
         let text = format!(
             "{MINIMAL}\n{}",
@@ -1730,6 +1834,6 @@ max_replicas = 40
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prescale.toml");
         let c = Config::load(&path).unwrap();
         assert_eq!(c.targets[0].name, "web");
-        assert_eq!(c.targets[0].capacity_rps, 150.0);
+        assert_eq!(c.targets[0].capacity_rps, Some(150.0));
     }
 }

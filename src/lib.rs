@@ -6,7 +6,10 @@
 //! - [`config`]: the TOML file, validated once into [`config::Config`].
 //! - [`source`]: where series come from: Prometheus over HTTP, or a replayed CSV trace.
 //! - [`series`]: step-aligned samples in bounded buffers.
-//! - [`forecast`]: pure; a series and `now` in, a forecast with intervals out.
+//! - [`forecast`]: pure; a series and `now` in, a forecast with intervals out; a stateful
+//!   per-target [`forecast::Forecaster`] selects and updates models; learned capacity and
+//!   predicted bottlenecks.
+//! - [`models`]: each target's fitted forecaster saved in the models directory.
 //! - [`decide`]: pure; forecast, observations, policy and `now` in, a decision with reasons out.
 //! - [`act`]: where decisions go: a durable outbox, then signed webhooks to the platform and
 //!   the balancer, HAProxy's runtime API, and Alertmanager.
@@ -25,6 +28,7 @@ pub mod decide;
 pub mod demo;
 pub mod forecast;
 pub mod metrics;
+pub mod models;
 pub mod pipeline;
 pub mod series;
 pub mod simulate;
@@ -91,6 +95,8 @@ pub async fn serve_with(
             outbox: outbox.clone(),
             alerts: config.alertmanager.clone(),
             budget: config.budget,
+            forecast: config.forecast.clone(),
+            models: models::ModelsDir::new(&config.forecast.models_dir),
         };
         tasks.spawn(target_loop.run(stop_rx.clone()));
     }
@@ -163,7 +169,8 @@ pub fn summary(config: &config::Config) -> String {
             t.mode,
             t.min_replicas,
             t.max_replicas,
-            t.capacity_rps,
+            t.capacity_rps
+                .map_or("learned".to_owned(), |c| c.to_string()),
             humantime::format_duration(t.startup),
             humantime::format_duration(t.interval),
             humantime::format_duration(t.step),

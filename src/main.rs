@@ -101,6 +101,25 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         skip: Duration,
     },
+    /// Rolling forecasts over a trace, `--horizon` ahead of every step; prints the accuracy
+    /// per model (MASE against the daily seasonal naive, sMAPE, interval coverage).
+    Forecast {
+        /// Trace CSV: `timestamp_seconds,value`, value = requests in the bucket.
+        #[arg(long)]
+        trace: PathBuf,
+        /// How far ahead, e.g. `15m` or `1h`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        horizon: Duration,
+        /// Where to write the forecasts CSV.
+        #[arg(long)]
+        out: PathBuf,
+        /// Take `[forecast]` settings and the first target's history from this config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seconds at the start of the trace left out of the printed scores.
+        #[arg(long, default_value_t = 604_800)]
+        skip: i64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -176,7 +195,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 None => (TargetConfig::example("backtest", capacity, startup), 0.95),
             };
-            target.capacity_rps = capacity;
+            target.capacity_rps = Some(capacity);
             target.startup = startup;
             let trace = match (trace, prometheus, query, from, to) {
                 (Some(path), ..) => Trace::load(&path)?,
@@ -220,6 +239,59 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             tracing::debug!(elapsed = ?started.elapsed(), "backtest done");
+            Ok(())
+        }
+        Command::Forecast {
+            trace,
+            horizon,
+            out,
+            config,
+            skip,
+        } => {
+            let trace = Trace::load(&trace)?;
+            let (forecast, history) = match config {
+                Some(path) => {
+                    let c = Config::load(&path)?;
+                    (c.forecast, c.targets[0].history)
+                }
+                None => (
+                    prescale::config::ForecastConfig::default(),
+                    TargetConfig::example("forecast", 1.0, Duration::ZERO).history,
+                ),
+            };
+            let horizon_s = horizon.as_secs() as i64;
+            anyhow::ensure!(
+                horizon_s > 0 && horizon_s % trace.step == 0,
+                "--horizon {}: expected a positive multiple of the trace step ({}s)",
+                humantime::format_duration(horizon),
+                trace.step
+            );
+            let settings = forecast.settings(trace.step, horizon_s);
+            let rows = prescale::simulate::rolling_forecasts(
+                &trace,
+                horizon_s,
+                history.as_secs() as i64,
+                settings,
+            );
+            let mut w = csv::Writer::from_path(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            for row in &rows {
+                w.serialize(row)
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+            w.flush()
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("{} rows written to {}", rows.len(), out.display());
+            println!(
+                "{:<22} {:>7} {:>6} {:>7} {:>9}",
+                "model", "rows", "mase", "smape%", "coverage%"
+            );
+            for a in prescale::simulate::accuracy(&trace, &rows, skip) {
+                println!(
+                    "{:<22} {:>7} {:>6.3} {:>7.2} {:>9.2}",
+                    a.model, a.rows, a.mase, a.smape, a.coverage
+                );
+            }
             Ok(())
         }
     }

@@ -91,6 +91,30 @@ pub struct Metrics {
     pub forecast_mae: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     /// Rolling share of observations inside the prediction interval.
     pub forecast_coverage: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    /// Seconds until the predicted bottleneck; +Inf when none within the horizon.
+    pub seconds_to_bottleneck: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    /// Requests/s per replica in use.
+    pub capacity_rps: Family<CapacityLabels, Gauge<f64, AtomicU64>>,
+    /// Model refits by selected model.
+    pub forecast_refits: Family<ModelLabels, Counter>,
+}
+
+/// Labels of the capacity in use.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapacityLabels {
+    /// Target name.
+    pub target: String,
+    /// `configured` or `learned`.
+    pub source: String,
+}
+
+/// Labels of a model refit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Target name.
+    pub target: String,
+    /// The selected model.
+    pub model: String,
 }
 
 impl Default for Metrics {
@@ -175,9 +199,30 @@ impl Metrics {
             "Rolling share of observed request rates inside the forecast's prediction interval",
             forecast_coverage.clone(),
         );
+        let seconds_to_bottleneck = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "seconds_to_bottleneck",
+            "Seconds until demand is predicted to outgrow the running replicas (+Inf: not within the horizon)",
+            seconds_to_bottleneck.clone(),
+        );
+        let capacity_rps = Family::<CapacityLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "capacity_rps",
+            "Requests/s per replica in use, by where it comes from",
+            capacity_rps.clone(),
+        );
+        let forecast_refits = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "forecast_refits",
+            "Model re-selections and refits, by the model selected",
+            forecast_refits.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             forecast_mae,
+            seconds_to_bottleneck,
+            capacity_rps,
+            forecast_refits,
             forecast_coverage,
             polls,
             poll_duration,

@@ -18,13 +18,17 @@ use tracing::{debug, error, info, warn};
 use crate::act::alert::{self, Limit};
 use crate::act::outbox::Outbox;
 use crate::act::{Action, RebalanceAction, ScaleAction};
-use crate::config::{AlertmanagerConfig, Mode, TargetConfig};
-use crate::decide::{self, Observed, Policy, balance};
-use crate::forecast::{self, History};
-use crate::metrics::{DecisionLabels, PollLabels, SignalLabels, TargetLabels};
+use crate::config::{AlertmanagerConfig, ForecastConfig, Mode, TargetConfig};
+use crate::decide::{self, Decision, Observed, Policy, Reason, balance};
+use crate::forecast::capacity::{self, Capacity, CapacitySource};
+use crate::forecast::{Forecaster, History, Updated, bottleneck};
+use crate::metrics::{
+    CapacityLabels, DecisionLabels, ModelLabels, PollLabels, SignalLabels, TargetLabels,
+};
+use crate::models::ModelsDir;
 use crate::series::{Sample, align_down};
 use crate::source::{Source, SourceError};
-use crate::store::{DecisionRecord, InstanceStats, Signal, Store};
+use crate::store::{DecisionRecord, InstanceStats, Signal, Store, TargetState};
 
 /// Steps of per-instance history fetched each cycle (the newest value is used).
 const INSTANCE_WINDOW_STEPS: i64 = 5;
@@ -45,11 +49,16 @@ pub struct TargetLoop {
     pub alerts: Option<AlertmanagerConfig>,
     /// Most replicas across all targets, if budgeted.
     pub budget: Option<u32>,
+    /// Forecast settings (refit schedule, horizon).
+    pub forecast: ForecastConfig,
+    /// Where fitted models are saved and loaded.
+    pub models: ModelsDir,
 }
 
 impl TargetLoop {
     /// Runs one cycle immediately, then one every `interval`, until `shutdown` flips.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        self.load_model();
         let mut ticker = tokio::time::interval(self.store.clock().real(self.target.interval));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -64,6 +73,28 @@ impl TargetLoop {
             }
         }
         debug!(target = %self.target.name, "target loop stopped");
+    }
+
+    /// Puts the saved forecaster, if any, in the store, so that forecasts are served before
+    /// the first refit. A corrupt or old file is skipped with a warning (and overwritten at
+    /// the next refit).
+    pub fn load_model(&self) {
+        let name = &self.target.name;
+        let loaded = match self.models.load(name) {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(target = %name, error = %e, "model file skipped; the model will be refitted");
+                return;
+            }
+        };
+        let info = loaded.info();
+        if let Some(mut state) = self.store.target(name) {
+            state.forecaster = Some(loaded);
+        }
+        if let Some(i) = info {
+            info!(target = %name, model = i.model, fitted_at = i.fitted_at, "model loaded");
+        }
     }
 
     /// One poll → forecast → decide → act pass at `now` (the store's clock).
@@ -230,17 +261,15 @@ impl TargetLoop {
     /// Forecasts and decides from the stored state; returns the actions to send.
     fn decide(&self, now: i64) -> Vec<Action> {
         let t = &self.target;
-        let policy = Policy::of(t);
+        let mut policy = Policy::of(t);
+        let settings = self.forecast.settings(t.step_secs(), policy.lookahead);
         let mut actions = Vec::new();
         let Some(mut state) = self.store.target(&t.name) else {
             return actions;
         };
         let alert_lead = self.alerts.as_ref().map_or(0, |a| a.lead.as_secs() as i64);
         let degraded = state.degraded_reasons(now);
-        if std::mem::take(&mut state.refit_requested) {
-            // The current forecaster refits from the stored series on every cycle.
-            info!(target = %t.name, "refit requested");
-        }
+        let refit_requested = std::mem::take(&mut state.refit_requested);
         // Score the previous forecast against what has been observed since it was made.
         if let Some(prev) = state.forecast.take() {
             // Its points start after the last observation it saw: all later ones are new.
@@ -260,16 +289,105 @@ impl TargetLoop {
             }
         }
         let grid = state.rate.to_grid();
-        let forecast = grid.as_ref().and_then(|(start, values)| {
+        let forecaster = state
+            .forecaster
+            .get_or_insert_with(|| Forecaster::new(settings));
+        if *forecaster.settings() != settings {
+            forecaster.set_settings(settings);
+        }
+        // A refit holds this target's lock for some milliseconds; the API waits that long.
+        let updated = grid.as_ref().map(|(start, values)| {
             let history = History {
                 start: *start,
                 step: t.step_secs(),
                 values,
             };
-            // Far enough ahead for the decision and for alerts.
-            let horizon = policy.lookahead.max(alert_lead);
-            forecast::forecast(history, now, horizon, self.level).ok()
+            if refit_requested {
+                info!(target = %t.name, "refit requested");
+                forecaster.refit(history, now).map(|()| Updated::Refitted)
+            } else {
+                forecaster.update(history, now)
+            }
         });
+        let refitted = matches!(updated, Some(Ok(Updated::Refitted)));
+        if let Some(Err(e)) = &updated {
+            debug!(target = %t.name, error = %e, "no forecast");
+        }
+        // Far enough ahead for the decision, the bottleneck and alerts.
+        let forecast = forecaster
+            .forecast(now, settings.horizon.max(alert_lead))
+            .ok();
+        let model_info = forecaster.info();
+        let saved = refitted.then(|| ModelsDir::encode(&t.name, forecaster, now));
+        if refitted || state.capacity.is_none() {
+            state.capacity = Some(resolve_capacity(&state, t));
+        }
+        let capacity = state.capacity.as_ref().and_then(|c| c.effective_rps);
+        let m = self.store.metrics();
+        let labels = TargetLabels {
+            target: t.name.clone(),
+        };
+        if let Some(i) = &model_info
+            && refitted
+        {
+            m.forecast_refits
+                .get_or_create(&ModelLabels {
+                    target: t.name.clone(),
+                    model: i.model.to_owned(),
+                })
+                .inc();
+            info!(target = %t.name, model = i.model, description = %i.description, "model selected");
+        }
+        if let (Some(c), Some(cap)) = (&state.capacity, capacity) {
+            m.capacity_rps
+                .get_or_create(&CapacityLabels {
+                    target: t.name.clone(),
+                    source: if c.source == CapacitySource::Learned {
+                        "learned"
+                    } else {
+                        "configured"
+                    }
+                    .to_owned(),
+                })
+                .set(cap);
+        }
+        state.bottleneck = match (&forecast, capacity) {
+            (Some(f), Some(cap)) => {
+                let latency = state
+                    .capacity
+                    .as_ref()
+                    .and_then(|c| c.learned.as_ref())
+                    .zip(t.latency_slo)
+                    .map(|(l, slo)| (l.curve, slo.as_secs_f64()));
+                Some(bottleneck::predict(bottleneck::Inputs {
+                    forecast: f,
+                    now,
+                    replicas: state.replicas,
+                    capacity_per_replica: cap,
+                    demand_now: state.rate.last().map(|s| s.value),
+                    latency,
+                }))
+            }
+            _ => None,
+        };
+        m.seconds_to_bottleneck.get_or_create(&labels).set(
+            state
+                .bottleneck
+                .as_ref()
+                .map_or(f64::INFINITY, |b| b.seconds_to_breach()),
+        );
+        if let Some(bytes) = saved.and_then(|r| {
+            r.map_err(|e| warn!(target = %t.name, error = %e, "saving the model failed"))
+                .ok()
+        }) {
+            let models = self.models.clone();
+            let name = t.name.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = models.write(&name, &bytes) {
+                    warn!(target = %name, error = %e, "saving the model failed");
+                }
+            });
+        }
         let fresh = |s: Option<Sample>| s.filter(|s| now - s.ts <= t.stale_after.as_secs() as i64);
         let latency = t
             .latency_slo
@@ -277,7 +395,11 @@ impl TargetLoop {
             .map(|(slo, s)| decide::Latency {
                 p95: s.value,
                 slo: slo.as_secs_f64(),
-                rps_per_replica_at_slo: None,
+                rps_per_replica_at_slo: state
+                    .capacity
+                    .as_ref()
+                    .and_then(|c| c.learned.as_ref())
+                    .map(|l| l.capacity_rps),
             });
         let observed = Observed {
             replicas: state.replicas,
@@ -285,13 +407,32 @@ impl TargetLoop {
             latency,
             degraded: !degraded.is_empty(),
         };
-        let mut decision = decide::decide(
-            &policy,
-            forecast.as_ref(),
-            observed,
-            &mut state.decide_state,
-            now,
-        );
+        let mut decision = match capacity {
+            Some(cap) => {
+                policy.capacity_rps = cap;
+                decide::decide(
+                    &policy,
+                    forecast.as_ref(),
+                    observed,
+                    &mut state.decide_state,
+                    now,
+                )
+            }
+            // Nothing to size replicas by yet: hold, and say why.
+            None => Decision {
+                at: now,
+                from: state.replicas,
+                to: state.replicas,
+                reasons: vec![Reason::new(
+                    "NoCapacity",
+                    state
+                        .capacity
+                        .as_ref()
+                        .map_or_else(String::new, |c| c.reason.clone()),
+                )],
+                peak: None,
+            },
+        };
         state.wanted = Some(decision.to);
         // The most the budget grants this target, when it grants less than it wants.
         let mut budget_cap = None;
@@ -333,10 +474,6 @@ impl TargetLoop {
             value: replicas,
         }]);
 
-        let m = self.store.metrics();
-        let labels = TargetLabels {
-            target: t.name.clone(),
-        };
         m.desired_replicas
             .get_or_create(&labels)
             .set(i64::from(decision.to));
@@ -399,16 +536,8 @@ impl TargetLoop {
                 (Mode::Act, Some(granted)) => (granted, Limit::Budget),
                 (Mode::Act, None) => (t.max_replicas, Limit::MaxReplicas),
             };
-            let bottleneck = forecast.as_ref().and_then(|f| {
-                alert::predicted_breach(
-                    &t.name,
-                    f,
-                    now,
-                    alert_lead,
-                    t.capacity_rps,
-                    reachable,
-                    limit,
-                )
+            let bottleneck = forecast.as_ref().zip(capacity).and_then(|(f, cap)| {
+                alert::predicted_breach(&t.name, f, now, alert_lead, cap, reachable, limit)
             });
             if let Some(a) = state
                 .alert
@@ -461,4 +590,31 @@ impl TargetLoop {
         let granted = decide::budget::allocate(budget, &claims);
         mine.map(|i| (granted[i], total))
     }
+}
+
+/// The capacity to decide with: configured, or learned from `(rate / replicas, latency)`
+/// pairs when the target has a latency SLO and a replicas query.
+fn resolve_capacity(state: &TargetState, t: &TargetConfig) -> Capacity {
+    let learned = match (t.latency_slo, &t.queries.replicas, &t.queries.latency) {
+        (Some(slo), Some(_), Some(_)) => {
+            let pairs: Vec<(f64, f64)> = state
+                .latency
+                .iter()
+                .filter_map(|l| {
+                    let at = |s: &crate::series::Series| {
+                        s.since(l.ts)
+                            .next()
+                            .filter(|x| x.ts == l.ts)
+                            .map(|x| x.value)
+                    };
+                    let rate = at(&state.rate)?;
+                    let replicas = at(&state.replica_series).filter(|r| *r >= 1.0)?;
+                    Some((rate / replicas, l.value))
+                })
+                .collect();
+            Some(capacity::learn(&pairs, slo.as_secs_f64()))
+        }
+        _ => None,
+    };
+    capacity::resolve(t.capacity_rps, learned.as_ref())
 }

@@ -12,12 +12,18 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::config::TargetConfig;
+use crate::config::{ForecastConfig, TargetConfig};
 use crate::decide::{self, DecideState, Observed, Policy};
-use crate::forecast::{self, History};
+use crate::forecast::{Forecaster, History, Settings};
 use crate::source::replay::Trace;
 
 pub mod plot;
+
+/// The capacity a backtest sizes replicas by: the configured one (the CLI always sets it;
+/// there is no latency to learn it from in a request trace).
+fn capacity(target: &TargetConfig) -> f64 {
+    target.capacity_rps.unwrap_or(f64::NAN)
+}
 
 /// One backtest step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -52,6 +58,12 @@ pub fn backtest(
     let keep = (target.history.as_secs() as i64 / step).max(2) as usize;
     let rps: Vec<f64> = (0..trace.counts.len()).map(|i| trace.rps(i)).collect();
 
+    let settings = ForecastConfig {
+        level,
+        ..ForecastConfig::default()
+    }
+    .settings(step, policy.lookahead);
+    let mut forecaster = Forecaster::new(settings);
     let mut state = DecideState::default();
     let mut replicas = target.min_replicas;
     let mut rows = Vec::with_capacity(rps.len());
@@ -65,8 +77,10 @@ pub fn backtest(
             step,
             values: seen,
         };
-        // The one place the forecaster is called.
-        let fc = forecast::forecast(history, now, policy.lookahead, level).ok();
+        let fc = match forecaster.update(history, now) {
+            Ok(_) => forecaster.forecast(now, policy.lookahead).ok(),
+            Err(_) => None,
+        };
         let last = seen.last().copied().filter(|v| v.is_finite());
         let observed = Observed {
             degraded: last.is_none(),
@@ -106,7 +120,7 @@ pub fn hpa(trace: &Trace, target: &TargetConfig, target_utilization: f64) -> Vec
     let mut state = DecideState::default();
     let first = trace.rps(0);
     let mut replicas = if first.is_finite() {
-        ((first / (target.capacity_rps * target_utilization)).ceil() as u32)
+        ((first / (capacity(&target) * target_utilization)).ceil() as u32)
             .clamp(target.min_replicas, target.max_replicas)
     } else {
         target.min_replicas
@@ -133,7 +147,7 @@ pub fn clairvoyant(trace: &Trace, target: &TargetConfig) -> Vec<u32> {
         .map(|i| {
             let d = trace.rps(i);
             let need = if d.is_finite() {
-                (d / target.capacity_rps - 1e-9).ceil().max(0.0) as u32
+                (d / capacity(target) - 1e-9).ceil().max(0.0) as u32
             } else {
                 0
             };
@@ -276,7 +290,7 @@ impl Summary {
         let delay = (target.startup.as_secs() as i64 + step - 1) / step;
         let delay = delay.max(0) as usize;
         let from = ((skip + step - 1) / step).max(0) as usize;
-        let cap = target.capacity_rps;
+        let cap = capacity(target);
         let asked: Vec<u32> = rows.iter().map(|r| r.replicas).collect();
         let prescale = Score::of(trace, cap, &asked, &ready(&asked, delay), from);
         let hpa = HPA_UTILIZATIONS
@@ -320,6 +334,128 @@ impl Summary {
         line("clairvoyant", &self.clairvoyant);
         s
     }
+}
+
+/// One rolling forecast: made at `origin` from the buckets that ended by then, for the
+/// bucket starting at `timestamp` (= origin + horizon).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ForecastRow {
+    /// When the forecast was made (Unix s).
+    pub origin: i64,
+    /// Start of the bucket forecast (Unix s).
+    pub timestamp: i64,
+    /// What happened there, requests/s (`NaN` when the trace has no such bucket).
+    pub actual: f64,
+    /// Point forecast, requests/s.
+    pub forecast: f64,
+    /// Lower bound, requests/s.
+    pub lower: f64,
+    /// Upper bound, requests/s.
+    pub upper: f64,
+    /// The model that made it.
+    pub model: &'static str,
+}
+
+/// Rolling forecasts over `trace`, `horizon` seconds ahead of every step, through one
+/// [`Forecaster`] updated each step and refitted on its schedule, exactly as the live
+/// pipeline uses it. History is limited to `history` seconds.
+pub fn rolling_forecasts(
+    trace: &Trace,
+    horizon: i64,
+    history: i64,
+    settings: Settings,
+) -> Vec<ForecastRow> {
+    let step = trace.step;
+    let keep = (history / step).max(2) as usize;
+    let rps: Vec<f64> = (0..trace.counts.len()).map(|i| trace.rps(i)).collect();
+    let mut forecaster = Forecaster::new(settings);
+    let mut rows = Vec::with_capacity(rps.len());
+    for i in 1..rps.len() {
+        let origin = trace.timestamp(i);
+        let lo = i.saturating_sub(keep);
+        let history = History {
+            start: trace.timestamp(lo),
+            step,
+            values: &rps[lo..i],
+        };
+        if forecaster.update(history, origin).is_err() {
+            continue;
+        }
+        let Ok(fc) = forecaster.forecast(origin, horizon) else {
+            continue;
+        };
+        let target = origin + horizon;
+        let Some(p) = fc.points.iter().find(|p| p.timestamp == target) else {
+            continue;
+        };
+        let j = ((target - trace.start) / step) as usize;
+        rows.push(ForecastRow {
+            origin,
+            timestamp: target,
+            actual: rps.get(j).copied().unwrap_or(f64::NAN),
+            forecast: p.value,
+            lower: p.lower,
+            upper: p.upper,
+            model: fc.model,
+        });
+    }
+    rows
+}
+
+/// Accuracy of rolling forecasts of one model (or of all, `model = "all"`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Accuracy {
+    /// The model.
+    pub model: &'static str,
+    /// Rows scored (those with an actual and an actual one day earlier).
+    pub rows: usize,
+    /// MAE over the MAE of the daily seasonal naive on the same rows.
+    pub mase: f64,
+    /// Symmetric MAPE, %.
+    pub smape: f64,
+    /// Share of actuals inside the interval, %.
+    pub coverage: f64,
+}
+
+/// Scores `rows` per model and overall against the daily seasonal naive of `trace`,
+/// skipping rows whose timestamp is before `trace.start + skip`.
+pub fn accuracy(trace: &Trace, rows: &[ForecastRow], skip: i64) -> Vec<Accuracy> {
+    let day = (86_400 / trace.step) as usize;
+    let mut acc: std::collections::BTreeMap<&'static str, [f64; 5]> = Default::default();
+    for r in rows {
+        let j = ((r.timestamp - trace.start) / trace.step) as usize;
+        if r.timestamp < trace.start + skip || !r.actual.is_finite() || j < day {
+            continue;
+        }
+        let naive = trace.rps(j - day);
+        if !naive.is_finite() {
+            continue;
+        }
+        let (y, f) = (r.actual, r.forecast);
+        let smape = if y == 0.0 && f == 0.0 {
+            0.0
+        } else {
+            200.0 * (y - f).abs() / (y.abs() + f.abs())
+        };
+        let inside = f64::from(u8::from(r.lower <= y && y <= r.upper));
+        for key in [r.model, "all"] {
+            let a = acc.entry(key).or_default();
+            a[0] += 1.0;
+            a[1] += (y - f).abs();
+            a[2] += (y - naive).abs();
+            a[3] += smape;
+            a[4] += inside;
+        }
+    }
+    acc.into_iter()
+        .map(|(model, a)| Accuracy {
+            model,
+            rows: a[0] as usize,
+            mase: if a[2] > 0.0 { a[1] / a[2] } else { f64::NAN },
+            smape: a[3] / a[0],
+            coverage: 100.0 * a[4] / a[0],
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use crate::config::{Mode, TargetConfig};
 use crate::decide::balance::Balancer;
 pub use crate::decide::balance::InstanceStats;
 use crate::decide::{DecideState, Decision};
-use crate::forecast::Forecast;
+use crate::forecast::bottleneck::Bottleneck;
+use crate::forecast::capacity::Capacity;
+use crate::forecast::{Forecast, Forecaster};
 use crate::metrics::Metrics;
 use crate::series::Series;
 
@@ -177,6 +179,13 @@ pub struct TargetState {
     pub forecast: Option<Forecast>,
     /// How recent forecasts did against what was then observed.
     pub forecast_quality: ForecastQuality,
+    /// The request-rate forecaster: selected model and its state (loaded from the models
+    /// directory at start, else created at the first cycle).
+    pub forecaster: Option<Forecaster>,
+    /// The capacity in use and the evidence for it (resolved at each refit).
+    pub capacity: Option<Capacity>,
+    /// The predicted bottleneck as of the last cycle.
+    pub bottleneck: Option<Bottleneck>,
     /// Stabilisation memory of the decision engine.
     pub decide_state: DecideState,
     /// The last decision.
@@ -219,6 +228,9 @@ impl TargetState {
             replicas: config.min_replicas,
             forecast: None,
             forecast_quality: ForecastQuality::default(),
+            forecaster: None,
+            capacity: None,
+            bottleneck: None,
             decide_state: DecideState::default(),
             last_decision: None,
             instances: BTreeMap::new(),

@@ -337,3 +337,156 @@ fn backtest_replays_a_range_from_prometheus() {
         text(&o.stderr)
     );
 }
+
+/// A `prescale serve` child process with its stderr captured; killed on drop.
+struct Serve {
+    child: std::process::Child,
+    listen: std::net::SocketAddr,
+    _config: TempConfig,
+}
+
+impl Serve {
+    fn start(prometheus_url: &str, models: &Path) -> Self {
+        let listen = format!("127.0.0.1:{}", common::free_port())
+            .parse()
+            .unwrap();
+        let text = common::minimal_config(
+            prometheus_url,
+            listen,
+            "history = \"3d\"\ninterval = \"1s\"",
+        )
+        .replace(
+            "[[target]]",
+            &format!(
+                "[forecast]\nmodels_dir = \"{}\"\n\n[[target]]",
+                models.display()
+            ),
+        );
+        let config = TempConfig::write(&text);
+        let child = Command::new(env!("CARGO_BIN_EXE_prescale"))
+            .args(["serve", "--config", config.path().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn prescale serve");
+        Self {
+            child,
+            listen,
+            _config: config,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, serde_json::Value)> {
+        let (status, body) = common::http_get(self.listen, path).ok()?;
+        Some((status, serde_json::from_str(&body).unwrap_or_default()))
+    }
+
+    /// SIGKILL, then everything it logged.
+    fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        stderr
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kill -9 and restart `prescale serve`: with Prometheus down, the forecast endpoint still
+/// answers from the saved model, before any refit. Then a corrupt model file is skipped with
+/// a warning and replaced by a refitted one.
+#[test]
+fn restart_forecasts_from_the_saved_model_and_skips_a_corrupt_one() {
+    let mut prom = Prometheus::start(Options {
+        backfill: Some(Backfill::from_trace(3)),
+        scrape: None,
+        port: None,
+    });
+    let models = tempfile::tempdir().unwrap();
+    let file = models.path().join("web.json");
+    let read_saved = || -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(&file).ok()?).ok()
+    };
+
+    let first = Serve::start(&prom.url(), models.path());
+    let saved = poll_until(
+        "the model to be saved",
+        Duration::from_secs(120),
+        read_saved,
+    );
+    let fitted_at = saved["forecaster"]["state"]["fitted_at"].as_i64().unwrap();
+    let model = saved["forecaster"]["state"]["fitted"]["kind"].clone();
+    first.kill();
+
+    prom.stop();
+    let second = Serve::start(&prom.url(), models.path());
+    let (_, forecast) = poll_until("a forecast", Duration::from_secs(60), || {
+        second
+            .get("/api/v1/targets/web/forecast?horizon=30m")
+            .filter(|(s, _)| *s == 200)
+    });
+    let points = forecast["points"].as_array().unwrap();
+    assert!(points.len() >= 30, "{forecast}");
+    assert!(
+        points
+            .iter()
+            .all(|p| p["lower"].as_f64() <= p["value"].as_f64()
+                && p["value"].as_f64() <= p["upper"].as_f64())
+    );
+    let (_, detail) = second.get("/api/v1/targets/web").unwrap();
+    assert_eq!(
+        detail["forecast_model"]["fitted_at"].as_i64(),
+        Some(fitted_at),
+        "{detail}"
+    );
+    assert!(!model.is_null());
+    // Capacity and bottleneck are reported: 2 replicas × 150 rps configured, far above the
+    // trace's ~1 rps, so no breach within the horizon (and +Inf seconds to it).
+    assert_eq!(detail["capacity"]["source"], "configured", "{detail}");
+    assert_eq!(detail["capacity_rps"].as_f64(), Some(150.0), "{detail}");
+    assert_eq!(
+        detail["bottleneck"]["capacity_rps"].as_f64(),
+        Some(300.0),
+        "{detail}"
+    );
+    assert!(detail["bottleneck"]["breach"].is_null(), "{detail}");
+    let (_, metrics) = common::http_get(second.listen, "/metrics").unwrap();
+    assert!(
+        metrics.contains("prescale_seconds_to_bottleneck{target=\"web\"} inf"),
+        "{metrics}"
+    );
+    let log = second.kill();
+    assert!(log.contains("model loaded"), "{log}");
+
+    std::fs::write(&file, "{ not a model").unwrap();
+    prom.restart();
+    let third = Serve::start(&prom.url(), models.path());
+    // The corrupt content does not parse; a refitted model replaces it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let refitted = loop {
+        if let Some(v) = read_saved() {
+            break v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "the corrupt model file was not replaced; log:\n{}",
+                third.kill()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(refitted["format_version"], 1);
+    let log = third.kill();
+    assert!(
+        log.contains("model file skipped") && log.contains("corrupt model file"),
+        "{log}"
+    );
+}

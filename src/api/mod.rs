@@ -30,7 +30,9 @@ pub use auth::ApiAuth;
 
 use crate::act::outbox::{Delivery, DeliveryState, OutboxError};
 use crate::decide::Decision;
-use crate::forecast::{self, History, Point};
+use crate::forecast::bottleneck::Bottleneck;
+use crate::forecast::capacity::Capacity;
+use crate::forecast::{self, History, ModelInfo, Point};
 use crate::series::Sample;
 use crate::store::{DecisionRecord, DeliveryRecord, InstanceStats, SignalHealth, Store};
 
@@ -396,7 +398,17 @@ struct TargetDetail {
     #[serde(flatten)]
     summary: TargetSummary,
     degraded_reasons: Vec<String>,
-    capacity_rps: f64,
+    /// The capacity per replica in use (configured or learned), if known.
+    capacity_rps: Option<f64>,
+    /// Where it comes from and why, with the learned curve.
+    #[schema(value_type = Option<Object>)]
+    capacity: Option<Capacity>,
+    /// The selected forecast model, its scores and its interval coverage.
+    #[schema(value_type = Option<Object>)]
+    forecast_model: Option<ModelInfo>,
+    /// The predicted bottleneck: `{signal, at, seconds_to_breach, shortfall, headroom_now, …}`.
+    #[schema(value_type = Option<Object>)]
+    bottleneck: Option<Bottleneck>,
     startup_seconds: u64,
     interval_seconds: u64,
     step_seconds: i64,
@@ -449,7 +461,14 @@ async fn target(
     Ok(Json(TargetDetail {
         summary: summary(&name, &t, now),
         degraded_reasons: t.degraded_reasons(now),
-        capacity_rps: c.capacity_rps,
+        capacity_rps: t
+            .capacity
+            .as_ref()
+            .and_then(|c| c.effective_rps)
+            .or(c.capacity_rps),
+        capacity: t.capacity.clone(),
+        forecast_model: t.forecaster.as_ref().and_then(|f| f.info()),
+        bottleneck: t.bottleneck.clone(),
         startup_seconds: c.startup.as_secs(),
         interval_seconds: c.interval.as_secs(),
         step_seconds: c.step_secs(),
@@ -487,6 +506,8 @@ struct ForecastBody {
     generated_at: i64,
     step_seconds: i64,
     model: &'static str,
+    /// The model's settings and what it dropped.
+    description: Option<String>,
     level: f64,
     /// `{timestamp, value, lower, upper}` per step.
     #[schema(value_type = Vec<Object>)]
@@ -518,48 +539,63 @@ async fn target_forecast(
             humantime::format_duration(MAX_HORIZON)
         )));
     }
-    // Copy what the forecast needs, then let go of the lock before computing.
-    let (grid, step, level) = {
+    let now = store.now();
+    let horizon_s = horizon.as_secs() as i64;
+    // From the target's fitted forecaster when there is one (a forecast from its state is
+    // cheap, so it is made under the lock); else fit one on a copy of the series, outside it.
+    let (fitted, grid, step, level) = {
         let t = store
             .target(&name)
             .ok_or_else(|| ApiError::unknown_target(&name))?;
-        (
-            t.rate.to_grid(),
-            t.config.step_secs(),
-            t.forecast.as_ref().map_or(0.95, |f| f.level),
-        )
+        let fitted = t.forecaster.as_ref().and_then(|f| {
+            let fc = f.forecast(now, horizon_s).ok()?;
+            Some((fc, f.info().map(|i| i.description)))
+        });
+        let grid = if fitted.is_none() {
+            t.rate.to_grid()
+        } else {
+            None
+        };
+        let level = t.forecaster.as_ref().map_or(0.95, |f| f.settings().level);
+        (fitted, grid, t.config.step_secs(), level)
     };
-    let Some((start, values)) = grid else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_data",
-            format!("target `{name}` has no request-rate data yet"),
-        ));
+    let (f, description) = match (fitted, grid) {
+        (Some(fitted), _) => fitted,
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_data",
+                format!("target `{name}` has no request-rate data yet"),
+            ));
+        }
+        (None, Some((start, values))) => {
+            let f = forecast::forecast(
+                History {
+                    start,
+                    step,
+                    values: &values,
+                },
+                now,
+                horizon_s,
+                level,
+            )
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_data",
+                    format!("target `{name}`: {e}"),
+                )
+            })?;
+            (f, None)
+        }
     };
-    let now = store.now();
-    let f = forecast::forecast(
-        History {
-            start,
-            step,
-            values: &values,
-        },
-        now,
-        horizon.as_secs() as i64,
-        level,
-    )
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_data",
-            format!("target `{name}`: {e}"),
-        )
-    })?;
     let end = now + horizon.as_secs() as i64;
     Ok(Json(ForecastBody {
         target: name,
         generated_at: f.generated_at,
         step_seconds: f.step_seconds,
         model: f.model,
+        description,
         level: f.level,
         points: f.until(end).copied().collect(),
     }))

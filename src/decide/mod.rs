@@ -64,7 +64,8 @@ impl Policy {
     /// The policy of a configured target.
     pub fn of(t: &TargetConfig) -> Self {
         Self {
-            capacity_rps: t.capacity_rps,
+            // Unset when it is to be learned: the pipeline sets the resolved capacity.
+            capacity_rps: t.capacity_rps.unwrap_or(f64::NAN),
             target_utilization: t.target_utilization,
             prediction_utilization: t.prediction_utilization,
             tolerance: t.tolerance,
@@ -134,7 +135,8 @@ pub struct Reason {
 }
 
 impl Reason {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    /// A reason with its code and a message for people.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),

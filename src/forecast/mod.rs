@@ -1,13 +1,25 @@
 //! Pure forecasting: a regular series in, a forecast with prediction intervals out.
 //!
 //! No I/O and no clock: `now` is passed in, so the backtest runs the very code that runs in
-//! production. One file per model; [`forecast`] picks the model.
+//! production. One file per model (`naive.rs`, `ets.rs`, `fourier.rs`); `model.rs` puts
+//! them behind one interface; [`Forecaster`] (`forecaster.rs`) selects among them per
+//! target, keeps the winner's state between refits and calibrates its intervals.
+//! [`capacity`] learns how much load a replica takes within its latency SLO, and
+//! [`bottleneck`] predicts when a target runs out of it.
 
 use serde::Serialize;
 
-mod profile;
+pub mod bottleneck;
+pub mod capacity;
+pub mod ets;
+mod forecaster;
+pub mod fourier;
+pub mod model;
+pub mod naive;
 
-pub use profile::DailyProfile;
+pub use forecaster::{
+    Coverage, EVAL_WINDOW, Forecaster, ModelInfo, Score, Settings, UNDER_WEIGHT, Updated,
+};
 
 /// A regular series: `values[i]` is the value at `start + i * step`; `NaN` marks a gap.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +59,7 @@ pub struct Forecast {
     pub generated_at: i64,
     /// Seconds between points.
     pub step_seconds: i64,
-    /// Which model made it.
+    /// Which model made it (stable name).
     pub model: &'static str,
     /// Interval level, e.g. 0.95.
     pub level: f64,
@@ -96,13 +108,16 @@ pub enum ForecastError {
     /// The history holds no finite value.
     #[error("no data to forecast from")]
     NoData,
-    /// The step is not positive.
-    #[error("step must be positive, got {0}")]
+    /// The step is not positive, or not the forecaster's.
+    #[error("step {0}s is not usable; expected the forecaster's positive step")]
     BadStep(i64),
+    /// No model has been fitted yet.
+    #[error("no model fitted yet")]
+    NotFitted,
 }
 
 /// Forecasts `history` from its last value to `now + horizon` seconds with intervals at
-/// `level` (in (0, 1)).
+/// `level` (in (0, 1)): a one-off [`Forecaster`] fitted on the spot.
 pub fn forecast(
     history: History<'_>,
     now: i64,
@@ -115,19 +130,14 @@ pub fn forecast(
     if !history.values.iter().any(|v| v.is_finite()) {
         return Err(ForecastError::NoData);
     }
-    let last = history.end();
-    let steps = ((now + horizon - last) as f64 / history.step as f64)
-        .ceil()
-        .max(1.0) as usize;
-    let model = DailyProfile::fit(history);
-    let points = model.predict(steps, level);
-    Ok(Forecast {
-        generated_at: now,
-        step_seconds: history.step,
-        model: model.name(),
+    let mut f = Forecaster::new(Settings {
+        step: history.step,
         level,
-        points,
-    })
+        horizon: horizon.max(history.step),
+        refit_every: 3_600,
+    });
+    f.update(history, now)?;
+    f.forecast(now, horizon)
 }
 
 /// The `q`-quantile (0..=1) of `xs` by linear interpolation; `xs` is reordered. `None` when

@@ -47,16 +47,20 @@ function renderFacts(d) {
     ["replicas now", d.replicas],
     ["asked for", d.desired_replicas ?? "—"],
     ["demand", `${fmtNum(d.demand_rps)} rps`],
-    ["capacity / replica", `${fmtNum(d.capacity_rps)} rps`],
+    ["capacity / replica", `${fmtNum(d.capacity_rps)} rps${d.capacity && d.capacity.source ? ` (${esc(d.capacity.source)})` : ""}`],
     ["bounds", `${d.min_replicas}–${d.max_replicas}`],
   ];
   $("#facts").innerHTML = facts.map(([k, v]) => `<div><span>${k}</span><b>${v}</b></div>`).join("");
   const reasons = d.degraded_reasons || [];
   const b = d.bottleneck;
-  let text = b
-    ? `<span class="warn">Predicted bottleneck: ${esc(b.signal)} at ${fmtTime(b.at ?? b.timestamp)}` +
-      `${b.shortfall_rps != null ? `, short by ${fmtNum(b.shortfall_rps)} rps` : ""}</span>`
+  const breach = b && b.breach;
+  let text = breach
+    ? `<span class="warn">Predicted bottleneck: ${esc(breach.signal)} at ${fmtTime(breach.at)}` +
+      ` (in ${Math.round(breach.seconds_to_breach / 60)} min)` +
+      `${breach.expected_shortfall_rps != null ? `, short by ${fmtNum(breach.expected_shortfall_rps)} rps` : ""}</span>`
     : "No bottleneck predicted within the forecast horizon.";
+  if (b && b.headroom_now_rps != null) text += ` Headroom now: ${fmtNum(b.headroom_now_rps)} rps.`;
+  if (d.forecast_model) text += ` Model: ${esc(d.forecast_model.model)}.`;
   if (reasons.length) text += `<br><span class="warn">Degraded: ${reasons.map(esc).join("; ")}</span>`;
   $("#bottleneck").innerHTML = text;
 }

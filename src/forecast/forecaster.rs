@@ -1,0 +1,802 @@
+//! The stateful per-target forecaster: it holds the selected model and its state, takes new
+//! points in O(1) between refits, re-selects on a schedule driven by the `now` passed in,
+//! and answers forecasts with calibrated intervals. The live pipeline and the backtest call
+//! it the same way: [`Forecaster::update`] with the history seen so far, then
+//! [`Forecaster::forecast`].
+//!
+//! **Selection.** A refit holds out the most recent [`EVAL_WINDOW`] of history (at most a
+//! third of it), fits every candidate on what comes before, then steps through the held-out
+//! part as production would (update with each point; forecast `horizon` ahead from every
+//! few origins). Each candidate is scored by an asymmetric loss: an under-forecast weighs
+//! [`UNDER_WEIGHT`] times an over-forecast, since under-forecasting loses requests. The best
+//! is refitted on all the history.
+//!
+//! **Intervals** are split-conformal: the winner's held-out errors per horizon, scaled by
+//! `forecast^p` (p = ½, Poisson-like, or 1, multiplicative, whichever gives narrower
+//! intervals), give the empirical quantiles at the configured level.
+
+use serde::{Deserialize, Serialize};
+
+use super::ets::Ets;
+use super::fourier::Fourier;
+use super::model::{Fitted, Spec, enough};
+use super::naive::SeasonalNaive;
+use super::{Forecast, ForecastError, History, Point, quantile};
+
+const DAY: i64 = 86_400;
+const WEEK: i64 = 7 * DAY;
+/// History held out for selection and calibration, at most.
+pub const EVAL_WINDOW: i64 = 2 * DAY;
+/// Weight of an under-forecast relative to an over-forecast in the selection loss.
+pub const UNDER_WEIGHT: f64 = 2.0;
+/// Forecast origins scored per candidate, about (evenly spaced over the held-out window).
+const ORIGINS: usize = 240;
+/// Forecast origins the winner's intervals are calibrated on, about.
+const CALIBRATION_ORIGINS: usize = 1_440;
+/// Longest calibrated horizon, in steps.
+const MAX_HORIZON_STEPS: usize = 1_440;
+/// Longest forecast served, in steps.
+const MAX_FORECAST_STEPS: usize = 200_000;
+/// A gap in the data longer than this forces a refit instead of stepping through it.
+const MAX_GAP: i64 = DAY;
+
+/// How a forecaster works.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Seconds between values.
+    pub step: i64,
+    /// Prediction-interval level in (0, 1).
+    pub level: f64,
+    /// Horizon (s) that selection scores and intervals are calibrated for.
+    pub horizon: i64,
+    /// Seconds between refits (re-selection).
+    pub refit_every: i64,
+}
+
+/// A candidate's score in the last selection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// The model's stable name.
+    pub model: String,
+    /// Its settings.
+    pub description: String,
+    /// Mean asymmetric loss over the held-out window (lower is better).
+    pub loss: f64,
+}
+
+/// Interval calibration: scaled residual quantiles per horizon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Calibration {
+    /// Residuals are divided by `max(forecast, floor)^power`.
+    power: f64,
+    floor: f64,
+    /// Lower and upper quantiles per horizon step (index 0 = one step ahead).
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+    /// Share of held-out actuals inside the calibrated interval, over all horizons.
+    coverage: f64,
+    /// Held-out errors it was computed from.
+    samples: usize,
+}
+
+impl Calibration {
+    fn scale(&self, value: f64) -> f64 {
+        scale(value, self.floor, self.power)
+    }
+
+    /// `(lower, upper)` around `value` for `k` steps ahead (1-based).
+    fn interval(&self, value: f64, k: usize) -> (f64, f64) {
+        let n = self.lo.len();
+        let i = k.clamp(1, n) - 1;
+        // Beyond the calibrated horizon, widen like a random walk.
+        let grow = if k > n {
+            (k as f64 / n as f64).sqrt()
+        } else {
+            1.0
+        };
+        let s = self.scale(value) * grow;
+        let lower = (value + self.lo[i] * s).max(0.0).min(value);
+        let upper = (value + self.hi[i] * s).max(value);
+        (lower, upper)
+    }
+}
+
+/// Realised coverage of one-step-ahead intervals since the last refit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// Actuals inside the interval.
+    pub inside: u64,
+    /// Actuals checked.
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    fitted: Fitted,
+    /// Timestamp of the last value fed.
+    last_ts: i64,
+    /// The `now` of the last refit.
+    fitted_at: i64,
+    calibration: Option<Calibration>,
+    scores: Vec<Score>,
+    coverage: Coverage,
+}
+
+/// What [`Forecaster::update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Updated {
+    /// Re-selected and refitted on the whole history.
+    Refitted,
+    /// Took this many new values.
+    Appended(usize),
+    /// Nothing new.
+    Unchanged,
+}
+
+/// The selected model of one target, what it knows, and how it did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelInfo {
+    /// Stable name of the selected model.
+    pub model: &'static str,
+    /// Its settings and what it dropped.
+    pub description: String,
+    /// When it was last refitted (Unix s).
+    pub fitted_at: i64,
+    /// Timestamp of the newest value it has seen.
+    pub last_observation: i64,
+    /// Whether intervals are calibrated from held-out errors (else the model's own).
+    pub calibrated: bool,
+    /// Held-out coverage of the calibrated interval (all horizons).
+    pub calibration_coverage: Option<f64>,
+    /// One-step-ahead coverage since the refit.
+    pub coverage: Option<f64>,
+    /// Actuals behind `coverage`.
+    pub coverage_samples: u64,
+    /// Candidates and their held-out loss, best first.
+    pub selection: Vec<Score>,
+}
+
+/// A per-target forecaster; see the module docs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forecaster {
+    settings: Settings,
+    state: Option<State>,
+}
+
+impl Forecaster {
+    /// A forecaster that has seen nothing yet.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            state: None,
+        }
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Changes the settings; a different step or horizon forces a refit at the next update.
+    pub fn set_settings(&mut self, settings: Settings) {
+        if settings.step != self.settings.step || settings.horizon != self.settings.horizon {
+            self.state = None;
+        }
+        self.settings = settings;
+    }
+
+    /// Whether a model is fitted.
+    pub fn is_fitted(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Whether the next [`update`](Self::update) at `now` will refit.
+    pub fn refit_due(&self, now: i64) -> bool {
+        self.state
+            .as_ref()
+            .is_none_or(|s| now >= s.fitted_at + self.settings.refit_every || now < s.fitted_at)
+    }
+
+    /// Brings the model up to date with `history` at `now`: refits when due (or when the
+    /// data jumped), else feeds the values newer than the last one seen, O(1) each. Negative
+    /// values (a counter reset read as a rate) are treated as gaps.
+    pub fn update(&mut self, history: History<'_>, now: i64) -> Result<Updated, ForecastError> {
+        let step = self.settings.step;
+        if history.step != step || step <= 0 {
+            return Err(ForecastError::BadStep(history.step));
+        }
+        if history.values.is_empty() {
+            return Err(ForecastError::NoData);
+        }
+        let end = history.end();
+        let refit = match &self.state {
+            None => true,
+            Some(s) => {
+                self.refit_due(now)
+                    || end < s.last_ts
+                    || history.start - s.last_ts > MAX_GAP
+                    || (s.last_ts - history.start) % step != 0
+            }
+        };
+        if refit {
+            self.refit(history, now)?;
+            return Ok(Updated::Refitted);
+        }
+        let Some(s) = self.state.as_mut() else {
+            return Err(ForecastError::NoData);
+        };
+        if end == s.last_ts {
+            return Ok(Updated::Unchanged);
+        }
+        let mut one = Vec::with_capacity(1);
+        let mut fed = 0;
+        let mut ts = s.last_ts + step;
+        while ts <= end {
+            let v = value_at(history, ts);
+            if v.is_finite()
+                && let Some(c) = &s.calibration
+            {
+                s.fitted.predict_values(1, &mut one);
+                let (lo, hi) = c.interval(one[0], 1);
+                s.coverage.total += 1;
+                s.coverage.inside += u64::from(lo <= v && v <= hi);
+            }
+            s.fitted.update(v);
+            fed += 1;
+            ts += step;
+        }
+        s.last_ts = end;
+        Ok(Updated::Appended(fed))
+    }
+
+    /// Re-selects and refits on `history` now.
+    pub fn refit(&mut self, history: History<'_>, now: i64) -> Result<(), ForecastError> {
+        let settings = self.settings;
+        let (y, per_day) = align(history, settings.step);
+        if !y.iter().any(|v| v.is_finite()) {
+            return Err(ForecastError::NoData);
+        }
+        let h = horizon_steps(&settings);
+        let (fitted, calibration, scores) = select(&y, per_day, settings.step, h, settings.level)?;
+        self.state = Some(State {
+            fitted,
+            last_ts: history.end(),
+            fitted_at: now,
+            calibration,
+            scores,
+            coverage: Coverage::default(),
+        });
+        Ok(())
+    }
+
+    /// Forecasts from the step after the last value seen up to `now + horizon` seconds.
+    pub fn forecast(&self, now: i64, horizon: i64) -> Result<Forecast, ForecastError> {
+        let s = self.state.as_ref().ok_or(ForecastError::NotFitted)?;
+        let step = self.settings.step;
+        let steps = ((now + horizon - s.last_ts) as f64 / step as f64)
+            .ceil()
+            .clamp(1.0, MAX_FORECAST_STEPS as f64) as usize;
+        let level = self.settings.level;
+        let raw = s.fitted.predict(steps, level);
+        let points = raw
+            .into_iter()
+            .enumerate()
+            .map(|(k, (value, lo, hi))| {
+                let (lower, upper) = match &s.calibration {
+                    Some(c) => c.interval(value, k + 1),
+                    None => (lo, hi),
+                };
+                Point {
+                    timestamp: s.last_ts + (k as i64 + 1) * step,
+                    value,
+                    lower,
+                    upper,
+                }
+            })
+            .collect();
+        Ok(Forecast {
+            generated_at: now,
+            step_seconds: step,
+            model: s.fitted.name(),
+            level,
+            points,
+        })
+    }
+
+    /// What is selected and how it does; `None` before the first fit.
+    pub fn info(&self) -> Option<ModelInfo> {
+        let s = self.state.as_ref()?;
+        Some(ModelInfo {
+            model: s.fitted.name(),
+            description: s.fitted.describe(),
+            fitted_at: s.fitted_at,
+            last_observation: s.last_ts,
+            calibrated: s.calibration.is_some(),
+            calibration_coverage: s.calibration.as_ref().map(|c| c.coverage),
+            coverage: (s.coverage.total > 0)
+                .then(|| s.coverage.inside as f64 / s.coverage.total as f64),
+            coverage_samples: s.coverage.total,
+            selection: s.scores.clone(),
+        })
+    }
+}
+
+fn horizon_steps(s: &Settings) -> usize {
+    ((s.horizon as f64 / s.step as f64).ceil() as usize).clamp(1, MAX_HORIZON_STEPS)
+}
+
+fn value_at(history: History<'_>, ts: i64) -> f64 {
+    if ts < history.start {
+        return f64::NAN;
+    }
+    let i = ((ts - history.start) / history.step) as usize;
+    history
+        .values
+        .get(i)
+        .copied()
+        .filter(|v| *v >= 0.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// The history padded in front with gaps so that index 0 starts a week (phases then line
+/// up across refits), negative values as gaps; with the steps per day (0 when the step does
+/// not divide a day).
+fn align(history: History<'_>, step: i64) -> (Vec<f64>, usize) {
+    let per_day = if DAY % step == 0 {
+        (DAY / step) as usize
+    } else {
+        0
+    };
+    let pad = if per_day > 0 {
+        ((history.start - history.start.div_euclid(WEEK) * WEEK) / step) as usize
+    } else {
+        0
+    };
+    let mut y = Vec::with_capacity(pad + history.values.len());
+    y.resize(pad, f64::NAN);
+    y.extend(
+        history
+            .values
+            .iter()
+            .map(|&v| if v >= 0.0 { v } else { f64::NAN }),
+    );
+    (y, per_day)
+}
+
+/// The candidates for a series with `per_day` steps per day and `days` of history.
+fn candidates(per_day: usize, days: f64, step: i64) -> Vec<Spec> {
+    let minutes = |m: i64| ((m * 60) as f64 / step as f64).round() as usize;
+    let mut out = Vec::new();
+    for alpha in [0.05, 0.15, 0.4] {
+        for smooth in [minutes(3), minutes(15)] {
+            out.push(Spec::Ets(Ets {
+                per_day,
+                daily: true,
+                weekly: true,
+                alpha,
+                smooth,
+            }));
+            if enough(days, 7.0) {
+                out.push(Spec::Ets(Ets {
+                    per_day,
+                    daily: true,
+                    weekly: false,
+                    alpha,
+                    smooth,
+                }));
+            }
+            if per_day == 0 || !enough(days, 1.0) {
+                break; // without a profile, smoothing changes nothing
+            }
+        }
+    }
+    if per_day > 0 && enough(days, 1.0) {
+        out.push(Spec::Fourier(Fourier {
+            per_day,
+            daily: 6,
+            weekly: 3,
+            alpha: 0.15,
+        }));
+        out.push(Spec::Naive(SeasonalNaive { period: per_day }));
+        if enough(days, 7.0) {
+            out.push(Spec::Naive(SeasonalNaive {
+                period: 7 * per_day,
+            }));
+        }
+    }
+    out
+}
+
+/// The default when there is too little history to select: level × profile, with every
+/// period the history allows.
+fn default_spec(per_day: usize, step: i64) -> Spec {
+    Spec::Ets(Ets {
+        per_day,
+        daily: true,
+        weekly: true,
+        alpha: 0.15,
+        smooth: ((900.0 / step as f64).round() as usize),
+    })
+}
+
+type Selected = (Fitted, Option<Calibration>, Vec<Score>);
+
+/// Rolling-origin selection and calibration on `y`; see the module docs.
+fn select(
+    y: &[f64],
+    per_day: usize,
+    step: i64,
+    h: usize,
+    level: f64,
+) -> Result<Selected, ForecastError> {
+    let n = y.len();
+    let first = y
+        .iter()
+        .position(|v| v.is_finite())
+        .ok_or(ForecastError::NoData)?;
+    let window = ((EVAL_WINDOW / step) as usize).min((n - first) / 3);
+    if window < h + 30 {
+        let spec = default_spec(per_day, step);
+        let fitted = spec.fit(y).ok_or(ForecastError::NoData)?;
+        return Ok((fitted, None, Vec::new()));
+    }
+    let train = &y[..n - window];
+    let days = if per_day > 0 {
+        (train.len() - first) as f64 / per_day as f64
+    } else {
+        0.0
+    };
+    let stride = (window / ORIGINS).max(1);
+    let mut scores: Vec<(Spec, Score)> = Vec::new();
+    let mut buf = Vec::with_capacity(h);
+    for spec in candidates(per_day, days, step) {
+        let Some(mut fitted) = spec.fit(train) else {
+            continue;
+        };
+        let (mut loss, mut count) = (0.0, 0usize);
+        walk(
+            &mut fitted,
+            y,
+            n - window,
+            stride,
+            h,
+            &mut buf,
+            |_, actual, predicted| {
+                let e = actual - predicted;
+                loss += if e > 0.0 { UNDER_WEIGHT * e } else { -e };
+                count += 1;
+            },
+        );
+        let loss = if count > 0 {
+            loss / count as f64
+        } else {
+            f64::INFINITY
+        };
+        scores.push((
+            spec,
+            Score {
+                model: fitted.name().to_owned(),
+                description: fitted.describe(),
+                loss,
+            },
+        ));
+    }
+    scores.sort_by(|a, b| a.1.loss.total_cmp(&b.1.loss));
+    let Some((best, _)) = scores.first().cloned() else {
+        let fitted = default_spec(per_day, step)
+            .fit(y)
+            .ok_or(ForecastError::NoData)?;
+        return Ok((fitted, None, Vec::new()));
+    };
+    // Held-out errors of the winner, per horizon.
+    let stride = (window / CALIBRATION_ORIGINS).max(1);
+    let calibration = best.fit(train).and_then(|mut fitted| {
+        let mut pairs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); h];
+        walk(
+            &mut fitted,
+            y,
+            n - window,
+            stride,
+            h,
+            &mut buf,
+            |k, actual, predicted| {
+                pairs[k].push((actual, predicted));
+            },
+        );
+        calibrate(&pairs, level)
+    });
+    let fitted = best.fit(y).ok_or(ForecastError::NoData)?;
+    Ok((
+        fitted,
+        calibration,
+        scores.into_iter().map(|(_, s)| s).collect(),
+    ))
+}
+
+/// Steps `fitted` (fitted on `y[..start]`) through `y[start..]`, forecasting `h` ahead at
+/// every `stride`-th origin and calling `seen(k, actual, forecast)` for each finite actual
+/// `k + 1` steps ahead.
+fn walk(
+    fitted: &mut Fitted,
+    y: &[f64],
+    start: usize,
+    stride: usize,
+    h: usize,
+    buf: &mut Vec<f64>,
+    mut seen: impl FnMut(usize, f64, f64),
+) {
+    for o in start..y.len() {
+        if (o - start).is_multiple_of(stride) {
+            fitted.predict_values(h.min(y.len() - o), buf);
+            for (k, &p) in buf.iter().enumerate() {
+                let actual = y[o + k];
+                if actual.is_finite() {
+                    seen(k, actual, p);
+                }
+            }
+        }
+        fitted.update(y[o]);
+    }
+}
+
+/// Split-conformal quantiles per horizon from held-out `(actual, forecast)` pairs; the
+/// scaling power that gives the narrower intervals wins.
+fn calibrate(pairs: &[Vec<(f64, f64)>], level: f64) -> Option<Calibration> {
+    let samples: usize = pairs.iter().map(Vec::len).sum();
+    if pairs.iter().any(Vec::is_empty) {
+        return None;
+    }
+    let mean = pairs.iter().flatten().map(|p| p.0).sum::<f64>() / samples as f64;
+    let floor = (0.05 * mean).max(1e-9);
+    let mut best: Option<(f64, Calibration)> = None;
+    for power in [0.5, 1.0] {
+        let scale = |v: f64| scale(v, floor, power);
+        let mut lo = Vec::with_capacity(pairs.len());
+        let mut hi = Vec::with_capacity(pairs.len());
+        let mut errs = Vec::new();
+        for ps in pairs {
+            errs.clear();
+            errs.extend(ps.iter().map(|&(a, p)| (a - p) / scale(p)));
+            let m = errs.len() as f64;
+            // Finite-sample correction of split conformal.
+            let tail = ((1.0 - level) / 2.0 * (m + 1.0) / m).min(0.5);
+            lo.push(quantile(&mut errs, tail).unwrap_or(0.0));
+            hi.push(quantile(&mut errs, 1.0 - tail).unwrap_or(0.0));
+        }
+        let lo = monotone(smooth(&lo), f64::min);
+        let hi = monotone(smooth(&hi), f64::max);
+        let (mut width, mut inside) = (0.0, 0usize);
+        for (k, ps) in pairs.iter().enumerate() {
+            for &(a, p) in ps {
+                let s = scale(p);
+                width += (hi[k] - lo[k]) * s;
+                let e = (a - p) / s;
+                inside += usize::from(lo[k] <= e && e <= hi[k]);
+            }
+        }
+        let c = Calibration {
+            power,
+            floor,
+            lo,
+            hi,
+            coverage: inside as f64 / samples as f64,
+            samples,
+        };
+        if best.as_ref().is_none_or(|(w, _)| width < *w) {
+            best = Some((width, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// `max(value, floor)^power` for power ½ or 1, without `powf` (hot in calibration).
+fn scale(value: f64, floor: f64, power: f64) -> f64 {
+    let v = value.max(floor);
+    if power == 1.0 { v } else { v.sqrt() }
+}
+
+/// A moving average over ±max(1, k/8) horizons, so neighbouring horizons share evidence.
+fn smooth(xs: &[f64]) -> Vec<f64> {
+    (0..xs.len())
+        .map(|k| {
+            let half = (k / 8).max(1);
+            let lo = k.saturating_sub(half);
+            let hi = (k + half + 1).min(xs.len());
+            xs[lo..hi].iter().sum::<f64>() / (hi - lo) as f64
+        })
+        .collect()
+}
+
+/// Running min or max, so intervals never narrow with the horizon.
+fn monotone(mut xs: Vec<f64>, pick: fn(f64, f64) -> f64) -> Vec<f64> {
+    for k in 1..xs.len() {
+        xs[k] = pick(xs[k], xs[k - 1]);
+    }
+    xs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STEP: i64 = 300;
+    const PER_DAY: usize = (DAY / STEP) as usize;
+
+    fn settings() -> Settings {
+        Settings {
+            step: STEP,
+            level: 0.9,
+            horizon: 3_600,
+            refit_every: 3_600,
+        }
+    }
+
+    /// Deterministic noise in [-1, 1].
+    fn noise(i: usize) -> f64 {
+        // splitmix64's finaliser.
+        let mut x = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        ((x >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+
+    fn run(y: &[f64], fit_len: usize) -> Forecaster {
+        let mut f = Forecaster::new(settings());
+        let h = History {
+            start: 0,
+            step: STEP,
+            values: &y[..fit_len],
+        };
+        f.update(h, h.end() + STEP).unwrap();
+        f
+    }
+
+    /// The selected model on series whose best model is known.
+    #[test]
+    fn selects_the_model_that_fits() {
+        type Gen = fn(usize) -> f64;
+        // (name, series, models that may win)
+        let cases: &[(&str, Gen, &[&str])] = &[
+            // A sharp daily pattern repeating exactly: the seasonal naive (or a profile
+            // smoothed too little to matter) reproduces it.
+            (
+                "exact daily repeat",
+                |i| {
+                    if (i % PER_DAY) % 37 < 3 {
+                        500.0
+                    } else {
+                        50.0 + (i % PER_DAY) as f64 % 7.0
+                    }
+                },
+                &["seasonal_naive_daily", "ets"],
+            ),
+            // A smooth daily cycle with noise: the profile model wins.
+            (
+                "noisy daily cycle",
+                |i| {
+                    100.0
+                        * (1.5
+                            + ((i % PER_DAY) as f64 / PER_DAY as f64 * std::f64::consts::TAU).sin())
+                        * (1.0 + 0.2 * noise(i))
+                },
+                &["ets", "fourier"],
+            ),
+            // No seasonality at all: anything but the seasonal naive (which doubles the noise).
+            (
+                "constant with noise",
+                |i| 40.0 + 4.0 * noise(i),
+                &["ets", "level", "fourier"],
+            ),
+        ];
+        for &(name, series, want) in cases {
+            let y: Vec<f64> = (0..10 * PER_DAY).map(series).collect();
+            let f = run(&y, y.len());
+            let info = f.info().unwrap();
+            assert!(
+                want.contains(&info.model),
+                "{name}: selected {} ({:?})",
+                info.model,
+                info.selection
+            );
+            assert!(info.calibrated, "{name}");
+        }
+    }
+
+    /// Calibrated intervals cover about `level` of fresh data, and the forecast uses only
+    /// what was fed (refits and updates on the schedule).
+    #[test]
+    fn intervals_cover_about_the_level_and_updates_are_incremental() {
+        let series = |i: usize| {
+            200.0
+                * (1.5 + ((i % PER_DAY) as f64 / PER_DAY as f64 * std::f64::consts::TAU).sin())
+                * (1.0 + 0.15 * noise(i))
+        };
+        let y: Vec<f64> = (0..12 * PER_DAY).map(series).collect();
+        let start = 8 * PER_DAY;
+        let mut f = run(&y, start);
+        let (mut inside, mut total, mut refits) = (0usize, 0usize, 0usize);
+        for i in start + 1..y.len() - 12 {
+            let h = History {
+                start: 0,
+                step: STEP,
+                values: &y[..i],
+            };
+            let now = h.end() + STEP;
+            match f.update(h, now).unwrap() {
+                Updated::Refitted => refits += 1,
+                Updated::Appended(n) => assert_eq!(n, 1),
+                Updated::Unchanged => panic!("a new value each step"),
+            }
+            let fc = f.forecast(now, 3_600).unwrap();
+            assert_eq!(fc.points.len(), 13);
+            assert_eq!(fc.points[0].timestamp, h.end() + STEP);
+            let p = fc.points[11];
+            let actual = y[i + 11];
+            inside += usize::from(p.lower <= actual && actual <= p.upper);
+            total += 1;
+        }
+        let coverage = inside as f64 / total as f64;
+        assert!((0.85..=0.96).contains(&coverage), "coverage {coverage}");
+        // One refit an hour: every 12 steps.
+        assert_eq!(refits, total / 12, "{refits} refits over {total} steps");
+    }
+
+    #[test]
+    fn short_constant_zero_and_gappy_histories_forecast() {
+        let nan = f64::NAN;
+        // (name, series, expected first value)
+        let cases: Vec<(&str, Vec<f64>, f64)> = vec![
+            ("three values", vec![5.0, 5.0, 5.0], 5.0),
+            ("all zero", vec![0.0; 3 * PER_DAY], 0.0),
+            ("constant", vec![7.0; 5 * PER_DAY], 7.0),
+            (
+                "gaps are not zeros",
+                (0..3 * PER_DAY)
+                    .map(|i| if i % 5 == 0 { nan } else { 9.0 })
+                    .collect(),
+                9.0,
+            ),
+            (
+                "negative (counter reset) is a gap",
+                (0..2 * PER_DAY)
+                    .map(|i| if i % 50 == 0 { -1e6 } else { 3.0 })
+                    .collect(),
+                3.0,
+            ),
+        ];
+        for (name, y, want) in cases {
+            let f = run(&y, y.len());
+            let fc = f.forecast((y.len() as i64) * STEP, 600).unwrap();
+            let p = fc.points[0];
+            assert!((p.value - want).abs() < 1e-6, "{name}: {p:?}");
+            assert!(p.lower <= p.value && p.value <= p.upper, "{name}: {p:?}");
+        }
+        let mut f = Forecaster::new(settings());
+        let h = History {
+            start: 0,
+            step: STEP,
+            values: &[nan, nan],
+        };
+        assert_eq!(f.update(h, 600), Err(ForecastError::NoData));
+        assert_eq!(f.forecast(600, 600), Err(ForecastError::NotFitted));
+        let h = History {
+            start: 0,
+            step: 60,
+            values: &[1.0],
+        };
+        assert_eq!(f.update(h, 600), Err(ForecastError::BadStep(60)));
+    }
+
+    #[test]
+    fn short_history_says_which_periods_it_dropped() {
+        let y: Vec<f64> = (0..PER_DAY * 3 / 2)
+            .map(|i| 10.0 + (i % 12) as f64)
+            .collect();
+        let d = run(&y, y.len()).info().unwrap().description;
+        assert!(
+            d.contains("daily period dropped: 1.5 days of history < 2"),
+            "{d}"
+        );
+    }
+}
