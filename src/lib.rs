@@ -86,7 +86,6 @@ pub async fn serve_with(
             target: Arc::new(t.clone()),
             source: source.clone(),
             store: store.clone(),
-            level: config.forecast.level,
             forecast: config.forecast.clone(),
             models: models::ModelsDir::new(&config.forecast.models_dir),
             scale_tx,

@@ -49,9 +49,7 @@ pub struct TargetLoop {
     pub source: Arc<dyn Source>,
     /// Shared state.
     pub store: Store,
-    /// Prediction-interval level.
-    pub level: f64,
-    /// Forecast settings (refit schedule, horizon).
+    /// Forecast settings (interval level, refit schedule, horizon).
     pub forecast: ForecastConfig,
     /// Where fitted models are saved and loaded.
     pub models: ModelsDir,
