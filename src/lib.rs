@@ -91,7 +91,6 @@ pub async fn serve_with(
             target: Arc::new(t.clone()),
             source: source.clone(),
             store: store.clone(),
-            level: config.forecast.level,
             outbox: outbox.clone(),
             alerts: config.alertmanager.clone(),
             budget: config.budget,

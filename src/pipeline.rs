@@ -41,15 +41,13 @@ pub struct TargetLoop {
     pub source: Arc<dyn Source>,
     /// Shared state.
     pub store: Store,
-    /// Prediction-interval level.
-    pub level: f64,
     /// Where actions are written before they are sent.
     pub outbox: Outbox,
     /// Alertmanager, when predicted bottlenecks are to be alerted.
     pub alerts: Option<AlertmanagerConfig>,
     /// Most replicas across all targets, if budgeted.
     pub budget: Option<u32>,
-    /// Forecast settings (refit schedule, horizon).
+    /// Forecast settings (interval level, refit schedule, horizon).
     pub forecast: ForecastConfig,
     /// Where fitted models are saved and loaded.
     pub models: ModelsDir,

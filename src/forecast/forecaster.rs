@@ -177,9 +177,13 @@ impl Forecaster {
         &self.settings
     }
 
-    /// Changes the settings; a different step or horizon forces a refit at the next update.
+    /// Changes the settings; a different step, level or horizon (which the model and its
+    /// calibration depend on) drops the model, so the next update refits.
     pub fn set_settings(&mut self, settings: Settings) {
-        if settings.step != self.settings.step || settings.horizon != self.settings.horizon {
+        if settings.step != self.settings.step
+            || settings.horizon != self.settings.horizon
+            || settings.level != self.settings.level
+        {
             self.state = None;
         }
         self.settings = settings;
