@@ -285,6 +285,25 @@ mod tests {
         m.degraded.get_or_create(&t()).set(0);
         m.forecast_mae.get_or_create(&t()).set(1.0);
         m.forecast_coverage.get_or_create(&t()).set(1.0);
+        m.seconds_to_bottleneck.get_or_create(&t()).set(1.0);
+        m.capacity_rps
+            .get_or_create(&CapacityLabels {
+                target: "t".into(),
+                source: "learned".into(),
+            })
+            .set(1.0);
+        m.forecast_refits
+            .get_or_create(&ModelLabels {
+                target: "t".into(),
+                model: "ets".into(),
+            })
+            .inc();
+        m.outbox
+            .get_or_create(&OutboxLabels {
+                state: "dead".into(),
+            })
+            .set(0);
+        m.delivery_latency.observe(0.1);
         m.encode()
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

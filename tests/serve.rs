@@ -197,6 +197,14 @@ history = "2d"
         "{q}"
     );
 
+    // The predicted bottleneck, with the headroom now.
+    let (status, b) = app.get("/api/v1/targets/web/bottleneck").await;
+    assert_eq!((status, b["target"].as_str()), (200, Some("web")), "{b}");
+    assert!(
+        b["bottleneck"]["replicas"].as_u64().is_some() && b["predicted_at"].is_i64(),
+        "{b}"
+    );
+
     // The forecast endpoint.
     let (status, f) = app.get("/api/v1/targets/web/forecast?horizon=30m").await;
     assert_eq!(status, 200, "{f}");
@@ -290,6 +298,7 @@ history = "2d"
         "prescale_poll_duration_seconds_bucket",
         "prescale_decisions_total",
         r#"prescale_forecast_mae_rps{target="web"}"#,
+        r#"prescale_seconds_to_bottleneck{target="web"}"#,
         r#"prescale_forecast_interval_coverage_ratio{target="web"}"#,
     ] {
         assert!(metrics.contains(want), "metrics lack {want}:\n{metrics}");

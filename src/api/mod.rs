@@ -191,6 +191,7 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
         .get("/api/v1/targets/{name}", target)
         .get("/api/v1/targets/{name}/forecast", target_forecast)
         .get("/api/v1/targets/{name}/history", target_history)
+        .get("/api/v1/targets/{name}/bottleneck", target_bottleneck)
         .get("/api/v1/decisions", decisions)
         .get("/api/v1/deliveries", deliveries)
         .get("/api/v1/deliveries/{id}", delivery);
@@ -227,9 +228,9 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
 #[derive(OpenApi)]
 #[openapi(
     info(title = "prescale", description = "Predictive autoscaler: forecasts, bottlenecks and decisions."),
-    paths(healthz, readyz, metrics, openapi, targets, target, target_forecast, target_history, decisions,
+    paths(healthz, readyz, metrics, openapi, targets, target, target_forecast, target_history, target_bottleneck, decisions,
         deliveries, delivery, retry_delivery, pause, resume, refit),
-    components(schemas(ErrorBody, ErrorDetail, TargetSummary, TargetList, TargetDetail, QualityBody, ForecastBody, HistoryBody, DecisionList, Action)),
+    components(schemas(ErrorBody, ErrorDetail, TargetSummary, TargetList, TargetDetail, QualityBody, BottleneckBody, ForecastBody, HistoryBody, DecisionList, Action)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -667,6 +668,40 @@ async fn target_history(
         target: name.clone(),
         signal,
         points,
+    }))
+}
+
+/// The predicted bottleneck of a target.
+#[derive(Debug, Serialize, ToSchema)]
+struct BottleneckBody {
+    target: String,
+    /// When it was predicted (the target's last cycle), Unix s.
+    predicted_at: Option<i64>,
+    /// `{replicas, capacity_rps, headroom_now_rps, utilisation_now, horizon_end, breach}`;
+    /// `breach` is `{at, seconds_to_breach, signal, expected_shortfall_rps,
+    /// upper_shortfall_rps, predicted_latency_seconds}`, or null when none is predicted
+    /// within the horizon. Null until capacity and a forecast are known.
+    #[schema(value_type = Option<Object>)]
+    bottleneck: Option<Bottleneck>,
+}
+
+/// The first predicted breach of capacity or of the latency SLO within the horizon, with
+/// the headroom now.
+#[utoipa::path(get, path = "/api/v1/targets/{name}/bottleneck", tag = "targets",
+    params(("name" = String, Path, description = "Target name")),
+    security((), ("bearer" = [])),
+    responses((status = 200, body = BottleneckBody), (status = 404, body = ErrorBody)))]
+async fn target_bottleneck(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+) -> Result<Json<BottleneckBody>, ApiError> {
+    let t = store
+        .target(&name)
+        .ok_or_else(|| ApiError::unknown_target(&name))?;
+    Ok(Json(BottleneckBody {
+        predicted_at: t.last_decision.as_ref().map(|d| d.at),
+        bottleneck: t.bottleneck.clone(),
+        target: name.clone(),
     }))
 }
 
