@@ -212,15 +212,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 bar.set_position(done as u64)
             });
             bar.finish_and_clear();
-            let mut w = csv::Writer::from_path(&out)
-                .with_context(|| format!("writing {}", out.display()))?;
-            for row in &rows {
-                w.serialize(row)
-                    .with_context(|| format!("writing {}", out.display()))?;
-            }
-            w.flush()
-                .with_context(|| format!("writing {}", out.display()))?;
-            eprintln!("{} rows written to {}", rows.len(), out.display());
+            write_csv(&out, &rows)?;
             let skip = skip.as_secs() as i64;
             let scores = prescale::simulate::Summary::of(&trace, &target, &rows, skip);
             print!("{}", scores.table());
@@ -273,15 +265,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 history.as_secs() as i64,
                 settings,
             );
-            let mut w = csv::Writer::from_path(&out)
-                .with_context(|| format!("writing {}", out.display()))?;
-            for row in &rows {
-                w.serialize(row)
-                    .with_context(|| format!("writing {}", out.display()))?;
-            }
-            w.flush()
-                .with_context(|| format!("writing {}", out.display()))?;
-            eprintln!("{} rows written to {}", rows.len(), out.display());
+            write_csv(&out, &rows)?;
             println!(
                 "{:<22} {:>7} {:>6} {:>7} {:>9}",
                 "model", "rows", "mase", "smape%", "coverage%"
@@ -354,4 +338,16 @@ fn prometheus_trace(
         .map(|s| (s.ts, s.value * step as f64))
         .collect();
     Trace::from_rows(&rows).map_err(|e| anyhow::anyhow!("{url} `{query}` from {from} to {to}: {e}"))
+}
+
+/// Writes `rows` as CSV with a header to `path`, and says so on stderr.
+fn write_csv<T: serde::Serialize>(path: &std::path::Path, rows: &[T]) -> anyhow::Result<()> {
+    let context = || format!("writing {}", path.display());
+    let mut w = csv::Writer::from_path(path).with_context(context)?;
+    for row in rows {
+        w.serialize(row).with_context(context)?;
+    }
+    w.flush().with_context(context)?;
+    eprintln!("{} rows written to {}", rows.len(), path.display());
+    Ok(())
 }
