@@ -154,6 +154,8 @@ history = "2d"
 
     // Keep a screenshot as an artifact.
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
+    // `target/` may not exist when the build goes elsewhere (CARGO_TARGET_DIR).
+    std::fs::create_dir_all(shot.parent().expect("a parent")).expect("create target/");
     let arg = format!("--screenshot={}", shot.display());
     let profile2 = tempfile::tempdir().expect("profile dir");
     tokio::task::spawn_blocking({
