@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Secret, WebhookConfig};
 use crate::series::{Sample, align_down};
 use crate::source::replay::{ReplaySource, Trace};
-use crate::source::{BoxFuture, Grouped, Source, SourceError};
+use crate::source::{InMemory, Source, SourceError};
 
 /// The demo's request-rate query.
 const DEMAND_QUERY: &str = "demand";
@@ -184,7 +184,11 @@ struct DemoSource {
     clock: Clock,
 }
 
-impl DemoSource {
+impl InMemory for DemoSource {
+    fn instance(&self) -> &'static str {
+        "demo"
+    }
+
     fn answer(
         &self,
         query: &str,
@@ -231,34 +235,6 @@ impl DemoSource {
             });
         }
         Ok(samples)
-    }
-}
-
-impl Source for DemoSource {
-    fn range<'a>(
-        &'a self,
-        query: &'a str,
-        start: i64,
-        end: i64,
-        step: i64,
-    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
-        Box::pin(async move { self.answer(query, start, end, step) })
-    }
-
-    fn range_by<'a>(
-        &'a self,
-        query: &'a str,
-        _label: &'a str,
-        start: i64,
-        end: i64,
-        step: i64,
-    ) -> BoxFuture<'a, Result<Grouped, SourceError>> {
-        Box::pin(async move {
-            Ok(Grouped::from([(
-                "demo".to_owned(),
-                self.answer(query, start, end, step)?,
-            )]))
-        })
     }
 }
 

@@ -45,6 +45,49 @@ pub trait Source: Send + Sync {
     ) -> BoxFuture<'a, Result<Grouped, SourceError>>;
 }
 
+/// A source that answers from memory without waiting (a replayed trace, the demo's
+/// workload). Every such type is a [`Source`]: a grouped query answers its one series
+/// under [`InMemory::instance`].
+pub trait InMemory: Send + Sync {
+    /// The series for `query` over `[start, end]` at `step`, as [`Source::range`].
+    fn answer(
+        &self,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Vec<Sample>, SourceError>;
+
+    /// The instance name a grouped query gives its one series.
+    fn instance(&self) -> &'static str;
+}
+
+impl<T: InMemory> Source for T {
+    fn range<'a>(
+        &'a self,
+        query: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
+        Box::pin(async move { self.answer(query, start, end, step) })
+    }
+
+    fn range_by<'a>(
+        &'a self,
+        query: &'a str,
+        _label: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Grouped, SourceError>> {
+        Box::pin(async move {
+            let series = self.answer(query, start, end, step)?;
+            Ok(Grouped::from([(self.instance().to_owned(), series)]))
+        })
+    }
+}
+
 /// Why a query gave no usable series. Every variant names the query.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {

@@ -1,4 +1,4 @@
-//! A replayed CSV trace behind the [`Source`] interface, for backtests and the demo.
+//! A replayed CSV trace behind the [`Source`](super::Source) interface, for backtests and the demo.
 //!
 //! The trace format is the one in `shared/traces`: a header `timestamp_seconds,value`, one
 //! row per bucket, the value being the number of requests in the bucket that starts at the
@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{BoxFuture, Grouped, Source, SourceError};
+use super::{InMemory, SourceError};
 use crate::series::Sample;
 
 /// Why a trace could not be read.
@@ -157,7 +157,7 @@ impl Trace {
     }
 }
 
-/// A [`Source`] that answers every query with the trace's request rate, its timestamps moved
+/// A [`Source`](super::Source) that answers every query with the trace's request rate, its timestamps moved
 /// by `offset` seconds. As with a Prometheus rate, the sample at `t` is the rate over the
 /// bucket that ended at `t`, so a bucket is visible only once it has ended.
 #[derive(Debug, Clone)]
@@ -206,6 +206,12 @@ impl ReplaySource {
         }
         Ok(out)
     }
+}
+
+impl InMemory for ReplaySource {
+    fn instance(&self) -> &'static str {
+        "replay"
+    }
 
     fn answer(
         &self,
@@ -226,34 +232,6 @@ impl ReplaySource {
             });
         }
         Ok(samples)
-    }
-}
-
-impl Source for ReplaySource {
-    fn range<'a>(
-        &'a self,
-        query: &'a str,
-        start: i64,
-        end: i64,
-        step: i64,
-    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
-        Box::pin(async move { self.answer(query, start, end, step) })
-    }
-
-    fn range_by<'a>(
-        &'a self,
-        query: &'a str,
-        _label: &'a str,
-        start: i64,
-        end: i64,
-        step: i64,
-    ) -> BoxFuture<'a, Result<Grouped, SourceError>> {
-        Box::pin(async move {
-            Ok(Grouped::from([(
-                "replay".to_owned(),
-                self.answer(query, start, end, step)?,
-            )]))
-        })
     }
 }
 
