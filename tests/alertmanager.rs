@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Alertmanager, Backfill, Options, Prometheus, TempConfig, poll_until_async};
+use common::{Alertmanager, Prometheus, TempConfig, poll_until_async};
 use prescale::act::alert::{AlertAction, Bottleneck, Limit};
 use prescale::act::outbox::{DeliveryState, Outbox, Settings};
 use prescale::act::webhook::WebhookSender;
@@ -137,14 +137,7 @@ async fn serve_alerts_a_breach_scaling_cannot_prevent() {
     let am = tokio::task::spawn_blocking(Alertmanager::start)
         .await
         .expect("start alertmanager");
-    let prom = tokio::task::spawn_blocking(|| {
-        Prometheus::start(Options {
-            backfill: Some(Backfill::from_trace(1)),
-            ..Options::default()
-        })
-    })
-    .await
-    .expect("start prometheus");
+    let prom = Prometheus::backfilled_async(1).await;
     // A few requests/s of demand against 2 × 0.01 rps: breached now, whatever happens.
     let toml = format!(
         "[prometheus]\nurl = \"{}\"\n\n[alertmanager]\nurl = \"{}\"\nlead = \"30m\"\n\n\

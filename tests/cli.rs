@@ -168,11 +168,7 @@ fn backtest_rejects_bad_input_with_a_clear_error() {
 /// `prescale serve` answers health checks and exits 0 on SIGTERM.
 #[test]
 fn serve_stops_cleanly_on_sigterm() {
-    let prom = Prometheus::start(Options {
-        backfill: Some(Backfill::from_trace(1)),
-        scrape: None,
-        port: None,
-    });
+    let prom = Prometheus::backfilled(1);
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}").parse().unwrap();
     let cfg = TempConfig::write(&common::minimal_config(
@@ -405,11 +401,7 @@ impl Drop for Serve {
 /// a warning and replaced by a refitted one.
 #[test]
 fn restart_forecasts_from_the_saved_model_and_skips_a_corrupt_one() {
-    let mut prom = Prometheus::start(Options {
-        backfill: Some(Backfill::from_trace(3)),
-        scrape: None,
-        port: None,
-    });
+    let mut prom = Prometheus::backfilled(3);
     let models = tempfile::tempdir().unwrap();
     let file = models.path().join("web.json");
     let read_saved = || -> Option<serde_json::Value> {

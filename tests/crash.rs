@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Backfill, Options, Prometheus, Receiver, Reply, TempConfig, poll_until};
+use common::{Prometheus, Receiver, Reply, TempConfig, poll_until};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -39,10 +39,7 @@ fn get(addr: std::net::SocketAddr, path: &str) -> Option<Value> {
 /// failing); after a restart it is delivered, once, with the same key.
 #[test]
 fn kill_9_between_write_and_delivery_then_restart_delivers_once() {
-    let prom = Prometheus::start(Options {
-        backfill: Some(Backfill::from_trace(1)),
-        ..Options::default()
-    });
+    let prom = Prometheus::backfilled(1);
     let receiver = Receiver::with_replies(Vec::new(), Reply::status(503));
     let latency = r#"label_replace(vector(0.1), "instance", "10.0.0.1:8080", "", "") or label_replace(vector(0.3), "instance", "10.0.0.2:8080", "", "")"#;
     let config = |port: u16| {

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Backfill, Haproxy, Options, Prometheus, Receiver, TempConfig, poll_until_async};
+use common::{Haproxy, Prometheus, Receiver, TempConfig, poll_until_async};
 use prescale::act::haproxy;
 use prescale::config::{Config, HaproxyConfig, RuntimeApi};
 use tokio::sync::oneshot;
@@ -53,14 +53,7 @@ async fn weights_from_latency_reach_haproxy_and_shift_traffic() {
     let even = shift(&h, &servers, 100).await;
     assert_eq!(even, [50, 50], "weight 100 each at start");
 
-    let prom = tokio::task::spawn_blocking(|| {
-        Prometheus::start(Options {
-            backfill: Some(Backfill::from_trace(1)),
-            ..Options::default()
-        })
-    })
-    .await
-    .expect("start prometheus");
+    let prom = Prometheus::backfilled_async(1).await;
     let (a, b) = (servers[0].addr(), servers[1].addr());
     let latency = format!(
         r#"label_replace(vector(0.1), "instance", "{a}", "", "") or label_replace(vector(0.2), "instance", "{b}", "", "")"#

@@ -25,14 +25,6 @@ fn client(url: &str) -> PrometheusClient {
     client_with(url, None, Duration::from_secs(10))
 }
 
-/// A Prometheus holding the last `days` days of the trace.
-fn backfilled(days: u32) -> Prometheus {
-    Prometheus::start(Options {
-        backfill: Some(Backfill::from_trace(days)),
-        ..Options::default()
-    })
-}
-
 fn timestamps(samples: &[Sample]) -> Vec<i64> {
     samples.iter().map(|s| s.ts).collect()
 }
@@ -47,7 +39,7 @@ fn assert_close(got: f64, want: f64, what: &str) {
 
 #[tokio::test]
 async fn backfill_over_several_chunks_is_complete_and_step_aligned() {
-    let prom = backfilled(2);
+    let prom = Prometheus::backfilled(2);
     let fill = prom.backfill().expect("backfilled");
     let source: &dyn Source = &client(&prom.url());
     let end = fill.end();
@@ -90,7 +82,7 @@ async fn backfill_over_several_chunks_is_complete_and_step_aligned() {
 
 #[tokio::test]
 async fn nan_and_infinite_values_are_dropped() {
-    let prom = backfilled(1);
+    let prom = Prometheus::backfilled(1);
     let fill = prom.backfill().expect("backfilled");
     let source: &dyn Source = &client(&prom.url());
     let (start, end) = (fill.end() - 6 * 3_600, fill.end());
@@ -125,7 +117,7 @@ async fn nan_and_infinite_values_are_dropped() {
 
 #[tokio::test]
 async fn a_series_of_only_non_finite_values_is_empty() {
-    let prom = backfilled(1);
+    let prom = Prometheus::backfilled(1);
     let end = prom.backfill().expect("backfilled").end();
     let source: &dyn Source = &client(&prom.url());
     let query = format!("{RATE_QUERY} / 0");
@@ -141,7 +133,7 @@ async fn a_series_of_only_non_finite_values_is_empty() {
 
 #[tokio::test]
 async fn a_query_matching_nothing_is_empty_and_named() {
-    let prom = backfilled(1);
+    let prom = Prometheus::backfilled(1);
     let end = prom.backfill().expect("backfilled").end();
     let source: &dyn Source = &client(&prom.url());
     let query = r#"sum(rate(http_requests_total{job="nope"}[5m]))"#;
@@ -158,7 +150,7 @@ async fn a_query_matching_nothing_is_empty_and_named() {
 
 #[tokio::test]
 async fn several_series_are_refused_and_named() {
-    let prom = backfilled(1);
+    let prom = Prometheus::backfilled(1);
     let end = prom.backfill().expect("backfilled").end();
     let source: &dyn Source = &client(&prom.url());
     let query = format!(
@@ -177,7 +169,7 @@ async fn several_series_are_refused_and_named() {
 
 #[tokio::test]
 async fn a_syntax_error_passes_on_prometheus_message() {
-    let prom = backfilled(1);
+    let prom = Prometheus::backfilled(1);
     let source: &dyn Source = &client(&prom.url());
     let query = "sum(rate(http_requests_total[5m])";
     let end = common::now_secs();
@@ -321,7 +313,7 @@ async fn gaps_are_skipped_not_filled() {
 
 #[tokio::test]
 async fn range_by_groups_series_by_label() {
-    let prom = backfilled(1);
+    let prom = Prometheus::backfilled(1);
     let fill = prom.backfill().expect("backfilled");
     let source: &dyn Source = &client(&prom.url());
     let (start, end) = (fill.end() - 3_600, fill.end());
@@ -345,7 +337,7 @@ async fn range_by_groups_series_by_label() {
 
 #[tokio::test]
 async fn range_by_refuses_missing_labels_and_duplicates() {
-    let prom = backfilled(1);
+    let prom = Prometheus::backfilled(1);
     let end = prom.backfill().expect("backfilled").end();
     let source: &dyn Source = &client(&prom.url());
     let per_instance = "sum by (instance) (rate(http_requests_total[5m]))";

@@ -107,21 +107,6 @@ impl Running {
     }
 }
 
-async fn start_prometheus(opts: Options) -> Prometheus {
-    tokio::task::spawn_blocking(move || Prometheus::start(opts))
-        .await
-        .expect("start prometheus")
-}
-
-/// A Prometheus holding the trace's last `days` days, scraping nothing.
-async fn backfilled(days: u32) -> Prometheus {
-    start_prometheus(Options {
-        backfill: Some(Backfill::from_trace(days)),
-        ..Options::default()
-    })
-    .await
-}
-
 fn webhook_table(table: &str, url: &str) -> String {
     format!("[target.{table}]\nurl = \"{url}\"\nsecret_file = \"secret\"\n")
 }
@@ -133,7 +118,7 @@ async fn backfills_polls_forecasts_and_delivers_a_signed_scale_webhook() {
     let backfill = Backfill::from_trace(3);
     let backfill_end = backfill.end();
     let exporter = Exporter::start(backfill.total(), 300.0);
-    let prom = start_prometheus(Options {
+    let prom = Prometheus::start_async(Options {
         backfill: Some(backfill),
         scrape: Some(exporter.addr()),
         port: None,
@@ -371,7 +356,7 @@ scale_in_window = "1s"
     let (_, t) = app.get("/api/v1/targets/web").await;
     assert_eq!(t["status"], "backfilling");
 
-    let mut prom = start_prometheus(Options {
+    let mut prom = Prometheus::start_async(Options {
         backfill: Some(Backfill::from_trace(2)),
         scrape: None,
         port: Some(port),
@@ -459,7 +444,7 @@ scale_in_window = "1s"
 /// as zero, and the healthy target beside them is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_queries_are_reported_by_name() {
-    let prom = backfilled(1).await;
+    let prom = Prometheus::backfilled_async(1).await;
     let target = |name: &str, query: &str| {
         format!(
             "[[target]]\nname = \"{name}\"\nrequest_rate = '{query}'\ncapacity_rps = 1\nstartup = \"1m\"\n\
@@ -539,7 +524,7 @@ async fn bad_queries_are_reported_by_name() {
 /// In `forecast-only` mode decisions are made and shown but nothing is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forecast_only_mode_sends_nothing() {
-    let prom = backfilled(1).await;
+    let prom = Prometheus::backfilled_async(1).await;
     let platform = Receiver::start(&[]);
     let toml = format!(
         "[prometheus]\nurl = \"{}\"\n\n[[target]]\nname = \"web\"\nrequest_rate = '{}'\ncapacity_rps = 0.05\n\
@@ -577,7 +562,7 @@ async fn forecast_only_mode_sends_nothing() {
 /// Per-instance latency drives balancer weights, sent signed to the balancer webhook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalances_by_instance_latency() {
-    let prom = backfilled(1).await;
+    let prom = Prometheus::backfilled_async(1).await;
     let balancer = Receiver::start(&[]);
     // Two instances, the second twice as slow.
     let latency = r#"label_replace(vector(0.1), "instance", "10.0.0.1:8080", "", "") or label_replace(vector(0.2), "instance", "10.0.0.2:8080", "", "")"#;
@@ -634,7 +619,7 @@ async fn rebalances_by_instance_latency() {
 /// `GET /api/v1/decisions`, with the reasons of every clamp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_limits_the_lower_priority_target_and_says_so() {
-    let prom = backfilled(1).await;
+    let prom = Prometheus::backfilled_async(1).await;
     let target = |name: &str, priority: u32| {
         format!(
             "[[target]]\nname = \"{name}\"\nrequest_rate = '{}'\ncapacity_rps = 0.01\nstartup = \"1m\"\n\
@@ -705,7 +690,7 @@ async fn a_budget_limits_the_lower_priority_target_and_says_so() {
 /// An instance much slower than its peers is drained (weight 0) and the weights are sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_a_slow_instance() {
-    let prom = backfilled(1).await;
+    let prom = Prometheus::backfilled_async(1).await;
     let balancer = Receiver::start(&[]);
     let latency = ["0.10", "0.11", "0.09", "2.0"]
         .iter()
@@ -750,7 +735,7 @@ async fn drains_a_slow_instance() {
 /// decision says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_over_the_slo_scales_out() {
-    let prom = backfilled(1).await;
+    let prom = Prometheus::backfilled_async(1).await;
     // Far more capacity than the trace needs: only latency can ask for more than the minimum.
     let toml = format!(
         "[prometheus]\nurl = \"{}\"\n\n[[target]]\nname = \"web\"\nrequest_rate = '{}'\nlatency = 'vector(1.0)'\n\
@@ -792,7 +777,7 @@ async fn latency_over_the_slo_scales_out() {
 /// Pause stops sending while decisions go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refit_and_pause_through_the_api() {
-    let prom = backfilled(2).await;
+    let prom = Prometheus::backfilled_async(2).await;
     let platform = Receiver::start(&[]);
     let toml = format!(
         "[prometheus]\nurl = \"{}\"\n\n[server]\napi_token_file = \"token\"\n\n\

@@ -746,15 +746,7 @@ impl Worker {
                     while let Ok(more) = self.from_handles.try_recv() {
                         take(more);
                     }
-                    let superseded = self.index.add(records);
-                    self.update_gauges();
-                    if !superseded.is_empty() {
-                        let outcomes = superseded
-                            .into_iter()
-                            .map(|(old, new)| (old, Outcome::Superseded(new)))
-                            .collect();
-                        self.record(outcomes).await;
-                    }
+                    self.admit(records).await;
                 }
                 Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                     let mut outcomes = Vec::new();
@@ -791,7 +783,12 @@ impl Worker {
             info!(pending = pending.len(), "resuming pending deliveries");
         }
         // Older pending actions of a group were superseded while the process was down.
-        let superseded = self.index.add(pending);
+        self.admit(pending).await;
+    }
+
+    /// Puts actions into the index and records those they supersede.
+    async fn admit(&mut self, records: Vec<Delivery>) {
+        let superseded = self.index.add(records);
         self.update_gauges();
         if !superseded.is_empty() {
             let outcomes = superseded

@@ -316,6 +316,28 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
+    /// A Prometheus holding the last `days` days of the trace, scraping nothing.
+    pub fn backfilled(days: u32) -> Self {
+        Self::start(Options {
+            backfill: Some(Backfill::from_trace(days)),
+            ..Options::default()
+        })
+    }
+
+    /// [`Prometheus::start`] from async code: it blocks, so it runs on the blocking pool.
+    pub async fn start_async(opts: Options) -> Self {
+        tokio::task::spawn_blocking(move || Self::start(opts))
+            .await
+            .expect("start prometheus")
+    }
+
+    /// [`Prometheus::backfilled`] from async code.
+    pub async fn backfilled_async(days: u32) -> Self {
+        tokio::task::spawn_blocking(move || Self::backfilled(days))
+            .await
+            .expect("start prometheus")
+    }
+
     /// Backfills the TSDB (when asked), writes the configuration, starts the server and
     /// waits until it is ready and answers for the backfilled series.
     ///
