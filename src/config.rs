@@ -379,15 +379,7 @@ pub struct RawWebhook {
     pub previous_secret_file: Option<PathBuf>,
 }
 
-/// Whether a target's decisions are sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Decide and send webhooks.
-    Act,
-    /// Decide and show; send nothing.
-    ForecastOnly,
-}
+pub use crate::decide::Mode;
 
 // ---------------------------------------------------------------------------------------
 // Validated form.
@@ -1835,5 +1827,74 @@ max_replicas = 40
         let c = Config::load(&path).unwrap();
         assert_eq!(c.targets[0].name, "web");
         assert_eq!(c.targets[0].capacity_rps, Some(150.0));
+    }
+}
+
+impl TargetConfig {
+    /// The decision policy of this target (`capacity_rps` is `NaN` when it is learned).
+    pub fn policy(&self) -> crate::decide::Policy {
+        crate::decide::Policy {
+            capacity_rps: self.capacity_rps.unwrap_or(f64::NAN),
+            target_utilization: self.target_utilization,
+            prediction_utilization: self.prediction_utilization,
+            tolerance: self.tolerance,
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            lookahead: (self.startup + self.interval).as_secs() as i64,
+            interval: self.interval.as_secs() as i64,
+            headroom: self.headroom,
+            scale_up: self.scale_up.clone(),
+            scale_down: self.scale_down.clone(),
+        }
+    }
+
+    /// Everything the per-target step needs, as plain data.
+    pub fn step_policy(
+        &self,
+        forecast: &ForecastConfig,
+        alerts: Option<&AlertmanagerConfig>,
+    ) -> crate::step::TargetPolicy {
+        let decide = self.policy();
+        let q = &self.queries;
+        crate::step::TargetPolicy {
+            name: self.name.clone(),
+            mode: self.mode,
+            forecast: forecast.settings(self.step_secs(), decide.lookahead),
+            decide,
+            step: self.step_secs(),
+            stale_after: self.stale_after.as_secs() as i64,
+            startup: self.startup.as_secs() as i64,
+            latency_slo: self.latency_slo.map(|d| d.as_secs_f64()),
+            capacity_rps: self.capacity_rps,
+            learns_capacity: self.latency_slo.is_some()
+                && q.latency.is_some()
+                && q.replicas.is_some(),
+            observes_replicas: q.replicas.is_some(),
+            scales: self.platform.is_some(),
+            balances: self.balancer.is_some() || self.haproxy.is_some(),
+            rebalance: self.rebalance.clone(),
+            priority: self.priority,
+            alert: alerts.map(|a| crate::step::AlertPolicy {
+                lead: a.lead.as_secs() as i64,
+                resend: a.resend.as_secs() as i64,
+            }),
+        }
+    }
+
+    /// The signals this target's configuration asks for, with their queries.
+    pub fn signals(&self) -> Vec<(crate::step::Signal, &str)> {
+        use crate::step::Signal;
+        let q = &self.queries;
+        [
+            (Signal::RequestRate, Some(q.request_rate.as_str())),
+            (Signal::Latency, q.latency.as_deref()),
+            (Signal::Replicas, q.replicas.as_deref()),
+            (Signal::InstanceRate, q.instance_rate.as_deref()),
+            (Signal::InstanceLatency, q.instance_latency.as_deref()),
+            (Signal::InstanceErrors, q.instance_errors.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(s, q)| q.map(|q| (s, q)))
+        .collect()
     }
 }

@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod series;
 pub mod simulate;
 pub mod source;
+pub mod step;
 pub mod store;
 pub mod telemetry;
 

@@ -208,7 +208,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             let started = std::time::Instant::now();
             let bar = progress_bar(trace.counts.len());
-            let rows = prescale::simulate::backtest(&trace, &target, level, |done| {
+            let forecast = prescale::config::ForecastConfig {
+                level,
+                ..Default::default()
+            };
+            let rows = prescale::simulate::backtest(&trace, &target, &forecast, |done| {
                 bar.set_position(done as u64)
             });
             bar.finish_and_clear();
@@ -258,13 +262,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 humantime::format_duration(horizon),
                 trace.step
             );
-            let settings = forecast.settings(trace.step, horizon_s);
-            let rows = prescale::simulate::rolling_forecasts(
-                &trace,
-                horizon_s,
-                history.as_secs() as i64,
-                settings,
-            );
+            let mut target = TargetConfig::example("forecast", 1.0, Duration::ZERO);
+            target.history = history;
+            let rows =
+                prescale::simulate::rolling_forecasts(&trace, horizon_s, &target, &forecast);
             write_csv(&out, &rows)?;
             println!(
                 "{:<22} {:>7} {:>6} {:>7} {:>9}",
@@ -333,9 +334,10 @@ fn prometheus_trace(
     let samples = runtime
         .block_on(client.range(query, from, to, step))
         .with_context(|| format!("querying {url} for `{query}`"))?;
+    // A rate sampled at `t` covers the bucket that ended at `t`.
     let rows: Vec<(i64, f64)> = samples
         .iter()
-        .map(|s| (s.ts, s.value * step as f64))
+        .map(|s| (s.ts - step, s.value * step as f64))
         .collect();
     Trace::from_rows(&rows).map_err(|e| anyhow::anyhow!("{url} `{query}` from {from} to {to}: {e}"))
 }

@@ -2,8 +2,9 @@
 //!
 //! At start each signal is backfilled over `history`; afterwards only what is new since the
 //! newest sample is fetched (a gap left by an outage is fetched again when the source
-//! returns). Forecasting and deciding are the pure functions of [`crate::forecast`] and
-//! [`crate::decide`], called with the wall clock's `now`. Actions are written to the durable
+//! returns). Forecasting and deciding are one pure [`crate::step::step`], the very one
+//! `backtest` and `demo` run, called with the store clock's `now`: a cycle is poll → step →
+//! record (store, metrics, outbox). Actions are written to the durable
 //! outbox ([`crate::act::outbox`]) before anything is sent; its worker delivers them, so a
 //! slow receiver never delays polling and a newer scale action supersedes one not yet
 //! delivered. A predicted bottleneck that scaling cannot prevent becomes an alert.
@@ -15,19 +16,18 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::act::alert::{self, Limit};
 use crate::act::outbox::Outbox;
 use crate::act::{Action, RebalanceAction, ScaleAction};
-use crate::config::{AlertmanagerConfig, ForecastConfig, Mode, TargetConfig};
-use crate::decide::{self, Decision, Observed, Policy, Reason, balance};
-use crate::forecast::capacity::{self, Capacity, CapacitySource};
-use crate::forecast::{Forecaster, History, Updated, bottleneck};
+use crate::config::{AlertmanagerConfig, ForecastConfig, TargetConfig};
+use crate::decide::budget::Claim;
+use crate::forecast::capacity::CapacitySource;
 use crate::metrics::{
     CapacityLabels, DecisionLabels, ModelLabels, PollLabels, SignalLabels, TargetLabels,
 };
 use crate::models::ModelsDir;
 use crate::series::{Sample, align_down};
 use crate::source::{Source, SourceError};
+use crate::step::{self, BudgetView, Inputs, Plan, TargetPolicy};
 use crate::store::{DecisionRecord, InstanceStats, Signal, Store, TargetState};
 
 /// Steps of per-instance history fetched each cycle (the newest value is used).
@@ -88,29 +88,32 @@ impl TargetLoop {
         };
         let info = loaded.info();
         if let Some(mut state) = self.store.target(name) {
-            state.forecaster = Some(loaded);
+            state.memory.forecaster = Some(loaded);
         }
         if let Some(i) = info {
             info!(target = %name, model = i.model, fitted_at = i.fitted_at, "model loaded");
         }
     }
 
-    /// One poll → forecast → decide → act pass at `now` (the store's clock).
+    /// One poll → step → record pass at `now` (the store's clock).
     pub async fn cycle(&self, now: i64) {
-        let signals = Signal::configured(&self.target);
-        for (signal, query) in signals {
-            match signal {
-                Signal::InstanceRate | Signal::InstanceLatency | Signal::InstanceErrors => {
-                    self.poll_instances(signal, query, now).await
-                }
-                _ => self.poll(signal, query, now).await,
+        for (signal, query) in self.target.signals() {
+            if signal.per_instance() {
+                self.poll_instances(signal, query, now).await;
+            } else {
+                self.poll(signal, query, now).await;
             }
         }
-        let actions = self.decide(now);
+        let Some((actions, model)) = self.step(now) else {
+            return;
+        };
         if !actions.is_empty()
             && let Err(e) = self.outbox.enqueue(actions).await
         {
             error!(target = %self.target.name, error = %e, "cannot write actions to the outbox; they are lost");
+        }
+        if let Some(bytes) = model {
+            self.save_model(bytes).await;
         }
     }
 
@@ -151,11 +154,6 @@ impl TargetLoop {
                 if signal == Signal::RequestRate && !state.backfilled {
                     state.backfilled = true;
                     info!(target = %t.name, points = added, "backfilled");
-                }
-                if signal == Signal::Replicas
-                    && let Some(last) = samples.last()
-                {
-                    state.replicas = last.value.round().clamp(0.0, f64::from(u32::MAX)) as u32;
                 }
                 let h = state.signals.entry(signal).or_default();
                 h.newest = newest.or(h.newest);
@@ -206,18 +204,7 @@ impl TargetLoop {
                     .into_iter()
                     .filter_map(|(k, s)| s.last().map(|s| (k, s.value)))
                     .collect();
-                state.instances.retain(|k, _| latest.contains_key(k));
-                for (instance, value) in latest {
-                    let stats = state
-                        .instances
-                        .entry(instance)
-                        .or_insert_with(InstanceStats::default);
-                    match signal {
-                        Signal::InstanceLatency => stats.latency = Some(value),
-                        Signal::InstanceErrors => stats.errors = Some(value),
-                        _ => stats.rate = Some(value),
-                    }
-                }
+                merge_instances(&mut state.instances, signal, &latest);
             }
             Err(e) => {
                 h.error = Some(e.to_string());
@@ -256,313 +243,57 @@ impl TargetLoop {
         }
     }
 
-    /// Forecasts and decides from the stored state; returns the actions to send.
-    fn decide(&self, now: i64) -> Vec<Action> {
+    /// The step at `now` on the stored state, recorded in the store and metrics: the
+    /// actions to write and the encoded model to save after a refit. `None` if the target
+    /// is not in the store.
+    fn step(&self, now: i64) -> Option<(Vec<Action>, Option<Vec<u8>>)> {
         let t = &self.target;
-        let mut policy = Policy::of(t);
-        let settings = self.forecast.settings(t.step_secs(), policy.lookahead);
-        let mut actions = Vec::new();
-        let Some(mut state) = self.store.target(&t.name) else {
-            return actions;
+        let policy = t.step_policy(&self.forecast, self.alerts.as_ref());
+        // The other targets are locked one at a time, never while holding this one.
+        let budget = self.budget.and_then(|total| self.budget_view(total, now));
+        let mut guard = self.store.target(&t.name)?;
+        let state = &mut *guard;
+        self.score_previous_forecast(state);
+        let refit = std::mem::take(&mut state.refit_requested);
+        if refit {
+            info!(target = %t.name, "refit requested");
+        }
+        let inputs = Inputs {
+            now,
+            rate: &state.rate,
+            latency: &state.latency,
+            replicas: &state.replica_series,
+            signals: &state.signals,
+            instances: &state.instances,
+            paused: state.paused,
+            refit,
+            budget: budget.as_ref(),
         };
-        let alert_lead = self.alerts.as_ref().map_or(0, |a| a.lead.as_secs() as i64);
-        let degraded = state.degraded_reasons(now);
-        let refit_requested = std::mem::take(&mut state.refit_requested);
-        // Score the previous forecast against what has been observed since it was made.
-        if let Some(prev) = state.forecast.take() {
-            // Its points start after the last observation it saw: all later ones are new.
-            let first = prev.points.first().map_or(i64::MAX, |p| p.timestamp);
-            let scored: Vec<(f64, bool)> = prev.score(state.rate.since(first)).collect();
-            state.forecast_quality.extend(scored);
-            let labels = TargetLabels {
-                target: t.name.clone(),
-            };
-            let m = self.store.metrics();
-            if let (Some(mae), Some(coverage)) = (
-                state.forecast_quality.mae(),
-                state.forecast_quality.coverage(),
-            ) {
-                m.forecast_mae.get_or_create(&labels).set(mae);
-                m.forecast_coverage.get_or_create(&labels).set(coverage);
-            }
-        }
-        let grid = state.rate.to_grid();
-        let forecaster = state
-            .forecaster
-            .get_or_insert_with(|| Forecaster::new(settings));
-        if *forecaster.settings() != settings {
-            forecaster.set_settings(settings);
-        }
-        // A refit holds this target's lock for some milliseconds; the API waits that long.
-        let updated = grid.as_ref().map(|(start, values)| {
-            let history = History {
-                start: *start,
-                step: t.step_secs(),
-                values,
-            };
-            if refit_requested {
-                info!(target = %t.name, "refit requested");
-                forecaster.refit(history, now).map(|()| Updated::Refitted)
-            } else {
-                forecaster.update(history, now)
-            }
-        });
-        let refitted = matches!(updated, Some(Ok(Updated::Refitted)));
-        if let Some(Err(e)) = &updated {
-            debug!(target = %t.name, error = %e, "no forecast");
-        }
-        // Far enough ahead for the decision, the bottleneck and alerts.
-        let forecast = forecaster
-            .forecast(now, settings.horizon.max(alert_lead))
-            .ok();
-        let model_info = forecaster.info();
-        let saved = refitted.then(|| ModelsDir::encode(&t.name, forecaster, now));
-        if refitted || state.capacity.is_none() {
-            state.capacity = Some(resolve_capacity(&state, t));
-        }
-        let capacity = state.capacity.as_ref().and_then(|c| c.effective_rps);
-        let m = self.store.metrics();
-        let labels = TargetLabels {
-            target: t.name.clone(),
-        };
-        if let Some(i) = &model_info
-            && refitted
-        {
-            m.forecast_refits
-                .get_or_create(&ModelLabels {
-                    target: t.name.clone(),
-                    model: i.model.to_owned(),
-                })
-                .inc();
-            info!(target = %t.name, model = i.model, description = %i.description, "model selected");
-        }
-        if let (Some(c), Some(cap)) = (&state.capacity, capacity) {
-            m.capacity_rps
-                .get_or_create(&CapacityLabels {
-                    target: t.name.clone(),
-                    source: if c.source == CapacitySource::Learned {
-                        "learned"
-                    } else {
-                        "configured"
-                    }
-                    .to_owned(),
-                })
-                .set(cap);
-        }
-        state.bottleneck = match (&forecast, capacity) {
-            (Some(f), Some(cap)) => {
-                let latency = state
-                    .capacity
-                    .as_ref()
-                    .and_then(|c| c.learned.as_ref())
-                    .zip(t.latency_slo)
-                    .map(|(l, slo)| (l.curve, slo.as_secs_f64()));
-                Some(bottleneck::predict(bottleneck::Inputs {
-                    forecast: f,
-                    now,
-                    replicas: state.replicas,
-                    capacity_per_replica: cap,
-                    demand_now: state.rate.last().map(|s| s.value),
-                    latency,
-                }))
-            }
-            _ => None,
-        };
-        m.seconds_to_bottleneck.get_or_create(&labels).set(
-            state
-                .bottleneck
-                .as_ref()
-                .map_or(f64::INFINITY, |b| b.seconds_to_breach()),
-        );
-        if let Some(bytes) = saved.and_then(|r| {
-            r.map_err(|e| warn!(target = %t.name, error = %e, "saving the model failed"))
-                .ok()
-        }) {
-            let models = self.models.clone();
-            let name = t.name.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = models.write(&name, &bytes) {
-                    warn!(target = %name, error = %e, "saving the model failed");
-                }
-            });
-        }
-        let fresh = |s: Option<Sample>| s.filter(|s| now - s.ts <= t.stale_after.as_secs() as i64);
-        let latency = t
-            .latency_slo
-            .zip(fresh(state.latency.last()))
-            .map(|(slo, s)| decide::Latency {
-                p95: s.value,
-                slo: slo.as_secs_f64(),
-                rps_per_replica_at_slo: state
-                    .capacity
-                    .as_ref()
-                    .and_then(|c| c.learned.as_ref())
-                    .map(|l| l.capacity_rps),
-            });
-        let observed = Observed {
-            replicas: state.replicas,
-            demand_rps: fresh(state.rate.last()).map(|s| s.value),
-            latency,
-            degraded: !degraded.is_empty(),
-        };
-        let mut decision = match capacity {
-            Some(cap) => {
-                policy.capacity_rps = cap;
-                decide::decide(
-                    &policy,
-                    forecast.as_ref(),
-                    observed,
-                    &mut state.decide_state,
-                    now,
-                )
-            }
-            // Nothing to size replicas by yet: hold, and say why.
-            None => Decision {
-                at: now,
-                from: state.replicas,
-                to: state.replicas,
-                reasons: vec![Reason::new(
-                    "NoCapacity",
-                    state
-                        .capacity
-                        .as_ref()
-                        .map_or_else(String::new, |c| c.reason.clone()),
-                )],
-                peak: None,
-            },
-        };
-        state.wanted = Some(decision.to);
-        // The most the budget grants this target, when it grants less than it wants.
-        let mut budget_cap = None;
-        if let Some(budget) = self.budget {
-            // The other targets are locked one at a time, never while holding this one.
-            drop(state);
-            let granted = self.granted(budget, now);
-            let Some(again) = self.store.target(&t.name) else {
-                return actions;
-            };
-            state = again;
-            if let Some((granted, total)) = granted
-                && granted < decision.to
-            {
-                decision.limit_to(
-                    granted,
-                    format!(
-                        "{} limited to {granted} by the budget of {budget} replicas across targets (asked for in all: {total})",
-                        decision.to
-                    ),
-                );
-                state
-                    .decide_state
-                    .record_scale(now, decision.from, decision.to);
-                budget_cap = Some(granted);
-            }
-        }
-        let acting = t.mode == Mode::Act && !state.paused;
-        if t.queries.replicas.is_none() && !state.paused {
-            // Without a replicas query, the count asked for is taken as the count running
-            // (in forecast-only mode: the count prescale would have asked for). While
-            // paused nothing is asked for, so the first decision after a resume sends
-            // whatever differs from what was last sent.
-            state.replicas = decision.to;
-        }
-        let replicas = f64::from(state.replicas);
-        state.replicas_history.extend([Sample {
-            ts: now,
-            value: replicas,
-        }]);
-
-        m.desired_replicas
-            .get_or_create(&labels)
-            .set(i64::from(decision.to));
-        m.degraded
-            .get_or_create(&labels)
-            .set(i64::from(!degraded.is_empty()));
-        let direction = match decision.to.cmp(&decision.from) {
-            std::cmp::Ordering::Greater => "up",
-            std::cmp::Ordering::Less => "down",
-            std::cmp::Ordering::Equal => "hold",
-        };
-        m.decisions
-            .get_or_create(&DecisionLabels {
-                target: t.name.clone(),
-                direction: direction.to_owned(),
-                reason: decision.reasons.first().map_or("", |r| r.code).to_owned(),
+        let plan = step::step(&policy, &mut state.memory, &inputs);
+        let model = plan
+            .refitted
+            .then(|| {
+                let f = state.memory.forecaster.as_ref()?;
+                ModelsDir::encode(&t.name, f, now)
+                    .map_err(|e| warn!(target = %t.name, error = %e, "saving the model failed"))
+                    .ok()
             })
-            .inc();
-
-        let model = forecast.as_ref().map(|f| f.model);
-        if decision.is_change() {
-            info!(target = %t.name, from = decision.from, to = decision.to, reasons = %decision.reason_codes(), "scale decision");
-            if acting && t.platform.is_some() {
-                let action = Action::Scale(ScaleAction::from_decision(&t.name, &decision, model));
-                actions.push(action);
-            }
-        }
-        let st = &mut *state;
-        let balance = st.balancer.update(&t.rebalance, &st.instances, now);
-        for (instance, why) in &balance.drained {
-            if !state.drained.contains_key(instance) {
-                warn!(target = %t.name, %instance, why = %why, "draining an outlier");
-            }
-        }
-        for instance in state.drained.keys() {
-            if !balance.drained.contains_key(instance) {
-                info!(target = %t.name, %instance, "restoring a drained instance");
-            }
-        }
-        state.drained = balance.drained;
-        let weights = balance.weights;
-        if !weights.is_empty() && balance::changed(&state.weights, &weights, t.rebalance.threshold)
-        {
-            info!(target = %t.name, instances = weights.len(), "rebalance");
-            state.weights = weights.clone();
-            if acting && (t.balancer.is_some() || t.haproxy.is_some()) {
-                let action = Action::Rebalance(RebalanceAction {
-                    target: t.name.clone(),
-                    weights,
-                    issued_at: now,
-                });
-                actions.push(action);
-            }
-        }
-        if let Some(am) = &self.alerts {
-            // What the target may still reach: what the budget grants it, its maximum, or
-            // in forecast-only mode (where prescale scales nothing) what runs now.
-            let (reachable, limit) = match (t.mode, budget_cap) {
-                (Mode::ForecastOnly, _) => (state.replicas, Limit::ForecastOnly),
-                (Mode::Act, Some(granted)) => (granted, Limit::Budget),
-                (Mode::Act, None) => (t.max_replicas, Limit::MaxReplicas),
-            };
-            let bottleneck = forecast.as_ref().zip(capacity).and_then(|(f, cap)| {
-                alert::predicted_breach(&t.name, f, now, alert_lead, cap, reachable, limit)
-            });
-            if let Some(a) = state
-                .alert
-                .step(bottleneck, now, am.resend.as_secs() as i64)
-            {
-                info!(target = %t.name, resolved = a.resolved, time_to_breach_s = a.bottleneck.time_to_breach_secs,
-                    shortfall_rps = a.bottleneck.shortfall_rps, "predicted bottleneck alert");
-                actions.push(Action::Alert(a));
-            }
-        }
-        state.forecast = forecast;
-        state.last_decision = Some(decision.clone());
-        drop(state);
+            .flatten();
+        self.record_metrics(state, &plan);
+        let actions = self.actions(&policy, &plan);
+        record(state, &plan);
+        let decision = plan.decision;
+        drop(guard);
         self.store.record_decision(DecisionRecord {
             target: t.name.clone(),
             decision,
             mode: t.mode,
         });
-        actions
+        Some((actions, model))
     }
-}
 
-impl TargetLoop {
-    /// This target's share of `budget` given every target's last wish, and the total
-    /// wished; `None` if this target is not in the store. A degraded target's floor is
-    /// what it runs now: missing data never scales in, not even for the budget.
-    fn granted(&self, budget: u32, now: i64) -> Option<(u32, u64)> {
+    /// Every target's last claim on the budget, in a fixed order, and this one's place.
+    fn budget_view(&self, total: u32, now: i64) -> Option<BudgetView> {
         let mut claims = Vec::new();
         let mut mine = None;
         for name in self.store.names() {
@@ -578,41 +309,181 @@ impl TargetLoop {
             } else {
                 s.config.min_replicas.max(s.replicas.min(want))
             };
-            claims.push(decide::budget::Claim {
+            claims.push(Claim {
                 priority: s.config.priority,
                 min,
                 want,
             });
         }
-        let total = claims.iter().map(|c| u64::from(c.want)).sum();
-        let granted = decide::budget::allocate(budget, &claims);
-        mine.map(|i| (granted[i], total))
+        Some(BudgetView {
+            total,
+            claims,
+            mine: mine?,
+        })
+    }
+
+    /// Scores the previous forecast against what has been observed since it was made.
+    fn score_previous_forecast(&self, state: &mut TargetState) {
+        let Some(prev) = state.forecast.take() else {
+            return;
+        };
+        // Its points start after the last observation it saw: all later ones are new.
+        let first = prev.points.first().map_or(i64::MAX, |p| p.timestamp);
+        let scored: Vec<(f64, bool)> = prev.score(state.rate.since(first)).collect();
+        state.forecast_quality.extend(scored);
+        let labels = self.labels();
+        let m = self.store.metrics();
+        if let (Some(mae), Some(coverage)) = (
+            state.forecast_quality.mae(),
+            state.forecast_quality.coverage(),
+        ) {
+            m.forecast_mae.get_or_create(&labels).set(mae);
+            m.forecast_coverage.get_or_create(&labels).set(coverage);
+        }
+    }
+
+    fn labels(&self) -> TargetLabels {
+        TargetLabels {
+            target: self.target.name.clone(),
+        }
+    }
+
+    /// The plan's metrics and logs.
+    fn record_metrics(&self, state: &TargetState, plan: &Plan) {
+        let t = &self.target;
+        let m = self.store.metrics();
+        let labels = self.labels();
+        if let Some(e) = &plan.forecast_error {
+            debug!(target = %t.name, error = %e, "no forecast");
+        }
+        if let (true, Some(i)) = (plan.refitted, state.memory.forecaster.as_ref().and_then(|f| f.info())) {
+            let model = ModelLabels {
+                target: t.name.clone(),
+                model: i.model.to_owned(),
+            };
+            m.forecast_refits.get_or_create(&model).inc();
+            info!(target = %t.name, model = i.model, description = %i.description, "model selected");
+        }
+        if let Some(c) = &state.memory.capacity
+            && let Some(cap) = c.effective_rps
+        {
+            let source = if c.source == CapacitySource::Learned {
+                "learned"
+            } else {
+                "configured"
+            };
+            let labels = CapacityLabels {
+                target: t.name.clone(),
+                source: source.to_owned(),
+            };
+            m.capacity_rps.get_or_create(&labels).set(cap);
+        }
+        let to_breach = plan
+            .bottleneck
+            .as_ref()
+            .map_or(f64::INFINITY, |b| b.seconds_to_breach());
+        m.seconds_to_bottleneck.get_or_create(&labels).set(to_breach);
+        let d = &plan.decision;
+        m.desired_replicas.get_or_create(&labels).set(i64::from(d.to));
+        m.degraded
+            .get_or_create(&labels)
+            .set(i64::from(!plan.degraded.is_empty()));
+        let direction = match d.to.cmp(&d.from) {
+            std::cmp::Ordering::Greater => "up",
+            std::cmp::Ordering::Less => "down",
+            std::cmp::Ordering::Equal => "hold",
+        };
+        let reason = d.reasons.first().map_or("", |r| r.code.as_str());
+        m.decisions
+            .get_or_create(&DecisionLabels {
+                target: t.name.clone(),
+                direction: direction.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The actions a plan asks to send, with their logs.
+    fn actions(&self, policy: &TargetPolicy, plan: &Plan) -> Vec<Action> {
+        let t = &self.target;
+        let mut actions = Vec::new();
+        let d = &plan.decision;
+        if d.is_change() {
+            info!(target = %t.name, from = d.from, to = d.to, reasons = %d.reason_codes(), "scale decision");
+        }
+        if plan.scale {
+            let model = plan.forecast.as_ref().map(|f| f.model);
+            actions.push(Action::Scale(ScaleAction::from_decision(&t.name, d, model)));
+        }
+        if let Some(r) = &plan.rebalance {
+            for (instance, why) in &r.drained {
+                warn!(target = %t.name, %instance, why = %why, "draining an outlier");
+            }
+            for instance in &r.restored {
+                info!(target = %t.name, %instance, "restoring a drained instance");
+            }
+            info!(target = %t.name, instances = r.weights.len(), sent = plan.send_rebalance, "rebalance");
+            if plan.send_rebalance {
+                actions.push(Action::Rebalance(RebalanceAction {
+                    target: t.name.clone(),
+                    weights: r.weights.clone(),
+                    issued_at: d.at,
+                }));
+            }
+        }
+        if let Some(a) = &plan.alert {
+            info!(target = %policy.name, resolved = a.resolved, time_to_breach_s = a.bottleneck.time_to_breach_secs,
+                shortfall_rps = a.bottleneck.shortfall_rps, "predicted bottleneck alert");
+            actions.push(Action::Alert(a.clone()));
+        }
+        actions
+    }
+
+    /// Writes an encoded model; awaited, so a target's saves land in order.
+    async fn save_model(&self, bytes: Vec<u8>) {
+        let models = self.models.clone();
+        let name = self.target.name.clone();
+        let saved = tokio::task::spawn_blocking(move || models.write(&name, &bytes)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(target = %self.target.name, error = %e, "saving the model failed"),
+            Err(e) => warn!(target = %self.target.name, error = %e, "saving the model failed"),
+        }
     }
 }
 
-/// The capacity to decide with: configured, or learned from `(rate / replicas, latency)`
-/// pairs when the target has a latency SLO and a replicas query.
-fn resolve_capacity(state: &TargetState, t: &TargetConfig) -> Capacity {
-    let learned = match (t.latency_slo, &t.queries.replicas, &t.queries.latency) {
-        (Some(slo), Some(_), Some(_)) => {
-            let pairs: Vec<(f64, f64)> = state
-                .latency
-                .iter()
-                .filter_map(|l| {
-                    let at = |s: &crate::series::Series| {
-                        s.since(l.ts)
-                            .next()
-                            .filter(|x| x.ts == l.ts)
-                            .map(|x| x.value)
-                    };
-                    let rate = at(&state.rate)?;
-                    let replicas = at(&state.replica_series).filter(|r| *r >= 1.0)?;
-                    Some((rate / replicas, l.value))
-                })
-                .collect();
-            Some(capacity::learn(&pairs, slo.as_secs_f64()))
+/// Keeps in the store what a plan says of the target.
+fn record(state: &mut TargetState, plan: &Plan) {
+    state.replicas = plan.replicas;
+    state.wanted = Some(plan.wanted);
+    state.bottleneck = plan.bottleneck.clone();
+    state.forecast = plan.forecast.clone();
+    state.last_decision = Some(plan.decision.clone());
+    let now = plan.decision.at;
+    state.replicas_history.extend([Sample {
+        ts: now,
+        value: f64::from(plan.replicas),
+    }]);
+}
+
+/// Sets `signal`'s newest value per instance. An instance stays while any per-instance
+/// signal reports it: one signal losing it (a drained instance's latency series vanishes
+/// when it gets no traffic) clears only that signal's value.
+fn merge_instances(
+    instances: &mut BTreeMap<String, InstanceStats>,
+    signal: Signal,
+    latest: &BTreeMap<String, f64>,
+) {
+    for name in latest.keys() {
+        instances.entry(name.clone()).or_default();
+    }
+    for (name, stats) in instances.iter_mut() {
+        let v = latest.get(name).copied();
+        match signal {
+            Signal::InstanceLatency => stats.latency = v,
+            Signal::InstanceErrors => stats.errors = v,
+            _ => stats.rate = v,
         }
-        _ => None,
-    };
-    capacity::resolve(t.capacity_rps, learned.as_ref())
+    }
+    instances.retain(|_, s| s.rate.is_some() || s.latency.is_some() || s.errors.is_some());
 }

@@ -13,14 +13,15 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::Serialize;
 
 use crate::config::{ForecastConfig, TargetConfig};
-use crate::decide::{self, DecideState, Observed, Policy};
-use crate::forecast::{Forecaster, History, Settings};
+use crate::decide::{self, DecideState, Observed};
+use crate::forecast::capacity::Capacity;
+use crate::series::{Sample, Series};
 use crate::source::replay::Trace;
+use crate::step::{self, Inputs, Memory, Signal, SignalHealth, TargetPolicy};
 
 pub mod plot;
 
-/// The capacity a backtest sizes replicas by: the configured one (the CLI always sets it;
-/// there is no latency to learn it from in a request trace).
+/// The capacity a backtest is scored by: the configured one, else `NaN`.
 fn capacity(target: &TargetConfig) -> f64 {
     target.capacity_rps.unwrap_or(f64::NAN)
 }
@@ -38,64 +39,153 @@ pub struct Row {
     pub upper_rps: f64,
     /// The replica count asked for from `timestamp` on.
     pub replicas: u32,
+    /// The capacity per replica decided with, requests/s (configured or learned; `NaN`
+    /// while unknown).
+    pub capacity_rps: f64,
     /// The decision's reason codes.
     pub reason: String,
 }
 
-/// Replays `trace` through forecast and decide with `target`'s policy. The target's
+/// The target a replay of `trace` runs: one decision per trace step, with the signals the
+/// trace carries (request rate; latency and replicas when it has those columns).
+pub fn replay_target(trace: &Trace, target: &TargetConfig) -> TargetConfig {
+    let step = std::time::Duration::from_secs(trace.step.max(1) as u64);
+    let mut t = target.clone();
+    t.interval = step;
+    t.step = step;
+    let q = &mut t.queries;
+    q.latency = trace.latency.is_some().then(|| "trace:latency".to_owned());
+    q.replicas = trace.replicas.is_some().then(|| "trace:replicas".to_owned());
+    q.instance_rate = None;
+    q.instance_latency = None;
+    q.instance_errors = None;
+    t
+}
+
+/// A trace replayed through [`step::step`]: the series as the live loop keeps them, fed one
+/// bucket at a time. The sample at `t` covers the bucket that ended at `t`, as a Prometheus
+/// rate does, so the step at `t` sees exactly what `serve` polling at `t` would.
+pub struct Replay<'a> {
+    trace: &'a Trace,
+    /// The step's policy.
+    pub policy: TargetPolicy,
+    /// The step's memory.
+    pub memory: Memory,
+    rate: Series,
+    latency: Series,
+    replicas: Series,
+    signals: BTreeMap<Signal, SignalHealth>,
+    instances: BTreeMap<String, decide::balance::InstanceStats>,
+    next: usize,
+}
+
+impl<'a> Replay<'a> {
+    /// A replay of `trace` with `target` (see [`replay_target`]) and forecast settings.
+    pub fn new(trace: &'a Trace, target: &TargetConfig, forecast: &ForecastConfig) -> Self {
+        let t = replay_target(trace, target);
+        let policy = t.step_policy(forecast, None);
+        let (step, keep) = (t.step_secs(), t.history_points());
+        let signals = t
+            .signals()
+            .into_iter()
+            .map(|(s, _)| (s, SignalHealth::default()))
+            .collect();
+        Self {
+            trace,
+            policy,
+            memory: Memory::default(),
+            rate: Series::new(step, keep),
+            latency: Series::new(step, keep),
+            replicas: Series::new(step, keep),
+            signals,
+            instances: BTreeMap::new(),
+            next: 0,
+        }
+    }
+
+    /// Whether every bucket has been stepped.
+    pub fn done(&self) -> bool {
+        self.next >= self.trace.counts.len()
+    }
+
+    /// Steps at the start of the next bucket, after the one before it has ended.
+    pub fn step(&mut self) -> Option<step::Plan> {
+        let i = self.next;
+        if i >= self.trace.counts.len() {
+            return None;
+        }
+        self.next += 1;
+        let now = self.trace.timestamp(i);
+        if i > 0 {
+            self.observe(i - 1, now);
+        }
+        let inputs = Inputs {
+            now,
+            rate: &self.rate,
+            latency: &self.latency,
+            replicas: &self.replicas,
+            signals: &self.signals,
+            instances: &self.instances,
+            paused: false,
+            refit: false,
+            budget: None,
+        };
+        Some(step::step(&self.policy, &mut self.memory, &inputs))
+    }
+
+    /// Bucket `j`, ended at `now`, becomes the newest sample of each signal.
+    fn observe(&mut self, j: usize, now: i64) {
+        let t = self.trace;
+        let values = [
+            (Signal::RequestRate, t.rps(j)),
+            (Signal::Latency, t.latency(j)),
+            (Signal::Replicas, t.replicas(j)),
+        ];
+        for (signal, value) in values {
+            let series = match signal {
+                Signal::Latency => &mut self.latency,
+                Signal::Replicas => &mut self.replicas,
+                _ => &mut self.rate,
+            };
+            series.extend([Sample { ts: now, value }]);
+            if let Some(h) = self.signals.get_mut(&signal) {
+                h.newest = series.last().map(|s| s.ts);
+                h.last_poll = Some(now);
+            }
+        }
+    }
+
+    /// The capacity in use now.
+    pub fn capacity(&self) -> Option<&Capacity> {
+        self.memory.capacity.as_ref()
+    }
+}
+
+/// Replays `trace` through the per-target step with `target`'s policy. The target's
 /// `interval` and `step` are taken to be the trace's step (one decision per bucket).
 /// `progress` is called with the number of steps done, now and then.
 pub fn backtest(
     trace: &Trace,
     target: &TargetConfig,
-    level: f64,
+    forecast: &ForecastConfig,
     mut progress: impl FnMut(usize),
 ) -> Vec<Row> {
-    let step = trace.step;
-    let mut target = target.clone();
-    target.interval = std::time::Duration::from_secs(step as u64);
-    let policy = Policy::of(&target);
-    let keep = (target.history.as_secs() as i64 / step).max(2) as usize;
-    let rps: Vec<f64> = (0..trace.counts.len()).map(|i| trace.rps(i)).collect();
-
-    let settings = ForecastConfig {
-        level,
-        ..ForecastConfig::default()
-    }
-    .settings(step, policy.lookahead);
-    let mut forecaster = Forecaster::new(settings);
-    let mut state = DecideState::default();
-    let mut replicas = target.min_replicas;
-    let mut rows = Vec::with_capacity(rps.len());
-    for (i, &demand) in rps.iter().enumerate() {
-        let now = trace.timestamp(i);
-        // Buckets 0..i have ended by `now`.
-        let lo = i.saturating_sub(keep);
-        let seen = &rps[lo..i];
-        let history = History {
-            start: trace.timestamp(lo),
-            step,
-            values: seen,
-        };
-        let fc = match forecaster.update(history, now) {
-            Ok(_) => forecaster.forecast(now, policy.lookahead).ok(),
-            Err(_) => None,
-        };
-        let last = seen.last().copied().filter(|v| v.is_finite());
-        let observed = Observed {
-            degraded: last.is_none(),
-            ..Observed::demand(replicas, last)
-        };
-        let d = decide::decide(&policy, fc.as_ref(), observed, &mut state, now);
-        replicas = d.to;
-        let first = fc.as_ref().and_then(|f| f.points.first().copied());
+    let mut replay = Replay::new(trace, target, forecast);
+    let mut rows = Vec::with_capacity(trace.counts.len());
+    while let Some(plan) = replay.step() {
+        let i = rows.len();
+        let first = plan.forecast.as_ref().and_then(|f| f.points.first().copied());
         rows.push(Row {
-            timestamp: now,
-            demand_rps: demand,
+            timestamp: plan.decision.at,
+            demand_rps: trace.rps(i),
             forecast_rps: first.map_or(f64::NAN, |p| p.value),
             upper_rps: first.map_or(f64::NAN, |p| p.upper),
-            replicas,
-            reason: d.reason_codes(),
+            replicas: plan.decision.to,
+            capacity_rps: replay
+                .capacity()
+                .and_then(|c| c.effective_rps)
+                .unwrap_or(f64::NAN),
+            reason: plan.decision.reason_codes(),
         });
         if i % 1024 == 1023 {
             progress(i + 1);
@@ -116,7 +206,7 @@ pub fn hpa(trace: &Trace, target: &TargetConfig, target_utilization: f64) -> Vec
     target.tolerance = crate::config::DEFAULT_TOLERANCE;
     target.scale_up = decide::Rules::default_scale_up();
     target.scale_down = decide::Rules::default_scale_down();
-    let policy = Policy::of(&target);
+    let policy = target.policy();
     let mut state = DecideState::default();
     let first = trace.rps(0);
     let mut replicas = if first.is_finite() {
@@ -134,7 +224,11 @@ pub fn hpa(trace: &Trace, target: &TargetConfig, target_utilization: f64) -> Vec
                     ..Observed::demand(replicas, last)
                 };
                 let now = trace.timestamp(i);
-                replicas = decide::decide(&policy, None, observed, &mut state, now).to;
+                let d = decide::decide(&policy, None, observed, &mut state, now);
+                if d.to != d.from {
+                    state.record_scale(now, d.from, d.to);
+                }
+                replicas = d.to;
             }
             replicas
         })
@@ -356,43 +450,40 @@ pub struct ForecastRow {
     pub model: &'static str,
 }
 
-/// Rolling forecasts over `trace`, `horizon` seconds ahead of every step, through one
-/// [`Forecaster`] updated each step and refitted on its schedule, exactly as the live
-/// pipeline uses it. History is limited to `history` seconds.
+/// Rolling forecasts over `trace`, `horizon` seconds ahead of every step, made by the
+/// per-target step exactly as the live loop makes them (one forecaster updated each step
+/// and refitted on its schedule), with `target`'s history and `forecast`'s settings.
 pub fn rolling_forecasts(
     trace: &Trace,
     horizon: i64,
-    history: i64,
-    settings: Settings,
+    target: &TargetConfig,
+    forecast: &ForecastConfig,
 ) -> Vec<ForecastRow> {
     let step = trace.step;
-    let keep = (history / step).max(2) as usize;
-    let rps: Vec<f64> = (0..trace.counts.len()).map(|i| trace.rps(i)).collect();
-    let mut forecaster = Forecaster::new(settings);
-    let mut rows = Vec::with_capacity(rps.len());
-    for i in 1..rps.len() {
-        let origin = trace.timestamp(i);
-        let lo = i.saturating_sub(keep);
-        let history = History {
-            start: trace.timestamp(lo),
-            step,
-            values: &rps[lo..i],
-        };
-        if forecaster.update(history, origin).is_err() {
-            continue;
-        }
-        let Ok(fc) = forecaster.forecast(origin, horizon) else {
+    let mut forecast = forecast.clone();
+    let far = (horizon + step).max(0) as u64;
+    forecast.horizon = forecast.horizon.max(std::time::Duration::from_secs(far));
+    let mut replay = Replay::new(trace, target, &forecast);
+    let mut rows = Vec::with_capacity(trace.counts.len());
+    while let Some(plan) = replay.step() {
+        let origin = plan.decision.at;
+        let Some(fc) = plan.forecast else {
             continue;
         };
-        let target = origin + horizon;
-        let Some(p) = fc.points.iter().find(|p| p.timestamp == target) else {
+        // The point at `t` covers the bucket that ends at `t`.
+        let bucket = origin + horizon;
+        let Some(p) = fc.points.iter().find(|p| p.timestamp == bucket + step) else {
             continue;
         };
-        let j = ((target - trace.start) / step) as usize;
+        let j = (bucket - trace.start) / step;
+        let actual = usize::try_from(j)
+            .ok()
+            .filter(|&j| j < trace.counts.len())
+            .map_or(f64::NAN, |j| trace.rps(j));
         rows.push(ForecastRow {
             origin,
-            timestamp: target,
-            actual: rps.get(j).copied().unwrap_or(f64::NAN),
+            timestamp: bucket,
+            actual,
             forecast: p.value,
             lower: p.lower,
             upper: p.upper,
@@ -475,6 +566,7 @@ mod tests {
             start: 1_000_020,
             step: 60,
             counts,
+            ..Trace::default()
         }
     }
 
@@ -482,7 +574,7 @@ mod tests {
     fn one_row_per_step_and_capacity_ahead_of_demand() {
         let t = trace(3 * 1440);
         let target = TargetConfig::example("t", 1.0, Duration::from_secs(300));
-        let rows = backtest(&t, &target, 0.95, |_| {});
+        let rows = backtest(&t, &target, &ForecastConfig::default(), |_| {});
         assert_eq!(rows.len(), t.counts.len());
         assert_eq!(rows[0].timestamp, t.start);
         // After two days of warm-up, the smooth daily cycle is covered nearly always.
@@ -502,8 +594,8 @@ mod tests {
     fn no_look_ahead() {
         let t = trace(2 * 1440 + 300);
         let target = TargetConfig::example("t", 1.0, Duration::from_secs(300));
-        let full = backtest(&t, &target, 0.95, |_| {});
-        let cut = backtest(&t.truncated(2000), &target, 0.95, |_| {});
+        let full = backtest(&t, &target, &ForecastConfig::default(), |_| {});
+        let cut = backtest(&t.truncated(2000), &target, &ForecastConfig::default(), |_| {});
         for (a, b) in cut.iter().zip(&full) {
             assert_eq!(
                 (a.timestamp, a.replicas, &a.reason),
@@ -535,6 +627,7 @@ mod tests {
             start: 0,
             step: 60,
             counts: vec![600.0, 1200.0, f64::NAN, 600.0],
+            ..Trace::default()
         };
         // 10, 20, gap, 10 rps against 15 rps of capacity: 5 of 40 lost.
         let s = Score::of(&t, 5.0, &[3, 3, 3, 4], &[3, 3, 3, 3], 0);
@@ -558,6 +651,7 @@ mod tests {
             start: 0,
             step: 60,
             counts,
+            ..Trace::default()
         };
         let target = TargetConfig::example("t", 1.0, Duration::from_secs(120));
         let asked = hpa(&t, &target, 0.5);

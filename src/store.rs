@@ -10,80 +10,21 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::Serialize;
 
-use crate::act::alert::AlertState;
 use crate::act::outbox::Outbox;
 use crate::clock::Clock;
-use crate::config::{Mode, TargetConfig};
-use crate::decide::balance::Balancer;
+use crate::config::TargetConfig;
 pub use crate::decide::balance::InstanceStats;
-use crate::decide::{DecideState, Decision};
+use crate::decide::{Decision, Mode, ReasonCode};
+use crate::forecast::Forecast;
 use crate::forecast::bottleneck::Bottleneck;
-use crate::forecast::capacity::Capacity;
-use crate::forecast::{Forecast, Forecaster};
 use crate::metrics::Metrics;
 use crate::series::Series;
+use crate::step::{self, Memory};
 
 /// How many decisions the log keeps, across targets.
 const DECISION_LOG: usize = 10_000;
 
-/// A signal of a target: the name used in metrics, the API and messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Signal {
-    /// Requests/s.
-    RequestRate,
-    /// Latency, seconds.
-    Latency,
-    /// Replica count.
-    Replicas,
-    /// Requests/s per instance.
-    InstanceRate,
-    /// Latency per instance.
-    InstanceLatency,
-    /// Error ratio per instance.
-    InstanceErrors,
-}
-
-impl Signal {
-    /// The name, as in the configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RequestRate => "request_rate",
-            Self::Latency => "latency",
-            Self::Replicas => "replicas",
-            Self::InstanceRate => "instance_rate",
-            Self::InstanceLatency => "instance_latency",
-            Self::InstanceErrors => "instance_errors",
-        }
-    }
-
-    /// The signals a target's configuration asks for, with their queries.
-    pub fn configured(t: &TargetConfig) -> Vec<(Signal, &str)> {
-        let q = &t.queries;
-        [
-            (Self::RequestRate, Some(q.request_rate.as_str())),
-            (Self::Latency, q.latency.as_deref()),
-            (Self::Replicas, q.replicas.as_deref()),
-            (Self::InstanceRate, q.instance_rate.as_deref()),
-            (Self::InstanceLatency, q.instance_latency.as_deref()),
-            (Self::InstanceErrors, q.instance_errors.as_deref()),
-        ]
-        .into_iter()
-        .filter_map(|(s, q)| q.map(|q| (s, q)))
-        .collect()
-    }
-}
-
-/// What is known of one signal's freshness.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SignalHealth {
-    /// Timestamp of the newest sample (Unix s).
-    pub newest: Option<i64>,
-    /// When it was last polled (Unix s).
-    pub last_poll: Option<i64>,
-    /// The last poll's error, if it failed.
-    pub error: Option<String>,
-}
+pub use crate::step::{Signal, SignalHealth};
 
 /// The outcome of the last webhook delivery.
 #[derive(Debug, Clone, Serialize)]
@@ -179,25 +120,16 @@ pub struct TargetState {
     pub forecast: Option<Forecast>,
     /// How recent forecasts did against what was then observed.
     pub forecast_quality: ForecastQuality,
-    /// The request-rate forecaster: selected model and its state (loaded from the models
-    /// directory at start, else created at the first cycle).
-    pub forecaster: Option<Forecaster>,
-    /// The capacity in use and the evidence for it (resolved at each refit).
-    pub capacity: Option<Capacity>,
+    /// What the per-target step remembers: forecaster, capacity, stabilisation and
+    /// rate-limit history, balancer, weights, drained instances, alert, count asked for.
+    pub memory: Memory,
     /// The predicted bottleneck as of the last cycle.
     pub bottleneck: Option<Bottleneck>,
-    /// Stabilisation memory of the decision engine.
-    pub decide_state: DecideState,
     /// The last decision.
     pub last_decision: Option<Decision>,
-    /// The latest per-instance observations.
+    /// The latest per-instance observations (every instance seen by any per-instance
+    /// signal in the last poll).
     pub instances: BTreeMap<String, InstanceStats>,
-    /// The last balancer weights sent (or, in `forecast-only` mode, computed).
-    pub weights: BTreeMap<String, u32>,
-    /// Instances drained by failover, with why.
-    pub drained: BTreeMap<String, String>,
-    /// Rebalancing memory: the recent window per instance.
-    pub balancer: Balancer,
     /// The count the last decision asked for before a budget limited it.
     pub wanted: Option<u32>,
     /// The last delivery outcome.
@@ -206,15 +138,14 @@ pub struct TargetState {
     pub paused: bool,
     /// A refit was asked for (`POST …/refit`); the pipeline clears it when it refits.
     pub refit_requested: bool,
-    /// The predicted-bottleneck alert, when one is firing.
-    pub alert: AlertState,
 }
 
 impl TargetState {
     fn new(config: Arc<TargetConfig>) -> Self {
         let step = config.step_secs();
         let cap = config.history_points();
-        let signals = Signal::configured(&config)
+        let signals = config
+            .signals()
             .into_iter()
             .map(|(s, _)| (s, SignalHealth::default()))
             .collect();
@@ -228,20 +159,14 @@ impl TargetState {
             replicas: config.min_replicas,
             forecast: None,
             forecast_quality: ForecastQuality::default(),
-            forecaster: None,
-            capacity: None,
+            memory: Memory::default(),
             bottleneck: None,
-            decide_state: DecideState::default(),
             last_decision: None,
             instances: BTreeMap::new(),
-            weights: BTreeMap::new(),
-            drained: BTreeMap::new(),
-            balancer: Balancer::default(),
             wanted: None,
             last_delivery: None,
             paused: false,
             refit_requested: false,
-            alert: AlertState::default(),
             config,
         }
     }
@@ -256,43 +181,58 @@ impl TargetState {
         }
     }
 
-    /// Why the target is degraded at `now`: one line per missing, failing or stale signal;
-    /// empty when healthy.
+    /// Why scaling is degraded at `now`: one line per missing, failing or stale
+    /// target-level signal; empty when healthy (see [`step::degraded_reasons`]).
     pub fn degraded_reasons(&self, now: i64) -> Vec<String> {
-        let stale_after = self.config.stale_after.as_secs() as i64;
-        let mut out = Vec::new();
-        for (signal, h) in &self.signals {
-            let name = signal.as_str();
-            match (h.newest, &h.error) {
-                (_, Some(e)) => out.push(format!("{name}: {e}")),
-                (None, None) => out.push(format!("{name}: no data yet")),
-                (Some(ts), None) if now - ts > stale_after => out.push(format!(
-                    "{name}: stale, newest sample {}s old (stale_after {stale_after}s)",
-                    now - ts
-                )),
-                _ => {}
-            }
-        }
-        out
+        step::degraded_reasons(&self.signals, now, self.config.stale_after.as_secs() as i64)
     }
 
-    /// `backfilling`, `degraded`, `paused`, `budget-limited` or `ok`, the first that
-    /// applies.
-    pub fn status(&self, now: i64) -> &'static str {
-        let budget_limited = self
-            .last_decision
-            .as_ref()
-            .is_some_and(|d| d.reasons.iter().any(|r| r.code == "BudgetLimited"));
+    /// The first state that applies: backfilling, degraded, paused, budget-limited, ok.
+    pub fn status(&self, now: i64) -> TargetStatus {
+        let budget_limited = self.last_decision.as_ref().is_some_and(|d| {
+            d.reasons
+                .iter()
+                .any(|r| r.code == ReasonCode::BudgetLimited)
+        });
         if !self.backfilled {
-            "backfilling"
+            TargetStatus::Backfilling
         } else if !self.degraded_reasons(now).is_empty() {
-            "degraded"
+            TargetStatus::Degraded
         } else if self.paused {
-            "paused"
+            TargetStatus::Paused
         } else if budget_limited {
-            "budget-limited"
+            TargetStatus::BudgetLimited
         } else {
-            "ok"
+            TargetStatus::Ok
+        }
+    }
+}
+
+/// A target's state as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetStatus {
+    /// History is still being loaded.
+    Backfilling,
+    /// A target-level signal is missing, failing or stale: no scale-in.
+    Degraded,
+    /// Acting is paused.
+    Paused,
+    /// The shared budget limited the last decision.
+    BudgetLimited,
+    /// Healthy.
+    Ok,
+}
+
+impl TargetStatus {
+    /// The name shown in the API and the dashboard.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backfilling => "backfilling",
+            Self::Degraded => "degraded",
+            Self::Paused => "paused",
+            Self::BudgetLimited => "budget-limited",
+            Self::Ok => "ok",
         }
     }
 }

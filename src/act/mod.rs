@@ -329,11 +329,11 @@ mod tests {
             to: 7,
             reasons: vec![
                 Reason {
-                    code: "Prediction",
+                    code: crate::decide::ReasonCode::Prediction,
                     message: "upper forecast needs 7".into(),
                 },
                 Reason {
-                    code: "TooFewReplicas",
+                    code: crate::decide::ReasonCode::TooFewReplicas,
                     message: "raised".into(),
                 },
             ],

@@ -558,7 +558,7 @@ mod tests {
             from: 3,
             to: 5,
             reasons: vec![Reason {
-                code: "Prediction",
+                code: crate::decide::ReasonCode::Prediction,
                 message: "needs 5".into(),
             }],
             peak: None,

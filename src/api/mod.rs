@@ -358,7 +358,7 @@ struct PageQuery {
 fn summary(name: &str, t: &crate::store::TargetState, now: i64) -> TargetSummary {
     TargetSummary {
         name: name.to_owned(),
-        status: t.status(now),
+        status: t.status(now).as_str(),
         mode: t.config.mode,
         paused: t.paused,
         replicas: t.replicas,
@@ -463,12 +463,13 @@ async fn target(
         summary: summary(&name, &t, now),
         degraded_reasons: t.degraded_reasons(now),
         capacity_rps: t
+            .memory
             .capacity
             .as_ref()
             .and_then(|c| c.effective_rps)
             .or(c.capacity_rps),
-        capacity: t.capacity.clone(),
-        forecast_model: t.forecaster.as_ref().and_then(|f| f.info()),
+        capacity: t.memory.capacity.clone(),
+        forecast_model: t.memory.forecaster.as_ref().and_then(|f| f.info()),
         bottleneck: t.bottleneck.clone(),
         startup_seconds: c.startup.as_secs(),
         interval_seconds: c.interval.as_secs(),
@@ -482,8 +483,8 @@ async fn target(
             .collect(),
         last_decision: t.last_decision.clone(),
         instances: t.instances.clone(),
-        weights: t.weights.clone(),
-        drained: t.drained.clone(),
+        weights: t.memory.weights.clone(),
+        drained: t.memory.drained.clone(),
         last_delivery: t.last_delivery.clone(),
         forecast_quality: QualityBody {
             mae_rps: t.forecast_quality.mae(),
@@ -548,7 +549,7 @@ async fn target_forecast(
         let t = store
             .target(&name)
             .ok_or_else(|| ApiError::unknown_target(&name))?;
-        let fitted = t.forecaster.as_ref().and_then(|f| {
+        let fitted = t.memory.forecaster.as_ref().and_then(|f| {
             let fc = f.forecast(now, horizon_s).ok()?;
             Some((fc, f.info().map(|i| i.description)))
         });
@@ -557,7 +558,7 @@ async fn target_forecast(
         } else {
             None
         };
-        let level = t.forecaster.as_ref().map_or(0.95, |f| f.settings().level);
+        let level = t.memory.forecaster.as_ref().map_or(0.95, |f| f.settings().level);
         (fitted, grid, t.config.step_secs(), level)
     };
     let (f, description) = match (fitted, grid) {

@@ -127,14 +127,6 @@ impl History {
         }
     }
 
-    /// Replaces the change recorded at `now` (a budget lowered it).
-    pub fn rescaled(&mut self, now: i64, from: u32, to: u32) {
-        while self.events.back().is_some_and(|&(t, _)| t == now) {
-            self.events.pop_back();
-        }
-        self.scaled(now, from, to);
-    }
-
     /// The count stabilisation allows, given the newest recommendation was recorded: at
     /// least the lowest recommendation within the scale-up window and at most the highest
     /// within the scale-down window, as close to `current` as that allows.

@@ -21,6 +21,7 @@
 //! data missing or stale the count never goes down; it goes up on the evidence there is.
 //! Every clamp is named in the reasons.
 
+pub mod alert;
 pub mod balance;
 pub mod behavior;
 pub mod budget;
@@ -29,8 +30,17 @@ use serde::Serialize;
 
 pub use behavior::{RateKind, RatePolicy, Rules, Select};
 
-use crate::config::TargetConfig;
 use crate::forecast::Forecast;
+
+/// Whether a target's decisions are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Decide and send webhooks.
+    Act,
+    /// Decide and show; send nothing.
+    ForecastOnly,
+}
 
 /// What the decision engine needs of a target's configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,24 +71,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The policy of a configured target.
-    pub fn of(t: &TargetConfig) -> Self {
-        Self {
-            // Unset when it is to be learned: the pipeline sets the resolved capacity.
-            capacity_rps: t.capacity_rps.unwrap_or(f64::NAN),
-            target_utilization: t.target_utilization,
-            prediction_utilization: t.prediction_utilization,
-            tolerance: t.tolerance,
-            min_replicas: t.min_replicas,
-            max_replicas: t.max_replicas,
-            lookahead: (t.startup + t.interval).as_secs() as i64,
-            interval: t.interval.as_secs() as i64,
-            headroom: t.headroom,
-            scale_up: t.scale_up.clone(),
-            scale_down: t.scale_down.clone(),
-        }
-    }
-
     /// Replicas needed to carry `rps` at `utilization`.
     fn need(&self, rps: f64, utilization: f64) -> u32 {
         let per = self.capacity_rps * utilization;
@@ -123,20 +115,77 @@ impl Observed {
     }
 }
 
+/// What set or clamped a decision's count: a closed set, serialised as the documented
+/// PascalCase names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum ReasonCode {
+    /// The prediction policy (upper forecast over the look-ahead) set the count.
+    Prediction,
+    /// The demand policy (observed load, as the HPA) set the count.
+    Demand,
+    /// The performance policy (latency above its SLO) set the count.
+    Performance,
+    /// No forecast and no observed demand: held.
+    NoData,
+    /// No capacity per replica, configured or learned: held.
+    NoCapacity,
+    /// Scale-in held by the scale-down stabilisation window.
+    ScaleDownStabilized,
+    /// Scale-out held by the scale-up stabilisation window.
+    ScaleUpStabilized,
+    /// Scale-out limited by the scale-up rate policies.
+    ScaleUpLimit,
+    /// Scale-in limited by the scale-down rate policies.
+    ScaleDownLimit,
+    /// Capped at `max_replicas`.
+    TooManyReplicas,
+    /// Raised to `min_replicas`.
+    TooFewReplicas,
+    /// Data missing or stale: no scale-in.
+    Degraded,
+    /// Lowered by the shared budget.
+    BudgetLimited,
+}
+
+impl ReasonCode {
+    /// The documented name, e.g. `ScaleDownStabilized`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prediction => "Prediction",
+            Self::Demand => "Demand",
+            Self::Performance => "Performance",
+            Self::NoData => "NoData",
+            Self::NoCapacity => "NoCapacity",
+            Self::ScaleDownStabilized => "ScaleDownStabilized",
+            Self::ScaleUpStabilized => "ScaleUpStabilized",
+            Self::ScaleUpLimit => "ScaleUpLimit",
+            Self::ScaleDownLimit => "ScaleDownLimit",
+            Self::TooManyReplicas => "TooManyReplicas",
+            Self::TooFewReplicas => "TooFewReplicas",
+            Self::Degraded => "Degraded",
+            Self::BudgetLimited => "BudgetLimited",
+        }
+    }
+}
+
+impl std::fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a decision came out as it did; the first reason is the policy that set the count.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Reason {
-    /// Stable code. Policies: `Prediction`, `Demand`, `Performance`, `NoData`. Clamps and
-    /// conditions: `ScaleDownStabilized`, `ScaleUpStabilized`, `ScaleUpLimit`,
-    /// `ScaleDownLimit`, `TooManyReplicas`, `TooFewReplicas`, `Degraded`, `BudgetLimited`.
-    pub code: &'static str,
+    /// What set or clamped the count.
+    pub code: ReasonCode,
     /// What it means here, for people.
     pub message: String,
 }
 
 impl Reason {
     /// A reason with its code and a message for people.
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -178,7 +227,7 @@ impl Decision {
 
     /// The reason codes joined by `+`, e.g. `Prediction+TooFewReplicas`.
     pub fn reason_codes(&self) -> String {
-        let codes: Vec<&str> = self.reasons.iter().map(|r| r.code).collect();
+        let codes: Vec<&str> = self.reasons.iter().map(|r| r.code.as_str()).collect();
         codes.join("+")
     }
 
@@ -186,7 +235,8 @@ impl Decision {
     pub fn limit_to(&mut self, to: u32, message: String) {
         if to < self.to {
             self.to = to;
-            self.reasons.push(Reason::new("BudgetLimited", message));
+            self.reasons.push(Reason::new(
+            ReasonCode::BudgetLimited, message));
         }
     }
 }
@@ -205,10 +255,11 @@ pub struct DecideState {
 const TYPICAL_TAU: f64 = 86_400.0;
 
 impl DecideState {
-    /// Tells the state that the count actually asked for differs from the decision (a
-    /// budget lowered it), so that rate limits count the real change.
+    /// Records that the count asked for went from `from` to `to` at `now`, for the rate
+    /// limits. Call it once per change actually asked for (not for a decision that was not
+    /// sent, nor again while the platform catches up), so one scale-up is counted once.
     pub fn record_scale(&mut self, now: i64, from: u32, to: u32) {
-        self.history.rescaled(now, from, to);
+        self.history.scaled(now, from, to);
     }
 }
 
@@ -262,7 +313,7 @@ pub fn decide(
         candidates.push((
             r,
             Reason::new(
-                "Demand",
+            ReasonCode::Demand,
                 format!(
                     "observed {d:.3} rps is {:.0}% of planned capacity: {r} replicas",
                     ratio * 100.0
@@ -284,7 +335,7 @@ pub fn decide(
             (
                 r,
                 Reason::new(
-                    "Prediction",
+            ReasonCode::Prediction,
                     format!(
                         "upper forecast {:.3} rps at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
                         pk.upper, pk.timestamp, policy.lookahead
@@ -318,7 +369,7 @@ pub fn decide(
         candidates.push((
             r,
             Reason::new(
-                "Performance",
+            ReasonCode::Performance,
                 format!(
                     "p95 {:.3}s above the {:.3}s objective; {how}: {r} replicas",
                     l.p95, l.slo
@@ -333,12 +384,12 @@ pub fn decide(
         .map(|(i, _)| i);
     let Some(best) = best else {
         reasons.push(Reason::new(
-            "NoData",
+            ReasonCode::NoData,
             "no forecast and no observed demand: holding",
         ));
         if observed.degraded {
             reasons.push(Reason::new(
-                "Degraded",
+            ReasonCode::Degraded,
                 "data missing or stale: no scale-in",
             ));
         }
@@ -360,7 +411,7 @@ pub fn decide(
     let mut to = state.history.stabilized(now, current, up, down);
     if to > recommended {
         reasons.push(Reason::new(
-            "ScaleDownStabilized",
+            ReasonCode::ScaleDownStabilized,
             format!(
                 "holding {to}: recommended within the last {}s",
                 down.stabilization_window
@@ -368,7 +419,7 @@ pub fn decide(
         ));
     } else if to < recommended {
         reasons.push(Reason::new(
-            "ScaleUpStabilized",
+            ReasonCode::ScaleUpStabilized,
             format!(
                 "{to}: the lowest recommendation within the last {}s",
                 up.stabilization_window
@@ -378,13 +429,13 @@ pub fn decide(
 
     if to < current && observed.degraded {
         reasons.push(Reason::new(
-            "Degraded",
+            ReasonCode::Degraded,
             "data missing or stale: no scale-in",
         ));
         to = current;
     } else if observed.degraded {
         reasons.push(Reason::new(
-            "Degraded",
+            ReasonCode::Degraded,
             "data missing or stale: scaling out on the evidence there is",
         ));
     }
@@ -394,7 +445,7 @@ pub fn decide(
         let limit = state.history.scale_up_limit(now, current, elapsed, up);
         if to > limit {
             reasons.push(Reason::new(
-                "ScaleUpLimit",
+            ReasonCode::ScaleUpLimit,
                 format!("{to} limited to {limit} by the scale-up policies"),
             ));
             to = limit;
@@ -403,7 +454,7 @@ pub fn decide(
         let limit = state.history.scale_down_limit(now, current, elapsed, down);
         if to < limit {
             reasons.push(Reason::new(
-                "ScaleDownLimit",
+            ReasonCode::ScaleDownLimit,
                 format!("{to} limited to {limit} by the scale-down policies"),
             ));
             to = limit;
@@ -411,19 +462,18 @@ pub fn decide(
     }
     if to > policy.max_replicas {
         reasons.push(Reason::new(
-            "TooManyReplicas",
+            ReasonCode::TooManyReplicas,
             format!("{to} capped at max_replicas {}", policy.max_replicas),
         ));
         to = policy.max_replicas;
     }
     if to < policy.min_replicas {
         reasons.push(Reason::new(
-            "TooFewReplicas",
+            ReasonCode::TooFewReplicas,
             format!("{to} raised to min_replicas {}", policy.min_replicas),
         ));
         to = policy.min_replicas;
     }
-    state.history.scaled(now, current, to);
     state.last = Some(now);
 
     Decision {
@@ -516,7 +566,7 @@ mod tests {
             let d = decide(&policy(), None, obs(replicas, demand), &mut st, 0);
             assert_eq!(
                 (d.to, d.reasons[0].code),
-                (want, "Demand"),
+                (want, ReasonCode::Demand),
                 "{replicas} replicas at {demand} rps: {d:?}"
             );
         };
@@ -545,7 +595,7 @@ mod tests {
 
     #[test]
     fn performance_policy() {
-        let check = |latency: Latency, demand: f64, want: u32, first: &str| {
+        let check = |latency: Latency, demand: f64, want: u32, first: ReasonCode| {
             let mut st = DecideState::default();
             let o = Observed {
                 latency: Some(latency),
@@ -560,13 +610,13 @@ mod tests {
             rps_per_replica_at_slo: curve,
         };
         // Under the SLO: performance has nothing to say.
-        check(slow(0.1, Some(5.0)), 50.0, 5, "Prediction");
+        check(slow(0.1, Some(5.0)), 50.0, 5, ReasonCode::Prediction);
         // Over it, with a curve: 50 rps at 6 rps per replica needs 9.
-        check(slow(0.3, Some(6.0)), 50.0, 9, "Performance");
+        check(slow(0.3, Some(6.0)), 50.0, 9, ReasonCode::Performance);
         // Without a curve: scaled by the excess, 5 × 0.3/0.2 → 8.
-        check(slow(0.3, None), 50.0, 8, "Performance");
+        check(slow(0.3, None), 50.0, 8, ReasonCode::Performance);
         // A curve that asks for fewer than now never scales in while over the SLO.
-        check(slow(0.3, Some(100.0)), 40.0, 5, "Performance");
+        check(slow(0.3, Some(100.0)), 40.0, 5, ReasonCode::Performance);
     }
 
     #[test]
@@ -585,7 +635,7 @@ mod tests {
                 now,
             );
             if k > 0 && k < 5 {
-                assert_eq!(d.reasons.last().unwrap().code, "ScaleDownStabilized");
+                assert_eq!(d.reasons.last().unwrap().code, ReasonCode::ScaleDownStabilized);
             }
             replicas = d.to;
             at.push(replicas);
@@ -631,6 +681,8 @@ mod tests {
                 &mut st,
                 now,
             );
+            // The rate limits count what was asked for.
+            st.record_scale(now, d.from, d.to);
             replicas = d.to;
             at.push((replicas, d.reason_codes()));
         }

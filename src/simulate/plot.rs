@@ -127,6 +127,7 @@ mod tests {
                 forecast_rps: 10.0,
                 upper_rps: 12.0,
                 replicas: 3,
+                capacity_rps: 4.0,
                 reason: String::new(),
             })
             .collect();

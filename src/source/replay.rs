@@ -2,7 +2,9 @@
 //!
 //! The trace format is the one in `shared/traces`: a header `timestamp_seconds,value`, one
 //! row per bucket, the value being the number of requests in the bucket that starts at the
-//! timestamp. Missing rows are gaps, never zeros.
+//! timestamp. Missing rows are gaps, never zeros. Two optional columns, found by their
+//! header, carry the other signals of a target: `latency` (seconds, e.g. the p95 over the
+//! bucket) and `replicas` (the count running in the bucket); an empty cell is a gap.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,9 @@ pub enum TraceError {
         message: String,
     },
     /// A row is malformed.
-    #[error("{file}:{line}: {message}; expected `timestamp_seconds,value` with numbers")]
+    #[error(
+        "{file}:{line}: {message}; expected `timestamp_seconds,value[,latency][,replicas]` with numbers"
+    )]
     Row {
         /// The file.
         file: PathBuf,
@@ -42,7 +46,7 @@ pub enum TraceError {
 
 /// A trace on a regular grid: `counts[i]` requests in the bucket `[start + i·step, +step)`;
 /// `NaN` where the trace has no row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Trace {
     /// Start of the first bucket, Unix s.
     pub start: i64,
@@ -50,6 +54,30 @@ pub struct Trace {
     pub step: i64,
     /// Requests per bucket; `NaN` for a missing bucket.
     pub counts: Vec<f64>,
+    /// Latency per bucket, seconds (`NaN`: none), when the trace has a `latency` column.
+    pub latency: Option<Vec<f64>>,
+    /// Replicas running per bucket (`NaN`: none), when the trace has a `replicas` column.
+    pub replicas: Option<Vec<f64>>,
+}
+
+/// One row of a trace file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceRow {
+    /// Start of the bucket, Unix s.
+    pub ts: i64,
+    /// Requests in the bucket.
+    pub value: f64,
+    /// Latency over the bucket, seconds.
+    pub latency: Option<f64>,
+    /// Replicas running in the bucket.
+    pub replicas: Option<f64>,
+}
+
+/// Where the optional columns are in a trace file's header.
+#[derive(Debug, Clone, Copy, Default)]
+struct Columns {
+    latency: Option<usize>,
+    replicas: Option<usize>,
 }
 
 impl Trace {
@@ -60,81 +88,96 @@ impl Trace {
             file: file(),
             message: e.to_string(),
         })?;
-        let mut rows: Vec<(i64, f64)> = Vec::new();
+        let header = reader.headers().map_err(|e| TraceError::Read {
+            file: file(),
+            message: e.to_string(),
+        })?;
+        let find = |name: &str| header.iter().position(|h| h.trim() == name);
+        let columns = Columns {
+            latency: find("latency"),
+            replicas: find("replicas"),
+        };
+        let mut rows: Vec<TraceRow> = Vec::new();
         for (k, record) in reader.records().enumerate() {
             let line = k as u64 + 2;
-            let record = record.map_err(|e| TraceError::Row {
+            let row_error = |message: String| TraceError::Row {
                 file: file(),
                 line,
-                message: e.to_string(),
-            })?;
-            let field = |i: usize| record.get(i).map(str::trim).unwrap_or("");
-            let ts: f64 = field(0).parse().map_err(|_| TraceError::Row {
-                file: file(),
-                line,
-                message: format!("bad timestamp `{}`", field(0)),
-            })?;
-            let value: f64 = field(1).parse().map_err(|_| TraceError::Row {
-                file: file(),
-                line,
-                message: format!("bad value `{}`", field(1)),
-            })?;
-            if !ts.is_finite() || !value.is_finite() || value < 0.0 {
-                return Err(TraceError::Row {
-                    file: file(),
-                    line,
-                    message: "non-finite or negative number".into(),
-                });
-            }
-            if let Some(&(prev, _)) = rows.last()
-                && ts as i64 <= prev
+                message,
+            };
+            let record = record.map_err(|e| row_error(e.to_string()))?;
+            let row = parse_row(&record, columns).map_err(row_error)?;
+            if let Some(prev) = rows.last()
+                && row.ts <= prev.ts
             {
-                return Err(TraceError::Row {
-                    file: file(),
-                    line,
-                    message: format!("timestamp {ts} is not after {prev}; expected sorted rows"),
-                });
+                return Err(row_error(format!(
+                    "timestamp {} is not after {}; expected sorted rows",
+                    row.ts, prev.ts
+                )));
             }
-            rows.push((ts as i64, value));
+            rows.push(row);
         }
-        Self::from_rows(&rows).map_err(|message| TraceError::Shape {
-            file: file(),
-            message,
-        })
+        Self::from_trace_rows(&rows, columns.latency.is_some(), columns.replicas.is_some())
+            .map_err(|message| TraceError::Shape {
+                file: file(),
+                message,
+            })
     }
 
     /// Puts sorted `(timestamp, count)` rows on a grid whose step is the most common gap.
     pub fn from_rows(rows: &[(i64, f64)]) -> Result<Self, String> {
+        let rows: Vec<TraceRow> = rows
+            .iter()
+            .map(|&(ts, value)| TraceRow {
+                ts,
+                value,
+                latency: None,
+                replicas: None,
+            })
+            .collect();
+        Self::from_trace_rows(&rows, false, false)
+    }
+
+    /// Puts sorted rows on a grid whose step is the most common gap, keeping the latency
+    /// and replicas columns when `latency`/`replicas` say the trace has them.
+    pub fn from_trace_rows(rows: &[TraceRow], latency: bool, replicas: bool) -> Result<Self, String> {
         if rows.len() < 2 {
             return Err(format!("{} row(s); expected at least two", rows.len()));
         }
-        let mut gaps: Vec<i64> = rows
-            .windows(2)
-            .take(1000)
-            .map(|w| w[1].0 - w[0].0)
-            .collect();
+        let mut gaps: Vec<i64> = rows.windows(2).take(1000).map(|w| w[1].ts - w[0].ts).collect();
         gaps.sort_unstable();
         // The most common gap (the smaller on a tie): missing rows only make gaps longer.
         let step = gaps
             .chunk_by(|a, b| a == b)
             .max_by(|a, b| a.len().cmp(&b.len()).then(b[0].cmp(&a[0])))
             .map_or(1, |run| run[0]);
-        let start = rows[0].0;
-        let n = ((rows[rows.len() - 1].0 - start) / step) as usize + 1;
-        let mut counts = vec![f64::NAN; n];
-        for &(ts, v) in rows {
-            if (ts - start) % step != 0 {
-                return Err(format!(
-                    "timestamp {ts} is off the {step}s grid starting at {start}"
-                ));
-            }
-            counts[((ts - start) / step) as usize] = v;
-        }
-        Ok(Self {
+        let start = rows[0].ts;
+        let n = ((rows[rows.len() - 1].ts - start) / step) as usize + 1;
+        let mut trace = Self {
             start,
             step,
-            counts,
-        })
+            counts: vec![f64::NAN; n],
+            latency: latency.then(|| vec![f64::NAN; n]),
+            replicas: replicas.then(|| vec![f64::NAN; n]),
+        };
+        for r in rows {
+            if (r.ts - start) % step != 0 {
+                return Err(format!(
+                    "timestamp {} is off the {step}s grid starting at {start}",
+                    r.ts
+                ));
+            }
+            let i = ((r.ts - start) / step) as usize;
+            trace.counts[i] = r.value;
+            let set = |col: &mut Option<Vec<f64>>, v: Option<f64>| {
+                if let (Some(c), Some(v)) = (col.as_mut(), v) {
+                    c[i] = v;
+                }
+            };
+            set(&mut trace.latency, r.latency);
+            set(&mut trace.replicas, r.replicas);
+        }
+        Ok(trace)
     }
 
     /// Start of bucket `i`.
@@ -147,14 +190,59 @@ impl Trace {
         self.counts[i] / self.step as f64
     }
 
+    /// Latency in bucket `i`, seconds (`NaN` when missing or not in the trace).
+    pub fn latency(&self, i: usize) -> f64 {
+        self.latency.as_ref().map_or(f64::NAN, |c| c[i])
+    }
+
+    /// Replicas running in bucket `i` (`NaN` when missing or not in the trace).
+    pub fn replicas(&self, i: usize) -> f64 {
+        self.replicas.as_ref().map_or(f64::NAN, |c| c[i])
+    }
+
     /// The first `n` buckets as a trace.
     pub fn truncated(&self, n: usize) -> Self {
+        let n = n.min(self.counts.len());
         Self {
             start: self.start,
             step: self.step,
-            counts: self.counts[..n.min(self.counts.len())].to_vec(),
+            counts: self.counts[..n].to_vec(),
+            latency: self.latency.as_ref().map(|c| c[..n].to_vec()),
+            replicas: self.replicas.as_ref().map(|c| c[..n].to_vec()),
         }
     }
+}
+
+/// One CSV record as a row: timestamp and count in the first two fields, the optional
+/// columns where the header put them (an empty cell is a gap).
+fn parse_row(record: &csv::StringRecord, columns: Columns) -> Result<TraceRow, String> {
+    let field = |i: usize| record.get(i).map(str::trim).unwrap_or("");
+    let ts: f64 = field(0)
+        .parse()
+        .map_err(|_| format!("bad timestamp `{}`", field(0)))?;
+    let value: f64 = field(1)
+        .parse()
+        .map_err(|_| format!("bad value `{}`", field(1)))?;
+    if !ts.is_finite() || !value.is_finite() || value < 0.0 {
+        return Err("non-finite or negative number".into());
+    }
+    let optional = |col: Option<usize>, name: &str| -> Result<Option<f64>, String> {
+        let Some(i) = col else { return Ok(None) };
+        let text = field(i);
+        if text.is_empty() {
+            return Ok(None);
+        }
+        match text.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Ok(Some(v)),
+            _ => Err(format!("bad {name} `{text}`: expected a number ≥ 0 or an empty cell")),
+        }
+    };
+    Ok(TraceRow {
+        ts: ts as i64,
+        value,
+        latency: optional(columns.latency, "latency")?,
+        replicas: optional(columns.replicas, "replicas")?,
+    })
 }
 
 /// A [`Source`](super::Source) that answers every query with the trace's request rate, its timestamps moved

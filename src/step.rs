@@ -1,0 +1,602 @@
+//! One pure step of one target: what `serve`, `backtest`, `forecast` and `demo` all run.
+//!
+//! [`step`] takes the target's [`TargetPolicy`] (its configuration as plain data), its
+//! [`Memory`] across cycles (forecaster, stabilisation and rate-limit history, capacity,
+//! balancer and failover state, alert state, the count last asked for) and this cycle's
+//! [`Inputs`] (series, signal health, instances, pause, budget, `now`), and returns a
+//! [`Plan`]: the decision with its reasons, whether to send it, the balancer weights to
+//! send, the alert, the bottleneck, the capacity in use and whether it refitted.
+//!
+//! No I/O, no clock, no locks: the live loop is poll → step → record, and a backtest is a
+//! loop of steps over a trace on a virtual clock.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::decide::alert::{self, AlertAction, AlertState, Limit};
+use crate::decide::balance::{self, Balancer, InstanceStats};
+use crate::decide::budget::{self, Claim};
+use crate::decide::{self, DecideState, Decision, Mode, Observed, Policy, Reason, ReasonCode};
+use crate::forecast::bottleneck::{self, Bottleneck};
+use crate::forecast::capacity::{self, Capacity};
+use crate::forecast::{self, Forecast, Forecaster, History, Updated};
+use crate::series::{Sample, Series};
+
+/// A signal of a target: the name used in metrics, the API and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// Requests/s.
+    RequestRate,
+    /// Latency, seconds.
+    Latency,
+    /// Replica count.
+    Replicas,
+    /// Requests/s per instance.
+    InstanceRate,
+    /// Latency per instance.
+    InstanceLatency,
+    /// Error ratio per instance.
+    InstanceErrors,
+}
+
+impl Signal {
+    /// The name, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RequestRate => "request_rate",
+            Self::Latency => "latency",
+            Self::Replicas => "replicas",
+            Self::InstanceRate => "instance_rate",
+            Self::InstanceLatency => "instance_latency",
+            Self::InstanceErrors => "instance_errors",
+        }
+    }
+
+    /// Whether it is a per-instance signal (used for balancing and failover, not scaling).
+    pub fn per_instance(self) -> bool {
+        matches!(
+            self,
+            Self::InstanceRate | Self::InstanceLatency | Self::InstanceErrors
+        )
+    }
+}
+
+/// What is known of one signal's freshness.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SignalHealth {
+    /// Timestamp of the newest sample (Unix s).
+    pub newest: Option<i64>,
+    /// When it was last polled (Unix s).
+    pub last_poll: Option<i64>,
+    /// The last poll's error, if it failed.
+    pub error: Option<String>,
+}
+
+/// Why scaling is degraded at `now`: one line per target-level signal (request rate,
+/// latency, replicas) that is missing, failing or older than `stale_after`; empty when
+/// healthy. Per-instance signals never degrade scaling: they limit balancing only.
+pub fn degraded_reasons(
+    signals: &BTreeMap<Signal, SignalHealth>,
+    now: i64,
+    stale_after: i64,
+) -> Vec<String> {
+    signals
+        .iter()
+        .filter(|(s, _)| !s.per_instance())
+        .filter_map(|(signal, h)| health_problem(*signal, h, now, stale_after))
+        .collect()
+}
+
+fn health_problem(signal: Signal, h: &SignalHealth, now: i64, stale_after: i64) -> Option<String> {
+    let name = signal.as_str();
+    match (h.newest, &h.error) {
+        (_, Some(e)) => Some(format!("{name}: {e}")),
+        (None, None) => Some(format!("{name}: no data yet")),
+        (Some(ts), None) if now - ts > stale_after => Some(format!(
+            "{name}: stale, newest sample {}s old (stale_after {stale_after}s)",
+            now - ts
+        )),
+        _ => None,
+    }
+}
+
+/// Where predicted bottlenecks are alerted, as plain numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlertPolicy {
+    /// How far ahead a breach is alerted, seconds.
+    pub lead: i64,
+    /// How often a firing alert is re-sent, seconds.
+    pub resend: i64,
+}
+
+/// A target's configuration as the step needs it: plain data, built by `config`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetPolicy {
+    /// The target's name.
+    pub name: String,
+    /// Act, or only forecast.
+    pub mode: Mode,
+    /// The decision policy (`capacity_rps` is `NaN` when it is to be learned).
+    pub decide: Policy,
+    /// Forecaster settings.
+    pub forecast: forecast::Settings,
+    /// Seconds per sample of every series.
+    pub step: i64,
+    /// Age past which a signal is stale, seconds.
+    pub stale_after: i64,
+    /// Seconds from asking for a replica to it serving.
+    pub startup: i64,
+    /// The latency objective, seconds.
+    pub latency_slo: Option<f64>,
+    /// The configured capacity per replica, requests/s.
+    pub capacity_rps: Option<f64>,
+    /// Whether capacity is learned: an SLO with latency and replicas series.
+    pub learns_capacity: bool,
+    /// Whether the running count is observed (a replicas series); otherwise the count
+    /// last asked for is taken as the count running.
+    pub observes_replicas: bool,
+    /// Whether scale decisions go anywhere (a platform webhook).
+    pub scales: bool,
+    /// Whether weights go anywhere (a balancer webhook or HAProxy).
+    pub balances: bool,
+    /// Balancer weights and failover.
+    pub rebalance: balance::Settings,
+    /// Budget priority (higher first).
+    pub priority: u32,
+    /// Alerting of predicted bottlenecks, when configured.
+    pub alert: Option<AlertPolicy>,
+}
+
+/// The count last asked for, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Asked {
+    /// Replicas asked for.
+    pub replicas: u32,
+    /// When (Unix s).
+    pub at: i64,
+}
+
+/// What a target remembers between steps.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    /// The request-rate forecaster (created at the first step, or loaded).
+    pub forecaster: Option<Forecaster>,
+    /// Stabilisation and rate-limit history.
+    pub decide: DecideState,
+    /// The capacity in use and its evidence (resolved at each refit).
+    pub capacity: Option<Capacity>,
+    /// Rebalancing windows and who is drained.
+    pub balancer: Balancer,
+    /// The last weights sent (or, without acting, computed).
+    pub weights: BTreeMap<String, u32>,
+    /// Instances drained by failover, with why.
+    pub drained: BTreeMap<String, String>,
+    /// The predicted-bottleneck alert.
+    pub alert: AlertState,
+    /// The count last asked for (in `forecast-only` mode: that would have been asked for).
+    pub asked: Option<Asked>,
+}
+
+/// The other targets' claims on a shared budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetView {
+    /// Most replicas across all targets.
+    pub total: u32,
+    /// Every target's claim in a fixed order; the entry at `mine` is this target's and is
+    /// replaced by its fresh one.
+    pub claims: Vec<Claim>,
+    /// This target's index in `claims`.
+    pub mine: usize,
+}
+
+/// This cycle's inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Now (Unix s): the decision sees only samples up to it.
+    pub now: i64,
+    /// Request rate, requests/s; the sample at `t` covers the bucket that ended at `t`.
+    pub rate: &'a Series,
+    /// Latency, seconds.
+    pub latency: &'a Series,
+    /// Observed replica counts.
+    pub replicas: &'a Series,
+    /// Freshness of each configured signal.
+    pub signals: &'a BTreeMap<Signal, SignalHealth>,
+    /// The newest per-instance observations.
+    pub instances: &'a BTreeMap<String, InstanceStats>,
+    /// Acting is paused: decide and show, ask for nothing.
+    pub paused: bool,
+    /// Refit the forecaster now (asked for through the API).
+    pub refit: bool,
+    /// The shared budget, when there is one.
+    pub budget: Option<&'a BudgetView>,
+}
+
+/// A rebalance to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebalance {
+    /// Weight per instance; 0 = drained.
+    pub weights: BTreeMap<String, u32>,
+    /// Instances newly drained, with why.
+    pub drained: BTreeMap<String, String>,
+    /// Instances restored from drained.
+    pub restored: Vec<String>,
+}
+
+/// What one step decided.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The replica decision with its reasons.
+    pub decision: Decision,
+    /// The count the decision asked for before a budget limited it.
+    pub wanted: u32,
+    /// Ask the platform for `decision.to` (acting, a platform, a new count).
+    pub scale: bool,
+    /// Weights to send (or, without acting, the weights now in force), when they changed.
+    pub rebalance: Option<Rebalance>,
+    /// Whether the weights are to be sent.
+    pub send_rebalance: bool,
+    /// An alert to send.
+    pub alert: Option<AlertAction>,
+    /// The predicted bottleneck of the running replicas.
+    pub bottleneck: Option<Bottleneck>,
+    /// The forecast decided with.
+    pub forecast: Option<Forecast>,
+    /// Why no forecast, when there is none.
+    pub forecast_error: Option<String>,
+    /// Whether the forecaster refitted (its model is worth saving).
+    pub refitted: bool,
+    /// Why scaling is degraded; empty when healthy.
+    pub degraded: Vec<String>,
+    /// The replica count running after this step (observed, or the count last asked for).
+    pub replicas: u32,
+}
+
+/// One step of one target at `inputs.now`.
+pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> Plan {
+    let now = inputs.now;
+    let degraded = degraded_reasons(inputs.signals, now, policy.stale_after);
+    let (forecast, forecast_error, refitted) = forecast_step(policy, memory, inputs);
+    if refitted || memory.capacity.is_none() {
+        memory.capacity = Some(resolve_capacity(policy, inputs));
+    }
+    let capacity = memory.capacity.as_ref().and_then(|c| c.effective_rps);
+    let running = running_now(policy, memory, inputs);
+    let bottleneck = predict_bottleneck(policy, memory, inputs, forecast.as_ref(), running);
+    let mut decision = decide_count(policy, memory, inputs, forecast.as_ref(), running, &degraded);
+    let wanted = decision.to;
+    let granted = inputs
+        .budget
+        .and_then(|b| apply_budget(b, policy, &mut decision, !degraded.is_empty()));
+    let scale = ask(policy, memory, inputs, &decision);
+    let (rebalance, send_rebalance) = rebalance(policy, memory, inputs);
+    let alert = alert_step(policy, memory, now, forecast.as_ref(), capacity, running, granted);
+    let replicas = running_now(policy, memory, inputs);
+    Plan {
+        decision,
+        wanted,
+        scale,
+        rebalance,
+        send_rebalance,
+        alert,
+        bottleneck,
+        forecast,
+        forecast_error,
+        refitted,
+        degraded,
+        replicas,
+    }
+}
+
+/// Updates (or refits) the forecaster with the request rate and forecasts far enough ahead
+/// for the decision, the bottleneck and alerts: (forecast, why none, refitted).
+fn forecast_step(
+    policy: &TargetPolicy,
+    memory: &mut Memory,
+    inputs: &Inputs<'_>,
+) -> (Option<Forecast>, Option<String>, bool) {
+    let settings = policy.forecast;
+    let forecaster = memory
+        .forecaster
+        .get_or_insert_with(|| Forecaster::new(settings));
+    if *forecaster.settings() != settings {
+        forecaster.set_settings(settings);
+    }
+    let updated = inputs.rate.to_grid().map(|(start, values)| {
+        let history = History {
+            start,
+            step: policy.step,
+            values: &values,
+        };
+        if inputs.refit {
+            forecaster
+                .refit(history, inputs.now)
+                .map(|()| Updated::Refitted)
+        } else {
+            forecaster.update(history, inputs.now)
+        }
+    });
+    let refitted = matches!(updated, Some(Ok(Updated::Refitted)));
+    let lead = policy.alert.map_or(0, |a| a.lead);
+    match forecaster.forecast(inputs.now, settings.horizon.max(lead)) {
+        Ok(f) => (Some(f), None, refitted),
+        Err(e) => {
+            let why = match updated {
+                Some(Err(u)) => u.to_string(),
+                None => "no request-rate samples yet".to_owned(),
+                Some(Ok(_)) => e.to_string(),
+            };
+            (None, Some(why), refitted)
+        }
+    }
+}
+
+/// The capacity to decide with: configured, or learned from `(rate / replicas, latency)`
+/// pairs when the target has a latency SLO and latency and replicas series.
+pub fn resolve_capacity(policy: &TargetPolicy, inputs: &Inputs<'_>) -> Capacity {
+    let learned = match policy.latency_slo {
+        Some(slo) if policy.learns_capacity => {
+            let pairs = load_latency_pairs(inputs.rate, inputs.replicas, inputs.latency);
+            Some(capacity::learn(&pairs, slo))
+        }
+        _ => None,
+    };
+    capacity::resolve(policy.capacity_rps, learned.as_ref())
+}
+
+/// `(requests/s per replica, latency)` at every latency sample that has a rate and a
+/// replica count (≥ 1) at the same timestamp.
+fn load_latency_pairs(rate: &Series, replicas: &Series, latency: &Series) -> Vec<(f64, f64)> {
+    let at = |s: &Series, ts: i64| s.since(ts).next().filter(|x| x.ts == ts).map(|x| x.value);
+    latency
+        .iter()
+        .filter_map(|l| {
+            let r = at(rate, l.ts)?;
+            let n = at(replicas, l.ts).filter(|n| *n >= 1.0)?;
+            Some((r / n, l.value))
+        })
+        .collect()
+}
+
+/// The count running now: the newest observed one when a replicas series is configured
+/// and has one, else the count last asked for (at first: `min_replicas`).
+fn running_now(policy: &TargetPolicy, memory: &Memory, inputs: &Inputs<'_>) -> u32 {
+    let asked = memory
+        .asked
+        .map_or(policy.decide.min_replicas, |a| a.replicas);
+    if !policy.observes_replicas {
+        return asked;
+    }
+    inputs
+        .replicas
+        .last()
+        .filter(|s| s.value.is_finite() && s.value >= 0.0)
+        .map_or(asked, |s| {
+            s.value.round().clamp(0.0, f64::from(u32::MAX)) as u32
+        })
+}
+
+fn fresh(s: Option<Sample>, now: i64, stale_after: i64) -> Option<Sample> {
+    s.filter(|s| now - s.ts <= stale_after && s.value.is_finite())
+}
+
+fn predict_bottleneck(
+    policy: &TargetPolicy,
+    memory: &Memory,
+    inputs: &Inputs<'_>,
+    forecast: Option<&Forecast>,
+    running: u32,
+) -> Option<Bottleneck> {
+    let capacity = memory.capacity.as_ref()?;
+    let cap = capacity.effective_rps?;
+    let latency = capacity
+        .learned
+        .as_ref()
+        .zip(policy.latency_slo)
+        .map(|(l, slo)| (l.curve, slo));
+    Some(bottleneck::predict(bottleneck::Inputs {
+        forecast: forecast?,
+        now: inputs.now,
+        replicas: running,
+        capacity_per_replica: cap,
+        demand_now: inputs.rate.last().map(|s| s.value),
+        latency,
+    }))
+}
+
+/// The policies' decision, or a hold when there is no capacity to size replicas by.
+fn decide_count(
+    policy: &TargetPolicy,
+    memory: &mut Memory,
+    inputs: &Inputs<'_>,
+    forecast: Option<&Forecast>,
+    running: u32,
+    degraded: &[String],
+) -> Decision {
+    let now = inputs.now;
+    let capacity = memory.capacity.as_ref();
+    let Some(cap) = capacity.and_then(|c| c.effective_rps) else {
+        let why = capacity.map_or_else(String::new, |c| c.reason.clone());
+        return Decision {
+            at: now,
+            from: running,
+            to: running,
+            reasons: vec![Reason::new(ReasonCode::NoCapacity, why)],
+            peak: None,
+        };
+    };
+    let learned = capacity.and_then(|c| c.learned.as_ref());
+    let latency = policy
+        .latency_slo
+        .zip(fresh(inputs.latency.last(), now, policy.stale_after))
+        .map(|(slo, s)| decide::Latency {
+            p95: s.value,
+            slo,
+            rps_per_replica_at_slo: learned.map(|l| l.capacity_rps),
+        });
+    let observed = Observed {
+        replicas: running,
+        demand_rps: fresh(inputs.rate.last(), now, policy.stale_after).map(|s| s.value),
+        latency,
+        degraded: !degraded.is_empty(),
+    };
+    let mut p = policy.decide.clone();
+    p.capacity_rps = cap;
+    decide::decide(&p, forecast, observed, &mut memory.decide, now)
+}
+
+/// Limits the decision to this target's share of the budget; returns the share when it
+/// limited it. A degraded target's floor is what it runs now: missing data never scales
+/// in, not even for the budget.
+fn apply_budget(
+    view: &BudgetView,
+    policy: &TargetPolicy,
+    decision: &mut Decision,
+    degraded: bool,
+) -> Option<u32> {
+    let mut claims = view.claims.clone();
+    let min = if degraded {
+        policy
+            .decide
+            .min_replicas
+            .max(decision.from.min(decision.to))
+    } else {
+        policy.decide.min_replicas
+    };
+    let mine = claims.get_mut(view.mine)?;
+    *mine = Claim {
+        priority: policy.priority,
+        min,
+        want: decision.to,
+    };
+    let total: u64 = claims.iter().map(|c| u64::from(c.want)).sum();
+    let granted = *budget::allocate(view.total, &claims).get(view.mine)?;
+    (granted < decision.to).then(|| {
+        let message = format!(
+            "{} limited to {granted} by the budget of {} replicas across targets (asked for in all: {total})",
+            decision.to, view.total
+        );
+        decision.limit_to(granted, message);
+        granted
+    })
+}
+
+/// Whether to ask the platform for `decision.to` now, recording what is asked for.
+///
+/// A count is asked for when it differs from the count last asked for, or when the running
+/// count still differs from it a start-up (plus an interval) after it was asked for (the
+/// platform lost it, or someone changed it). Each ask is recorded once in the rate-limit
+/// history, so one scale-up is counted once however long the platform takes. While paused
+/// nothing is asked for and nothing recorded; in `forecast-only` mode the count that would
+/// have been asked for is recorded, so the shown decisions follow the same limits.
+fn ask(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>, d: &Decision) -> bool {
+    if inputs.paused {
+        return false;
+    }
+    let now = inputs.now;
+    let patience = policy.startup + policy.decide.interval;
+    let due = match memory.asked {
+        None => d.to != d.from,
+        Some(a) if a.replicas != d.to => true,
+        Some(a) => d.from != d.to && now - a.at >= patience,
+    };
+    if !due {
+        return false;
+    }
+    let before = memory.asked.map_or(d.from, |a| a.replicas);
+    let base = if before == d.to { d.from } else { before };
+    memory.decide.record_scale(now, base, d.to);
+    memory.asked = Some(Asked {
+        replicas: d.to,
+        at: now,
+    });
+    policy.mode == Mode::Act && policy.scales
+}
+
+/// Rebalances: the weights when they changed past the threshold, and whether to send them.
+///
+/// The balancer sees every instance seen by any per-instance signal, plus those it drained
+/// (a drained instance gets no traffic, so its latency series may vanish): a drained
+/// instance without data is restored to be probed, and its weight is sent.
+fn rebalance(
+    policy: &TargetPolicy,
+    memory: &mut Memory,
+    inputs: &Inputs<'_>,
+) -> (Option<Rebalance>, bool) {
+    let instance_error = inputs
+        .signals
+        .iter()
+        .any(|(s, h)| s.per_instance() && h.error.is_some());
+    if instance_error {
+        // Without fresh per-instance data, hold the weights in force.
+        return (None, false);
+    }
+    let mut instances = inputs.instances.clone();
+    for name in memory.drained.keys() {
+        instances.entry(name.clone()).or_default();
+    }
+    let balance = memory
+        .balancer
+        .update(&policy.rebalance, &instances, inputs.now);
+    let newly: BTreeMap<String, String> = balance
+        .drained
+        .iter()
+        .filter(|(k, _)| !memory.drained.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let restored: Vec<String> = memory
+        .drained
+        .keys()
+        .filter(|k| !balance.drained.contains_key(*k))
+        .cloned()
+        .collect();
+    memory.drained = balance.drained;
+    let weights = balance.weights;
+    let changed = !restored.is_empty()
+        || (!weights.is_empty()
+            && balance::changed(&memory.weights, &weights, policy.rebalance.threshold));
+    if !changed {
+        return (None, false);
+    }
+    let acting = policy.mode == Mode::Act && policy.balances;
+    if acting && inputs.paused {
+        // Nothing is sent while paused: the weights in force stay the last ones sent, so
+        // the first rebalance after a resume sends what changed meanwhile.
+        return (None, false);
+    }
+    memory.weights = weights.clone();
+    let r = Rebalance {
+        weights,
+        drained: newly,
+        restored,
+    };
+    (Some(r), acting)
+}
+
+/// The alert to send, if any: a breach of what the target may still reach (its budget
+/// grant, its maximum, or in `forecast-only` mode what runs now).
+fn alert_step(
+    policy: &TargetPolicy,
+    memory: &mut Memory,
+    now: i64,
+    forecast: Option<&Forecast>,
+    capacity: Option<f64>,
+    running: u32,
+    granted: Option<u32>,
+) -> Option<AlertAction> {
+    let a = policy.alert?;
+    let (reachable, limit) = match (policy.mode, granted) {
+        (Mode::ForecastOnly, _) => (running, Limit::ForecastOnly),
+        (Mode::Act, Some(g)) => (g, Limit::Budget),
+        (Mode::Act, None) => (policy.decide.max_replicas, Limit::MaxReplicas),
+    };
+    let breach = forecast.zip(capacity).and_then(|(f, cap)| {
+        alert::predicted_breach(&policy.name, f, now, a.lead, cap, reachable, limit)
+    });
+    memory.alert.step(breach, now, a.resend)
+}
+
+#[cfg(test)]
+mod tests;
