@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::config::{Config, Secret, WebhookConfig};
 use crate::series::{Sample, align_down};
+use crate::simulate::Platform;
 use crate::source::replay::{ReplaySource, Trace};
 use crate::source::{InMemory, Source, SourceError};
 
@@ -112,62 +113,6 @@ fn unit_noise(t: i64) -> f64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-}
-
-/// A platform that starts replicas `startup` seconds after it is asked and removes them at
-/// once (cancelling launches still in flight first).
-#[derive(Debug)]
-pub struct Platform {
-    startup: i64,
-    /// (time, count asked for), in order.
-    asked: Vec<(i64, u32)>,
-    /// Replicas serving and launches in flight as of the last change: (ready at, count).
-    launches: Vec<(i64, u32)>,
-}
-
-impl Platform {
-    /// A platform running `initial` replicas since `at`.
-    pub fn new(startup: i64, at: i64, initial: u32) -> Self {
-        Self {
-            startup,
-            asked: vec![(at, initial)],
-            launches: vec![(at, initial)],
-        }
-    }
-
-    /// Asks for `to` replicas at `at`.
-    pub fn scale(&mut self, at: i64, to: u32) {
-        let total: u32 = self.launches.iter().map(|l| l.1).sum();
-        if to > total {
-            self.launches.push((at + self.startup, to - total));
-        } else {
-            let mut excess = total - to;
-            // Newest launches go first: in-flight ones before serving ones.
-            while excess > 0 {
-                let Some(last) = self.launches.last_mut() else {
-                    break;
-                };
-                let k = last.1.min(excess);
-                last.1 -= k;
-                excess -= k;
-                if last.1 == 0 {
-                    self.launches.pop();
-                }
-            }
-        }
-        self.asked.push((at, to));
-    }
-
-    /// The count asked for at `t`.
-    pub fn asked_at(&self, t: i64) -> u32 {
-        let i = self.asked.partition_point(|a| a.0 <= t);
-        self.asked[i.saturating_sub(1)].1
-    }
-
-    /// Replicas serving now (for launches as they stand).
-    pub fn ready_at(&self, t: i64) -> u32 {
-        self.launches.iter().filter(|l| l.0 <= t).map(|l| l.1).sum()
-    }
 }
 
 /// Where the demo's demand comes from.
@@ -435,21 +380,4 @@ mod tests {
         assert!((-1.0..=1.0).contains(&unit_noise(12_345)));
     }
 
-    #[test]
-    fn platform_starts_late_and_stops_at_once() {
-        let mut p = Platform::new(180, 0, 2);
-        p.scale(1_000, 5);
-        assert_eq!(
-            (p.ready_at(1_100), p.ready_at(1_180), p.asked_at(1_100)),
-            (2, 5, 5)
-        );
-        // Scaling in cancels what is still in flight first.
-        p.scale(1_200, 8);
-        p.scale(1_250, 4);
-        assert_eq!(
-            (p.ready_at(1_300), p.ready_at(2_000), p.asked_at(1_260)),
-            (4, 4, 4)
-        );
-        assert_eq!(p.asked_at(500), 2);
-    }
 }

@@ -8,7 +8,7 @@
 //! launches still in flight first). Nothing here reads a clock or does I/O; the CLI writes
 //! the rows, the summary and the plot.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -250,46 +250,84 @@ pub fn clairvoyant(trace: &Trace, target: &TargetConfig) -> Vec<u32> {
         .collect()
 }
 
-/// The replicas serving at each step when `asked[i]` is asked for from step `i` on: a new
-/// replica serves `delay` steps later; a removal cancels launches in flight (newest
-/// first), then removes serving replicas at once.
+/// A platform that starts replicas `startup` seconds after it is asked and removes them at
+/// once (cancelling launches still in flight first).
+#[derive(Debug)]
+pub struct Platform {
+    startup: i64,
+    /// (time, count asked for), in order.
+    asked: Vec<(i64, u32)>,
+    /// Replicas serving and launches in flight as of the last change: (ready at, count).
+    launches: Vec<(i64, u32)>,
+}
+
+impl Platform {
+    /// A platform running `initial` replicas since `at`.
+    pub fn new(startup: i64, at: i64, initial: u32) -> Self {
+        Self {
+            startup,
+            asked: vec![(at, initial)],
+            launches: vec![(at, initial)],
+        }
+    }
+
+    /// Asks for `to` replicas at `at` (not before the last ask).
+    pub fn scale(&mut self, at: i64, to: u32) {
+        // Launches ready by now serve alike: keep them as one.
+        let ready = self.launches.partition_point(|l| l.0 <= at);
+        if ready > 1 {
+            let serving: u32 = self.launches.drain(..ready).map(|l| l.1).sum();
+            self.launches.insert(0, (at, serving));
+        }
+        let total: u32 = self.launches.iter().map(|l| l.1).sum();
+        if to > total {
+            self.launches.push((at + self.startup, to - total));
+        } else {
+            let mut excess = total - to;
+            // Newest launches go first: in-flight ones before serving ones.
+            while excess > 0 {
+                let Some(last) = self.launches.last_mut() else {
+                    break;
+                };
+                let k = last.1.min(excess);
+                last.1 -= k;
+                excess -= k;
+                if last.1 == 0 {
+                    self.launches.pop();
+                }
+            }
+        }
+        self.asked.push((at, to));
+    }
+
+    /// The count asked for at `t`.
+    pub fn asked_at(&self, t: i64) -> u32 {
+        let i = self.asked.partition_point(|a| a.0 <= t);
+        self.asked[i.saturating_sub(1)].1
+    }
+
+    /// Replicas serving now (for launches as they stand).
+    pub fn ready_at(&self, t: i64) -> u32 {
+        self.launches.iter().filter(|l| l.0 <= t).map(|l| l.1).sum()
+    }
+}
+
+/// The replicas serving at each step when `asked[i]` is asked for from step `i` on, on a
+/// [`Platform`] whose start-up is `delay` steps.
 pub fn ready(asked: &[u32], delay: usize) -> Vec<u32> {
     let Some(&first) = asked.first() else {
         return Vec::new();
     };
-    let mut serving = i64::from(first);
-    // (step it serves from, count), oldest first.
-    let mut pending: VecDeque<(usize, i64)> = VecDeque::new();
-    let arrive = |i: usize, serving: &mut i64, pending: &mut VecDeque<(usize, i64)>| {
-        while pending.front().is_some_and(|&(at, _)| at <= i) {
-            *serving += pending.pop_front().map_or(0, |p| p.1);
-        }
-    };
+    let mut platform = Platform::new(delay as i64, 0, first);
     asked
         .iter()
         .enumerate()
         .map(|(i, &want)| {
-            arrive(i, &mut serving, &mut pending);
-            let want = i64::from(want);
-            let in_flight: i64 = pending.iter().map(|p| p.1).sum();
-            if want > serving + in_flight {
-                pending.push_back((i + delay, want - serving - in_flight));
-            } else if want < serving + in_flight {
-                let mut excess = serving + in_flight - want;
-                while excess > 0 {
-                    let Some((at, n)) = pending.pop_back() else {
-                        break;
-                    };
-                    let k = n.min(excess);
-                    excess -= k;
-                    if n > k {
-                        pending.push_back((at, n - k));
-                    }
-                }
-                serving -= excess;
+            let i = i as i64;
+            if want != platform.asked_at(i) {
+                platform.scale(i, want);
             }
-            arrive(i, &mut serving, &mut pending);
-            serving.max(0) as u32
+            platform.ready_at(i)
         })
         .collect()
 }
@@ -602,6 +640,24 @@ mod tests {
                 (b.timestamp, b.replicas, &b.reason)
             );
         }
+    }
+
+    #[test]
+    fn platform_starts_late_and_stops_at_once() {
+        let mut p = Platform::new(180, 0, 2);
+        p.scale(1_000, 5);
+        assert_eq!(
+            (p.ready_at(1_100), p.ready_at(1_180), p.asked_at(1_100)),
+            (2, 5, 5)
+        );
+        // Scaling in cancels what is still in flight first.
+        p.scale(1_200, 8);
+        p.scale(1_250, 4);
+        assert_eq!(
+            (p.ready_at(1_300), p.ready_at(2_000), p.asked_at(1_260)),
+            (4, 4, 4)
+        );
+        assert_eq!(p.asked_at(500), 2);
     }
 
     /// (asked per step, delay in steps) → serving per step.
