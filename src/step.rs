@@ -265,12 +265,15 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
     let capacity = memory.capacity.as_ref().and_then(|c| c.effective_rps);
     let running = running_now(policy, memory, inputs);
     let bottleneck = predict_bottleneck(policy, memory, inputs, forecast.as_ref(), running);
-    let mut decision = decide_count(policy, memory, inputs, forecast.as_ref(), running, &degraded);
+    // Decisions start from the count last asked for, as the HPA's from the scale's
+    // `spec.replicas`: a platform still starting replicas is not asked again.
+    let base = memory.asked.map_or(running, |a| a.replicas);
+    let mut decision = decide_count(policy, memory, inputs, forecast.as_ref(), base, &degraded);
     let wanted = decision.to;
     let granted = inputs
         .budget
         .and_then(|b| apply_budget(b, policy, &mut decision, !degraded.is_empty()));
-    let scale = ask(policy, memory, inputs, &decision);
+    let scale = ask(policy, memory, inputs, &decision, running);
     let (rebalance, send_rebalance) = rebalance(policy, memory, inputs);
     let alert = alert_step(policy, memory, now, forecast.as_ref(), capacity, running, granted);
     let replicas = running_now(policy, memory, inputs);
@@ -485,29 +488,34 @@ fn apply_budget(
 
 /// Whether to ask the platform for `decision.to` now, recording what is asked for.
 ///
-/// A count is asked for when it differs from the count last asked for, or when the running
-/// count still differs from it a start-up (plus an interval) after it was asked for (the
-/// platform lost it, or someone changed it). Each ask is recorded once in the rate-limit
-/// history, so one scale-up is counted once however long the platform takes. While paused
-/// nothing is asked for and nothing recorded; in `forecast-only` mode the count that would
-/// have been asked for is recorded, so the shown decisions follow the same limits.
-fn ask(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>, d: &Decision) -> bool {
+/// A count is asked for when it differs from the count last asked for (at first: the count
+/// running), or again when the running count still differs from it a start-up plus an
+/// interval after it was asked for (the platform lost it, or someone changed it). Only a
+/// new count is recorded in the rate-limit history, once, however long the platform takes.
+/// While paused nothing is asked for and nothing recorded; in `forecast-only` mode the count
+/// that would have been asked for is recorded, so the shown decisions follow the same limits.
+fn ask(
+    policy: &TargetPolicy,
+    memory: &mut Memory,
+    inputs: &Inputs<'_>,
+    d: &Decision,
+    running: u32,
+) -> bool {
     if inputs.paused {
         return false;
     }
     let now = inputs.now;
     let patience = policy.startup + policy.decide.interval;
-    let due = match memory.asked {
-        None => d.to != d.from,
-        Some(a) if a.replicas != d.to => true,
-        Some(a) => d.from != d.to && now - a.at >= patience,
-    };
-    if !due {
+    let before = memory.asked.map_or(running, |a| a.replicas);
+    let again = memory
+        .asked
+        .is_some_and(|a| running != d.to && now - a.at >= patience);
+    if before == d.to && !again {
         return false;
     }
-    let before = memory.asked.map_or(d.from, |a| a.replicas);
-    let base = if before == d.to { d.from } else { before };
-    memory.decide.record_scale(now, base, d.to);
+    if before != d.to {
+        memory.decide.record_scale(now, before, d.to);
+    }
     memory.asked = Some(Asked {
         replicas: d.to,
         at: now,

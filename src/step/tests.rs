@@ -1,1 +1,343 @@
+//! The step on hand-made inputs: each defect found in the old live loop's glue has a test
+//! here that fails without its fix.
+
 use super::*;
+use crate::decide::{RateKind, RatePolicy, Rules, Select};
+
+const STEP: i64 = 60;
+
+fn policy() -> TargetPolicy {
+    TargetPolicy {
+        name: "web".to_owned(),
+        mode: Mode::Act,
+        decide: Policy {
+            capacity_rps: 10.0,
+            target_utilization: 1.0,
+            prediction_utilization: 1.0,
+            tolerance: 0.0,
+            min_replicas: 1,
+            max_replicas: 100,
+            lookahead: 360,
+            interval: STEP,
+            headroom: 0.0,
+            scale_up: Rules::default_scale_up(),
+            scale_down: Rules {
+                stabilization_window: 0,
+                ..Rules::default_scale_down()
+            },
+        },
+        forecast: forecast::Settings {
+            step: STEP,
+            level: 0.95,
+            horizon: 3_600,
+            refit_every: 3_600,
+        },
+        step: STEP,
+        stale_after: 240,
+        startup: 300,
+        latency_slo: None,
+        capacity_rps: Some(10.0),
+        learns_capacity: false,
+        observes_replicas: false,
+        scales: true,
+        balances: true,
+        rebalance: balance::Settings::default(),
+        priority: 0,
+        alert: None,
+    }
+}
+
+/// A target's series and signal health, fed by hand.
+struct World {
+    rate: Series,
+    latency: Series,
+    replicas: Series,
+    signals: BTreeMap<Signal, SignalHealth>,
+    instances: BTreeMap<String, InstanceStats>,
+    paused: bool,
+}
+
+impl World {
+    fn new(signals: &[Signal]) -> Self {
+        Self {
+            rate: Series::new(STEP, 10_000),
+            latency: Series::new(STEP, 10_000),
+            replicas: Series::new(STEP, 10_000),
+            signals: signals
+                .iter()
+                .map(|&s| (s, SignalHealth::default()))
+                .collect(),
+            instances: BTreeMap::new(),
+            paused: false,
+        }
+    }
+
+    /// Observes a sample of `signal` at `now`.
+    fn observe(&mut self, signal: Signal, now: i64, value: f64) {
+        let series = match signal {
+            Signal::Latency => &mut self.latency,
+            Signal::Replicas => &mut self.replicas,
+            _ => &mut self.rate,
+        };
+        series.extend([Sample { ts: now, value }]);
+        let h = self.signals.entry(signal).or_default();
+        h.newest = Some(now);
+        h.last_poll = Some(now);
+    }
+
+    fn step(&self, policy: &TargetPolicy, memory: &mut Memory, now: i64) -> Plan {
+        let inputs = Inputs {
+            now,
+            rate: &self.rate,
+            latency: &self.latency,
+            replicas: &self.replicas,
+            signals: &self.signals,
+            instances: &self.instances,
+            paused: self.paused,
+            refit: false,
+            budget: None,
+        };
+        step(policy, memory, &inputs)
+    }
+}
+
+fn stats(latency: Option<f64>) -> InstanceStats {
+    InstanceStats {
+        rate: Some(5.0),
+        latency,
+        errors: None,
+    }
+}
+
+/// Defect: a drained instance whose latency series disappears (it gets no traffic once
+/// drained) was dropped, and never restored: no weight was sent for it again.
+#[test]
+fn a_drained_instance_whose_series_vanish_is_restored_and_its_weight_sent() {
+    let p = policy();
+    let mut w = World::new(&[Signal::RequestRate, Signal::InstanceLatency]);
+    let mut m = Memory::default();
+    let names = ["a", "b", "c", "d", "e"];
+    let mut drained_at = None;
+    for k in 0..10 {
+        let now = k * STEP;
+        w.observe(Signal::RequestRate, now, 20.0);
+        for n in names {
+            let latency = if n == "e" { 2.0 } else { 0.1 + 0.001 * k as f64 };
+            w.instances.insert(n.to_owned(), stats(Some(latency)));
+        }
+        let plan = w.step(&p, &mut m, now);
+        if let Some(r) = plan.rebalance.filter(|r| r.drained.contains_key("e")) {
+            assert_eq!(r.weights.get("e"), Some(&0), "{r:?}");
+            drained_at = Some(k);
+            break;
+        }
+    }
+    let drained_at = drained_at.expect("the outlier is drained");
+    // Drained, `e` gets no traffic: it vanishes from every per-instance series.
+    let mut restored = None;
+    for k in drained_at + 1..drained_at + 20 {
+        let now = k * STEP;
+        w.observe(Signal::RequestRate, now, 20.0);
+        w.instances.remove("e");
+        let plan = w.step(&p, &mut m, now);
+        if let Some(r) = plan.rebalance {
+            assert!(plan.send_rebalance);
+            if r.restored.contains(&"e".to_owned()) {
+                restored = Some(r);
+                break;
+            }
+        }
+    }
+    let r = restored.expect("the drained instance is restored");
+    assert!(r.weights.get("e").is_some_and(|&w| w > 0), "{r:?}");
+    assert!(!m.drained.contains_key("e"));
+}
+
+/// Defect: a per-instance signal with no series yet (`instance_errors` on a healthy fleet)
+/// kept the whole target degraded, so it never scaled in.
+#[test]
+fn a_per_instance_signal_without_data_does_not_stop_scale_in() {
+    let p = policy();
+    let mut w = World::new(&[Signal::RequestRate, Signal::InstanceErrors]);
+    let mut m = Memory {
+        asked: Some(Asked {
+            replicas: 10,
+            at: -3_600,
+        }),
+        ..Memory::default()
+    };
+    let mut last = None;
+    for k in 0..5 {
+        let now = k * STEP;
+        w.observe(Signal::RequestRate, now, 20.0);
+        let plan = w.step(&p, &mut m, now);
+        assert!(plan.degraded.is_empty(), "{:?}", plan.degraded);
+        last = Some(plan.decision);
+    }
+    let d = last.expect("decided");
+    assert!(d.to < 10, "scaled in: {d:?}");
+    // A failing target-level signal still degrades and holds.
+    w.signals.get_mut(&Signal::RequestRate).expect("configured").error = Some("down".into());
+    let plan = w.step(&p, &mut m, 5 * STEP);
+    assert!(!plan.degraded.is_empty());
+    assert!(plan.decision.to >= plan.decision.from, "{:?}", plan.decision);
+}
+
+/// A policy whose scale-up is limited to 4 more replicas per 10 minutes.
+fn slow_scale_up() -> TargetPolicy {
+    let mut p = policy();
+    p.observes_replicas = true;
+    p.decide.scale_up = Rules {
+        stabilization_window: 0,
+        select: Select::Max,
+        policies: vec![RatePolicy {
+            kind: RateKind::Pods,
+            value: 4,
+            period: 600,
+        }],
+    };
+    p
+}
+
+/// Defect: while the running count lagged the count asked for, every cycle recorded the
+/// same scale-up again, so the rate limits counted one scale-up many times and held back
+/// the next real one.
+#[test]
+fn a_lagging_platform_does_not_count_one_scale_up_many_times() {
+    let p = slow_scale_up();
+    let mut w = World::new(&[Signal::RequestRate, Signal::Replicas]);
+    let mut m = Memory::default();
+    // Demand asks for 6; 2 run and the platform is slow.
+    let mut sent = Vec::new();
+    for k in 0..5 {
+        let now = k * STEP;
+        w.observe(Signal::RequestRate, now, 60.0);
+        w.observe(Signal::Replicas, now, 2.0);
+        let plan = w.step(&p, &mut m, now);
+        if plan.scale {
+            sent.push(plan.decision.to);
+        }
+    }
+    assert_eq!(sent, [6], "asked once, not every cycle");
+    // Eleven minutes after the first ask, the period is over: the next scale-up may add 4.
+    let now = 11 * STEP;
+    w.observe(Signal::RequestRate, now, 100.0);
+    w.observe(Signal::Replicas, now, 6.0);
+    let plan = w.step(&p, &mut m, now);
+    assert!(plan.scale);
+    assert_eq!(plan.decision.to, 10, "{:?}", plan.decision);
+}
+
+/// Defect: while paused, each cycle's decision was recorded as a scale event, so right
+/// after a resume the rate limits held back the first real scale-up.
+#[test]
+fn a_pause_records_nothing_for_the_rate_limits() {
+    let p = slow_scale_up();
+    let mut w = World::new(&[Signal::RequestRate, Signal::Replicas]);
+    let mut m = Memory::default();
+    w.paused = true;
+    for k in 0..3 {
+        let now = k * STEP;
+        w.observe(Signal::RequestRate, now, 60.0);
+        w.observe(Signal::Replicas, now, 2.0);
+        let plan = w.step(&p, &mut m, now);
+        assert!(!plan.scale, "nothing is asked while paused");
+    }
+    w.paused = false;
+    let now = 3 * STEP;
+    w.observe(Signal::RequestRate, now, 60.0);
+    w.observe(Signal::Replicas, now, 2.0);
+    let plan = w.step(&p, &mut m, now);
+    assert!(plan.scale);
+    assert_eq!(plan.decision.to, 6, "{:?}", plan.decision);
+}
+
+/// A platform that never converges is asked again once a start-up has passed.
+#[test]
+fn a_lost_ask_is_repeated_after_the_startup() {
+    let p = slow_scale_up();
+    let mut w = World::new(&[Signal::RequestRate, Signal::Replicas]);
+    let mut m = Memory::default();
+    let mut asks = Vec::new();
+    for k in 0..15 {
+        let now = k * STEP;
+        w.observe(Signal::RequestRate, now, 40.0);
+        w.observe(Signal::Replicas, now, 2.0);
+        if w.step(&p, &mut m, now).scale {
+            asks.push(now);
+        }
+    }
+    // Asked at 0, then again once startup + interval (360 s) passed without it running.
+    assert_eq!(asks, [0, 360, 720], "{asks:?}");
+}
+
+/// Forecast-only: nothing is sent, but the count that would be asked for is remembered.
+#[test]
+fn forecast_only_sends_nothing() {
+    let mut p = policy();
+    p.mode = Mode::ForecastOnly;
+    let mut w = World::new(&[Signal::RequestRate]);
+    let mut m = Memory::default();
+    w.observe(Signal::RequestRate, 0, 60.0);
+    let plan = w.step(&p, &mut m, 0);
+    assert!(!plan.scale);
+    assert_eq!((plan.decision.to, plan.replicas), (6, 6));
+}
+
+/// Without a capacity the step holds and says why.
+#[test]
+fn no_capacity_holds() {
+    let mut p = policy();
+    p.capacity_rps = None;
+    p.decide.capacity_rps = f64::NAN;
+    let mut w = World::new(&[Signal::RequestRate]);
+    let mut m = Memory::default();
+    w.observe(Signal::RequestRate, 0, 60.0);
+    let plan = w.step(&p, &mut m, 0);
+    assert_eq!(plan.decision.reasons[0].code, ReasonCode::NoCapacity);
+    assert!(!plan.scale);
+}
+
+/// The budget limits the step's count to its share and says so.
+#[test]
+fn the_budget_limits_the_count() {
+    let p = policy();
+    let mut w = World::new(&[Signal::RequestRate]);
+    let mut m = Memory::default();
+    w.observe(Signal::RequestRate, 0, 100.0);
+    let view = BudgetView {
+        total: 8,
+        claims: vec![
+            Claim {
+                priority: 1,
+                min: 1,
+                want: 5,
+            },
+            Claim {
+                priority: 0,
+                min: 1,
+                want: 1,
+            },
+        ],
+        mine: 1,
+    };
+    let inputs = Inputs {
+        now: 0,
+        rate: &w.rate,
+        latency: &w.latency,
+        replicas: &w.replicas,
+        signals: &w.signals,
+        instances: &w.instances,
+        paused: false,
+        refit: false,
+        budget: Some(&view),
+    };
+    let plan = step(&p, &mut m, &inputs);
+    assert_eq!((plan.wanted, plan.decision.to), (10, 3), "{:?}", plan.decision);
+    assert!(
+        plan.decision
+            .reasons
+            .iter()
+            .any(|r| r.code == ReasonCode::BudgetLimited)
+    );
+}
