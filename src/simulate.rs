@@ -660,6 +660,56 @@ mod tests {
         assert_eq!(p.asked_at(500), 2);
     }
 
+    /// Three days of a daily cycle served by 10 replicas whose latency follows a queueing
+    /// curve that meets a 100 ms SLO at 30 rps per replica, with a two-hour latency
+    /// incident at a moderate load on the third day.
+    fn trace_with_latency() -> Trace {
+        let n = 3 * 1440;
+        let mut t = trace(n);
+        let mut latency = Vec::with_capacity(n);
+        for (i, c) in t.counts.iter_mut().enumerate() {
+            let daily = ((i % 1440) as f64 / 1440.0 * std::f64::consts::TAU).sin();
+            *c = 60.0 * (200.0 + 150.0 * daily + (i * 37 % 11) as f64);
+            let load = *c / 60.0 / 10.0;
+            let incident = (2 * 1440 + 900..2 * 1440 + 1020).contains(&i);
+            latency.push(if incident {
+                0.3
+            } else {
+                0.05 + 0.02 / (1.0 - load / 50.0)
+            });
+        }
+        t.latency = Some(latency);
+        t.replicas = Some(vec![10.0; n]);
+        t
+    }
+
+    #[test]
+    fn a_backtest_with_latency_learns_capacity_and_acts_on_the_slo() {
+        let t = trace_with_latency();
+        let mut target = TargetConfig::example("t", 1.0, Duration::from_secs(300));
+        target.capacity_rps = None;
+        target.latency_slo = Some(Duration::from_millis(100));
+        let mut replay = Replay::new(&t, &target, &ForecastConfig::default());
+        let mut performance = Vec::new();
+        let mut i = 0;
+        while let Some(plan) = replay.step() {
+            if plan.decision.reasons[0].code == crate::decide::ReasonCode::Performance {
+                performance.push(i);
+            }
+            i += 1;
+        }
+        let c = replay.capacity().expect("resolved");
+        assert_eq!(c.source, crate::forecast::capacity::CapacitySource::Learned, "{c:?}");
+        let learned = c.effective_rps.expect("learned");
+        assert!((learned - 30.0).abs() < 4.0, "learned {learned} rps per replica");
+        // The incident (a p95 three times the SLO at 20-30 rps per replica) is acted on.
+        let incident = 2 * 1440 + 901..2 * 1440 + 1021;
+        let acted = performance.iter().filter(|i| incident.contains(*i)).count();
+        assert!(acted > 60, "{acted} Performance decisions in the incident: {performance:?}");
+        let rows = backtest(&t, &target, &ForecastConfig::default(), |_| {});
+        assert!(rows.last().is_some_and(|r| (r.capacity_rps - learned).abs() < 1e-9));
+    }
+
     /// (asked per step, delay in steps) → serving per step.
     #[test]
     fn platform_serves_after_startup_and_removes_at_once() {

@@ -165,8 +165,11 @@ pub struct Memory {
     pub forecaster: Option<Forecaster>,
     /// Stabilisation and rate-limit history.
     pub decide: DecideState,
-    /// The capacity in use and its evidence (resolved at each refit).
+    /// The capacity in use and its evidence (resolved at each refit, and while unknown
+    /// every `refit_every`).
     pub capacity: Option<Capacity>,
+    /// When the capacity was last resolved (Unix s).
+    pub capacity_resolved_at: i64,
     /// Rebalancing windows and who is drained.
     pub balancer: Balancer,
     /// The last weights sent (or, without acting, computed).
@@ -259,8 +262,15 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
     let now = inputs.now;
     let degraded = degraded_reasons(inputs.signals, now, policy.stale_after);
     let (forecast, forecast_error, refitted) = forecast_step(policy, memory, inputs);
-    if refitted || memory.capacity.is_none() {
+    let unknown_for = memory
+        .capacity
+        .as_ref()
+        .filter(|c| c.effective_rps.is_none())
+        .map(|_| now - memory.capacity_resolved_at);
+    let retry = unknown_for.is_some_and(|age| age >= policy.forecast.refit_every);
+    if refitted || memory.capacity.is_none() || retry {
         memory.capacity = Some(resolve_capacity(policy, inputs));
+        memory.capacity_resolved_at = now;
     }
     let capacity = memory.capacity.as_ref().and_then(|c| c.effective_rps);
     let running = running_now(policy, memory, inputs);
@@ -268,7 +278,8 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
     // Decisions start from the count last asked for, as the HPA's from the scale's
     // `spec.replicas`: a platform still starting replicas is not asked again.
     let base = memory.asked.map_or(running, |a| a.replicas);
-    let mut decision = decide_count(policy, memory, inputs, forecast.as_ref(), base, &degraded);
+    let observed = Counts { base, running };
+    let mut decision = decide_count(policy, memory, inputs, forecast.as_ref(), observed, &degraded);
     let wanted = decision.to;
     let granted = inputs
         .budget
@@ -409,23 +420,31 @@ fn predict_bottleneck(
     }))
 }
 
+/// The count decisions start from (the count last asked for) and the count serving.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    base: u32,
+    running: u32,
+}
+
 /// The policies' decision, or a hold when there is no capacity to size replicas by.
 fn decide_count(
     policy: &TargetPolicy,
     memory: &mut Memory,
     inputs: &Inputs<'_>,
     forecast: Option<&Forecast>,
-    running: u32,
+    counts: Counts,
     degraded: &[String],
 ) -> Decision {
+    let Counts { base, running } = counts;
     let now = inputs.now;
     let capacity = memory.capacity.as_ref();
     let Some(cap) = capacity.and_then(|c| c.effective_rps) else {
         let why = capacity.map_or_else(String::new, |c| c.reason.clone());
         return Decision {
             at: now,
-            from: running,
-            to: running,
+            from: base,
+            to: base,
             reasons: vec![Reason::new(ReasonCode::NoCapacity, why)],
             peak: None,
         };
@@ -438,9 +457,10 @@ fn decide_count(
             p95: s.value,
             slo,
             rps_per_replica_at_slo: learned.map(|l| l.capacity_rps),
+            replicas: running,
         });
     let observed = Observed {
-        replicas: running,
+        replicas: base,
         demand_rps: fresh(inputs.rate.last(), now, policy.stale_after).map(|s| s.value),
         latency,
         degraded: !degraded.is_empty(),

@@ -88,6 +88,8 @@ pub struct Latency {
     /// Requests/s per replica at which the learned latency curve meets the objective;
     /// `None` while no curve has been learned.
     pub rps_per_replica_at_slo: Option<f64>,
+    /// Replicas serving when the latency was observed.
+    pub replicas: u32,
 }
 
 /// What is observed of a target now.
@@ -272,8 +274,6 @@ pub fn decide(
     now: i64,
 ) -> Decision {
     let current = observed.replicas;
-    let mut reasons = Vec::new();
-
     let peak = forecast
         .and_then(|f| f.peak_upper(now, now + policy.lookahead))
         .filter(|p| p.upper.is_finite())
@@ -283,113 +283,35 @@ pub fn decide(
             upper: p.upper,
         });
     let demand_rps = observed.demand_rps.filter(|v| v.is_finite() && *v >= 0.0);
-
     if let Some(d) = demand_rps {
-        state.typical = Some(match state.typical {
-            Some((m, t)) if now > t => {
-                let a = 1.0 - (-((now - t) as f64) / TYPICAL_TAU).exp();
-                (m + a * (d - m), now)
-            }
-            Some(prev) => prev,
-            None => (d, now),
-        });
+        state.observe_demand(d, now);
     }
     let headroom = policy.headroom * state.typical.map_or(0.0, |(m, _)| m);
 
     // Each policy's recommendation, with its reason; the highest wins, ties to the first.
-    let mut candidates: Vec<(u32, Reason)> = Vec::with_capacity(3);
-    if let Some(d) = demand_rps {
-        let planned = f64::from(current) * policy.capacity_rps * policy.target_utilization;
-        let ratio = if planned > 0.0 {
-            d / planned
-        } else {
-            f64::INFINITY
-        };
-        let r = if (ratio - 1.0).abs() <= policy.tolerance {
-            current
-        } else {
-            policy.need(d, policy.target_utilization)
-        };
-        candidates.push((
-            r,
-            Reason::new(
-            ReasonCode::Demand,
-                format!(
-                    "observed {d:.3} rps is {:.0}% of planned capacity: {r} replicas",
-                    ratio * 100.0
-                ),
-            ),
-        ));
-    }
-    if let Some(pk) = peak {
-        let r = policy.need(pk.upper + headroom, policy.prediction_utilization);
-        // Like the demand policy, move only past the tolerance: a forecast that wavers
-        // around the current count must not make it flap.
-        let r = if f64::from(r.abs_diff(current)) <= f64::from(current) * policy.tolerance {
-            current
-        } else {
-            r
-        };
-        candidates.insert(
-            0,
-            (
-                r,
-                Reason::new(
-            ReasonCode::Prediction,
-                    format!(
-                        "upper forecast {:.3} rps at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
-                        pk.upper, pk.timestamp, policy.lookahead
-                    ),
-                ),
-            ),
-        );
-    }
-    if let Some(l) = observed
-        .latency
-        .filter(|l| l.p95.is_finite() && l.p95 > l.slo)
-    {
-        let curve = l
-            .rps_per_replica_at_slo
-            .filter(|v| v.is_finite() && *v > 0.0)
-            .zip(demand_rps);
-        let (r, how) = match curve {
-            Some((per, d)) => (
-                (d / per - 1e-9).ceil().clamp(0.0, f64::from(u32::MAX)) as u32,
-                format!("the latency curve meets it at {per:.3} rps per replica"),
-            ),
-            None => (
-                (f64::from(current) * l.p95 / l.slo)
-                    .ceil()
-                    .clamp(0.0, f64::from(u32::MAX)) as u32,
-                "no latency curve yet: scaled by the excess".to_owned(),
-            ),
-        };
-        // Over the SLO, never fewer than now.
-        let r = r.max(current);
-        candidates.push((
-            r,
-            Reason::new(
-            ReasonCode::Performance,
-                format!(
-                    "p95 {:.3}s above the {:.3}s objective; {how}: {r} replicas",
-                    l.p95, l.slo
-                ),
-            ),
-        ));
-    }
+    let candidates = [
+        peak.map(|pk| prediction(policy, pk, headroom, current)),
+        demand_rps.map(|d| demand(policy, d, current)),
+        observed
+            .latency
+            .filter(|l| l.p95.is_finite() && l.p95 > l.slo)
+            .map(|l| performance(l, demand_rps, current)),
+    ];
     let best = candidates
-        .iter()
+        .into_iter()
+        .flatten()
         .enumerate()
         .max_by_key(|(i, (r, _))| (*r, std::cmp::Reverse(*i)))
-        .map(|(i, _)| i);
-    let Some(best) = best else {
+        .map(|(_, c)| c);
+    let mut reasons = Vec::new();
+    let Some((recommended, reason)) = best else {
         reasons.push(Reason::new(
             ReasonCode::NoData,
             "no forecast and no observed demand: holding",
         ));
         if observed.degraded {
             reasons.push(Reason::new(
-            ReasonCode::Degraded,
+                ReasonCode::Degraded,
                 "data missing or stale: no scale-in",
             ));
         }
@@ -402,80 +324,9 @@ pub fn decide(
             peak,
         };
     };
-    let (recommended, reason) = candidates.swap_remove(best);
     reasons.push(reason);
-
-    // Stabilisation (HPA semantics), on the recommendation before rate limits and bounds.
-    let (up, down) = (&policy.scale_up, &policy.scale_down);
-    state.history.recommend(now, recommended, up, down);
-    let mut to = state.history.stabilized(now, current, up, down);
-    if to > recommended {
-        reasons.push(Reason::new(
-            ReasonCode::ScaleDownStabilized,
-            format!(
-                "holding {to}: recommended within the last {}s",
-                down.stabilization_window
-            ),
-        ));
-    } else if to < recommended {
-        reasons.push(Reason::new(
-            ReasonCode::ScaleUpStabilized,
-            format!(
-                "{to}: the lowest recommendation within the last {}s",
-                up.stabilization_window
-            ),
-        ));
-    }
-
-    if to < current && observed.degraded {
-        reasons.push(Reason::new(
-            ReasonCode::Degraded,
-            "data missing or stale: no scale-in",
-        ));
-        to = current;
-    } else if observed.degraded {
-        reasons.push(Reason::new(
-            ReasonCode::Degraded,
-            "data missing or stale: scaling out on the evidence there is",
-        ));
-    }
-
-    let elapsed = state.last.map_or(policy.interval, |t| now - t).max(1);
-    if to > current {
-        let limit = state.history.scale_up_limit(now, current, elapsed, up);
-        if to > limit {
-            reasons.push(Reason::new(
-            ReasonCode::ScaleUpLimit,
-                format!("{to} limited to {limit} by the scale-up policies"),
-            ));
-            to = limit;
-        }
-    } else if to < current {
-        let limit = state.history.scale_down_limit(now, current, elapsed, down);
-        if to < limit {
-            reasons.push(Reason::new(
-            ReasonCode::ScaleDownLimit,
-                format!("{to} limited to {limit} by the scale-down policies"),
-            ));
-            to = limit;
-        }
-    }
-    if to > policy.max_replicas {
-        reasons.push(Reason::new(
-            ReasonCode::TooManyReplicas,
-            format!("{to} capped at max_replicas {}", policy.max_replicas),
-        ));
-        to = policy.max_replicas;
-    }
-    if to < policy.min_replicas {
-        reasons.push(Reason::new(
-            ReasonCode::TooFewReplicas,
-            format!("{to} raised to min_replicas {}", policy.min_replicas),
-        ));
-        to = policy.min_replicas;
-    }
+    let to = behave(policy, state, observed, recommended, now, &mut reasons);
     state.last = Some(now);
-
     Decision {
         at: now,
         from: current,
@@ -483,6 +334,185 @@ pub fn decide(
         reasons,
         peak,
     }
+}
+
+impl DecideState {
+    /// Folds an observed demand into the typical demand.
+    fn observe_demand(&mut self, d: f64, now: i64) {
+        self.typical = Some(match self.typical {
+            Some((m, t)) if now > t => {
+                let a = 1.0 - (-((now - t) as f64) / TYPICAL_TAU).exp();
+                (m + a * (d - m), now)
+            }
+            Some(prev) => prev,
+            None => (d, now),
+        });
+    }
+}
+
+/// The prediction policy: the upper forecast's peak plus headroom, moved only past the
+/// tolerance (a forecast that wavers around the current count must not make it flap).
+fn prediction(policy: &Policy, pk: Peak, headroom: f64, current: u32) -> (u32, Reason) {
+    let r = policy.need(pk.upper + headroom, policy.prediction_utilization);
+    let r = if f64::from(r.abs_diff(current)) <= f64::from(current) * policy.tolerance {
+        current
+    } else {
+        r
+    };
+    let message = format!(
+        "upper forecast {:.3} rps at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
+        pk.upper, pk.timestamp, policy.lookahead
+    );
+    (r, Reason::new(ReasonCode::Prediction, message))
+}
+
+/// The demand policy: the HPA formula on the observed demand, holding within tolerance.
+fn demand(policy: &Policy, d: f64, current: u32) -> (u32, Reason) {
+    let planned = f64::from(current) * policy.capacity_rps * policy.target_utilization;
+    let ratio = if planned > 0.0 {
+        d / planned
+    } else {
+        f64::INFINITY
+    };
+    let r = if (ratio - 1.0).abs() <= policy.tolerance {
+        current
+    } else {
+        policy.need(d, policy.target_utilization)
+    };
+    let message = format!(
+        "observed {d:.3} rps is {:.0}% of planned capacity: {r} replicas",
+        ratio * 100.0
+    );
+    (r, Reason::new(ReasonCode::Demand, message))
+}
+
+/// The most a latency breach shrinks the estimated capacity per replica in one decision:
+/// the performance policy at most doubles the replicas serving.
+const MAX_LATENCY_SHRINK: f64 = 0.5;
+
+/// The performance policy, for a p95 above the SLO: the count the learned curve needs, but
+/// never trusting the curve beyond what is observed — the SLO breaks at the load each
+/// serving replica carries now, so capacity is taken at most that load scaled by
+/// `slo / p95` (at most halved). Without a curve, the serving count scaled by the excess.
+/// Never fewer than now.
+fn performance(l: Latency, demand_rps: Option<f64>, current: u32) -> (u32, Reason) {
+    let ceil = |x: f64| (x - 1e-9).ceil().clamp(0.0, f64::from(u32::MAX)) as u32;
+    let serving = f64::from(l.replicas.max(1));
+    let curve = l
+        .rps_per_replica_at_slo
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .zip(demand_rps.filter(|d| *d > 0.0));
+    let (r, how) = match curve {
+        Some((per, d)) => {
+            let seen = d / serving * (l.slo / l.p95).max(MAX_LATENCY_SHRINK);
+            let per_replica = per.min(seen);
+            let how = if per_replica < per {
+                format!(
+                    "the latency curve meets it at {per:.3} rps per replica, but it breaks at {:.3} now: {per_replica:.3} assumed",
+                    d / serving
+                )
+            } else {
+                format!("the latency curve meets it at {per:.3} rps per replica")
+            };
+            (ceil(d / per_replica), how)
+        }
+        None => (
+            ceil(serving * (l.p95 / l.slo).min(1.0 / MAX_LATENCY_SHRINK)),
+            "no latency curve yet: scaled by the excess".to_owned(),
+        ),
+    };
+    let r = r.max(current);
+    let message = format!(
+        "p95 {:.3}s above the {:.3}s objective; {how}: {r} replicas",
+        l.p95, l.slo
+    );
+    (r, Reason::new(ReasonCode::Performance, message))
+}
+
+/// The HPA's behaviour on a recommendation: stabilisation, no scale-in when degraded, rate
+/// limits, then the bounds; each clamp is added to `reasons`.
+fn behave(
+    policy: &Policy,
+    state: &mut DecideState,
+    observed: Observed,
+    recommended: u32,
+    now: i64,
+    reasons: &mut Vec<Reason>,
+) -> u32 {
+    let current = observed.replicas;
+    let (up, down) = (&policy.scale_up, &policy.scale_down);
+    state.history.recommend(now, recommended, up, down);
+    let mut to = state.history.stabilized(now, current, up, down);
+    if to > recommended {
+        let m = format!(
+            "holding {to}: recommended within the last {}s",
+            down.stabilization_window
+        );
+        reasons.push(Reason::new(ReasonCode::ScaleDownStabilized, m));
+    } else if to < recommended {
+        let m = format!(
+            "{to}: the lowest recommendation within the last {}s",
+            up.stabilization_window
+        );
+        reasons.push(Reason::new(ReasonCode::ScaleUpStabilized, m));
+    }
+    if to < current && observed.degraded {
+        let m = "data missing or stale: no scale-in";
+        reasons.push(Reason::new(ReasonCode::Degraded, m));
+        to = current;
+    } else if observed.degraded {
+        let m = "data missing or stale: scaling out on the evidence there is";
+        reasons.push(Reason::new(ReasonCode::Degraded, m));
+    }
+    let to = rate_limit(policy, state, current, to, now, reasons);
+    bound(policy, to, reasons)
+}
+
+/// The scale-up and scale-down rate policies.
+fn rate_limit(
+    policy: &Policy,
+    state: &DecideState,
+    current: u32,
+    to: u32,
+    now: i64,
+    reasons: &mut Vec<Reason>,
+) -> u32 {
+    let elapsed = state.last.map_or(policy.interval, |t| now - t).max(1);
+    if to > current {
+        let limit = state
+            .history
+            .scale_up_limit(now, current, elapsed, &policy.scale_up);
+        if to > limit {
+            let m = format!("{to} limited to {limit} by the scale-up policies");
+            reasons.push(Reason::new(ReasonCode::ScaleUpLimit, m));
+            return limit;
+        }
+    } else if to < current {
+        let limit = state
+            .history
+            .scale_down_limit(now, current, elapsed, &policy.scale_down);
+        if to < limit {
+            let m = format!("{to} limited to {limit} by the scale-down policies");
+            reasons.push(Reason::new(ReasonCode::ScaleDownLimit, m));
+            return limit;
+        }
+    }
+    to
+}
+
+/// `min_replicas` and `max_replicas`.
+fn bound(policy: &Policy, to: u32, reasons: &mut Vec<Reason>) -> u32 {
+    if to > policy.max_replicas {
+        let m = format!("{to} capped at max_replicas {}", policy.max_replicas);
+        reasons.push(Reason::new(ReasonCode::TooManyReplicas, m));
+        return policy.max_replicas;
+    }
+    if to < policy.min_replicas {
+        let m = format!("{to} raised to min_replicas {}", policy.min_replicas);
+        reasons.push(Reason::new(ReasonCode::TooFewReplicas, m));
+        return policy.min_replicas;
+    }
+    to
 }
 
 #[cfg(test)]
@@ -608,6 +638,7 @@ mod tests {
             p95,
             slo: 0.2,
             rps_per_replica_at_slo: curve,
+            replicas: 5,
         };
         // Under the SLO: performance has nothing to say.
         check(slow(0.1, Some(5.0)), 50.0, 5, ReasonCode::Prediction);
@@ -615,8 +646,12 @@ mod tests {
         check(slow(0.3, Some(6.0)), 50.0, 9, ReasonCode::Performance);
         // Without a curve: scaled by the excess, 5 × 0.3/0.2 → 8.
         check(slow(0.3, None), 50.0, 8, ReasonCode::Performance);
-        // A curve that asks for fewer than now never scales in while over the SLO.
-        check(slow(0.3, Some(100.0)), 40.0, 5, ReasonCode::Performance);
+        // A curve that claims far more than is seen is not trusted beyond what is seen:
+        // 8 rps per replica break the SLO now, so at most 8 × 0.2/0.3 are assumed → 8.
+        check(slow(0.3, Some(100.0)), 40.0, 8, ReasonCode::Performance);
+        // Far over the SLO, the serving count at most doubles in one decision.
+        check(slow(2.0, Some(100.0)), 40.0, 10, ReasonCode::Performance);
+        check(slow(2.0, None), 40.0, 10, ReasonCode::Performance);
     }
 
     #[test]
