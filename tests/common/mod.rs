@@ -304,6 +304,9 @@ pub struct Options {
     pub scrape: Option<SocketAddr>,
     /// The port to listen on; a free one when `None`.
     pub port: Option<u16>,
+    /// A whole OpenMetrics file (ending in `# EOF`) written into the TSDB with `promtool`,
+    /// instead of the backfill's.
+    pub openmetrics: Option<String>,
 }
 
 /// A real `prometheus` process on 127.0.0.1, its data in a temporary directory; killed on
@@ -350,10 +353,12 @@ impl Prometheus {
             .tempdir()
             .expect("create a temporary directory");
         let data = dir.path().join("data");
-        if let Some(backfill) = &opts.backfill {
+        let openmetrics = (opts.openmetrics.clone())
+            .or_else(|| opts.backfill.as_ref().map(Backfill::to_openmetrics));
+        if let Some(openmetrics) = openmetrics {
             require_tool("promtool");
             let file = dir.path().join("backfill.om");
-            std::fs::write(&file, backfill.to_openmetrics()).expect("write the OpenMetrics file");
+            std::fs::write(&file, openmetrics).expect("write the OpenMetrics file");
             let out = Command::new("promtool")
                 .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
                 .arg(&file)
