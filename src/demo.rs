@@ -379,5 +379,4 @@ mod tests {
         assert!(flash > 1.8 * before, "flash crowd: {flash} vs {before}");
         assert!((-1.0..=1.0).contains(&unit_noise(12_345)));
     }
-
 }

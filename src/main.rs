@@ -27,8 +27,66 @@ enum LogFormat {
     Json,
 }
 
-// Parsed once; the size of the biggest variant does not matter.
-#[allow(clippy::large_enum_variant)]
+/// `prescale backtest`.
+#[derive(Debug, clap::Args)]
+struct BacktestArgs {
+    /// Trace CSV: `timestamp_seconds,value[,latency][,replicas]`, value = requests in the
+    /// bucket, latency in seconds, replicas running.
+    #[arg(
+        long,
+        required_unless_present = "prometheus",
+        conflicts_with = "prometheus"
+    )]
+    trace: Option<PathBuf>,
+    /// Replay a range of Prometheus series instead of a trace file.
+    #[arg(long, requires_all = ["query", "from", "to"])]
+    prometheus: Option<url::Url>,
+    /// PromQL giving the request rate (requests/s) as one series.
+    #[arg(long)]
+    query: Option<String>,
+    /// PromQL giving the latency (seconds, e.g. a p95) as one series (with `--prometheus`).
+    #[arg(long, requires = "prometheus")]
+    latency_query: Option<String>,
+    /// PromQL giving the replicas running as one series (with `--prometheus`).
+    #[arg(long, requires = "prometheus")]
+    replicas_query: Option<String>,
+    /// Start of the range: RFC 3339 (`2026-01-01T00:00:00Z`) or Unix seconds.
+    #[arg(long, value_parser = parse_time)]
+    from: Option<i64>,
+    /// End of the range: RFC 3339 or Unix seconds.
+    #[arg(long, value_parser = parse_time)]
+    to: Option<i64>,
+    /// Resolution of the replayed range (with `--prometheus`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1m")]
+    step: Duration,
+    /// Requests/s one replica serves. Without it, capacity is learned from the latency
+    /// and replicas series against `--latency-slo` (or the config's `latency_slo`).
+    #[arg(long)]
+    capacity: Option<f64>,
+    /// The latency objective, e.g. `250ms`: enables the performance policy and learned
+    /// capacity when the replay has latency (and replicas) series.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    latency_slo: Option<Duration>,
+    /// Time from asking for a replica to it serving, e.g. `5m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    startup: Duration,
+    /// Where to write the decisions CSV.
+    #[arg(long)]
+    out: PathBuf,
+    /// Take the policy (min/max replicas, windows) from this config's first target.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Also write the scores (prescale, the HPA at 0.5–0.9, clairvoyant) as JSON here.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Also draw demand, forecast band, serving capacity and replicas as SVG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Warm-up left out of the scores, e.g. `2d`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    skip: Duration,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Poll Prometheus, forecast, decide, send webhooks and serve the HTTP API.
@@ -56,51 +114,7 @@ enum Command {
         file: PathBuf,
     },
     /// Replay a trace through the forecast and decision code on a virtual clock.
-    Backtest {
-        /// Trace CSV: `timestamp_seconds,value`, value = requests in the bucket.
-        #[arg(
-            long,
-            required_unless_present = "prometheus",
-            conflicts_with = "prometheus"
-        )]
-        trace: Option<PathBuf>,
-        /// Replay a range of a Prometheus series instead of a trace file.
-        #[arg(long, requires_all = ["query", "from", "to"])]
-        prometheus: Option<url::Url>,
-        /// PromQL giving the request rate (requests/s) as one series.
-        #[arg(long)]
-        query: Option<String>,
-        /// Start of the range: RFC 3339 (`2026-01-01T00:00:00Z`) or Unix seconds.
-        #[arg(long, value_parser = parse_time)]
-        from: Option<i64>,
-        /// End of the range: RFC 3339 or Unix seconds.
-        #[arg(long, value_parser = parse_time)]
-        to: Option<i64>,
-        /// Resolution of the replayed range (with `--prometheus`).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1m")]
-        step: Duration,
-        /// Requests/s one replica serves.
-        #[arg(long)]
-        capacity: f64,
-        /// Time from asking for a replica to it serving, e.g. `5m`.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        startup: Duration,
-        /// Where to write the decisions CSV.
-        #[arg(long)]
-        out: PathBuf,
-        /// Take the policy (min/max replicas, windows) from this config's first target.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Also write the scores (prescale, the HPA at 0.5–0.9, clairvoyant) as JSON here.
-        #[arg(long)]
-        summary: Option<PathBuf>,
-        /// Also draw demand, forecast band, serving capacity and replicas as SVG here.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        /// Warm-up left out of the scores, e.g. `2d`.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-        skip: Duration,
-    },
+    Backtest(Box<BacktestArgs>),
     /// Rolling forecasts over a trace, `--horizon` ahead of every step; prints the accuracy
     /// per model (MASE against the daily seasonal naive, sMAPE, interval coverage).
     Forecast {
@@ -169,74 +183,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", prescale::summary(&config));
             Ok(())
         }
-        Command::Backtest {
-            trace,
-            prometheus,
-            query,
-            from,
-            to,
-            step,
-            capacity,
-            startup,
-            out,
-            config,
-            summary,
-            plot,
-            skip,
-        } => {
-            anyhow::ensure!(
-                capacity.is_finite() && capacity > 0.0,
-                "--capacity {capacity}: expected a positive number of requests/s"
-            );
-            let (mut target, level) = match config {
-                Some(path) => {
-                    let c = Config::load(&path)?;
-                    (c.targets[0].clone(), c.forecast.level)
-                }
-                None => (TargetConfig::example("backtest", capacity, startup), 0.95),
-            };
-            target.capacity_rps = Some(capacity);
-            target.startup = startup;
-            let trace = match (trace, prometheus, query, from, to) {
-                (Some(path), ..) => Trace::load(&path)?,
-                (None, Some(url), Some(query), Some(from), Some(to)) => {
-                    prometheus_trace(url, &query, from, to, step)?
-                }
-                _ => anyhow::bail!(
-                    "expected --trace FILE or --prometheus URL --query Q --from T --to T"
-                ),
-            };
-            let started = std::time::Instant::now();
-            let bar = progress_bar(trace.counts.len());
-            let forecast = prescale::config::ForecastConfig {
-                level,
-                ..Default::default()
-            };
-            let rows = prescale::simulate::backtest(&trace, &target, &forecast, |done| {
-                bar.set_position(done as u64)
-            });
-            bar.finish_and_clear();
-            write_csv(&out, &rows)?;
-            let skip = skip.as_secs() as i64;
-            let scores = prescale::simulate::Summary::of(&trace, &target, &rows, skip);
-            print!("{}", scores.table());
-            if let Some(path) = summary {
-                let json = serde_json::to_string_pretty(&scores)?;
-                std::fs::write(&path, json + "\n")
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            if let Some(path) = plot {
-                let asked: Vec<u32> = rows.iter().map(|r| r.replicas).collect();
-                let delay = startup.as_secs().div_ceil(trace.step as u64) as usize;
-                let serving = prescale::simulate::ready(&asked, delay);
-                let svg = prescale::simulate::plot::svg(&rows, &serving, capacity)
-                    .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
-                std::fs::write(&path, svg)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            tracing::debug!(elapsed = ?started.elapsed(), "backtest done");
-            Ok(())
-        }
+        Command::Backtest(args) => backtest(*args),
         Command::Forecast {
             trace,
             horizon,
@@ -264,8 +211,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             let mut target = TargetConfig::example("forecast", 1.0, Duration::ZERO);
             target.history = history;
-            let rows =
-                prescale::simulate::rolling_forecasts(&trace, horizon_s, &target, &forecast);
+            let rows = prescale::simulate::rolling_forecasts(&trace, horizon_s, &target, &forecast);
             write_csv(&out, &rows)?;
             println!(
                 "{:<22} {:>7} {:>6} {:>7} {:>9}",
@@ -280,6 +226,69 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `prescale backtest`: replays, writes the decisions, prints and writes the scores.
+fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
+    if let Some(c) = a.capacity {
+        anyhow::ensure!(
+            c.is_finite() && c > 0.0,
+            "--capacity {c}: expected a positive number of requests/s"
+        );
+    }
+    let (mut target, level) = match &a.config {
+        Some(path) => {
+            let c = Config::load(path)?;
+            (c.targets[0].clone(), c.forecast.level)
+        }
+        None => (TargetConfig::example("backtest", 1.0, a.startup), 0.95),
+    };
+    target.capacity_rps = a.capacity.or(a.config.as_ref().and(target.capacity_rps));
+    target.latency_slo = a.latency_slo.or(target.latency_slo);
+    target.startup = a.startup;
+    anyhow::ensure!(
+        target.capacity_rps.is_some() || target.latency_slo.is_some(),
+        "--capacity is required unless capacity is learned: give --latency-slo with a trace \
+         that has latency and replicas columns (or --latency-query and --replicas-query)"
+    );
+    let trace = match (&a.trace, &a.prometheus) {
+        (Some(path), _) => Trace::load(path)?,
+        (None, Some(url)) => prometheus_trace(url, &a)?,
+        _ => anyhow::bail!("expected --trace FILE or --prometheus URL --query Q --from T --to T"),
+    };
+    let bar = progress_bar(trace.counts.len());
+    let forecast = prescale::config::ForecastConfig {
+        level,
+        ..Default::default()
+    };
+    let rows = prescale::simulate::backtest(&trace, &target, &forecast, |done| {
+        bar.set_position(done as u64)
+    });
+    bar.finish_and_clear();
+    write_csv(&a.out, &rows)?;
+    // Scored by the capacity decided with at the end (configured, or learned).
+    let capacity = rows.last().map_or(f64::NAN, |r| r.capacity_rps);
+    anyhow::ensure!(
+        capacity.is_finite(),
+        "no capacity was learned from the replay (see the reasons in {}); give --capacity",
+        a.out.display()
+    );
+    target.capacity_rps = Some(capacity);
+    let scores = prescale::simulate::Summary::of(&trace, &target, &rows, a.skip.as_secs() as i64);
+    print!("{}", scores.table());
+    if let Some(path) = &a.summary {
+        let json = serde_json::to_string_pretty(&scores)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.plot {
+        let asked: Vec<u32> = rows.iter().map(|r| r.replicas).collect();
+        let delay = a.startup.as_secs().div_ceil(trace.step as u64) as usize;
+        let serving = prescale::simulate::ready(&asked, delay);
+        let svg = prescale::simulate::plot::svg(&rows, &serving, capacity)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.
@@ -312,16 +321,16 @@ fn parse_time(s: &str) -> Result<i64, String> {
         })
 }
 
-/// A range of a Prometheus series as a trace (rate × step requests per bucket).
-fn prometheus_trace(
-    url: url::Url,
-    query: &str,
-    from: i64,
-    to: i64,
-    step: Duration,
-) -> anyhow::Result<Trace> {
+/// A range of Prometheus series as a trace: the request rate × step requests per bucket,
+/// and the latency and replicas series when asked for. A sample at `t` covers the bucket
+/// that ended at `t`.
+fn prometheus_trace(url: &url::Url, a: &BacktestArgs) -> anyhow::Result<Trace> {
     use prescale::source::Source;
-    let step = step.as_secs() as i64;
+    use prescale::source::replay::TraceRow;
+    let (Some(query), Some(from), Some(to)) = (&a.query, a.from, a.to) else {
+        anyhow::bail!("--prometheus needs --query, --from and --to");
+    };
+    let step = a.step.as_secs() as i64;
     anyhow::ensure!(step >= 1, "--step: expected whole seconds, at least 1s");
     anyhow::ensure!(from < to, "--from {from} is not before --to {to}");
     let cfg = prescale::config::PrometheusConfig {
@@ -331,15 +340,29 @@ fn prometheus_trace(
     };
     let client = prescale::source::prometheus::PrometheusClient::new(&cfg)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let samples = runtime
-        .block_on(client.range(query, from, to, step))
-        .with_context(|| format!("querying {url} for `{query}`"))?;
-    // A rate sampled at `t` covers the bucket that ended at `t`.
-    let rows: Vec<(i64, f64)> = samples
+    let fetch = |q: &str| {
+        runtime
+            .block_on(client.range(q, from, to, step))
+            .with_context(|| format!("querying {url} for `{q}`"))
+    };
+    let by_ts = |q: &Option<String>| -> anyhow::Result<std::collections::BTreeMap<i64, f64>> {
+        Ok(match q {
+            Some(q) => fetch(q)?.iter().map(|s| (s.ts, s.value)).collect(),
+            None => Default::default(),
+        })
+    };
+    let (latency, replicas) = (by_ts(&a.latency_query)?, by_ts(&a.replicas_query)?);
+    let rows: Vec<TraceRow> = fetch(query)?
         .iter()
-        .map(|s| (s.ts - step, s.value * step as f64))
+        .map(|s| TraceRow {
+            ts: s.ts - step,
+            value: s.value * step as f64,
+            latency: latency.get(&s.ts).copied(),
+            replicas: replicas.get(&s.ts).copied(),
+        })
         .collect();
-    Trace::from_rows(&rows).map_err(|e| anyhow::anyhow!("{url} `{query}` from {from} to {to}: {e}"))
+    Trace::from_trace_rows(&rows, a.latency_query.is_some(), a.replicas_query.is_some())
+        .map_err(|e| anyhow::anyhow!("{url} `{query}` from {from} to {to}: {e}"))
 }
 
 /// Writes `rows` as CSV with a header to `path`, and says so on stderr.

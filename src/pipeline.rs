@@ -356,7 +356,10 @@ impl TargetLoop {
         if let Some(e) = &plan.forecast_error {
             debug!(target = %t.name, error = %e, "no forecast");
         }
-        if let (true, Some(i)) = (plan.refitted, state.memory.forecaster.as_ref().and_then(|f| f.info())) {
+        if let (true, Some(i)) = (
+            plan.refitted,
+            state.memory.forecaster.as_ref().and_then(|f| f.info()),
+        ) {
             let model = ModelLabels {
                 target: t.name.clone(),
                 model: i.model.to_owned(),
@@ -382,9 +385,13 @@ impl TargetLoop {
             .bottleneck
             .as_ref()
             .map_or(f64::INFINITY, |b| b.seconds_to_breach());
-        m.seconds_to_bottleneck.get_or_create(&labels).set(to_breach);
+        m.seconds_to_bottleneck
+            .get_or_create(&labels)
+            .set(to_breach);
         let d = &plan.decision;
-        m.desired_replicas.get_or_create(&labels).set(i64::from(d.to));
+        m.desired_replicas
+            .get_or_create(&labels)
+            .set(i64::from(d.to));
         m.degraded
             .get_or_create(&labels)
             .set(i64::from(!plan.degraded.is_empty()));

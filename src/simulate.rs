@@ -55,7 +55,10 @@ pub fn replay_target(trace: &Trace, target: &TargetConfig) -> TargetConfig {
     t.step = step;
     let q = &mut t.queries;
     q.latency = trace.latency.is_some().then(|| "trace:latency".to_owned());
-    q.replicas = trace.replicas.is_some().then(|| "trace:replicas".to_owned());
+    q.replicas = trace
+        .replicas
+        .is_some()
+        .then(|| "trace:replicas".to_owned());
     q.instance_rate = None;
     q.instance_latency = None;
     q.instance_errors = None;
@@ -174,7 +177,10 @@ pub fn backtest(
     let mut rows = Vec::with_capacity(trace.counts.len());
     while let Some(plan) = replay.step() {
         let i = rows.len();
-        let first = plan.forecast.as_ref().and_then(|f| f.points.first().copied());
+        let first = plan
+            .forecast
+            .as_ref()
+            .and_then(|f| f.points.first().copied());
         rows.push(Row {
             timestamp: plan.decision.at,
             demand_rps: trace.rps(i),
@@ -633,7 +639,12 @@ mod tests {
         let t = trace(2 * 1440 + 300);
         let target = TargetConfig::example("t", 1.0, Duration::from_secs(300));
         let full = backtest(&t, &target, &ForecastConfig::default(), |_| {});
-        let cut = backtest(&t.truncated(2000), &target, &ForecastConfig::default(), |_| {});
+        let cut = backtest(
+            &t.truncated(2000),
+            &target,
+            &ForecastConfig::default(),
+            |_| {},
+        );
         for (a, b) in cut.iter().zip(&full) {
             assert_eq!(
                 (a.timestamp, a.replicas, &a.reason),
@@ -699,15 +710,28 @@ mod tests {
             i += 1;
         }
         let c = replay.capacity().expect("resolved");
-        assert_eq!(c.source, crate::forecast::capacity::CapacitySource::Learned, "{c:?}");
+        assert_eq!(
+            c.source,
+            crate::forecast::capacity::CapacitySource::Learned,
+            "{c:?}"
+        );
         let learned = c.effective_rps.expect("learned");
-        assert!((learned - 30.0).abs() < 4.0, "learned {learned} rps per replica");
+        assert!(
+            (learned - 30.0).abs() < 4.0,
+            "learned {learned} rps per replica"
+        );
         // The incident (a p95 three times the SLO at 20-30 rps per replica) is acted on.
         let incident = 2 * 1440 + 901..2 * 1440 + 1021;
         let acted = performance.iter().filter(|i| incident.contains(*i)).count();
-        assert!(acted > 60, "{acted} Performance decisions in the incident: {performance:?}");
+        assert!(
+            acted > 60,
+            "{acted} Performance decisions in the incident: {performance:?}"
+        );
         let rows = backtest(&t, &target, &ForecastConfig::default(), |_| {});
-        assert!(rows.last().is_some_and(|r| (r.capacity_rps - learned).abs() < 1e-9));
+        assert!(
+            rows.last()
+                .is_some_and(|r| (r.capacity_rps - learned).abs() < 1e-9)
+        );
     }
 
     /// (asked per step, delay in steps) → serving per step.

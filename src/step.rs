@@ -279,14 +279,29 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
     // `spec.replicas`: a platform still starting replicas is not asked again.
     let base = memory.asked.map_or(running, |a| a.replicas);
     let observed = Counts { base, running };
-    let mut decision = decide_count(policy, memory, inputs, forecast.as_ref(), observed, &degraded);
+    let mut decision = decide_count(
+        policy,
+        memory,
+        inputs,
+        forecast.as_ref(),
+        observed,
+        &degraded,
+    );
     let wanted = decision.to;
     let granted = inputs
         .budget
         .and_then(|b| apply_budget(b, policy, &mut decision, !degraded.is_empty()));
     let scale = ask(policy, memory, inputs, &decision, running);
     let (rebalance, send_rebalance) = rebalance(policy, memory, inputs);
-    let alert = alert_step(policy, memory, now, forecast.as_ref(), capacity, running, granted);
+    let alert = alert_step(
+        policy,
+        memory,
+        now,
+        forecast.as_ref(),
+        capacity,
+        running,
+        granted,
+    );
     let replicas = running_now(policy, memory, inputs);
     Plan {
         decision,

@@ -81,6 +81,7 @@ fn backtest(trace: &Path, out: &Path) -> Vec<csv::StringRecord> {
             "forecast_rps",
             "upper_rps",
             "replicas",
+            "capacity_rps",
             "reason"
         ]
     );
@@ -274,6 +275,7 @@ fn backtest_replays_a_range_from_prometheus() {
         backfill: Some(fill.clone()),
         scrape: None,
         port: None,
+        openmetrics: None,
     });
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.csv");
@@ -302,7 +304,8 @@ fn backtest_replays_a_range_from_prometheus() {
     for row in rows.iter().step_by(97) {
         let ts: i64 = row[0].parse().unwrap();
         let demand: f64 = row[1].parse().unwrap();
-        let want = fill.rate(ts, 300).expect("trace rate");
+        // The bucket starting at `ts` is the rate sampled at its end.
+        let want = fill.rate(ts + 60, 300).expect("trace rate");
         assert!(
             (demand - want).abs() <= 1e-9 * want.max(1.0),
             "at {ts}: {demand} vs {want}"
@@ -433,7 +436,12 @@ fn restart_forecasts_from_the_saved_model_and_skips_a_corrupt_one() {
             .all(|p| p["lower"].as_f64() <= p["value"].as_f64()
                 && p["value"].as_f64() <= p["upper"].as_f64())
     );
-    let (_, detail) = second.get("/api/v1/targets/web").unwrap();
+    // Capacity is resolved by the first cycle, which may still be polling.
+    let (_, detail) = poll_until("a first decision", Duration::from_secs(60), || {
+        second
+            .get("/api/v1/targets/web")
+            .filter(|(_, d)| !d["last_decision"].is_null())
+    });
     assert_eq!(
         detail["forecast_model"]["fitted_at"].as_i64(),
         Some(fitted_at),

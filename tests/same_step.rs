@@ -129,7 +129,10 @@ async fn serve_and_backtest_decide_the_same_at_the_same_times() {
         let d = state.last_decision.as_ref().expect("a decision");
         let got = (d.at, d.to, d.reason_codes());
         let want = (row.timestamp, row.replicas, row.reason.clone());
-        assert_eq!(got, want, "step {i}: serve (left) and backtest (right) differ");
+        assert_eq!(
+            got, want,
+            "step {i}: serve (left) and backtest (right) differ"
+        );
         let capacity = state.memory.capacity.as_ref().and_then(|c| c.effective_rps);
         assert_eq!(
             capacity.unwrap_or(f64::NAN).to_bits(),

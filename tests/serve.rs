@@ -122,6 +122,7 @@ async fn backfills_polls_forecasts_and_delivers_a_signed_scale_webhook() {
         backfill: Some(backfill),
         scrape: Some(exporter.addr()),
         port: None,
+        openmetrics: None,
     })
     .await;
     let platform = Receiver::start(&[500, 500]);
@@ -360,6 +361,7 @@ scale_in_window = "1s"
         backfill: Some(Backfill::from_trace(2)),
         scrape: None,
         port: Some(port),
+        openmetrics: None,
     })
     .await;
     app.wait("readiness after Prometheus came up", "/readyz", |s, _| {

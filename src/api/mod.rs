@@ -558,7 +558,11 @@ async fn target_forecast(
         } else {
             None
         };
-        let level = t.memory.forecaster.as_ref().map_or(0.95, |f| f.settings().level);
+        let level = t
+            .memory
+            .forecaster
+            .as_ref()
+            .map_or(0.95, |f| f.settings().level);
         (fitted, grid, t.config.step_secs(), level)
     };
     let (f, description) = match (fitted, grid) {

@@ -237,8 +237,8 @@ impl Decision {
     pub fn limit_to(&mut self, to: u32, message: String) {
         if to < self.to {
             self.to = to;
-            self.reasons.push(Reason::new(
-            ReasonCode::BudgetLimited, message));
+            self.reasons
+                .push(Reason::new(ReasonCode::BudgetLimited, message));
         }
     }
 }
@@ -670,7 +670,10 @@ mod tests {
                 now,
             );
             if k > 0 && k < 5 {
-                assert_eq!(d.reasons.last().unwrap().code, ReasonCode::ScaleDownStabilized);
+                assert_eq!(
+                    d.reasons.last().unwrap().code,
+                    ReasonCode::ScaleDownStabilized
+                );
             }
             replicas = d.to;
             at.push(replicas);

@@ -117,11 +117,12 @@ impl Trace {
             }
             rows.push(row);
         }
-        Self::from_trace_rows(&rows, columns.latency.is_some(), columns.replicas.is_some())
-            .map_err(|message| TraceError::Shape {
+        Self::from_trace_rows(&rows, columns.latency.is_some(), columns.replicas.is_some()).map_err(
+            |message| TraceError::Shape {
                 file: file(),
                 message,
-            })
+            },
+        )
     }
 
     /// Puts sorted `(timestamp, count)` rows on a grid whose step is the most common gap.
@@ -140,11 +141,19 @@ impl Trace {
 
     /// Puts sorted rows on a grid whose step is the most common gap, keeping the latency
     /// and replicas columns when `latency`/`replicas` say the trace has them.
-    pub fn from_trace_rows(rows: &[TraceRow], latency: bool, replicas: bool) -> Result<Self, String> {
+    pub fn from_trace_rows(
+        rows: &[TraceRow],
+        latency: bool,
+        replicas: bool,
+    ) -> Result<Self, String> {
         if rows.len() < 2 {
             return Err(format!("{} row(s); expected at least two", rows.len()));
         }
-        let mut gaps: Vec<i64> = rows.windows(2).take(1000).map(|w| w[1].ts - w[0].ts).collect();
+        let mut gaps: Vec<i64> = rows
+            .windows(2)
+            .take(1000)
+            .map(|w| w[1].ts - w[0].ts)
+            .collect();
         gaps.sort_unstable();
         // The most common gap (the smaller on a tie): missing rows only make gaps longer.
         let step = gaps
@@ -234,7 +243,9 @@ fn parse_row(record: &csv::StringRecord, columns: Columns) -> Result<TraceRow, S
         }
         match text.parse::<f64>() {
             Ok(v) if v.is_finite() && v >= 0.0 => Ok(Some(v)),
-            _ => Err(format!("bad {name} `{text}`: expected a number ≥ 0 or an empty cell")),
+            _ => Err(format!(
+                "bad {name} `{text}`: expected a number ≥ 0 or an empty cell"
+            )),
         }
     };
     Ok(TraceRow {

@@ -122,7 +122,11 @@ fn a_drained_instance_whose_series_vanish_is_restored_and_its_weight_sent() {
         let now = k * STEP;
         w.observe(Signal::RequestRate, now, 20.0);
         for n in names {
-            let latency = if n == "e" { 2.0 } else { 0.1 + 0.001 * k as f64 };
+            let latency = if n == "e" {
+                2.0
+            } else {
+                0.1 + 0.001 * k as f64
+            };
             w.instances.insert(n.to_owned(), stats(Some(latency)));
         }
         let plan = w.step(&p, &mut m, now);
@@ -177,10 +181,17 @@ fn a_per_instance_signal_without_data_does_not_stop_scale_in() {
     let d = last.expect("decided");
     assert!(d.to < 10, "scaled in: {d:?}");
     // A failing target-level signal still degrades and holds.
-    w.signals.get_mut(&Signal::RequestRate).expect("configured").error = Some("down".into());
+    w.signals
+        .get_mut(&Signal::RequestRate)
+        .expect("configured")
+        .error = Some("down".into());
     let plan = w.step(&p, &mut m, 5 * STEP);
     assert!(!plan.degraded.is_empty());
-    assert!(plan.decision.to >= plan.decision.from, "{:?}", plan.decision);
+    assert!(
+        plan.decision.to >= plan.decision.from,
+        "{:?}",
+        plan.decision
+    );
 }
 
 /// A policy whose scale-up is limited to 4 more replicas per 10 minutes.
@@ -333,7 +344,12 @@ fn the_budget_limits_the_count() {
         budget: Some(&view),
     };
     let plan = step(&p, &mut m, &inputs);
-    assert_eq!((plan.wanted, plan.decision.to), (10, 3), "{:?}", plan.decision);
+    assert_eq!(
+        (plan.wanted, plan.decision.to),
+        (10, 3),
+        "{:?}",
+        plan.decision
+    );
     assert!(
         plan.decision
             .reasons
