@@ -225,6 +225,39 @@ async fn receive_scale(State(r): State<Receiver>, headers: HeaderMap, body: Byte
     StatusCode::OK
 }
 
+/// Where the demand comes from, the capacity per replica that makes the mean demand need
+/// about 8 replicas (10 rps for the synthetic workload), and what it is, for people.
+fn demand(trace: Option<&std::path::Path>, start: i64) -> anyhow::Result<(Demand, f64, String)> {
+    let Some(path) = trace else {
+        let what = "a synthetic workload".to_owned();
+        return Ok((Demand::Synthetic(Workload::demo(start)), 10.0, what));
+    };
+    let trace = Trace::load(path)?;
+    let n = trace.counts.len() as i64;
+    anyhow::ensure!(
+        n * trace.step > 2 * DAY,
+        "{}: expected more than two days of trace",
+        path.display()
+    );
+    // Two weeks of history (or all but a day of a shorter trace) before `now`.
+    let history = (HISTORY_DAYS * DAY).min(n * trace.step - DAY);
+    let offset = start - (trace.start + history);
+    let finite: Vec<f64> = trace
+        .counts
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    let mean_rps = finite.iter().sum::<f64>() / finite.len().max(1) as f64 / trace.step as f64;
+    let capacity = (mean_rps / 8.0).max(1e-6);
+    let what = format!("the trace {}", path.display());
+    Ok((
+        Demand::Replay(ReplaySource::new(trace, offset)),
+        capacity,
+        what,
+    ))
+}
+
 /// Runs the demo until `shutdown` completes.
 pub async fn run(
     opts: DemoOptions,
@@ -232,39 +265,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let wall = Clock::system().now();
     let start = align_down(wall, 60);
-    let (demand, capacity, what) = match &opts.trace {
-        None => (
-            Demand::Synthetic(Workload::demo(start)),
-            10.0,
-            "a synthetic workload".to_owned(),
-        ),
-        Some(path) => {
-            let trace = Trace::load(path)?;
-            let n = trace.counts.len() as i64;
-            anyhow::ensure!(
-                n * trace.step > 2 * DAY,
-                "{}: expected more than two days of trace",
-                path.display()
-            );
-            // Two weeks of history (or all but a day of a shorter trace) before `now`.
-            let history = (HISTORY_DAYS * DAY).min(n * trace.step - DAY);
-            let offset = start - (trace.start + history);
-            let finite: Vec<f64> = trace
-                .counts
-                .iter()
-                .copied()
-                .filter(|v| v.is_finite())
-                .collect();
-            let mean_rps =
-                finite.iter().sum::<f64>() / finite.len().max(1) as f64 / trace.step as f64;
-            let capacity = (mean_rps / 8.0).max(1e-6);
-            (
-                Demand::Replay(ReplaySource::new(trace, offset)),
-                capacity,
-                format!("the trace {}", path.display()),
-            )
-        }
-    };
+    let (demand, capacity, what) = demand(opts.trace.as_deref(), start)?;
     let clock = Clock::accelerated(start, opts.speed);
     let startup = 180;
     let platform = Arc::new(Mutex::new(Platform::new(
