@@ -1,7 +1,13 @@
 //! The clock the live pipeline and the API read `now` from: the system clock in production,
 //! an accelerated one in the demo. The pure core never reads a clock; it is handed `now`.
+//!
+//! An accelerated clock measures elapsed time with tokio's `Instant`, so under
+//! `tokio::time::pause()` it follows the runtime's virtual time: tests drive the live loop
+//! and the outbox worker with `advance` instead of waiting.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 /// Unix seconds, either the system's or running `speed` times faster from an origin.
 #[derive(Debug, Clone, Copy)]

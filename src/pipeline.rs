@@ -494,3 +494,6 @@ fn merge_instances(
     }
     instances.retain(|_, s| s.rate.is_some() || s.latency.is_some() || s.errors.is_some());
 }
+
+#[cfg(test)]
+mod tests;
