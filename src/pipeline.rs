@@ -19,7 +19,7 @@ use crate::act::alert::{self, Limit};
 use crate::act::outbox::Outbox;
 use crate::act::{Action, RebalanceAction, ScaleAction};
 use crate::config::{AlertmanagerConfig, ForecastConfig, Mode, TargetConfig};
-use crate::decide::{self, Decision, Observed, Policy, Reason, balance};
+use crate::decide::{self, Decision, Observed, Reason, balance};
 use crate::forecast::capacity::{self, Capacity, CapacitySource};
 use crate::forecast::{Forecaster, History, Updated, bottleneck};
 use crate::metrics::{
@@ -259,7 +259,7 @@ impl TargetLoop {
     /// Forecasts and decides from the stored state; returns the actions to send.
     fn decide(&self, now: i64) -> Vec<Action> {
         let t = &self.target;
-        let mut policy = Policy::of(t);
+        let mut policy = t.policy();
         let settings = self.forecast.settings(t.step_secs(), policy.lookahead);
         let mut actions = Vec::new();
         let Some(mut state) = self.store.target(&t.name) else {

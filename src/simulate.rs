@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::Serialize;
 
 use crate::config::{ForecastConfig, TargetConfig};
-use crate::decide::{self, DecideState, Observed, Policy};
+use crate::decide::{self, DecideState, Observed};
 use crate::forecast::{Forecaster, History, Settings};
 use crate::source::replay::Trace;
 
@@ -54,7 +54,7 @@ pub fn backtest(
     let step = trace.step;
     let mut target = target.clone();
     target.interval = std::time::Duration::from_secs(step as u64);
-    let policy = Policy::of(&target);
+    let policy = target.policy();
     let keep = (target.history.as_secs() as i64 / step).max(2) as usize;
     let rps: Vec<f64> = (0..trace.counts.len()).map(|i| trace.rps(i)).collect();
 
@@ -116,7 +116,7 @@ pub fn hpa(trace: &Trace, target: &TargetConfig, target_utilization: f64) -> Vec
     target.tolerance = crate::config::DEFAULT_TOLERANCE;
     target.scale_up = decide::Rules::default_scale_up();
     target.scale_down = decide::Rules::default_scale_down();
-    let policy = Policy::of(&target);
+    let policy = target.policy();
     let mut state = DecideState::default();
     let first = trace.rps(0);
     let mut replicas = if first.is_finite() {

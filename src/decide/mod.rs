@@ -29,8 +29,17 @@ use serde::Serialize;
 
 pub use behavior::{RateKind, RatePolicy, Rules, Select};
 
-use crate::config::TargetConfig;
 use crate::forecast::Forecast;
+
+/// Whether a target's decisions are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Decide and send webhooks.
+    Act,
+    /// Decide and show; send nothing.
+    ForecastOnly,
+}
 
 /// What the decision engine needs of a target's configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,24 +70,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The policy of a configured target.
-    pub fn of(t: &TargetConfig) -> Self {
-        Self {
-            // Unset when it is to be learned: the pipeline sets the resolved capacity.
-            capacity_rps: t.capacity_rps.unwrap_or(f64::NAN),
-            target_utilization: t.target_utilization,
-            prediction_utilization: t.prediction_utilization,
-            tolerance: t.tolerance,
-            min_replicas: t.min_replicas,
-            max_replicas: t.max_replicas,
-            lookahead: (t.startup + t.interval).as_secs() as i64,
-            interval: t.interval.as_secs() as i64,
-            headroom: t.headroom,
-            scale_up: t.scale_up.clone(),
-            scale_down: t.scale_down.clone(),
-        }
-    }
-
     /// Replicas needed to carry `rps` at `utilization`.
     fn need(&self, rps: f64, utilization: f64) -> u32 {
         let per = self.capacity_rps * utilization;
