@@ -201,7 +201,7 @@ pub const DEFAULT_HEADROOM: f64 = 0.0;
 const MAX_HISTORY_POINTS: u64 = 1_000_000;
 
 /// The key of `k` in the target named `name`, e.g. `target[web].min_replicas`.
-fn key(name: &str, k: &str) -> String {
+fn target_key(name: &str, k: &str) -> String {
     format!("target[{name}].{k}")
 }
 
@@ -234,14 +234,16 @@ impl Validator<'_> {
         let timing = self.timing(&t)?;
         let planning = self.planning(&t)?;
         let (scale_up, scale_down) = self.behavior(&t.name, t.scale_in_window, t.behavior)?;
-        let rebalance =
-            self.rebalance(&key(&t.name, "rebalance"), t.rebalance.unwrap_or_default())?;
+        let rebalance = self.rebalance(
+            &target_key(&t.name, "rebalance"),
+            t.rebalance.unwrap_or_default(),
+        )?;
         let platform = t
             .platform
-            .map(|w| self.webhook(&key(&t.name, "platform"), w))
+            .map(|w| self.webhook(&target_key(&t.name, "platform"), w))
             .transpose()?;
         let (balancer, haproxy) = match t.balancer {
-            Some(b) => self.balancer(&key(&t.name, "balancer"), b)?,
+            Some(b) => self.balancer(&target_key(&t.name, "balancer"), b)?,
             None => (None, None),
         };
         Ok(TargetConfig {
@@ -291,9 +293,10 @@ impl Validator<'_> {
     fn queries(&self, t: &RawTarget) -> Result<Queries, ConfigError> {
         let query = |k: &str, q: &Option<String>| -> Result<Option<String>, ConfigError> {
             match q {
-                Some(q) if q.trim().is_empty() => {
-                    Err(self.err(key(&t.name, k), "is empty; expected a PromQL expression"))
-                }
+                Some(q) if q.trim().is_empty() => Err(self.err(
+                    target_key(&t.name, k),
+                    "is empty; expected a PromQL expression",
+                )),
                 q => Ok(q.clone()),
             }
         };
@@ -311,23 +314,23 @@ impl Validator<'_> {
     fn capacity(&self, t: &RawTarget, queries: &Queries) -> Result<(), ConfigError> {
         if t.latency_slo.is_some() && queries.latency.is_none() {
             return Err(self.err(
-                key(&t.name, "latency_slo"),
+                target_key(&t.name, "latency_slo"),
                 "is set without `latency`; expected a `latency` query to compare with it",
             ));
         }
         if t.latency_slo.is_some_and(|d| d.is_zero()) {
             return Err(self.err(
-                key(&t.name, "latency_slo"),
+                target_key(&t.name, "latency_slo"),
                 "expected a duration above zero",
             ));
         }
         match t.capacity_rps {
             Some(c) if !(c.is_finite() && c > 0.0) => Err(self.err(
-                key(&t.name, "capacity_rps"),
+                target_key(&t.name, "capacity_rps"),
                 format!("{c} is not usable; expected a positive number of requests/s"),
             )),
             None if t.latency_slo.is_none() || queries.replicas.is_none() => Err(self.err(
-                key(&t.name, "capacity_rps"),
+                target_key(&t.name, "capacity_rps"),
                 "is missing; expected a positive number of requests/s, or `latency`, \
                  `latency_slo` and `replicas` to learn it from",
             )),
@@ -339,11 +342,14 @@ impl Validator<'_> {
     fn replica_bounds(&self, t: &RawTarget) -> Result<u32, ConfigError> {
         let min_replicas = t.min_replicas.unwrap_or(1);
         if t.max_replicas == 0 {
-            return Err(self.err(key(&t.name, "max_replicas"), "is 0; expected at least 1"));
+            return Err(self.err(
+                target_key(&t.name, "max_replicas"),
+                "is 0; expected at least 1",
+            ));
         }
         if min_replicas > t.max_replicas {
             return Err(self.err(
-                key(&t.name, "min_replicas"),
+                target_key(&t.name, "min_replicas"),
                 format!(
                     "{min_replicas} is above max_replicas {}; expected min_replicas <= max_replicas",
                     t.max_replicas
@@ -357,7 +363,7 @@ impl Validator<'_> {
         let step = t.step.unwrap_or(DEFAULT_STEP);
         if step.as_secs() == 0 || step.subsec_nanos() != 0 {
             return Err(self.err(
-                key(&t.name, "step"),
+                target_key(&t.name, "step"),
                 format!(
                     "{} is not usable; expected whole seconds, at least 1s",
                     humantime::format_duration(step)
@@ -366,22 +372,25 @@ impl Validator<'_> {
         }
         let interval = t.interval.unwrap_or(DEFAULT_INTERVAL);
         if interval < Duration::from_secs(1) {
-            return Err(self.err(key(&t.name, "interval"), "expected at least 1s"));
+            return Err(self.err(target_key(&t.name, "interval"), "expected at least 1s"));
         }
         let history = t.history.unwrap_or(DEFAULT_HISTORY);
         if history < 2 * step {
-            return Err(self.err(key(&t.name, "history"), "expected at least two steps"));
+            return Err(self.err(
+                target_key(&t.name, "history"),
+                "expected at least two steps",
+            ));
         }
         if history.as_secs() / step.as_secs() > MAX_HISTORY_POINTS {
             return Err(self.err(
-                key(&t.name, "history"),
+                target_key(&t.name, "history"),
                 format!("spans more than {MAX_HISTORY_POINTS} steps; expected a shorter history or a longer step"),
             ));
         }
         let stale_after = t.stale_after.unwrap_or(2 * step + 2 * interval);
         if stale_after < step {
             return Err(self.err(
-                key(&t.name, "stale_after"),
+                target_key(&t.name, "stale_after"),
                 "is shorter than step; expected at least one step",
             ));
         }
@@ -400,7 +409,7 @@ impl Validator<'_> {
                 Ok(v)
             } else {
                 Err(self.err(
-                    key(&t.name, k),
+                    target_key(&t.name, k),
                     format!("{v} is out of range; expected a number in (0, 1], e.g. {default}"),
                 ))
             }
@@ -418,14 +427,14 @@ impl Validator<'_> {
         let tolerance = t.tolerance.unwrap_or(DEFAULT_TOLERANCE);
         if !(0.0..1.0).contains(&tolerance) {
             return Err(self.err(
-                key(&t.name, "tolerance"),
+                target_key(&t.name, "tolerance"),
                 format!("{tolerance} is out of range; expected a number in [0, 1), e.g. 0.1"),
             ));
         }
         let headroom = t.headroom.unwrap_or(DEFAULT_HEADROOM);
         if !(headroom.is_finite() && headroom >= 0.0) {
             return Err(self.err(
-                key(&t.name, "headroom"),
+                target_key(&t.name, "headroom"),
                 format!("{headroom} is not usable; expected a number >= 0, e.g. 0.2"),
             ));
         }
@@ -454,19 +463,23 @@ impl Validator<'_> {
                 .is_some_and(|r| r.stabilization_window.is_some())
         {
             return Err(self.err(
-                key(name, "behavior.scale_down.stabilization_window"),
+                target_key(name, "behavior.scale_down.stabilization_window"),
                 "is set together with `scale_in_window`; expected one of them",
             ));
         }
         let up = self.rules(
-            &key(name, "behavior.scale_up"),
+            &target_key(name, "behavior.scale_up"),
             scale_up,
             Rules::default_scale_up(),
         )?;
         let mut down_default = Rules::default_scale_down();
         down_default.stabilization_window =
             scale_in_window.unwrap_or(DEFAULT_SCALE_IN_WINDOW).as_secs() as i64;
-        let down = self.rules(&key(name, "behavior.scale_down"), scale_down, down_default)?;
+        let down = self.rules(
+            &target_key(name, "behavior.scale_down"),
+            scale_down,
+            down_default,
+        )?;
         Ok((up, down))
     }
 
