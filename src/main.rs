@@ -1,6 +1,9 @@
 //! The `prescale` command: parses arguments, loads the configuration, initialises logging
 //! and calls into the library.
 
+// Functions stay under `too-many-lines-threshold` (clippy.toml) lines.
+#![warn(clippy::too_many_lines)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

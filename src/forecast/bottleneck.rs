@@ -7,8 +7,8 @@
 
 use serde::Serialize;
 
-use super::Forecast;
 use super::capacity::LatencyCurve;
+use super::types::Forecast;
 
 /// Which signal breaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -134,7 +134,7 @@ pub fn predict(inputs: Inputs<'_>) -> Bottleneck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forecast::Point;
+    use crate::forecast::types::Point;
 
     fn forecast(values: &[(f64, f64)]) -> Forecast {
         Forecast {

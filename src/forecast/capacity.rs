@@ -14,7 +14,7 @@ use linfa_linear::LinearRegression;
 use ndarray::{Array1, Array2};
 use serde::Serialize;
 
-use super::quantile;
+use super::stats::quantile;
 
 /// Pairs needed before a capacity is learned.
 pub const MIN_PAIRS: usize = 120;

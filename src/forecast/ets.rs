@@ -15,9 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{enough, normal_quantile, own_interval};
-use super::naive::fill_ring;
-use super::quantile;
+use super::stats::{WARMUP, enough, fill_ring, normal_quantile, own_interval, quantile};
 
 /// Days of history the daily profile looks at, at most.
 const PROFILE_DAYS: usize = 7;
@@ -29,8 +27,6 @@ const CLIP: f64 = 4.0;
 const PERSIST: u32 = 3;
 /// Weight of the mean absolute innovation's update.
 const SCALE_WEIGHT: f64 = 0.02;
-/// Steps the level is run over before the end of the fitted history.
-pub(crate) const WARMUP: usize = 720;
 /// Seasonal factors are floored at this (the profile has mean 1), so a quiet phase cannot
 /// blow up the seasonally adjusted value.
 const FLOOR: f64 = 0.05;

@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use super::ets::Ets;
 use super::fourier::Fourier;
-use super::model::{Fitted, Spec, enough};
+use super::model::{Fitted, Spec};
 use super::naive::SeasonalNaive;
-use super::{Forecast, ForecastError, History, Point, quantile};
+use super::stats::{enough, quantile};
+use super::types::{Forecast, ForecastError, History, Point};
 
 const DAY: i64 = 86_400;
 const WEEK: i64 = 7 * DAY;

@@ -12,9 +12,7 @@ use linfa_linear::LinearRegression;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
-use super::ets::WARMUP;
-use super::model::{enough, normal_quantile, own_interval};
-use super::quantile;
+use super::stats::{WARMUP, enough, normal_quantile, own_interval, quantile};
 
 /// Rows used by the regression, at most.
 const MAX_ROWS: usize = 4_000;

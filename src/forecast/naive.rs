@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{normal_quantile, own_interval};
+use super::stats::{fill_ring, normal_quantile, own_interval};
 
 /// The seasonal naive model with a period in steps (one day or one week).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -86,23 +86,6 @@ impl NaiveFit {
     /// The period, in steps.
     pub fn period(&self) -> usize {
         self.period
-    }
-}
-
-/// Fills `NaN`s in a ring with the nearest finite value before them (circularly).
-pub(crate) fn fill_ring(xs: &mut [f64]) {
-    let Some(start) = xs.iter().position(|v| v.is_finite()) else {
-        return;
-    };
-    let n = xs.len();
-    let mut prev = xs[start];
-    for k in 1..n {
-        let i = (start + k) % n;
-        if xs[i].is_finite() {
-            prev = xs[i];
-        } else {
-            xs[i] = prev;
-        }
     }
 }
 

@@ -1,0 +1,283 @@
+//! Configuration: a TOML file deserialised into [`RawConfig`], then validated once into
+//! [`Config`], whose fields have the right types and whose secrets are resolved.
+//!
+//! Every error names the file, the key and what was expected. The documented fields of the
+//! raw structs are the configuration reference (the README mirrors them).
+//!
+//! - `parse.rs`: [`RawConfig`] and its tables, as written (serde);
+//! - `validate.rs`: raw sections → validated ones, with their defaults;
+//! - `target.rs`: [`TargetConfig`], the per-target part, and its validation;
+//! - `secrets.rs`: [`Secret`], read from an environment variable or a file;
+//! - here: the validated top-level types, [`ConfigError`] and [`Config::load`].
+//!
+//! Configuration depends on the core's policy types ([`crate::decide`]), never the
+//! reverse: [`TargetConfig::policy`] converts a target into a [`crate::decide::Policy`].
+
+mod parse;
+mod secrets;
+mod target;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+pub use crate::decide::Mode;
+pub use parse::{
+    RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawConfig, RawDelivery,
+    RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules, RawServer, RawState,
+    RawTarget, RawWebhook,
+};
+pub use secrets::Secret;
+pub use target::{
+    DEFAULT_HEADROOM, DEFAULT_PREDICTION_UTILIZATION, DEFAULT_TARGET_UTILIZATION,
+    DEFAULT_TOLERANCE, HaproxyConfig, Queries, RuntimeApi, TargetConfig, WebhookConfig,
+};
+
+/// A configuration error: where it is (file, key) and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {error}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (unknown key, bad type,
+    /// bad duration); the message from the TOML parser shows the line and the key.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// The parser's message, with the line and the key.
+        message: String,
+    },
+    /// A key has a value that parses but is not acceptable.
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// The key, e.g. `target[web].min_replicas`.
+        key: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub file: PathBuf,
+    /// Prometheus, when configured.
+    pub prometheus: Option<PrometheusConfig>,
+    /// The HTTP API.
+    pub server: ServerConfig,
+    /// Forecast settings.
+    pub forecast: ForecastConfig,
+    /// Webhook delivery settings.
+    pub delivery: DeliveryConfig,
+    /// Durable state.
+    pub state: StateConfig,
+    /// Alertmanager, when configured.
+    pub alertmanager: Option<AlertmanagerConfig>,
+    /// The targets, in file order; names unique.
+    pub targets: Vec<TargetConfig>,
+    /// Most replicas across all targets, if budgeted.
+    pub budget: Option<u32>,
+}
+
+/// Validated `[prometheus]`.
+#[derive(Debug, Clone)]
+pub struct PrometheusConfig {
+    /// Base URL.
+    pub url: Url,
+    /// Credentials, resolved from their file or variable.
+    pub auth: Option<PrometheusAuth>,
+    /// Timeout of one HTTP request.
+    pub timeout: Duration,
+}
+
+/// Prometheus credentials.
+#[derive(Debug, Clone)]
+pub enum PrometheusAuth {
+    /// `Authorization: Bearer …`.
+    Bearer(Secret),
+    /// HTTP basic auth.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+}
+
+/// Validated `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Bearer token for the API; without it, mutating endpoints refuse every request.
+    pub api_token: Option<Secret>,
+    /// Whether read endpoints need the token too.
+    pub auth_reads: bool,
+}
+
+/// Validated `[forecast]`.
+#[derive(Debug, Clone)]
+pub struct ForecastConfig {
+    /// Prediction-interval level in (0, 1).
+    pub level: f64,
+    /// Time between refits.
+    pub refit_every: Duration,
+    /// Horizon selection and intervals are tuned for.
+    pub horizon: Duration,
+    /// Directory of the fitted models.
+    pub models_dir: PathBuf,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> Self {
+        Self {
+            level: 0.95,
+            refit_every: Duration::from_secs(3_600),
+            horizon: Duration::from_secs(3_600),
+            models_dir: PathBuf::from("models"),
+        }
+    }
+}
+
+impl ForecastConfig {
+    /// Forecaster settings for a series of `step` seconds that must be forecast at least
+    /// `lookahead` seconds ahead.
+    pub fn settings(&self, step: i64, lookahead: i64) -> crate::forecast::Settings {
+        crate::forecast::Settings {
+            step,
+            level: self.level,
+            horizon: (self.horizon.as_secs() as i64).max(lookahead).max(step),
+            refit_every: self.refit_every.as_secs().max(1) as i64,
+        }
+    }
+}
+
+/// Validated `[delivery]`.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryConfig {
+    /// Timeout of one attempt.
+    pub timeout: Duration,
+    /// Attempts before giving up (≥ 1).
+    pub max_attempts: u32,
+    /// First backoff.
+    pub initial_backoff: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+    /// Age (since decided, or since a manual retry) past which an action is dead-lettered.
+    pub max_age: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            max_age: Duration::from_secs(3_600),
+        }
+    }
+}
+
+/// Validated `[state]`.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// Directory of the outbox, absolute or relative to the working directory.
+    pub dir: PathBuf,
+    /// How long delivered and superseded actions are kept.
+    pub retention: Duration,
+}
+
+/// Validated `[alertmanager]`.
+#[derive(Debug, Clone)]
+pub struct AlertmanagerConfig {
+    /// Base URL.
+    pub url: Url,
+    /// How far ahead a breach is alerted.
+    pub lead: Duration,
+    /// How often a firing alert is re-sent.
+    pub resend: Duration,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            file: path.to_owned(),
+            error,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors and anchors
+    /// relative secret paths.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let raw = parse::from_toml(text, file)?;
+        Validator { file }.config(raw)
+    }
+
+    /// The target with this name.
+    pub fn target(&self, name: &str) -> Option<&TargetConfig> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+/// What every validation step shares: the file, to name it in errors and to resolve
+/// relative paths against. Each part of the configuration adds its own methods
+/// (`validate.rs`, `target.rs`, `secrets.rs`).
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    /// An error at `key`.
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// `path` taken from the configuration file's directory when it is relative.
+    fn relative(&self, path: &Path) -> PathBuf {
+        match self.file.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
+        }
+    }
+
+    /// An http or https URL.
+    fn url(&self, key: &str, s: &str) -> Result<Url, ConfigError> {
+        let url = Url::parse(s).map_err(|e| {
+            self.err(
+                key,
+                format!("`{s}` is not a URL ({e}); expected e.g. http://127.0.0.1:9090"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self.err(
+                key,
+                format!(
+                    "`{s}` has scheme `{}`; expected http or https",
+                    url.scheme()
+                ),
+            ));
+        }
+        Ok(url)
+    }
+}

@@ -1,0 +1,753 @@
+//! The per-target part of the configuration: [`TargetConfig`] (queries, sizing, scaling
+//! behaviour, balancer and receivers), its defaults, and its validation from a
+//! `[[target]]` table.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::parse::{RawBalancer, RawBehavior, RawRebalance, RawRules, RawTarget, RawWebhook};
+use super::secrets::Secret;
+use super::{AlertmanagerConfig, ConfigError, ForecastConfig, Validator};
+use crate::decide::balance::{MAX_WEIGHT, Settings};
+use crate::decide::{Mode, Policy, RatePolicy, Rules};
+use crate::step::{AlertPolicy, Signal, TargetPolicy};
+
+/// Validated HAProxy balancer of a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyConfig {
+    /// The runtime API.
+    pub runtime_api: RuntimeApi,
+    /// Backend name.
+    pub backend: String,
+    /// Timeout of one command.
+    pub timeout: Duration,
+}
+
+/// Where HAProxy's runtime API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeApi {
+    /// A unix socket.
+    Unix(PathBuf),
+    /// A TCP address, `HOST:PORT`.
+    Tcp(String),
+}
+
+impl fmt::Display for RuntimeApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Tcp(a) => f.write_str(a),
+        }
+    }
+}
+
+/// The PromQL queries of a target.
+#[derive(Debug, Clone, Default)]
+pub struct Queries {
+    /// Request rate, requests/s.
+    pub request_rate: String,
+    /// Latency, seconds.
+    pub latency: Option<String>,
+    /// Current replica count.
+    pub replicas: Option<String>,
+    /// Request rate per `instance`.
+    pub instance_rate: Option<String>,
+    /// Latency per `instance`.
+    pub instance_latency: Option<String>,
+    /// Error ratio per `instance`.
+    pub instance_errors: Option<String>,
+}
+
+/// A validated target.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// Unique name.
+    pub name: String,
+    /// Its queries.
+    pub queries: Queries,
+    /// Latency objective.
+    pub latency_slo: Option<Duration>,
+    /// Requests/s one replica serves within its SLO (> 0), when configured; otherwise it is
+    /// learned (see [`crate::forecast::capacity`]).
+    pub capacity_rps: Option<f64>,
+    /// Time from asking for a replica to it serving.
+    pub startup: Duration,
+    /// Fewest replicas (≥ 1... or 0 if configured so).
+    pub min_replicas: u32,
+    /// Most replicas (≥ min_replicas, ≥ 1).
+    pub max_replicas: u32,
+    /// Poll and decide every.
+    pub interval: Duration,
+    /// History to backfill and keep.
+    pub history: Duration,
+    /// Resolution of all series, whole seconds.
+    pub step: Duration,
+    /// Age past which a signal is stale.
+    pub stale_after: Duration,
+    /// Scale-in stabilisation window (the same as `scale_down.stabilization_window`).
+    pub scale_in_window: Duration,
+    /// Share of `capacity_rps` each replica carries in the demand policy, in (0, 1].
+    pub target_utilization: f64,
+    /// Share of `capacity_rps` each replica carries in the prediction policy, in (0, 1].
+    pub prediction_utilization: f64,
+    /// Tolerance of the demand policy, in [0, 1).
+    pub tolerance: f64,
+    /// Headroom over predicted peaks, as a share of the typical demand (≥ 0).
+    pub headroom: f64,
+    /// Priority under a budget; higher first.
+    pub priority: u32,
+    /// Scale-up behaviour.
+    pub scale_up: Rules,
+    /// Scale-down behaviour.
+    pub scale_down: Rules,
+    /// Act or only forecast.
+    pub mode: Mode,
+    /// Scale webhook.
+    pub platform: Option<WebhookConfig>,
+    /// Rebalance webhook.
+    pub balancer: Option<WebhookConfig>,
+    /// Rebalance through HAProxy's runtime API instead (`[target.balancer] kind = "haproxy"`).
+    pub haproxy: Option<HaproxyConfig>,
+    /// Balancer weights and failover.
+    pub rebalance: Settings,
+}
+
+impl TargetConfig {
+    /// The step in whole seconds.
+    pub fn step_secs(&self) -> i64 {
+        self.step.as_secs() as i64
+    }
+
+    /// How many samples `history` spans at `step` (the buffer size).
+    pub fn history_points(&self) -> usize {
+        (self.history.as_secs() / self.step.as_secs().max(1)) as usize + 1
+    }
+
+    /// What the decision engine needs of this target. `capacity_rps` is `NaN` when it is
+    /// to be learned: whoever resolves the capacity sets it.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            capacity_rps: self.capacity_rps.unwrap_or(f64::NAN),
+            target_utilization: self.target_utilization,
+            prediction_utilization: self.prediction_utilization,
+            tolerance: self.tolerance,
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            lookahead: (self.startup + self.interval).as_secs() as i64,
+            interval: self.interval.as_secs() as i64,
+            headroom: self.headroom,
+            scale_up: self.scale_up.clone(),
+            scale_down: self.scale_down.clone(),
+        }
+    }
+
+    /// Everything the per-target step needs, as plain data.
+    pub fn step_policy(
+        &self,
+        forecast: &ForecastConfig,
+        alerts: Option<&AlertmanagerConfig>,
+    ) -> TargetPolicy {
+        let decide = self.policy();
+        let q = &self.queries;
+        TargetPolicy {
+            name: self.name.clone(),
+            mode: self.mode,
+            forecast: forecast.settings(self.step_secs(), decide.lookahead),
+            decide,
+            step: self.step_secs(),
+            stale_after: self.stale_after.as_secs() as i64,
+            startup: self.startup.as_secs() as i64,
+            latency_slo: self.latency_slo.map(|d| d.as_secs_f64()),
+            capacity_rps: self.capacity_rps,
+            learns_capacity: self.latency_slo.is_some()
+                && q.latency.is_some()
+                && q.replicas.is_some(),
+            observes_replicas: q.replicas.is_some(),
+            scales: self.platform.is_some(),
+            balances: self.balancer.is_some() || self.haproxy.is_some(),
+            rebalance: self.rebalance.clone(),
+            priority: self.priority,
+            alert: alerts.map(|a| AlertPolicy {
+                lead: a.lead.as_secs() as i64,
+                resend: a.resend.as_secs() as i64,
+            }),
+        }
+    }
+
+    /// The signals this target's configuration asks for, with their queries.
+    pub fn signals(&self) -> Vec<(Signal, &str)> {
+        let q = &self.queries;
+        [
+            (Signal::RequestRate, Some(q.request_rate.as_str())),
+            (Signal::Latency, q.latency.as_deref()),
+            (Signal::Replicas, q.replicas.as_deref()),
+            (Signal::InstanceRate, q.instance_rate.as_deref()),
+            (Signal::InstanceLatency, q.instance_latency.as_deref()),
+            (Signal::InstanceErrors, q.instance_errors.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(s, q)| q.map(|q| (s, q)))
+        .collect()
+    }
+
+    /// A target with the defaults, for tests and backtests.
+    pub fn example(name: &str, capacity_rps: f64, startup: Duration) -> Self {
+        Self {
+            name: name.to_owned(),
+            queries: Queries::default(),
+            latency_slo: None,
+            capacity_rps: Some(capacity_rps),
+            startup,
+            min_replicas: 1,
+            max_replicas: 1000,
+            interval: DEFAULT_INTERVAL,
+            history: DEFAULT_HISTORY,
+            step: DEFAULT_STEP,
+            stale_after: 2 * DEFAULT_STEP + 2 * DEFAULT_INTERVAL,
+            scale_in_window: DEFAULT_SCALE_IN_WINDOW,
+            target_utilization: DEFAULT_TARGET_UTILIZATION,
+            prediction_utilization: DEFAULT_PREDICTION_UTILIZATION,
+            tolerance: DEFAULT_TOLERANCE,
+            headroom: DEFAULT_HEADROOM,
+            priority: 0,
+            scale_up: Rules::default_scale_up(),
+            scale_down: Rules::default_scale_down(),
+            mode: Mode::Act,
+            platform: None,
+            balancer: None,
+            haproxy: None,
+            rebalance: Settings::default(),
+        }
+    }
+}
+
+/// A validated webhook receiver.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Receiver URL.
+    pub url: Url,
+    /// HMAC-SHA256 signing secret.
+    pub secret: Secret,
+    /// The previous secret while rotating: requests carry a signature with each.
+    pub previous_secret: Option<Secret>,
+}
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_HISTORY: Duration = Duration::from_secs(14 * 86_400);
+const DEFAULT_STEP: Duration = Duration::from_secs(60);
+const DEFAULT_SCALE_IN_WINDOW: Duration = Duration::from_secs(300);
+/// Load per replica in the demand policy, as a share of `capacity_rps`.
+pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.7;
+/// Load per replica at the upper forecast, as a share of `capacity_rps`.
+pub const DEFAULT_PREDICTION_UTILIZATION: f64 = 0.9;
+/// The HPA's tolerance.
+pub const DEFAULT_TOLERANCE: f64 = 0.1;
+/// Headroom over predicted peaks, as a share of the typical demand.
+pub const DEFAULT_HEADROOM: f64 = 0.0;
+/// Prometheus refuses a range query of more than 11,000 points per series.
+const MAX_HISTORY_POINTS: u64 = 1_000_000;
+
+/// The key of `k` in the target named `name`, e.g. `target[web].min_replicas`.
+fn target_key(name: &str, k: &str) -> String {
+    format!("target[{name}].{k}")
+}
+
+/// A target's series resolution and timing.
+struct Timing {
+    step: Duration,
+    interval: Duration,
+    history: Duration,
+    stale_after: Duration,
+}
+
+/// How a target plans replicas against its capacity.
+struct Planning {
+    target_utilization: f64,
+    prediction_utilization: f64,
+    tolerance: f64,
+    headroom: f64,
+}
+
+/// Where a target's rebalance actions go: a webhook or HAProxy.
+type BalancerConfig = (Option<WebhookConfig>, Option<HaproxyConfig>);
+
+impl Validator<'_> {
+    /// Validates the `i`-th `[[target]]` table; errors name it by name once it has one.
+    pub(super) fn target(&self, i: usize, t: RawTarget) -> Result<TargetConfig, ConfigError> {
+        self.target_name(i, &t.name)?;
+        let queries = self.queries(&t)?;
+        self.capacity(&t, &queries)?;
+        let min_replicas = self.replica_bounds(&t)?;
+        let timing = self.timing(&t)?;
+        let planning = self.planning(&t)?;
+        let (scale_up, scale_down) = self.behavior(&t.name, t.scale_in_window, t.behavior)?;
+        let rebalance = self.rebalance(
+            &target_key(&t.name, "rebalance"),
+            t.rebalance.unwrap_or_default(),
+        )?;
+        let platform = t
+            .platform
+            .map(|w| self.webhook(&target_key(&t.name, "platform"), w))
+            .transpose()?;
+        let (balancer, haproxy) = match t.balancer {
+            Some(b) => self.balancer(&target_key(&t.name, "balancer"), b)?,
+            None => (None, None),
+        };
+        Ok(TargetConfig {
+            name: t.name,
+            queries,
+            latency_slo: t.latency_slo,
+            capacity_rps: t.capacity_rps,
+            startup: t.startup,
+            min_replicas,
+            max_replicas: t.max_replicas,
+            interval: timing.interval,
+            history: timing.history,
+            step: timing.step,
+            stale_after: timing.stale_after,
+            scale_in_window: Duration::from_secs(scale_down.stabilization_window as u64),
+            target_utilization: planning.target_utilization,
+            prediction_utilization: planning.prediction_utilization,
+            tolerance: planning.tolerance,
+            headroom: planning.headroom,
+            priority: t.priority.unwrap_or(0),
+            scale_up,
+            scale_down,
+            mode: t.mode.unwrap_or(Mode::Act),
+            platform,
+            balancer,
+            haproxy,
+            rebalance,
+        })
+    }
+
+    fn target_name(&self, i: usize, name: &str) -> Result<(), ConfigError> {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if valid {
+            return Ok(());
+        }
+        Err(self.err(
+            format!("target[{i}].name"),
+            format!(
+                "`{name}` is not a valid name; expected a non-empty name of letters, digits, `.`, `_` or `-`"
+            ),
+        ))
+    }
+
+    fn queries(&self, t: &RawTarget) -> Result<Queries, ConfigError> {
+        let query = |k: &str, q: &Option<String>| -> Result<Option<String>, ConfigError> {
+            match q {
+                Some(q) if q.trim().is_empty() => Err(self.err(
+                    target_key(&t.name, k),
+                    "is empty; expected a PromQL expression",
+                )),
+                q => Ok(q.clone()),
+            }
+        };
+        Ok(Queries {
+            request_rate: query("request_rate", &Some(t.request_rate.clone()))?.unwrap_or_default(),
+            latency: query("latency", &t.latency)?,
+            replicas: query("replicas", &t.replicas)?,
+            instance_rate: query("instance_rate", &t.instance_rate)?,
+            instance_latency: query("instance_latency", &t.instance_latency)?,
+            instance_errors: query("instance_errors", &t.instance_errors)?,
+        })
+    }
+
+    /// The latency objective, and a capacity that is configured or can be learned.
+    fn capacity(&self, t: &RawTarget, queries: &Queries) -> Result<(), ConfigError> {
+        if t.latency_slo.is_some() && queries.latency.is_none() {
+            return Err(self.err(
+                target_key(&t.name, "latency_slo"),
+                "is set without `latency`; expected a `latency` query to compare with it",
+            ));
+        }
+        if t.latency_slo.is_some_and(|d| d.is_zero()) {
+            return Err(self.err(
+                target_key(&t.name, "latency_slo"),
+                "expected a duration above zero",
+            ));
+        }
+        match t.capacity_rps {
+            Some(c) if !(c.is_finite() && c > 0.0) => Err(self.err(
+                target_key(&t.name, "capacity_rps"),
+                format!("{c} is not usable; expected a positive number of requests/s"),
+            )),
+            None if t.latency_slo.is_none() || queries.replicas.is_none() => Err(self.err(
+                target_key(&t.name, "capacity_rps"),
+                "is missing; expected a positive number of requests/s, or `latency`, \
+                 `latency_slo` and `replicas` to learn it from",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `min_replicas` (default 1), checked against `max_replicas`.
+    fn replica_bounds(&self, t: &RawTarget) -> Result<u32, ConfigError> {
+        let min_replicas = t.min_replicas.unwrap_or(1);
+        if t.max_replicas == 0 {
+            return Err(self.err(
+                target_key(&t.name, "max_replicas"),
+                "is 0; expected at least 1",
+            ));
+        }
+        if min_replicas > t.max_replicas {
+            return Err(self.err(
+                target_key(&t.name, "min_replicas"),
+                format!(
+                    "{min_replicas} is above max_replicas {}; expected min_replicas <= max_replicas",
+                    t.max_replicas
+                ),
+            ));
+        }
+        Ok(min_replicas)
+    }
+
+    fn timing(&self, t: &RawTarget) -> Result<Timing, ConfigError> {
+        let step = t.step.unwrap_or(DEFAULT_STEP);
+        if step.as_secs() == 0 || step.subsec_nanos() != 0 {
+            return Err(self.err(
+                target_key(&t.name, "step"),
+                format!(
+                    "{} is not usable; expected whole seconds, at least 1s",
+                    humantime::format_duration(step)
+                ),
+            ));
+        }
+        let interval = t.interval.unwrap_or(DEFAULT_INTERVAL);
+        if interval < Duration::from_secs(1) {
+            return Err(self.err(target_key(&t.name, "interval"), "expected at least 1s"));
+        }
+        let history = t.history.unwrap_or(DEFAULT_HISTORY);
+        if history < 2 * step {
+            return Err(self.err(
+                target_key(&t.name, "history"),
+                "expected at least two steps",
+            ));
+        }
+        if history.as_secs() / step.as_secs() > MAX_HISTORY_POINTS {
+            return Err(self.err(
+                target_key(&t.name, "history"),
+                format!("spans more than {MAX_HISTORY_POINTS} steps; expected a shorter history or a longer step"),
+            ));
+        }
+        let stale_after = t.stale_after.unwrap_or(2 * step + 2 * interval);
+        if stale_after < step {
+            return Err(self.err(
+                target_key(&t.name, "stale_after"),
+                "is shorter than step; expected at least one step",
+            ));
+        }
+        Ok(Timing {
+            step,
+            interval,
+            history,
+            stale_after,
+        })
+    }
+
+    fn planning(&self, t: &RawTarget) -> Result<Planning, ConfigError> {
+        let utilization = |k: &str, v: Option<f64>, default: f64| {
+            let v = v.unwrap_or(default);
+            if v > 0.0 && v <= 1.0 {
+                Ok(v)
+            } else {
+                Err(self.err(
+                    target_key(&t.name, k),
+                    format!("{v} is out of range; expected a number in (0, 1], e.g. {default}"),
+                ))
+            }
+        };
+        let target_utilization = utilization(
+            "target_utilization",
+            t.target_utilization,
+            DEFAULT_TARGET_UTILIZATION,
+        )?;
+        let prediction_utilization = utilization(
+            "prediction_utilization",
+            t.prediction_utilization,
+            DEFAULT_PREDICTION_UTILIZATION,
+        )?;
+        let tolerance = t.tolerance.unwrap_or(DEFAULT_TOLERANCE);
+        if !(0.0..1.0).contains(&tolerance) {
+            return Err(self.err(
+                target_key(&t.name, "tolerance"),
+                format!("{tolerance} is out of range; expected a number in [0, 1), e.g. 0.1"),
+            ));
+        }
+        let headroom = t.headroom.unwrap_or(DEFAULT_HEADROOM);
+        if !(headroom.is_finite() && headroom >= 0.0) {
+            return Err(self.err(
+                target_key(&t.name, "headroom"),
+                format!("{headroom} is not usable; expected a number >= 0, e.g. 0.2"),
+            ));
+        }
+        Ok(Planning {
+            target_utilization,
+            prediction_utilization,
+            tolerance,
+            headroom,
+        })
+    }
+
+    /// Scale-up and scale-down rules; `scale_in_window` is the scale-down window's default.
+    fn behavior(
+        &self,
+        name: &str,
+        scale_in_window: Option<Duration>,
+        behavior: Option<RawBehavior>,
+    ) -> Result<(Rules, Rules), ConfigError> {
+        let RawBehavior {
+            scale_up,
+            scale_down,
+        } = behavior.unwrap_or_default();
+        if scale_in_window.is_some()
+            && scale_down
+                .as_ref()
+                .is_some_and(|r| r.stabilization_window.is_some())
+        {
+            return Err(self.err(
+                target_key(name, "behavior.scale_down.stabilization_window"),
+                "is set together with `scale_in_window`; expected one of them",
+            ));
+        }
+        let up = self.rules(
+            &target_key(name, "behavior.scale_up"),
+            scale_up,
+            Rules::default_scale_up(),
+        )?;
+        let mut down_default = Rules::default_scale_down();
+        down_default.stabilization_window =
+            scale_in_window.unwrap_or(DEFAULT_SCALE_IN_WINDOW).as_secs() as i64;
+        let down = self.rules(
+            &target_key(name, "behavior.scale_down"),
+            scale_down,
+            down_default,
+        )?;
+        Ok((up, down))
+    }
+
+    fn rebalance(&self, key: &str, r: RawRebalance) -> Result<Settings, ConfigError> {
+        let d = Settings::default();
+        let capacity = r.capacity.unwrap_or_default();
+        for (instance, c) in &capacity {
+            if !(c.is_finite() && *c > 0.0) {
+                return Err(self.err(
+                    format!("{key}.capacity.\"{instance}\""),
+                    format!("{c} is not usable; expected a positive number"),
+                ));
+            }
+        }
+        let window = r.window.map_or(d.window, |w| w.as_secs() as i64);
+        if window < 1 {
+            return Err(self.err(format!("{key}.window"), "expected at least 1s"));
+        }
+        let z_threshold = r.z_threshold.unwrap_or(d.z_threshold);
+        if !(z_threshold.is_finite() && z_threshold > 0.0) {
+            return Err(self.err(
+                format!("{key}.z_threshold"),
+                format!("{z_threshold} is not usable; expected a number above 0, e.g. 3.5"),
+            ));
+        }
+        let max_drained_fraction = r.max_drained_fraction.unwrap_or(d.max_drained_fraction);
+        if !(0.0..1.0).contains(&max_drained_fraction) {
+            return Err(self.err(
+                format!("{key}.max_drained_fraction"),
+                format!(
+                    "{max_drained_fraction} is out of range; expected a number in [0, 1), e.g. 0.34"
+                ),
+            ));
+        }
+        let threshold = r.threshold.unwrap_or(d.threshold);
+        if threshold >= MAX_WEIGHT {
+            return Err(self.err(
+                format!("{key}.threshold"),
+                format!("{threshold} is out of range; expected less than {MAX_WEIGHT}"),
+            ));
+        }
+        Ok(Settings {
+            strategy: r.strategy.unwrap_or(d.strategy),
+            capacity,
+            failover: r.failover.unwrap_or(d.failover),
+            window,
+            z_threshold,
+            max_drained_fraction,
+            threshold,
+        })
+    }
+
+    /// Validates one direction's behaviour over its defaults.
+    fn rules(
+        &self,
+        key: &str,
+        raw: Option<RawRules>,
+        default: Rules,
+    ) -> Result<Rules, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(default);
+        };
+        let window = raw
+            .stabilization_window
+            .map_or(default.stabilization_window, |d| d.as_secs() as i64);
+        let policies = match raw.policies {
+            None => default.policies,
+            Some(list) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let k = format!("{key}.policies[{i}]");
+                    if p.value == 0 {
+                        return Err(self.err(format!("{k}.value"), "is 0; expected at least 1"));
+                    }
+                    if p.period.as_secs() == 0 || p.period.subsec_nanos() != 0 {
+                        return Err(
+                            self.err(format!("{k}.period"), "expected whole seconds, at least 1s")
+                        );
+                    }
+                    Ok(RatePolicy {
+                        kind: p.kind,
+                        value: p.value,
+                        period: p.period.as_secs() as i64,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Rules {
+            stabilization_window: window,
+            select: raw.select_policy.unwrap_or(default.select),
+            policies,
+        })
+    }
+
+    fn webhook(&self, key: &str, w: RawWebhook) -> Result<WebhookConfig, ConfigError> {
+        let url = self.url(&format!("{key}.url"), &w.url)?;
+        let secret = self
+            .secret(
+                &format!("{key}.secret"),
+                w.secret_env.as_deref(),
+                w.secret_file.as_deref(),
+            )?
+            .ok_or_else(|| {
+                self.err(
+                    key,
+                    "no signing secret; expected `secret_env` (a variable name) or `secret_file`",
+                )
+            })?;
+        let previous_secret = self.secret(
+            &format!("{key}.previous_secret"),
+            w.previous_secret_env.as_deref(),
+            w.previous_secret_file.as_deref(),
+        )?;
+        Ok(WebhookConfig {
+            url,
+            secret,
+            previous_secret,
+        })
+    }
+
+    fn balancer(&self, key: &str, b: RawBalancer) -> Result<BalancerConfig, ConfigError> {
+        match b.kind.as_deref().unwrap_or("webhook") {
+            "webhook" => Ok((Some(self.webhook_balancer(key, b)?), None)),
+            "haproxy" => Ok((None, Some(self.haproxy(key, b)?))),
+            other => Err(self.err(
+                format!("{key}.kind"),
+                format!("`{other}` is not a balancer kind; expected `webhook` or `haproxy`"),
+            )),
+        }
+    }
+
+    /// `[target.balancer]` with `kind = "webhook"`: no HAProxy keys.
+    fn webhook_balancer(&self, key: &str, b: RawBalancer) -> Result<WebhookConfig, ConfigError> {
+        let stray = [
+            ("runtime_api", b.runtime_api.is_some()),
+            ("backend", b.backend.is_some()),
+            ("timeout", b.timeout.is_some()),
+        ];
+        if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(self.err(
+                format!("{key}.{k}"),
+                "belongs to kind = \"haproxy\"; expected webhook keys (url, secret_env, secret_file)",
+            ));
+        }
+        let url = b.url.ok_or_else(|| {
+            self.err(
+                format!("{key}.url"),
+                "missing; expected the webhook URL (or kind = \"haproxy\")",
+            )
+        })?;
+        let w = RawWebhook {
+            url,
+            secret_env: b.secret_env,
+            secret_file: b.secret_file,
+            previous_secret_env: b.previous_secret_env,
+            previous_secret_file: b.previous_secret_file,
+        };
+        self.webhook(key, w)
+    }
+
+    /// `[target.balancer]` with `kind = "haproxy"`: no webhook keys.
+    fn haproxy(&self, key: &str, b: RawBalancer) -> Result<HaproxyConfig, ConfigError> {
+        let stray = [
+            ("url", b.url.is_some()),
+            ("secret_env", b.secret_env.is_some()),
+            ("secret_file", b.secret_file.is_some()),
+            ("previous_secret_env", b.previous_secret_env.is_some()),
+            ("previous_secret_file", b.previous_secret_file.is_some()),
+        ];
+        if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(self.err(
+                format!("{key}.{k}"),
+                "belongs to kind = \"webhook\"; expected runtime_api and backend",
+            ));
+        }
+        let api = b.runtime_api.ok_or_else(|| {
+            self.err(
+                format!("{key}.runtime_api"),
+                "missing; expected `unix:/path/to/admin.sock` or `HOST:PORT`",
+            )
+        })?;
+        let runtime_api = self.runtime_api(key, api)?;
+        let backend = b.backend.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            self.err(
+                format!("{key}.backend"),
+                "missing or empty; expected the name of the HAProxy backend",
+            )
+        })?;
+        let timeout = b.timeout.unwrap_or(Duration::from_secs(2));
+        if timeout.is_zero() {
+            return Err(self.err(format!("{key}.timeout"), "expected a duration above zero"));
+        }
+        Ok(HaproxyConfig {
+            runtime_api,
+            backend,
+            timeout,
+        })
+    }
+
+    /// `unix:/path`, `/path` or `HOST:PORT`.
+    fn runtime_api(&self, key: &str, api: String) -> Result<RuntimeApi, ConfigError> {
+        if let Some(path) = api.strip_prefix("unix:") {
+            Ok(RuntimeApi::Unix(PathBuf::from(path)))
+        } else if api.starts_with('/') {
+            Ok(RuntimeApi::Unix(PathBuf::from(api)))
+        } else if api
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        {
+            Ok(RuntimeApi::Tcp(api))
+        } else {
+            Err(self.err(
+                format!("{key}.runtime_api"),
+                format!(
+                    "`{api}` is not an address; expected `unix:/path/to/admin.sock` or `HOST:PORT`"
+                ),
+            ))
+        }
+    }
+}

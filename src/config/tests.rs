@@ -1,0 +1,414 @@
+//! The configuration's unit tests: defaults, every error naming file and key, secrets,
+//! receivers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::decide::balance::Strategy;
+use crate::decide::{RateKind, Rules, Select};
+
+const MINIMAL: &str = r#"
+[prometheus]
+url = "http://127.0.0.1:9090"
+
+[server]
+listen = "127.0.0.1:8080"
+
+[[target]]
+name = "web"
+request_rate = 'sum(rate(http_requests_total{job="web"}[5m]))'
+capacity_rps = 150
+startup = "3m"
+min_replicas = 2
+max_replicas = 40
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    let t = &c.targets[0];
+    assert_eq!(t.name, "web");
+    assert_eq!(t.startup, Duration::from_secs(180));
+    assert_eq!(t.interval, Duration::from_secs(30));
+    assert_eq!(t.history, Duration::from_secs(14 * 86_400));
+    assert_eq!(t.step, Duration::from_secs(60));
+    assert_eq!(t.stale_after, Duration::from_secs(180));
+    assert_eq!(t.mode, Mode::Act);
+    assert_eq!(c.forecast.level, 0.95);
+    assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+}
+
+/// Each broken config must fail with an error naming the file, the key and the
+/// expectation.
+#[test]
+fn errors_name_file_key_and_expectation() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "max_replicas = 40",
+            "max_replicas = 40\ncapcity = 3",
+            &["test.toml", "capcity", "expected one of"],
+        ),
+        (
+            "startup = \"3m\"",
+            "startup = \"3 parsecs\"",
+            &["test.toml", "startup", "parsecs"],
+        ),
+        (
+            "min_replicas = 2",
+            "min_replicas = 50",
+            &["test.toml", "target[web].min_replicas", "max_replicas"],
+        ),
+        (
+            "name = \"web\"",
+            "name = \"\"",
+            &["test.toml", "target[0].name", "non-empty"],
+        ),
+        (
+            "capacity_rps = 150",
+            "capacity_rps = -1",
+            &["target[web].capacity_rps", "positive"],
+        ),
+        (
+            "max_replicas = 40",
+            "max_replicas = 40\nstep = \"1500ms\"",
+            &["target[web].step", "whole seconds"],
+        ),
+        (
+            "max_replicas = 40",
+            "max_replicas = 40\nlatency_slo = \"250ms\"",
+            &["target[web].latency_slo", "`latency` query"],
+        ),
+        (
+            "max_replicas = 40",
+            "max_replicas = 40\nmode = \"sometimes\"",
+            &["test.toml", "sometimes", "act", "forecast-only"],
+        ),
+        (
+            "url = \"http://127.0.0.1:9090\"",
+            "url = \"nope\"",
+            &["prometheus.url", "not a URL"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"localhost\"",
+            &["server.listen", "IP:PORT"],
+        ),
+    ];
+    for (from, to, wants) in cases {
+        assert!(MINIMAL.contains(from), "case `{from}` changes nothing");
+        let text = MINIMAL.replace(from, to);
+        let err = parse(&text).expect_err(to).to_string();
+        for want in *wants {
+            assert!(err.contains(want), "error for `{to}` lacks `{want}`: {err}");
+        }
+    }
+}
+
+/// The decision, behaviour, budget and rebalance keys: each broken value names its key.
+#[test]
+fn scaling_keys_are_validated() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "target_utilization = 1.5",
+            &["target[web].target_utilization", "(0, 1]"],
+        ),
+        (
+            "prediction_utilization = 0",
+            &["target[web].prediction_utilization", "(0, 1]"],
+        ),
+        ("tolerance = 1", &["target[web].tolerance", "[0, 1)"]),
+        ("headroom = -1", &["target[web].headroom", ">= 0"]),
+        (
+            "[target.behavior.scale_down]\npolicies = [{ type = \"Pods\", value = 0, period = \"1m\" }]",
+            &[
+                "target[web].behavior.scale_down.policies[0].value",
+                "at least 1",
+            ],
+        ),
+        (
+            "[target.behavior.scale_up]\npolicies = [{ type = \"Pods\", value = 2, period = \"500ms\" }]",
+            &[
+                "target[web].behavior.scale_up.policies[0].period",
+                "whole seconds",
+            ],
+        ),
+        (
+            "[target.behavior.scale_up]\nselect_policy = \"Sometimes\"",
+            &["test.toml", "Sometimes", "Max", "Disabled"],
+        ),
+        (
+            "scale_in_window = \"5m\"\n[target.behavior.scale_down]\nstabilization_window = \"10m\"",
+            &[
+                "target[web].behavior.scale_down.stabilization_window",
+                "scale_in_window",
+            ],
+        ),
+        (
+            "[target.rebalance]\nmax_drained_fraction = 1.5",
+            &["target[web].rebalance.max_drained_fraction", "[0, 1)"],
+        ),
+        (
+            "[target.rebalance]\nstrategy = \"random\"",
+            &["test.toml", "random", "least_response_time"],
+        ),
+        (
+            "[target.rebalance]\nz_threshold = 0",
+            &["target[web].rebalance.z_threshold", "above 0"],
+        ),
+        (
+            "[target.rebalance.capacity]\n\"10.0.0.1:80\" = -2",
+            &["target[web].rebalance.capacity.\"10.0.0.1:80\"", "positive"],
+        ),
+    ];
+    for (extra, wants) in cases {
+        let err = parse(&format!("{MINIMAL}{extra}\n"))
+            .expect_err(extra)
+            .to_string();
+        for want in *wants {
+            assert!(
+                err.contains(want),
+                "error for `{extra}` lacks `{want}`: {err}"
+            );
+        }
+    }
+    let err = parse(&format!("[budget]\nmax_replicas = 0\n{MINIMAL}"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("budget.max_replicas"), "{err}");
+}
+
+#[test]
+fn scaling_keys_are_read() {
+    let text = format!(
+        "[budget]\nmax_replicas = 100\n{MINIMAL}target_utilization = 0.7\npriority = 3\n\
+         scale_in_window = \"10m\"\n\
+         [target.behavior.scale_down]\nselect_policy = \"Min\"\n\
+         policies = [{{ type = \"Percent\", value = 10, period = \"1m\" }}, {{ type = \"Pods\", value = 4, period = \"1m\" }}]\n\
+         [target.rebalance]\nstrategy = \"capacity\"\ncapacity = {{ \"a:80\" = 2 }}\n"
+    );
+    let c = parse(&text).unwrap();
+    let t = &c.targets[0];
+    assert_eq!(c.budget, Some(100));
+    assert_eq!((t.target_utilization, t.priority), (0.7, 3));
+    assert_eq!(t.scale_down.stabilization_window, 600);
+    assert_eq!(t.scale_down.select, Select::Min);
+    assert_eq!(t.scale_down.policies.len(), 2);
+    assert_eq!(t.scale_down.policies[0].kind, RateKind::Percent);
+    assert_eq!(t.scale_up, Rules::default_scale_up());
+    assert_eq!(t.rebalance.strategy, Strategy::Capacity);
+    assert_eq!(t.rebalance.capacity["a:80"], 2.0);
+    // Defaults as the Kubernetes HPA.
+    let d = parse(MINIMAL).unwrap();
+    assert_eq!(d.targets[0].scale_down, Rules::default_scale_down());
+    assert_eq!(d.targets[0].tolerance, 0.1);
+    assert_eq!(d.budget, None);
+}
+
+#[test]
+fn capacity_may_be_left_to_learn_only_with_latency_slo_and_replicas() {
+    let without = MINIMAL.replace("capacity_rps = 150\n", "");
+    let err = parse(&without).unwrap_err().to_string();
+    assert!(
+        err.contains("target[web].capacity_rps") && err.contains("to learn it from"),
+        "{err}"
+    );
+    let learnable = without.replace(
+        "max_replicas = 40",
+        "max_replicas = 40\nlatency = 'p95'\nlatency_slo = \"250ms\"\nreplicas = 'count(up)'",
+    );
+    assert_eq!(parse(&learnable).unwrap().targets[0].capacity_rps, None);
+    let c = parse(&MINIMAL.replace(
+        "[[target]]",
+        "[forecast]\nrefit_every = \"30m\"\nmodels_dir = \"/var/lib/prescale\"\n\n[[target]]",
+    ))
+    .unwrap();
+    assert_eq!(c.forecast.refit_every, Duration::from_secs(1800));
+    assert_eq!(c.forecast.models_dir, PathBuf::from("/var/lib/prescale"));
+    let c = Config::parse(MINIMAL, Path::new("/etc/prescale/prescale.toml")).unwrap();
+    assert_eq!(c.forecast.models_dir, PathBuf::from("/etc/prescale/models"));
+    let err = parse(&MINIMAL.replace("[[target]]", "[forecast]\nhorizon = \"2d\"\n\n[[target]]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("forecast.horizon") && err.contains("at most 1d"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_targets_are_refused() {
+    let text = format!(
+        "{MINIMAL}\n{}",
+        &MINIMAL[MINIMAL.find("[[target]]").unwrap()..]
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("target[1].name") && err.contains("duplicate target `web`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn webhook_secret_from_env_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+    let text = format!(
+        "{MINIMAL}\n[target.platform]\nurl = \"http://127.0.0.1:9000/scale\"\nsecret_file = \"secret\"\n"
+    );
+    let c = Config::parse(&text, &dir.path().join("p.toml")).unwrap();
+    assert_eq!(
+        c.targets[0].platform.as_ref().unwrap().secret.expose(),
+        "s3cret"
+    );
+
+    let text = format!(
+        "{MINIMAL}\n[target.platform]\nurl = \"http://127.0.0.1:9000/scale\"\nsecret_env = \"PRESCALE_TEST_UNSET_VARIABLE\"\n"
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("target[web].platform.secret_env")
+            && err.contains("PRESCALE_TEST_UNSET_VARIABLE"),
+        "{err}"
+    );
+
+    let text = format!("{MINIMAL}\n[target.platform]\nurl = \"http://127.0.0.1:9000/scale\"\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("no signing secret"), "{err}");
+}
+
+#[test]
+fn state_alertmanager_rotation_and_haproxy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("new"), "new-secret\n").unwrap();
+    std::fs::write(dir.path().join("old"), "old-secret\n").unwrap();
+    let text = format!(
+        "{MINIMAL}\n[target.platform]\nurl = \"http://127.0.0.1:9000/scale\"\nsecret_file = \"new\"\n\
+         previous_secret_file = \"old\"\n\n[target.balancer]\nkind = \"haproxy\"\n\
+         runtime_api = \"unix:/run/haproxy/admin.sock\"\nbackend = \"web\"\n\n\
+         [state]\ndir = \"var\"\n\n[alertmanager]\nurl = \"http://127.0.0.1:9093\"\nlead = \"10m\"\n"
+    );
+    let c = Config::parse(&text, &dir.path().join("p.toml")).unwrap();
+    let t = &c.targets[0];
+    let p = t.platform.as_ref().unwrap();
+    assert_eq!(
+        (
+            p.secret.expose(),
+            p.previous_secret.as_ref().unwrap().expose()
+        ),
+        ("new-secret", "old-secret")
+    );
+    assert!(t.balancer.is_none());
+    let h = t.haproxy.as_ref().unwrap();
+    assert_eq!(
+        (&h.runtime_api, h.backend.as_str(), h.timeout),
+        (
+            &RuntimeApi::Unix("/run/haproxy/admin.sock".into()),
+            "web",
+            Duration::from_secs(2)
+        )
+    );
+    assert_eq!(c.state.dir, dir.path().join("var"));
+    let am = c.alertmanager.as_ref().unwrap();
+    assert_eq!(
+        (am.lead, am.resend),
+        (Duration::from_secs(600), Duration::from_secs(60))
+    );
+
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.state.dir, Path::new("state"));
+    assert_eq!(c.delivery.max_age, Duration::from_secs(3600));
+    assert!(c.alertmanager.is_none());
+
+    let tcp = MINIMAL.to_owned()
+        + "\n[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"127.0.0.1:9999\"\nbackend = \"b\"\n";
+    let c = parse(&tcp).unwrap();
+    assert_eq!(
+        c.targets[0].haproxy.as_ref().unwrap().runtime_api,
+        RuntimeApi::Tcp("127.0.0.1:9999".into())
+    );
+}
+
+/// Each broken balancer, state or alertmanager table fails naming its key.
+#[test]
+fn balancer_state_and_alertmanager_errors() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[target.balancer]\nkind = \"nginx\"\n",
+            &["target[web].balancer.kind", "`nginx`", "haproxy"],
+        ),
+        (
+            "[target.balancer]\nkind = \"haproxy\"\nbackend = \"web\"\n",
+            &["target[web].balancer.runtime_api", "missing"],
+        ),
+        (
+            "[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"nowhere\"\nbackend = \"web\"\n",
+            &["target[web].balancer.runtime_api", "`nowhere`"],
+        ),
+        (
+            "[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"/s.sock\"\n",
+            &["target[web].balancer.backend", "missing"],
+        ),
+        (
+            "[target.balancer]\nkind = \"haproxy\"\nruntime_api = \"/s.sock\"\nbackend = \"b\"\nurl = \"http://x\"\n",
+            &["target[web].balancer.url", "kind = \"webhook\""],
+        ),
+        (
+            "[target.balancer]\nbackend = \"b\"\n",
+            &["target[web].balancer.backend", "kind = \"haproxy\""],
+        ),
+        (
+            "[target.balancer]\nsecret_env = \"X\"\n",
+            &["target[web].balancer.url", "missing"],
+        ),
+        (
+            "[target.platform]\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"/nonexistent/s\"\nprevious_secret_env = \"PRESCALE_TEST_UNSET\"\n",
+            &["target[web].platform.secret_file", "/nonexistent/s"],
+        ),
+    ];
+    for (extra, wants) in cases {
+        let err = parse(&format!("{MINIMAL}\n{extra}"))
+            .expect_err(extra)
+            .to_string();
+        for want in *wants {
+            assert!(
+                err.contains(want),
+                "error for `{extra}` lacks `{want}`: {err}"
+            );
+        }
+    }
+    let top: &[(&str, &[&str])] = &[
+        (
+            "[alertmanager]\nurl = \"ftp://x\"\n",
+            &["alertmanager.url", "http or https"],
+        ),
+        (
+            "[alertmanager]\nurl = \"http://x\"\nlead = \"0s\"\n",
+            &["alertmanager.lead"],
+        ),
+        ("[state]\ndir = \"\"\n", &["state.dir", "empty"]),
+        ("[delivery]\nmax_age = \"0s\"\n", &["delivery.max_age"]),
+    ];
+    for (extra, wants) in top {
+        let text = format!("{extra}\n{MINIMAL}");
+        let err = parse(&text).expect_err(extra).to_string();
+        for want in *wants {
+            assert!(
+                err.contains(want),
+                "error for `{extra}` lacks `{want}`: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn shipped_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prescale.toml");
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.targets[0].name, "web");
+    assert_eq!(c.targets[0].capacity_rps, Some(150.0));
+}

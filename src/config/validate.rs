@@ -1,0 +1,215 @@
+//! Validation: [`RawConfig`] → [`Config`], each section checked and given its defaults;
+//! every error names the file, the key and what was expected. Targets are validated in
+//! `target.rs`, secrets read in `secrets.rs`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::parse::{
+    RawAlertmanager, RawConfig, RawDelivery, RawForecast, RawPrometheus, RawServer, RawState,
+    RawTarget,
+};
+use super::target::TargetConfig;
+use super::{
+    AlertmanagerConfig, Config, ConfigError, DeliveryConfig, ForecastConfig, PrometheusAuth,
+    PrometheusConfig, ServerConfig, StateConfig, Validator,
+};
+
+impl Validator<'_> {
+    /// The whole configuration, section by section in file order.
+    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let prometheus = raw.prometheus.map(|p| self.prometheus(p)).transpose()?;
+        let server = self.server(raw.server)?;
+        let forecast = self.forecast(raw.forecast)?;
+        let delivery = self.delivery(raw.delivery)?;
+        let state = self.state(raw.state)?;
+        let alertmanager = raw.alertmanager.map(|a| self.alertmanager(a)).transpose()?;
+        let targets = self.targets(raw.targets)?;
+        if raw.budget.max_replicas == Some(0) {
+            return Err(self.err("budget.max_replicas", "is 0; expected at least 1"));
+        }
+        Ok(Config {
+            file: self.file.to_owned(),
+            prometheus,
+            server,
+            forecast,
+            delivery,
+            state,
+            alertmanager,
+            targets,
+            budget: raw.budget.max_replicas,
+        })
+    }
+
+    fn server(&self, s: RawServer) -> Result<ServerConfig, ConfigError> {
+        let listen = s.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            self.err(
+                "server.listen",
+                format!("`{listen}` is not an address; expected IP:PORT, e.g. 127.0.0.1:8080"),
+            )
+        })?;
+        let api_token = self.secret(
+            "server.api_token",
+            s.api_token_env.as_deref(),
+            s.api_token_file.as_deref(),
+        )?;
+        let auth_reads = s.auth_reads.unwrap_or(false);
+        if auth_reads && api_token.is_none() {
+            return Err(self.err(
+                "server.auth_reads",
+                "is true without a token; expected `api_token_env` or `api_token_file` too",
+            ));
+        }
+        Ok(ServerConfig {
+            listen,
+            api_token,
+            auth_reads,
+        })
+    }
+
+    fn forecast(&self, f: RawForecast) -> Result<ForecastConfig, ConfigError> {
+        let level = f.level.unwrap_or(0.95);
+        if !(level > 0.0 && level < 1.0) {
+            return Err(self.err(
+                "forecast.level",
+                format!("{level} is out of range; expected a number between 0 and 1, e.g. 0.95"),
+            ));
+        }
+        let def = ForecastConfig::default();
+        let refit_every = f.refit_every.unwrap_or(def.refit_every);
+        if refit_every < Duration::from_secs(1) {
+            return Err(self.err("forecast.refit_every", "expected at least 1s, e.g. 1h"));
+        }
+        let horizon = f.horizon.unwrap_or(def.horizon);
+        if horizon.is_zero() || horizon > Duration::from_secs(86_400) {
+            return Err(self.err(
+                "forecast.horizon",
+                "is out of range; expected above 0 and at most 1d, e.g. 1h",
+            ));
+        }
+        Ok(ForecastConfig {
+            level,
+            refit_every,
+            horizon,
+            // Relative to the configuration file, like secret files.
+            models_dir: self.relative(&f.models_dir.unwrap_or(def.models_dir)),
+        })
+    }
+
+    /// The targets, at least one, with unique names.
+    fn targets(&self, raw: Vec<RawTarget>) -> Result<Vec<TargetConfig>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.err(
+                "target",
+                "no target; expected at least one [[target]] table",
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut targets = Vec::with_capacity(raw.len());
+        for (i, t) in raw.into_iter().enumerate() {
+            let t = self.target(i, t)?;
+            if !seen.insert(t.name.clone()) {
+                return Err(self.err(
+                    format!("target[{i}].name"),
+                    format!("duplicate target `{}`; expected unique names", t.name),
+                ));
+            }
+            targets.push(t);
+        }
+        Ok(targets)
+    }
+
+    fn prometheus(&self, p: RawPrometheus) -> Result<PrometheusConfig, ConfigError> {
+        let url = self.url("prometheus.url", &p.url)?;
+        let timeout = p.timeout.unwrap_or(Duration::from_secs(10));
+        if timeout.is_zero() {
+            return Err(self.err("prometheus.timeout", "expected a duration above zero"));
+        }
+        let bearer = self.secret(
+            "prometheus.bearer_token",
+            p.bearer_token_env.as_deref(),
+            p.bearer_token_file.as_deref(),
+        )?;
+        let auth = match (bearer, p.basic_auth) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    "prometheus.basic_auth",
+                    "both a bearer token and basic auth are set; expected at most one",
+                ));
+            }
+            (Some(token), None) => Some(PrometheusAuth::Bearer(token)),
+            (None, Some(b)) => {
+                let password = self
+                    .secret(
+                        "prometheus.basic_auth.password",
+                        b.password_env.as_deref(),
+                        b.password_file.as_deref(),
+                    )?
+                    .ok_or_else(|| {
+                        self.err(
+                            "prometheus.basic_auth",
+                            "no password; expected `password_env` or `password_file`",
+                        )
+                    })?;
+                Some(PrometheusAuth::Basic {
+                    username: b.username,
+                    password,
+                })
+            }
+            (None, None) => None,
+        };
+        Ok(PrometheusConfig { url, auth, timeout })
+    }
+
+    fn delivery(&self, d: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
+        let def = DeliveryConfig::default();
+        let out = DeliveryConfig {
+            timeout: d.timeout.unwrap_or(def.timeout),
+            max_attempts: d.max_attempts.unwrap_or(def.max_attempts),
+            initial_backoff: d.initial_backoff.unwrap_or(def.initial_backoff),
+            max_backoff: d.max_backoff.unwrap_or(def.max_backoff),
+            max_age: d.max_age.unwrap_or(def.max_age),
+        };
+        if out.max_age.is_zero() {
+            return Err(self.err("delivery.max_age", "expected a duration above zero"));
+        }
+        if out.timeout.is_zero() {
+            return Err(self.err("delivery.timeout", "expected a duration above zero"));
+        }
+        if out.max_attempts == 0 {
+            return Err(self.err("delivery.max_attempts", "expected at least 1"));
+        }
+        if out.max_backoff < out.initial_backoff {
+            return Err(self.err(
+                "delivery.max_backoff",
+                "is shorter than delivery.initial_backoff; expected max_backoff >= initial_backoff",
+            ));
+        }
+        Ok(out)
+    }
+
+    fn state(&self, s: RawState) -> Result<StateConfig, ConfigError> {
+        let dir = s.dir.unwrap_or_else(|| "state".into());
+        if dir.as_os_str().is_empty() {
+            return Err(self.err("state.dir", "is empty; expected a directory path"));
+        }
+        let dir = self.relative(&dir);
+        let retention = s.retention.unwrap_or(Duration::from_secs(7 * 86_400));
+        Ok(StateConfig { dir, retention })
+    }
+
+    fn alertmanager(&self, a: RawAlertmanager) -> Result<AlertmanagerConfig, ConfigError> {
+        let url = self.url("alertmanager.url", &a.url)?;
+        let lead = a.lead.unwrap_or(Duration::from_secs(1_800));
+        if lead.is_zero() {
+            return Err(self.err("alertmanager.lead", "expected a duration above zero"));
+        }
+        let resend = a.resend.unwrap_or(Duration::from_secs(60));
+        if resend < Duration::from_secs(1) {
+            return Err(self.err("alertmanager.resend", "expected at least 1s"));
+        }
+        Ok(AlertmanagerConfig { url, lead, resend })
+    }
+}

@@ -1,0 +1,140 @@
+//! The data forecasting takes and gives: a [`History`] in, a [`Forecast`] of [`Point`]s
+//! out, or a [`ForecastError`] saying why not.
+
+use serde::Serialize;
+
+use crate::series::Sample;
+
+/// A regular series: `values[i]` is the value at `start + i * step`; `NaN` marks a gap.
+#[derive(Debug, Clone, Copy)]
+pub struct History<'a> {
+    /// Unix time (s) of `values[0]`.
+    pub start: i64,
+    /// Seconds between values.
+    pub step: i64,
+    /// The values, oldest first.
+    pub values: &'a [f64],
+}
+
+impl History<'_> {
+    /// Unix time (s) of the last value.
+    pub fn end(&self) -> i64 {
+        self.start + (self.values.len() as i64 - 1) * self.step
+    }
+}
+
+/// One forecast point.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    /// Unix time (s) the point is for.
+    pub timestamp: i64,
+    /// Point forecast.
+    pub value: f64,
+    /// Lower bound of the prediction interval.
+    pub lower: f64,
+    /// Upper bound of the prediction interval.
+    pub upper: f64,
+}
+
+/// A forecast of one signal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Forecast {
+    /// The `now` it was made at (Unix s).
+    pub generated_at: i64,
+    /// Seconds between points.
+    pub step_seconds: i64,
+    /// Which model made it (stable name).
+    pub model: &'static str,
+    /// Interval level, e.g. 0.95.
+    pub level: f64,
+    /// Points from the step after the last observation up to `now + horizon`.
+    pub points: Vec<Point>,
+}
+
+impl Forecast {
+    /// The point with the highest upper bound within `[from, to]`, if any.
+    pub fn peak_upper(&self, from: i64, to: i64) -> Option<Point> {
+        self.points
+            .iter()
+            .filter(|p| p.timestamp >= from && p.timestamp <= to)
+            .copied()
+            .max_by(|a, b| a.upper.total_cmp(&b.upper))
+    }
+
+    /// The points up to `to` (inclusive).
+    pub fn until(&self, to: i64) -> impl Iterator<Item = &Point> {
+        self.points.iter().take_while(move |p| p.timestamp <= to)
+    }
+
+    /// How it did against what happened: `(absolute error, inside the interval)` for each
+    /// observed sample it had a point for.
+    pub fn score<'a>(
+        &'a self,
+        observed: impl IntoIterator<Item = &'a Sample> + 'a,
+    ) -> impl Iterator<Item = (f64, bool)> + 'a {
+        observed.into_iter().filter_map(|s| {
+            let i = self
+                .points
+                .binary_search_by_key(&s.ts, |p| p.timestamp)
+                .ok()?;
+            let p = self.points[i];
+            Some((
+                (s.value - p.value).abs(),
+                p.lower <= s.value && s.value <= p.upper,
+            ))
+        })
+    }
+}
+
+/// Why no forecast could be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ForecastError {
+    /// The history holds no finite value.
+    #[error("no data to forecast from")]
+    NoData,
+    /// The step is not positive, or not the forecaster's.
+    #[error("step {0}s is not usable; expected the forecaster's positive step")]
+    BadStep(i64),
+    /// No model has been fitted yet.
+    #[error("no model fitted yet")]
+    NotFitted,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_matches_points_by_timestamp() {
+        let f = Forecast {
+            generated_at: 0,
+            step_seconds: 60,
+            model: "t",
+            level: 0.9,
+            points: (1..=3)
+                .map(|k| Point {
+                    timestamp: 60 * k,
+                    value: 10.0,
+                    lower: 8.0,
+                    upper: 12.0,
+                })
+                .collect(),
+        };
+        let observed = [
+            Sample {
+                ts: 60,
+                value: 11.0,
+            },
+            Sample {
+                ts: 90,
+                value: 50.0,
+            },
+            Sample {
+                ts: 180,
+                value: 14.0,
+            },
+        ];
+        let got: Vec<(f64, bool)> = f.score(&observed).collect();
+        assert_eq!(got, [(1.0, true), (4.0, false)]);
+    }
+}
