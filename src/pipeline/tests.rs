@@ -77,10 +77,11 @@ async fn the_loop_decides_once_per_interval_on_virtual_time() {
         let want = k as i64 * STEP;
         assert!((want..=want + 1).contains(t), "cycle {k} at +{t}s: {at:?}");
     }
-    let state = store.target("web").expect("the target");
-    assert!(state.backfilled, "the first cycle backfilled the history");
-    assert!(state.last_decision.as_ref().is_some_and(|d| d.to > 1));
-    drop(state);
+    {
+        let state = store.target("web").expect("the target");
+        assert!(state.backfilled, "the first cycle backfilled the history");
+        assert!(state.last_decision.as_ref().is_some_and(|d| d.to > 1));
+    }
     stop.send(true).expect("stop");
     task.await.expect("the loop stops");
 }
