@@ -17,12 +17,11 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const ADVANCE: i64 = 600;
 
 /// The newest request-rate sample's timestamp: how far the demo's pipeline has got in
-/// simulated time, once the target is ready with data.
+/// simulated time. (Not its status: at this speed a busy machine makes the data look stale
+/// for a moment.)
 fn newest_sample(demo: &AppProcess) -> Option<i64> {
     let t = demo.get_json("/api/v1/targets/demo")?;
-    (t["status"] == "ok")
-        .then(|| t["signals"]["request_rate"]["newest"].as_i64())
-        .flatten()
+    t["signals"]["request_rate"]["newest"].as_i64()
 }
 
 /// The replica counts asked for by decisions made at or after `since` (simulated time).
@@ -41,7 +40,8 @@ fn counts_since(demo: &AppProcess, since: i64) -> Option<BTreeSet<u64>> {
 fn demo_runs_the_pipeline_on_its_own_and_stops_on_ctrl_c() {
     let mut demo = AppProcess::demo(SPEED);
     let first = poll_until("the demo to be ready with data", DEADLINE, || {
-        newest_sample(&demo)
+        let ready = matches!(demo.get("/readyz"), Ok((200, _)));
+        ready.then(|| newest_sample(&demo)).flatten()
     });
     // Simulated time moves, as the API reports it: new samples keep arriving. Waiting on
     // this (not on anything else) makes a stalled clock or pipeline fail here.
@@ -77,6 +77,7 @@ fn demo_runs_the_pipeline_on_its_own_and_stops_on_ctrl_c() {
         "the platform was scaled by webhook ({first} → {later}: {replicas:?}): {err}"
     );
     assert!(!err.contains("bad signature"), "{err}");
+    assert!(!err.contains("panicked"), "no task panicked: {err}");
     assert!(
         out.contains("API token (pause, resume, refit): "),
         "prints the token: {out}"
