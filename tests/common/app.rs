@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::config::TempConfig;
 use super::http::{get_json, http_get};
-use super::process::{ChildGuard, READY_DEADLINE, free_addr, poll_until};
+use super::process::{ChildGuard, READY_DEADLINE, free_addr, poll_until, poll_until_async};
 
 /// How long prescale may take to stop once asked (generous: a busy machine).
 pub const STOP_DEADLINE: Duration = Duration::from_secs(60);
@@ -58,6 +58,23 @@ impl App {
         tokio::task::spawn_blocking(move || get_json(addr, &path))
             .await
             .expect("GET task")
+    }
+
+    /// `GET path`: status and body (blocking I/O, run off the test's runtime).
+    pub async fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let (addr, path) = (self.addr, path.to_owned());
+        tokio::task::spawn_blocking(move || http_get(addr, &path))
+            .await
+            .expect("GET task")
+    }
+
+    /// Waits until `/readyz` answers 200 (every target backfilled), at most
+    /// [`READY_DEADLINE`].
+    pub async fn wait_ready(&self) {
+        poll_until_async("prescale to be ready (/readyz)", READY_DEADLINE, || async {
+            matches!(self.get("/readyz").await, Ok((200, _))).then_some(())
+        })
+        .await;
     }
 
     /// Asks it to stop and waits (at most [`STOP_DEADLINE`]) until it has; panics unless it
