@@ -25,6 +25,9 @@ pub struct Options {
     pub scrape: Option<SocketAddr>,
     /// The port to listen on; a free one when `None`.
     pub port: Option<u16>,
+    /// A whole OpenMetrics file (ending in `# EOF`) written into the TSDB with `promtool`,
+    /// instead of the backfill's.
+    pub openmetrics: Option<String>,
 }
 
 /// A real `prometheus` process on 127.0.0.1, its data in a temporary directory; killed on
@@ -71,8 +74,10 @@ impl Prometheus {
             .prefix("prescale-prometheus-")
             .tempdir()
             .expect("create a temporary directory");
-        if let Some(backfill) = &opts.backfill {
-            fill_tsdb(dir.path(), backfill);
+        let openmetrics = (opts.openmetrics.clone())
+            .or_else(|| opts.backfill.as_ref().map(Backfill::to_openmetrics));
+        if let Some(openmetrics) = openmetrics {
+            fill_tsdb(dir.path(), &openmetrics);
         }
         write_config(dir.path(), opts.scrape);
         let mut prometheus = Self {
@@ -233,12 +238,12 @@ impl Prometheus {
     }
 }
 
-/// Writes `backfill` into a new TSDB in `dir/data` with `promtool`; panics with its output
-/// when it fails.
-fn fill_tsdb(dir: &Path, backfill: &Backfill) {
+/// Writes an OpenMetrics file into a new TSDB in `dir/data` with `promtool`; panics with
+/// its output when it fails.
+fn fill_tsdb(dir: &Path, openmetrics: &str) {
     require_tool("promtool", "--version", "prometheus");
     let file = dir.join("backfill.om");
-    std::fs::write(&file, backfill.to_openmetrics()).expect("write the OpenMetrics file");
+    std::fs::write(&file, openmetrics).expect("write the OpenMetrics file");
     let out = Command::new("promtool")
         .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
         .arg(&file)
