@@ -6,15 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Alertmanager, Prometheus, TempConfig, poll_until_async};
+use common::{Alertmanager, App, Prometheus, TestConfig, TestTarget, poll_until_async};
 use prescale::act::alert::{AlertAction, Bottleneck, Limit};
 use prescale::act::outbox::{DeliveryState, Outbox, Settings};
 use prescale::act::webhook::WebhookSender;
 use prescale::act::{Action, Destination, Receivers};
-use prescale::config::{AlertmanagerConfig, Config, DeliveryConfig};
+use prescale::config::{AlertmanagerConfig, DeliveryConfig};
 use prescale::metrics::Metrics;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -139,21 +139,20 @@ async fn serve_alerts_a_breach_scaling_cannot_prevent() {
         .expect("start alertmanager");
     let prom = Prometheus::backfilled_async(1).await;
     // A few requests/s of demand against 2 × 0.01 rps: breached now, whatever happens.
-    let toml = format!(
-        "[prometheus]\nurl = \"{}\"\n\n[alertmanager]\nurl = \"{}\"\nlead = \"30m\"\n\n\
-         [[target]]\nname = \"web\"\nrequest_rate = '{}'\ncapacity_rps = 0.01\nstartup = \"1m\"\n\
-         min_replicas = 1\nmax_replicas = 2\ninterval = \"1s\"\nhistory = \"6h\"\n",
-        prom.url(),
-        am.url(),
-        common::RATE_QUERY,
-    );
-    let cfg = TempConfig::write(&toml);
-    let config = Config::load(cfg.path()).expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let app = tokio::spawn(prescale::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
+    let cfg = TestConfig::new()
+        .prometheus(&prom.url())
+        .alertmanager(&am.url(), "30m")
+        .target(
+            TestTarget::new("web", common::RATE_QUERY)
+                .set("capacity_rps", 0.01)
+                .set("startup", "1m")
+                .set("min_replicas", 1)
+                .set("max_replicas", 2)
+                .set("interval", "1s")
+                .set("history", "6h"),
+        )
+        .write();
+    let app = App::start(&cfg).await;
     let listed = poll_until_async("the alert to be listed", DEADLINE, || async {
         ours(&alerts(&am).await, "web").cloned()
     })
@@ -171,10 +170,5 @@ async fn serve_alerts_a_breach_scaling_cannot_prevent() {
         .and_then(|s| s.parse().ok())
         .expect("a number");
     assert!(shortfall > 0.5, "{listed}");
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(20), app)
-        .await
-        .expect("serve stops")
-        .expect("serve task")
-        .expect("serve ok");
+    app.stop().await;
 }

@@ -4,35 +4,53 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Prometheus, Receiver, Reply, TempConfig, poll_until};
-use serde_json::Value;
+use common::{AppProcess, Prometheus, Receiver, Reply, TempConfig, TestConfig, TestTarget};
+use common::{free_addr, poll_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const SECRET: &str = "crash-secret";
 
-fn spawn(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_prescale"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone"))
-        .stderr(log)
-        .spawn()
-        .expect("start prescale")
+/// Serving on `listen`: one target whose two instances differ in latency (so it
+/// rebalances at once), its webhooks to `receiver`, retried every few hundred ms.
+fn crash_config(prometheus: &str, listen: std::net::SocketAddr, receiver: &Receiver) -> TestConfig {
+    let latency = r#"label_replace(vector(0.1), "instance", "10.0.0.1:8080", "", "") or label_replace(vector(0.3), "instance", "10.0.0.2:8080", "", "")"#;
+    TestConfig::new()
+        .prometheus(prometheus)
+        .listen(listen)
+        .set("delivery", "initial_backoff", "100ms")
+        .set("delivery", "max_backoff", "300ms")
+        .set("delivery", "max_attempts", 1000)
+        .target(
+            TestTarget::new("web", common::RATE_QUERY)
+                .set("instance_latency", latency)
+                .set("capacity_rps", 0.05)
+                .set("startup", "1m")
+                .set("max_replicas", 100)
+                .set("interval", "1s")
+                .set("history", "6h")
+                .platform(&receiver.url("/scale"), "secret")
+                .balancer(&receiver.url("/weights"), "secret"),
+        )
 }
 
-fn get(addr: std::net::SocketAddr, path: &str) -> Option<Value> {
-    let (status, body) = common::http_get(addr, path).ok()?;
-    (status == 200).then(|| serde_json::from_str(&body).ok())?
+/// How many times the receiver accepted each idempotency key, checking every signature.
+fn accepted_by_key(receiver: &Receiver) -> HashMap<String, usize> {
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    for r in receiver.accepted() {
+        let k = r.header("idempotency-key").expect("an idempotency key");
+        prescale::act::webhook::verify(
+            SECRET.as_bytes(),
+            r.header("prescale-signature").expect("a signature"),
+            &r.body,
+            common::now_secs(),
+            300,
+        )
+        .expect("signed");
+        *by_key.entry(k.to_owned()).or_default() += 1;
+    }
+    by_key
 }
 
 /// `kill -9` while a rebalance action is written but not delivered (the receiver is
@@ -41,31 +59,14 @@ fn get(addr: std::net::SocketAddr, path: &str) -> Option<Value> {
 fn kill_9_between_write_and_delivery_then_restart_delivers_once() {
     let prom = Prometheus::backfilled(1);
     let receiver = Receiver::with_replies(Vec::new(), Reply::status(503));
-    let latency = r#"label_replace(vector(0.1), "instance", "10.0.0.1:8080", "", "") or label_replace(vector(0.3), "instance", "10.0.0.2:8080", "", "")"#;
-    let config = |port: u16| {
-        format!(
-            "[prometheus]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n\
-             [delivery]\ninitial_backoff = \"100ms\"\nmax_backoff = \"300ms\"\nmax_attempts = 1000\n\n\
-             [[target]]\nname = \"web\"\nrequest_rate = '{}'\ninstance_latency = '{latency}'\n\
-             capacity_rps = 0.05\nstartup = \"1m\"\nmax_replicas = 100\ninterval = \"1s\"\nhistory = \"6h\"\n\n\
-             [target.platform]\nurl = \"{}\"\nsecret_file = \"secret\"\n\n\
-             [target.balancer]\nurl = \"{}\"\nsecret_file = \"secret\"\n",
-            prom.url(),
-            common::RATE_QUERY,
-            receiver.url("/scale"),
-            receiver.url("/weights"),
-        )
-    };
-    let port = common::free_port();
-    let cfg = TempConfig::write(&config(port));
+    let listen = free_addr();
+    let cfg = crash_config(&prom.url(), listen, &receiver).write();
     cfg.write_file("secret", SECRET);
-    let log = cfg.dir().join("prescale.log");
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut first = spawn(cfg.path(), &log);
+    let mut first = AppProcess::serve(&cfg, listen);
 
     // The rebalance is written and failing: pending, attempted at least twice.
     let pending = poll_until("a pending, failing rebalance", DEADLINE, || {
-        let b = get(addr, "/api/v1/deliveries?state=pending")?;
+        let b = first.get_json("/api/v1/deliveries?state=pending")?;
         b["deliveries"]
             .as_array()?
             .iter()
@@ -74,8 +75,7 @@ fn kill_9_between_write_and_delivery_then_restart_delivers_once() {
     });
     let key = pending["idempotency_key"].as_str().unwrap().to_owned();
     let id = pending["id"].as_u64().unwrap();
-    first.kill().expect("kill -9");
-    let status = first.wait().expect("wait");
+    let status = first.kill();
     assert!(!status.success(), "killed: {status}");
     assert!(
         receiver.accepted().is_empty(),
@@ -83,38 +83,21 @@ fn kill_9_between_write_and_delivery_then_restart_delivers_once() {
     );
 
     receiver.set_then(Reply::status(200));
-    let port = common::free_port();
-    cfg.write_file("prescale.toml", &config(port));
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut second = spawn(cfg.path(), &log);
+    let listen = free_addr();
+    crash_config(&prom.url(), listen, &receiver).write_over(&cfg);
+    let second = AppProcess::serve(&cfg, listen);
     poll_until(
         "the pending rebalance delivered after restart",
         DEADLINE,
-        || {
-            receiver
-                .accepted()
-                .iter()
-                .any(|r| r.header("idempotency-key") == Some(key.as_str()))
-                .then_some(())
-        },
+        || accepted_by_key(&receiver).contains_key(&key).then_some(()),
     );
     let d = poll_until("the delivery recorded", DEADLINE, || {
-        get(addr, &format!("/api/v1/deliveries/{id}")).filter(|d| d["state"] == "delivered")
+        second
+            .get_json(&format!("/api/v1/deliveries/{id}"))
+            .filter(|d| d["state"] == "delivered")
     });
     assert_eq!(d["idempotency_key"], key.as_str());
-    let mut by_key: HashMap<String, usize> = HashMap::new();
-    for r in receiver.accepted() {
-        let k = r.header("idempotency-key").unwrap().to_owned();
-        prescale::act::webhook::verify(
-            SECRET.as_bytes(),
-            r.header("prescale-signature").unwrap(),
-            &r.body,
-            common::now_secs(),
-            300,
-        )
-        .expect("signed");
-        *by_key.entry(k).or_default() += 1;
-    }
+    let by_key = accepted_by_key(&receiver);
     assert_eq!(by_key.get(&key), Some(&1), "delivered once: {by_key:?}");
     assert!(by_key.values().all(|n| *n == 1), "no key twice: {by_key:?}");
     let sent_before = receiver
@@ -127,19 +110,15 @@ fn kill_9_between_write_and_delivery_then_restart_delivers_once() {
         sent_before.windows(2).all(|w| w[0] == w[1]),
         "the same body before and after the crash"
     );
-    second.kill().expect("stop");
-    let _ = second.wait();
 }
 
+/// Runs `prescale serve` on `cfg`: it must exit by itself (a prescale that keeps running
+/// is killed and fails the test), unsuccessfully, saying each of `wants`.
 fn serve_fails(cfg: &TempConfig, wants: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_prescale"))
-        .args(["serve", "--config"])
-        .arg(cfg.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run prescale");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "must fail: {stderr}");
+    let mut app = AppProcess::serve(cfg, free_addr());
+    let status = app.wait_exit();
+    let stderr = app.stderr();
+    assert!(!status.success(), "must fail: {stderr}");
     for want in wants {
         assert!(stderr.contains(want), "stderr lacks `{want}`: {stderr}");
     }
@@ -147,11 +126,12 @@ fn serve_fails(cfg: &TempConfig, wants: &[&str]) {
 
 fn config_with_state(dir: &str) -> String {
     // Prometheus is never reached: prescale stops before polling.
-    common::minimal_config(
-        "http://127.0.0.1:9",
-        std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port())),
-        "",
-    ) + &format!("\n[state]\ndir = \"{dir}\"\n")
+    TestConfig::new()
+        .prometheus("http://127.0.0.1:9")
+        .listen(free_addr())
+        .set("state", "dir", dir)
+        .target(TestTarget::web())
+        .to_toml()
 }
 
 /// A state directory that cannot be created, one that is a file, and an outbox file that

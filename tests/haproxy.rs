@@ -7,10 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Haproxy, Prometheus, Receiver, TempConfig, poll_until_async};
+use common::{App, Haproxy, Prometheus, Receiver, TestConfig, TestTarget, poll_until_async};
 use prescale::act::haproxy;
-use prescale::config::{Config, HaproxyConfig, RuntimeApi};
-use tokio::sync::oneshot;
+use prescale::config::{HaproxyConfig, RuntimeApi};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -58,22 +57,20 @@ async fn weights_from_latency_reach_haproxy_and_shift_traffic() {
     let latency = format!(
         r#"label_replace(vector(0.1), "instance", "{a}", "", "") or label_replace(vector(0.2), "instance", "{b}", "", "")"#
     );
-    let toml = format!(
-        "[prometheus]\nurl = \"{}\"\n\n[[target]]\nname = \"web\"\nrequest_rate = '{}'\n\
-         instance_latency = '{latency}'\ncapacity_rps = 1\nstartup = \"1m\"\nmax_replicas = 10\n\
-         interval = \"1s\"\nhistory = \"6h\"\n\n[target.balancer]\nkind = \"haproxy\"\n\
-         runtime_api = \"unix:{}\"\nbackend = \"web\"\n",
-        prom.url(),
-        common::RATE_QUERY,
-        h.socket().display()
-    );
-    let cfg = TempConfig::write(&toml);
-    let config = Config::load(cfg.path()).expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let app = tokio::spawn(prescale::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
+    let cfg = TestConfig::new()
+        .prometheus(&prom.url())
+        .target(
+            TestTarget::new("web", common::RATE_QUERY)
+                .set("instance_latency", latency)
+                .set("capacity_rps", 1)
+                .set("startup", "1m")
+                .set("max_replicas", 10)
+                .set("interval", "1s")
+                .set("history", "6h")
+                .haproxy(&h.socket(), "web"),
+        )
+        .write();
+    let app = App::start(&cfg).await;
 
     let state = poll_until_async("weights 100/50 in haproxy", DEADLINE, || async {
         let s = h.servers();
@@ -89,12 +86,7 @@ async fn weights_from_latency_reach_haproxy_and_shift_traffic() {
         "traffic follows 100:50, got {got:?}"
     );
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(20), app)
-        .await
-        .expect("serve stops")
-        .expect("serve task")
-        .expect("serve ok");
+    app.stop().await;
     // The rebalance went through the outbox and is recorded there as delivered.
     let outbox = prescale::act::outbox::Outbox::open(&cfg.dir().join("state")).expect("reopen");
     let done = outbox

@@ -182,7 +182,8 @@ impl History {
                 _ => proposals.max(),
             }
             .unwrap_or(limit)
-            .max(limit);
+            .max(limit)
+            .min(i64::from(u32::MAX)); // many periods of doubling would overflow
         }
         limit.clamp(0, i64::from(u32::MAX)) as u32
     }
@@ -278,6 +279,7 @@ mod tests {
         check(&up, 1, 15, &[], (5, 0)); // 4 pods beat 100 % of 1
         check(&up, 10, 15, &[], (20, 0)); // 100 % beats 4 pods
         check(&up, 10, 30, &[], (40, 0)); // two periods: 10 → 20 → 40
+        check(&up, 10, 960, &[], (u32::MAX, 0)); // 64 periods of doubling: no overflow
         check(&up, 10, 15, &[(990, 6)], (10, 0)); // 6 added within 15 s: from 4 the limit is 8, below 10: hold
         // Default scale-down: −100 % per 15 s, so down to 0 at once.
         let down = Rules::default_scale_down();
