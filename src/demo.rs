@@ -307,8 +307,12 @@ capacity_rps = {capacity}
 startup = "{startup}s"
 min_replicas = 2
 max_replicas = 200
+stale_after = "{stale}s"
 "#,
-        listen = opts.listen
+        listen = opts.listen,
+        // Two real seconds at least: at 900x, three simulated minutes are a fifth of a
+        // second, and a busy machine would keep the target degraded.
+        stale = (opts.speed * 2.0).ceil().max(180.0) as u64,
     );
     // The outbox lives in a directory of its own, removed when the demo ends.
     let state_dir = std::env::temp_dir().join(format!("prescale-demo-{}", std::process::id()));
