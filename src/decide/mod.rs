@@ -275,7 +275,9 @@ pub fn decide(
 ) -> Decision {
     let current = observed.replicas;
     let peak = forecast
-        .and_then(|f| f.peak_upper(now, now + policy.lookahead))
+        // Points are stamped at the end of their bucket: the window covers every bucket
+        // that starts within `[now, now + lookahead]`.
+        .and_then(|f| f.peak_upper(now, now + policy.lookahead + f.step_seconds))
         .filter(|p| p.upper.is_finite())
         .map(|p| Peak {
             timestamp: p.timestamp,
