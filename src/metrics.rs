@@ -9,6 +9,9 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::act::outbox::OutboxMetrics;
+pub use crate::act::outbox::{DeliveryLabels, OutboxLabels};
+
 /// Labels of a per-signal metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabels {
@@ -38,24 +41,6 @@ pub struct DecisionLabels {
     pub direction: String,
     /// The reason that set the count.
     pub reason: String,
-}
-
-/// Labels of a delivery outcome.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DeliveryLabels {
-    /// Target name.
-    pub target: String,
-    /// `scale`, `rebalance` or `alert`.
-    pub kind: String,
-    /// `delivered`, `rejected`, `gave_up`, `expired` or `superseded`.
-    pub outcome: String,
-}
-
-/// Labels of the outbox gauge.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutboxLabels {
-    /// `pending` or `dead`.
-    pub state: String,
 }
 
 /// Labels of a per-target metric.
@@ -155,21 +140,21 @@ impl Metrics {
             "Decisions by direction and reason",
             decisions.clone(),
         );
-        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        let OutboxMetrics {
+            deliveries,
+            outbox,
+            delivery_latency,
+        } = OutboxMetrics::new();
         registry.register(
             "deliveries",
             "Webhook deliveries by outcome",
             deliveries.clone(),
         );
-        let outbox = Family::<OutboxLabels, Gauge>::default();
         registry.register(
             "outbox_deliveries",
             "Actions in the outbox by state: pending, or dead (given up, retry by hand)",
             outbox.clone(),
         );
-        let delivery_latency = Histogram::new([
-            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
-        ]);
         registry.register(
             "delivery_latency_seconds",
             "Time from an action's decision to its delivery",
@@ -243,6 +228,27 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The outbox's share, counting into these metrics.
+    pub fn outbox_metrics(&self) -> OutboxMetrics {
+        OutboxMetrics {
+            deliveries: self.deliveries.clone(),
+            outbox: self.outbox.clone(),
+            delivery_latency: self.delivery_latency.clone(),
+        }
+    }
+}
+
+impl From<&Metrics> for OutboxMetrics {
+    fn from(m: &Metrics) -> Self {
+        m.outbox_metrics()
+    }
+}
+
+impl From<Metrics> for OutboxMetrics {
+    fn from(m: Metrics) -> Self {
+        m.outbox_metrics()
+    }
 }
 
 #[cfg(test)]
@@ -277,8 +283,8 @@ mod tests {
         m.deliveries
             .get_or_create(&DeliveryLabels {
                 target: "t".into(),
-                kind: "k".into(),
-                outcome: "o".into(),
+                kind: crate::act::ActionKind::Scale,
+                outcome: crate::act::outbox::DeliveryOutcome::GaveUp,
             })
             .inc();
         m.desired_replicas.get_or_create(&t()).set(1);
@@ -300,7 +306,7 @@ mod tests {
             .inc();
         m.outbox
             .get_or_create(&OutboxLabels {
-                state: "dead".into(),
+                state: crate::act::outbox::DeliveryState::Dead,
             })
             .set(0);
         m.delivery_latency.observe(0.1);
