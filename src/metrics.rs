@@ -111,114 +111,115 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("prescale");
-        let polls = Family::<PollLabels, Counter>::default();
-        registry.register(
-            "polls",
-            "Range queries by target, signal and outcome",
-            polls.clone(),
-        );
-        let poll_duration = Family::<SignalLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ])
-        });
-        registry.register(
-            "poll_duration_seconds",
-            "Duration of range queries",
-            poll_duration.clone(),
-        );
-        let sample_age = Family::<SignalLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "sample_age_seconds",
-            "Age of the newest sample of a signal",
-            sample_age.clone(),
-        );
-        let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register(
-            "decisions",
-            "Decisions by direction and reason",
-            decisions.clone(),
-        );
         let OutboxMetrics {
             deliveries,
             outbox,
             delivery_latency,
         } = OutboxMetrics::new();
+        let mut m = Self {
+            registry: Arc::default(),
+            polls: Family::default(),
+            poll_duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+            }),
+            sample_age: Family::default(),
+            decisions: Family::default(),
+            deliveries,
+            outbox,
+            delivery_latency,
+            desired_replicas: Family::default(),
+            degraded: Family::default(),
+            forecast_mae: Family::default(),
+            forecast_coverage: Family::default(),
+            seconds_to_bottleneck: Family::default(),
+            capacity_rps: Family::default(),
+            forecast_refits: Family::default(),
+        };
+        let mut registry = Registry::with_prefix("prescale");
+        m.register_polls_and_actions(&mut registry);
+        m.register_targets(&mut registry);
+        m.registry = Arc::new(registry);
+        m
+    }
+
+    /// Polls, decisions and deliveries.
+    fn register_polls_and_actions(&self, registry: &mut Registry) {
+        registry.register(
+            "polls",
+            "Range queries by target, signal and outcome",
+            self.polls.clone(),
+        );
+        registry.register(
+            "poll_duration_seconds",
+            "Duration of range queries",
+            self.poll_duration.clone(),
+        );
+        registry.register(
+            "sample_age_seconds",
+            "Age of the newest sample of a signal",
+            self.sample_age.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Decisions by direction and reason",
+            self.decisions.clone(),
+        );
         registry.register(
             "deliveries",
             "Webhook deliveries by outcome",
-            deliveries.clone(),
+            self.deliveries.clone(),
         );
         registry.register(
             "outbox_deliveries",
             "Actions in the outbox by state: pending, or dead (given up, retry by hand)",
-            outbox.clone(),
+            self.outbox.clone(),
         );
         registry.register(
             "delivery_latency_seconds",
             "Time from an action's decision to its delivery",
-            delivery_latency.clone(),
+            self.delivery_latency.clone(),
         );
-        let desired_replicas = Family::<TargetLabels, Gauge>::default();
+    }
+
+    /// The per-target gauges and counters.
+    fn register_targets(&self, registry: &mut Registry) {
         registry.register(
             "desired_replicas",
             "Replicas asked for",
-            desired_replicas.clone(),
+            self.desired_replicas.clone(),
         );
-        let degraded = Family::<TargetLabels, Gauge>::default();
         registry.register(
             "target_degraded",
             "1 while a signal of the target is missing or stale",
-            degraded.clone(),
+            self.degraded.clone(),
         );
-        let forecast_mae = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "forecast_mae_rps",
             "Rolling mean absolute error of the request-rate forecast, requests/s",
-            forecast_mae.clone(),
+            self.forecast_mae.clone(),
         );
-        let forecast_coverage = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "forecast_interval_coverage_ratio",
             "Rolling share of observed request rates inside the forecast's prediction interval",
-            forecast_coverage.clone(),
+            self.forecast_coverage.clone(),
         );
-        let seconds_to_bottleneck = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "seconds_to_bottleneck",
             "Seconds until demand is predicted to outgrow the running replicas (+Inf: not within the horizon)",
-            seconds_to_bottleneck.clone(),
+            self.seconds_to_bottleneck.clone(),
         );
-        let capacity_rps = Family::<CapacityLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "capacity_rps",
             "Requests/s per replica in use, by where it comes from",
-            capacity_rps.clone(),
+            self.capacity_rps.clone(),
         );
-        let forecast_refits = Family::<ModelLabels, Counter>::default();
         registry.register(
             "forecast_refits",
             "Model re-selections and refits, by the model selected",
-            forecast_refits.clone(),
+            self.forecast_refits.clone(),
         );
-        Self {
-            registry: Arc::new(registry),
-            forecast_mae,
-            seconds_to_bottleneck,
-            capacity_rps,
-            forecast_refits,
-            forecast_coverage,
-            polls,
-            poll_duration,
-            sample_age,
-            decisions,
-            deliveries,
-            outbox,
-            delivery_latency,
-            desired_replicas,
-            degraded,
-        }
     }
 
     /// The metrics in the Prometheus text format.

@@ -404,14 +404,46 @@ async fn slow_receiver_times_out_without_piling_up() {
 /// The API token of [`api`]: retrying a delivery is a mutation.
 const API_TOKEN: &str = "test-token";
 
-async fn api(store: Store) -> (String, reqwest::Client) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = prescale::config::Secret::new(API_TOKEN);
-    let app = prescale::api::router(store, prescale::api::ApiAuth::new(Some(&token), false));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    (format!("http://{addr}"), client)
+/// The HTTP API over a store, on a real socket.
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn start(store: Store) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = prescale::config::Secret::new(API_TOKEN);
+        let app = prescale::api::router(store, prescale::api::ApiAuth::new(Some(&token), false));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        Self {
+            base: format!("http://{addr}"),
+            client,
+        }
+    }
+
+    /// GET `path`: the status and the JSON body.
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    }
+
+    /// POST `/api/v1/deliveries/{id}/retry`, with the token or without: the status.
+    async fn retry(&self, id: u64, with_token: bool) -> u16 {
+        let url = format!("{}/api/v1/deliveries/{id}/retry", self.base);
+        let mut request = self.client.post(url);
+        if with_token {
+            request = request.bearer_auth(API_TOKEN);
+        }
+        request.send().await.unwrap().status().as_u16()
+    }
 }
 
 /// A 4xx is final: no retry, dead-lettered with the answer, listed and counted; a retry by
@@ -432,22 +464,14 @@ async fn client_error_is_dead_lettered_with_the_body_and_can_be_retried() {
         delivery(1_000, 5, 10, 50),
     )
     .await;
-    let (base, client) = api(run.store.clone()).await;
+    let api = Api::start(run.store.clone()).await;
     run.outbox
         .enqueue(vec![scale("web", 4, 1)])
         .await
         .expect("enqueue");
 
-    let get = |path: String| {
-        let client = client.clone();
-        let base = base.clone();
-        async move {
-            let r = client.get(format!("{base}{path}")).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
-    let dead = poll_until_async("the dead letter to be listed", DEADLINE, || async move {
-        let (_, b) = get("/api/v1/deliveries?state=dead".into()).await;
+    let dead = poll_until_async("the dead letter to be listed", DEADLINE, || async {
+        let (_, b) = api.get("/api/v1/deliveries?state=dead").await;
         b["deliveries"]
             .as_array()
             .filter(|l| !l.is_empty())
@@ -475,54 +499,39 @@ async fn client_error_is_dead_lettered_with_the_body_and_can_be_retried() {
         ),
         "{metrics}"
     );
-    let (status, _) = get("/api/v1/deliveries?state=delivered".into()).await;
+    let (status, _) = api.get("/api/v1/deliveries?state=delivered").await;
     assert_eq!(status, 200);
-    let (status, b) = get("/api/v1/deliveries?state=lost".into()).await;
+    let (status, b) = api.get("/api/v1/deliveries?state=lost").await;
     assert_eq!(
         (status, b["error"]["code"].as_str()),
         (400, Some("bad_request"))
     );
 
     let id = d["id"].as_u64().unwrap();
-    let unauthorized = client
-        .post(format!("{base}/api/v1/deliveries/{id}/retry"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unauthorized.status(), 401, "a retry needs the API token");
-    let retry = client
-        .post(format!("{base}/api/v1/deliveries/{id}/retry"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(retry.status(), 200);
+    assert_eq!(
+        api.retry(id, false).await,
+        401,
+        "a retry needs the API token"
+    );
+    assert_eq!(api.retry(id, true).await, 200);
     let reqs = receiver.wait_for(2, DEADLINE).await;
     assert_eq!(
         reqs[0].header("idempotency-key"),
         reqs[1].header("idempotency-key")
     );
     assert_eq!(reqs[0].body, reqs[1].body);
-    let d = poll_until_async("the retried delivery", DEADLINE, || async move {
-        let (_, b) = get(format!("/api/v1/deliveries/{id}")).await;
+    let d = poll_until_async("the retried delivery", DEADLINE, || async {
+        let (_, b) = api.get(&format!("/api/v1/deliveries/{id}")).await;
         (b["state"] == "delivered").then_some(b)
     })
     .await;
     assert_eq!(d["attempts"], 1, "attempts start afresh on a retry: {d}");
-    let again = client
-        .post(format!("{base}/api/v1/deliveries/{id}/retry"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 409, "only dead deliveries can be retried");
-    let missing = client
-        .post(format!("{base}/api/v1/deliveries/999999/retry"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        api.retry(id, true).await,
+        409,
+        "only dead deliveries can be retried"
+    );
+    assert_eq!(api.retry(999_999, true).await, 404);
     assert!(
         run.metrics
             .encode()

@@ -466,6 +466,20 @@ mod tests {
         );
     }
 
+    /// The kinds' names are their serialisation (the body's `kind`, as documented), and
+    /// parse back.
+    #[test]
+    fn kinds_are_named_as_documented() {
+        let names: Vec<&str> = ActionKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["scale", "rebalance", "alert"]);
+        for k in ActionKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(ActionKind::parse(k.as_str()), Some(k));
+            assert_eq!(k.to_string(), k.as_str());
+        }
+        assert_eq!(ActionKind::parse("Scale"), None);
+    }
+
     #[test]
     fn idempotency_key_follows_content() {
         let a = Action::Scale(ScaleAction::from_decision(

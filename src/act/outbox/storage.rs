@@ -88,7 +88,7 @@ impl Storage {
         let path = dir.join(FILE_NAME);
         let file_existed = path.exists();
         let opened = Database::create(&path)
-            .map_err(redb::Error::from)
+            .map_err(DbError::from)
             .and_then(|db| init(&db).map(|()| db));
         match opened {
             Ok(db) => Ok(Self { db, path }),
@@ -99,7 +99,7 @@ impl Storage {
                 } else if !file_existed {
                     let _ = std::fs::remove_file(&path);
                 }
-                let why = match e {
+                let why = match *e.0 {
                     redb::Error::DatabaseAlreadyOpen => {
                         "in use by another process (another prescale on the same state directory?)"
                             .to_owned()
@@ -318,7 +318,17 @@ impl Storage {
     }
 }
 
-fn init(db: &Database) -> Result<(), redb::Error> {
+/// A redb error, boxed (redb's own error type is large).
+struct DbError(Box<redb::Error>);
+
+impl<E: Into<redb::Error>> From<E> for DbError {
+    fn from(e: E) -> Self {
+        Self(Box::new(e.into()))
+    }
+}
+
+/// Creates the tables.
+fn init(db: &Database) -> Result<(), DbError> {
     let txn = db.begin_write()?;
     txn.open_table(DELIVERIES)?;
     txn.open_table(META)?;
