@@ -73,7 +73,7 @@ pub async fn serve_with(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     // The outbox first: a state directory that cannot be used stops everything here.
-    let outbox = act::outbox::Outbox::open(&config.state.dir)?;
+    let outbox = act::outbox::Outbox::open_with_clock(&config.state.dir, clock)?;
     let metrics = metrics::Metrics::new();
     let store = store::Store::with_clock(&config.targets, metrics.clone(), clock);
     store.set_outbox(outbox.clone());
@@ -84,8 +84,15 @@ pub async fn serve_with(
         delivery: config.delivery,
         retention: config.state.retention,
     };
+    // The worker reports each finished action; the store keeps the last one per target.
+    let report = store.clone();
+    let last_delivery = move |target: &str, record: act::DeliveryRecord| {
+        if let Some(mut t) = report.target(target) {
+            t.last_delivery = Some(record);
+        }
+    };
     let worker = outbox
-        .worker(settings, receivers, metrics, Some(store.clone()))
+        .worker(settings, receivers, &metrics, Some(Box::new(last_delivery)))
         .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();

@@ -9,6 +9,9 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::act::outbox::OutboxMetrics;
+pub use crate::act::outbox::{DeliveryLabels, OutboxLabels};
+
 /// Labels of a per-signal metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabels {
@@ -38,24 +41,6 @@ pub struct DecisionLabels {
     pub direction: String,
     /// The reason that set the count.
     pub reason: String,
-}
-
-/// Labels of a delivery outcome.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DeliveryLabels {
-    /// Target name.
-    pub target: String,
-    /// `scale`, `rebalance` or `alert`.
-    pub kind: String,
-    /// `delivered`, `rejected`, `gave_up`, `expired` or `superseded`.
-    pub outcome: String,
-}
-
-/// Labels of the outbox gauge.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutboxLabels {
-    /// `pending` or `dead`.
-    pub state: String,
 }
 
 /// Labels of a per-target metric.
@@ -126,114 +111,115 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("prescale");
-        let polls = Family::<PollLabels, Counter>::default();
-        registry.register(
-            "polls",
-            "Range queries by target, signal and outcome",
-            polls.clone(),
-        );
-        let poll_duration = Family::<SignalLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ])
-        });
-        registry.register(
-            "poll_duration_seconds",
-            "Duration of range queries",
-            poll_duration.clone(),
-        );
-        let sample_age = Family::<SignalLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "sample_age_seconds",
-            "Age of the newest sample of a signal",
-            sample_age.clone(),
-        );
-        let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register(
-            "decisions",
-            "Decisions by direction and reason",
-            decisions.clone(),
-        );
-        let deliveries = Family::<DeliveryLabels, Counter>::default();
-        registry.register(
-            "deliveries",
-            "Webhook deliveries by outcome",
-            deliveries.clone(),
-        );
-        let outbox = Family::<OutboxLabels, Gauge>::default();
-        registry.register(
-            "outbox_deliveries",
-            "Actions in the outbox by state: pending, or dead (given up, retry by hand)",
-            outbox.clone(),
-        );
-        let delivery_latency = Histogram::new([
-            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
-        ]);
-        registry.register(
-            "delivery_latency_seconds",
-            "Time from an action's decision to its delivery",
-            delivery_latency.clone(),
-        );
-        let desired_replicas = Family::<TargetLabels, Gauge>::default();
-        registry.register(
-            "desired_replicas",
-            "Replicas asked for",
-            desired_replicas.clone(),
-        );
-        let degraded = Family::<TargetLabels, Gauge>::default();
-        registry.register(
-            "target_degraded",
-            "1 while a signal of the target is missing or stale",
-            degraded.clone(),
-        );
-        let forecast_mae = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "forecast_mae_rps",
-            "Rolling mean absolute error of the request-rate forecast, requests/s",
-            forecast_mae.clone(),
-        );
-        let forecast_coverage = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "forecast_interval_coverage_ratio",
-            "Rolling share of observed request rates inside the forecast's prediction interval",
-            forecast_coverage.clone(),
-        );
-        let seconds_to_bottleneck = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "seconds_to_bottleneck",
-            "Seconds until demand is predicted to outgrow the running replicas (+Inf: not within the horizon)",
-            seconds_to_bottleneck.clone(),
-        );
-        let capacity_rps = Family::<CapacityLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "capacity_rps",
-            "Requests/s per replica in use, by where it comes from",
-            capacity_rps.clone(),
-        );
-        let forecast_refits = Family::<ModelLabels, Counter>::default();
-        registry.register(
-            "forecast_refits",
-            "Model re-selections and refits, by the model selected",
-            forecast_refits.clone(),
-        );
-        Self {
-            registry: Arc::new(registry),
-            forecast_mae,
-            seconds_to_bottleneck,
-            capacity_rps,
-            forecast_refits,
-            forecast_coverage,
-            polls,
-            poll_duration,
-            sample_age,
-            decisions,
+        let OutboxMetrics {
             deliveries,
             outbox,
             delivery_latency,
-            desired_replicas,
-            degraded,
-        }
+        } = OutboxMetrics::new();
+        let mut m = Self {
+            registry: Arc::default(),
+            polls: Family::default(),
+            poll_duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+            }),
+            sample_age: Family::default(),
+            decisions: Family::default(),
+            deliveries,
+            outbox,
+            delivery_latency,
+            desired_replicas: Family::default(),
+            degraded: Family::default(),
+            forecast_mae: Family::default(),
+            forecast_coverage: Family::default(),
+            seconds_to_bottleneck: Family::default(),
+            capacity_rps: Family::default(),
+            forecast_refits: Family::default(),
+        };
+        let mut registry = Registry::with_prefix("prescale");
+        m.register_polls_and_actions(&mut registry);
+        m.register_targets(&mut registry);
+        m.registry = Arc::new(registry);
+        m
+    }
+
+    /// Polls, decisions and deliveries.
+    fn register_polls_and_actions(&self, registry: &mut Registry) {
+        registry.register(
+            "polls",
+            "Range queries by target, signal and outcome",
+            self.polls.clone(),
+        );
+        registry.register(
+            "poll_duration_seconds",
+            "Duration of range queries",
+            self.poll_duration.clone(),
+        );
+        registry.register(
+            "sample_age_seconds",
+            "Age of the newest sample of a signal",
+            self.sample_age.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Decisions by direction and reason",
+            self.decisions.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Webhook deliveries by outcome",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "outbox_deliveries",
+            "Actions in the outbox by state: pending, or dead (given up, retry by hand)",
+            self.outbox.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from an action's decision to its delivery",
+            self.delivery_latency.clone(),
+        );
+    }
+
+    /// The per-target gauges and counters.
+    fn register_targets(&self, registry: &mut Registry) {
+        registry.register(
+            "desired_replicas",
+            "Replicas asked for",
+            self.desired_replicas.clone(),
+        );
+        registry.register(
+            "target_degraded",
+            "1 while a signal of the target is missing or stale",
+            self.degraded.clone(),
+        );
+        registry.register(
+            "forecast_mae_rps",
+            "Rolling mean absolute error of the request-rate forecast, requests/s",
+            self.forecast_mae.clone(),
+        );
+        registry.register(
+            "forecast_interval_coverage_ratio",
+            "Rolling share of observed request rates inside the forecast's prediction interval",
+            self.forecast_coverage.clone(),
+        );
+        registry.register(
+            "seconds_to_bottleneck",
+            "Seconds until demand is predicted to outgrow the running replicas (+Inf: not within the horizon)",
+            self.seconds_to_bottleneck.clone(),
+        );
+        registry.register(
+            "capacity_rps",
+            "Requests/s per replica in use, by where it comes from",
+            self.capacity_rps.clone(),
+        );
+        registry.register(
+            "forecast_refits",
+            "Model re-selections and refits, by the model selected",
+            self.forecast_refits.clone(),
+        );
     }
 
     /// The metrics in the Prometheus text format.
@@ -242,6 +228,27 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The outbox's share, counting into these metrics.
+    pub fn outbox_metrics(&self) -> OutboxMetrics {
+        OutboxMetrics {
+            deliveries: self.deliveries.clone(),
+            outbox: self.outbox.clone(),
+            delivery_latency: self.delivery_latency.clone(),
+        }
+    }
+}
+
+impl From<&Metrics> for OutboxMetrics {
+    fn from(m: &Metrics) -> Self {
+        m.outbox_metrics()
+    }
+}
+
+impl From<Metrics> for OutboxMetrics {
+    fn from(m: Metrics) -> Self {
+        m.outbox_metrics()
     }
 }
 
@@ -277,8 +284,8 @@ mod tests {
         m.deliveries
             .get_or_create(&DeliveryLabels {
                 target: "t".into(),
-                kind: "k".into(),
-                outcome: "o".into(),
+                kind: crate::act::ActionKind::Scale,
+                outcome: crate::act::outbox::DeliveryOutcome::GaveUp,
             })
             .inc();
         m.desired_replicas.get_or_create(&t()).set(1);
@@ -300,7 +307,7 @@ mod tests {
             .inc();
         m.outbox
             .get_or_create(&OutboxLabels {
-                state: "dead".into(),
+                state: crate::act::outbox::DeliveryState::Dead,
             })
             .set(0);
         m.delivery_latency.observe(0.1);

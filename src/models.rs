@@ -4,13 +4,27 @@
 //!
 //! The format is versioned ([`FORMAT_VERSION`]); a file of another version, or one that does
 //! not parse, is reported as an error for the caller to log and skip (the target is then
-//! refitted and the file overwritten), never a crash. Files are written atomically: to a
-//! temporary file in the same directory, synced, then renamed over the old one.
+//! refitted and the file overwritten), never a crash.
+//!
+//! Saves may overlap (a refit asked through the API right after a scheduled one) and are
+//! safe when they do:
+//! - **Atomic.** Each write goes to a temporary file of its own in the same directory
+//!   (named after the process and a counter, created exclusively), is synced, renamed over
+//!   the old file, and the directory is synced: a reader sees the old file or the new one,
+//!   whole, also after a crash.
+//! - **In order.** [`ModelsDir::encode`] numbers what it encodes; writes through one
+//!   [`ModelsDir`] (and its clones) take turns, and one never replaces the file with an
+//!   older encoding than the last it wrote for that target: the newer model wins whatever
+//!   order the writes run in.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
+use tracing::debug;
 
 use crate::forecast::Forecaster;
 
@@ -54,8 +68,14 @@ pub enum ModelsError {
     },
 }
 
+/// Numbers encodings in the order they are made: a larger one is newer.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+/// Makes temporary file names unique within the process.
+static TEMPORARY: AtomicU64 = AtomicU64::new(1);
+
+/// The file's content.
 #[derive(Serialize, Deserialize)]
-struct Saved {
+struct File {
     format_version: u32,
     target: String,
     /// When it was written (Unix s).
@@ -63,16 +83,45 @@ struct Saved {
     forecaster: Forecaster,
 }
 
-/// A directory of model files.
+/// A model file's content, ready to write, numbered in the order of encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    generation: u64,
+    bytes: Vec<u8>,
+}
+
+impl Encoded {
+    /// The content.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The file now holds this encoding.
+    Saved,
+    /// Left out: a newer encoding of the target was already written.
+    Outdated,
+}
+
+/// A directory of model files. Clones share the order of writes.
 #[derive(Debug, Clone)]
 pub struct ModelsDir {
     dir: PathBuf,
+    /// Target → the generation of the newest encoding written. Held for the whole of a
+    /// write (blocking code, never across an `.await`), so writes take turns.
+    newest: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl ModelsDir {
     /// Model files in `dir` (created on first write).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            newest: Arc::default(),
+        }
     }
 
     /// The file of `target`.
@@ -100,44 +149,85 @@ impl ModelsDir {
         if found != u64::from(FORMAT_VERSION) {
             return Err(ModelsError::Version { path, found });
         }
-        let saved: Saved = serde_json::from_value(value).map_err(corrupt)?;
-        Ok(Some(saved.forecaster))
+        let file: File = serde_json::from_value(value).map_err(corrupt)?;
+        Ok(Some(file.forecaster))
     }
 
-    /// The file's content for `target`'s forecaster, saved at `now`.
-    pub fn encode(target: &str, forecaster: &Forecaster, now: i64) -> Result<Vec<u8>, ModelsError> {
-        let saved = Saved {
+    /// The file's content for `target`'s forecaster, saved at `now`; newer than every
+    /// encoding made before.
+    pub fn encode(target: &str, forecaster: &Forecaster, now: i64) -> Result<Encoded, ModelsError> {
+        let file = File {
             format_version: FORMAT_VERSION,
             target: target.to_owned(),
             saved_at: now,
             forecaster: forecaster.clone(),
         };
-        serde_json::to_vec(&saved).map_err(|e| ModelsError::Encode {
+        let bytes = serde_json::to_vec(&file).map_err(|e| ModelsError::Encode {
             target: target.to_owned(),
             message: e.to_string(),
+        })?;
+        Ok(Encoded {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            bytes,
         })
     }
 
-    /// Writes `bytes` as `target`'s file, atomically.
-    pub fn write(&self, target: &str, bytes: &[u8]) -> Result<(), ModelsError> {
-        let path = self.path(target);
+    /// Writes `encoded` as `target`'s file, atomically, unless a newer encoding of
+    /// `target` was written already. Blocking: run it off the async threads.
+    pub fn write(&self, target: &str, encoded: &Encoded) -> Result<Written, ModelsError> {
+        let mut newest = self.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        if newest.get(target).is_some_and(|g| *g > encoded.generation) {
+            debug!(
+                target,
+                "a newer model is already saved; this older one is left out"
+            );
+            return Ok(Written::Outdated);
+        }
         let io = |path: &Path| {
             let path = path.to_owned();
             move |error| ModelsError::Io { path, error }
         };
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let tmp = self.dir.join(format!(".{target}.json.tmp"));
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        let tmp = self.dir.join(format!(
+            ".{target}.json.{}-{}.tmp",
+            std::process::id(),
+            TEMPORARY.fetch_add(1, Ordering::Relaxed)
+        ));
+        let path = self.path(target);
+        let written = write_synced(&tmp, &encoded.bytes)
+            .map_err(io(&tmp))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(io(&path)));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
+        // The rename is durable once the directory is synced.
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        newest.insert(target.to_owned(), encoded.generation);
+        Ok(Written::Saved)
     }
 
     /// Saves `target`'s forecaster at `now`.
-    pub fn save(&self, target: &str, forecaster: &Forecaster, now: i64) -> Result<(), ModelsError> {
+    pub fn save(
+        &self,
+        target: &str,
+        forecaster: &Forecaster,
+        now: i64,
+    ) -> Result<Written, ModelsError> {
         self.write(target, &Self::encode(target, forecaster, now)?)
     }
+}
+
+/// Writes `bytes` to a new file at `path` (failing if one exists) and syncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[cfg(test)]
@@ -146,8 +236,13 @@ mod tests {
     use crate::forecast::{History, Settings};
 
     fn fitted() -> Forecaster {
+        fitted_from(10.0)
+    }
+
+    /// A forecaster fitted to a daily ramp starting at `base`.
+    fn fitted_from(base: f64) -> Forecaster {
         let values: Vec<f64> = (0..3 * 1440)
-            .map(|i| 10.0 + (i % 1440) as f64 / 100.0)
+            .map(|i| base + (i % 1440) as f64 / 100.0)
             .collect();
         let mut f = Forecaster::new(Settings {
             step: 60,
@@ -192,7 +287,7 @@ mod tests {
         let models = ModelsDir::new(dir.path());
         let mut good = serde_json::to_value(
             serde_json::from_slice::<serde_json::Value>(
-                &ModelsDir::encode("web", &fitted(), 1).unwrap(),
+                ModelsDir::encode("web", &fitted(), 1).unwrap().as_bytes(),
             )
             .unwrap(),
         )
@@ -211,5 +306,68 @@ mod tests {
             let e = models.load("web").unwrap_err().to_string();
             assert!(e.contains("web.json") && e.contains(want), "{e}");
         }
+    }
+
+    /// Two threads saving different forecasters of one target at once, over and over,
+    /// while a third reads: every read finds a whole file, no write fails, and the newer
+    /// encoding is in the file afterwards whichever write ran last.
+    #[test]
+    fn overlapping_saves_never_corrupt_and_the_newer_wins() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Barrier};
+
+        let dir = tempfile::tempdir().unwrap();
+        let models = ModelsDir::new(dir.path());
+        let (a, b) = (fitted_from(10.0), fitted_from(50.0));
+        assert_ne!(a, b);
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (models, done) = (models.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    models.load("web").map_err(|e| e.to_string())?;
+                    reads += 1;
+                }
+                Ok::<_, String>(reads)
+            })
+        };
+        for round in 0..100 {
+            let (older, newer) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            let older_bytes = ModelsDir::encode("web", older, round).unwrap();
+            let newer_bytes = ModelsDir::encode("web", newer, round).unwrap();
+            let start = Arc::new(Barrier::new(2));
+            let writers: Vec<_> = [newer_bytes, older_bytes]
+                .into_iter()
+                .map(|bytes| {
+                    let (models, start) = (models.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        models
+                            .write("web", &bytes)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for w in writers {
+                let written = w.join().expect("a writer thread");
+                assert_eq!(written, Ok(()), "round {round}");
+            }
+            let saved = models.load("web");
+            let saved = saved.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(
+                saved.as_ref() == Some(newer),
+                "round {round}: the older model replaced the newer one"
+            );
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reads = reader.join().expect("the reader thread");
+        assert!(reads.is_ok(), "a read found a broken file: {reads:?}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["web.json"], "no temporary file is left behind");
     }
 }

@@ -24,7 +24,7 @@ use crate::forecast::capacity::CapacitySource;
 use crate::metrics::{
     CapacityLabels, DecisionLabels, ModelLabels, PollLabels, SignalLabels, TargetLabels,
 };
-use crate::models::ModelsDir;
+use crate::models::{Encoded, ModelsDir, Written};
 use crate::series::{Sample, align_down};
 use crate::source::{Source, SourceError};
 use crate::step::{self, BudgetView, Inputs, Plan, TargetPolicy};
@@ -246,7 +246,7 @@ impl TargetLoop {
     /// The step at `now` on the stored state, recorded in the store and metrics: the
     /// actions to write and the encoded model to save after a refit. `None` if the target
     /// is not in the store.
-    fn step(&self, now: i64) -> Option<(Vec<Action>, Option<Vec<u8>>)> {
+    fn step(&self, now: i64) -> Option<(Vec<Action>, Option<Encoded>)> {
         let t = &self.target;
         let policy = t.step_policy(&self.forecast, self.alerts.as_ref());
         // The other targets are locked one at a time, never while holding this one.
@@ -447,12 +447,15 @@ impl TargetLoop {
     }
 
     /// Writes an encoded model; awaited, so a target's saves land in order.
-    async fn save_model(&self, bytes: Vec<u8>) {
+    async fn save_model(&self, bytes: Encoded) {
         let models = self.models.clone();
         let name = self.target.name.clone();
         let saved = tokio::task::spawn_blocking(move || models.write(&name, &bytes)).await;
         match saved {
-            Ok(Ok(())) => {}
+            Ok(Ok(Written::Saved)) => {}
+            Ok(Ok(Written::Outdated)) => {
+                debug!(target = %self.target.name, "a newer model was saved meanwhile");
+            }
             Ok(Err(e)) => warn!(target = %self.target.name, error = %e, "saving the model failed"),
             Err(e) => warn!(target = %self.target.name, error = %e, "saving the model failed"),
         }

@@ -26,22 +26,7 @@ const DECISION_LOG: usize = 10_000;
 
 pub use crate::step::{Signal, SignalHealth};
 
-/// The outcome of the last webhook delivery.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryRecord {
-    /// `scale`, `rebalance` or `alert`.
-    pub kind: &'static str,
-    /// The action's idempotency key.
-    pub idempotency_key: String,
-    /// `delivered`, `rejected`, `gave_up`, `expired` or `superseded`.
-    pub outcome: &'static str,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The error, when not delivered.
-    pub error: Option<String>,
-    /// When it ended (Unix s).
-    pub at: i64,
-}
+pub use crate::act::outbox::DeliveryRecord;
 
 /// How the forecasts of one target have done lately: a rolling window of errors.
 #[derive(Debug, Clone, Default)]

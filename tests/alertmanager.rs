@@ -10,7 +10,7 @@ use common::{Alertmanager, App, Prometheus, TestConfig, TestTarget, poll_until_a
 use prescale::act::alert::{AlertAction, Bottleneck, Limit};
 use prescale::act::outbox::{DeliveryState, Outbox, Settings};
 use prescale::act::webhook::WebhookSender;
-use prescale::act::{Action, Destination, Receivers};
+use prescale::act::{Action, ActionKind, Destination, Receivers};
 use prescale::config::{AlertmanagerConfig, DeliveryConfig};
 use prescale::metrics::Metrics;
 use serde_json::Value;
@@ -55,7 +55,11 @@ async fn firing_then_resolved_through_the_outbox() {
     };
     let sender = WebhookSender::with_builder(cfg, reqwest::Client::builder().no_proxy()).unwrap();
     let receivers = Receivers::from_routes(
-        [("api".to_owned(), "alert", Destination::Alertmanager(am_cfg))],
+        [(
+            "api".to_owned(),
+            ActionKind::Alert,
+            Destination::Alertmanager(am_cfg),
+        )],
         sender,
     );
     let settings = Settings {

@@ -97,7 +97,11 @@ async fn weights_from_latency_reach_haproxy_and_shift_traffic() {
         )
         .await
         .unwrap();
-    assert!(done.iter().any(|d| d.kind == "rebalance"), "{done:#?}");
+    assert!(
+        done.iter()
+            .any(|d| d.kind == prescale::act::ActionKind::Rebalance),
+        "{done:#?}"
+    );
 }
 
 /// Weight 0 drains a server; a weight again makes it ready — over the unix socket and over

@@ -1,23 +1,33 @@
 //! The durable outbox under faults, against real HTTP receivers on 127.0.0.1: a receiver
-//! down then up, a slow one, one that refuses (4xx), superseding, a restart, and a soak of
-//! 10,000 actions through a receiver that fails 30% of requests.
+//! down then up, a slow one, one that refuses (4xx), superseding, a restart, an accelerated
+//! clock, and a soak of 10,000 actions through a receiver that fails 30% of requests.
+//!
+//! Backoff, timeouts and ages run on virtual time (`start_paused`): a test holds tokio's
+//! clock still while it waits for real I/O (see [`until`] and [`held`]) and moves it with
+//! `tokio::time::advance`, so a retry happens exactly when the test says. The receivers run
+//! on runtimes of their own, in real time. The soak and the API test run in real time.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Receiver, Reply, poll_until_async};
-use prescale::act::outbox::{Delivery, DeliveryState, Outbox, Settings};
+use prescale::act::outbox::{
+    Delivery, DeliveryOutcome, DeliveryRecord, DeliveryState, Outbox, Settings,
+};
 use prescale::act::webhook::WebhookSender;
-use prescale::act::{Action, Destination, RebalanceAction, Receivers, ScaleAction};
+use prescale::act::{Action, ActionKind, Destination, RebalanceAction, Receivers, ScaleAction};
+use prescale::clock::Clock;
 use prescale::config::{DeliveryConfig, Secret, TargetConfig, WebhookConfig};
 use prescale::metrics::Metrics;
 use prescale::store::Store;
 use serde_json::Value;
 use tokio::sync::watch;
 
+/// Real time, for conditions that depend on real I/O.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn delivery(timeout_ms: u64, max_attempts: u32, initial_ms: u64, max_ms: u64) -> DeliveryConfig {
@@ -38,6 +48,57 @@ fn hook(url: &str) -> WebhookConfig {
     }
 }
 
+/// Waits in real time until `probe` gives `Some`, failing after [`DEADLINE`]. Between
+/// probes it pauses on the blocking pool, which also keeps a paused tokio clock from
+/// auto-advancing: virtual time moves only when the test advances it.
+async fn until<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    until_within(what, DEADLINE, probe).await
+}
+
+/// [`until`] with another deadline.
+async fn until_within<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(5)))
+            .await
+            .expect("a pause on the blocking pool");
+    }
+}
+
+/// Awaits `fut` with a paused tokio clock held still (a blocking task waits for the end):
+/// for futures that wait on real I/O, such as a receiver's count of requests.
+async fn held<T>(fut: impl Future<Output = T>) -> T {
+    let (done, end) = std::sync::mpsc::channel::<()>();
+    let hold = tokio::task::spawn_blocking(move || {
+        let _ = end.recv();
+    });
+    let out = fut.await;
+    drop(done);
+    hold.await.expect("the hold ends");
+    out
+}
+
+/// Moves virtual time on by `ms` (and a little, so that timers rounded up to the next
+/// millisecond have fired too).
+async fn advance_ms(ms: u64) {
+    tokio::time::advance(Duration::from_millis(ms + 5)).await;
+}
+
 /// An outbox in `dir` with its worker running, delivering every target's `kind` actions
 /// to `url_of(target)`.
 struct Running {
@@ -52,17 +113,28 @@ impl Running {
     async fn start(
         dir: &Path,
         targets: &[String],
-        kind: &'static str,
+        kind: ActionKind,
         url_of: impl Fn(&str) -> String,
         cfg: DeliveryConfig,
     ) -> Self {
-        let outbox = Outbox::open(dir).expect("open the outbox");
+        Self::start_with_clock(dir, targets, kind, url_of, cfg, Clock::system()).await
+    }
+
+    async fn start_with_clock(
+        dir: &Path,
+        targets: &[String],
+        kind: ActionKind,
+        url_of: impl Fn(&str) -> String,
+        cfg: DeliveryConfig,
+        clock: Clock,
+    ) -> Self {
+        let outbox = Outbox::open_with_clock(dir, clock).expect("open the outbox");
         let configs: Vec<TargetConfig> = targets
             .iter()
             .map(|t| TargetConfig::example(t, 1.0, Duration::from_secs(60)))
             .collect();
         let metrics = Metrics::new();
-        let store = Store::new(&configs, metrics.clone());
+        let store = Store::with_clock(&configs, metrics.clone(), clock);
         store.set_outbox(outbox.clone());
         let sender = WebhookSender::with_builder(cfg, reqwest::Client::builder().no_proxy())
             .expect("client");
@@ -74,8 +146,15 @@ impl Running {
             delivery: cfg,
             retention: Duration::from_secs(86_400),
         };
+        // As `serve` does: the store keeps each target's last outcome.
+        let report = store.clone();
+        let last_delivery = move |target: &str, record: DeliveryRecord| {
+            if let Some(mut t) = report.target(target) {
+                t.last_delivery = Some(record);
+            }
+        };
         let worker = outbox
-            .worker(settings, receivers, metrics.clone(), Some(store.clone()))
+            .worker(settings, receivers, &metrics, Some(Box::new(last_delivery)))
             .await
             .expect("a worker");
         let (stop, stopped) = watch::channel(false);
@@ -91,10 +170,12 @@ impl Running {
 
     async fn stop(self) {
         let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(10), self.worker)
-            .await
-            .expect("the worker stops")
-            .expect("worker task");
+        let worker = self.worker;
+        until("the worker to stop", || async {
+            worker.is_finished().then_some(())
+        })
+        .await;
+        worker.await.expect("worker task");
     }
 
     async fn all(&self) -> Vec<Delivery> {
@@ -108,17 +189,31 @@ impl Running {
     }
 
     /// Waits until no action is pending; returns them all, oldest first.
-    async fn settled(&self, deadline: Duration) -> Vec<Delivery> {
-        poll_until_async("every action to settle", deadline, || async {
-            let pending = self
+    async fn settled(&self) -> Vec<Delivery> {
+        self.settled_within(DEADLINE).await
+    }
+
+    /// [`Running::settled`] with another deadline.
+    async fn settled_within(&self, deadline: Duration) -> Vec<Delivery> {
+        until_within("every action to settle", deadline, || async {
+            let (pending, _) = self
                 .outbox
-                .list(Some(DeliveryState::Pending), None, 1)
+                .list_page(Some(DeliveryState::Pending), None, 0, 1)
                 .await
                 .expect("list");
             pending.is_empty().then_some(())
         })
         .await;
         self.all().await
+    }
+
+    /// Waits until `probe` holds for the outbox's records (oldest first); returns them.
+    async fn when(&self, what: &str, probe: impl Fn(&[Delivery]) -> bool) -> Vec<Delivery> {
+        until(what, || async {
+            let all = self.all().await;
+            probe(&all).then_some(all)
+        })
+        .await
     }
 }
 
@@ -152,8 +247,9 @@ fn accepted_seqs(r: &Receiver, path: &str) -> Vec<i64> {
 }
 
 /// Receiver down (connection refused), then up: every action delivered once, in order per
-/// target, with the same key on every attempt.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// target, with the same key on every attempt; between attempts each head waits its
+/// backoff, and nothing is sent while the clock stands still.
+#[tokio::test(start_paused = true)]
 async fn receiver_down_then_up_delivers_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
@@ -161,7 +257,7 @@ async fn receiver_down_then_up_delivers_once_in_order() {
     let run = Running::start(
         dir.path(),
         &targets,
-        "rebalance",
+        ActionKind::Rebalance,
         |t| format!("http://127.0.0.1:{port}/{t}"),
         delivery(1_000, 1_000, 10, 100),
     )
@@ -174,26 +270,29 @@ async fn receiver_down_then_up_delivers_once_in_order() {
     let written = run.outbox.enqueue(actions).await.expect("enqueue");
     assert_eq!(written.len(), 10);
 
-    // Failing while down: the head of each lane is retried, the rest wait their turn.
-    let heads = poll_until_async("three failed attempts per lane", DEADLINE, || async {
-        let all = run.all().await;
-        let heads: Vec<Delivery> = all.iter().filter(|d| d.attempts > 0).cloned().collect();
-        (heads.len() == 2 && heads.iter().all(|d| d.attempts >= 3)).then_some(heads)
-    })
-    .await;
-    for d in &heads {
-        assert!(
-            d.last_error
-                .as_deref()
-                .unwrap_or_default()
-                .contains("connect"),
-            "{d:?}"
-        );
-        assert!(d.body.contains("\"issued_at\":0") || d.body.contains("\"issued_at\":100"));
+    // Failing while down: the head of each lane is retried after its backoff, the rest
+    // wait their turn.
+    for k in 1..=3 {
+        let all = run
+            .when(&format!("attempt {k} of both heads"), |all| {
+                all.iter().filter(|d| d.attempts == k).count() == 2
+            })
+            .await;
+        let now = run.outbox.now_ms();
+        let heads: Vec<&Delivery> = all.iter().filter(|d| d.attempts > 0).collect();
+        assert_eq!(heads.len(), 2, "only the heads: {all:#?}");
+        for d in &heads {
+            let error = d.last_error.as_deref().unwrap_or_default();
+            assert!(error.contains("connect"), "{d:?}");
+            assert!(d.body.contains("\"issued_at\":0") || d.body.contains("\"issued_at\":100"));
+            let wait = d.next_attempt_ms - now;
+            assert!((1..=100).contains(&wait), "backing off, not due: {wait} ms");
+        }
+        advance_ms(100).await;
     }
 
     let receiver = Receiver::start_on(port, Reply::status(200));
-    let all = run.settled(DEADLINE).await;
+    let all = run.settled().await;
     assert!(
         all.iter().all(|d| d.state == DeliveryState::Delivered),
         "{all:#?}"
@@ -213,28 +312,32 @@ async fn receiver_down_then_up_delivers_once_in_order() {
     let want: HashSet<String> = all.iter().map(|d| d.idempotency_key.clone()).collect();
     assert_eq!(keys.into_iter().collect::<HashSet<_>>(), want);
     assert_eq!(receiver.max_in_flight("/a"), 1);
-    let (_, detail) = (0, run.store.target("a").unwrap().last_delivery.clone());
-    assert_eq!(detail.unwrap().outcome, "delivered");
+    let last = run.store.target("a").unwrap().last_delivery.clone();
+    let last = last.expect("the last outcome is reported");
+    assert_eq!(
+        (last.kind, last.outcome, last.attempts),
+        (ActionKind::Rebalance, DeliveryOutcome::Delivered, 1)
+    );
+    assert_eq!(last.idempotency_key, all[8].idempotency_key);
     run.stop().await;
 }
 
-/// A receiver slower than the timeout: attempts time out and are retried, one at a time
-/// per target (no pile-up of the waiting actions), and all go through once it is fast.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A receiver slower than the timeout: attempts time out and are retried one at a time per
+/// target: the next request is sent only after the last one timed out and its backoff
+/// passed, the waiting actions are not attempted, and all go through once it is fast.
+#[tokio::test(start_paused = true)]
 async fn slow_receiver_times_out_without_piling_up() {
     let dir = tempfile::tempdir().unwrap();
+    // Answers after a minute of real time: never within the test's (virtual) timeout.
     let receiver = Receiver::with_replies(
         Vec::new(),
-        Reply::status(200).after(Duration::from_millis(600)),
+        Reply::status(200).after(Duration::from_secs(60)),
     );
     let url = receiver.url("/slow");
-    // Timeout 300 ms; the backoff is at least 500 ms, so a slow answer (600 ms) has always
-    // finished before the next attempt: the receiver's count of concurrent requests is the
-    // sender's.
     let run = Running::start(
         dir.path(),
         &["web".to_owned()],
-        "rebalance",
+        ActionKind::Rebalance,
         |_| url.clone(),
         delivery(300, 1_000, 1_000, 1_000),
     )
@@ -243,23 +346,31 @@ async fn slow_receiver_times_out_without_piling_up() {
         .enqueue((0..3).map(|s| rebalance("web", s)).collect())
         .await
         .expect("enqueue");
-    receiver.wait_for(3, DEADLINE).await;
-    let all = run.all().await;
-    assert!(all[0].attempts >= 2, "{all:#?}");
-    assert!(
-        all[0]
-            .last_error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("timed out after 300ms"),
-        "{all:#?}"
-    );
-    assert_eq!(
-        (all[1].attempts, all[2].attempts),
-        (0, 0),
-        "the others wait their turn"
-    );
-    let first_key = &all[0].idempotency_key;
+    for k in 1..=2 {
+        held(receiver.wait_for(k, DEADLINE)).await;
+        assert_eq!(receiver.requests().len(), k, "one request at a time");
+        advance_ms(300).await;
+        let all = run
+            .when(&format!("attempt {k} to time out"), |all| {
+                all[0].attempts == k as u32
+            })
+            .await;
+        let error = all[0].last_error.as_deref().unwrap_or_default();
+        assert!(error.contains("timed out after 300ms"), "{all:#?}");
+        assert_eq!(
+            (all[1].attempts, all[2].attempts),
+            (0, 0),
+            "the others wait their turn"
+        );
+        assert_eq!(
+            receiver.requests().len(),
+            k,
+            "nothing more is sent during the backoff"
+        );
+        advance_ms(1_000).await;
+    }
+    let first_key = run.all().await[0].idempotency_key.clone();
+    held(receiver.wait_for(3, DEADLINE)).await;
     assert!(
         receiver
             .requests()
@@ -268,41 +379,71 @@ async fn slow_receiver_times_out_without_piling_up() {
         "only the head is attempted, with one key"
     );
 
+    // Fast again: the head's third attempt goes through once it times out, then the rest.
     receiver.set_then(Reply::status(200));
-    let all = run.settled(DEADLINE).await;
+    advance_ms(300).await;
+    run.when("attempt 3 to time out", |all| all[0].attempts == 3)
+        .await;
+    advance_ms(1_000).await;
+    let all = run.settled().await;
     assert!(
         all.iter().all(|d| d.state == DeliveryState::Delivered),
         "{all:#?}"
     );
-    assert_eq!(
-        receiver.max_in_flight("/slow"),
-        1,
-        "never two requests at once"
-    );
-    // Arrival order follows the outbox order: the head (maybe several times), then 1, 2.
+    assert_eq!(all[0].attempts, 4);
+    // Arrival order follows the outbox order: the head (several times), then 1, 2.
     let seqs: Vec<i64> = receiver
         .requests()
         .iter()
         .map(|r| r.json()["issued_at"].as_i64().unwrap())
         .collect();
-    let mut sorted = seqs.clone();
-    sorted.sort();
-    assert_eq!(seqs, sorted, "in order: {seqs:?}");
-    assert_eq!(seqs.iter().filter(|s| **s > 0).count(), 2, "{seqs:?}");
+    assert_eq!(seqs, [0, 0, 0, 0, 1, 2]);
     run.stop().await;
 }
 
 /// The API token of [`api`]: retrying a delivery is a mutation.
 const API_TOKEN: &str = "test-token";
 
-async fn api(store: Store) -> (String, reqwest::Client) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = prescale::config::Secret::new(API_TOKEN);
-    let app = prescale::api::router(store, prescale::api::ApiAuth::new(Some(&token), false));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    (format!("http://{addr}"), client)
+/// The HTTP API over a store, on a real socket.
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn start(store: Store) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = prescale::config::Secret::new(API_TOKEN);
+        let app = prescale::api::router(store, prescale::api::ApiAuth::new(Some(&token), false));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        Self {
+            base: format!("http://{addr}"),
+            client,
+        }
+    }
+
+    /// GET `path`: the status and the JSON body.
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    }
+
+    /// POST `/api/v1/deliveries/{id}/retry`, with the token or without: the status.
+    async fn retry(&self, id: u64, with_token: bool) -> u16 {
+        let url = format!("{}/api/v1/deliveries/{id}/retry", self.base);
+        let mut request = self.client.post(url);
+        if with_token {
+            request = request.bearer_auth(API_TOKEN);
+        }
+        request.send().await.unwrap().status().as_u16()
+    }
 }
 
 /// A 4xx is final: no retry, dead-lettered with the answer, listed and counted; a retry by
@@ -318,27 +459,19 @@ async fn client_error_is_dead_lettered_with_the_body_and_can_be_retried() {
     let run = Running::start(
         dir.path(),
         &["web".to_owned()],
-        "scale",
+        ActionKind::Scale,
         |_| url.clone(),
         delivery(1_000, 5, 10, 50),
     )
     .await;
-    let (base, client) = api(run.store.clone()).await;
+    let api = Api::start(run.store.clone()).await;
     run.outbox
         .enqueue(vec![scale("web", 4, 1)])
         .await
         .expect("enqueue");
 
-    let get = |path: String| {
-        let client = client.clone();
-        let base = base.clone();
-        async move {
-            let r = client.get(format!("{base}{path}")).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
-    let dead = poll_until_async("the dead letter to be listed", DEADLINE, || async move {
-        let (_, b) = get("/api/v1/deliveries?state=dead".into()).await;
+    let dead = poll_until_async("the dead letter to be listed", DEADLINE, || async {
+        let (_, b) = api.get("/api/v1/deliveries?state=dead").await;
         b["deliveries"]
             .as_array()
             .filter(|l| !l.is_empty())
@@ -366,54 +499,39 @@ async fn client_error_is_dead_lettered_with_the_body_and_can_be_retried() {
         ),
         "{metrics}"
     );
-    let (status, _) = get("/api/v1/deliveries?state=delivered".into()).await;
+    let (status, _) = api.get("/api/v1/deliveries?state=delivered").await;
     assert_eq!(status, 200);
-    let (status, b) = get("/api/v1/deliveries?state=lost".into()).await;
+    let (status, b) = api.get("/api/v1/deliveries?state=lost").await;
     assert_eq!(
         (status, b["error"]["code"].as_str()),
         (400, Some("bad_request"))
     );
 
     let id = d["id"].as_u64().unwrap();
-    let unauthorized = client
-        .post(format!("{base}/api/v1/deliveries/{id}/retry"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unauthorized.status(), 401, "a retry needs the API token");
-    let retry = client
-        .post(format!("{base}/api/v1/deliveries/{id}/retry"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(retry.status(), 200);
+    assert_eq!(
+        api.retry(id, false).await,
+        401,
+        "a retry needs the API token"
+    );
+    assert_eq!(api.retry(id, true).await, 200);
     let reqs = receiver.wait_for(2, DEADLINE).await;
     assert_eq!(
         reqs[0].header("idempotency-key"),
         reqs[1].header("idempotency-key")
     );
     assert_eq!(reqs[0].body, reqs[1].body);
-    let d = poll_until_async("the retried delivery", DEADLINE, || async move {
-        let (_, b) = get(format!("/api/v1/deliveries/{id}")).await;
+    let d = poll_until_async("the retried delivery", DEADLINE, || async {
+        let (_, b) = api.get(&format!("/api/v1/deliveries/{id}")).await;
         (b["state"] == "delivered").then_some(b)
     })
     .await;
     assert_eq!(d["attempts"], 1, "attempts start afresh on a retry: {d}");
-    let again = client
-        .post(format!("{base}/api/v1/deliveries/{id}/retry"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 409, "only dead deliveries can be retried");
-    let missing = client
-        .post(format!("{base}/api/v1/deliveries/999999/retry"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        api.retry(id, true).await,
+        409,
+        "only dead deliveries can be retried"
+    );
+    assert_eq!(api.retry(999_999, true).await, 404);
     assert!(
         run.metrics
             .encode()
@@ -422,32 +540,40 @@ async fn client_error_is_dead_lettered_with_the_body_and_can_be_retried() {
     run.stop().await;
 }
 
-/// A newer scale action supersedes older undelivered ones of the same target.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A newer scale action supersedes older undelivered ones of the same target; one in
+/// flight is superseded only once its attempt fails.
+#[tokio::test(start_paused = true)]
 async fn newer_scale_supersedes_undelivered_older_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::with_replies(Vec::new(), Reply::status(503));
+    // The first request is never answered in time; then 200.
+    let receiver = Receiver::with_replies(
+        vec![Reply::status(200).after(Duration::from_secs(60))],
+        Reply::status(200),
+    );
     let url = receiver.url("/scale");
     let run = Running::start(
         dir.path(),
         &["web".to_owned()],
-        "scale",
+        ActionKind::Scale,
         |_| url.clone(),
         delivery(1_000, 1_000, 20, 40),
     )
     .await;
     run.outbox.enqueue(vec![scale("web", 3, 1)]).await.unwrap();
-    receiver.wait_for(1, DEADLINE).await;
+    held(receiver.wait_for(1, DEADLINE)).await;
+    // 3 is in flight: 5 waits behind it, and 9 supersedes 5.
     run.outbox.enqueue(vec![scale("web", 5, 2)]).await.unwrap();
     run.outbox.enqueue(vec![scale("web", 9, 3)]).await.unwrap();
-    poll_until_async("the older ones superseded", DEADLINE, || async {
-        let all = run.all().await;
-        (all[0].state == DeliveryState::Superseded && all[1].state == DeliveryState::Superseded)
-            .then_some(())
-    })
-    .await;
-    receiver.set_then(Reply::status(200));
-    let all = run.settled(DEADLINE).await;
+    let all = run
+        .when("5 to be superseded", |all| {
+            all.len() == 3 && all[1].state == DeliveryState::Superseded
+        })
+        .await;
+    assert_eq!(all[0].state, DeliveryState::Pending, "in flight: {all:#?}");
+    assert_eq!(all[1].superseded_by, Some(all[2].id));
+    // 3's attempt times out; 9 is newer, so 3 is superseded instead of retried.
+    advance_ms(1_000).await;
+    let all = run.settled().await;
     assert_eq!(
         all.iter().map(|d| d.state).collect::<Vec<_>>(),
         [
@@ -456,30 +582,35 @@ async fn newer_scale_supersedes_undelivered_older_ones() {
             DeliveryState::Delivered
         ]
     );
-    // Each by a newer one: the first by the second when it came (or by the third, if the
-    // first was in flight then and failed afterwards).
-    assert!(
-        all[0].superseded_by.is_some_and(|by| by > all[0].id),
-        "{all:#?}"
+    assert_eq!(all[0].superseded_by, Some(all[2].id), "{all:#?}");
+    assert_eq!(all[0].attempts, 1);
+    assert_eq!(all[1].attempts, 0);
+    assert_eq!(
+        all.iter().map(|d| d.outcome).collect::<Vec<_>>(),
+        [
+            Some(DeliveryOutcome::Superseded),
+            Some(DeliveryOutcome::Superseded),
+            Some(DeliveryOutcome::Delivered)
+        ]
     );
-    assert_eq!(all[1].superseded_by, Some(all[2].id));
     let accepted = receiver.accepted();
-    assert_eq!(accepted.len(), 1);
-    assert_eq!(accepted[0].json()["to"], 9);
+    assert_eq!(accepted.len(), 2, "3 (too late) and 9");
+    assert_eq!(accepted[1].json()["to"], 9);
     run.stop().await;
 }
 
 /// Pending actions survive a stop and are delivered, in order, after reopening.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn restart_resumes_pending_deliveries() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::with_replies(Vec::new(), Reply::status(503));
     let url = receiver.url("/w");
     let cfg = delivery(1_000, 1_000, 20, 40);
+    let targets = ["web".to_owned()];
     let run = Running::start(
         dir.path(),
-        &["web".to_owned()],
-        "rebalance",
+        &targets,
+        ActionKind::Rebalance,
         |_| url.clone(),
         cfg,
     )
@@ -488,15 +619,19 @@ async fn restart_resumes_pending_deliveries() {
         .enqueue((0..3).map(|s| rebalance("web", s)).collect())
         .await
         .unwrap();
-    receiver.wait_for(2, DEADLINE).await;
-    let before = run.all().await;
+    run.when("the first failed attempt", |all| all[0].attempts == 1)
+        .await;
+    advance_ms(40).await;
+    let before = run
+        .when("two failed attempts", |all| all[0].attempts == 2)
+        .await;
     run.stop().await;
 
     receiver.set_then(Reply::status(200));
     let run = Running::start(
         dir.path(),
-        &["web".to_owned()],
-        "rebalance",
+        &targets,
+        ActionKind::Rebalance,
         |_| url.clone(),
         cfg,
     )
@@ -504,7 +639,11 @@ async fn restart_resumes_pending_deliveries() {
     // The same decision made again after the restart is the same action: not written twice.
     let again = run.outbox.enqueue(vec![rebalance("web", 1)]).await.unwrap();
     assert!(again.is_empty(), "{again:#?}");
-    let all = run.settled(DEADLINE).await;
+    // The head is due once its backoff has passed. The reopened outbox reads the wall
+    // clock again, which did not follow the virtual time the first run spent: move on by
+    // more than both.
+    advance_ms(1_000).await;
+    let all = run.settled().await;
     assert!(
         all.iter().all(|d| d.state == DeliveryState::Delivered),
         "{all:#?}"
@@ -516,7 +655,75 @@ async fn restart_resumes_pending_deliveries() {
             .map(|d| &d.idempotency_key)
             .collect::<Vec<_>>()
     );
+    assert_eq!(all[0].attempts, 3, "attempts are kept across the restart");
     assert_eq!(accepted_seqs(&receiver, "/w"), vec![0, 1, 2]);
+    run.stop().await;
+}
+
+/// The outbox runs on the clock it is given, like the decisions: on a clock that starts in
+/// 2001 and runs 60 times faster, `created_at` is that clock's time, a backoff of 0.5–1 s
+/// (real) is 30–60 s on it, and `max_age` (61 s) is judged on it: the second attempt comes
+/// within it, and the next one (after 1–2 s real, 60–120 s on the clock) would not, so the
+/// second failure expires the action, whatever the wall clock says.
+#[tokio::test(start_paused = true)]
+async fn the_outbox_runs_on_the_clock_it_is_given() {
+    const START: i64 = 1_000_000_000;
+    let clock = Clock::accelerated(START, 60.0);
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::with_replies(Vec::new(), Reply::status(503));
+    let url = receiver.url("/scale");
+    let cfg = DeliveryConfig {
+        max_age: Duration::from_secs(61),
+        ..delivery(1_000, 100, 1_000, 2_000)
+    };
+    let run = Running::start_with_clock(
+        dir.path(),
+        &["web".to_owned()],
+        ActionKind::Scale,
+        |_| url.clone(),
+        cfg,
+        clock,
+    )
+    .await;
+    let written = run.outbox.enqueue(vec![scale("web", 4, START)]).await;
+    let created = written.expect("enqueue")[0].created_at_ms;
+    // The clock runs in real time too (60 s per real second): allow a busy machine 2 s.
+    assert!(
+        (START * 1000..=(START + 120) * 1000).contains(&created),
+        "created at {created} ms, not on the clock given ({START} s)"
+    );
+    assert!((created / 1000 - clock.now()).abs() <= 120, "{created}");
+
+    held(receiver.wait_for(1, DEADLINE)).await;
+    let all = run
+        .when("the first attempt", |all| all[0].attempts == 1)
+        .await;
+    let wait = all[0].next_attempt_ms - run.outbox.now_ms();
+    assert!(
+        (30_000..=60_000).contains(&wait),
+        "a backoff of 0.5-1 s is 30-60 s on the clock: {wait} ms"
+    );
+    // Just past the due time: ceil(wait / 60) ms of real time.
+    advance_ms((wait as u64).div_ceil(60)).await;
+    held(receiver.wait_for(2, DEADLINE)).await;
+    let all = run
+        .when("the action to expire", |all| {
+            all[0].state == DeliveryState::Dead
+        })
+        .await;
+    let d = &all[0];
+    assert_eq!(
+        (d.outcome, d.attempts),
+        (Some(DeliveryOutcome::Expired), 2),
+        "{d:#?}"
+    );
+    let age = d.finished_at_ms.expect("finished") - d.created_at_ms;
+    assert!((30_000..61_000).contains(&age), "{age} ms on the clock");
+    let last = run.store.target("web").unwrap().last_delivery.clone();
+    let last = last.expect("reported");
+    assert_eq!(last.outcome, DeliveryOutcome::Expired);
+    assert_eq!(last.at, d.finished_at_ms.unwrap() / 1000);
+    assert_eq!(receiver.requests().len(), 2);
     run.stop().await;
 }
 
@@ -535,7 +742,7 @@ async fn soak_10000_actions_through_a_flaky_receiver() {
     let run = Running::start(
         dir.path(),
         &targets,
-        "rebalance",
+        ActionKind::Rebalance,
         |t| format!("{base}/{t}"),
         delivery(5_000, 6, 5, 50),
     )
@@ -546,7 +753,7 @@ async fn soak_10000_actions_through_a_flaky_receiver() {
         let actions = targets.iter().map(|t| rebalance(t, seq)).collect();
         run.outbox.enqueue(actions).await.expect("enqueue");
     }
-    let all = run.settled(Duration::from_secs(300)).await;
+    let all = run.settled_within(Duration::from_secs(300)).await;
     let elapsed = started.elapsed();
 
     assert_eq!(all.len(), TARGETS * PER_TARGET as usize, "none lost");
@@ -564,7 +771,7 @@ async fn soak_10000_actions_through_a_flaky_receiver() {
         "delivered or dead-lettered"
     );
     for d in &dead {
-        assert_eq!(d.outcome.as_deref(), Some("gave_up"), "{d:?}");
+        assert_eq!(d.outcome, Some(DeliveryOutcome::GaveUp), "{d:?}");
         assert_eq!(d.attempts, 6);
     }
 

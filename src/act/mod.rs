@@ -23,14 +23,18 @@ pub mod outbox;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::time::Duration;
 
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AlertmanagerConfig, Config, HaproxyConfig, WebhookConfig};
 use crate::decide::{Decision, Peak, Reason};
 pub use alert::AlertAction;
+pub use outbox::DeliveryRecord;
 
 /// The version of the webhook body; receivers should refuse versions they do not know.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -80,6 +84,63 @@ pub struct RebalanceAction {
     pub issued_at: i64,
 }
 
+/// What an action asks for, and so where it goes: `scale` (the platform), `rebalance` (the
+/// balancer) or `alert` (Alertmanager). These names are the `kind` of a body, of a delivery
+/// in the API, and of the metrics' `kind` label.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Change the replica count.
+    Scale,
+    /// Change instance weights.
+    Rebalance,
+    /// A predicted bottleneck, firing or resolved.
+    Alert,
+}
+
+impl ActionKind {
+    /// Every kind.
+    pub const ALL: [Self; 3] = [Self::Scale, Self::Rebalance, Self::Alert];
+
+    /// The name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scale => "scale",
+            Self::Rebalance => "rebalance",
+            Self::Alert => "alert",
+        }
+    }
+
+    /// The kind of this name, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for ActionKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 /// Something to send to the outside world.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -101,13 +162,12 @@ impl Action {
         }
     }
 
-    /// `"scale"`, `"rebalance"` or `"alert"`: the `kind` of the body, and a label for logs
-    /// and metrics.
-    pub fn kind(&self) -> &'static str {
+    /// Its kind: the `kind` of the body, and a label for logs and metrics.
+    pub fn kind(&self) -> ActionKind {
         match self {
-            Self::Scale(_) => "scale",
-            Self::Rebalance(_) => "rebalance",
-            Self::Alert(_) => "alert",
+            Self::Scale(_) => ActionKind::Scale,
+            Self::Rebalance(_) => ActionKind::Rebalance,
+            Self::Alert(_) => ActionKind::Alert,
         }
     }
 
@@ -236,7 +296,7 @@ pub enum Destination {
 /// Every configured receiver, by target and action kind, and the clients to reach them.
 #[derive(Debug, Clone)]
 pub struct Receivers {
-    routes: HashMap<(String, &'static str), Destination>,
+    routes: HashMap<(String, ActionKind), Destination>,
     webhooks: webhook::WebhookSender,
 }
 
@@ -247,23 +307,26 @@ impl Receivers {
         let mut routes = HashMap::new();
         for t in &config.targets {
             if let Some(h) = &t.platform {
-                routes.insert((t.name.clone(), "scale"), Destination::Webhook(h.clone()));
+                routes.insert(
+                    (t.name.clone(), ActionKind::Scale),
+                    Destination::Webhook(h.clone()),
+                );
             }
             if let Some(h) = &t.balancer {
                 routes.insert(
-                    (t.name.clone(), "rebalance"),
+                    (t.name.clone(), ActionKind::Rebalance),
                     Destination::Webhook(h.clone()),
                 );
             }
             if let Some(h) = &t.haproxy {
                 routes.insert(
-                    (t.name.clone(), "rebalance"),
+                    (t.name.clone(), ActionKind::Rebalance),
                     Destination::Haproxy(h.clone()),
                 );
             }
             if let Some(am) = &config.alertmanager {
                 routes.insert(
-                    (t.name.clone(), "alert"),
+                    (t.name.clone(), ActionKind::Alert),
                     Destination::Alertmanager(am.clone()),
                 );
             }
@@ -273,7 +336,7 @@ impl Receivers {
 
     /// Receivers from an explicit list of `(target, kind, destination)`.
     pub fn from_routes(
-        routes: impl IntoIterator<Item = (String, &'static str, Destination)>,
+        routes: impl IntoIterator<Item = (String, ActionKind, Destination)>,
         webhooks: webhook::WebhookSender,
     ) -> Self {
         Self {
@@ -283,23 +346,17 @@ impl Receivers {
     }
 
     /// Whether actions of `kind` for `target` have somewhere to go.
-    pub fn has(&self, target: &str, kind: &str) -> bool {
+    pub fn has(&self, target: &str, kind: ActionKind) -> bool {
         self.route(target, kind).is_some()
     }
 
-    fn route(&self, target: &str, kind: &str) -> Option<&Destination> {
-        let kind = match kind {
-            "scale" => "scale",
-            "rebalance" => "rebalance",
-            "alert" => "alert",
-            _ => return None,
-        };
+    fn route(&self, target: &str, kind: ActionKind) -> Option<&Destination> {
         self.routes.get(&(target.to_owned(), kind))
     }
 
     /// One attempt to deliver `body` (an action of `kind` for `target`) with idempotency
     /// key `key`.
-    pub async fn attempt(&self, target: &str, kind: &str, body: &[u8], key: &str) -> Attempt {
+    pub async fn attempt(&self, target: &str, kind: ActionKind, body: &[u8], key: &str) -> Attempt {
         match self.route(target, kind) {
             None => Attempt::Final {
                 error: format!("no receiver configured for {kind} actions of target `{target}`"),
@@ -396,7 +453,7 @@ mod tests {
             weights,
             issued_at: 42,
         });
-        assert_eq!((a.kind(), a.target()), ("rebalance", "web"));
+        assert_eq!((a.kind(), a.target()), (ActionKind::Rebalance, "web"));
         assert_eq!(
             a.payload(),
             json!({
@@ -407,6 +464,20 @@ mod tests {
                 "weights": { "10.0.0.1:80": 256, "10.0.0.2:80": 0 },
             })
         );
+    }
+
+    /// The kinds' names are their serialisation (the body's `kind`, as documented), and
+    /// parse back.
+    #[test]
+    fn kinds_are_named_as_documented() {
+        let names: Vec<&str> = ActionKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["scale", "rebalance", "alert"]);
+        for k in ActionKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(ActionKind::parse(k.as_str()), Some(k));
+            assert_eq!(k.to_string(), k.as_str());
+        }
+        assert_eq!(ActionKind::parse("Scale"), None);
     }
 
     #[test]

@@ -24,7 +24,8 @@ use sha2::Sha256;
 use tracing::{debug, info, warn};
 use url::Url;
 
-use super::{Action, Attempt};
+use super::outbox::DeliveryOutcome;
+use super::{Action, ActionKind, Attempt};
 use crate::config::{DeliveryConfig, WebhookConfig};
 
 /// The header carrying the signature.
@@ -154,9 +155,14 @@ pub struct Delivered {
 }
 
 impl Delivered {
-    /// `"delivered"`: the outcome label for metrics (see [`DeliveryError::outcome_label`]).
+    /// [`DeliveryOutcome::Delivered`] (see [`DeliveryError::outcome`]).
+    pub fn outcome(&self) -> DeliveryOutcome {
+        DeliveryOutcome::Delivered
+    }
+
+    /// `"delivered"`: the outcome label for metrics.
     pub fn outcome_label(&self) -> &'static str {
-        "delivered"
+        self.outcome().as_str()
     }
 }
 
@@ -172,7 +178,7 @@ pub enum DeliveryError {
         /// The target's name.
         target: String,
         /// The action's kind.
-        kind: &'static str,
+        kind: ActionKind,
         /// The receiver (any password redacted).
         url: String,
         /// Attempts made.
@@ -190,7 +196,7 @@ pub enum DeliveryError {
         /// The target's name.
         target: String,
         /// The action's kind.
-        kind: &'static str,
+        kind: ActionKind,
         /// The receiver (any password redacted).
         url: String,
         /// Attempts made.
@@ -201,12 +207,17 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
+    /// [`DeliveryOutcome::Rejected`] or [`DeliveryOutcome::GaveUp`].
+    pub fn outcome(&self) -> DeliveryOutcome {
+        match self {
+            Self::Rejected { .. } => DeliveryOutcome::Rejected,
+            Self::GaveUp { .. } => DeliveryOutcome::GaveUp,
+        }
+    }
+
     /// `"rejected"` or `"gave_up"`: the outcome label for metrics.
     pub fn outcome_label(&self) -> &'static str {
-        match self {
-            Self::Rejected { .. } => "rejected",
-            Self::GaveUp { .. } => "gave_up",
-        }
+        self.outcome().as_str()
     }
 
     /// Attempts made.
@@ -263,7 +274,8 @@ impl WebhookSender {
         let body = action.body();
         let key = action.idempotency_key();
         let url = redacted(&hook.url);
-        let (target, kind) = (action.target(), action.kind());
+        let (target, action_kind) = (action.target(), action.kind());
+        let kind = action_kind.as_str();
         let max_attempts = self.cfg.max_attempts.max(1);
 
         let mut attempt = 0;
@@ -283,7 +295,7 @@ impl WebhookSender {
                     warn!(target, kind, %url, attempts = attempt, status, %key, body = %body, "webhook rejected");
                     return Err(DeliveryError::Rejected {
                         target: target.to_owned(),
-                        kind,
+                        kind: action_kind,
                         url,
                         attempts: attempt,
                         status,
@@ -299,7 +311,7 @@ impl WebhookSender {
                         warn!(target, kind, %url, attempts = attempt, status, %key, error = %error, "webhook gave up");
                         return Err(DeliveryError::GaveUp {
                             target: target.to_owned(),
-                            kind,
+                            kind: action_kind,
                             url,
                             attempts: attempt,
                             last: error,
@@ -646,7 +658,7 @@ mod tests {
                     (*status, body.as_str(), *attempts),
                     (400, "unknown target `web`", 1)
                 );
-                assert_eq!((target.as_str(), *kind), ("web", "scale"));
+                assert_eq!((target.as_str(), *kind), ("web", ActionKind::Scale));
             }
             other => panic!("expected Rejected, got {other:?}"),
         }

@@ -1,0 +1,604 @@
+//! The durable outbox: every action is written here before it is sent.
+//!
+//! [`Outbox::enqueue`] commits the actions to an embedded [redb] file,
+//! `<state dir>/outbox.redb`, and returns only once they are on disk; then it hands them
+//! to the [`Worker`]. The worker delivers them through [`Receivers`]:
+//!
+//! - **In order, one at a time, per lane.** A lane is a target and an action kind (so a
+//!   receiver): its oldest pending action is attempted, and the next only once that one
+//!   is finished. Lanes proceed independently, up to [`MAX_IN_FLIGHT`] attempts at once.
+//! - **Retries** with exponential backoff and jitter (`[delivery] initial_backoff`,
+//!   `max_backoff`; a `Retry-After` is honoured), up to `max_attempts`, and no later than
+//!   `max_age` after the action was decided; then the action is dead-lettered. A final
+//!   refusal (4xx) is dead-lettered at once, with the receiver's answer.
+//! - **Superseding.** A newer action of the same group ([`Action::supersede_group`]: the
+//!   scale actions of a target; the alert of a target and signal) supersedes an older one
+//!   not yet delivered; one in flight is superseded only if its attempt fails.
+//! - **The same body and `Idempotency-Key` on every attempt**, also after a restart: both
+//!   are stored with the action.
+//! - **Restart resumes.** Actions still pending when the process stopped (or was killed)
+//!   are loaded at start and delivered. An attempt that reached the receiver just before a
+//!   crash is sent again with the same key: delivery is at least once, and exactly once
+//!   for a receiver that drops repeated keys.
+//!
+//! Every state change is committed before the worker acts on it; outcomes that arrive
+//! together are committed in one transaction. The worker reports each finished action to
+//! the [`OutcomeSink`] it is given (`serve` keeps the last one per target in its store).
+//!
+//! **Time.** The outbox runs on the [`Clock`] it is opened with, the one the decisions
+//! use: `created_at`, `next_attempt_at`, `finished_at`, the `max_age` expiry and the
+//! retention are on that clock, like an action's `issued_at`. It reads the clock once, when
+//! opened, and counts on from there in milliseconds with tokio's monotonic time at the
+//! clock's speed — so it follows the demo's accelerated clock, and tokio's paused time in
+//! tests, and a step of the system clock while running moves no age and no due time.
+//! Backoff and attempt timeouts are real time, because receivers run in real time: a
+//! backoff of `b` makes the next attempt due at `now + b × speed` on the clock, `b` later
+//! in real time.
+//!
+//! The parts: this handle and the types; `storage` (the file, its tables and
+//! transactions); `index` (the pending actions by lane); `worker` (the delivery loop).
+//!
+//! [redb]: https://docs.rs/redb
+
+mod index;
+mod storage;
+mod worker;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{Action, ActionKind, Receivers};
+use crate::clock::Clock;
+use crate::config::DeliveryConfig;
+use storage::{Filter, Storage};
+pub use worker::{DeliveryLabels, OutboxLabels, OutboxMetrics, Worker};
+
+/// The most attempts in flight at once, across lanes.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// The file in the state directory.
+pub const FILE_NAME: &str = "outbox.redb";
+
+/// Where an action is in its life.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Written, not delivered yet: waiting for its turn or its next attempt.
+    Pending,
+    /// The receiver accepted it.
+    Delivered,
+    /// Given up: refused, out of attempts or too old. Can be retried by hand.
+    Dead,
+    /// A newer action of its group replaced it before it was delivered.
+    Superseded,
+}
+
+impl DeliveryState {
+    /// Every state.
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Delivered, Self::Dead, Self::Superseded];
+
+    /// The name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    /// Parses a name from the API.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// How a delivery ended.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    /// The receiver accepted it.
+    Delivered,
+    /// The receiver refused it for good (a 4xx, a 3xx, no such receiver): dead.
+    Rejected,
+    /// Out of attempts: dead.
+    GaveUp,
+    /// Not delivered within `max_age`: dead.
+    Expired,
+    /// A newer action of its group replaced it.
+    Superseded,
+}
+
+impl DeliveryOutcome {
+    /// Every outcome.
+    pub const ALL: [Self; 5] = [
+        Self::Delivered,
+        Self::Rejected,
+        Self::GaveUp,
+        Self::Expired,
+        Self::Superseded,
+    ];
+
+    /// The name, as in the API and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Rejected => "rejected",
+            Self::GaveUp => "gave_up",
+            Self::Expired => "expired",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    /// The state an action with this outcome is in.
+    pub fn state(self) -> DeliveryState {
+        match self {
+            Self::Delivered => DeliveryState::Delivered,
+            Self::Rejected | Self::GaveUp | Self::Expired => DeliveryState::Dead,
+            Self::Superseded => DeliveryState::Superseded,
+        }
+    }
+}
+
+macro_rules! name_as_label {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+                fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    )*};
+}
+name_as_label!(DeliveryState, DeliveryOutcome);
+
+/// One action in the outbox, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Increasing with the order of writing.
+    pub id: u64,
+    /// The target.
+    pub target: String,
+    /// What it asks for.
+    pub kind: ActionKind,
+    /// Its supersede group, if any.
+    pub group: Option<String>,
+    /// The `Idempotency-Key`, the same on every attempt.
+    pub idempotency_key: String,
+    /// The body, byte for byte as sent.
+    pub body: String,
+    /// Where it is.
+    pub state: DeliveryState,
+    /// How it ended, once it has.
+    pub outcome: Option<DeliveryOutcome>,
+    /// When it was written (Unix ms on the outbox's clock): the decision.
+    pub created_at_ms: i64,
+    /// Its age counts from here (Unix ms): written, or retried by hand.
+    pub age_from_ms: i64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix ms on the outbox's clock).
+    pub next_attempt_ms: i64,
+    /// What went wrong last.
+    pub last_error: Option<String>,
+    /// The last HTTP status.
+    pub last_status: Option<u16>,
+    /// The start of the receiver's answer to a refused action.
+    pub response_body: Option<String>,
+    /// When it reached its state (Unix ms on the outbox's clock), if not pending.
+    pub finished_at_ms: Option<i64>,
+    /// The action that superseded it.
+    pub superseded_by: Option<u64>,
+}
+
+impl Delivery {
+    /// `action`, written as `id` at `now` (ms), due at once.
+    fn pending(id: u64, action: &Action, idempotency_key: String, now: i64) -> Self {
+        Self {
+            id,
+            target: action.target().to_owned(),
+            kind: action.kind(),
+            group: action.supersede_group(),
+            idempotency_key,
+            body: String::from_utf8_lossy(&action.body()).into_owned(),
+            state: DeliveryState::Pending,
+            outcome: None,
+            created_at_ms: now,
+            age_from_ms: now,
+            attempts: 0,
+            next_attempt_ms: now,
+            last_error: None,
+            last_status: None,
+            response_body: None,
+            finished_at_ms: None,
+            superseded_by: None,
+        }
+    }
+
+    /// Its outcome in short, once it has one.
+    pub fn record(&self) -> Option<DeliveryRecord> {
+        let outcome = self.outcome?;
+        Some(DeliveryRecord {
+            kind: self.kind,
+            idempotency_key: self.idempotency_key.clone(),
+            outcome,
+            attempts: self.attempts,
+            error: self
+                .last_error
+                .clone()
+                .filter(|_| outcome != DeliveryOutcome::Delivered),
+            at: self
+                .finished_at_ms
+                .unwrap_or(self.created_at_ms)
+                .div_euclid(1000),
+        })
+    }
+}
+
+/// The outcome of a target's last finished delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeliveryRecord {
+    /// What the action asked for.
+    pub kind: ActionKind,
+    /// The action's idempotency key.
+    pub idempotency_key: String,
+    /// How it ended.
+    pub outcome: DeliveryOutcome,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The error, when not delivered.
+    pub error: Option<String>,
+    /// When it ended (Unix s on the outbox's clock).
+    pub at: i64,
+}
+
+/// Where the worker reports each finished action: its target and its outcome in short.
+///
+/// Called by the worker after the outcome is written, once per action; it should return at
+/// once (take a short lock, or send on a channel). A closure
+/// `Fn(&str, DeliveryRecord) + Send + Sync` is one.
+pub trait OutcomeSink: Send + Sync + 'static {
+    /// `target`'s action finished with `record`.
+    fn finished(&self, target: &str, record: DeliveryRecord);
+}
+
+impl<F> OutcomeSink for F
+where
+    F: Fn(&str, DeliveryRecord) + Send + Sync + 'static,
+{
+    fn finished(&self, target: &str, record: DeliveryRecord) {
+        self(target, record);
+    }
+}
+
+/// What the outbox could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The state directory cannot be created or used.
+    #[error("state directory `{path}`: {error}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        error: String,
+    },
+    /// The outbox file cannot be opened, read or written.
+    #[error("outbox `{path}`: {error}")]
+    Storage {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: String,
+    },
+    /// No action with this id.
+    #[error("no delivery with id {0}")]
+    NotFound(u64),
+    /// Only dead letters can be retried.
+    #[error("delivery {id} is {state}, not dead; only dead deliveries can be retried")]
+    NotDead {
+        /// The id.
+        id: u64,
+        /// Its state.
+        state: &'static str,
+    },
+}
+
+/// Settings of the worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Retries, backoff and age.
+    pub delivery: DeliveryConfig,
+    /// How long delivered and superseded actions are kept.
+    pub retention: Duration,
+}
+
+/// The outbox's time: the [`Clock`] it was opened with, read once and counted on in
+/// milliseconds with tokio's monotonic time at the clock's speed (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct Time {
+    /// The clock's reading when opened (Unix ms; the clock has whole seconds).
+    origin_ms: i64,
+    origin: tokio::time::Instant,
+    /// Clock seconds per real second (> 0).
+    speed: f64,
+}
+
+impl Time {
+    fn new(clock: Clock) -> Self {
+        Self {
+            origin_ms: clock.now().saturating_mul(1000),
+            origin: tokio::time::Instant::now(),
+            speed: clock.speed(),
+        }
+    }
+
+    /// Now, in Unix ms on the clock.
+    fn now_ms(&self) -> i64 {
+        self.origin_ms
+            .saturating_add(self.clock_ms(self.origin.elapsed()))
+    }
+
+    /// How many of the clock's ms a real duration lasts.
+    fn clock_ms(&self, real: Duration) -> i64 {
+        // A float-to-int `as` saturates.
+        (real.as_secs_f64() * self.speed * 1000.0) as i64
+    }
+
+    /// How long `ms` of the clock's ms last in real time, rounded up to a whole ms (so a
+    /// sleep until a due time never wakes just before it).
+    fn real(&self, ms: i64) -> Duration {
+        let real_ms = (ms.max(0) as f64 / self.speed).ceil();
+        Duration::from_millis(real_ms.min(u64::MAX as f64) as u64)
+    }
+}
+
+/// The handle on the outbox: write actions, list and retry deliveries. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    storage: Arc<Storage>,
+    time: Time,
+    /// New and retried actions, for the worker.
+    to_worker: mpsc::UnboundedSender<ToWorker>,
+    /// The worker's end, until [`Outbox::worker`] takes it.
+    from_handles: Mutex<Option<mpsc::UnboundedReceiver<ToWorker>>>,
+}
+
+/// What the handles tell the worker.
+enum ToWorker {
+    /// Newly written actions.
+    New(Vec<Delivery>),
+    /// A dead action put back by hand.
+    Retried(Box<Delivery>),
+}
+
+impl Outbox {
+    /// [`Outbox::open_with_clock`] on the system clock.
+    pub fn open(dir: &Path) -> Result<Self, OutboxError> {
+        Self::open_with_clock(dir, Clock::system())
+    }
+
+    /// Opens (or creates) `<dir>/outbox.redb`, creating `dir` if needed, on `clock` (the
+    /// one decisions are made on).
+    ///
+    /// Fails with the path and the reason when the directory cannot be created or is not
+    /// a directory, or the file cannot be opened or is not an outbox; what this call
+    /// created is removed again, and an existing file is left as it was.
+    pub fn open_with_clock(dir: &Path, clock: Clock) -> Result<Self, OutboxError> {
+        let storage = Storage::open(dir)?;
+        let (to_worker, from_handles) = mpsc::unbounded_channel();
+        Ok(Self {
+            inner: Arc::new(Shared {
+                storage: Arc::new(storage),
+                time: Time::new(clock),
+                to_worker,
+                from_handles: Mutex::new(Some(from_handles)),
+            }),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        self.inner.storage.path()
+    }
+
+    /// Now, in Unix ms on the outbox's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.time.now_ms()
+    }
+
+    /// Runs a blocking closure over the file on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Storage) -> Result<T, OutboxError> + Send + 'static,
+    ) -> Result<T, OutboxError> {
+        let storage = self.inner.storage.clone();
+        tokio::task::spawn_blocking(move || f(&storage))
+            .await
+            .map_err(|e| {
+                self.inner
+                    .storage
+                    .error(format!("storage task failed: {e}"))
+            })?
+    }
+
+    /// Writes `actions` durably, in order, and hands them to the worker; returns what was
+    /// written. An action whose idempotency key is already in the outbox (an identical
+    /// action) is left out. When this returns, the actions survive a crash.
+    pub async fn enqueue(&self, actions: Vec<Action>) -> Result<Vec<Delivery>, OutboxError> {
+        if actions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.now_ms();
+        let records = self.blocking(move |s| s.insert(&actions, now)).await?;
+        // The worker may be gone (shutting down); the actions are on disk for the next start.
+        let _ = self.inner.to_worker.send(ToWorker::New(records.clone()));
+        Ok(records)
+    }
+
+    /// Up to `limit` deliveries, newest first, optionally only in `state` and of `target`.
+    pub async fn list(
+        &self,
+        state: Option<DeliveryState>,
+        target: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, OutboxError> {
+        Ok(self.list_page(state, target, 0, limit).await?.0)
+    }
+
+    /// A page of deliveries, newest first, optionally only in `state` and of `target`: up
+    /// to `limit` of them after skipping the `offset` newest, and whether more follow.
+    ///
+    /// The skipped ones are passed over in the file without being loaded, so a large
+    /// `offset` costs a scan, not memory; any `offset` and `limit` are fine.
+    pub async fn list_page(
+        &self,
+        state: Option<DeliveryState>,
+        target: Option<String>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, bool), OutboxError> {
+        let filter = Filter { state, target };
+        self.blocking(move |s| s.page(&filter, offset, limit)).await
+    }
+
+    /// One delivery.
+    pub async fn get(&self, id: u64) -> Result<Delivery, OutboxError> {
+        self.blocking(move |s| s.get(id)).await
+    }
+
+    /// Puts a dead delivery back in its lane with fresh attempts and age; returns it.
+    pub async fn retry(&self, id: u64) -> Result<Delivery, OutboxError> {
+        let now = self.now_ms();
+        let d = self.blocking(move |s| s.retry(id, now)).await?;
+        tracing::info!(id, target = %d.target, kind = %d.kind, "dead delivery put back for retry");
+        let _ = self
+            .inner
+            .to_worker
+            .send(ToWorker::Retried(Box::new(d.clone())));
+        Ok(d)
+    }
+
+    /// The worker that delivers through `receivers`, counting in `metrics` and reporting
+    /// each finished action to `outcomes`, with the pending actions loaded (so that an
+    /// unreadable outbox fails here, at start). Only one worker per outbox.
+    pub async fn worker(
+        &self,
+        settings: Settings,
+        receivers: Receivers,
+        metrics: impl Into<OutboxMetrics>,
+        outcomes: Option<Box<dyn OutcomeSink>>,
+    ) -> Result<Worker, OutboxError> {
+        let (resumed, dead) = self.blocking(Storage::at_start).await?;
+        let from_handles = self
+            .inner
+            .from_handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| self.inner.storage.error("already has a worker"))?;
+        Ok(Worker::new(
+            self.clone(),
+            worker::Parts {
+                settings,
+                receivers,
+                metrics: metrics.into(),
+                outcomes,
+                from_handles,
+                resumed,
+                dead,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names are the serialisation, and round-trip.
+    #[test]
+    fn names_are_the_serialisation_and_round_trip() {
+        for s in DeliveryState::ALL {
+            assert_eq!(DeliveryState::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(DeliveryState::parse("lost"), None);
+        for o in DeliveryOutcome::ALL {
+            assert_eq!(DeliveryOutcome::parse(o.as_str()), Some(o));
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+            assert_eq!(o.to_string(), o.as_str());
+        }
+        let names: Vec<&str> = DeliveryOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(
+            names,
+            ["delivered", "rejected", "gave_up", "expired", "superseded"],
+            "as documented in the README"
+        );
+    }
+
+    /// The outbox's time starts at the clock's reading and runs at its speed; real
+    /// durations and clock durations convert both ways, rounding up to real ms.
+    #[tokio::test(start_paused = true)]
+    async fn time_follows_the_clock_it_is_given() {
+        let t = Time::new(Clock::accelerated(1_000_000, 60.0));
+        let start = t.now_ms();
+        // The clock itself runs in real time: allow a busy machine a real second.
+        assert!((1_000_000_000..=1_000_060_000).contains(&start), "{start}");
+        assert_eq!(start % 1000, 0, "read at the clock's resolution");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(
+            t.now_ms() - start,
+            30_000,
+            "half a real second is 30 clock seconds"
+        );
+        assert_eq!(t.clock_ms(Duration::from_secs(2)), 120_000);
+        assert_eq!(t.real(120_000), Duration::from_secs(2));
+        assert_eq!(t.real(1), Duration::from_millis(1), "rounded up");
+        assert_eq!(t.real(-5), Duration::ZERO);
+        let system = Time::new(Clock::system());
+        assert!((system.now_ms() - Clock::system().now() * 1000).abs() <= 1_000);
+    }
+}

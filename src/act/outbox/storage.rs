@@ -1,0 +1,411 @@
+//! The outbox file: its redb tables, the encoding of a record, and every transaction.
+//!
+//! All of it is blocking; the handle runs it on tokio's blocking pool. A record is the
+//! [`Delivery`] as JSON (its enums as their documented names), keyed by id; the names have
+//! not changed since the first version, so files written by older versions open as they are.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::Deserialize;
+use tracing::debug;
+
+use super::{Delivery, DeliveryState, FILE_NAME, OutboxError};
+use crate::act::Action;
+
+const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Idempotency key → id: an action identical to one already written (the same decision
+/// made again, e.g. by a restarted process in the same second) is not written twice.
+const KEYS: TableDefinition<&str, u64> = TableDefinition::new("keys");
+const NEXT_ID: &str = "next_id";
+
+/// The few fields a listing filters on, read without decoding the whole record.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    target: Cow<'a, str>,
+    state: DeliveryState,
+}
+
+/// What pruning needs of a record.
+#[derive(Deserialize)]
+struct Finished<'a> {
+    state: DeliveryState,
+    finished_at_ms: Option<i64>,
+    #[serde(borrow)]
+    idempotency_key: Cow<'a, str>,
+}
+
+/// Which deliveries a listing shows.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Filter {
+    pub(super) state: Option<DeliveryState>,
+    pub(super) target: Option<String>,
+}
+
+impl Filter {
+    fn is_empty(&self) -> bool {
+        self.state.is_none() && self.target.is_none()
+    }
+
+    fn keeps(&self, head: &Head<'_>) -> bool {
+        self.state.is_none_or(|s| head.state == s)
+            && self.target.as_deref().is_none_or(|t| head.target == t)
+    }
+}
+
+/// The open outbox file.
+pub(super) struct Storage {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Storage {
+    /// Opens (or creates) `<dir>/outbox.redb`, creating `dir` if needed; on failure removes
+    /// what this call created and leaves an existing file as it was.
+    pub(super) fn open(dir: &Path) -> Result<Self, OutboxError> {
+        let dir_err = |error: String| OutboxError::Dir {
+            path: dir.to_owned(),
+            error,
+        };
+        if dir.exists() && !dir.is_dir() {
+            return Err(dir_err("exists but is not a directory".to_owned()));
+        }
+        // The outermost directory this call creates, to remove again on failure.
+        let created = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .last()
+            .map(Path::to_owned);
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            if let Some(top) = &created {
+                let _ = std::fs::remove_dir_all(top);
+            }
+            return Err(dir_err(format!("cannot create it: {e}")));
+        }
+        let path = dir.join(FILE_NAME);
+        let file_existed = path.exists();
+        let opened = Database::create(&path)
+            .map_err(DbError::from)
+            .and_then(|db| init(&db).map(|()| db));
+        match opened {
+            Ok(db) => Ok(Self { db, path }),
+            Err(e) => {
+                // Leave nothing half-written: remove what this call made.
+                if let Some(top) = &created {
+                    let _ = std::fs::remove_dir_all(top);
+                } else if !file_existed {
+                    let _ = std::fs::remove_file(&path);
+                }
+                let why = match *e.0 {
+                    redb::Error::DatabaseAlreadyOpen => {
+                        "in use by another process (another prescale on the same state directory?)"
+                            .to_owned()
+                    }
+                    e => format!("cannot open it as an outbox: {e}"),
+                };
+                Err(OutboxError::Storage { path, error: why })
+            }
+        }
+    }
+
+    /// The file.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An error of this file.
+    pub(super) fn error(&self, error: impl std::fmt::Display) -> OutboxError {
+        OutboxError::Storage {
+            path: self.path.clone(),
+            error: error.to_string(),
+        }
+    }
+
+    /// Maps a redb error to an error of this file.
+    fn db<E: Into<redb::Error>>(&self) -> impl Fn(E) -> OutboxError + '_ {
+        move |e| self.error(e.into())
+    }
+
+    fn unreadable(&self, id: u64, e: &serde_json::Error) -> OutboxError {
+        self.error(format!("record {id} is not readable: {e}"))
+    }
+
+    fn decode(&self, id: u64, bytes: &[u8]) -> Result<Delivery, OutboxError> {
+        serde_json::from_slice(bytes).map_err(|e| self.unreadable(id, &e))
+    }
+
+    /// Writes `actions` in one transaction, in order, as pending since `now` (ms); leaves
+    /// out those whose idempotency key is already in the file; returns what was written.
+    pub(super) fn insert(
+        &self,
+        actions: &[Action],
+        now: i64,
+    ) -> Result<Vec<Delivery>, OutboxError> {
+        let txn = self.db.begin_write().map_err(self.db())?;
+        let mut out = Vec::with_capacity(actions.len());
+        {
+            let mut meta = txn.open_table(META).map_err(self.db())?;
+            let mut table = txn.open_table(DELIVERIES).map_err(self.db())?;
+            let mut keys = txn.open_table(KEYS).map_err(self.db())?;
+            let mut next = meta
+                .get(NEXT_ID)
+                .map_err(self.db())?
+                .map_or(1, |v| v.value());
+            for a in actions {
+                let key = a.idempotency_key();
+                if let Some(id) = keys.get(key.as_str()).map_err(self.db())? {
+                    debug!(target = a.target(), kind = %a.kind(), key = %key, id = id.value(),
+                        "identical action already in the outbox; not written again");
+                    continue;
+                }
+                keys.insert(key.as_str(), next).map_err(self.db())?;
+                let d = Delivery::pending(next, a, key, now);
+                table
+                    .insert(next, encode(&d).as_slice())
+                    .map_err(self.db())?;
+                out.push(d);
+                next += 1;
+            }
+            meta.insert(NEXT_ID, next).map_err(self.db())?;
+        }
+        txn.commit().map_err(self.db())?;
+        Ok(out)
+    }
+
+    /// One record.
+    pub(super) fn get(&self, id: u64) -> Result<Delivery, OutboxError> {
+        let txn = self.db.begin_read().map_err(self.db())?;
+        let table = txn.open_table(DELIVERIES).map_err(self.db())?;
+        match table.get(id).map_err(self.db())? {
+            Some(v) => self.decode(id, v.value()),
+            None => Err(OutboxError::NotFound(id)),
+        }
+    }
+
+    /// Up to `limit` records that `filter` keeps, newest first, after skipping `offset` of
+    /// them; and whether more follow. The skipped ones are not decoded (only the fields the
+    /// filter reads), so a large offset costs a scan, not memory.
+    pub(super) fn page(
+        &self,
+        filter: &Filter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, bool), OutboxError> {
+        let txn = self.db.begin_read().map_err(self.db())?;
+        let table = txn.open_table(DELIVERIES).map_err(self.db())?;
+        let mut skipped = 0usize;
+        let mut out = Vec::with_capacity(limit.min(1_024));
+        for item in table.iter().map_err(self.db())?.rev() {
+            let (k, v) = item.map_err(self.db())?;
+            let (id, bytes) = (k.value(), v.value());
+            if !filter.is_empty() {
+                let head: Head<'_> =
+                    serde_json::from_slice(bytes).map_err(|e| self.unreadable(id, &e))?;
+                if !filter.keeps(&head) {
+                    continue;
+                }
+            }
+            if skipped < offset {
+                skipped += 1;
+            } else if out.len() == limit {
+                return Ok((out, true));
+            } else {
+                out.push(self.decode(id, bytes)?);
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// Puts dead record `id` back to pending with fresh attempts, due and aged from `now`.
+    pub(super) fn retry(&self, id: u64, now: i64) -> Result<Delivery, OutboxError> {
+        let txn = self.db.begin_write().map_err(self.db())?;
+        let d = {
+            let mut table = txn.open_table(DELIVERIES).map_err(self.db())?;
+            let mut d = match table.get(id).map_err(self.db())? {
+                Some(v) => self.decode(id, v.value())?,
+                None => return Err(OutboxError::NotFound(id)),
+            };
+            if d.state != DeliveryState::Dead {
+                return Err(OutboxError::NotDead {
+                    id,
+                    state: d.state.as_str(),
+                });
+            }
+            d.state = DeliveryState::Pending;
+            d.outcome = None;
+            d.attempts = 0;
+            d.age_from_ms = now;
+            d.next_attempt_ms = now;
+            d.finished_at_ms = None;
+            table.insert(id, encode(&d).as_slice()).map_err(self.db())?;
+            d
+        };
+        txn.commit().map_err(self.db())?;
+        Ok(d)
+    }
+
+    /// Overwrites `records` in one transaction.
+    pub(super) fn write(&self, records: &[Delivery]) -> Result<(), OutboxError> {
+        let txn = self.db.begin_write().map_err(self.db())?;
+        {
+            let mut table = txn.open_table(DELIVERIES).map_err(self.db())?;
+            for d in records {
+                table
+                    .insert(d.id, encode(d).as_slice())
+                    .map_err(self.db())?;
+            }
+        }
+        txn.commit().map_err(self.db())
+    }
+
+    /// The pending records, oldest first, and how many are dead.
+    pub(super) fn at_start(&self) -> Result<(Vec<Delivery>, i64), OutboxError> {
+        let txn = self.db.begin_read().map_err(self.db())?;
+        let table = txn.open_table(DELIVERIES).map_err(self.db())?;
+        let (mut pending, mut dead) = (Vec::new(), 0);
+        for item in table.iter().map_err(self.db())? {
+            let (k, v) = item.map_err(self.db())?;
+            let (id, bytes) = (k.value(), v.value());
+            let head: Head<'_> =
+                serde_json::from_slice(bytes).map_err(|e| self.unreadable(id, &e))?;
+            match head.state {
+                DeliveryState::Pending => pending.push(self.decode(id, bytes)?),
+                DeliveryState::Dead => dead += 1,
+                DeliveryState::Delivered | DeliveryState::Superseded => {}
+            }
+        }
+        Ok((pending, dead))
+    }
+
+    /// Deletes delivered and superseded records finished before `cutoff` (ms), with their
+    /// idempotency keys; returns how many.
+    pub(super) fn prune(&self, cutoff: i64) -> Result<usize, OutboxError> {
+        let mut old = Vec::new();
+        {
+            let txn = self.db.begin_read().map_err(self.db())?;
+            let table = txn.open_table(DELIVERIES).map_err(self.db())?;
+            for item in table.iter().map_err(self.db())? {
+                let (k, v) = item.map_err(self.db())?;
+                let (id, bytes) = (k.value(), v.value());
+                let f: Finished<'_> =
+                    serde_json::from_slice(bytes).map_err(|e| self.unreadable(id, &e))?;
+                let done = matches!(
+                    f.state,
+                    DeliveryState::Delivered | DeliveryState::Superseded
+                );
+                if done && f.finished_at_ms.is_some_and(|at| at < cutoff) {
+                    old.push((id, f.idempotency_key.into_owned()));
+                }
+            }
+        }
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().map_err(self.db())?;
+        {
+            let mut table = txn.open_table(DELIVERIES).map_err(self.db())?;
+            let mut keys = txn.open_table(KEYS).map_err(self.db())?;
+            for (id, key) in &old {
+                table.remove(id).map_err(self.db())?;
+                keys.remove(key.as_str()).map_err(self.db())?;
+            }
+        }
+        txn.commit().map_err(self.db())?;
+        Ok(old.len())
+    }
+}
+
+/// A redb error, boxed (redb's own error type is large).
+struct DbError(Box<redb::Error>);
+
+impl<E: Into<redb::Error>> From<E> for DbError {
+    fn from(e: E) -> Self {
+        Self(Box::new(e.into()))
+    }
+}
+
+/// Creates the tables.
+fn init(db: &Database) -> Result<(), DbError> {
+    let txn = db.begin_write()?;
+    txn.open_table(DELIVERIES)?;
+    txn.open_table(META)?;
+    txn.open_table(KEYS)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn encode(d: &Delivery) -> Vec<u8> {
+    // Strings, numbers and enums only: serialising cannot fail.
+    serde_json::to_vec(d).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::DeliveryOutcome;
+    use super::*;
+    use crate::act::ActionKind;
+
+    /// A record as the first version wrote it (string kind and outcome) reads as the same
+    /// enums, and is written back with the same names.
+    #[test]
+    fn records_of_the_first_version_read_and_write_the_same() {
+        let old = r#"{"id":7,"target":"web","kind":"scale","group":"web/scale",
+            "idempotency_key":"0123","body":"{}","state":"dead","outcome":"gave_up",
+            "created_at_ms":1000,"age_from_ms":1000,"attempts":6,"next_attempt_ms":2000,
+            "last_error":"HTTP 503","last_status":503,"response_body":null,
+            "finished_at_ms":3000,"superseded_by":null}"#;
+        let d: Delivery = serde_json::from_str(old).expect("an old record reads");
+        assert_eq!(
+            (d.kind, d.state, d.outcome),
+            (
+                ActionKind::Scale,
+                DeliveryState::Dead,
+                Some(DeliveryOutcome::GaveUp)
+            )
+        );
+        let again: serde_json::Value = serde_json::from_slice(&encode(&d)).unwrap();
+        let old: serde_json::Value = serde_json::from_str(old).unwrap();
+        assert_eq!(again, old);
+    }
+
+    /// A page skips without decoding, tells whether more follow, and never overflows.
+    #[test]
+    fn pages_skip_filter_and_say_whether_more_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let actions: Vec<Action> = (0..10)
+            .map(|i| {
+                Action::Rebalance(crate::act::RebalanceAction {
+                    target: if i % 2 == 0 { "a" } else { "b" }.into(),
+                    weights: [("x".to_owned(), 1)].into(),
+                    issued_at: i,
+                })
+            })
+            .collect();
+        s.insert(&actions, 5).unwrap();
+        let ids = |f: &Filter, offset, limit| {
+            let (page, more) = s.page(f, offset, limit).unwrap();
+            (page.iter().map(|d| d.id).collect::<Vec<_>>(), more)
+        };
+        let all = Filter::default();
+        assert_eq!(ids(&all, 0, 3), (vec![10, 9, 8], true));
+        assert_eq!(ids(&all, 8, 3), (vec![2, 1], false));
+        assert_eq!(ids(&all, 7, 3), (vec![3, 2, 1], false));
+        assert_eq!(ids(&all, usize::MAX, usize::MAX), (vec![], false));
+        assert_eq!(ids(&all, 0, 0), (vec![], true));
+        let b = Filter {
+            target: Some("b".into()),
+            ..Filter::default()
+        };
+        assert_eq!(ids(&b, 1, 2), (vec![8, 6], true));
+        assert_eq!(ids(&b, 3, usize::MAX), (vec![4, 2], false));
+        let dead = Filter {
+            state: Some(DeliveryState::Dead),
+            ..Filter::default()
+        };
+        assert_eq!(ids(&dead, 0, 10), (vec![], false));
+    }
+}

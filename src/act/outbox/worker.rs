@@ -1,0 +1,441 @@
+//! The delivery loop: takes each lane's head when it is due, attempts it, writes how the
+//! attempt went, and reports finished actions to the metrics, the log and the
+//! [`OutcomeSink`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{Id, JoinError, JoinSet};
+use tracing::{debug, error, info, warn};
+
+use super::index::Index;
+use super::{
+    Delivery, DeliveryOutcome, DeliveryState, MAX_IN_FLIGHT, Outbox, OutcomeSink, Settings, Time,
+    ToWorker,
+};
+use crate::act::webhook::backoff;
+use crate::act::{ActionKind, Attempt, Receivers};
+
+/// How often delivered and superseded actions past the retention are deleted (real time).
+const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+
+/// Labels of a delivery outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// Target name.
+    pub target: String,
+    /// What the action asked for.
+    pub kind: ActionKind,
+    /// How it ended.
+    pub outcome: DeliveryOutcome,
+}
+
+/// Labels of the outbox gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboxLabels {
+    /// [`DeliveryState::Pending`] or [`DeliveryState::Dead`].
+    pub state: DeliveryState,
+}
+
+/// What the worker counts. Cheap to clone: clones count into the same metrics.
+#[derive(Clone, Debug)]
+pub struct OutboxMetrics {
+    /// Finished actions by target, kind and outcome.
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Actions in the outbox by state (`pending`, `dead`).
+    pub outbox: Family<OutboxLabels, Gauge>,
+    /// Seconds (on the outbox's clock) from an action's decision to its delivery.
+    pub delivery_latency: Histogram,
+}
+
+impl OutboxMetrics {
+    /// Fresh metrics, not registered anywhere.
+    pub fn new() -> Self {
+        Self {
+            deliveries: Family::default(),
+            outbox: Family::default(),
+            delivery_latency: Histogram::new([
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+            ]),
+        }
+    }
+}
+
+impl Default for OutboxMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What [`Outbox::worker`] hands over.
+pub(super) struct Parts {
+    pub(super) settings: Settings,
+    pub(super) receivers: Receivers,
+    pub(super) metrics: OutboxMetrics,
+    pub(super) outcomes: Option<Box<dyn OutcomeSink>>,
+    pub(super) from_handles: mpsc::UnboundedReceiver<ToWorker>,
+    /// Pending at start, oldest first.
+    pub(super) resumed: Vec<Delivery>,
+    /// Dead at start.
+    pub(super) dead: i64,
+}
+
+/// How an action's turn ended, before it is written down.
+enum Outcome {
+    Attempted(Attempt),
+    Expired,
+    Superseded(u64),
+}
+
+/// The attempts in flight, and the action each is for.
+#[derive(Default)]
+struct InFlight {
+    tasks: JoinSet<Attempt>,
+    ids: HashMap<Id, u64>,
+}
+
+impl InFlight {
+    fn room(&self) -> usize {
+        MAX_IN_FLIGHT.saturating_sub(self.tasks.len())
+    }
+
+    fn start(&mut self, receivers: &Receivers, d: Delivery) {
+        let receivers = receivers.clone();
+        let id = d.id;
+        let handle = self.tasks.spawn(async move {
+            receivers
+                .attempt(&d.target, d.kind, d.body.as_bytes(), &d.idempotency_key)
+                .await
+        });
+        self.ids.insert(handle.id(), id);
+    }
+
+    /// How `joined` went, and every other attempt finished by now.
+    fn finished(&mut self, joined: Result<(Id, Attempt), JoinError>) -> Vec<(u64, Outcome)> {
+        let mut outcomes = Vec::new();
+        let mut take = |joined: Result<(Id, Attempt), JoinError>| {
+            let (task, attempt) = joined.unwrap_or_else(|e| {
+                let error = format!("the attempt failed: {e}");
+                let retry = Attempt::Retry {
+                    error,
+                    status: None,
+                    retry_after: None,
+                };
+                (e.id(), retry)
+            });
+            if let Some(id) = self.ids.remove(&task) {
+                outcomes.push((id, Outcome::Attempted(attempt)));
+            }
+        };
+        take(joined);
+        while let Some(joined) = self.tasks.try_join_next_with_id() {
+            take(joined);
+        }
+        outcomes
+    }
+}
+
+/// Delivers what the outbox holds; see the module documentation. Run it with
+/// [`Worker::run`].
+pub struct Worker {
+    outbox: Outbox,
+    settings: Settings,
+    receivers: Receivers,
+    metrics: OutboxMetrics,
+    outcomes: Option<Box<dyn OutcomeSink>>,
+    from_handles: mpsc::UnboundedReceiver<ToWorker>,
+    index: Index,
+    /// Pending at start, not yet in the index.
+    resumed: Vec<Delivery>,
+    dead: i64,
+}
+
+impl Worker {
+    pub(super) fn new(outbox: Outbox, parts: Parts) -> Self {
+        Self {
+            outbox,
+            settings: parts.settings,
+            receivers: parts.receivers,
+            metrics: parts.metrics,
+            outcomes: parts.outcomes,
+            from_handles: parts.from_handles,
+            index: Index::default(),
+            resumed: parts.resumed,
+            dead: parts.dead,
+        }
+    }
+
+    fn time(&self) -> Time {
+        self.outbox.inner.time
+    }
+
+    /// Loads the pending actions, then delivers until `shutdown` flips. Attempts in flight
+    /// at shutdown are abandoned; their actions stay pending for the next start.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.resume().await;
+        let mut in_flight = InFlight::default();
+        let time = self.time();
+        let prune_every = time.clock_ms(PRUNE_EVERY).max(1);
+        let mut next_prune = time.now_ms();
+        loop {
+            let now = time.now_ms();
+            if now >= next_prune {
+                self.prune(now).await;
+                next_prune = now.saturating_add(prune_every);
+            }
+            let expired = self.start_due(now, &mut in_flight);
+            if !expired.is_empty() {
+                self.record(expired).await;
+                continue;
+            }
+            let wake = self
+                .index
+                .next_wake()
+                .map_or(next_prune, |w| w.min(next_prune));
+            let sleep = time.real(wake.saturating_sub(now).min(prune_every));
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(first) = self.from_handles.recv() => self.take_messages(first).await,
+                Some(joined) = in_flight.tasks.join_next_with_id(), if !in_flight.tasks.is_empty() => {
+                    let outcomes = in_flight.finished(joined);
+                    self.record(outcomes).await;
+                }
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+        in_flight.tasks.abort_all();
+        debug!("outbox worker stopped");
+    }
+
+    /// Starts an attempt at each lane head due at `now`; returns those too old to try.
+    fn start_due(&mut self, now: i64, in_flight: &mut InFlight) -> Vec<(u64, Outcome)> {
+        let max_age = duration_ms(self.settings.delivery.max_age);
+        let mut expired = Vec::new();
+        for d in self.index.take_due(now, in_flight.room()) {
+            if now.saturating_sub(d.age_from_ms) >= max_age {
+                expired.push((d.id, Outcome::Expired));
+            } else {
+                in_flight.start(&self.receivers, d);
+            }
+        }
+        expired
+    }
+
+    /// Takes new and retried actions from the handles: `first` and any others waiting.
+    async fn take_messages(&mut self, first: ToWorker) {
+        let mut records = Vec::new();
+        let mut take = |msg| match msg {
+            ToWorker::New(new) => records.extend(new),
+            ToWorker::Retried(d) => {
+                self.dead -= 1;
+                records.push(*d);
+            }
+        };
+        take(first);
+        while let Ok(more) = self.from_handles.try_recv() {
+            take(more);
+        }
+        self.admit(records).await;
+    }
+
+    /// Takes the actions pending at start into the index.
+    async fn resume(&mut self) {
+        let pending = std::mem::take(&mut self.resumed);
+        if !pending.is_empty() {
+            info!(pending = pending.len(), "resuming pending deliveries");
+        }
+        // Older pending actions of a group were superseded while the process was down.
+        self.admit(pending).await;
+    }
+
+    /// Puts actions into the index and records those they supersede.
+    async fn admit(&mut self, records: Vec<Delivery>) {
+        let superseded = self.index.add(records);
+        self.update_gauges();
+        if !superseded.is_empty() {
+            let outcomes = superseded
+                .into_iter()
+                .map(|(old, new)| (old, Outcome::Superseded(new)))
+                .collect();
+            self.record(outcomes).await;
+        }
+    }
+
+    /// Writes the outcomes in one transaction, then updates the index, the metrics and
+    /// the sink.
+    async fn record(&mut self, outcomes: Vec<(u64, Outcome)>) {
+        let now = self.time().now_ms();
+        let updated: Vec<Delivery> = outcomes
+            .into_iter()
+            .filter_map(|(id, outcome)| {
+                let d = self.index.get(id)?.clone();
+                Some(self.settle(d, outcome, now))
+            })
+            .collect();
+        if updated.is_empty() {
+            return;
+        }
+        let to_write = updated.clone();
+        let written = self.outbox.blocking(move |s| s.write(&to_write)).await;
+        if let Err(e) = written {
+            // The attempts happened; keep the index true to them so nothing is re-sent in
+            // a loop. After a restart the file's older state is resumed.
+            error!(error = %e, "cannot record delivery outcomes");
+        }
+        for d in updated {
+            self.apply(d);
+        }
+        self.update_gauges();
+    }
+
+    /// The record of `d` after `outcome` at `now`.
+    fn settle(&self, mut d: Delivery, outcome: Outcome, now: i64) -> Delivery {
+        let finish = |d: &mut Delivery, outcome: DeliveryOutcome| {
+            d.state = outcome.state();
+            d.outcome = Some(outcome);
+        };
+        match outcome {
+            Outcome::Superseded(by) => {
+                finish(&mut d, DeliveryOutcome::Superseded);
+                d.superseded_by = Some(by);
+            }
+            Outcome::Expired => {
+                finish(&mut d, DeliveryOutcome::Expired);
+                d.last_error = Some(format!(
+                    "not delivered within max_age {}",
+                    humantime::format_duration(self.settings.delivery.max_age)
+                ));
+            }
+            Outcome::Attempted(Attempt::Success(status)) => {
+                d.attempts += 1;
+                finish(&mut d, DeliveryOutcome::Delivered);
+                d.last_status = status;
+            }
+            Outcome::Attempted(Attempt::Final {
+                error,
+                status,
+                body,
+            }) => {
+                d.attempts += 1;
+                finish(&mut d, DeliveryOutcome::Rejected);
+                d.last_error = Some(error);
+                d.last_status = status;
+                d.response_body = Some(body);
+            }
+            Outcome::Attempted(Attempt::Retry {
+                error,
+                status,
+                retry_after,
+            }) => {
+                d.attempts += 1;
+                d.last_error = Some(error);
+                d.last_status = status;
+                self.retry_later(&mut d, retry_after, now);
+            }
+        }
+        if d.state != DeliveryState::Pending {
+            d.finished_at_ms = Some(now);
+        }
+        d
+    }
+
+    /// After a failed attempt at `now`: superseded if a newer action of its group waits,
+    /// dead if out of attempts or if the next attempt would come after `max_age`, or due
+    /// again after a backoff (real time, so `backoff × speed` on the clock).
+    fn retry_later(&self, d: &mut Delivery, retry_after: Option<Duration>, now: i64) {
+        let cfg = self.settings.delivery;
+        let wait = backoff(&cfg, d.attempts, rand::random::<f64>());
+        let wait = retry_after.map_or(wait, |ra| ra.clamp(wait, cfg.max_backoff.max(wait)));
+        let next = now.saturating_add(self.time().clock_ms(wait));
+        if let Some(newer) = self.index.has_newer(d) {
+            d.state = DeliveryState::Superseded;
+            d.outcome = Some(DeliveryOutcome::Superseded);
+            d.superseded_by = Some(newer);
+        } else if d.attempts >= cfg.max_attempts.max(1) {
+            d.state = DeliveryState::Dead;
+            d.outcome = Some(DeliveryOutcome::GaveUp);
+        } else if next.saturating_sub(d.age_from_ms) >= duration_ms(cfg.max_age) {
+            d.state = DeliveryState::Dead;
+            d.outcome = Some(DeliveryOutcome::Expired);
+        } else {
+            d.next_attempt_ms = next;
+            debug!(id = d.id, target = %d.target, kind = %d.kind, attempts = d.attempts,
+                error = d.last_error.as_deref().unwrap_or_default(),
+                backoff_ms = wait.as_millis() as u64, "delivery attempt failed; will retry");
+        }
+    }
+
+    /// Takes a written outcome into the index, the metrics, the log and the sink.
+    fn apply(&mut self, d: Delivery) {
+        if d.state == DeliveryState::Pending {
+            self.index.update(d);
+            return;
+        }
+        self.index.remove(d.id);
+        let Some(record) = d.record() else {
+            return;
+        };
+        self.metrics
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                target: d.target.clone(),
+                kind: d.kind,
+                outcome: record.outcome,
+            })
+            .inc();
+        match d.state {
+            DeliveryState::Delivered => {
+                let ms = d.finished_at_ms.unwrap_or(d.created_at_ms) - d.created_at_ms;
+                let secs = ms as f64 / 1000.0;
+                self.metrics.delivery_latency.observe(secs.max(0.0));
+                info!(id = d.id, target = %d.target, kind = %d.kind, attempts = d.attempts,
+                    key = %d.idempotency_key, "delivered");
+            }
+            DeliveryState::Dead => {
+                self.dead += 1;
+                warn!(id = d.id, target = %d.target, kind = %d.kind, attempts = d.attempts,
+                    outcome = %record.outcome, error = d.last_error.as_deref().unwrap_or_default(),
+                    response = d.response_body.as_deref().unwrap_or_default(), "dead-lettered");
+            }
+            DeliveryState::Superseded | DeliveryState::Pending => {
+                debug!(id = d.id, target = %d.target, kind = %d.kind, by = ?d.superseded_by, "superseded");
+            }
+        }
+        if let Some(sink) = &self.outcomes {
+            sink.finished(&d.target, record);
+        }
+    }
+
+    fn update_gauges(&self) {
+        let set = |state, v: usize| {
+            self.metrics
+                .outbox
+                .get_or_create(&OutboxLabels { state })
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(DeliveryState::Pending, self.index.len());
+        set(DeliveryState::Dead, usize::try_from(self.dead).unwrap_or(0));
+    }
+
+    /// Deletes delivered and superseded actions older than the retention.
+    async fn prune(&mut self, now: i64) {
+        let cutoff = now.saturating_sub(duration_ms(self.settings.retention));
+        match self.outbox.blocking(move |s| s.prune(cutoff)).await {
+            Ok(0) => {}
+            Ok(n) => info!(deleted = n, "pruned old deliveries"),
+            Err(e) => warn!(error = %e, "cannot prune old deliveries"),
+        }
+    }
+}
+
+/// A configured duration in ms (of the outbox's clock).
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
