@@ -53,20 +53,23 @@ fn trace(start: i64) -> Trace {
     t
 }
 
+/// One column of a trace: bucket index → value.
+type Column = fn(&Trace, usize) -> f64;
+
 /// The trace as gauges, each sample stamped at the end of its bucket (as a Prometheus
 /// rate covers the window that ends at its timestamp).
 fn openmetrics(t: &Trace) -> String {
     let mut out = String::new();
-    let columns: [(&str, Box<dyn Fn(usize) -> f64>); 3] = [
-        ("trace_rps", Box::new(|i| t.rps(i))),
-        ("trace_latency", Box::new(|i| t.latency(i))),
-        ("trace_replicas", Box::new(|i| t.replicas(i))),
+    let columns: [(&str, Column); 3] = [
+        ("trace_rps", Trace::rps),
+        ("trace_latency", Trace::latency),
+        ("trace_replicas", Trace::replicas),
     ];
-    for (name, value) in &columns {
+    for (name, value) in columns {
         let _ = writeln!(out, "# TYPE {name} gauge");
         for i in 0..t.counts.len() {
             let ts = t.timestamp(i) + STEP;
-            let _ = writeln!(out, "{name} {:?} {ts}", value(i));
+            let _ = writeln!(out, "{name} {:?} {ts}", value(t, i));
         }
     }
     out.push_str("# EOF\n");
