@@ -110,8 +110,14 @@ impl Browser {
         }
     }
 
-    /// Sends a command (to a page when `session` is given) and waits for its answer.
-    fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+    /// Sends a command (to a page when `session` is given) and waits for its answer: its
+    /// result, or the error Chromium answered.
+    fn call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, String> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -133,38 +139,46 @@ impl Browser {
             if answer["id"] != id {
                 continue; // an event, or an answer to an earlier command
             }
-            assert!(answer["error"].is_null(), "{method}: {}", answer["error"]);
-            return answer["result"].clone();
+            return match answer.get("error") {
+                None => Ok(answer["result"].clone()),
+                Some(e) => Err(format!("{method}: {e}")),
+            };
         }
     }
 
     /// Opens `url` in a new page and returns the page's session.
     fn open(&mut self, url: &str) -> String {
-        let target = self.call(None, "Target.createTarget", json!({"url": url}));
-        let attached = self.call(
-            None,
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-        );
+        let target = self
+            .call(None, "Target.createTarget", json!({"url": url}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
         attached["sessionId"]
             .as_str()
             .expect("a session id")
             .to_owned()
     }
 
-    /// Evaluates `expression` in the page (awaiting a promise) and returns its value.
+    /// Evaluates `expression` in the page (awaiting a promise): its value, or why not (it
+    /// threw, or the page was between documents).
+    fn try_eval(&mut self, session: &str, expression: &str) -> Result<Value, String> {
+        let params = json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
+        let r = self.call(Some(session), "Runtime.evaluate", params)?;
+        match r.get("exceptionDetails") {
+            None => Ok(r["result"]["value"].clone()),
+            Some(e) => Err(format!("{expression}\nthrew: {e}")),
+        }
+    }
+
+    /// [`Self::try_eval`], for a page that is loaded: it must not fail.
     fn eval(&mut self, session: &str, expression: &str) -> Value {
-        let r = self.call(
-            Some(session),
-            "Runtime.evaluate",
-            json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
-        );
-        assert!(
-            r["exceptionDetails"].is_null(),
-            "{expression}\nthrew: {}",
-            r["exceptionDetails"]
-        );
-        r["result"]["value"].clone()
+        self.try_eval(session, expression)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn stderr(&self) -> String {
@@ -466,7 +480,7 @@ fn screenshot(url: &str) {
 /// What the page shows once it has drawn, as it shows it.
 const RENDERED: &str = r##"(() => {
   const chart = document.getElementById("demand-chart");
-  if (!document.body.dataset.rendered || !state.charts["demand-chart"]) return null;
+  if (!document.body?.dataset.rendered || !state.charts["demand-chart"]) return null;
   return { points: Number(chart.dataset.points), replicas: Number(document.getElementById("replicas-chart").dataset.points),
     canvases: document.querySelectorAll("canvas").length, decisions: document.getElementById("decisions").textContent,
     badge: document.querySelector("#targets .badge")?.className ?? "" };
@@ -480,8 +494,12 @@ async fn dashboard_draws_demand_since_start_in_headless_chromium() {
     tokio::task::spawn_blocking(move || {
         let mut browser = Browser::launch();
         let page = browser.open(&url);
+        // Until the page has loaded, its script has run and it has drawn once.
         let shown = common::poll_until("the page to draw", Duration::from_secs(60), || {
-            Some(browser.eval(&page, RENDERED)).filter(|v| !v.is_null())
+            browser
+                .try_eval(&page, RENDERED)
+                .ok()
+                .filter(|v| !v.is_null())
         });
         // A day of one-minute demand plus an hour of forecast with its band.
         assert!(shown["points"].as_u64() > Some(1_440), "{shown}");
