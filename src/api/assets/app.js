@@ -50,14 +50,11 @@ function renderFacts(d) {
     ["capacity / replica", `${fmtNum(d.capacity_rps)} rps${d.capacity && d.capacity.source ? ` (${esc(d.capacity.source)})` : ""}`],
     ["bounds", `${d.min_replicas}–${d.max_replicas}`],
   ];
-  $("#facts").innerHTML = facts.map(([k, v]) => `<div><span>${k}</span><b>${v}</b></div>`).join("");
+  $("#facts").innerHTML = facts.map(([k, v]) => `<div><span class="label">${k}</span><b>${v}</b></div>`).join("");
   const reasons = d.degraded_reasons || [];
   const b = d.bottleneck;
-  const breach = b && b.breach;
-  let text = breach
-    ? `<span class="warn">Predicted bottleneck: ${esc(breach.signal)} at ${fmtTime(breach.at)}` +
-      ` (in ${Math.round(breach.seconds_to_breach / 60)} min)` +
-      `${breach.expected_shortfall_rps != null ? `, short by ${fmtNum(breach.expected_shortfall_rps)} rps` : ""}</span>`
+  let text = b && b.breach
+    ? `<span class="warn">${breachText(b.breach)}</span>`
     : "No bottleneck predicted within the forecast horizon.";
   if (b && b.headroom_now_rps != null) text += ` Headroom now: ${fmtNum(b.headroom_now_rps)} rps.`;
   if (d.forecast_model) text += ` Model: ${esc(d.forecast_model.model)}.`;
@@ -65,12 +62,50 @@ function renderFacts(d) {
   $("#bottleneck").innerHTML = text;
 }
 
-// Aligns several [[ts, value], …] series on one sorted time axis, nulls elsewhere.
+// A shortfall too small to show at two decimals is none.
+const SHORTFALL_SHOWN = 0.005;
+
+// What a predicted breach means, in words that are true for every kind of breach: the
+// expected demand above capacity, or only the upper forecast, or (latency) neither.
+function breachText(breach) {
+  let text = `Predicted bottleneck: ${esc(breach.signal)} at ${fmtTime(breach.at)}` +
+    ` (in ${Math.round(breach.seconds_to_breach / 60)} min)`;
+  const expected = breach.expected_shortfall_rps ?? 0;
+  const upper = breach.upper_shortfall_rps ?? 0;
+  if (expected >= SHORTFALL_SHOWN) {
+    text += `, short by ${fmtNum(expected)} rps`;
+    if (upper - expected >= SHORTFALL_SHOWN) text += ` (${fmtNum(upper)} rps at the upper forecast)`;
+  } else if (upper >= SHORTFALL_SHOWN) {
+    text += `: the upper forecast exceeds capacity by up to ${fmtNum(upper)} rps; the expected demand stays within it`;
+  }
+  if (breach.predicted_latency_seconds != null) {
+    text += `; predicted latency ${fmtNum(breach.predicted_latency_seconds, 3)} s`;
+  }
+  return text + ".";
+}
+
+// A gridded series as [[ts, value], …] with an explicit null where a step has no sample,
+// so that a real gap in the data stays a gap in the line.
+function withGaps(points, step) {
+  const out = [];
+  let prev = null;
+  for (const p of points) {
+    if (prev != null && step > 0 && p.timestamp - prev > step) out.push([prev + step, null]);
+    out.push([p.timestamp, p.value]);
+    prev = p.timestamp;
+  }
+  return out;
+}
+
+// Aligns several [[ts, value], …] series on one sorted time axis. Where a series has no
+// point at a time of another it holds `undefined`, which uPlot draws across; only an
+// explicit null (a gap in that series' own data) breaks its line. Filling those with null
+// broke the demand line at every decision time, that is everywhere after start.
 function align(seriesList) {
   const xs = [...new Set(seriesList.flatMap((s) => s.map((p) => p[0])))].sort((a, b) => a - b);
   const index = new Map(xs.map((x, i) => [x, i]));
   const cols = seriesList.map((s) => {
-    const col = new Array(xs.length).fill(null);
+    const col = new Array(xs.length).fill(undefined);
     for (const [x, v] of s) col[index.get(x)] = v;
     return col;
   });
@@ -87,8 +122,14 @@ function draw(id, opts, data) {
   el.dataset.points = String(data.slice(1).reduce((n, col) => n + col.filter((v) => v != null).length, 0));
 }
 
+// The time of the last value of series `k` in aligned data, or "" when it has none.
+function lastTime(data, k) {
+  for (let i = data[0].length - 1; i >= 0; i--) if (data[k][i] != null) return String(data[0][i]);
+  return "";
+}
+
 function renderDemandChart(detail, history, forecast, replicas) {
-  const observed = (history.points || []).map((p) => [p.timestamp, p.value]);
+  const observed = withGaps(history.points || [], detail.step_seconds);
   const pts = forecast.points || [];
   const value = pts.map((p) => [p.timestamp, p.value]);
   const lower = pts.map((p) => [p.timestamp, p.lower]);
@@ -108,6 +149,8 @@ function renderDemandChart(detail, history, forecast, replicas) {
     bands: [{ series: [4, 3], fill: "rgba(128,90,213,.15)" }],
     axes: [{}, { label: "requests/s" }],
   }, data);
+  // For tests and people: the newest observed demand drawn.
+  document.getElementById("demand-chart").dataset.lastDemand = lastTime(data, 1);
 }
 
 function renderReplicasChart(replicas) {

@@ -1,0 +1,94 @@
+//! The mutating endpoints on a target: pause, resume and refit. Each sets a flag the
+//! pipeline reads at its next cycle; all need the API token.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{ApiError, ErrorBody};
+use crate::store::{Store, TargetState};
+
+/// What a mutating endpoint did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum ActionTaken {
+    /// Acting on the target is paused.
+    Paused,
+    /// Acting on the target resumed.
+    Resumed,
+    /// Its forecast models are refitted at its next cycle.
+    RefitScheduled,
+}
+
+impl ActionTaken {
+    /// The name, as in the answer.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Paused => "paused",
+            Self::Resumed => "resumed",
+            Self::RefitScheduled => "refit_scheduled",
+        }
+    }
+}
+
+/// The answer of a mutating endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Action {
+    target: String,
+    action: ActionTaken,
+}
+
+/// Sets a flag on a target, answering 404 for an unknown one.
+fn act_on(
+    store: &Store,
+    name: String,
+    action: ActionTaken,
+    f: impl FnOnce(&mut TargetState),
+) -> Result<Json<Action>, ApiError> {
+    let mut t = store
+        .target(&name)
+        .ok_or_else(|| ApiError::unknown_target(&name))?;
+    f(&mut t);
+    drop(t);
+    tracing::info!(target = %name, action = action.as_str(), "API action");
+    Ok(Json(Action {
+        target: name,
+        action,
+    }))
+}
+
+/// Stops acting on a target: it still polls, forecasts and decides, but sends nothing.
+#[utoipa::path(post, path = "/api/v1/targets/{name}/pause", tag = "actions",
+    params(("name" = String, Path, description = "Target name")), security(("bearer" = [])),
+    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn pause(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+) -> Result<Json<Action>, ApiError> {
+    act_on(&store, name, ActionTaken::Paused, |t| t.paused = true)
+}
+
+/// Acts on a paused target again.
+#[utoipa::path(post, path = "/api/v1/targets/{name}/resume", tag = "actions",
+    params(("name" = String, Path, description = "Target name")), security(("bearer" = [])),
+    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn resume(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+) -> Result<Json<Action>, ApiError> {
+    act_on(&store, name, ActionTaken::Resumed, |t| t.paused = false)
+}
+
+/// Refits the target's forecast models at its next cycle.
+#[utoipa::path(post, path = "/api/v1/targets/{name}/refit", tag = "actions",
+    params(("name" = String, Path, description = "Target name")), security(("bearer" = [])),
+    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn refit(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+) -> Result<Json<Action>, ApiError> {
+    act_on(&store, name, ActionTaken::RefitScheduled, |t| {
+        t.refit_requested = true
+    })
+}

@@ -1,0 +1,107 @@
+//! Health, readiness and prescale's own metrics: the endpoints that never need the token.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::Store;
+
+/// The process runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Health {
+    /// Always `ok`: an answer at all is the news.
+    status: HealthStatus,
+}
+
+/// The only health there is to report.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum HealthStatus {
+    /// The process runs.
+    Ok,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "The process runs", body = Health)))]
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: HealthStatus::Ok,
+    })
+}
+
+/// Whether every target is backfilled, and which are degraded.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Readiness {
+    /// Every target is backfilled.
+    ready: bool,
+    /// Per target still backfilling: why it is not ready.
+    reasons: Vec<String>,
+    /// Targets with a missing, failing or stale signal, ready or not.
+    degraded: Vec<DegradedTarget>,
+}
+
+/// A degraded target and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DegradedTarget {
+    target: String,
+    /// One line per missing, failing or stale signal.
+    reasons: Vec<String>,
+}
+
+/// 200 once every target has been backfilled, else 503 with the reasons. Degraded targets
+/// are listed either way.
+#[utoipa::path(get, path = "/readyz", tag = "meta", responses(
+    (status = 200, description = "Every target is backfilled; degraded ones are listed", body = Readiness),
+    (status = 503, description = "Some target is not backfilled yet; `reasons` says which and why", body = Readiness)))]
+pub(super) async fn readyz(State(store): State<Store>) -> Response {
+    let now = store.now();
+    let mut waiting = Vec::new();
+    let mut degraded = Vec::new();
+    for name in store.names() {
+        let Some(t) = store.target(name) else {
+            continue;
+        };
+        let reasons = t.degraded_reasons(now);
+        if !t.backfilled {
+            waiting.push(if reasons.is_empty() {
+                format!("{name}: not backfilled yet")
+            } else {
+                format!("{name}: not backfilled yet ({})", reasons.join("; "))
+            });
+        }
+        if !reasons.is_empty() {
+            degraded.push(DegradedTarget {
+                target: name.to_owned(),
+                reasons,
+            });
+        }
+    }
+    let ready = waiting.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Readiness {
+        ready,
+        reasons: waiting,
+        degraded,
+    };
+    (status, Json(body)).into_response()
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "prescale's own metrics", content_type = "application/openmetrics-text")))]
+pub(super) async fn metrics(State(store): State<Store>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        store.metrics().encode(),
+    )
+        .into_response()
+}
