@@ -45,20 +45,13 @@ fn benches(c: &mut Criterion) {
     };
     let instances = BTreeMap::new();
     let signals = health(now);
-    let inputs = |rate, signals, now| Inputs {
-        now,
-        rate,
-        latency: &empty,
-        replicas: &empty,
-        signals,
-        instances: &instances,
-        paused: false,
-        refit: false,
-        budget: None,
-    };
     // Fitted once, as a target is after its first cycle.
     let mut memory = Memory::default();
-    step::step(&policy, &mut memory, &inputs(&rate, &signals, now));
+    step::step(
+        &policy,
+        &mut memory,
+        &step_inputs(&rate, &empty, &signals, &instances, now),
+    );
     assert!(memory.forecaster.as_ref().is_some_and(|f| f.is_fitted()));
 
     let next_signals = health(now + STEP);
@@ -73,13 +66,34 @@ fn benches(c: &mut Criterion) {
                 let plan = step::step(
                     &policy,
                     &mut memory,
-                    &inputs(&rate, &next_signals, now + STEP),
+                    &step_inputs(&rate, &empty, &next_signals, &instances, now + STEP),
                 );
                 (plan, memory)
             },
             BatchSize::LargeInput,
         )
     });
+}
+
+/// A cycle's inputs with only a request rate.
+fn step_inputs<'a>(
+    rate: &'a Series,
+    empty: &'a Series,
+    signals: &'a BTreeMap<Signal, SignalHealth>,
+    instances: &'a BTreeMap<String, prescale::decide::balance::InstanceStats>,
+    now: i64,
+) -> Inputs<'a> {
+    Inputs {
+        now,
+        rate,
+        latency: empty,
+        replicas: empty,
+        signals,
+        instances,
+        paused: false,
+        refit: false,
+        budget: None,
+    }
 }
 
 mod group {
