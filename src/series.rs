@@ -84,14 +84,18 @@ impl Series {
         self.samples.range(start..)
     }
 
-    /// The series as a regular grid from its first sample to its last: `(start, values)`,
+    /// The series as a regular grid from its first sample (or `capacity` steps before its
+    /// last, whichever is later) to its last: `(start, values)`,
     /// where `values[i]` is the value at `start + i * step` and a gap is `NaN`.
     pub fn to_grid(&self) -> Option<(i64, Vec<f64>)> {
-        let first = self.samples.front()?.ts;
         let last = self.samples.back()?.ts;
+        // At most `capacity` steps back from the newest sample: an outlier timestamp can
+        // never make the grid (an allocation) larger than the buffer.
+        let span = (self.capacity as i64 - 1).saturating_mul(self.step);
+        let first = self.samples.front()?.ts.max(last.saturating_sub(span));
         let n = ((last - first) / self.step) as usize + 1;
         let mut values = vec![f64::NAN; n];
-        for s in &self.samples {
+        for s in self.since(first) {
             let i = ((s.ts - first) / self.step) as usize;
             if let Some(v) = values.get_mut(i) {
                 *v = s.value;
@@ -132,6 +136,17 @@ mod tests {
         series.extend((0..5).map(|i| s(i, i as f64)));
         let ts: Vec<i64> = series.iter().map(|s| s.ts).collect();
         assert_eq!(ts, [2, 3, 4]);
+    }
+
+    #[test]
+    fn the_grid_never_outgrows_the_buffer() {
+        let mut series = Series::new(60, 10);
+        // A sample a year ahead of the others (a misbehaving source).
+        series.extend([s(0, 1.0), s(60, 2.0), s(365 * 86_400, 3.0)]);
+        let (start, values) = series.to_grid().unwrap();
+        assert_eq!(values.len(), 10);
+        assert_eq!(start, 365 * 86_400 - 9 * 60);
+        assert_eq!(values[9], 3.0);
     }
 
     #[test]

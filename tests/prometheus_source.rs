@@ -97,9 +97,19 @@ async fn nan_and_infinite_values_are_dropped() {
     let nonzero = "(vector(time() % 180) > bool 0)";
     let cases = [
         (format!("{RATE_QUERY} / {nonzero}"), 1.0, "+Inf"),
-        (format!("-{RATE_QUERY} / {nonzero}"), -1.0, "-Inf"),
         (format!("{RATE_QUERY} * {nonzero} / {nonzero}"), 1.0, "NaN"),
     ];
+    // -Inf where `nonzero` is 0, negative elsewhere: nothing usable is left.
+    let negative = format!("-{RATE_QUERY} / {nonzero}");
+    let err = source
+        .range(&negative, start, end, 60)
+        .await
+        .expect_err("-Inf and negative values");
+    assert!(
+        matches!(&err, SourceError::Unusable { dropped, .. }
+            if dropped.total() == 361 && dropped.non_finite >= 120 && dropped.negative >= 240),
+        "{err:?}"
+    );
     for (query, sign, what) in cases {
         let got = source.range(&query, start, end, 60).await.expect(&query);
         let want: Vec<Sample> = plain
@@ -116,7 +126,7 @@ async fn nan_and_infinite_values_are_dropped() {
 }
 
 #[tokio::test]
-async fn a_series_of_only_non_finite_values_is_empty() {
+async fn a_series_of_only_non_finite_values_is_unusable_not_empty() {
     let prom = Prometheus::backfilled(1);
     let end = prom.backfill().expect("backfilled").end();
     let source: &dyn Source = &client(&prom.url());
@@ -126,7 +136,70 @@ async fn a_series_of_only_non_finite_values_is_empty() {
         .await
         .expect_err("only +Inf");
     assert!(
-        matches!(&err, SourceError::Empty { query: q } if *q == query),
+        matches!(&err, SourceError::Unusable { query: q, dropped }
+            if *q == query && dropped.non_finite == 61 && dropped.total() == 61),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("61 non-finite"), "{err}");
+}
+
+/// Negative samples are gaps, never demand: a series of only negative values is unusable
+/// (the target is then degraded and holds), and in a mixed one they leave gaps.
+#[tokio::test]
+async fn negative_values_are_dropped_at_the_door() {
+    let prom = Prometheus::backfilled(1);
+    let end = prom.backfill().expect("backfilled").end();
+    let source: &dyn Source = &client(&prom.url());
+    let err = source
+        .range("vector(-50)", end - 3_600, end, 60)
+        .await
+        .expect_err("only negative values");
+    assert!(
+        matches!(&err, SourceError::Unusable { dropped, .. } if dropped.negative == 61),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("61 negative"), "{err}");
+    // -10 at every multiple of 180 s, +10 elsewhere.
+    let mixed = "(vector(time() % 180) > bool 0) * 20 - 10";
+    let samples = source
+        .range(mixed, end - 3_600, end, 60)
+        .await
+        .expect("the positive samples");
+    let want: Vec<i64> = (0..=60)
+        .map(|k| end - 3_600 + 60 * k)
+        .filter(|ts| ts % 180 != 0)
+        .collect();
+    assert!(samples.iter().all(|s| s.value == 10.0));
+    assert_eq!(timestamps(&samples), want);
+}
+
+/// A server that stamps samples far outside the range asked for (a year, or 10^12 s,
+/// ahead) cannot stretch a series: those samples are dropped and counted.
+#[tokio::test]
+async fn samples_outside_the_range_asked_for_are_dropped() {
+    let matrix = |values: &str| {
+        format!(
+            r#"{{"status":"success","data":{{"resultType":"matrix","result":[{{"metric":{{}},"values":[{values}]}}]}}}}"#
+        )
+    };
+    let mixed = matrix(r#"[60,"1"],[120,"2"],[31536120,"3"],[1000000000000,"4"]"#);
+    let far = matrix(r#"[1000000000000,"4"],[-1000000000000,"5"]"#);
+    let receiver = Receiver::with_replies(
+        vec![Reply::body(200, mixed), Reply::body(200, far)],
+        Reply::status(500),
+    );
+    let source: &dyn Source = &client(&receiver.url("/"));
+    let samples = source
+        .range("up", 0, 600, 60)
+        .await
+        .expect("the samples in range");
+    assert_eq!(timestamps(&samples), [60, 120]);
+    let err = source
+        .range("up", 0, 600, 60)
+        .await
+        .expect_err("none in range");
+    assert!(
+        matches!(&err, SourceError::Unusable { dropped, .. } if dropped.out_of_range == 2),
         "{err:?}"
     );
 }

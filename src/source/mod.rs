@@ -167,6 +167,78 @@ pub enum SourceError {
         /// What was wrong.
         message: String,
     },
+    /// Series came back, but every sample was dropped at the door.
+    #[error(
+        "query `{query}` returned no usable sample: {} (non-finite, negative, and outside the range asked for are dropped)",
+        .dropped
+    )]
+    Unusable {
+        /// The query.
+        query: String,
+        /// What was dropped, and why.
+        dropped: Dropped,
+    },
+}
+
+/// Samples dropped at the door, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// `NaN` or infinite values.
+    pub non_finite: usize,
+    /// Negative values (no signal prescale reads can be negative).
+    pub negative: usize,
+    /// Timestamps outside the range asked for (beyond one step of tolerance).
+    pub out_of_range: usize,
+}
+
+impl Dropped {
+    /// Samples dropped in all.
+    pub fn total(&self) -> usize {
+        self.non_finite + self.negative + self.out_of_range
+    }
+
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: Dropped) {
+        self.non_finite += other.non_finite;
+        self.negative += other.negative;
+        self.out_of_range += other.out_of_range;
+    }
+}
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} non-finite, {} negative, {} outside the range asked for",
+            self.non_finite, self.negative, self.out_of_range
+        )
+    }
+}
+
+/// Keeps the samples that may be used: finite, not negative, and stamped within
+/// `[start − step, end + step]`; counts the others. A misbehaving source can then neither
+/// turn a gap into negative demand nor stretch a series a year into the future.
+pub fn admit(samples: Vec<Sample>, start: i64, end: i64, step: i64) -> (Vec<Sample>, Dropped) {
+    let step = step.max(1);
+    let (lo, hi) = (start.saturating_sub(step), end.saturating_add(step));
+    let mut dropped = Dropped::default();
+    let kept = samples
+        .into_iter()
+        .filter(|s| {
+            let why = if !s.value.is_finite() {
+                &mut dropped.non_finite
+            } else if s.value < 0.0 {
+                &mut dropped.negative
+            } else if s.ts < lo || s.ts > hi {
+                &mut dropped.out_of_range
+            } else {
+                return true;
+            };
+            *why += 1;
+            false
+        })
+        .collect();
+    (kept, dropped)
 }
 
 impl SourceError {
@@ -181,6 +253,42 @@ impl SourceError {
             Self::Timeout { .. } => "timeout",
             Self::Unreachable { .. } => "unreachable",
             Self::Decode { .. } => "decode",
+            Self::Unusable { .. } => "unusable",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admit_keeps_finite_non_negative_samples_within_a_step_of_the_range() {
+        let s = |ts, value| Sample { ts, value };
+        let (kept, dropped) = admit(
+            vec![
+                s(-120, 1.0),
+                s(-60, 1.0),
+                s(0, f64::NAN),
+                s(60, -1.0),
+                s(120, 0.0),
+                s(660, 2.0),
+                s(720, 3.0),
+                s(i64::MAX, 4.0),
+            ],
+            0,
+            600,
+            60,
+        );
+        assert_eq!(kept, [s(-60, 1.0), s(120, 0.0), s(660, 2.0)]);
+        let want = Dropped {
+            non_finite: 1,
+            negative: 1,
+            out_of_range: 3,
+        };
+        assert_eq!(dropped, want);
+        assert_eq!(dropped.total(), 5);
+        let (kept, _) = admit(vec![s(i64::MIN, 1.0)], i64::MIN, i64::MAX, i64::MAX);
+        assert_eq!(kept.len(), 1, "no overflow at the edges");
     }
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::{BoxFuture, Grouped, Source, SourceError};
+use super::{BoxFuture, Dropped, Grouped, Source, SourceError, admit};
 use crate::config::{PrometheusAuth, PrometheusConfig};
 use crate::series::{Sample, align_down};
 
@@ -93,7 +93,9 @@ impl PrometheusClient {
     }
 
     /// Every series `query` gives over the aligned range, chunk by chunk, concatenated;
-    /// series without a finite sample are left out.
+    /// samples that are non-finite, negative or outside the chunk asked for (beyond a step)
+    /// are dropped, series left without a sample are left out, and an answer with none
+    /// left at all is [`SourceError::Unusable`].
     async fn fetch(
         &self,
         query: &str,
@@ -103,8 +105,18 @@ impl PrometheusClient {
     ) -> Result<Vec<Labelled>, SourceError> {
         let step = step.max(1);
         let mut merged: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        let mut dropped = Dropped::default();
         for (from, to) in chunks(start, end, step) {
-            let answer = self.query_range(query, from, to, step).await?;
+            let mut answer = self.query_range(query, from, to, step).await?;
+            dropped.non_finite += answer.dropped;
+            for s in &mut answer.series {
+                let (kept, out) = admit(std::mem::take(&mut s.samples), from, to, step);
+                s.samples = kept;
+                dropped.add(Dropped {
+                    non_finite: 0,
+                    ..out
+                });
+            }
             debug!(
                 query,
                 start = from,
@@ -126,11 +138,21 @@ impl PrometheusClient {
                 held.extend(s.samples.into_iter().filter(|x| x.ts > newest));
             }
         }
-        Ok(merged
+        let usable: Vec<Labelled> = merged
             .into_iter()
             .filter(|(_, samples)| !samples.is_empty())
             .map(|(labels, samples)| Labelled { labels, samples })
-            .collect())
+            .collect();
+        if dropped.negative + dropped.out_of_range > 0 {
+            warn!(query, %dropped, "samples dropped at the door");
+        }
+        if usable.is_empty() && dropped.total() > 0 {
+            return Err(SourceError::Unusable {
+                query: query.to_owned(),
+                dropped,
+            });
+        }
+        Ok(usable)
     }
 
     /// One request for `[start, end]`, both on the step grid.
