@@ -16,8 +16,8 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::act::outbox::Outbox;
-use crate::act::{Action, RebalanceAction, ScaleAction};
+use crate::act::outbox::{DeliveryState, Outbox, OutboxError};
+use crate::act::{Action, ActionKind, RebalanceAction, ScaleAction};
 use crate::config::{AlertmanagerConfig, ForecastConfig, TargetConfig};
 use crate::decide::budget::Claim;
 use crate::forecast::capacity::CapacitySource;
@@ -27,7 +27,7 @@ use crate::metrics::{
 use crate::models::{Encoded, ModelsDir, Written};
 use crate::series::{Sample, align_down};
 use crate::source::{Source, SourceError};
-use crate::step::{self, BudgetView, Inputs, Plan, TargetPolicy};
+use crate::step::{self, Asked, BudgetView, Inputs, Plan, TargetPolicy};
 use crate::store::{DecisionRecord, InstanceStats, Signal, Store, TargetState};
 
 /// Steps of per-instance history fetched each cycle (the newest value is used).
@@ -57,6 +57,7 @@ impl TargetLoop {
     /// Runs one cycle immediately, then one every `interval`, until `shutdown` flips.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         self.load_model();
+        self.resume().await;
         let mut ticker = tokio::time::interval(self.store.clock().real(self.target.interval));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -93,6 +94,32 @@ impl TargetLoop {
         if let Some(i) = info {
             info!(target = %name, model = i.model, fitted_at = i.fitted_at, "model loaded");
         }
+    }
+
+    /// Resumes from the count last asked for, read from the outbox: the newest scale action
+    /// of this target that was delivered or is still to be. Without it a restarted target
+    /// with no `replicas` query would take `min_replicas` as running and scale in.
+    pub async fn resume(&self) {
+        let t = &self.target;
+        let found = match last_asked(&self.outbox, &t.name).await {
+            Ok(found) => found,
+            Err(e) => {
+                warn!(target = %t.name, error = %e, "cannot read the count last asked for");
+                return;
+            }
+        };
+        let Some(asked) = found else {
+            return;
+        };
+        let policy = t.step_policy(&self.forecast, self.alerts.as_ref());
+        let now = self.store.now();
+        if let Some(mut state) = self.store.target(&t.name) {
+            state.memory.resume(&policy, asked, now);
+            if t.queries.replicas.is_none() {
+                state.replicas = asked.replicas;
+            }
+        }
+        info!(target = %t.name, replicas = asked.replicas, asked_at = asked.at, "resuming from the count last asked for");
     }
 
     /// One poll → step → record pass at `now` (the store's clock).
@@ -460,6 +487,37 @@ impl TargetLoop {
             Err(e) => warn!(target = %self.target.name, error = %e, "saving the model failed"),
         }
     }
+}
+
+/// The newest scale action of `target` in the outbox that was delivered or is pending, as
+/// the count asked for and when.
+async fn last_asked(outbox: &Outbox, target: &str) -> Result<Option<Asked>, OutboxError> {
+    const PAGE: usize = 200;
+    let mut offset = 0;
+    loop {
+        let (page, more) = outbox
+            .list_page(None, Some(target.to_owned()), offset, PAGE)
+            .await?;
+        let found = page.iter().find_map(|d| {
+            let live = matches!(d.state, DeliveryState::Delivered | DeliveryState::Pending);
+            (d.kind == ActionKind::Scale && live)
+                .then(|| scale_body(&d.body))
+                .flatten()
+        });
+        if found.is_some() || !more {
+            return Ok(found);
+        }
+        offset += PAGE;
+    }
+}
+
+/// The count and time of a scale action's body.
+fn scale_body(body: &str) -> Option<Asked> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some(Asked {
+        replicas: u32::try_from(v.get("to")?.as_u64()?).ok()?,
+        at: v.get("issued_at")?.as_i64()?,
+    })
 }
 
 /// Keeps in the store what a plan says of the target.

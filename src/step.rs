@@ -182,6 +182,16 @@ pub struct Memory {
     pub asked: Option<Asked>,
 }
 
+impl Memory {
+    /// Resumes from the count last asked for (`at` Unix s), found in durable state after a
+    /// restart: decisions start from it, and scale-in waits a stabilisation window from
+    /// `now`.
+    pub fn resume(&mut self, policy: &TargetPolicy, asked: Asked, now: i64) {
+        self.asked = Some(asked);
+        self.decide.remember(&policy.decide, now, asked.replicas);
+    }
+}
+
 /// The other targets' claims on a shared budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetView {

@@ -200,3 +200,75 @@ fn unusable_state_directory_stops_start_cleanly() {
     serve_fails(&cfg, &["outbox.redb", "in use by another process"]);
     drop(held);
 }
+
+/// The scale webhooks the receiver accepted, as `(from, to)`, in order.
+fn scales(receiver: &Receiver) -> Vec<(u64, u64)> {
+    receiver
+        .accepted()
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["kind"] == "scale")
+        .filter_map(|b| Some((b["from"].as_u64()?, b["to"].as_u64()?)))
+        .collect()
+}
+
+/// A target without a `replicas` query: the count asked for is all prescale knows of
+/// what runs. After `kill -9`, and after SIGTERM, the restarted process resumes from the
+/// count it last asked for: its decisions start there and no scale-in is sent because of
+/// the restart (before, the first webhook after a restart went out from `min_replicas`).
+#[test]
+fn a_restart_resumes_from_the_count_asked_for_and_never_scales_in() {
+    let prom = Prometheus::backfilled(1);
+    let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
+    let config = |listen| {
+        TestConfig::new()
+            .prometheus(&prom.url())
+            .listen(listen)
+            .target(
+                TestTarget::new("web", common::RATE_QUERY)
+                    .set("capacity_rps", 0.05)
+                    .set("startup", "1m")
+                    .set("min_replicas", 1)
+                    .set("max_replicas", 100)
+                    .set("interval", "1s")
+                    .set("history", "6h")
+                    .platform(&receiver.url("/scale"), "secret"),
+            )
+    };
+    let listen = free_addr();
+    let cfg = config(listen).write();
+    cfg.write_file("secret", SECRET);
+    let mut first = AppProcess::serve(&cfg, listen);
+    let (_, asked) = poll_until("a scale-out delivered", DEADLINE, || {
+        scales(&receiver).last().copied().filter(|s| s.1 > 1)
+    });
+    for stop in ["kill -9", "SIGTERM"] {
+        let before = scales(&receiver).len();
+        let last = scales(&receiver).last().map_or(asked, |s| s.1);
+        if stop == "kill -9" {
+            assert!(!first.kill().success(), "killed");
+        } else {
+            first.interrupt();
+            assert!(first.wait_exit().success(), "stopped gracefully");
+        }
+        let listen = free_addr();
+        config(listen).write_over(&cfg);
+        first = AppProcess::serve(&cfg, listen);
+        // A few decisions after the restart: each starts from the count last asked for.
+        let decisions = poll_until("three decisions after the restart", DEADLINE, || {
+            let b = first.get_json("/api/v1/decisions?target=web&limit=1000")?;
+            let d = b["decisions"].as_array()?.clone();
+            (d.len() >= 3).then_some(d)
+        });
+        let oldest = decisions.last().expect("decisions");
+        assert_eq!(oldest["from"].as_u64(), Some(last), "{stop}: {oldest}");
+        for d in &decisions {
+            assert!(d["to"].as_u64() >= Some(last), "{stop}: scaled in: {d}");
+        }
+        let after = &scales(&receiver)[before..];
+        assert!(
+            after.iter().all(|&(from, to)| from == last && to >= last),
+            "{stop}: scale webhooks after the restart: {after:?} (last asked for {last})"
+        );
+    }
+}

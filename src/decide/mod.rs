@@ -263,6 +263,14 @@ impl DecideState {
     pub fn record_scale(&mut self, now: i64, from: u32, to: u32) {
         self.history.scaled(now, from, to);
     }
+
+    /// Remembers `replicas` as recommended at `now`: after a restart, the count last asked
+    /// for holds scale-in for a full stabilisation window, as if it had just been
+    /// recommended, so a restart never scales in by itself.
+    pub fn remember(&mut self, policy: &Policy, now: i64, replicas: u32) {
+        self.history
+            .recommend(now, replicas, &policy.scale_up, &policy.scale_down);
+    }
 }
 
 /// Decides the replica count at `now`.
