@@ -153,6 +153,16 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// `url` with any credentials in it replaced by `***`.
+pub fn redacted(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if !url.username().is_empty() || url.password().is_some() {
+        let _ = shown.set_username("***");
+        let _ = shown.set_password(None);
+    }
+    shown.to_string()
+}
+
 /// A human summary of a validated configuration, as `check-config` prints it.
 pub fn summary(config: &config::Config) -> String {
     use std::fmt::Write;
@@ -160,7 +170,7 @@ pub fn summary(config: &config::Config) -> String {
     let prom = config
         .prometheus
         .as_ref()
-        .map_or("not configured".to_owned(), |p| p.url.to_string());
+        .map_or("not configured".to_owned(), |p| redacted(&p.url));
     let _ = writeln!(s, "prometheus: {prom}");
     let _ = writeln!(s, "listen: {}", config.server.listen);
     let _ = writeln!(s, "state: {}", config.state.dir.display());

@@ -46,7 +46,7 @@ impl ApiAuth {
                 "no API token is configured; set [server] api_token_env or api_token_file",
             ));
         };
-        let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        let Some(given) = header.and_then(bearer_token) else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -108,5 +108,27 @@ pub(super) async fn require_token_for_reads(
     match auth.check(authorization(&req)) {
         Ok(()) => next.run(req).await,
         Err(e) => refuse(e),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110, section 11.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer abc", "bearer abc", "BEARER abc"] {
+            assert_eq!(bearer_token(h), Some("abc"), "{h}");
+        }
+        for h in ["Basic abc", "Bearerabc", "", "abc"] {
+            assert_eq!(bearer_token(h), None, "{h}");
+        }
     }
 }

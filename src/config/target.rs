@@ -250,6 +250,9 @@ pub const DEFAULT_HEADROOM: f64 = 0.0;
 /// Prometheus refuses a range query of more than 11,000 points per series.
 const MAX_HISTORY_POINTS: u64 = 1_000_000;
 
+/// The longest target name: it is the stem of the target's model file.
+const MAX_NAME: usize = 128;
+
 /// The key of `k` in the target named `name`, e.g. `target[web].min_replicas`.
 fn target_key(name: &str, k: &str) -> String {
     format!("target[{name}].{k}")
@@ -329,14 +332,23 @@ impl Validator<'_> {
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if valid {
+        let why = if !valid {
+            "expected a non-empty name of letters, digits, `.`, `_` or `-`".to_owned()
+        } else if name == "." || name == ".." {
+            "expected a name that is not `.` or `..` (it names the target's model file)".to_owned()
+        } else if name.len() > MAX_NAME {
+            format!(
+                "it is {} characters long; expected at most {MAX_NAME} (it names the target's model file)",
+                name.len()
+            )
+        } else {
             return Ok(());
-        }
+        };
+        let shown: String = name.chars().take(40).collect();
+        let more = if name.chars().count() > 40 { "…" } else { "" };
         Err(self.err(
             format!("target[{i}].name"),
-            format!(
-                "`{name}` is not a valid name; expected a non-empty name of letters, digits, `.`, `_` or `-`"
-            ),
+            format!("`{shown}{more}` is not a valid name; {why}"),
         ))
     }
 

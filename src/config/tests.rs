@@ -412,3 +412,70 @@ fn shipped_example_is_valid() {
     assert_eq!(c.targets[0].name, "web");
     assert_eq!(c.targets[0].capacity_rps, Some(150.0));
 }
+
+/// Names become model file names: `.`, `..` and names too long for a file are refused.
+#[test]
+fn names_that_cannot_name_a_file_are_refused() {
+    let long = "a".repeat(300);
+    for (name, want) in [
+        (".", "not `.` or `..`"),
+        ("..", "not `.` or `..`"),
+        (long.as_str(), "300 characters long; expected at most 128"),
+    ] {
+        let text = MINIMAL.replace("name = \"web\"", &format!("name = \"{name}\""));
+        let e = parse(&text).expect_err(name).to_string();
+        assert!(
+            e.contains("target[0].name") && e.contains(want),
+            "{name}: {e}"
+        );
+        assert!(e.len() < 400, "the error quotes a long name in part: {e}");
+    }
+    let ok = MINIMAL.replace("name = \"web\"", &format!("name = \"{}\"", "a".repeat(128)));
+    assert!(parse(&ok).is_ok());
+}
+
+/// Credentials in the URL and an auth section would silently compete: refused.
+#[test]
+fn credentials_in_the_url_and_an_auth_section_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret").unwrap();
+    let text = MINIMAL.replace(
+        "url = \"http://127.0.0.1:9090\"",
+        &format!(
+            "url = \"http://alice:pw@127.0.0.1:9090\"\n[prometheus.basic_auth]\nusername = \"bob\"\npassword_file = \"{}\"",
+            password.display()
+        ),
+    );
+    let e = parse(&text).expect_err("both").to_string();
+    assert!(
+        e.contains("prometheus.url") && e.contains("expected one of them"),
+        "{e}"
+    );
+    assert!(!e.contains("pw@"), "the error shows no password: {e}");
+    let only_url = MINIMAL.replace("http://127.0.0.1", "http://alice:pw@127.0.0.1");
+    let c = parse(&only_url).expect("credentials in the URL alone are fine");
+    let shown = crate::summary(&c);
+    assert!(
+        shown.contains("http://***@127.0.0.1:9090") && !shown.contains("pw"),
+        "{shown}"
+    );
+}
+
+/// A `models_dir` that is a file cannot hold models: refused at start, not at the first
+/// refit.
+#[test]
+fn a_models_dir_that_is_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("models");
+    std::fs::write(&file, "not a directory").unwrap();
+    let text = format!(
+        "{MINIMAL}\n[forecast]\nmodels_dir = \"{}\"\n",
+        file.display()
+    );
+    let e = parse(&text).expect_err("a file").to_string();
+    assert!(
+        e.contains("forecast.models_dir") && e.contains("not a directory"),
+        "{e}"
+    );
+}

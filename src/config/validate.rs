@@ -89,12 +89,22 @@ impl Validator<'_> {
                 "is out of range; expected above 0 and at most 1d, e.g. 1h",
             ));
         }
+        // Relative to the configuration file, like secret files.
+        let models_dir = self.relative(&f.models_dir.unwrap_or(def.models_dir));
+        if models_dir.exists() && !models_dir.is_dir() {
+            return Err(self.err(
+                "forecast.models_dir",
+                format!(
+                    "{} exists and is not a directory; expected a directory (created if missing)",
+                    models_dir.display()
+                ),
+            ));
+        }
         Ok(ForecastConfig {
             level,
             refit_every,
             horizon,
-            // Relative to the configuration file, like secret files.
-            models_dir: self.relative(&f.models_dir.unwrap_or(def.models_dir)),
+            models_dir,
         })
     }
 
@@ -132,6 +142,14 @@ impl Validator<'_> {
             p.bearer_token_env.as_deref(),
             p.bearer_token_file.as_deref(),
         )?;
+        if (!url.username().is_empty() || url.password().is_some())
+            && (bearer.is_some() || p.basic_auth.is_some())
+        {
+            return Err(self.err(
+                "prometheus.url",
+                "has credentials and [prometheus] sets a bearer token or basic auth too; expected one of them",
+            ));
+        }
         let auth = match (bearer, p.basic_auth) {
             (Some(_), Some(_)) => {
                 return Err(self.err(
