@@ -340,6 +340,7 @@ fn prometheus_trace(url: &url::Url, a: &BacktestArgs) -> anyhow::Result<Trace> {
         url: url.clone(),
         auth: None,
         timeout: Duration::from_secs(30),
+        max_answer_bytes: prescale::config::DEFAULT_MAX_ANSWER_BYTES,
     };
     let client = prescale::source::prometheus::PrometheusClient::new(&cfg)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

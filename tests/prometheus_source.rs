@@ -17,6 +17,7 @@ fn client_with(url: &str, auth: Option<PrometheusAuth>, timeout: Duration) -> Pr
         url: url.parse().expect("a URL"),
         auth,
         timeout,
+        max_answer_bytes: prescale::config::DEFAULT_MAX_ANSWER_BYTES,
     };
     PrometheusClient::new(&cfg).expect("build the client")
 }
@@ -557,4 +558,42 @@ async fn live_scrapes_continue_the_backfilled_series() {
         .await
         .expect("live samples after restart");
     assert!(live.iter().all(|s| s.value > fill.total()), "{live:?}");
+}
+
+/// An answer larger than `max_answer_bytes` is refused with a clear error instead of being
+/// read whole into memory; the same answer under the limit is read.
+#[tokio::test]
+async fn an_answer_larger_than_the_limit_is_refused() {
+    let values: Vec<String> = (0..5_000).map(|k| format!(r#"[{},"1"]"#, k * 60)).collect();
+    let body = format!(
+        r#"{{"status":"success","data":{{"resultType":"matrix","result":[{{"metric":{{}},"values":[{}]}}]}}}}"#,
+        values.join(",")
+    );
+    assert!(body.len() > 16 * 1024);
+    let receiver = Receiver::with_replies(Vec::new(), Reply::body(200, body.clone()));
+    let limited = |max_answer_bytes| {
+        PrometheusClient::new(&PrometheusConfig {
+            url: receiver.url("/").parse().expect("a URL"),
+            auth: None,
+            timeout: Duration::from_secs(10),
+            max_answer_bytes,
+        })
+        .expect("build the client")
+    };
+    let small: &dyn Source = &limited(16 * 1024);
+    let err = small
+        .range("up", 0, 299_940, 60)
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(&err, SourceError::TooLarge { query, limit: 16_384, .. } if query == "up"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("max_answer_bytes"), "{err}");
+    let large: &dyn Source = &limited(body.len());
+    let samples = large
+        .range("up", 0, 299_940, 60)
+        .await
+        .expect("under the limit");
+    assert_eq!(samples.len(), 5_000);
 }

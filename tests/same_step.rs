@@ -113,6 +113,7 @@ async fn serve_and_backtest_decide_the_same_at_the_same_times() {
         url: prom.url().parse().expect("url"),
         auth: None,
         timeout: Duration::from_secs(30),
+        max_answer_bytes: prescale::config::DEFAULT_MAX_ANSWER_BYTES,
     })
     .expect("client");
     let live = TargetLoop {

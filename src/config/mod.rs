@@ -102,7 +102,12 @@ pub struct PrometheusConfig {
     pub auth: Option<PrometheusAuth>,
     /// Timeout of one HTTP request.
     pub timeout: Duration,
+    /// The largest answer read, in bytes; a larger one is refused.
+    pub max_answer_bytes: usize,
 }
+
+/// The default of `[prometheus] max_answer_bytes`: 32 MiB, about a million samples.
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 32 << 20;
 
 /// Prometheus credentials.
 #[derive(Debug, Clone)]

@@ -73,6 +73,8 @@ pub struct RawPrometheus {
     pub bearer_token_env: Option<String>,
     /// HTTP basic auth.
     pub basic_auth: Option<RawBasicAuth>,
+    /// The largest answer read, in bytes (default 32 MiB).
+    pub max_answer_bytes: Option<u64>,
 }
 
 /// `[prometheus.basic_auth]`.

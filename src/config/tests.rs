@@ -479,3 +479,21 @@ fn a_models_dir_that_is_a_file_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn max_answer_bytes_defaults_and_has_a_floor() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.prometheus.expect("configured").max_answer_bytes,
+        DEFAULT_MAX_ANSWER_BYTES
+    );
+    let text = MINIMAL.replace(
+        "url = \"http://127.0.0.1:9090\"",
+        "url = \"http://127.0.0.1:9090\"\nmax_answer_bytes = 100",
+    );
+    let e = parse(&text).expect_err("too small").to_string();
+    assert!(
+        e.contains("prometheus.max_answer_bytes") && e.contains("1024"),
+        "{e}"
+    );
+}

@@ -178,7 +178,22 @@ impl Validator<'_> {
             }
             (None, None) => None,
         };
-        Ok(PrometheusConfig { url, auth, timeout })
+        let max_answer_bytes = match p.max_answer_bytes {
+            None => super::DEFAULT_MAX_ANSWER_BYTES,
+            Some(n) if n >= 1024 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(n) => {
+                return Err(self.err(
+                    "prometheus.max_answer_bytes",
+                    format!("{n} is too small; expected at least 1024 bytes"),
+                ));
+            }
+        };
+        Ok(PrometheusConfig {
+            url,
+            auth,
+            timeout,
+            max_answer_bytes,
+        })
     }
 
     fn delivery(&self, d: RawDelivery) -> Result<DeliveryConfig, ConfigError> {

@@ -167,6 +167,18 @@ pub enum SourceError {
         /// What was wrong.
         message: String,
     },
+    /// The answer was larger than `[prometheus] max_answer_bytes`.
+    #[error(
+        "query `{query}`: the answer from {url} is larger than {limit} bytes; narrow the query or raise [prometheus] max_answer_bytes"
+    )]
+    TooLarge {
+        /// The query.
+        query: String,
+        /// The URL asked.
+        url: String,
+        /// The limit, bytes.
+        limit: usize,
+    },
     /// Series came back, but every sample was dropped at the door.
     #[error(
         "query `{query}` returned no usable sample: {} (non-finite, negative, and outside the range asked for are dropped)",
@@ -254,6 +266,7 @@ impl SourceError {
             Self::Unreachable { .. } => "unreachable",
             Self::Decode { .. } => "decode",
             Self::Unusable { .. } => "unusable",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 }

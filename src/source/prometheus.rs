@@ -55,6 +55,7 @@ pub struct PrometheusClient {
     shown: String,
     auth: Option<PrometheusAuth>,
     timeout: Duration,
+    max_answer_bytes: usize,
 }
 
 impl PrometheusClient {
@@ -89,6 +90,7 @@ impl PrometheusClient {
             endpoint,
             auth: cfg.auth.clone(),
             timeout: cfg.timeout,
+            max_answer_bytes: cfg.max_answer_bytes,
         })
     }
 
@@ -194,11 +196,39 @@ impl PrometheusClient {
         };
         let response = response.map_err(|e| self.transport(query, e))?;
         let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport(query, e))?;
+        let body = self.read_capped(query, response).await?;
         parse(query, &self.shown, status, &body)
+    }
+
+    /// The body, read chunk by chunk and refused once it passes `max_answer_bytes`, so a
+    /// huge answer never takes the memory of every target.
+    async fn read_capped(
+        &self,
+        query: &str,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, SourceError> {
+        let limit = self.max_answer_bytes;
+        let too_large = || SourceError::TooLarge {
+            query: query.to_owned(),
+            url: self.shown.clone(),
+            limit,
+        };
+        let announced = response.content_length().unwrap_or(0);
+        if usize::try_from(announced).map_or(true, |n| n > limit) {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport(query, e))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// Maps a transport failure to [`SourceError::Timeout`] or [`SourceError::Unreachable`].
@@ -711,6 +741,7 @@ mod tests {
                 url: Url::parse(input).unwrap(),
                 auth: None,
                 timeout: Duration::from_secs(1),
+                max_answer_bytes: crate::config::DEFAULT_MAX_ANSWER_BYTES,
             };
             let client = PrometheusClient::new(&cfg).unwrap();
             assert_eq!(client.shown, expected, "{input}");
