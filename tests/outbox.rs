@@ -312,8 +312,13 @@ async fn receiver_down_then_up_delivers_once_in_order() {
     let want: HashSet<String> = all.iter().map(|d| d.idempotency_key.clone()).collect();
     assert_eq!(keys.into_iter().collect::<HashSet<_>>(), want);
     assert_eq!(receiver.max_in_flight("/a"), 1);
-    let last = run.store.target("a").unwrap().last_delivery.clone();
-    let last = last.expect("the last outcome is reported");
+    // The worker reports each outcome to the store after committing it.
+    let newest = all[8].idempotency_key.clone();
+    let last = until("the last outcome reported", || async {
+        let last = run.store.target("a").unwrap().last_delivery.clone();
+        last.filter(|l| l.idempotency_key == newest)
+    })
+    .await;
     assert_eq!(
         (last.kind, last.outcome, last.attempts),
         (ActionKind::Rebalance, DeliveryOutcome::Delivered, 1)
@@ -719,8 +724,11 @@ async fn the_outbox_runs_on_the_clock_it_is_given() {
     );
     let age = d.finished_at_ms.expect("finished") - d.created_at_ms;
     assert!((30_000..61_000).contains(&age), "{age} ms on the clock");
-    let last = run.store.target("web").unwrap().last_delivery.clone();
-    let last = last.expect("reported");
+    // The worker reports the outcome to the store after committing it.
+    let last = until("the outcome reported", || async {
+        run.store.target("web").unwrap().last_delivery.clone()
+    })
+    .await;
     assert_eq!(last.outcome, DeliveryOutcome::Expired);
     assert_eq!(last.at, d.finished_at_ms.unwrap() / 1000);
     assert_eq!(receiver.requests().len(), 2);
