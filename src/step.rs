@@ -535,7 +535,8 @@ fn apply_budget(
 ///
 /// A count is asked for when it differs from the count last asked for (at first: the count
 /// running), or again when the running count still differs from it a start-up plus an
-/// interval after it was asked for (the platform lost it, or someone changed it). Only a
+/// interval after it was asked for (the platform lost it, or someone changed it) — but
+/// never again for fewer than run while data is missing or stale. Only a
 /// new count is recorded in the rate-limit history, once, however long the platform takes.
 /// While paused nothing is asked for and nothing recorded; in `forecast-only` mode the count
 /// that would have been asked for is recorded, so the shown decisions follow the same limits.
@@ -552,9 +553,11 @@ fn ask(
     let now = inputs.now;
     let patience = policy.startup + policy.decide.interval;
     let before = memory.asked.map_or(running, |a| a.replicas);
-    let again = memory
-        .asked
-        .is_some_and(|a| running != d.to && now - a.at >= patience);
+    // Asking again for fewer than run is a scale-in: never on missing or stale data.
+    let degraded = d.reasons.iter().any(|r| r.code == ReasonCode::Degraded);
+    let again = memory.asked.is_some_and(|a| {
+        running != d.to && now - a.at >= patience && (d.to > running || !degraded)
+    });
     if before == d.to && !again {
         return false;
     }

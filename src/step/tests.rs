@@ -357,3 +357,39 @@ fn the_budget_limits_the_count() {
             .any(|r| r.code == ReasonCode::BudgetLimited)
     );
 }
+
+/// More run than was asked for (someone scaled up by hand): the count asked for is asked
+/// again once a start-up has passed, but not while data is missing or stale, when that
+/// would be a scale-in.
+#[test]
+fn no_scale_in_is_asked_again_while_degraded() {
+    let p = slow_scale_up();
+    let mut w = World::new(&[Signal::RequestRate, Signal::Replicas]);
+    let mut m = Memory {
+        asked: Some(Asked {
+            replicas: 4,
+            at: -3_600,
+        }),
+        ..Memory::default()
+    };
+    w.observe(Signal::RequestRate, 0, 40.0);
+    w.observe(Signal::Replicas, 0, 9.0);
+    w.signals
+        .get_mut(&Signal::RequestRate)
+        .expect("configured")
+        .error = Some("down".into());
+    let plan = w.step(&p, &mut m, 0);
+    assert!(!plan.degraded.is_empty());
+    assert!(
+        !plan.scale,
+        "no scale-in asked again while degraded: {:?}",
+        plan.decision
+    );
+    w.signals
+        .get_mut(&Signal::RequestRate)
+        .expect("configured")
+        .error = None;
+    let plan = w.step(&p, &mut m, 60);
+    assert!(plan.scale, "asked again once healthy: {:?}", plan.decision);
+    assert_eq!(plan.decision.to, 4);
+}
