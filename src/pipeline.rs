@@ -19,7 +19,6 @@ use tracing::{debug, error, info, warn};
 use crate::act::outbox::{DeliveryState, Outbox, OutboxError};
 use crate::act::{Action, ActionKind, RebalanceAction, ScaleAction};
 use crate::config::{AlertmanagerConfig, ForecastConfig, TargetConfig};
-use crate::decide::budget::Claim;
 use crate::forecast::capacity::CapacitySource;
 use crate::metrics::{
     CapacityLabels, DecisionLabels, ModelLabels, PollLabels, SignalLabels, TargetLabels,
@@ -331,16 +330,15 @@ impl TargetLoop {
                 mine = Some(claims.len());
             }
             let want = s.wanted.unwrap_or(s.replicas);
-            let min = if s.degraded_reasons(now).is_empty() {
-                s.config.min_replicas
-            } else {
-                s.config.min_replicas.max(s.replicas.min(want))
-            };
-            claims.push(Claim {
-                priority: s.config.priority,
-                min,
+            let degraded = !s.degraded_reasons(now).is_empty();
+            let c = &s.config;
+            claims.push(step::claim(
+                c.priority,
+                c.min_replicas,
+                s.replicas,
                 want,
-            });
+                degraded,
+            ));
         }
         Some(BudgetView {
             total,

@@ -495,6 +495,22 @@ fn decide_count(
     decide::decide(&p, forecast, observed, &mut memory.decide, now)
 }
 
+/// A target's claim on the budget: it wants `want` and is always granted its
+/// `min_replicas` — and, when degraded, what it runs now (up to `want`): missing data never
+/// scales in, not even for the budget.
+pub fn claim(priority: u32, min_replicas: u32, running: u32, want: u32, degraded: bool) -> Claim {
+    let min = if degraded {
+        min_replicas.max(running.min(want))
+    } else {
+        min_replicas
+    };
+    Claim {
+        priority,
+        min,
+        want,
+    }
+}
+
 /// Limits the decision to this target's share of the budget; returns the share when it
 /// limited it. A degraded target's floor is what it runs now: missing data never scales
 /// in, not even for the budget.
@@ -505,20 +521,14 @@ fn apply_budget(
     degraded: bool,
 ) -> Option<u32> {
     let mut claims = view.claims.clone();
-    let min = if degraded {
-        policy
-            .decide
-            .min_replicas
-            .max(decision.from.min(decision.to))
-    } else {
-        policy.decide.min_replicas
-    };
     let mine = claims.get_mut(view.mine)?;
-    *mine = Claim {
-        priority: policy.priority,
-        min,
-        want: decision.to,
-    };
+    *mine = claim(
+        policy.priority,
+        policy.decide.min_replicas,
+        decision.from,
+        decision.to,
+        degraded,
+    );
     let total: u64 = claims.iter().map(|c| u64::from(c.want)).sum();
     let granted = *budget::allocate(view.total, &claims).get(view.mine)?;
     (granted < decision.to).then(|| {
