@@ -310,11 +310,8 @@ impl TargetLoop {
         record(state, &plan);
         let decision = plan.decision;
         drop(guard);
-        self.store.record_decision(DecisionRecord {
-            target: t.name.clone(),
-            decision,
-            mode: t.mode,
-        });
+        self.store
+            .record_decision(DecisionRecord::new(t.name.clone(), decision, t.mode));
         Some((actions, model))
     }
 

@@ -6,6 +6,7 @@
 //! target copies its grid out first.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::Serialize;
@@ -14,15 +15,16 @@ use crate::act::outbox::Outbox;
 use crate::clock::Clock;
 use crate::config::TargetConfig;
 pub use crate::decide::balance::InstanceStats;
-use crate::decide::{Decision, Mode, ReasonCode};
+use crate::decide::{Decision, ReasonCode};
 use crate::forecast::Forecast;
 use crate::forecast::bottleneck::Bottleneck;
 use crate::metrics::Metrics;
 use crate::series::Series;
 use crate::step::{self, Memory};
 
-/// How many decisions the log keeps, across targets.
-const DECISION_LOG: usize = 10_000;
+mod decisions;
+
+pub use decisions::{DecisionLog, DecisionRecord};
 
 pub use crate::step::{Signal, SignalHealth};
 
@@ -69,18 +71,6 @@ impl ForecastQuality {
     }
 }
 
-/// A decision in the log.
-#[derive(Debug, Clone, Serialize)]
-pub struct DecisionRecord {
-    /// The target.
-    pub target: String,
-    /// The decision.
-    #[serde(flatten)]
-    pub decision: Decision,
-    /// Whether it was to be sent (`act`) or only shown (`forecast-only`).
-    pub mode: Mode,
-}
-
 /// Everything known of one target.
 #[derive(Debug)]
 pub struct TargetState {
@@ -123,6 +113,8 @@ pub struct TargetState {
     pub paused: bool,
     /// A refit was asked for (`POST …/refit`); the pipeline clears it when it refits.
     pub refit_requested: bool,
+    /// Its decision history: changes kept, holds summarised.
+    pub decisions: DecisionLog,
 }
 
 impl TargetState {
@@ -152,6 +144,7 @@ impl TargetState {
             last_delivery: None,
             paused: false,
             refit_requested: false,
+            decisions: DecisionLog::default(),
             config,
         }
     }
@@ -231,8 +224,8 @@ pub struct Store {
 struct Inner {
     /// Fixed at start: the set of targets never changes while running.
     targets: BTreeMap<String, Mutex<TargetState>>,
-    /// Newest last.
-    decisions: Mutex<VecDeque<DecisionRecord>>,
+    /// The sequence number of the next decision logged, across targets.
+    next_decision: AtomicU64,
     metrics: Metrics,
     clock: Clock,
     /// The durable outbox, once opened (`serve` sets it before anything runs).
@@ -259,7 +252,7 @@ impl Store {
         Self {
             inner: Arc::new(Inner {
                 targets,
-                decisions: Mutex::new(VecDeque::new()),
+                next_decision: AtomicU64::new(0),
                 metrics,
                 clock,
                 outbox: OnceLock::new(),
@@ -302,31 +295,45 @@ impl Store {
         self.inner.targets.get(name).map(|m| lock(m))
     }
 
-    /// Appends a decision to the log.
+    /// Adds a decision to its target's history (an unknown target's is dropped).
     pub fn record_decision(&self, record: DecisionRecord) {
-        let mut log = lock(&self.inner.decisions);
-        log.push_back(record);
-        while log.len() > DECISION_LOG {
-            log.pop_front();
+        let seq = self.inner.next_decision.fetch_add(1, Ordering::Relaxed);
+        if let Some(mut t) = self.target(&record.target) {
+            t.decisions.push(seq, record);
         }
     }
 
-    /// Up to `limit` decisions after skipping `offset`, newest first, optionally of one
-    /// target; and how many match in all.
+    /// Up to `limit` records after skipping `offset`, newest first, of one target or of
+    /// all; and how many there are in all.
     pub fn decisions(
         &self,
         target: Option<&str>,
         offset: usize,
         limit: usize,
     ) -> (Vec<DecisionRecord>, usize) {
-        let log = lock(&self.inner.decisions);
-        let matching = || {
-            log.iter()
-                .rev()
-                .filter(|d| target.is_none_or(|t| d.target == t))
+        let wanted = offset.saturating_add(limit);
+        let mut total = 0;
+        let mut newest: Vec<(u64, DecisionRecord)> = Vec::new();
+        let names: Vec<&str> = match target {
+            Some(t) => vec![t],
+            None => self.names().collect(),
         };
-        let page = matching().skip(offset).take(limit).cloned().collect();
-        (page, matching().count())
+        for name in names {
+            let Some(t) = self.target(name) else {
+                continue;
+            };
+            total += t.decisions.len();
+            // Only a target's `offset + limit` newest can be on the page.
+            newest.extend(t.decisions.newest_first().take(wanted).cloned());
+        }
+        newest.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        let page = newest
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(_, r)| r)
+            .collect();
+        (page, total)
     }
 }
 

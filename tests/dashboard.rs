@@ -291,7 +291,8 @@ history = "2d"
                 let target: Value = serde_json::from_str(&target).ok()?;
                 let decisions: Value = serde_json::from_str(&decisions).ok()?;
                 let newest = target["signals"]["request_rate"]["newest"].as_i64()?;
-                (newest >= want && decisions["total"].as_u64()? >= 2).then_some(())
+                let made = common::decisions_made(decisions["decisions"].as_array()?);
+                (newest >= want && made >= 2).then_some(())
             },
         )
         .await;

@@ -212,17 +212,17 @@ async fn every_route_is_in_the_openapi_document() {
 async fn lists_are_paginated() {
     let s = store();
     for k in 0..5 {
-        s.record_decision(DecisionRecord {
-            target: "web".into(),
-            decision: Decision {
+        s.record_decision(DecisionRecord::new(
+            "web",
+            Decision {
                 at: k,
                 from: 1,
                 to: 2,
                 reasons: Vec::new(),
                 peak: None,
             },
-            mode: crate::config::Mode::Act,
-        });
+            crate::config::Mode::Act,
+        ));
     }
     let app = router(s, ApiAuth::default());
     let (_, b) = call(&app, "GET", "/api/v1/decisions?limit=2&offset=1", None).await;
@@ -348,17 +348,17 @@ async fn readiness_waits_for_backfill() {
 async fn huge_offsets_give_an_empty_last_page() {
     let s = store();
     for k in 0..3 {
-        s.record_decision(DecisionRecord {
-            target: "web".into(),
-            decision: Decision {
+        s.record_decision(DecisionRecord::new(
+            "web",
+            Decision {
                 at: k,
                 from: 1,
                 to: 2,
                 reasons: Vec::new(),
                 peak: None,
             },
-            mode: crate::config::Mode::Act,
-        });
+            crate::config::Mode::Act,
+        ));
     }
     let dir = tempfile::tempdir().expect("state dir");
     let outbox = crate::act::outbox::Outbox::open(dir.path()).expect("outbox");
@@ -526,4 +526,64 @@ fn the_bare_object_check_finds_bare_objects() {
         serde_json::json!({"$ref": "#/components/schemas/Missing"}),
         true,
     );
+}
+
+/// Each target keeps its own history: 50 targets holding every second for an hour do not
+/// push out one change of another target (the old shared ring of 10,000 kept ~200 s), and
+/// the holds are summarised. Across targets the listing is newest first.
+#[tokio::test]
+async fn a_busy_fleet_keeps_every_targets_changes_and_summarises_holds() {
+    let mut targets = vec![TargetConfig::example("web", 10.0, Duration::from_secs(60))];
+    targets.extend(
+        (0..50).map(|k| TargetConfig::example(&format!("busy{k}"), 10.0, Duration::from_secs(60))),
+    );
+    let s = Store::new(&targets, Metrics::new());
+    let decision = |at, from, to| Decision {
+        at,
+        from,
+        to,
+        reasons: Vec::new(),
+        peak: None,
+    };
+    let act = crate::config::Mode::Act;
+    s.record_decision(DecisionRecord::new("web", decision(0, 2, 5), act));
+    for at in 1..=3600 {
+        for k in 0..50 {
+            s.record_decision(DecisionRecord::new(
+                format!("busy{k}"),
+                decision(at, 3, 3),
+                act,
+            ));
+        }
+    }
+    let (_, b) = get(&s, "/api/v1/decisions?target=web").await;
+    assert_eq!(b["total"], 1, "{b}");
+    assert_eq!(
+        (
+            b["decisions"][0]["from"].as_u64(),
+            b["decisions"][0]["to"].as_u64()
+        ),
+        (Some(2), Some(5))
+    );
+    let (_, b) = get(&s, "/api/v1/decisions?target=busy7").await;
+    let held = &b["decisions"][0];
+    assert_eq!(
+        (
+            held["since"].as_i64(),
+            held["at"].as_i64(),
+            held["repeats"].as_u64()
+        ),
+        (Some(1), Some(3600), Some(3600)),
+        "{b}"
+    );
+    let (_, b) = get(&s, "/api/v1/decisions?limit=1000").await;
+    assert_eq!(b["total"], 51, "{b}");
+    let names: Vec<&str> = b["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["target"].as_str())
+        .collect();
+    assert_eq!(names.last(), Some(&"web"), "the oldest last: {names:?}");
+    assert_eq!(names[0], "busy49", "the newest first: {names:?}");
 }

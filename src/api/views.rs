@@ -146,6 +146,11 @@ pub(super) struct DecisionRecord {
     decision: Decision,
     /// Whether it was to be sent (`act`) or only shown (`forecast-only`).
     mode: Mode,
+    /// When the first decision this record stands for was made (Unix s); `at` for one.
+    since: i64,
+    /// How many decisions it stands for: 1, or more for a run of holds with the same
+    /// count, mode and reasons (`at` is the newest of them).
+    repeats: u64,
 }
 
 impl From<&store::DecisionRecord> for DecisionRecord {
@@ -154,6 +159,8 @@ impl From<&store::DecisionRecord> for DecisionRecord {
             target: r.target.clone(),
             decision: Decision::from(&r.decision),
             mode: r.mode.into(),
+            since: r.since,
+            repeats: r.repeats,
         }
     }
 }

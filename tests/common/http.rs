@@ -102,3 +102,12 @@ impl Drop for Server {
         }
     }
 }
+
+/// How many decisions a page of `GET /api/v1/decisions` records stands for (a record of
+/// equal holds stands for `repeats` of them).
+pub fn decisions_made(records: &[serde_json::Value]) -> u64 {
+    records
+        .iter()
+        .map(|d| d["repeats"].as_u64().unwrap_or(0))
+        .sum()
+}

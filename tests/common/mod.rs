@@ -33,7 +33,7 @@ pub use app::{App, AppProcess, STOP_DEADLINE};
 pub use backfill::{Backfill, COUNTER, Minute, RATE_QUERY, read_trace, trace_path};
 pub use config::{TempConfig, TestConfig, TestTarget, minimal_config};
 pub use haproxy::Haproxy;
-pub use http::{get_json, http_get};
+pub use http::{decisions_made, get_json, http_get};
 pub use process::{
     ChildGuard, READY_DEADLINE, free_addr, free_port, now_secs, poll_until, poll_until_async,
 };

@@ -34,11 +34,7 @@ fn decisions_and_their_records() {
     for d in [decision(0, false), decision(2, true)] {
         check(&d, Decision::from(&d));
         for mode in [config::Mode::Act, config::Mode::ForecastOnly] {
-            let r = store::DecisionRecord {
-                target: "web".into(),
-                decision: d.clone(),
-                mode,
-            };
+            let r = store::DecisionRecord::new("web", d.clone(), mode);
             check(&r, DecisionRecord::from(&r));
         }
     }
