@@ -1,0 +1,179 @@
+//! Signals to the real `prescale serve` process: SIGHUP reloads the configuration file
+//! without stopping the process or its listener (a bad file, or one that would need a
+//! restart, is refused and the running configuration kept), and SIGTERM still stops it
+//! gracefully afterwards.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{AppProcess, Prometheus, TestConfig, TestTarget, free_addr, poll_until};
+
+/// How long a reload may take to show (generous: a busy machine).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A configuration with the targets `names`, each reading the backfilled rate.
+fn config(prom: &Prometheus, listen: SocketAddr, names: &[(&str, u32)]) -> TestConfig {
+    names.iter().fold(
+        TestConfig::new().prometheus(&prom.url()).listen(listen),
+        |c, (name, max)| {
+            c.target(
+                TestTarget::new(name, common::RATE_QUERY)
+                    .set("capacity_rps", 150)
+                    .set("startup", "3m")
+                    .set("max_replicas", i64::from(*max))
+                    .set("interval", "1s")
+                    .set("history", "6h"),
+            )
+        },
+    )
+}
+
+/// The log without terminal colours, so that fields read `key=value`.
+fn plain_log(app: &AppProcess) -> String {
+    let log = app.stderr();
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // `ESC [ … m`
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The lines of the log that contain `what`.
+fn lines_with(app: &AppProcess, what: &str) -> Vec<String> {
+    plain_log(app)
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Target names and states the API lists.
+fn targets(app: &AppProcess) -> Option<Vec<(String, String)>> {
+    let body = app.get_json("/api/v1/targets")?;
+    body["targets"]
+        .as_array()?
+        .iter()
+        .map(|t| {
+            Some((
+                t["name"].as_str()?.to_owned(),
+                t["status"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Sends SIGHUP and waits until the log has one more line containing `what`; returns it.
+/// Panics if the process exits meanwhile.
+fn hang_up_until_logged(app: &mut AppProcess, what: &str) -> String {
+    let before = lines_with(app, what).len();
+    app.signal("HUP");
+    poll_until(
+        &format!("a log line `{what}` after SIGHUP"),
+        DEADLINE,
+        || {
+            if let Some(status) = app.exited() {
+                panic!(
+                    "prescale exited on SIGHUP ({status}); its log:\n{}",
+                    app.stderr()
+                );
+            }
+            lines_with(app, what).get(before).cloned()
+        },
+    )
+}
+
+/// A valid changed file is applied on SIGHUP (a target added appears, the unchanged one
+/// keeps its state); a broken one is refused with the error naming file and key, and the
+/// old targets stay served; a change of the listen address is refused as needing a
+/// restart; several SIGHUPs in a row apply the last file; the process never exits on
+/// SIGHUP, and SIGTERM still stops it cleanly.
+#[test]
+fn sighup_reloads_the_configuration_and_never_stops_the_process() {
+    let prom = Prometheus::backfilled(1);
+    let listen = free_addr();
+    let cfg = config(&prom, listen, &[("web", 40)]).write();
+    let mut app = AppProcess::serve(&cfg, listen);
+    app.wait_ready();
+
+    // A target added: it appears, and `web`, unchanged, is still backfilled at once.
+    config(&prom, listen, &[("web", 40), ("api", 10)]).write_over(&cfg);
+    let line = hang_up_until_logged(&mut app, "configuration reloaded");
+    assert!(line.contains("added=api"), "{line}");
+    let listed = poll_until("`api` listed", DEADLINE, || {
+        targets(&app).filter(|t| t.iter().any(|(n, _)| n == "api"))
+    });
+    let web = listed
+        .iter()
+        .find(|(n, _)| n == "web")
+        .expect("web still listed");
+    assert_ne!(web.1, "backfilling", "web kept its state: {listed:?}");
+    app.wait_ready();
+
+    // A broken file: refused, naming the file and the key; both targets still served.
+    let text = config(&prom, listen, &[("web", 40)]).to_toml();
+    cfg.write_file("prescale.toml", &format!("{text}max_replica = 4\n"));
+    let line = hang_up_until_logged(&mut app, "configuration reload refused");
+    assert!(
+        line.contains("ERROR") && line.contains("prescale.toml") && line.contains("max_replica"),
+        "{line}"
+    );
+    let names = |app: &AppProcess| -> Vec<String> {
+        targets(app)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    assert_eq!(names(&app), ["api", "web"]);
+
+    // The listen address cannot change without a restart: nothing of the file applies.
+    config(&prom, free_addr(), &[("web", 40)]).write_over(&cfg);
+    let line = hang_up_until_logged(&mut app, "configuration reload refused");
+    assert!(
+        line.contains("[server] listen") && line.contains("needs a restart"),
+        "{line}"
+    );
+    assert_eq!(names(&app), ["api", "web"], "served on the same address");
+
+    // Several SIGHUPs in a row: the last file applies, the process stays.
+    config(&prom, listen, &[("web", 30)]).write_over(&cfg);
+    let before = lines_with(&app, "configuration reloaded").len();
+    for _ in 0..3 {
+        app.signal("HUP");
+    }
+    poll_until("`api` removed", DEADLINE, || {
+        (names(&app) == ["web"]).then_some(())
+    });
+    let reloads = lines_with(&app, "configuration reloaded");
+    let last = reloads.last().expect("a reload logged");
+    assert!(reloads.len() > before, "{reloads:?}");
+    assert!(
+        reloads[before].contains("removed=api") && reloads[before].contains("changed=web"),
+        "{reloads:?}"
+    );
+    assert!(last.contains("targets=1"), "{last}");
+    let detail = poll_until("web's new bounds", DEADLINE, || {
+        app.get_json("/api/v1/targets/web")
+            .filter(|d| d["max_replicas"] == 30)
+    });
+    assert_eq!(detail["max_replicas"], 30, "{detail}");
+    app.wait_ready();
+    assert!(app.exited().is_none(), "still running");
+
+    app.signal("TERM");
+    let status = app.wait_exit();
+    assert!(status.success(), "exit {status}: {}", app.stderr());
+    assert!(app.stderr().contains("shutting down"));
+}
