@@ -361,7 +361,7 @@ pub fn hangups() -> std::io::Result<mpsc::Receiver<()>> {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the configuration");
+                tracing::debug!("SIGHUP: reloading the configuration");
                 if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
                     break;
                 }
