@@ -82,7 +82,7 @@ pub async fn serve_reloading(
 }
 
 /// The Prometheus client of `config`'s `[prometheus]`.
-fn prometheus_source(config: &config::Config) -> anyhow::Result<Arc<dyn source::Source>> {
+fn prometheus_source(config: &config::Config) -> SourceResult {
     let prom = config.prometheus.as_ref().with_context(|| {
         format!(
             "{}: key `prometheus`: missing; expected a [prometheus] table with `url`",
@@ -106,10 +106,11 @@ pub async fn serve_with(
     run(config, sources, clock, listener, shutdown, reloads).await
 }
 
+/// The source of a configuration.
+type SourceResult = anyhow::Result<Arc<dyn source::Source>>;
+
 /// Makes the source of a configuration (again at every reload).
-struct Sources(
-    Box<dyn Fn(&config::Config) -> anyhow::Result<Arc<dyn source::Source>> + Send + Sync>,
-);
+struct Sources(Box<dyn Fn(&config::Config) -> SourceResult + Send + Sync>);
 
 /// What lives as long as the process serves, across reloads.
 struct Shared {
