@@ -8,7 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{AppProcess, Prometheus, TestConfig, TestTarget, free_addr, poll_until};
+use common::{
+    AppProcess, Prometheus, Receiver, Reply, TestConfig, TestTarget, free_addr, poll_until,
+};
 
 /// How long a reload may take to show (generous: a busy machine).
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -176,4 +178,125 @@ fn sighup_reloads_the_configuration_and_never_stops_the_process() {
     let status = app.wait_exit();
     assert!(status.success(), "exit {status}: {}", app.stderr());
     assert!(app.stderr().contains("shutting down"));
+}
+
+/// The scale webhooks `receiver` accepted, as `(from, to)`, in order.
+fn scales(receiver: &Receiver) -> Vec<(u64, u64)> {
+    receiver
+        .accepted()
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["kind"] == "scale")
+        .filter_map(|b| Some((b["from"].as_u64()?, b["to"].as_u64()?)))
+        .collect()
+}
+
+/// Decisions of `web` so far, in all and down, from `/metrics`.
+fn decisions(app: &AppProcess) -> Option<(u64, u64)> {
+    let (status, text) = app.get("/metrics").ok()?;
+    (status == 200).then_some(())?;
+    let mut counts = (0, 0);
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("prescale_decisions_total{") else {
+            continue;
+        };
+        if !rest.contains(r#"target="web""#) {
+            continue;
+        }
+        let n: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        counts.0 += n as u64;
+        if rest.contains(r#"direction="down""#) {
+            counts.1 += n as u64;
+        }
+    }
+    Some(counts)
+}
+
+/// A target scaled by a platform webhook; reads open or behind the token as `auth_reads`.
+fn scaled_config(
+    prom: &Prometheus,
+    listen: SocketAddr,
+    receiver: &Receiver,
+    max: u32,
+    auth_reads: bool,
+) -> TestConfig {
+    TestConfig::new()
+        .prometheus(&prom.url())
+        .listen(listen)
+        .set("server", "api_token_file", "token")
+        .set("server", "auth_reads", auth_reads)
+        .target(
+            TestTarget::new("web", common::RATE_QUERY)
+                .set("capacity_rps", 0.05)
+                .set("startup", "1m")
+                .set("max_replicas", i64::from(max))
+                .set("interval", "1s")
+                .set("history", "6h")
+                .platform(&receiver.url("/scale"), "signing.key"),
+        )
+}
+
+/// A reload that changes the target (so it starts again from the outbox, as after a
+/// restart) and `[server]` (reads now need the token): the new server settings apply on
+/// the same listener, and the target resumes from the count last asked for: no decision
+/// and no webhook after the reload goes below it.
+#[test]
+fn a_reload_applies_the_new_server_settings_and_never_scales_in() {
+    let prom = Prometheus::backfilled(1);
+    let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
+    let listen = free_addr();
+    let cfg = scaled_config(&prom, listen, &receiver, 100, false).write();
+    cfg.write_file("token", "reload-token");
+    cfg.write_file("signing.key", "reload-signing-key");
+    let mut app = AppProcess::serve(&cfg, listen);
+    // A count held and delivered, with nothing pending: the count last asked for.
+    let last = poll_until("a held count, delivered", DEADLINE, || {
+        let d = app.get_json("/api/v1/decisions?target=web&limit=1")?;
+        let d = d["decisions"].as_array()?.first()?.clone();
+        let pending = app.get_json("/api/v1/deliveries?state=pending")?;
+        let to = d["to"].as_u64()?;
+        let held = d["from"].as_u64() == Some(to) && to > 1;
+        let delivered = scales(&receiver).last().map(|s| s.1) == Some(to);
+        (held && delivered && pending["deliveries"].as_array()?.is_empty()).then_some(to)
+    });
+    let sent_before = scales(&receiver).len();
+    let since = common::now_secs();
+    let decided_before = decisions(&app).expect("the decisions metric");
+
+    scaled_config(&prom, listen, &receiver, 90, true).write_over(&cfg);
+    let line = hang_up_until_logged(&mut app, "configuration reloaded");
+    assert!(
+        line.contains("changed=web") && line.contains("sections=server"),
+        "{line}"
+    );
+    // Reads need the token now, on the same address.
+    let (status, _) = app.get("/api/v1/targets").expect("GET /api/v1/targets");
+    assert_eq!(status, 401, "auth_reads applied");
+    assert_eq!(app.get("/healthz").expect("GET /healthz").0, 200);
+    // The target resumes from the count last asked for, then decides several times
+    // (`/metrics` stays open), never down.
+    poll_until(
+        "the target resumed from the count asked for",
+        DEADLINE,
+        || {
+            lines_with(&app, "resuming from the count last asked for")
+                .iter()
+                .any(|l| l.contains(&format!("replicas={last}")))
+                .then_some(())
+        },
+    );
+    poll_until("three decisions after the reload", DEADLINE, || {
+        (decisions(&app)?.0 >= decided_before.0 + 3).then_some(())
+    });
+    let (_, down) = decisions(&app).expect("the decisions metric");
+    assert_eq!(
+        down, decided_before.1,
+        "a decision went down after the reload"
+    );
+    let after = &scales(&receiver)[sent_before..];
+    assert!(
+        after.iter().all(|&(from, to)| from == last && to >= last),
+        "scale webhooks after the reload: {after:?} (last asked for {last}, reload at {since})"
+    );
+    assert!(app.exited().is_none(), "still running");
 }
