@@ -306,6 +306,12 @@ async fn reload_config(mut running: Generation, sources: &Sources, shared: &Shar
     };
     let changes = reload::Changes::between(&running.config, &config);
     running.stop().await;
+    for name in &changes.removed {
+        if let Some(t) = running.config.target(name) {
+            let signals: Vec<&str> = t.signals().iter().map(|(s, _)| s.as_str()).collect();
+            shared.metrics.forget_target(name, &signals);
+        }
+    }
     shared.receivers.replace(&receivers);
     let mut next = Generation::new(config, shared);
     next.take_over(&running.store, &changes);
@@ -369,8 +375,9 @@ pub fn hangups() -> std::io::Result<mpsc::Receiver<()>> {
             }
         });
     }
+    // Elsewhere the sender is dropped: `serve_reloading` then never reloads.
     #[cfg(not(unix))]
-    std::mem::forget(tx);
+    drop(tx);
     Ok(rx)
 }
 

@@ -122,6 +122,11 @@ fn sighup_reloads_the_configuration_and_never_stops_the_process() {
         .expect("web still listed");
     assert_ne!(web.1, "backfilling", "web kept its state: {listed:?}");
     app.wait_ready();
+    let gauge = |name: &str| format!("prescale_{name}{{target=\"api\"}}");
+    poll_until("api's gauges", DEADLINE, || {
+        let (_, metrics) = app.get("/metrics").ok()?;
+        metrics.contains(&gauge("desired_replicas")).then_some(())
+    });
 
     // A broken file: refused, naming the file and the key; both targets still served.
     let text = config(&prom, listen, &[("web", 40)]).to_toml();
@@ -166,6 +171,11 @@ fn sighup_reloads_the_configuration_and_never_stops_the_process() {
         "{reloads:?}"
     );
     assert!(last.contains("targets=1"), "{last}");
+    // A removed target's gauges go (a stale `degraded` would keep an alert firing).
+    let (_, metrics) = app.get("/metrics").expect("GET /metrics");
+    for name in ["desired_replicas", "degraded", "seconds_to_bottleneck"] {
+        assert!(!metrics.contains(&gauge(name)), "{name}: {metrics}");
+    }
     let detail = poll_until("web's new bounds", DEADLINE, || {
         app.get_json("/api/v1/targets/web")
             .filter(|d| d["max_replicas"] == 30)
