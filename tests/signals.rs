@@ -61,6 +61,15 @@ fn lines_with(app: &AppProcess, what: &str) -> Vec<String> {
         .collect()
 }
 
+/// How many times `target` was backfilled (a fresh state backfills once).
+fn backfills(app: &AppProcess, target: &str) -> usize {
+    let field = format!("target={target} ");
+    lines_with(app, "backfilled")
+        .iter()
+        .filter(|l| l.contains(&field))
+        .count()
+}
+
 /// Target names and states the API lists.
 fn targets(app: &AppProcess) -> Option<Vec<(String, String)>> {
     let body = app.get_json("/api/v1/targets")?;
@@ -122,6 +131,9 @@ fn sighup_reloads_the_configuration_and_never_stops_the_process() {
         .expect("web still listed");
     assert_ne!(web.1, "backfilling", "web kept its state: {listed:?}");
     app.wait_ready();
+    // Only the new target backfilled: `web` kept its series (a fresh state backfills).
+    assert_eq!(backfills(&app, "api"), 1);
+    assert_eq!(backfills(&app, "web"), 1, "web backfilled again");
     let gauge = |name: &str| format!("prescale_{name}{{target=\"api\"}}");
     poll_until("api's gauges", DEADLINE, || {
         let (_, metrics) = app.get("/metrics").ok()?;
@@ -182,6 +194,8 @@ fn sighup_reloads_the_configuration_and_never_stops_the_process() {
     });
     assert_eq!(detail["max_replicas"], 30, "{detail}");
     app.wait_ready();
+    // Changed, `web` started afresh, as after a restart.
+    assert_eq!(backfills(&app, "web"), 2);
     assert!(app.exited().is_none(), "still running");
 
     app.signal("TERM");
