@@ -19,6 +19,7 @@
 //! - [`demo`]: the whole pipeline on a synthetic workload and a simulated platform.
 //! - [`clock`]: where the live pipeline reads `now` (the system's, or the demo's faster one).
 //! - [`metrics`], [`telemetry`]: prescale's own metrics and logs.
+//! - [`reload`]: what a reload of the configuration (SIGHUP) changes, and what it may not.
 
 // Functions stay under `too-many-lines-threshold` (clippy.toml) lines.
 #![warn(clippy::too_many_lines)]
@@ -33,6 +34,7 @@ pub mod forecast;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;
+pub mod reload;
 pub mod series;
 pub mod simulate;
 pub mod source;
@@ -43,6 +45,9 @@ pub mod telemetry;
 use std::future::Future;
 use std::sync::Arc;
 
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+
 /// Runs the pipeline for every target and the HTTP API on `listener` until `shutdown`
 /// completes, then stops every task and returns.
 pub async fn serve(
@@ -50,20 +55,45 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
+    let (_none, reloads) = mpsc::channel(1);
+    serve_reloading(config, listener, shutdown, reloads).await
+}
+
+/// [`serve`], reloading the configuration from its file each time `reloads` yields (see
+/// [`reload`]; `prescale serve` sends one at every SIGHUP, [`hangups`]). A file that is
+/// invalid, or that changes what needs a restart, is refused with an error in the log and
+/// the running configuration is kept.
+pub async fn serve_reloading(
+    config: config::Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
+    let sources = Sources(Box::new(prometheus_source));
+    run(
+        config,
+        sources,
+        clock::Clock::system(),
+        listener,
+        shutdown,
+        reloads,
+    )
+    .await
+}
+
+/// The Prometheus client of `config`'s `[prometheus]`.
+fn prometheus_source(config: &config::Config) -> SourceResult {
     let prom = config.prometheus.as_ref().with_context(|| {
         format!(
             "{}: key `prometheus`: missing; expected a [prometheus] table with `url`",
             config.file.display()
         )
     })?;
-    let source: Arc<dyn source::Source> =
-        Arc::new(source::prometheus::PrometheusClient::new(prom)?);
-    serve_with(config, source, clock::Clock::system(), listener, shutdown).await
+    Ok(Arc::new(source::prometheus::PrometheusClient::new(prom)?))
 }
 
 /// [`serve`] over any [`source::Source`] (a replayed trace, say) with `now` read from
-/// `clock` (the demo's runs faster than real time).
+/// `clock` (the demo's runs faster than real time). There is no reload.
 pub async fn serve_with(
     config: config::Config,
     source: Arc<dyn source::Source>,
@@ -71,64 +101,284 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
-    // The outbox first: a state directory that cannot be used stops everything here.
-    let outbox = act::outbox::Outbox::open_with_clock(&config.state.dir, clock)?;
-    let metrics = metrics::Metrics::new();
-    let store = store::Store::with_clock(&config.targets, metrics.clone(), clock);
-    store.set_outbox(outbox.clone());
+    let (_none, reloads) = mpsc::channel(1);
+    let sources = Sources(Box::new(move |_| Ok(source.clone())));
+    run(config, sources, clock, listener, shutdown, reloads).await
+}
+
+/// The source of a configuration.
+type SourceResult = anyhow::Result<Arc<dyn source::Source>>;
+
+/// Makes the source of a configuration (again at every reload).
+struct Sources(Box<dyn Fn(&config::Config) -> SourceResult + Send + Sync>);
+
+/// What lives as long as the process serves, across reloads.
+struct Shared {
+    outbox: act::outbox::Outbox,
+    metrics: metrics::Metrics,
+    clock: clock::Clock,
+    /// The outbox worker's receivers; a reload replaces them in place.
+    receivers: act::Receivers,
+}
+
+/// The receivers of `config`, with a new webhook client.
+fn receivers(config: &config::Config) -> anyhow::Result<act::Receivers> {
     let sender =
         act::webhook::WebhookSender::new(config.delivery).context("building the webhook client")?;
-    let receivers = act::Receivers::new(&config, sender);
-    let settings = act::outbox::Settings {
-        delivery: config.delivery,
-        retention: config.state.retention,
+    Ok(act::Receivers::new(config, sender))
+}
+
+/// Serves until `shutdown`, reloading at each message on `reloads`: the outbox, its
+/// worker and the listener stay; the targets' loops, the store and the API's router are
+/// replaced (see [`reload`]).
+async fn run(
+    config: config::Config,
+    sources: Sources,
+    clock: clock::Clock,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut reloads: mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
+    // The outbox first: a state directory that cannot be used stops everything here.
+    let outbox = act::outbox::Outbox::open_with_clock(&config.state.dir, clock)?;
+    let source = (sources.0)(&config)?;
+    let shared = Shared {
+        outbox,
+        metrics: metrics::Metrics::new(),
+        clock,
+        receivers: receivers(&config)?,
     };
-    // The worker reports each finished action; the store keeps the last one per target.
-    let report = store.clone();
-    let last_delivery = move |target: &str, record: act::DeliveryRecord| {
-        if let Some(mut t) = report.target(target) {
-            t.last_delivery = Some(record);
-        }
-    };
-    let worker = outbox
-        .worker(settings, receivers, &metrics, Some(Box::new(last_delivery)))
-        .await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(worker.run(stop_rx.clone()));
-    for t in &config.targets {
-        let target_loop = pipeline::TargetLoop {
-            target: Arc::new(t.clone()),
-            source: source.clone(),
-            store: store.clone(),
-            outbox: outbox.clone(),
-            alerts: config.alertmanager.clone(),
-            budget: config.budget,
-            forecast: config.forecast.clone(),
-            models: models::ModelsDir::new(&config.forecast.models_dir),
-        };
-        tasks.spawn(target_loop.run(stop_rx.clone()));
-    }
+    let mut running = Generation::new(config, &shared);
+    let (store_tx, store_rx) = watch::channel(running.store.clone());
+    let worker = start_worker(&shared, &running.config, store_rx).await?;
+    running.spawn_loops(source, &shared);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = tokio::spawn(worker.run(stop_rx.clone()));
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
-    tracing::info!(%addr, targets = config.targets.len(), "serving");
-    let app = api::router(store, api::ApiAuth::from_config(&config.server));
-    let mut stop = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop.changed().await;
-    });
+    tracing::info!(%addr, targets = running.config.targets.len(), "serving");
+    let (router_tx, router_rx) = watch::channel(running.router());
+    let mut stop = stop_rx;
+    let server = axum::serve(listener, reload::current_router(router_rx)).with_graceful_shutdown(
+        async move {
+            let _ = stop.changed().await;
+        },
+    );
     let server = tokio::spawn(async move { server.await });
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = reloads.recv() => {
+                running = reload_config(running, &sources, &shared).await;
+                store_tx.send_replace(running.store.clone());
+                let _ = router_tx.send_replace(running.router());
+            }
+        }
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
+    running.stop().await;
+    let _ = worker.await;
     server
         .await
         .context("HTTP server task")?
         .context("HTTP server")?;
     Ok(())
+}
+
+/// The outbox worker, reporting each finished action to the store `current` holds (it
+/// keeps the last one per target).
+async fn start_worker(
+    shared: &Shared,
+    config: &config::Config,
+    current: watch::Receiver<store::Store>,
+) -> anyhow::Result<act::outbox::Worker> {
+    let settings = act::outbox::Settings {
+        delivery: config.delivery,
+        retention: config.state.retention,
+    };
+    let last_delivery = move |target: &str, record: act::DeliveryRecord| {
+        let store = current.borrow().clone();
+        if let Some(mut t) = store.target(target) {
+            t.last_delivery = Some(record);
+        }
+    };
+    let worker = shared
+        .outbox
+        .worker(
+            settings,
+            shared.receivers.clone(),
+            &shared.metrics,
+            Some(Box::new(last_delivery)),
+        )
+        .await?;
+    Ok(worker)
+}
+
+/// One configuration at work: its store and its targets' loops.
+struct Generation {
+    config: config::Config,
+    store: store::Store,
+    stop: watch::Sender<bool>,
+    loops: tokio::task::JoinSet<()>,
+}
+
+impl Generation {
+    /// A store for `config`'s targets, attached to the outbox; no loop runs yet.
+    fn new(config: config::Config, shared: &Shared) -> Self {
+        let store = store::Store::with_clock(&config.targets, shared.metrics.clone(), shared.clock);
+        store.set_outbox(shared.outbox.clone());
+        Self {
+            config,
+            store,
+            stop: watch::channel(false).0,
+            loops: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Starts a loop per target, polling `source`.
+    fn spawn_loops(&mut self, source: Arc<dyn source::Source>, shared: &Shared) {
+        let c = &self.config;
+        for t in &c.targets {
+            let target_loop = pipeline::TargetLoop {
+                target: Arc::new(t.clone()),
+                source: source.clone(),
+                store: self.store.clone(),
+                outbox: shared.outbox.clone(),
+                alerts: c.alertmanager.clone(),
+                budget: c.budget,
+                forecast: c.forecast.clone(),
+                models: models::ModelsDir::new(&c.forecast.models_dir),
+            };
+            self.loops.spawn(target_loop.run(self.stop.subscribe()));
+        }
+    }
+
+    /// The API over this store, guarded as `[server]` says.
+    fn router(&self) -> axum::Router {
+        api::router(
+            self.store.clone(),
+            api::ApiAuth::from_config(&self.config.server),
+        )
+    }
+
+    /// Stops the loops and waits for them.
+    async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        while self.loops.join_next().await.is_some() {}
+    }
+
+    /// Takes over `old`'s state: a target kept as it was keeps all of it; a changed one
+    /// keeps its pause and last delivery; the decision log is carried over.
+    fn take_over(&self, old: &store::Store, changes: &reload::Changes) {
+        for name in self.store.names() {
+            let (Some(mut was), Some(mut now)) = (old.target(name), self.store.target(name)) else {
+                continue;
+            };
+            if changes.keeps(name) {
+                std::mem::swap(&mut *was, &mut *now);
+                std::mem::swap(&mut was.config, &mut now.config);
+            } else {
+                now.paused = was.paused;
+                now.last_delivery = was.last_delivery.take();
+            }
+        }
+        let (log, _) = old.decisions(None, 0, usize::MAX);
+        for record in log.into_iter().rev() {
+            self.store.record_decision(record);
+        }
+    }
+}
+
+/// Reads the configuration file again and, if it is valid and needs no restart, stops the
+/// running loops and starts new ones with it; otherwise logs why and keeps `running`.
+async fn reload_config(mut running: Generation, sources: &Sources, shared: &Shared) -> Generation {
+    let file = running.config.file.clone();
+    let (config, source, receivers) = match prepare_reload(&running.config, sources) {
+        Ok(ready) => ready,
+        Err(e) => {
+            let error = one_line(&format!("{e:#}"));
+            tracing::error!(file = %file.display(), %error, "configuration reload refused; the running configuration is kept");
+            return running;
+        }
+    };
+    let changes = reload::Changes::between(&running.config, &config);
+    running.stop().await;
+    for name in &changes.removed {
+        if let Some(t) = running.config.target(name) {
+            let signals: Vec<&str> = t.signals().iter().map(|(s, _)| s.as_str()).collect();
+            shared.metrics.forget_target(name, &signals);
+        }
+    }
+    shared.receivers.replace(&receivers);
+    let mut next = Generation::new(config, shared);
+    next.take_over(&running.store, &changes);
+    next.spawn_loops(source, shared);
+    let list = |names: &[String]| names.join(",");
+    tracing::info!(
+        file = %file.display(),
+        added = %list(&changes.added),
+        removed = %list(&changes.removed),
+        changed = %list(&changes.changed),
+        sections = %changes.sections.join(","),
+        targets = next.config.targets.len(),
+        "configuration reloaded"
+    );
+    next
+}
+
+/// A message of several lines (a TOML error quoting the line) on one line, for the log.
+fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect();
+    parts.join(" ")
+}
+
+/// The configuration read again from `running`'s file, validated, checked against what
+/// needs a restart, with its source and receivers built: everything that can fail, done
+/// before anything running is touched.
+fn prepare_reload(
+    running: &config::Config,
+    sources: &Sources,
+) -> anyhow::Result<(config::Config, Arc<dyn source::Source>, act::Receivers)> {
+    let config = config::Config::load(&running.file)?;
+    let restart = reload::needs_restart(running, &config);
+    anyhow::ensure!(
+        restart.is_empty(),
+        "{} changed; this needs a restart (nothing of the file was applied)",
+        restart.join(", ")
+    );
+    let source = (sources.0)(&config)?;
+    let receivers = receivers(&config)?;
+    Ok((config, source, receivers))
+}
+
+/// A message at every SIGHUP (none on other platforms). Installing the handler stops
+/// SIGHUP from ending the process, so call it before anything else. Hang-ups that arrive
+/// while a reload is still to begin are one reload.
+pub fn hangups() -> std::io::Result<mpsc::Receiver<()>> {
+    let (tx, rx) = mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::debug!("SIGHUP: reloading the configuration");
+                if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+                    break;
+                }
+            }
+        });
+    }
+    // Elsewhere the sender is dropped: `serve_reloading` then never reloads.
+    #[cfg(not(unix))]
+    drop(tx);
+    Ok(rx)
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -153,15 +403,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// `url` with any credentials in it replaced by `***`.
-pub fn redacted(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    if !url.username().is_empty() || url.password().is_some() {
-        let _ = shown.set_username("***");
-        let _ = shown.set_password(None);
-    }
-    shown.to_string()
-}
+pub use config::redacted;
 
 /// A human summary of a validated configuration, as `check-config` prints it.
 pub fn summary(config: &config::Config) -> String {
@@ -175,7 +417,7 @@ pub fn summary(config: &config::Config) -> String {
     let _ = writeln!(s, "listen: {}", config.server.listen);
     let _ = writeln!(s, "state: {}", config.state.dir.display());
     if let Some(am) = &config.alertmanager {
-        let _ = writeln!(s, "alertmanager: {}", am.url);
+        let _ = writeln!(s, "alertmanager: {}", redacted(&am.url));
     }
     let _ = writeln!(s, "targets: {}", config.targets.len());
     if let Some(budget) = config.budget {

@@ -154,13 +154,16 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
-            let config = Config::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
+                // First, so that a SIGHUP never ends the process: it reloads the file.
+                let reloads = prescale::hangups().context("handling SIGHUP")?;
+                let config = Config::load(&config)?;
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| format!("listening on {}", config.server.listen))?;
-                prescale::serve(config, listener, prescale::shutdown_signal()).await
+                let shutdown = prescale::shutdown_signal();
+                prescale::serve_reloading(config, listener, shutdown, reloads).await
             })
         }
         Command::Demo {
@@ -344,10 +347,11 @@ fn prometheus_trace(url: &url::Url, a: &BacktestArgs) -> anyhow::Result<Trace> {
     };
     let client = prescale::source::prometheus::PrometheusClient::new(&cfg)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let shown = prescale::redacted(url);
     let fetch = |q: &str| {
         runtime
             .block_on(client.range(q, from, to, step))
-            .with_context(|| format!("querying {url} for `{q}`"))
+            .with_context(|| format!("querying {shown} for `{q}`"))
     };
     let by_ts = |q: &Option<String>| -> anyhow::Result<std::collections::BTreeMap<i64, f64>> {
         Ok(match q {
@@ -366,7 +370,7 @@ fn prometheus_trace(url: &url::Url, a: &BacktestArgs) -> anyhow::Result<Trace> {
         })
         .collect();
     Trace::from_trace_rows(&rows, a.latency_query.is_some(), a.replicas_query.is_some())
-        .map_err(|e| anyhow::anyhow!("{url} `{query}` from {from} to {to}: {e}"))
+        .map_err(|e| anyhow::anyhow!("{shown} `{query}` from {from} to {to}: {e}"))
 }
 
 /// Writes `rows` as CSV with a header to `path`, and says so on stderr.

@@ -222,6 +222,33 @@ impl Metrics {
         );
     }
 
+    /// Drops the gauges of a target that is no longer configured (after a reload), so that
+    /// none keeps showing its last value: a `degraded` of 1 would keep an alert firing for
+    /// a target that is gone. `signals` are its signals' names. Counters stay: they only
+    /// count what happened.
+    pub fn forget_target(&self, target: &str, signals: &[&str]) {
+        let t = TargetLabels {
+            target: target.to_owned(),
+        };
+        self.desired_replicas.remove(&t);
+        self.degraded.remove(&t);
+        self.forecast_mae.remove(&t);
+        self.forecast_coverage.remove(&t);
+        self.seconds_to_bottleneck.remove(&t);
+        for source in ["configured", "learned"] {
+            self.capacity_rps.remove(&CapacityLabels {
+                target: target.to_owned(),
+                source: source.to_owned(),
+            });
+        }
+        for signal in signals {
+            self.sample_age.remove(&SignalLabels {
+                target: target.to_owned(),
+                signal: (*signal).to_owned(),
+            });
+        }
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

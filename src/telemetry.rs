@@ -1,6 +1,12 @@
 //! Logging set-up: `tracing` to stderr, as text or JSON, filtered by `RUST_LOG` (default
-//! `info`).
+//! `info`); and how the API's requests are traced ([`http_trace`]).
 
+use axum::http::{Request, Response, StatusCode};
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyResponse, MakeClassifier, NeverClassifyEos, ServerErrorsAsFailures,
+    ServerErrorsFailureClass,
+};
+use tower_http::trace::TraceLayer;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; a second call does nothing.
@@ -14,4 +20,83 @@ pub fn init(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+/// Request tracing for the API (tower-http): each request in a span, its answer at DEBUG,
+/// and a server error (5xx) at ERROR, except `/readyz`'s 503, which only says that some
+/// target is not backfilled yet (expected at every start) and is logged at DEBUG like any
+/// other answer.
+pub fn http_trace() -> TraceLayer<ReadinessAware> {
+    TraceLayer::new(ReadinessAware)
+}
+
+/// Classifies answers as [`ServerErrorsAsFailures`] does, except that `503` from
+/// `/readyz` is an answer, not a failure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadinessAware;
+
+impl MakeClassifier for ReadinessAware {
+    type Classifier = Classifier;
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn make_classifier<B>(&self, req: &Request<B>) -> Classifier {
+        Classifier {
+            readiness: req.uri().path() == "/readyz",
+        }
+    }
+}
+
+/// The classifier of one request (see [`ReadinessAware`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Classifier {
+    /// The request is for `/readyz`.
+    readiness: bool,
+}
+
+impl ClassifyResponse for Classifier {
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn classify_response<B>(
+        self,
+        res: &Response<B>,
+    ) -> ClassifiedResponse<Self::FailureClass, Self::ClassifyEos> {
+        if self.readiness && res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            return ClassifiedResponse::Ready(Ok(()));
+        }
+        ServerErrorsAsFailures::new().classify_response(res)
+    }
+
+    fn classify_error<E: std::fmt::Display + 'static>(self, error: &E) -> Self::FailureClass {
+        ServerErrorsAsFailures::new().classify_error(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether an answer of `status` to `path` is classified as a failure.
+    fn failure(path: &str, status: u16) -> bool {
+        let req = Request::get(path).body(()).expect("request");
+        let res = Response::builder()
+            .status(status)
+            .body(())
+            .expect("response");
+        match ReadinessAware.make_classifier(&req).classify_response(&res) {
+            ClassifiedResponse::Ready(r) => r.is_err(),
+            ClassifiedResponse::RequiresEos(_) => true,
+        }
+    }
+
+    #[test]
+    fn only_readiness_503_is_not_a_failure() {
+        assert!(!failure("/readyz", 503), "not ready is an answer");
+        assert!(!failure("/readyz", 200));
+        assert!(failure("/readyz", 500), "a real server error stays one");
+        assert!(failure("/api/v1/targets", 503));
+        assert!(failure("/metrics", 500));
+        assert!(!failure("/api/v1/targets/x", 404));
+    }
 }

@@ -490,3 +490,155 @@ fn restart_forecasts_from_the_saved_model_and_skips_a_corrupt_one() {
         "{log}"
     );
 }
+
+/// The password in every URL of [`credentials_config`], and the signing secret of its
+/// webhook: none may appear in any output.
+const PASSWORD: &str = "hunter2";
+
+/// A configuration whose URLs all carry credentials: Prometheus at `prometheus` (a real
+/// one ignores them), a platform webhook and Alertmanager on ports where nothing listens,
+/// so that every delivery fails; the target scales at once (2 rps per replica at most).
+fn credentials_config(prometheus: &str, listen: std::net::SocketAddr) -> common::TestConfig {
+    let closed = common::free_port();
+    let with = |user: &str, rest: &str| format!("http://{user}:{PASSWORD}@127.0.0.1:{rest}");
+    common::TestConfig::new()
+        .prometheus(prometheus)
+        .listen(listen)
+        .alertmanager(&with("am", &format!("{closed}/")), "30m")
+        .set("delivery", "max_attempts", 2)
+        .set("delivery", "initial_backoff", "10ms")
+        .set("delivery", "max_backoff", "20ms")
+        .target(
+            common::TestTarget::new("web", common::RATE_QUERY)
+                .set("capacity_rps", 0.05)
+                .set("startup", "1m")
+                .set("max_replicas", 100)
+                .set("interval", "1s")
+                .set("history", "6h")
+                .platform(&with("hook", &format!("{closed}/scale")), "signing.key"),
+        )
+}
+
+/// Everything `app` answers on the API (as text), for a search.
+fn api_answers(app: &common::AppProcess) -> String {
+    let paths = [
+        "/readyz",
+        "/metrics",
+        "/api/v1/targets",
+        "/api/v1/targets/web",
+        "/api/v1/decisions",
+        "/api/v1/deliveries",
+    ];
+    paths
+        .iter()
+        .map(|p| app.get(p).map(|(_, body)| body).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Credentials in URLs (Prometheus, Alertmanager, webhooks) and the signing secret never
+/// appear in `check-config`'s output or errors, in the log of `serve` while deliveries and
+/// polls fail, nor in any API answer.
+#[test]
+fn credentials_in_urls_appear_in_no_output() {
+    let prom = Prometheus::backfilled(1);
+    let leak = |what: &str, text: &str| {
+        assert!(
+            !text.contains(PASSWORD),
+            "{what} shows a credential:\n{text}"
+        );
+    };
+    let listen = common::free_addr();
+    let prom_url = format!("http://prom:{PASSWORD}@127.0.0.1:{}", prom.port());
+    let cfg = credentials_config(&prom_url, listen).write();
+    cfg.write_file("signing.key", &format!("signing-{PASSWORD}"));
+    let out = prescale(&["check-config", cfg.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    leak("check-config", &(text(&out.stdout) + &text(&out.stderr)));
+    assert!(
+        text(&out.stdout).contains("http://***@127.0.0.1"),
+        "{}",
+        text(&out.stdout)
+    );
+    // A URL that is refused is shown without its credentials too.
+    let bad = TempConfig::write(&cfg_text_with_prometheus(
+        &cfg,
+        &format!("ftp://u:{PASSWORD}@h/"),
+    ));
+    let out = prescale(&["check-config", bad.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("prometheus.url"),
+        "{}",
+        text(&out.stderr)
+    );
+    leak("check-config's error", &text(&out.stderr));
+
+    // Deliveries fail (nothing listens): errors in the log and the API.
+    let mut app = common::AppProcess::serve(&cfg, listen);
+    app.wait_ready();
+    poll_until("a failed delivery", Duration::from_secs(60), || {
+        let d = app.get_json("/api/v1/deliveries?target=web")?;
+        d["deliveries"]
+            .as_array()?
+            .iter()
+            .any(|d| d["attempts"].as_u64() >= Some(1) && d["last_error"].is_string())
+            .then_some(())
+    });
+    leak("the API", &api_answers(&app));
+    leak("the log", &(app.stderr() + &app.stdout()));
+    app.kill();
+
+    // Prometheus unreachable: the poll errors name the URL, without credentials.
+    drop(prom);
+    let listen = common::free_addr();
+    let down = format!("http://prom:{PASSWORD}@127.0.0.1:{}", common::free_port());
+    credentials_config(&down, listen).write_over(&cfg);
+    let app = common::AppProcess::serve(&cfg, listen);
+    let reasons = poll_until("a failed poll", Duration::from_secs(60), || {
+        let d = app.get_json("/api/v1/targets/web")?;
+        let r = d["degraded_reasons"]
+            .as_array()?
+            .first()?
+            .as_str()?
+            .to_owned();
+        r.contains("cannot reach").then_some(r)
+    });
+    assert!(reasons.contains("http://127.0.0.1:"), "{reasons}");
+    poll_until("the failure logged", Duration::from_secs(60), || {
+        app.stderr().contains("poll failed").then_some(())
+    });
+    leak("the API", &api_answers(&app));
+    leak("the log", &(app.stderr() + &app.stdout()));
+}
+
+/// `cfg`'s text with `[prometheus] url` replaced by `url`.
+fn cfg_text_with_prometheus(cfg: &TempConfig, url: &str) -> String {
+    let text = std::fs::read_to_string(cfg.path()).expect("read the configuration");
+    let mut table: toml::Table = text.parse().expect("TOML");
+    table["prometheus"]["url"] = toml::Value::from(url);
+    toml::to_string(&table).expect("TOML")
+}
+
+/// While a target backfills, `/readyz` answers 503, which is expected and logged at DEBUG,
+/// not as an ERROR at every probe (a real server error stays ERROR).
+#[test]
+fn not_ready_answers_are_not_logged_as_errors() {
+    let listen = common::free_addr();
+    // Nothing listens at Prometheus' address: the target never backfills.
+    let down = format!("http://127.0.0.1:{}", common::free_port());
+    let cfg = TempConfig::write(&common::minimal_config(&down, listen, "interval = \"1s\""));
+    let app = common::AppProcess::serve(&cfg, listen);
+    for i in 0..5 {
+        let status = poll_until("an answer from /readyz", Duration::from_secs(60), || {
+            app.get("/readyz").ok().map(|(s, _)| s)
+        });
+        assert_eq!(status, 503, "probe {i}");
+    }
+    poll_until("the failing poll logged", Duration::from_secs(60), || {
+        app.stderr().contains("poll failed").then_some(())
+    });
+    let log = app.stderr();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "ERROR lines:\n{}", errors.join("\n"));
+}

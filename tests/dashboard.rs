@@ -235,12 +235,23 @@ struct App {
 
 impl App {
     async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// The app with `server` as its `[server]` table (the directory of the configuration
+    /// is created first, so that `server` can name files in it, see [`TOKEN_FILE`]).
+    async fn start_with(server: &str) -> Self {
+        let dir = tempfile::tempdir().expect("state dir");
+        std::fs::write(dir.path().join(TOKEN_FILE), TOKEN).expect("write the token file");
         let rows = common::read_trace(&common::trace_path());
         let trace = Trace::from_rows(&rows[..6 * 1440]).expect("trace");
         let start = common::now_secs() / 60 * 60;
         let offset = start - (trace.start + 3 * 1440 * trace.step);
         let source = Arc::new(ReplaySource::new(trace, offset));
         let toml = r#"
+[server]
+SERVER
+
 [[target]]
 name = "web"
 request_rate = "replayed"
@@ -249,9 +260,9 @@ startup = "5m"
 max_replicas = 100
 interval = "1m"
 history = "2d"
-"#;
-        let dir = tempfile::tempdir().expect("state dir");
-        let config = Config::parse(toml, &dir.path().join("prescale.toml")).expect("config");
+"#
+        .replace("SERVER", server);
+        let config = Config::parse(&toml, &dir.path().join("prescale.toml")).expect("config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -521,6 +532,83 @@ async fn dashboard_draws_demand_since_start_in_headless_chromium() {
         check_breach_wording(&mut browser, &page);
         drop(browser);
         screenshot(&url);
+    })
+    .await
+    .expect("the browser checks");
+    app.stop().await;
+}
+
+/// The API token of [`App::start_with`]'s configuration, in the file [`TOKEN_FILE`].
+const TOKEN: &str = "dashboard-test-token";
+/// Where the token is, beside the configuration.
+const TOKEN_FILE: &str = "api-token";
+
+/// What the page shows of the token form, its data and its token.
+const AUTH_STATE: &str = r##"(() => ({
+  form: !document.getElementById("auth").hidden,
+  why: document.getElementById("auth-why").textContent,
+  rendered: Boolean(document.body?.dataset.rendered),
+  targets: document.getElementById("targets").textContent,
+  hash: location.hash,
+  stored: sessionStorage.getItem("prescale.token"),
+}))()"##;
+
+/// With `auth_reads = true`, the page without a token asks for it in a form, and with the
+/// token given (in the form, or as `#token=…` in the address, which then leaves the address
+/// bar) it shows the targets and draws its charts: its requests carry the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_asks_for_the_token_and_shows_data_when_reads_need_it() {
+    let server = format!("api_token_file = \"{TOKEN_FILE}\"\nauth_reads = true");
+    let app = App::start_with(&server).await;
+    let base = format!("http://{}/", app.addr);
+    tokio::task::spawn_blocking(move || {
+        let mut browser = Browser::launch();
+        let state = |browser: &mut Browser, page: &str| browser.try_eval(page, AUTH_STATE).ok();
+        // No token: the form shows, nothing is drawn.
+        let page = browser.open(&base);
+        let asked = common::poll_until("the token form", Duration::from_secs(60), || {
+            state(&mut browser, &page).filter(|s| s["form"] == true)
+        });
+        assert_eq!(asked["rendered"], false, "{asked}");
+        assert!(
+            asked["why"].as_str().is_some_and(|w| w.contains("token")),
+            "{asked}"
+        );
+        // A wrong token given in the form is refused and asked for again.
+        let submit = |token: &str| {
+            format!(
+                r#"(() => {{ document.getElementById("auth-token").value = "{token}";
+                   document.getElementById("auth").requestSubmit(); return true; }})()"#
+            )
+        };
+        browser.eval(&page, &submit("wrong"));
+        common::poll_until("the wrong token refused", Duration::from_secs(60), || {
+            state(&mut browser, &page).filter(|s| {
+                s["form"] == true && s["why"].as_str().is_some_and(|w| w.contains("refused"))
+            })
+        });
+        // The right one: the data shows.
+        browser.eval(&page, &submit(TOKEN));
+        let shown = common::poll_until("data after the token", Duration::from_secs(120), || {
+            state(&mut browser, &page).filter(|s| s["rendered"] == true)
+        });
+        assert_eq!(shown["form"], false, "{shown}");
+        assert!(
+            shown["targets"].as_str().is_some_and(|t| t.contains("web")),
+            "{shown}"
+        );
+        // In the address, in a new tab (its own sessionStorage): taken, and removed.
+        let page = browser.open(&format!("{base}#token={TOKEN}"));
+        let shown = common::poll_until("data with #token", Duration::from_secs(120), || {
+            state(&mut browser, &page).filter(|s| s["rendered"] == true)
+        });
+        assert_eq!(shown["form"], false, "{shown}");
+        assert_eq!(shown["hash"], "", "the token left the address bar: {shown}");
+        assert_eq!(shown["stored"], TOKEN, "{shown}");
+        assert!(
+            shown["targets"].as_str().is_some_and(|t| t.contains("web")),
+            "{shown}"
+        );
     })
     .await
     .expect("the browser checks");

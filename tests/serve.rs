@@ -870,3 +870,62 @@ async fn refit_and_pause_through_the_api() {
     );
     app.stop().await;
 }
+
+/// A series that exists but holds only NaN samples (written by promtool into a real
+/// Prometheus) is reported as such: the target is degraded (never read as zero demand) with
+/// a reason naming the query, how many samples were dropped and why, not as a query that
+/// "matched no series".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_of_only_nan_samples_is_reported_as_unusable_not_missing() {
+    use std::fmt::Write;
+    let now = common::now_secs() / 60 * 60;
+    let mut openmetrics = String::from("# TYPE queue_depth gauge\n");
+    for ts in (now - 7 * 3_600..=now).step_by(60) {
+        let _ = writeln!(openmetrics, "queue_depth{{job=\"queue\"}} NaN {ts}");
+    }
+    openmetrics.push_str("# EOF\n");
+    let prom = Prometheus::start_async(Options {
+        openmetrics: Some(openmetrics),
+        ..Options::default()
+    })
+    .await;
+    let toml = format!(
+        "[prometheus]\nurl = \"{}\"\n\n[[target]]\nname = \"queue\"\nrequest_rate = 'queue_depth'\n\
+         capacity_rps = 1\nstartup = \"1m\"\nmin_replicas = 3\nmax_replicas = 10\n\
+         interval = \"1s\"\nhistory = \"6h\"\n",
+        prom.url()
+    );
+    let cfg = TempConfig::write(&toml);
+    let app = Running::start(cfg.path()).await;
+    let ready = app
+        .wait("the NaN series polled", "/readyz", |s, b| {
+            (s == 503 && b.to_string().contains("queue_depth")).then(|| b.clone())
+        })
+        .await;
+    let (_, queue) = app.get("/api/v1/targets/queue").await;
+    let why = queue["degraded_reasons"][0].as_str().unwrap_or_default();
+    assert!(
+        why.contains("`queue_depth` returned no usable sample") && !why.contains("matched no"),
+        "{queue}"
+    );
+    // Six hours at one-minute steps, every one NaN.
+    let dropped: Option<u32> = why
+        .split(": ")
+        .nth(2)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok());
+    assert!(
+        dropped.is_some_and(|n| n >= 300) && why.contains("non-finite"),
+        "{why}"
+    );
+    assert!(ready.to_string().contains("no usable sample"), "{ready}");
+    assert!(queue["demand_rps"].is_null(), "never read as zero: {queue}");
+    let metrics = app.text("/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"prescale_polls_total{target="queue",signal="request_rate",outcome="unusable"}"#
+        ),
+        "{metrics}"
+    );
+    app.stop().await;
+}

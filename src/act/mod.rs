@@ -24,6 +24,7 @@ pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
@@ -294,8 +295,17 @@ pub enum Destination {
 }
 
 /// Every configured receiver, by target and action kind, and the clients to reach them.
+///
+/// Clones share them: [`Receivers::replace`] changes where every clone sends (a reload of
+/// the configuration, while the outbox worker keeps running).
 #[derive(Debug, Clone)]
 pub struct Receivers {
+    current: Arc<RwLock<Arc<Routes>>>,
+}
+
+/// The receivers at one time.
+#[derive(Debug)]
+struct Routes {
     routes: HashMap<(String, ActionKind), Destination>,
     webhooks: webhook::WebhookSender,
 }
@@ -331,7 +341,32 @@ impl Receivers {
                 );
             }
         }
-        Self { routes, webhooks }
+        Self::from_map(routes, webhooks)
+    }
+
+    fn from_map(
+        routes: HashMap<(String, ActionKind), Destination>,
+        webhooks: webhook::WebhookSender,
+    ) -> Self {
+        let routes = Arc::new(Routes { routes, webhooks });
+        Self {
+            current: Arc::new(RwLock::new(routes)),
+        }
+    }
+
+    /// Sends, from now on, where `other` sends, in this and every clone (an attempt under
+    /// way finishes where it started).
+    pub fn replace(&self, other: &Receivers) {
+        let routes = other.routes();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = routes;
+    }
+
+    /// The receivers now (the lock is held only to clone the `Arc`).
+    fn routes(&self) -> Arc<Routes> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Receivers from an explicit list of `(target, kind, destination)`.
@@ -339,39 +374,40 @@ impl Receivers {
         routes: impl IntoIterator<Item = (String, ActionKind, Destination)>,
         webhooks: webhook::WebhookSender,
     ) -> Self {
-        Self {
-            routes: routes.into_iter().map(|(t, k, d)| ((t, k), d)).collect(),
-            webhooks,
-        }
+        let routes = routes.into_iter().map(|(t, k, d)| ((t, k), d)).collect();
+        Self::from_map(routes, webhooks)
     }
 
     /// Whether actions of `kind` for `target` have somewhere to go.
     pub fn has(&self, target: &str, kind: ActionKind) -> bool {
-        self.route(target, kind).is_some()
-    }
-
-    fn route(&self, target: &str, kind: ActionKind) -> Option<&Destination> {
-        self.routes.get(&(target.to_owned(), kind))
+        self.routes().route(target, kind).is_some()
     }
 
     /// One attempt to deliver `body` (an action of `kind` for `target`) with idempotency
     /// key `key`.
     pub async fn attempt(&self, target: &str, kind: ActionKind, body: &[u8], key: &str) -> Attempt {
-        match self.route(target, kind) {
+        let now = self.routes();
+        match now.route(target, kind) {
             None => Attempt::Final {
                 error: format!("no receiver configured for {kind} actions of target `{target}`"),
                 status: None,
                 body: String::new(),
             },
-            Some(Destination::Webhook(h)) => self.webhooks.attempt(h, body, key).await,
+            Some(Destination::Webhook(h)) => now.webhooks.attempt(h, body, key).await,
             Some(Destination::Haproxy(h)) => haproxy::apply_body(h, body).await,
             Some(Destination::Alertmanager(am)) => {
                 let mut url = am.url.clone();
                 let path = format!("{}/api/v2/alerts", url.path().trim_end_matches('/'));
                 url.set_path(&path);
-                self.webhooks.post_json(&url, body).await
+                now.webhooks.post_json(&url, body).await
             }
         }
+    }
+}
+
+impl Routes {
+    fn route(&self, target: &str, kind: ActionKind) -> Option<&Destination> {
+        self.routes.get(&(target.to_owned(), kind))
     }
 }
 

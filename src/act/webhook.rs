@@ -453,16 +453,9 @@ pub(crate) fn backoff(cfg: &DeliveryConfig, attempt: u32, jitter: f64) -> Durati
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
-/// The URL with any password replaced, for logs and errors.
+/// The URL with any credentials replaced, for logs and errors.
 pub(crate) fn redacted(url: &Url) -> String {
-    if url.password().is_some() {
-        let mut url = url.clone();
-        // Fails only for URLs that cannot have credentials, which this one has.
-        let _ = url.set_password(Some("***"));
-        url.to_string()
-    } else {
-        url.to_string()
-    }
+    crate::config::redacted(url)
 }
 
 fn unix_now() -> i64 {
@@ -889,11 +882,11 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redacted(&"http://u:pw@127.0.0.1:9/h".parse().expect("url")),
-            "http://u:***@127.0.0.1:9/h"
-        );
+    fn credentials_are_redacted() {
+        for url in ["http://u:pw@127.0.0.1:9/h", "http://token@127.0.0.1:9/h"] {
+            let shown = redacted(&url.parse().expect("url"));
+            assert_eq!(shown, "http://***@127.0.0.1:9/h", "{url}");
+        }
         assert_eq!(
             redacted(&"http://127.0.0.1:9/h".parse().expect("url")),
             "http://127.0.0.1:9/h"

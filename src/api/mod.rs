@@ -130,7 +130,7 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
         .router
         .merge(dashboard::routes())
         .fallback(not_found)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(crate::telemetry::http_trace())
         .with_state(store);
     (router, all.list)
 }

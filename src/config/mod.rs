@@ -266,23 +266,64 @@ impl Validator<'_> {
         }
     }
 
-    /// An http or https URL.
+    /// An http or https URL. Errors show it without credentials.
     fn url(&self, key: &str, s: &str) -> Result<Url, ConfigError> {
         let url = Url::parse(s).map_err(|e| {
             self.err(
                 key,
-                format!("`{s}` is not a URL ({e}); expected e.g. http://127.0.0.1:9090"),
+                format!(
+                    "`{}` is not a URL ({e}); expected e.g. http://127.0.0.1:9090",
+                    redact_text(s)
+                ),
             )
         })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(self.err(
                 key,
                 format!(
-                    "`{s}` has scheme `{}`; expected http or https",
+                    "`{}` has scheme `{}`; expected http or https",
+                    redacted(&url),
                     url.scheme()
                 ),
             ));
         }
         Ok(url)
     }
+}
+
+/// `url` with its credentials (user name and password) shown as `***`, for every output:
+/// logs, errors, `check-config`, the API.
+pub fn redacted(url: &Url) -> String {
+    let mut shown = url.clone();
+    if !url.username().is_empty() || url.password().is_some() {
+        // Fails only for URLs that cannot have credentials, which then have none to hide.
+        let _ = shown.set_username("***");
+        let _ = shown.set_password(None);
+    }
+    shown.to_string()
+}
+
+/// `text` with the credentials of every `scheme://user:password@host` in it shown as
+/// `***`, for text that may hold a URL that did not parse (an error quoting a line).
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| "/?#\"'`<>".contains(c) || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }

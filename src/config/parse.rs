@@ -16,7 +16,8 @@ use crate::decide::{Mode, RateKind, Select};
 pub(super) fn from_toml(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         file: file.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
+        // The parser quotes the line, which may hold a URL with credentials.
+        message: super::redact_text(e.to_string().trim_end()),
     })
 }
 

@@ -497,3 +497,30 @@ fn max_answer_bytes_defaults_and_has_a_floor() {
         "{e}"
     );
 }
+
+/// Credentials in a URL that did not parse, or in a line the TOML parser quotes, are
+/// hidden; the rest of the text stays.
+#[test]
+fn credentials_in_text_are_redacted() {
+    let check = |text: &str, want: &str| assert_eq!(super::redact_text(text), want, "{text}");
+    check(
+        "url = \"https://user:secret@h:99999/p\" at line 2",
+        "url = \"https://***@h:99999/p\" at line 2",
+    );
+    check(
+        "http://token@h and ftp://a:b@c",
+        "http://***@h and ftp://***@c",
+    );
+    check("no URL here, a@b", "no URL here, a@b");
+    check("http://h/p?x=a@b", "http://h/p?x=a@b");
+    let path = std::path::Path::new("/etc/prescale.toml");
+    for bad in ["ftp://u:secret@h/", "http://u:secret@h:99999/"] {
+        let text = format!("[prometheus]\nurl = \"{bad}\"\n");
+        let e = Config::parse(&text, path).expect_err(bad).to_string();
+        assert!(e.contains("prometheus.url") && !e.contains("secret"), "{e}");
+    }
+    let e = Config::parse("[prometheus]\nurl = \"http://u:secret@h\n", path)
+        .expect_err("unterminated string")
+        .to_string();
+    assert!(!e.contains("secret"), "{e}");
+}

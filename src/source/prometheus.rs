@@ -189,7 +189,9 @@ impl PrometheusClient {
         let retry = request.try_clone();
         let response = match (request.send().await, retry) {
             (Err(e), Some(retry)) if !e.is_timeout() && !e.is_connect() => {
-                debug!(query, error = %chain(&e), "query_range failed after connecting; retrying once");
+                // Without the URL: it may carry credentials.
+                let e = e.without_url();
+                debug!(query, url = %self.shown, error = %chain(&e), "query_range failed after connecting; retrying once");
                 retry.send().await
             }
             (result, _) => result,

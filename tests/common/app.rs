@@ -203,6 +203,16 @@ impl AppProcess {
         self.child.interrupt();
     }
 
+    /// Sends the signal `name` (e.g. `HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        self.child.signal(name);
+    }
+
+    /// Its exit status if it has exited, without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.exited()
+    }
+
     /// Waits until it exits, at most [`STOP_DEADLINE`].
     pub fn wait_exit(&mut self) -> ExitStatus {
         self.child.wait_exit(STOP_DEADLINE)

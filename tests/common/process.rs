@@ -138,11 +138,16 @@ impl ChildGuard {
 
     /// Sends SIGINT (Ctrl-C) with `kill -INT`.
     pub fn interrupt(&self) {
+        self.signal("INT");
+    }
+
+    /// Sends the signal `name` (e.g. `HUP`, `TERM`) with `kill -<name>`.
+    pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "cannot send SIGINT to {}", self.what);
+        assert!(ok, "cannot send SIG{name} to {}", self.what);
     }
 
     /// Waits until it exits by itself, at most `deadline`; panics naming it on timeout.

@@ -472,10 +472,17 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let now = self.now_ms();
-        let records = self.blocking(move |s| s.insert(&actions, now)).await?;
-        // The worker may be gone (shutting down); the actions are on disk for the next start.
-        let _ = self.inner.to_worker.send(ToWorker::New(records.clone()));
-        Ok(records)
+        let to_worker = self.inner.to_worker.clone();
+        // The worker is told in the same blocking task as the write, so that a caller that
+        // stops waiting (a target loop stopped by a reload) cannot leave written actions
+        // unknown to a worker that keeps running. The worker may be gone (shutting down);
+        // the actions are on disk for the next start.
+        self.blocking(move |s| {
+            let records = s.insert(&actions, now)?;
+            let _ = to_worker.send(ToWorker::New(records.clone()));
+            Ok(records)
+        })
+        .await
     }
 
     /// Up to `limit` deliveries, newest first, optionally only in `state` and of `target`.

@@ -9,8 +9,47 @@ const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "
 const fmtTime = (ts) => new Date(ts * 1000).toLocaleString();
 const fmtNum = (x, d = 2) => (x == null || !isFinite(x) ? "—" : Number(x).toFixed(d));
 
+// The API token, when reads need it (`[server] auth_reads`): kept in this tab's
+// sessionStorage only. It is given in the form the page shows when a read answers 401 or
+// 403, or in the address as `#token=…`, which the page moves to sessionStorage and removes
+// from the address bar and the history at once.
+const TOKEN_KEY = "prescale.token";
+
+function takeTokenFromAddress() {
+  const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (!m) return;
+  try { sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1])); } catch (_) { /* storage off */ }
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+function token() {
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch (_) { return null; }
+}
+
+// Shows the token form: `wrong` when the token given was refused.
+function askForToken(wrong) {
+  $("#auth").hidden = false;
+  $("#auth-why").textContent = wrong
+    ? "The API refused this token; enter the right one."
+    : "Reading this API needs its token.";
+}
+
+$("#auth").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const given = $("#auth-token").value.trim();
+  if (!given) return;
+  try { sessionStorage.setItem(TOKEN_KEY, given); } catch (_) { /* storage off */ }
+  $("#auth-token").value = "";
+  $("#auth").hidden = true;
+  refresh();
+});
+
 async function getJson(url) {
-  const res = await fetch(url, { headers: { accept: "application/json" } });
+  const headers = { accept: "application/json" };
+  const t = token();
+  if (t) headers.authorization = `Bearer ${t}`;
+  const res = await fetch(url, { headers });
+  if (res.status === 401 || res.status === 403) askForToken(res.status === 403 && t);
   if (!res.ok) {
     let msg = `${res.status}`;
     try { msg = (await res.json()).error.message; } catch (_) { /* not JSON */ }
@@ -179,6 +218,7 @@ function renderDelivery(d) {
 async function refresh() {
   try {
     const { targets } = await getJson("/api/v1/targets");
+    $("#auth").hidden = true;
     if (!state.selected && targets.length) state.selected = targets[0].name;
     renderTargets(targets);
     const name = state.selected;
@@ -207,5 +247,6 @@ async function refresh() {
 }
 
 $("#window").addEventListener("change", refresh);
+takeTokenFromAddress();
 refresh();
 setInterval(refresh, REFRESH_MS);
