@@ -271,7 +271,7 @@ impl Generation {
     }
 
     /// Takes over `old`'s state: a target kept as it was keeps all of it; a changed one
-    /// keeps its pause and last delivery; the decision log is carried over.
+    /// keeps its pause, last delivery and decision history.
     fn take_over(&self, old: &store::Store, changes: &reload::Changes) {
         for name in self.store.names() {
             let (Some(mut was), Some(mut now)) = (old.target(name), self.store.target(name)) else {
@@ -283,12 +283,10 @@ impl Generation {
             } else {
                 now.paused = was.paused;
                 now.last_delivery = was.last_delivery.take();
+                now.decisions = std::mem::take(&mut was.decisions);
             }
         }
-        let (log, _) = old.decisions(None, 0, usize::MAX);
-        for record in log.into_iter().rev() {
-            self.store.record_decision(record);
-        }
+        self.store.continue_decisions_after(old);
     }
 }
 

@@ -303,6 +303,13 @@ impl Store {
         }
     }
 
+    /// Numbers the next decisions after `old`'s, so histories taken over from it stay in
+    /// order with the ones recorded here.
+    pub fn continue_decisions_after(&self, old: &Store) {
+        let next = old.inner.next_decision.load(Ordering::Relaxed);
+        self.inner.next_decision.fetch_max(next, Ordering::Relaxed);
+    }
+
     /// Up to `limit` records after skipping `offset`, newest first, of one target or of
     /// all; and how many there are in all.
     pub fn decisions(
