@@ -102,21 +102,25 @@ pub fn verify(
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for part in header.split(',') {
-        let (scheme, value) = part
-            .trim()
-            .split_once('=')
-            .ok_or(SignatureError::Malformed(
-                "expected comma-separated key=value pairs",
-            ))?;
+        let (scheme, value) = part.split_once('=').ok_or(SignatureError::Malformed(
+            "expected comma-separated key=value pairs",
+        ))?;
         match scheme {
             "t" => {
                 if timestamp.is_some() {
                     return Err(SignatureError::Malformed("more than one `t`"));
                 }
+                // As signed: no sign, no leading zero (the signed text is `t` as written).
                 let t = value
                     .parse::<i64>()
-                    .map_err(|_| SignatureError::Malformed("`t` is not an integer"))?;
+                    .ok()
+                    .filter(|t| t.to_string() == value)
+                    .ok_or(SignatureError::Malformed("`t` is not an integer"))?;
                 timestamp = Some(t);
+            }
+            // Lower case only, as signed: the README's checks compare the text.
+            "v1" if value.bytes().any(|b| b.is_ascii_uppercase()) => {
+                return Err(SignatureError::Malformed("`v1` is not lower-case hex"));
             }
             "v1" => signatures.push(
                 hex::decode(value).map_err(|_| SignatureError::Malformed("`v1` is not hex"))?,
@@ -900,3 +904,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests;
