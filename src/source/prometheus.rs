@@ -755,3 +755,6 @@ mod tests {
         check("http://u:pw@h:1/", "http://h:1/api/v1/query_range");
     }
 }
+
+#[cfg(test)]
+mod proptests;
