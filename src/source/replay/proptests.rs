@@ -140,6 +140,22 @@ fn csv_like() -> impl Strategy<Value = String> {
     prop::collection::vec(line, 0..30).prop_map(|lines| lines.join("\n"))
 }
 
+/// A trace of two columns whose timestamps, sorted, may be anywhere an `f64` reaches.
+fn far_apart() -> impl Strategy<Value = String> {
+    let ts = prop_oneof![
+        any::<i64>().prop_map(|t| t as f64),
+        -1e13..1e13f64,
+        prop::sample::select(vec![
+            0.0, 1.0, 60.0, 1e11, 1e12, 1e13, 9e18, -9e18, 1e300, -1e300
+        ]),
+    ];
+    prop::collection::vec(ts, 2..6).prop_map(|mut ts| {
+        ts.sort_by(f64::total_cmp);
+        let rows: String = ts.iter().map(|t| format!("{t},1\n")).collect();
+        format!("timestamp_seconds,value\n{rows}")
+    })
+}
+
 /// Whatever a file holds: a trace within the bucket cap whose grid covers its rows, or an
 /// error that names the file.
 fn check_any(bytes: &[u8]) -> Result<(), TestCaseError> {
@@ -206,6 +222,12 @@ proptest! {
     fn csv_like_garbage_is_refused_by_name(text in csv_like()) {
         check_any(text.as_bytes())?;
     }
+
+    /// Rows anywhere in time: a trace within the cap, or an error naming the file.
+    #[test]
+    fn rows_far_apart_are_refused_by_name(text in far_apart()) {
+        check_any(text.as_bytes())?;
+    }
 }
 
 proptest! {
@@ -218,7 +240,7 @@ proptest! {
     }
 }
 
-/// Found by `csv_like_garbage_is_refused_by_name`: rows far apart overflowed the gap
+/// Found by `rows_far_apart_are_refused_by_name`: rows far apart overflowed the gap
 /// arithmetic (a panic) or asked for one bucket per step between them (an allocation of
 /// hundreds of gigabytes, which aborts).
 #[test]
