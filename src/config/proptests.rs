@@ -495,7 +495,7 @@ impl GenTarget {
 }
 
 proptest! {
-    #![proptest_config(config(3000))]
+    #![proptest_config(config(6_000))]
 
     /// TOML near the schema: accepted and usable, or refused naming the file and key.
     #[test]
@@ -531,7 +531,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(5000))]
+    #![proptest_config(config(20_000))]
 
     /// Any text: no panic, and an error names the file.
     #[test]
@@ -582,6 +582,22 @@ fn durations_beyond_a_century_are_refused() {
         .to_string();
     assert!(
         e.contains("stale_after") && e.contains("at most 100 years"),
+        "{e}"
+    );
+}
+
+/// Found by `configurations_near_the_schema_are_accepted_or_refused_by_name`: an
+/// Alertmanager `lead` of 1ns was accepted and became 0 s (no alert ever early enough).
+#[test]
+fn an_alert_lead_under_a_second_is_refused() {
+    let text = "[alertmanager]\nlead = \"1ns\"\nurl = \"http://127.0.0.1:9090\"\n\n\
+                [[target]]\ncapacity_rps = 0.05\nmax_replicas = 1\nname = \"0\"\n\
+                request_rate = \"web\"\nstartup = \"1s\"\n";
+    let e = Config::parse(text, Path::new(FILE))
+        .expect_err("a lead of 1ns")
+        .to_string();
+    assert!(
+        e.contains("alertmanager.lead") && e.contains("at least 1s"),
         "{e}"
     );
 }
