@@ -265,7 +265,7 @@ fn check_answer(
 }
 
 proptest! {
-    #![proptest_config(config(2000))]
+    #![proptest_config(config(8_000))]
 
     /// Random query strings on each list, history and forecast endpoint.
     #[test]

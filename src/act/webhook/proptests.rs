@@ -56,7 +56,7 @@ fn piece() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config(3000))]
+    #![proptest_config(config(10_000))]
 
     /// A header signed with each secret verifies with each, at any timestamp, within the
     /// tolerance and not outside it.

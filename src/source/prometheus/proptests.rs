@@ -237,7 +237,7 @@ fn envelope() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config(2000))]
+    #![proptest_config(config(4_000))]
 
     /// A well-formed answer, served over HTTP, yields exactly its finite, non-negative
     /// samples within a step of the range asked for; far-future timestamps are dropped
@@ -287,7 +287,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(10_000))]
+    #![proptest_config(config(20_000))]
 
     /// Raw bytes as an answer: no panic, and an error names the query.
     #[test]

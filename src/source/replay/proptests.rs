@@ -182,7 +182,7 @@ fn check_any(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config(2000))]
+    #![proptest_config(config(5_000))]
 
     /// A generated trace reads back as generated: each row in its bucket, the rest gaps,
     /// the optional columns where their headers are.
@@ -231,7 +231,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(5000))]
+    #![proptest_config(config(20_000))]
 
     /// Raw bytes: no panic; an error names the file.
     #[test]
