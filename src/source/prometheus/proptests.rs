@@ -278,6 +278,36 @@ proptest! {
         }
     }
 
+    /// An answer whose timestamps come in any order, repeated and off the grid: what the
+    /// client keeps is still sorted, unique and within a step of the range.
+    #[test]
+    fn the_client_keeps_samples_sorted_and_in_range(
+        case in case(),
+        shuffle in any::<prop::sample::Index>(),
+        offsets in prop::collection::vec(-100i64..100, 0..10),
+    ) {
+        let mut case = case;
+        for (i, s) in case.series.iter_mut().enumerate() {
+            let extra: Vec<(i64, String)> = s.iter().zip(&offsets).map(|(p, o)| (p.0 + o, p.1.clone())).collect();
+            s.extend(extra);
+            let k = shuffle.index(s.len().max(1)).min(s.len());
+            s.rotate_left(k);
+            if i % 2 == 1 {
+                s.reverse();
+            }
+        }
+        thread_local!(static SERVER: Server = Server::start());
+        let grouped = SERVER.with(|s| {
+            *s.body.lock().expect("body") = case.body();
+            s.runtime.block_on(s.client.range_by("q", "instance", case.start, case.end, case.step))
+        });
+        let (from, to) = (align_down(case.start, case.step), align_down(case.end, case.step));
+        for samples in grouped.into_iter().flat_map(|g| g.into_values()) {
+            prop_assert!(samples.windows(2).all(|w| w[0].ts < w[1].ts), "{:?}", samples);
+            prop_assert!(samples.iter().all(|x| x.ts >= from - case.step && x.ts <= to + case.step));
+        }
+    }
+
     /// Any answer of Prometheus' shape, under any status: no panic; an error names the
     /// query; an answer keeps only finite samples and counts the others.
     #[test]
@@ -329,4 +359,16 @@ fn check_parse(status: u16, body: &[u8]) -> Result<(), TestCaseError> {
         Err(e) => prop_assert!(e.to_string().contains("`the-query`"), "{}", e),
     }
     Ok(())
+}
+
+/// Found by `the_client_keeps_samples_sorted_and_in_range`: an answer out of order was
+/// passed on out of order (a [`Source`] promises sorted samples), so a series dropped the
+/// samples after the newest one it had seen.
+#[test]
+fn samples_out_of_order_or_repeated_are_sorted_once_each() {
+    let body = r#"{"status":"success","data":{"resultType":"matrix","result":[
+        {"metric":{},"values":[[120,"2"],[60,"1"],[180,"3"],[60,"9"]]}]}}"#;
+    let answer = parse("q", "http://p", 200, body.as_bytes()).expect("a matrix");
+    let ts: Vec<i64> = answer.series[0].samples.iter().map(|s| s.ts).collect();
+    assert_eq!(ts, [60, 120, 180]);
 }
