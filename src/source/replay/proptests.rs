@@ -33,18 +33,18 @@ fn number() -> impl Strategy<Value = (String, f64)> {
     ]
 }
 
+/// A cell as written, and its value.
+type Cell = (String, f64);
+
+/// `(timestamp, value, latency cell, replicas cell)`.
+type Row = (i64, Cell, Option<Cell>, Option<Cell>);
+
 /// A generated trace file: which columns, and the rows on a grid with gaps.
 #[derive(Debug, Clone)]
 struct Gen {
     /// Column names after the first two, e.g. `latency`, `replicas`, `note`.
     extra: Vec<&'static str>,
-    /// `(timestamp, value, latency cell, replicas cell)`.
-    rows: Vec<(
-        i64,
-        (String, f64),
-        Option<(String, f64)>,
-        Option<(String, f64)>,
-    )>,
+    rows: Vec<Row>,
 }
 
 fn generated() -> impl Strategy<Value = Gen> {
