@@ -531,6 +531,31 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(config(2_000))]
+
+    /// A file of any bytes (not UTF-8, TOML or not): `Config::load` refuses it naming the
+    /// file, or loads it.
+    #[test]
+    fn any_file_is_loaded_or_refused_by_name(
+        bytes in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..200),
+            near_schema().prop_map(String::into_bytes),
+        ],
+    ) {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("prescale.toml");
+        std::fs::write(&path, &bytes).expect("written");
+        match Config::load(&path) {
+            Ok(c) => check_accepted(&c)?,
+            Err(e) => {
+                let shown = e.to_string();
+                prop_assert!(shown.starts_with(&path.display().to_string()), "{}", shown);
+            }
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(config(20_000))]
 
     /// Any text: no panic, and an error names the file.

@@ -99,9 +99,15 @@ impl Trace {
     }
 
     /// Reads a trace from `data`; `path` names it in errors.
-    pub fn read(data: impl std::io::Read, path: &Path) -> Result<Self, TraceError> {
+    pub fn read(mut data: impl std::io::Read, path: &Path) -> Result<Self, TraceError> {
         let file = || path.to_owned();
-        let mut reader = csv::Reader::from_reader(data);
+        // Held whole, so that an error can name the line it is on.
+        let mut text = Vec::new();
+        data.read_to_end(&mut text).map_err(|e| TraceError::Read {
+            file: file(),
+            message: e.to_string(),
+        })?;
+        let mut reader = csv::Reader::from_reader(text.as_slice());
         let header = reader.headers().map_err(|e| TraceError::Read {
             file: file(),
             message: e.to_string(),
@@ -113,7 +119,11 @@ impl Trace {
         };
         let mut rows: Vec<TraceRow> = Vec::new();
         for (k, record) in reader.records().enumerate() {
-            let line = k as u64 + 2;
+            let position = match &record {
+                Ok(r) => r.position(),
+                Err(e) => e.position(),
+            };
+            let line = position.map_or(k as u64 + 2, |p| line_at(&text, p.byte()));
             let row_error = |message: String| TraceError::Row {
                 file: file(),
                 line,
@@ -237,6 +247,23 @@ impl Trace {
             replicas: self.replicas.as_ref().map(|c| c[..n].to_vec()),
         }
     }
+}
+
+/// The line (from 1) of the record the reader started at `byte`: the blank lines it skips
+/// and every line break before it counted (`\n`, `\r\n` or a lone `\r`, as the reader).
+fn line_at(text: &[u8], byte: u64) -> u64 {
+    let byte = usize::try_from(byte).unwrap_or(usize::MAX).min(text.len());
+    let blank = text[byte..]
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let before = &text[..byte + blank];
+    let breaks = before
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && before.get(i + 1) != Some(&b'\n')))
+        .count();
+    breaks as u64 + 1
 }
 
 /// How many buckets of `step` seconds span `first` to `last`, both included; an error

@@ -176,7 +176,19 @@ fn check_any(bytes: &[u8]) -> Result<(), TestCaseError> {
             let got = got.expect("the trace's own step");
             prop_assert!(got.len() <= src.trace.counts.len());
         }
-        Err(e) => prop_assert!(e.to_string().starts_with(FILE), "{}", e),
+        Err(e) => {
+            prop_assert!(e.to_string().starts_with(FILE), "{}", e);
+            if let TraceError::Row { line, .. } = e {
+                // Lines are counted from 1, the header being line 1.
+                let lines = bytes.iter().filter(|b| matches!(b, b'\n' | b'\r')).count() as u64 + 1;
+                prop_assert!(
+                    line >= 2 && line <= lines.max(2),
+                    "line {} of {}",
+                    line,
+                    lines
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -215,6 +227,39 @@ proptest! {
                 prop_assert_eq!(Some(t.replicas(i)).filter(|x| !x.is_nan()), cell(r.as_ref()));
             }
         }
+    }
+
+    /// A bad cell after blank lines and cells quoted over two lines: the error names the
+    /// line it is on.
+    #[test]
+    fn a_bad_cell_is_named_by_its_line(
+        g in generated(),
+        bad in any::<prop::sample::Index>(),
+        blank in prop::collection::vec(any::<bool>(), 60),
+        quoted in prop::collection::vec(any::<bool>(), 60),
+    ) {
+        let bad = bad.index(g.rows.len());
+        let mut text = "timestamp_seconds,value\n".to_owned();
+        let mut line = 1;
+        let mut want = 0;
+        for (i, (ts, v, _, _)) in g.rows.iter().enumerate() {
+            if blank[i] {
+                text.push('\n');
+                line += 1;
+            }
+            line += 1;
+            if i == bad {
+                want = line;
+                text.push_str(&format!("{ts},x\n"));
+            } else if quoted[i] {
+                text.push_str(&format!("{ts},\"{}\n\"\n", v.0));
+                line += 1;
+            } else {
+                text.push_str(&format!("{ts},{}\n", v.0));
+            }
+        }
+        let e = Trace::read(text.as_bytes(), Path::new(FILE)).expect_err("a bad cell").to_string();
+        prop_assert!(e.starts_with(&format!("{FILE}:{want}: bad value `x`")), "{}\n{}", e, text);
     }
 
     /// CSV-like text of random cells: a trace within the cap, or an error naming the file.
@@ -256,5 +301,23 @@ fn rows_too_far_apart_are_refused_before_allocating() {
             .expect_err(text)
             .to_string();
         assert!(e.starts_with(FILE) && e.contains(want), "{e}");
+    }
+}
+
+/// Found by `a_bad_cell_is_named_by_its_line`: the line was counted in records, so after a
+/// blank line or a cell quoted over two lines the error named the wrong line.
+#[test]
+fn the_line_of_a_bad_cell_counts_blank_lines_and_quoted_breaks() {
+    for (text, want) in [
+        ("timestamp_seconds,value\n\n0,x\n", ":3: bad value `x`"),
+        (
+            "timestamp_seconds,value\n0,\"1\n\"\n60,x\n",
+            ":4: bad value `x`",
+        ),
+    ] {
+        let e = Trace::read(text.as_bytes(), Path::new(FILE))
+            .expect_err(text)
+            .to_string();
+        assert!(e.starts_with(&format!("{FILE}{want}")), "{e}");
     }
 }
