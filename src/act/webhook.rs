@@ -91,7 +91,8 @@ pub enum SignatureError {
 /// Checks a `Prescale-Signature` header against `body`, as a receiver should: some `v1`
 /// must be the HMAC of `"<t>.<body>"` (compared in constant time), and `t` must be within
 /// `tolerance_secs` of `now` (Unix s). Several `v1` entries are allowed (secret rotation);
-/// unknown schemes are ignored.
+/// unknown schemes are ignored. Pairs are read as signed, like the README's checks: `t` in
+/// canonical digits, `v1` in lower-case hex, no spaces.
 pub fn verify(
     secret: &[u8],
     header: &str,

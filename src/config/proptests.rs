@@ -379,6 +379,9 @@ fn near_schema() -> impl Strategy<Value = String> {
 fn check_error(e: &ConfigError) -> Result<(), TestCaseError> {
     let shown = e.to_string();
     prop_assert!(shown.starts_with(FILE), "{}", shown);
+    if let ConfigError::Parse { message, .. } = e {
+        prop_assert!(message.contains("line"), "{}", shown);
+    }
     if let ConfigError::Invalid { key, message, .. } = e {
         let sections = [
             "prometheus",
