@@ -169,6 +169,8 @@ struct Server {
     runtime: tokio::runtime::Runtime,
     body: Arc<Mutex<String>>,
     client: PrometheusClient,
+    /// Clients reading at most 1, 2, 4 and 8 KiB.
+    capped: Vec<(usize, PrometheusClient)>,
 }
 
 impl Server {
@@ -191,18 +193,29 @@ impl Server {
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         runtime.spawn(async move { axum::serve(listener, app).await });
-        let cfg = PrometheusConfig {
-            url: Url::parse(&format!("http://{addr}")).expect("url"),
-            auth: None,
-            timeout: Duration::from_secs(30),
-            max_answer_bytes: crate::config::DEFAULT_MAX_ANSWER_BYTES,
-        };
-        let client = PrometheusClient::new(&cfg).expect("client");
+        let url = Url::parse(&format!("http://{addr}")).expect("url");
+        let client = Self::client(&url, crate::config::DEFAULT_MAX_ANSWER_BYTES);
+        let capped = [1_024, 2_048, 4_096, 8_192]
+            .into_iter()
+            .map(|cap| (cap, Self::client(&url, cap)))
+            .collect();
         Self {
             runtime,
             body,
             client,
+            capped,
         }
+    }
+
+    /// A client of the server at `url` reading answers of at most `max_answer_bytes`.
+    fn client(url: &Url, max_answer_bytes: usize) -> PrometheusClient {
+        let cfg = PrometheusConfig {
+            url: url.clone(),
+            auth: None,
+            timeout: Duration::from_secs(30),
+            max_answer_bytes,
+        };
+        PrometheusClient::new(&cfg).expect("client")
     }
 }
 
@@ -323,6 +336,25 @@ proptest! {
     #[test]
     fn any_envelope_is_read_or_refused_by_name(body in envelope(), status in 100u16..600) {
         check_parse(status, body.as_bytes())?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(2_000))]
+
+    /// An answer of any size against any cap: refused as too large exactly when it is
+    /// larger than the cap (so nothing larger is ever held), read as usual otherwise.
+    #[test]
+    fn answers_larger_than_the_cap_are_refused(case in case(), pad in 0usize..6_000, which in 0usize..4) {
+        thread_local!(static SERVER: Server = Server::start());
+        let body = format!("{}{}", case.body(), " ".repeat(pad));
+        let (cap, got) = SERVER.with(|s| {
+            *s.body.lock().expect("body") = body.clone();
+            let (cap, client) = &s.capped[which];
+            (*cap, s.runtime.block_on(client.range("q", case.start, case.end, case.step)))
+        });
+        let too_large = matches!(got, Err(SourceError::TooLarge { limit, .. }) if limit == cap);
+        prop_assert_eq!(too_large, body.len() > cap, "{} bytes, cap {}: {:?}", body.len(), cap, got);
     }
 }
 
