@@ -91,7 +91,8 @@ pub enum SignatureError {
 /// Checks a `Prescale-Signature` header against `body`, as a receiver should: some `v1`
 /// must be the HMAC of `"<t>.<body>"` (compared in constant time), and `t` must be within
 /// `tolerance_secs` of `now` (Unix s). Several `v1` entries are allowed (secret rotation);
-/// unknown schemes are ignored.
+/// unknown schemes are ignored. Pairs are read as signed, like the README's checks: `t` in
+/// canonical digits, `v1` in lower-case hex, no spaces.
 pub fn verify(
     secret: &[u8],
     header: &str,
@@ -102,21 +103,25 @@ pub fn verify(
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for part in header.split(',') {
-        let (scheme, value) = part
-            .trim()
-            .split_once('=')
-            .ok_or(SignatureError::Malformed(
-                "expected comma-separated key=value pairs",
-            ))?;
+        let (scheme, value) = part.split_once('=').ok_or(SignatureError::Malformed(
+            "expected comma-separated key=value pairs",
+        ))?;
         match scheme {
             "t" => {
                 if timestamp.is_some() {
                     return Err(SignatureError::Malformed("more than one `t`"));
                 }
+                // As signed: no sign, no leading zero (the signed text is `t` as written).
                 let t = value
                     .parse::<i64>()
-                    .map_err(|_| SignatureError::Malformed("`t` is not an integer"))?;
+                    .ok()
+                    .filter(|t| t.to_string() == value)
+                    .ok_or(SignatureError::Malformed("`t` is not an integer"))?;
                 timestamp = Some(t);
+            }
+            // Lower case only, as signed: the README's checks compare the text.
+            "v1" if value.bytes().any(|b| b.is_ascii_uppercase()) => {
+                return Err(SignatureError::Malformed("`v1` is not lower-case hex"));
             }
             "v1" => signatures.push(
                 hex::decode(value).map_err(|_| SignatureError::Malformed("`v1` is not hex"))?,
@@ -893,3 +898,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -82,4 +82,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .map(|q| Self(q.0))
             .map_err(|e| ApiError::bad_request(e.body_text()))
     }
+}
+
+/// Gives a plain-text 400 of axum's own extractors (a path segment that is not UTF-8) the
+/// JSON error body every other error has.
+pub(super) async fn json_rejections(res: Response) -> Response {
+    let plain = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if res.status() != StatusCode::BAD_REQUEST || !plain {
+        return res;
+    }
+    let text = axum::body::to_bytes(res.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    ApiError::bad_request(String::from_utf8_lossy(&text).into_owned()).into_response()
 }

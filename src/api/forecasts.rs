@@ -55,9 +55,10 @@ fn parse_horizon(s: Option<&str>) -> Result<Duration, ApiError> {
             ))
         })?,
     };
-    if horizon.is_zero() || horizon > MAX_HORIZON {
+    // Forecasts are made in whole seconds: a horizon under 1s would be an empty one.
+    if horizon < Duration::from_secs(1) || horizon > MAX_HORIZON {
         return Err(ApiError::bad_request(format!(
-            "horizon `{}` is out of range; expected above 0 and at most {}",
+            "horizon `{}` is out of range; expected at least 1s and at most {}",
             humantime::format_duration(horizon),
             humantime::format_duration(MAX_HORIZON)
         )));

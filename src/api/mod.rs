@@ -128,6 +128,7 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
         });
     let router = all
         .router
+        .route_layer(middleware::map_response(error::json_rejections))
         .merge(dashboard::routes())
         .fallback(not_found)
         .layer(crate::telemetry::http_trace())
@@ -173,5 +174,7 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

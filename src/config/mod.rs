@@ -14,6 +14,8 @@
 //! reverse: [`TargetConfig::policy`] converts a target into a [`crate::decide::Policy`].
 
 mod parse;
+#[cfg(test)]
+mod proptests;
 mod secrets;
 mod target;
 #[cfg(test)]

@@ -21,6 +21,50 @@ pub(super) fn from_toml(text: &str, file: &Path) -> Result<RawConfig, ConfigErro
     })
 }
 
+/// The longest duration any key accepts: 100 years. Beyond it a duration is a mistake, and
+/// refusing it here keeps every sum and conversion to seconds (`i64`) from overflowing.
+pub(super) const LONGEST_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// A humantime duration (`30s`, `5m`, `14d`) of at most [`LONGEST_DURATION`].
+mod bounded {
+    use std::time::Duration;
+
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    /// A duration, or an optional one.
+    pub(super) trait Longest {
+        fn longest(&self) -> Option<Duration>;
+    }
+
+    impl Longest for Duration {
+        fn longest(&self) -> Option<Duration> {
+            Some(*self)
+        }
+    }
+
+    impl Longest for Option<Duration> {
+        fn longest(&self) -> Option<Duration> {
+            *self
+        }
+    }
+
+    pub(super) fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Longest,
+        humantime_serde::Serde<T>: Deserialize<'de>,
+    {
+        let value = humantime_serde::Serde::<T>::deserialize(d)?.into_inner();
+        match value.longest() {
+            Some(d) if d > super::LONGEST_DURATION => Err(D::Error::custom(format!(
+                "{} is too long; expected at most 100 years",
+                humantime::format_duration(d)
+            ))),
+            _ => Ok(value),
+        }
+    }
+}
+
 /// The configuration file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,7 +110,7 @@ pub struct RawPrometheus {
     /// Base URL, e.g. `http://127.0.0.1:9090` (a path prefix is kept).
     pub url: String,
     /// Timeout of one HTTP request (default 10s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub timeout: Option<Duration>,
     /// File holding a bearer token (trailing whitespace trimmed).
     pub bearer_token_file: Option<PathBuf>,
@@ -112,11 +156,11 @@ pub struct RawForecast {
     /// Prediction-interval level in (0, 1) (default 0.95).
     pub level: Option<f64>,
     /// Re-select and refit each target's model this often (default 1h).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub refit_every: Option<Duration>,
     /// Horizon model selection and intervals are tuned for (default 1h; at least each
     /// target's startup + interval).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub horizon: Option<Duration>,
     /// Directory of the fitted models, one file per target (default `models`; a relative
     /// path is taken from the configuration file's directory).
@@ -128,18 +172,18 @@ pub struct RawForecast {
 #[serde(deny_unknown_fields)]
 pub struct RawDelivery {
     /// Timeout of one attempt (default 5s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub timeout: Option<Duration>,
     /// Attempts before giving up (default 6).
     pub max_attempts: Option<u32>,
     /// First backoff between attempts, doubled each time with jitter (default 500ms).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub initial_backoff: Option<Duration>,
     /// Longest backoff between attempts (default 30s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub max_backoff: Option<Duration>,
     /// An action not delivered this long after it was decided is dead-lettered (default 1h).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub max_age: Option<Duration>,
 }
 
@@ -152,7 +196,7 @@ pub struct RawState {
     pub dir: Option<PathBuf>,
     /// Delivered and superseded actions are kept this long for the API (default 7d);
     /// dead letters are kept until retried.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub retention: Option<Duration>,
 }
 
@@ -164,10 +208,10 @@ pub struct RawAlertmanager {
     /// `/api/v2/alerts` under it.
     pub url: String,
     /// Alert when a breach is predicted within this lead (default 30m).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub lead: Option<Duration>,
     /// Re-send a firing alert this often, so Alertmanager keeps it active (default 1m).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub resend: Option<Duration>,
 }
 
@@ -182,7 +226,7 @@ pub struct RawTarget {
     /// PromQL giving a latency (seconds, e.g. p95) as one series.
     pub latency: Option<String>,
     /// The latency objective, e.g. `250ms`; needs `latency`.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub latency_slo: Option<Duration>,
     /// PromQL giving the current replica count; without it the last count asked for is
     /// assumed.
@@ -197,27 +241,27 @@ pub struct RawTarget {
     /// `latency_slo` and `replicas` are set: it is then learned from latency under load.
     pub capacity_rps: Option<f64>,
     /// Time from asking for a replica to it serving, e.g. `3m`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "bounded")]
     pub startup: Duration,
     /// Fewest replicas (default 1).
     pub min_replicas: Option<u32>,
     /// Most replicas.
     pub max_replicas: u32,
     /// Poll and decide every (default 30s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub interval: Option<Duration>,
     /// History to backfill and keep (default 14d).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub history: Option<Duration>,
     /// Resolution of all series (default 1m, whole seconds).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub step: Option<Duration>,
     /// A signal whose newest sample is older than this is stale: the target is degraded
     /// and may not scale in (default 2 × step + 2 × interval).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub stale_after: Option<Duration>,
     /// Scale in only to the highest count recommended within this window (default 5m).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub scale_in_window: Option<Duration>,
     /// Share of `capacity_rps` each replica carries in the demand (reactive) policy, in
     /// (0, 1] (default 0.7).
@@ -257,7 +301,7 @@ pub struct RawRebalance {
     /// Drain outliers by latency or error rate (default true).
     pub failover: Option<bool>,
     /// Observations the outlier test looks at (default 5m).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub window: Option<Duration>,
     /// Robust z-score above which an instance is an outlier, > 0 (default 3.5).
     pub z_threshold: Option<f64>,
@@ -283,7 +327,7 @@ pub struct RawBehavior {
 #[serde(deny_unknown_fields)]
 pub struct RawRules {
     /// Scale-up: the lowest recommendation within it; scale-down: the highest.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub stabilization_window: Option<Duration>,
     /// `Max` (default), `Min` or `Disabled`.
     pub select_policy: Option<Select>,
@@ -302,7 +346,7 @@ pub struct RawRatePolicy {
     /// Replicas, or percent of the count at the start of the period; above 0.
     pub value: u32,
     /// The period, whole seconds, at least 1s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "bounded")]
     pub period: Duration,
 }
 
@@ -329,7 +373,7 @@ pub struct RawBalancer {
     /// HAProxy: the backend whose servers are the target's instances.
     pub backend: Option<String>,
     /// HAProxy: timeout of one runtime API command (default 2s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "bounded")]
     pub timeout: Option<Duration>,
 }
 

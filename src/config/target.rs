@@ -449,6 +449,13 @@ impl Validator<'_> {
                 format!("spans more than {MAX_HISTORY_POINTS} steps; expected a shorter history or a longer step"),
             ));
         }
+        // Each cycle forecasts `startup + interval` ahead, one point a step.
+        if t.startup.saturating_add(interval).as_secs() / step.as_secs() > MAX_HISTORY_POINTS {
+            return Err(self.err(
+                target_key(&t.name, "startup"),
+                format!("startup + interval spans more than {MAX_HISTORY_POINTS} steps; expected a shorter startup or a longer step"),
+            ));
+        }
         let stale_after = t.stale_after.unwrap_or(2 * step + 2 * interval);
         if stale_after < step {
             return Err(self.err(

@@ -236,8 +236,9 @@ impl Validator<'_> {
     fn alertmanager(&self, a: RawAlertmanager) -> Result<AlertmanagerConfig, ConfigError> {
         let url = self.url("alertmanager.url", &a.url)?;
         let lead = a.lead.unwrap_or(Duration::from_secs(1_800));
-        if lead.is_zero() {
-            return Err(self.err("alertmanager.lead", "expected a duration above zero"));
+        // In whole seconds: a lead under 1s would be none.
+        if lead < Duration::from_secs(1) {
+            return Err(self.err("alertmanager.lead", "expected at least 1s"));
         }
         let resend = a.resend.unwrap_or(Duration::from_secs(60));
         if resend < Duration::from_secs(1) {

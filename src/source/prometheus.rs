@@ -447,6 +447,9 @@ fn parse(query: &str, url: &str, status: u16, body: &[u8]) -> Result<Answer, Sou
                 dropped += 1;
             }
         }
+        // Prometheus sends them sorted; a misbehaving server may not. Sorted, one per time.
+        samples.sort_by_key(|x| x.ts);
+        samples.dedup_by_key(|x| x.ts);
         series.push(Labelled {
             labels: s.metric,
             samples,
@@ -757,3 +760,6 @@ mod tests {
         check("http://u:pw@h:1/", "http://h:1/api/v1/query_range");
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -11,6 +11,14 @@ use std::path::{Path, PathBuf};
 use super::{InMemory, SourceError};
 use crate::series::Sample;
 
+/// The most buckets a trace may span (first to last row): 80 MB a column, about 19 years
+/// at one minute. More is refused before anything is allocated.
+pub const MAX_BUCKETS: usize = 10_000_000;
+
+/// Timestamps beyond ±10¹² s (about 31,700 years) are refused: no arithmetic on them
+/// can then overflow.
+const MAX_TIMESTAMP: f64 = 1e12;
+
 /// Why a trace could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -83,11 +91,23 @@ struct Columns {
 impl Trace {
     /// Reads a trace file.
     pub fn load(path: &Path) -> Result<Self, TraceError> {
+        let data = std::fs::File::open(path).map_err(|e| TraceError::Read {
+            file: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::read(data, path)
+    }
+
+    /// Reads a trace from `data`; `path` names it in errors.
+    pub fn read(mut data: impl std::io::Read, path: &Path) -> Result<Self, TraceError> {
         let file = || path.to_owned();
-        let mut reader = csv::Reader::from_path(path).map_err(|e| TraceError::Read {
+        // Held whole, so that an error can name the line it is on.
+        let mut text = Vec::new();
+        data.read_to_end(&mut text).map_err(|e| TraceError::Read {
             file: file(),
             message: e.to_string(),
         })?;
+        let mut reader = csv::Reader::from_reader(text.as_slice());
         let header = reader.headers().map_err(|e| TraceError::Read {
             file: file(),
             message: e.to_string(),
@@ -99,7 +119,11 @@ impl Trace {
         };
         let mut rows: Vec<TraceRow> = Vec::new();
         for (k, record) in reader.records().enumerate() {
-            let line = k as u64 + 2;
+            let position = match &record {
+                Ok(r) => r.position(),
+                Err(e) => e.position(),
+            };
+            let line = position.map_or(k as u64 + 2, |p| line_at(&text, p.byte()));
             let row_error = |message: String| TraceError::Row {
                 file: file(),
                 line,
@@ -152,7 +176,7 @@ impl Trace {
         let mut gaps: Vec<i64> = rows
             .windows(2)
             .take(1000)
-            .map(|w| w[1].ts - w[0].ts)
+            .map(|w| w[1].ts.saturating_sub(w[0].ts))
             .collect();
         gaps.sort_unstable();
         // The most common gap (the smaller on a tie): missing rows only make gaps longer.
@@ -160,8 +184,11 @@ impl Trace {
             .chunk_by(|a, b| a == b)
             .max_by(|a, b| a.len().cmp(&b.len()).then(b[0].cmp(&a[0])))
             .map_or(1, |run| run[0]);
+        if step < 1 {
+            return Err("rows are not sorted by timestamp".to_owned());
+        }
         let start = rows[0].ts;
-        let n = ((rows[rows.len() - 1].ts - start) / step) as usize + 1;
+        let n = buckets(start, rows[rows.len() - 1].ts, step)?;
         let mut trace = Self {
             start,
             step,
@@ -222,6 +249,37 @@ impl Trace {
     }
 }
 
+/// The line (from 1) of the record the reader started at `byte`: the blank lines it skips
+/// and every line break before it counted (`\n`, `\r\n` or a lone `\r`, as the reader).
+fn line_at(text: &[u8], byte: u64) -> u64 {
+    let byte = usize::try_from(byte).unwrap_or(usize::MAX).min(text.len());
+    let blank = text[byte..]
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let before = &text[..byte + blank];
+    let breaks = before
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && before.get(i + 1) != Some(&b'\n')))
+        .count();
+    breaks as u64 + 1
+}
+
+/// How many buckets of `step` seconds span `first` to `last`, both included; an error
+/// beyond [`MAX_BUCKETS`].
+fn buckets(first: i64, last: i64, step: i64) -> Result<usize, String> {
+    let n = (i128::from(last) - i128::from(first)) / i128::from(step) + 1;
+    usize::try_from(n)
+        .ok()
+        .filter(|&n| n <= MAX_BUCKETS)
+        .ok_or_else(|| {
+            format!(
+                "the rows from {first} to {last} span {n} buckets of {step}s; expected at most {MAX_BUCKETS}"
+            )
+        })
+}
+
 /// One CSV record as a row: timestamp and count in the first two fields, the optional
 /// columns where the header put them (an empty cell is a gap).
 fn parse_row(record: &csv::StringRecord, columns: Columns) -> Result<TraceRow, String> {
@@ -234,6 +292,12 @@ fn parse_row(record: &csv::StringRecord, columns: Columns) -> Result<TraceRow, S
         .map_err(|_| format!("bad value `{}`", field(1)))?;
     if !ts.is_finite() || !value.is_finite() || value < 0.0 {
         return Err("non-finite or negative number".into());
+    }
+    if ts.abs() > MAX_TIMESTAMP {
+        return Err(format!(
+            "timestamp `{}` is out of range; expected Unix seconds within ±10^12",
+            field(0)
+        ));
     }
     let optional = |col: Option<usize>, name: &str| -> Result<Option<f64>, String> {
         let Some(i) = col else { return Ok(None) };
@@ -386,3 +450,6 @@ mod tests {
         assert!(src.samples(0, 2000, 90).is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests;
