@@ -84,6 +84,8 @@ pub(super) struct Parts {
     pub(super) resumed: Vec<Delivery>,
     /// Dead at start.
     pub(super) dead: i64,
+    /// Targets paused at start.
+    pub(super) paused: Vec<String>,
 }
 
 /// How an action's turn ended, before it is written down.
@@ -158,6 +160,10 @@ pub struct Worker {
 
 impl Worker {
     pub(super) fn new(outbox: Outbox, parts: Parts) -> Self {
+        let mut index = Index::default();
+        for target in &parts.paused {
+            index.hold(target, true);
+        }
         Self {
             outbox,
             settings: parts.settings,
@@ -165,7 +171,7 @@ impl Worker {
             metrics: parts.metrics,
             outcomes: parts.outcomes,
             from_handles: parts.from_handles,
-            index: Index::default(),
+            index,
             resumed: parts.resumed,
             dead: parts.dead,
         }
@@ -236,6 +242,10 @@ impl Worker {
             ToWorker::Retried(d) => {
                 self.dead -= 1;
                 records.push(*d);
+            }
+            ToWorker::Paused { target, paused } => {
+                debug!(target = %target, paused, "lanes held or released");
+                self.index.hold(&target, paused);
             }
         };
         take(first);
