@@ -203,6 +203,11 @@ impl AppProcess {
         self.child.interrupt();
     }
 
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        self.child.terminate();
+    }
+
     /// Waits until it exits, at most [`STOP_DEADLINE`].
     pub fn wait_exit(&mut self) -> ExitStatus {
         self.child.wait_exit(STOP_DEADLINE)

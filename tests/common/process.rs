@@ -145,6 +145,15 @@ impl ChildGuard {
         assert!(ok, "cannot send SIGINT to {}", self.what);
     }
 
+    /// Sends SIGTERM (what a service manager sends to stop it) with `kill -TERM`.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot send SIGTERM to {}", self.what);
+    }
+
     /// Waits until it exits by itself, at most `deadline`; panics naming it on timeout.
     #[track_caller]
     pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
