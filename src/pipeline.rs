@@ -103,46 +103,46 @@ impl TargetLoop {
     pub async fn resume(&self) {
         let t = &self.target;
         let found = match self.remembered().await {
-            Ok(found) => found,
+            Ok(Some(found)) => found,
+            Ok(None) => return,
             Err(e) => {
                 warn!(target = %t.name, error = %e, "cannot read the target's control state");
                 return;
             }
-        };
-        let Some((paused, counts)) = found else {
-            return;
         };
         let policy = t.step_policy(&self.forecast, self.alerts.as_ref());
         let now = self.store.now();
         let Some(mut state) = self.store.target(&t.name) else {
             return;
         };
-        state.paused = paused;
-        if paused {
+        state.paused = found.paused;
+        if found.paused {
             info!(target = %t.name, "resuming paused");
         }
-        let Some((asked, running)) = counts else {
+        let Some(asked) = found.asked else {
             return;
         };
-        state.memory.resume(&policy, asked, running, now);
-        if let (None, Some(r)) = (&t.queries.replicas, running) {
+        state.memory.resume(&policy, asked, found.running, now);
+        if let (None, Some(r)) = (&t.queries.replicas, found.running) {
             state.replicas = r;
         }
         drop(state);
-        info!(target = %t.name, asked = asked.replicas, asked_at = asked.at, running = ?running,
+        info!(target = %t.name, asked = asked.replicas, asked_at = asked.at, running = ?found.running,
             "resuming from the count last asked for");
     }
 
-    /// The target's pause and, if it ever asked for a count, that count with the count
-    /// taken as running (see [`TargetLoop::resume`]); `None` when nothing is recorded.
-    async fn remembered(
-        &self,
-    ) -> Result<Option<(bool, Option<(Asked, Option<u32>)>)>, OutboxError> {
+    /// What the outbox remembers of the target (see [`TargetLoop::resume`]); `None` when
+    /// nothing is recorded.
+    async fn remembered(&self) -> Result<Option<Remembered>, OutboxError> {
         let Some(c) = self.outbox.control(&self.target.name).await? else {
             return Ok(None);
         };
         let Some(asked) = c.asked else {
-            return Ok(Some((c.paused, None)));
+            return Ok(Some(Remembered {
+                paused: c.paused,
+                asked: None,
+                running: None,
+            }));
         };
         let newer = c.delivered.is_none_or(|d| d.id < asked.id);
         let pending = newer
@@ -157,11 +157,14 @@ impl TargetLoop {
             .flatten()
             .map(|m| m.replicas)
             .max();
-        let asked = Asked {
-            replicas: asked.replicas,
-            at: asked.at,
-        };
-        Ok(Some((c.paused, Some((asked, running)))))
+        Ok(Some(Remembered {
+            paused: c.paused,
+            asked: Some(Asked {
+                replicas: asked.replicas,
+                at: asked.at,
+            }),
+            running,
+        }))
     }
 
     /// One poll → step → record pass at `now` (the store's clock).
@@ -528,6 +531,17 @@ impl TargetLoop {
             Err(e) => warn!(target = %self.target.name, error = %e, "saving the model failed"),
         }
     }
+}
+
+/// What a target remembers across a restart, from the outbox's control state.
+struct Remembered {
+    /// Acting is paused.
+    paused: bool,
+    /// The count last asked for, and when.
+    asked: Option<Asked>,
+    /// The count taken as running without a `replicas` query: the count last delivered,
+    /// or the one asked for after it while that is pending and more.
+    running: Option<u32>,
 }
 
 /// Keeps in the store what a plan says of the target.
