@@ -313,8 +313,6 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
         .as_ref()
         .filter(|_| !policy.observes_replicas)
         .map(|why| format!("replicas: {why}"));
-    let mut degraded = degraded;
-    degraded.extend(memory.unknown_running.clone());
     let shown = running.unwrap_or(base);
     let bottleneck = predict_bottleneck(policy, memory, inputs, forecast.as_ref(), shown);
     let observed = Counts {
@@ -351,6 +349,9 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
         granted,
     );
     let replicas = running_now(policy, memory, inputs).or(running);
+    // The decision is shown as made from the signals; the target is degraded too.
+    let mut degraded = degraded;
+    degraded.extend(memory.unknown_running.clone());
     Plan {
         decision,
         wanted,

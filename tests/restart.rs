@@ -285,3 +285,67 @@ fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
     });
     assert_eq!((from, to > last), (last, true), "{from} → {to}");
 }
+
+/// Defect: a target without a `replicas` query and nothing remembered took `min_replicas`
+/// as running and asked "from 1". Now its running count is unknown: it decides and shows
+/// (`ReplicasUnknown`), is degraded with a reason naming `initial_replicas`, and asks for
+/// nothing; restarted with `initial_replicas`, it asks from that count.
+#[test]
+fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
+    let prom = Prometheus::backfilled(1);
+    let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
+    let unknown = TestConfig::new().prometheus(&prom.url()).target(
+        TestTarget::new("web", common::RATE_QUERY)
+            .set("capacity_rps", CAPACITY)
+            .set("startup", "1m")
+            .set("max_replicas", 100)
+            .set("interval", "1s")
+            .set("history", "6h")
+            .platform(&receiver.url("/scale"), "secret"),
+    );
+    let cfg = unknown.write();
+    cfg.write_file("secret", SECRET);
+    let mut app = serve(&cfg, &unknown);
+    let decisions = poll_until("three decisions", DEADLINE, || {
+        decisions_after(&app, 0).filter(|d| d.len() >= 3)
+    });
+    for d in &decisions {
+        let codes = d["reasons"].to_string();
+        assert!(codes.contains("ReplicasUnknown"), "{d}");
+    }
+    assert!(
+        decisions.iter().any(|d| d["to"].as_u64() > d["from"].as_u64()),
+        "it would scale: {decisions:?}"
+    );
+    let t = app.get_json("/api/v1/targets/web").expect("the target");
+    assert_eq!(t["status"], "degraded", "{t}");
+    assert!(
+        t["degraded_reasons"].to_string().contains("initial_replicas"),
+        "says what to do: {t}"
+    );
+    let written = app.get_json("/api/v1/deliveries").expect("deliveries");
+    assert_eq!(written["deliveries"], serde_json::json!([]), "nothing written");
+    assert!(scales(&receiver).is_empty(), "nothing sent");
+    stop(&mut app, Stop::Term);
+
+    let named = TestConfig::new().prometheus(&prom.url()).target(
+        TestTarget::new("web", common::RATE_QUERY)
+            .set("capacity_rps", CAPACITY)
+            .set("startup", "1m")
+            .set("max_replicas", 100)
+            .set("initial_replicas", 8)
+            .set("interval", "1s")
+            .set("history", "6h")
+            .platform(&receiver.url("/scale"), "secret"),
+    );
+    let app = serve(&cfg, &named);
+    let (from, to) = poll_until("a scale webhook", DEADLINE, || {
+        scales(&receiver).first().copied()
+    });
+    assert_eq!(from, 8, "from the count named: {from} → {to}");
+    let t = app.get_json("/api/v1/targets/web").expect("the target");
+    assert!(
+        !t["degraded_reasons"].to_string().contains("initial_replicas"),
+        "{t}"
+    );
+}
