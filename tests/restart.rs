@@ -44,8 +44,8 @@ enum Stop {
 }
 
 /// The configuration: one target `web` scaled through `receiver`, deciding every second.
-/// Without a `replicas` query it is told that its platform runs one replica when it
-/// starts managing it (`initial_replicas`); once it has asked for a count that is ignored.
+/// Without a `replicas` query it is told that its platform runs 20 replicas when it starts
+/// managing it (`initial_replicas`); once it has asked for a count that is ignored.
 fn config(prom: &str, receiver: &Receiver, observed: bool, capacity: f64) -> TestConfig {
     let target = TestTarget::new("web", common::RATE_QUERY)
         .set("capacity_rps", capacity)
@@ -58,7 +58,7 @@ fn config(prom: &str, receiver: &Receiver, observed: bool, capacity: f64) -> Tes
     let target = if observed {
         target.set("replicas", REPLICAS_QUERY)
     } else {
-        target.set("initial_replicas", 1)
+        target.set("initial_replicas", 20)
     };
     TestConfig::new()
         .prometheus(prom)
@@ -85,15 +85,19 @@ fn scales(receiver: &Receiver) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Waits until the target holds a count the receiver has accepted, well above
-/// `min_replicas`, with nothing pending: the count last asked for, no ask in flight.
+/// Waits until the target holds the count its policies want, well above `min_replicas`,
+/// accepted by the receiver, with nothing pending: the count last asked for, no ask in
+/// flight.
 fn settled(app: &AppProcess, receiver: &Receiver) -> u64 {
     poll_until("a held count, delivered, nothing pending", DEADLINE, || {
         let d = app.get_json("/api/v1/decisions?target=web&limit=1")?;
         let d = d["decisions"].as_array()?.first()?.clone();
         let pending = app.get_json("/api/v1/deliveries?state=pending")?;
         let to = d["to"].as_u64()?;
-        let held = d["from"].as_u64() == Some(to) && to >= 10;
+        // Held at the count its policies want, not on the way there.
+        let reasons = d["reasons"].to_string();
+        let wanted = !reasons.contains("Limit") && !reasons.contains("Stabilized");
+        let held = d["from"].as_u64() == Some(to) && to >= 10 && wanted;
         let delivered = scales(receiver).last().map(|s| s.1) == Some(to);
         (held && delivered && pending["deliveries"].as_array()?.is_empty()).then_some(to)
     })
