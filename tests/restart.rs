@@ -318,17 +318,25 @@ fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
         assert!(codes.contains("ReplicasUnknown"), "{d}");
     }
     assert!(
-        decisions.iter().any(|d| d["to"].as_u64() > d["from"].as_u64()),
+        decisions
+            .iter()
+            .any(|d| d["to"].as_u64() > d["from"].as_u64()),
         "it would scale: {decisions:?}"
     );
     let t = app.get_json("/api/v1/targets/web").expect("the target");
     assert_eq!(t["status"], "degraded", "{t}");
     assert!(
-        t["degraded_reasons"].to_string().contains("initial_replicas"),
+        t["degraded_reasons"]
+            .to_string()
+            .contains("initial_replicas"),
         "says what to do: {t}"
     );
     let written = app.get_json("/api/v1/deliveries").expect("deliveries");
-    assert_eq!(written["deliveries"], serde_json::json!([]), "nothing written");
+    assert_eq!(
+        written["deliveries"],
+        serde_json::json!([]),
+        "nothing written"
+    );
     assert!(scales(&receiver).is_empty(), "nothing sent");
     stop(&mut app, Stop::Term);
 
@@ -349,7 +357,9 @@ fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
     assert_eq!(from, 8, "from the count named: {from} → {to}");
     let t = app.get_json("/api/v1/targets/web").expect("the target");
     assert!(
-        !t["degraded_reasons"].to_string().contains("initial_replicas"),
+        !t["degraded_reasons"]
+            .to_string()
+            .contains("initial_replicas"),
         "{t}"
     );
 }
