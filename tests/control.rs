@@ -234,6 +234,35 @@ async fn a_paused_targets_queued_action_waits_and_goes_after_resume() {
     run.stop().await;
 }
 
+/// A pause longer than `max_age` does not expire the actions that waited through it
+/// (`max_age` is for receivers that do not take them): after the resume they go out.
+#[tokio::test(start_paused = true)]
+async fn a_pause_longer_than_max_age_expires_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&[]);
+    let day = Duration::from_secs(86_400);
+    let run = Running::start(dir.path(), &["a", "b"], &receiver, day).await;
+    run.outbox.set_paused("a", true).await.unwrap();
+    let id = run.outbox.enqueue(vec![scale("a", 5, 100)]).await.unwrap()[0].id;
+    // Two hours, twice `max_age`.
+    advance_ms(2 * 3_600_000).await;
+    let other = run.outbox.enqueue(vec![scale("b", 2, 1)]).await.unwrap()[0].id;
+    run.wait_state(other, DeliveryState::Delivered).await;
+    assert_eq!(
+        run.outbox.get(id).await.unwrap().state,
+        DeliveryState::Pending
+    );
+    run.outbox.set_paused("a", false).await.unwrap();
+    let done = until("the action to finish", || async {
+        let d = run.outbox.get(id).await.expect("get");
+        (d.state != DeliveryState::Pending).then_some(d)
+    })
+    .await;
+    assert_eq!(done.state, DeliveryState::Delivered, "{done:?}");
+    assert_eq!(seen(&receiver, "/a"), 1);
+    run.stop().await;
+}
+
 /// A live loop for `web` over the outbox in `dir` (its source is never polled here).
 fn live_loop(store: &Store, target: &TargetConfig, outbox: Outbox, dir: &Path) -> TargetLoop {
     let trace = Trace {

@@ -137,6 +137,17 @@ impl Index {
         self.idle_heads().map(|d| d.next_attempt_ms).min()
     }
 
+    /// The pending actions of `target`'s scale and rebalance lanes with no attempt in
+    /// flight, oldest first.
+    pub(super) fn idle_of(&self, target: &str) -> Vec<Delivery> {
+        self.pending
+            .values()
+            .filter(|d| d.target == target && d.kind != ActionKind::Alert)
+            .filter(|d| self.busy.get(&d.lane()) != Some(&d.id))
+            .cloned()
+            .collect()
+    }
+
     /// Holds (`true`) or releases `target`'s scale and rebalance lanes.
     pub(super) fn hold(&mut self, target: &str, held: bool) {
         if held {

@@ -23,8 +23,9 @@
 //!
 //! - **Pause holds.** [`Outbox::set_paused`] commits a target's pause; from then on the
 //!   worker starts no attempt of its scale and rebalance actions (they stay pending, can be
-//!   superseded, and go out after it is resumed). Its alerts still go: they change nothing
-//!   on the target. An attempt already in flight is not called back.
+//!   superseded, and go out after it is resumed; their age counts from the resume, so a
+//!   long pause expires nothing). Its alerts still go: they change nothing on the target.
+//!   An attempt already in flight is not called back.
 //! - **Control state.** Per target, the count last asked for (written with the scale
 //!   action), the count last delivered (written with its outcome) and the pause flag live
 //!   in the same file ([`Outbox::control`]) and are never pruned: a restarted process knows
