@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::act::outbox::{DeliveryState, Outbox, OutboxError};
-use crate::act::{Action, ActionKind, RebalanceAction, ScaleAction};
+use crate::act::{Action, RebalanceAction, ScaleAction};
 use crate::config::{AlertmanagerConfig, ForecastConfig, TargetConfig};
 use crate::forecast::capacity::CapacitySource;
 use crate::metrics::{
@@ -95,30 +95,76 @@ impl TargetLoop {
         }
     }
 
-    /// Resumes from the count last asked for, read from the outbox: the newest scale action
-    /// of this target that was delivered or is still to be. Without it a restarted target
-    /// with no `replicas` query would take `min_replicas` as running and scale in.
+    /// Resumes from the target's control state in the outbox: its pause, the count last
+    /// asked for (decisions start from it, and scale-in waits a stabilisation window) and,
+    /// without a `replicas` query, the count taken as running: the count last delivered, or
+    /// the one asked for after it while that is still pending and more (never fewer than
+    /// may run). Without this a restarted target would not know what runs.
     pub async fn resume(&self) {
         let t = &self.target;
-        let found = match last_asked(&self.outbox, &t.name).await {
-            Ok(found) => found,
+        let found = match self.remembered().await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
             Err(e) => {
-                warn!(target = %t.name, error = %e, "cannot read the count last asked for");
+                warn!(target = %t.name, error = %e, "cannot read the target's control state");
                 return;
             }
         };
-        let Some(asked) = found else {
-            return;
-        };
         let policy = t.step_policy(&self.forecast, self.alerts.as_ref());
         let now = self.store.now();
-        if let Some(mut state) = self.store.target(&t.name) {
-            state.memory.resume(&policy, asked, now);
-            if t.queries.replicas.is_none() {
-                state.replicas = asked.replicas;
-            }
+        let Some(mut state) = self.store.target(&t.name) else {
+            return;
+        };
+        state.paused = found.paused;
+        if found.paused {
+            info!(target = %t.name, "resuming paused");
         }
-        info!(target = %t.name, replicas = asked.replicas, asked_at = asked.at, "resuming from the count last asked for");
+        let Some(asked) = found.asked else {
+            return;
+        };
+        state.memory.resume(&policy, asked, found.running, now);
+        if let (None, Some(r)) = (&t.queries.replicas, found.running) {
+            state.replicas = r;
+        }
+        drop(state);
+        info!(target = %t.name, asked = asked.replicas, asked_at = asked.at, running = ?found.running,
+            "resuming from the count last asked for");
+    }
+
+    /// What the outbox remembers of the target (see [`TargetLoop::resume`]); `None` when
+    /// nothing is recorded.
+    async fn remembered(&self) -> Result<Option<Remembered>, OutboxError> {
+        let Some(c) = self.outbox.control(&self.target.name).await? else {
+            return Ok(None);
+        };
+        let Some(asked) = c.asked else {
+            return Ok(Some(Remembered {
+                paused: c.paused,
+                asked: None,
+                running: None,
+            }));
+        };
+        let newer = c.delivered.is_none_or(|d| d.id < asked.id);
+        let pending = newer
+            && match self.outbox.get(asked.id).await {
+                Ok(d) => d.state == DeliveryState::Pending,
+                // Pruned: finished long ago, so not pending.
+                Err(OutboxError::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
+        let running = [c.delivered, pending.then_some(asked)]
+            .into_iter()
+            .flatten()
+            .map(|m| m.replicas)
+            .max();
+        Ok(Some(Remembered {
+            paused: c.paused,
+            asked: Some(Asked {
+                replicas: asked.replicas,
+                at: asked.at,
+            }),
+            running,
+        }))
     }
 
     /// One poll → step → record pass at `now` (the store's clock).
@@ -484,49 +530,31 @@ impl TargetLoop {
     }
 }
 
-/// The newest scale action of `target` in the outbox that was delivered or is pending, as
-/// the count asked for and when.
-async fn last_asked(outbox: &Outbox, target: &str) -> Result<Option<Asked>, OutboxError> {
-    const PAGE: usize = 200;
-    let mut offset = 0;
-    loop {
-        let (page, more) = outbox
-            .list_page(None, Some(target.to_owned()), offset, PAGE)
-            .await?;
-        let found = page.iter().find_map(|d| {
-            let live = matches!(d.state, DeliveryState::Delivered | DeliveryState::Pending);
-            (d.kind == ActionKind::Scale && live)
-                .then(|| scale_body(&d.body))
-                .flatten()
-        });
-        if found.is_some() || !more {
-            return Ok(found);
-        }
-        offset += PAGE;
-    }
-}
-
-/// The count and time of a scale action's body.
-fn scale_body(body: &str) -> Option<Asked> {
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    Some(Asked {
-        replicas: u32::try_from(v.get("to")?.as_u64()?).ok()?,
-        at: v.get("issued_at")?.as_i64()?,
-    })
+/// What a target remembers across a restart, from the outbox's control state.
+struct Remembered {
+    /// Acting is paused.
+    paused: bool,
+    /// The count last asked for, and when.
+    asked: Option<Asked>,
+    /// The count taken as running without a `replicas` query: the count last delivered,
+    /// or the one asked for after it while that is pending and more.
+    running: Option<u32>,
 }
 
 /// Keeps in the store what a plan says of the target.
 fn record(state: &mut TargetState, plan: &Plan) {
-    state.replicas = plan.replicas;
     state.wanted = Some(plan.wanted);
     state.bottleneck = plan.bottleneck.clone();
     state.forecast = plan.forecast.clone();
     state.last_decision = Some(plan.decision.clone());
-    let now = plan.decision.at;
-    state.replicas_history.extend([Sample {
-        ts: now,
-        value: f64::from(plan.replicas),
-    }]);
+    // While the count running is unknown, the last one known stays shown.
+    if let Some(replicas) = plan.replicas {
+        state.replicas = replicas;
+        state.replicas_history.extend([Sample {
+            ts: plan.decision.at,
+            value: f64::from(replicas),
+        }]);
+    }
 }
 
 /// Sets `signal`'s newest value per instance. An instance stays while any per-instance

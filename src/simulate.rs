@@ -53,6 +53,8 @@ pub fn replay_target(trace: &Trace, target: &TargetConfig) -> TargetConfig {
     let mut t = target.clone();
     t.interval = step;
     t.step = step;
+    // The simulated platform runs `min_replicas` at first (unless told otherwise).
+    t.initial_replicas = Some(t.initial_replicas.unwrap_or(t.min_replicas));
     let q = &mut t.queries;
     q.latency = trace.latency.is_some().then(|| "trace:latency".to_owned());
     q.replicas = trace

@@ -137,6 +137,9 @@ pub struct TargetPolicy {
     /// Whether the running count is observed (a replicas series); otherwise the count
     /// last asked for is taken as the count running.
     pub observes_replicas: bool,
+    /// The count running when prescale first manages the target (`initial_replicas`),
+    /// taken as running until a count is asked for or observed.
+    pub initial_replicas: Option<u32>,
     /// Whether scale decisions go anywhere (a platform webhook).
     pub scales: bool,
     /// Whether weights go anywhere (a balancer webhook or HAProxy).
@@ -180,14 +183,24 @@ pub struct Memory {
     pub alert: AlertState,
     /// The count last asked for (in `forecast-only` mode: that would have been asked for).
     pub asked: Option<Asked>,
+    /// The count taken as running when no replicas series observes it: the count last
+    /// asked for, or after a restart the one remembered (see [`Memory::resume`]); `None`
+    /// while unknown (then `initial_replicas` is taken, if configured).
+    pub running: Option<u32>,
+    /// Why the running count was unknown at the last step, as a degraded reason: a target
+    /// that acts, without a replicas series, with nothing remembered and no
+    /// `initial_replicas`. `None` when it was known.
+    pub unknown_running: Option<String>,
 }
 
 impl Memory {
-    /// Resumes from the count last asked for (`at` Unix s), found in durable state after a
-    /// restart: decisions start from it, and scale-in waits a stabilisation window from
-    /// `now`.
-    pub fn resume(&mut self, policy: &TargetPolicy, asked: Asked, now: i64) {
+    /// Resumes after a restart from durable state: decisions start from the count last
+    /// asked for (`asked`), and scale-in waits a stabilisation window from `now`; without a
+    /// replicas series, `running` (the count last delivered, or one asked for that may
+    /// have been delivered, whichever is more) is taken as running.
+    pub fn resume(&mut self, policy: &TargetPolicy, asked: Asked, running: Option<u32>, now: i64) {
         self.asked = Some(asked);
+        self.running = running.or(self.running);
         self.decide.remember(&policy.decide, now, asked.replicas);
     }
 }
@@ -263,8 +276,9 @@ pub struct Plan {
     pub refitted: bool,
     /// Why scaling is degraded; empty when healthy.
     pub degraded: Vec<String>,
-    /// The replica count running after this step (observed, or the count last asked for).
-    pub replicas: u32,
+    /// The replica count running after this step (observed, or the count last asked
+    /// for); `None` while unknown (see [`ReasonCode::ReplicasUnknown`]).
+    pub replicas: Option<u32>,
 }
 
 /// One step of one target at `inputs.now`.
@@ -283,12 +297,28 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
         memory.capacity_resolved_at = now;
     }
     let capacity = memory.capacity.as_ref().and_then(|c| c.effective_rps);
-    let running = running_now(policy, memory, inputs);
-    let bottleneck = predict_bottleneck(policy, memory, inputs, forecast.as_ref(), running);
+    let known = running_now(policy, memory, inputs);
     // Decisions start from the count last asked for, as the HPA's from the scale's
     // `spec.replicas`: a platform still starting replicas is not asked again.
-    let base = memory.asked.map_or(running, |a| a.replicas);
-    let observed = Counts { base, running };
+    let base = memory
+        .asked
+        .map(|a| a.replicas)
+        .or(known)
+        .unwrap_or(policy.decide.min_replicas);
+    // A target that sends no scale action may assume the count it starts from; one that
+    // does asks for nothing while the count running is unknown.
+    let running = known.or((!acts(policy)).then_some(base));
+    let unknown = running.is_none().then(|| unknown_running(policy));
+    memory.unknown_running = unknown
+        .as_ref()
+        .filter(|_| !policy.observes_replicas)
+        .map(|why| format!("replicas: {why}"));
+    let shown = running.unwrap_or(base);
+    let bottleneck = predict_bottleneck(policy, memory, inputs, forecast.as_ref(), shown);
+    let observed = Counts {
+        base,
+        running: shown,
+    };
     let mut decision = decide_count(
         policy,
         memory,
@@ -301,6 +331,12 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
     let granted = inputs
         .budget
         .and_then(|b| apply_budget(b, policy, &mut decision, !degraded.is_empty()));
+    if let Some(why) = unknown {
+        let why = format!("{why}; nothing is asked for until it is known");
+        decision
+            .reasons
+            .push(Reason::new(ReasonCode::ReplicasUnknown, why));
+    }
     let scale = ask(policy, memory, inputs, &decision, running);
     let (rebalance, send_rebalance) = rebalance(policy, memory, inputs);
     let alert = alert_step(
@@ -309,10 +345,13 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
         now,
         forecast.as_ref(),
         capacity,
-        running,
+        shown,
         granted,
     );
-    let replicas = running_now(policy, memory, inputs);
+    let replicas = running_now(policy, memory, inputs).or(running);
+    // The decision is shown as made from the signals; the target is degraded too.
+    let mut degraded = degraded;
+    degraded.extend(memory.unknown_running.clone());
     Plan {
         decision,
         wanted,
@@ -399,22 +438,38 @@ fn load_latency_pairs(rate: &Series, replicas: &Series, latency: &Series) -> Vec
         .collect()
 }
 
-/// The count running now: the newest observed one when a replicas series is configured
-/// and has one, else the count last asked for (at first: `min_replicas`).
-fn running_now(policy: &TargetPolicy, memory: &Memory, inputs: &Inputs<'_>) -> u32 {
-    let asked = memory
-        .asked
-        .map_or(policy.decide.min_replicas, |a| a.replicas);
-    if !policy.observes_replicas {
-        return asked;
+/// The count running now, if known: with a replicas series, its newest sample; without,
+/// the count taken as running ([`Memory::running`]); while neither, and nothing was ever
+/// asked for, `initial_replicas`.
+fn running_now(policy: &TargetPolicy, memory: &Memory, inputs: &Inputs<'_>) -> Option<u32> {
+    let known = if policy.observes_replicas {
+        inputs
+            .replicas
+            .last()
+            .filter(|s| s.value.is_finite() && s.value >= 0.0)
+            .map(|s| s.value.round().clamp(0.0, f64::from(u32::MAX)) as u32)
+    } else {
+        memory.running
+    };
+    known.or(policy.initial_replicas.filter(|_| memory.asked.is_none()))
+}
+
+/// Whether the target sends scale actions: it acts, and has a platform.
+fn acts(policy: &TargetPolicy) -> bool {
+    policy.mode == Mode::Act && policy.scales
+}
+
+/// Why the running count is unknown, and what the user can do about it.
+fn unknown_running(policy: &TargetPolicy) -> String {
+    if policy.observes_replicas {
+        "the running count is unknown: the `replicas` query has given no sample yet \
+         (`initial_replicas` says what runs until it does)"
+            .to_owned()
+    } else {
+        "the running count is unknown: no `replicas` query and no count remembered; \
+         set `initial_replicas` to the count running now, or a `replicas` query"
+            .to_owned()
     }
-    inputs
-        .replicas
-        .last()
-        .filter(|s| s.value.is_finite() && s.value >= 0.0)
-        .map_or(asked, |s| {
-            s.value.round().clamp(0.0, f64::from(u32::MAX)) as u32
-        })
 }
 
 fn fresh(s: Option<Sample>, now: i64, stale_after: i64) -> Option<Sample> {
@@ -548,18 +603,19 @@ fn apply_budget(
 /// interval after it was asked for (the platform lost it, or someone changed it) — but
 /// never again for fewer than run while data is missing or stale. Only a
 /// new count is recorded in the rate-limit history, once, however long the platform takes.
-/// While paused nothing is asked for and nothing recorded; in `forecast-only` mode the count
-/// that would have been asked for is recorded, so the shown decisions follow the same limits.
+/// While paused, or while the count running is unknown (`None`), nothing is asked for and
+/// nothing recorded; in `forecast-only` mode the count that would have been asked for is
+/// recorded, so the shown decisions follow the same limits.
 fn ask(
     policy: &TargetPolicy,
     memory: &mut Memory,
     inputs: &Inputs<'_>,
     d: &Decision,
-    running: u32,
+    running: Option<u32>,
 ) -> bool {
-    if inputs.paused {
+    let Some(running) = running.filter(|_| !inputs.paused) else {
         return false;
-    }
+    };
     let now = inputs.now;
     let patience = policy.startup + policy.decide.interval;
     let before = memory.asked.map_or(running, |a| a.replicas);
@@ -578,7 +634,10 @@ fn ask(
         replicas: d.to,
         at: now,
     });
-    policy.mode == Mode::Act && policy.scales
+    if !policy.observes_replicas {
+        memory.running = Some(d.to);
+    }
+    acts(policy)
 }
 
 /// Rebalances: the weights when they changed past the threshold, and whether to send them.

@@ -89,7 +89,8 @@ pub struct TargetState {
     /// Whether the request rate has been backfilled.
     pub backfilled: bool,
     /// Replicas now: observed when a `replicas` query is configured and fresh, else the
-    /// last count asked for (at start: `min_replicas`).
+    /// last count asked for (at start: the remembered count, else `min_replicas` until one
+    /// is known).
     pub replicas: u32,
     /// The forecast the last decision used.
     pub forecast: Option<Forecast>,
@@ -160,9 +161,14 @@ impl TargetState {
     }
 
     /// Why scaling is degraded at `now`: one line per missing, failing or stale
-    /// target-level signal; empty when healthy (see [`step::degraded_reasons`]).
+    /// target-level signal, and an unknown running count; empty when healthy (see
+    /// [`step::degraded_reasons`]).
     pub fn degraded_reasons(&self, now: i64) -> Vec<String> {
-        step::degraded_reasons(&self.signals, now, self.config.stale_after.as_secs() as i64)
+        let stale_after = self.config.stale_after.as_secs() as i64;
+        let mut reasons = step::degraded_reasons(&self.signals, now, stale_after);
+        // And a running count the last step did not know (see `Memory::unknown_running`).
+        reasons.extend(self.memory.unknown_running.clone());
+        reasons
     }
 
     /// The first state that applies: backfilling, degraded, paused, budget-limited, ok.

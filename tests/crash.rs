@@ -1,5 +1,6 @@
 //! The `prescale` binary under hard faults: `kill -9` between writing an action and
-//! delivering it, then a restart; a state directory that cannot be used at start.
+//! delivering it, then a restart; a state directory that cannot be used at start. (A
+//! restart's effect on the count running is in `restart.rs`.)
 
 mod common;
 
@@ -28,6 +29,8 @@ fn crash_config(prometheus: &str, listen: std::net::SocketAddr, receiver: &Recei
                 .set("capacity_rps", 0.05)
                 .set("startup", "1m")
                 .set("max_replicas", 100)
+                // What its platform runs when prescale starts managing it.
+                .set("initial_replicas", 1)
                 .set("interval", "1s")
                 .set("history", "6h")
                 .platform(&receiver.url("/scale"), "secret")
@@ -199,88 +202,4 @@ fn unusable_state_directory_stops_start_cleanly() {
     let held = prescale::act::outbox::Outbox::open(&cfg.dir().join("state")).unwrap();
     serve_fails(&cfg, &["outbox.redb", "in use by another process"]);
     drop(held);
-}
-
-/// The scale webhooks the receiver accepted, as `(from, to)`, in order.
-fn scales(receiver: &Receiver) -> Vec<(u64, u64)> {
-    receiver
-        .accepted()
-        .iter()
-        .map(|r| r.json())
-        .filter(|b| b["kind"] == "scale")
-        .filter_map(|b| Some((b["from"].as_u64()?, b["to"].as_u64()?)))
-        .collect()
-}
-
-/// Waits until the target holds a count that the receiver has accepted and nothing is
-/// pending: the count last asked for, with no ask in flight. Returns it.
-fn settled(app: &AppProcess, receiver: &Receiver) -> u64 {
-    poll_until("a held count, delivered, nothing pending", DEADLINE, || {
-        let d = app.get_json("/api/v1/decisions?target=web&limit=1")?;
-        let d = d["decisions"].as_array()?.first()?.clone();
-        let pending = app.get_json("/api/v1/deliveries?state=pending")?;
-        let to = d["to"].as_u64()?;
-        let held = d["from"].as_u64() == Some(to) && to > 1;
-        let delivered = scales(receiver).last().map(|s| s.1) == Some(to);
-        (held && delivered && pending["deliveries"].as_array()?.is_empty()).then_some(to)
-    })
-}
-
-/// A target without a `replicas` query: the count asked for is all prescale knows of
-/// what runs. After `kill -9`, and after SIGTERM, the restarted process resumes from the
-/// count it last asked for: its decisions start there and no scale-in is sent because of
-/// the restart (before, the first webhook after a restart went out from `min_replicas`).
-#[test]
-fn a_restart_resumes_from_the_count_asked_for_and_never_scales_in() {
-    let prom = Prometheus::backfilled(1);
-    let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
-    let config = |listen| {
-        TestConfig::new()
-            .prometheus(&prom.url())
-            .listen(listen)
-            .target(
-                TestTarget::new("web", common::RATE_QUERY)
-                    .set("capacity_rps", 0.05)
-                    .set("startup", "1m")
-                    .set("min_replicas", 1)
-                    .set("max_replicas", 100)
-                    .set("interval", "1s")
-                    .set("history", "6h")
-                    .platform(&receiver.url("/scale"), "secret"),
-            )
-    };
-    let listen = free_addr();
-    let cfg = config(listen).write();
-    cfg.write_file("secret", SECRET);
-    let mut first = AppProcess::serve(&cfg, listen);
-    for stop in ["kill -9", "SIGTERM"] {
-        // Stopped while no ask is in flight, the count last asked for is known here.
-        let last = settled(&first, &receiver);
-        let before = scales(&receiver).len();
-        if stop == "kill -9" {
-            assert!(!first.kill().success(), "killed");
-        } else {
-            first.interrupt();
-            assert!(first.wait_exit().success(), "stopped gracefully");
-        }
-        let listen = free_addr();
-        config(listen).write_over(&cfg);
-        first = AppProcess::serve(&cfg, listen);
-        // A few decisions after the restart: each starts from the count last asked for.
-        let decisions = poll_until("three decisions after the restart", DEADLINE, || {
-            let b = first.get_json("/api/v1/decisions?target=web&limit=1000")?;
-            let d = b["decisions"].as_array()?.clone();
-            (d.len() >= 3).then_some(d)
-        });
-        let oldest = decisions.last().expect("decisions");
-        assert_eq!(oldest["from"].as_u64(), Some(last), "{stop}: {oldest}");
-        for d in &decisions {
-            assert!(d["to"].as_u64() >= Some(last), "{stop}: scaled in: {d}");
-        }
-        let after = &scales(&receiver)[before..];
-        assert!(
-            after.iter().all(|&(from, to)| from == last && to >= last),
-            "{stop}: scale webhooks after the restart: {after:?} (last asked for {last})"
-        );
-    }
 }

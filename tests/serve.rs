@@ -142,6 +142,7 @@ capacity_rps = 0.5
 startup = "1m"
 min_replicas = 2
 max_replicas = 500
+initial_replicas = 2
 interval = "1s"
 step = "10s"
 history = "2d"
@@ -792,7 +793,7 @@ async fn refit_and_pause_through_the_api() {
     let toml = format!(
         "[prometheus]\nurl = \"{}\"\n\n[server]\napi_token_file = \"token\"\n\n\
          [[target]]\nname = \"web\"\nrequest_rate = '{}'\ncapacity_rps = 0.05\nstartup = \"1m\"\n\
-         max_replicas = 500\ninterval = \"1s\"\nhistory = \"1d\"\n{}",
+         max_replicas = 500\ninitial_replicas = 1\ninterval = \"1s\"\nhistory = \"1d\"\n{}",
         prom.url(),
         common::RATE_QUERY,
         webhook_table("platform", &platform.url("/scale")),

@@ -1,10 +1,14 @@
 //! The mutating endpoints on a target: pause, resume and refit. Each sets a flag the
-//! pipeline reads at its next cycle; all need the API token.
+//! pipeline reads at its next cycle; all need the API token. Pause and resume are first
+//! committed to the outbox (so they hold for actions already queued, and survive a
+//! restart), then answered.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use axum::http::StatusCode;
 
 use super::{ApiError, ErrorBody};
 use crate::store::{Store, TargetState};
@@ -58,26 +62,54 @@ fn act_on(
     }))
 }
 
-/// Stops acting on a target: it still polls, forecasts and decides, but sends nothing.
+/// Commits `name`'s pause (or resume) to the outbox, when there is one, then sets it in
+/// the store: the answer comes only once it holds and survives a restart.
+async fn set_paused(store: &Store, name: String, paused: bool) -> Result<Json<Action>, ApiError> {
+    if store.target(&name).is_none() {
+        return Err(ApiError::unknown_target(&name));
+    }
+    if let Some(outbox) = store.outbox() {
+        outbox.set_paused(&name, paused).await.map_err(|e| {
+            tracing::error!(target = %name, paused, error = %e, "cannot record the pause");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                format!("the pause could not be recorded in the outbox: {e}"),
+            )
+        })?;
+    }
+    let action = if paused {
+        ActionTaken::Paused
+    } else {
+        ActionTaken::Resumed
+    };
+    act_on(store, name, action, |t| t.paused = paused)
+}
+
+/// Stops acting on a target: it still polls, forecasts and decides, but sends nothing; its
+/// scale and rebalance actions already queued are held (alerts still go). Survives
+/// restarts.
 #[utoipa::path(post, path = "/api/v1/targets/{name}/pause", tag = "actions",
     params(("name" = String, Path, description = "Target name")), security(("bearer" = [])),
-    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 500, description = "The pause could not be recorded", body = ErrorBody)))]
 pub(super) async fn pause(
     State(store): State<Store>,
     Path(name): Path<String>,
 ) -> Result<Json<Action>, ApiError> {
-    act_on(&store, name, ActionTaken::Paused, |t| t.paused = true)
+    set_paused(&store, name, true).await
 }
 
-/// Acts on a paused target again.
+/// Acts on a paused target again; its held actions go out.
 #[utoipa::path(post, path = "/api/v1/targets/{name}/resume", tag = "actions",
     params(("name" = String, Path, description = "Target name")), security(("bearer" = [])),
-    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 500, description = "The resume could not be recorded", body = ErrorBody)))]
 pub(super) async fn resume(
     State(store): State<Store>,
     Path(name): Path<String>,
 ) -> Result<Json<Action>, ApiError> {
-    act_on(&store, name, ActionTaken::Resumed, |t| t.paused = false)
+    set_paused(&store, name, false).await
 }
 
 /// Refits the target's forecast models at its next cycle.

@@ -81,7 +81,8 @@ impl From<&forecast::Point> for Point {
 pub(super) struct Reason {
     /// Stable code. Policies: `Prediction`, `Demand`, `Performance`, `NoData`. Clamps and
     /// conditions: `ScaleDownStabilized`, `ScaleUpStabilized`, `ScaleUpLimit`,
-    /// `ScaleDownLimit`, `TooManyReplicas`, `TooFewReplicas`, `Degraded`, `BudgetLimited`.
+    /// `ScaleDownLimit`, `TooManyReplicas`, `TooFewReplicas`, `Degraded`, `BudgetLimited`,
+    /// `ReplicasUnknown`.
     code: String,
     /// What it means here, for people.
     message: String,

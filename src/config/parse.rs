@@ -247,6 +247,11 @@ pub struct RawTarget {
     pub min_replicas: Option<u32>,
     /// Most replicas.
     pub max_replicas: u32,
+    /// The count running when prescale first manages the target, within
+    /// `min_replicas..=max_replicas`: taken as running until a count is remembered (asked
+    /// for and delivered) or observed. Without it (and without `replicas`), a new target
+    /// asks for nothing until it knows what runs.
+    pub initial_replicas: Option<u32>,
     /// Poll and decide every (default 30s).
     #[serde(default, with = "bounded")]
     pub interval: Option<Duration>,

@@ -79,6 +79,9 @@ pub struct TargetConfig {
     pub min_replicas: u32,
     /// Most replicas (≥ min_replicas, ≥ 1).
     pub max_replicas: u32,
+    /// The count running when prescale first manages the target (within the bounds),
+    /// taken as running until one is remembered or observed.
+    pub initial_replicas: Option<u32>,
     /// Poll and decide every.
     pub interval: Duration,
     /// History to backfill and keep.
@@ -166,6 +169,7 @@ impl TargetConfig {
                 && q.latency.is_some()
                 && q.replicas.is_some(),
             observes_replicas: q.replicas.is_some(),
+            initial_replicas: self.initial_replicas,
             scales: self.platform.is_some(),
             balances: self.balancer.is_some() || self.haproxy.is_some(),
             rebalance: self.rebalance.clone(),
@@ -203,6 +207,7 @@ impl TargetConfig {
             startup,
             min_replicas: 1,
             max_replicas: 1000,
+            initial_replicas: None,
             interval: DEFAULT_INTERVAL,
             history: DEFAULT_HISTORY,
             step: DEFAULT_STEP,
@@ -307,6 +312,7 @@ impl Validator<'_> {
             startup: t.startup,
             min_replicas,
             max_replicas: t.max_replicas,
+            initial_replicas: t.initial_replicas,
             interval: timing.interval,
             history: timing.history,
             step: timing.step,
@@ -400,7 +406,8 @@ impl Validator<'_> {
         }
     }
 
-    /// `min_replicas` (default 1), checked against `max_replicas`.
+    /// `min_replicas` (default 1), checked against `max_replicas`; `initial_replicas`
+    /// within both.
     fn replica_bounds(&self, t: &RawTarget) -> Result<u32, ConfigError> {
         let min_replicas = t.min_replicas.unwrap_or(1);
         if t.max_replicas == 0 {
@@ -414,6 +421,17 @@ impl Validator<'_> {
                 target_key(&t.name, "min_replicas"),
                 format!(
                     "{min_replicas} is above max_replicas {}; expected min_replicas <= max_replicas",
+                    t.max_replicas
+                ),
+            ));
+        }
+        if let Some(n) = t.initial_replicas
+            && !(min_replicas..=t.max_replicas).contains(&n)
+        {
+            return Err(self.err(
+                target_key(&t.name, "initial_replicas"),
+                format!(
+                    "{n} is outside min_replicas..=max_replicas ({min_replicas}..={}); expected the count running now, within the bounds",
                     t.max_replicas
                 ),
             ));

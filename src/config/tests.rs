@@ -39,6 +39,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(t.step, Duration::from_secs(60));
     assert_eq!(t.stale_after, Duration::from_secs(180));
     assert_eq!(t.mode, Mode::Act);
+    assert_eq!(t.initial_replicas, None);
     assert_eq!(c.forecast.level, 0.95);
     assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
 }
@@ -62,6 +63,20 @@ fn errors_name_file_key_and_expectation() {
             "min_replicas = 2",
             "min_replicas = 50",
             &["test.toml", "target[web].min_replicas", "max_replicas"],
+        ),
+        (
+            "max_replicas = 40",
+            "max_replicas = 40\ninitial_replicas = 41",
+            &["test.toml", "target[web].initial_replicas", "41", "2..=40"],
+        ),
+        (
+            "max_replicas = 40",
+            "max_replicas = 40\ninitial_replicas = 1",
+            &[
+                "test.toml",
+                "target[web].initial_replicas",
+                "min_replicas..=max_replicas",
+            ],
         ),
         (
             "name = \"web\"",

@@ -147,6 +147,9 @@ pub enum ReasonCode {
     Degraded,
     /// Lowered by the shared budget.
     BudgetLimited,
+    /// The count running is unknown (no `replicas` sample, or without a `replicas` query
+    /// nothing remembered and no `initial_replicas`): decided and shown, nothing asked for.
+    ReplicasUnknown,
 }
 
 impl ReasonCode {
@@ -166,6 +169,7 @@ impl ReasonCode {
             Self::TooFewReplicas => "TooFewReplicas",
             Self::Degraded => "Degraded",
             Self::BudgetLimited => "BudgetLimited",
+            Self::ReplicasUnknown => "ReplicasUnknown",
         }
     }
 }

@@ -39,6 +39,8 @@ fn policy() -> TargetPolicy {
         capacity_rps: Some(10.0),
         learns_capacity: false,
         observes_replicas: false,
+        // The world of these tests runs one replica when the step first sees it.
+        initial_replicas: Some(1),
         scales: true,
         balances: true,
         rebalance: balance::Settings::default(),
@@ -163,11 +165,13 @@ fn a_drained_instance_whose_series_vanish_is_restored_and_its_weight_sent() {
 fn a_per_instance_signal_without_data_does_not_stop_scale_in() {
     let p = policy();
     let mut w = World::new(&[Signal::RequestRate, Signal::InstanceErrors]);
+    // It asked for 10 an hour ago, and 10 run.
     let mut m = Memory {
         asked: Some(Asked {
             replicas: 10,
             at: -3_600,
         }),
+        running: Some(10),
         ..Memory::default()
     };
     let mut last = None;
@@ -292,7 +296,7 @@ fn forecast_only_sends_nothing() {
     w.observe(Signal::RequestRate, 0, 60.0);
     let plan = w.step(&p, &mut m, 0);
     assert!(!plan.scale);
-    assert_eq!((plan.decision.to, plan.replicas), (6, 6));
+    assert_eq!((plan.decision.to, plan.replicas), (6, Some(6)));
 }
 
 /// Without a capacity the step holds and says why.
@@ -392,4 +396,141 @@ fn no_scale_in_is_asked_again_while_degraded() {
     let plan = w.step(&p, &mut m, 60);
     assert!(plan.scale, "asked again once healthy: {:?}", plan.decision);
     assert_eq!(plan.decision.to, 4);
+}
+
+/// Defect: without a `replicas` query and with nothing remembered, `min_replicas` was taken
+/// as running, so a restart asked "from 1 to 5" while 20 ran. Now the count is unknown:
+/// the step decides and shows, asks for nothing, says `ReplicasUnknown` and is degraded
+/// with what to do; `initial_replicas` lets it act from the count it names.
+#[test]
+fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
+    let mut p = policy();
+    p.initial_replicas = None;
+    let mut w = World::new(&[Signal::RequestRate]);
+    let mut m = Memory::default();
+    for k in 0..3 {
+        let now = k * STEP;
+        w.observe(Signal::RequestRate, now, 200.0);
+        let plan = w.step(&p, &mut m, now);
+        assert!(
+            !plan.scale,
+            "asked from an unknown count: {:?}",
+            plan.decision
+        );
+        let last = plan.decision.reasons.last().expect("reasons");
+        assert_eq!(
+            last.code,
+            ReasonCode::ReplicasUnknown,
+            "{:?}",
+            plan.decision
+        );
+        assert!(plan.replicas.is_none());
+        assert!(
+            plan.degraded.iter().any(|r| r.contains("initial_replicas")),
+            "{:?}",
+            plan.degraded
+        );
+        assert_eq!(
+            m.unknown_running.as_deref(),
+            plan.degraded.last().map(String::as_str)
+        );
+        assert!(m.asked.is_none(), "nothing recorded as asked");
+    }
+    p.initial_replicas = Some(8);
+    let plan = w.step(&p, &mut m, 3 * STEP);
+    assert!(plan.scale, "{:?}", plan.decision);
+    assert_eq!(
+        plan.decision.from, 8,
+        "from the count named: {:?}",
+        plan.decision
+    );
+    assert!(plan.degraded.is_empty() && m.unknown_running.is_none());
+    assert!(
+        plan.decision
+            .reasons
+            .iter()
+            .all(|r| r.code != ReasonCode::ReplicasUnknown)
+    );
+    // Once asked for, that count is what runs; `initial_replicas` is not used again.
+    let asked = plan.decision.to;
+    p.initial_replicas = Some(2);
+    let plan = w.step(&p, &mut m, 4 * STEP);
+    assert_eq!((plan.decision.from, plan.replicas), (asked, Some(asked)));
+}
+
+/// With a `replicas` query, the count is unknown until its first sample (or
+/// `initial_replicas`); a target that sends no scale action (no platform, or
+/// `forecast-only`) is never held for it and shows no degraded reason.
+#[test]
+fn a_replicas_query_without_a_sample_holds_and_targets_that_send_nothing_never_do() {
+    let mut p = policy();
+    p.observes_replicas = true;
+    p.initial_replicas = None;
+    let mut w = World::new(&[Signal::RequestRate, Signal::Replicas]);
+    let mut m = Memory::default();
+    w.observe(Signal::RequestRate, 0, 200.0);
+    let plan = w.step(&p, &mut m, 0);
+    assert!(!plan.scale);
+    assert_eq!(
+        plan.decision.reasons.last().map(|r| r.code),
+        Some(ReasonCode::ReplicasUnknown)
+    );
+    assert!(m.unknown_running.is_none(), "the replicas signal says it");
+    w.observe(Signal::Replicas, STEP, 12.0);
+    w.observe(Signal::RequestRate, STEP, 200.0);
+    let plan = w.step(&p, &mut m, STEP);
+    assert!(
+        plan.scale && plan.decision.from == 12,
+        "{:?}",
+        plan.decision
+    );
+
+    for (mode, scales) in [(Mode::Act, false), (Mode::ForecastOnly, true)] {
+        let mut p = policy();
+        (p.initial_replicas, p.mode, p.scales) = (None, mode, scales);
+        let mut w = World::new(&[Signal::RequestRate]);
+        let mut m = Memory::default();
+        w.observe(Signal::RequestRate, 0, 60.0);
+        let plan = w.step(&p, &mut m, 0);
+        assert!(plan.degraded.is_empty(), "{mode:?}: {:?}", plan.degraded);
+        assert_eq!((plan.decision.from, plan.decision.to), (1, 6), "{mode:?}");
+    }
+}
+
+/// After a restart without a `replicas` query: decisions start from the count last asked
+/// for, and the count remembered as running is what runs; when they differ (the ask was
+/// lost), the count is asked for again once a start-up has passed since it was asked.
+#[test]
+fn a_resumed_target_starts_from_the_count_asked_for_and_repeats_a_lost_ask() {
+    let p = policy();
+    let mut w = World::new(&[Signal::RequestRate]);
+    let mut m = Memory::default();
+    // Asked for 20 long ago (delivered); 20 run; demand needs 20 at 10 rps each.
+    m.resume(
+        &p,
+        Asked {
+            replicas: 20,
+            at: -7_200,
+        },
+        Some(20),
+        0,
+    );
+    w.observe(Signal::RequestRate, 0, 200.0);
+    let plan = w.step(&p, &mut m, 0);
+    assert_eq!((plan.decision.from, plan.replicas), (20, Some(20)));
+    assert!(!plan.scale, "nothing new to ask: {:?}", plan.decision);
+    // Asked for 20 (a dead letter) but only 15 were delivered: 20 is asked for again.
+    let mut m = Memory::default();
+    m.resume(
+        &p,
+        Asked {
+            replicas: 20,
+            at: -7_200,
+        },
+        Some(15),
+        0,
+    );
+    let plan = w.step(&p, &mut m, 0);
+    assert!(plan.scale, "{:?}", plan.decision);
+    assert_eq!((plan.decision.from, plan.decision.to), (20, 20));
 }

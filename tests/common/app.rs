@@ -213,6 +213,11 @@ impl AppProcess {
         self.child.exited()
     }
 
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        self.child.terminate();
+    }
+
     /// Waits until it exits, at most [`STOP_DEADLINE`].
     pub fn wait_exit(&mut self) -> ExitStatus {
         self.child.wait_exit(STOP_DEADLINE)

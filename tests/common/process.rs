@@ -150,6 +150,11 @@ impl ChildGuard {
         assert!(ok, "cannot send SIG{name} to {}", self.what);
     }
 
+    /// Sends SIGTERM (what a service manager sends to stop it) with `kill -TERM`.
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
     /// Waits until it exits by itself, at most `deadline`; panics naming it on timeout.
     #[track_caller]
     pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {

@@ -1,8 +1,9 @@
 //! The pending actions as the worker sees them: by lane (a target and an action kind, so a
 //! receiver), each lane in the order of writing, with the lanes that have an attempt in
-//! flight. Pure data; the worker is its only user.
+//! flight and the targets whose scale and rebalance lanes are held (paused). Pure data;
+//! the worker is its only user.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::{Delivery, DeliveryState};
 use crate::act::ActionKind;
@@ -23,6 +24,9 @@ pub(super) struct Index {
     lanes: HashMap<Lane, BTreeSet<u64>>,
     /// Lanes with an attempt in flight, and the id being attempted.
     busy: HashMap<Lane, u64>,
+    /// Paused targets: their scale and rebalance lanes start no attempt (their actions
+    /// stay pending and can still be superseded); alerts still go.
+    held: HashSet<String>,
 }
 
 impl Index {
@@ -133,10 +137,36 @@ impl Index {
         self.idle_heads().map(|d| d.next_attempt_ms).min()
     }
 
+    /// The pending actions of `target`'s scale and rebalance lanes with no attempt in
+    /// flight, oldest first.
+    pub(super) fn idle_of(&self, target: &str) -> Vec<Delivery> {
+        self.pending
+            .values()
+            .filter(|d| d.target == target && d.kind != ActionKind::Alert)
+            .filter(|d| self.busy.get(&d.lane()) != Some(&d.id))
+            .cloned()
+            .collect()
+    }
+
+    /// Holds (`true`) or releases `target`'s scale and rebalance lanes.
+    pub(super) fn hold(&mut self, target: &str, held: bool) {
+        if held {
+            self.held.insert(target.to_owned());
+        } else {
+            self.held.remove(target);
+        }
+    }
+
+    /// Whether a lane is held: a paused target's scale or rebalance lane. Alerts change
+    /// nothing on the target, so they are never held.
+    fn is_held(&self, (target, kind): &Lane) -> bool {
+        *kind != ActionKind::Alert && self.held.contains(target)
+    }
+
     fn idle_heads(&self) -> impl Iterator<Item = &Delivery> {
         self.lanes
             .iter()
-            .filter(|(lane, _)| !self.busy.contains_key(*lane))
+            .filter(|(lane, _)| !self.busy.contains_key(*lane) && !self.is_held(lane))
             .filter_map(|(_, ids)| ids.first().and_then(|id| self.pending.get(id)))
     }
 }
@@ -221,6 +251,27 @@ mod tests {
         assert_eq!(ix.next_wake(), Some(40));
         assert!(ix.take_due(39, 64).is_empty());
         assert_eq!(ix.take_due(40, 64)[0].attempts, 1);
+    }
+
+    /// A held target's scale and rebalance lanes start nothing, its alerts still go, its
+    /// pending actions are still superseded; released, its heads are due again.
+    #[test]
+    fn held_lanes_wait_until_released() {
+        let mut ix = Index::default();
+        ix.hold("a", true);
+        ix.add(vec![
+            d(1, "a", Scale, true, 0),
+            d(2, "a", Rebalance, false, 0),
+            d(3, "a", ActionKind::Alert, true, 0),
+            d(4, "b", Scale, true, 0),
+        ]);
+        assert_eq!(ids(&ix.take_due(10, 64)), [3, 4]);
+        assert_eq!(ix.next_wake(), None, "held lanes wake nothing");
+        assert_eq!(ix.add(vec![d(5, "a", Scale, true, 0)]), [(1, 5)]);
+        ix.remove(1);
+        ix.hold("a", false);
+        assert_eq!(ix.next_wake(), Some(0));
+        assert_eq!(ids(&ix.take_due(10, 64)), [2, 5]);
     }
 
     /// A newer action of a group supersedes older pending ones, but not one in flight;

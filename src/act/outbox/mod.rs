@@ -21,6 +21,16 @@
 //!   crash is sent again with the same key: delivery is at least once, and exactly once
 //!   for a receiver that drops repeated keys.
 //!
+//! - **Pause holds.** [`Outbox::set_paused`] commits a target's pause; from then on the
+//!   worker starts no attempt of its scale and rebalance actions (they stay pending, can be
+//!   superseded, and go out after it is resumed; their age counts from the resume, so a
+//!   long pause expires nothing). Its alerts still go: they change nothing on the target.
+//!   An attempt already in flight is not called back.
+//! - **Control state.** Per target, the count last asked for (written with the scale
+//!   action), the count last delivered (written with its outcome) and the pause flag live
+//!   in the same file ([`Outbox::control`]) and are never pruned: a restarted process knows
+//!   what it asked for and what runs even after the deliveries were deleted.
+//!
 //! Every state change is committed before the worker acts on it; outcomes that arrive
 //! together are committed in one transaction. The worker reports each finished action to
 //! the [`OutcomeSink`] it is given (`serve` keeps the last one per target in its store).
@@ -44,6 +54,7 @@ mod index;
 mod storage;
 mod worker;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -274,6 +285,32 @@ impl Delivery {
     }
 }
 
+/// A scale action as the control state remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleMark {
+    /// The action's id (higher is newer).
+    pub id: u64,
+    /// The count it asks for.
+    pub replicas: u32,
+    /// When it was decided (its `issued_at`, Unix s).
+    pub at: i64,
+}
+
+/// What the outbox keeps of a target across restarts, never pruned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    /// The newest scale action written (committed with it).
+    #[serde(default)]
+    pub asked: Option<ScaleMark>,
+    /// The newest scale action delivered (committed with its outcome; an older one
+    /// delivered late does not replace it).
+    #[serde(default)]
+    pub delivered: Option<ScaleMark>,
+    /// Acting on the target is paused.
+    #[serde(default)]
+    pub paused: bool,
+}
+
 /// The outcome of a target's last finished delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryRecord {
@@ -404,6 +441,9 @@ struct Shared {
     to_worker: mpsc::UnboundedSender<ToWorker>,
     /// The worker's end, until [`Outbox::worker`] takes it.
     from_handles: Mutex<Option<mpsc::UnboundedReceiver<ToWorker>>>,
+    /// Held while a pause is committed and told to the worker, so the worker learns pauses
+    /// in the order they were committed.
+    pausing: Mutex<()>,
 }
 
 /// What the handles tell the worker.
@@ -412,6 +452,13 @@ enum ToWorker {
     New(Vec<Delivery>),
     /// A dead action put back by hand.
     Retried(Box<Delivery>),
+    /// A target paused or resumed.
+    Paused {
+        /// The target.
+        target: String,
+        /// Whether it is paused now.
+        paused: bool,
+    },
 }
 
 impl Outbox {
@@ -435,6 +482,7 @@ impl Outbox {
                 time: Time::new(clock),
                 to_worker,
                 from_handles: Mutex::new(Some(from_handles)),
+                pausing: Mutex::new(()),
             }),
         })
     }
@@ -528,6 +576,40 @@ impl Outbox {
         Ok(d)
     }
 
+    /// `target`'s control state: the counts last asked for and delivered, and the pause;
+    /// `None` when nothing was ever recorded for it.
+    pub async fn control(&self, target: &str) -> Result<Option<Control>, OutboxError> {
+        let target = target.to_owned();
+        self.blocking(move |s| s.control(&target)).await
+    }
+
+    /// Every target's control state, by name.
+    pub async fn controls(&self) -> Result<BTreeMap<String, Control>, OutboxError> {
+        self.blocking(Storage::controls).await
+    }
+
+    /// Pauses (or resumes) delivering `target`'s scale and rebalance actions: committed
+    /// when this returns (so it survives a restart), then told to the worker, which holds
+    /// the target's pending actions from its next turn (and, on resume, is woken to send
+    /// them).
+    pub async fn set_paused(&self, target: &str, paused: bool) -> Result<(), OutboxError> {
+        let inner = self.inner.clone();
+        let target = target.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _order = inner.pausing.lock().unwrap_or_else(|e| e.into_inner());
+            inner.storage.set_paused(&target, paused)?;
+            // The worker may be gone (shutting down); the flag is on disk for the next start.
+            let _ = inner.to_worker.send(ToWorker::Paused { target, paused });
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            self.inner
+                .storage
+                .error(format!("storage task failed: {e}"))
+        })?
+    }
+
     /// The worker that delivers through `receivers`, counting in `metrics` and reporting
     /// each finished action to `outcomes`, with the pending actions loaded (so that an
     /// unreadable outbox fails here, at start). Only one worker per outbox.
@@ -539,6 +621,11 @@ impl Outbox {
         outcomes: Option<Box<dyn OutcomeSink>>,
     ) -> Result<Worker, OutboxError> {
         let (resumed, dead) = self.blocking(Storage::at_start).await?;
+        let paused = self.controls().await?;
+        let paused = paused
+            .into_iter()
+            .filter_map(|(target, c)| c.paused.then_some(target))
+            .collect();
         let from_handles = self
             .inner
             .from_handles
@@ -556,6 +643,7 @@ impl Outbox {
                 from_handles,
                 resumed,
                 dead,
+                paused,
             },
         ))
     }

@@ -3,16 +3,23 @@
 //! All of it is blocking; the handle runs it on tokio's blocking pool. A record is the
 //! [`Delivery`] as JSON (its enums as their documented names), keyed by id; the names have
 //! not changed since the first version, so files written by older versions open as they are.
+//!
+//! Beside the deliveries, the `control` table keeps each target's [`Control`] (the count
+//! last asked for and last delivered, and whether it is paused), written in the same
+//! transaction as the action or outcome it follows from and never pruned. A file written
+//! before that table existed gets it when opened, filled from the deliveries it still holds.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableTable, TableDefinition};
-use serde::Deserialize;
-use tracing::debug;
+use std::collections::BTreeMap;
 
-use super::{Delivery, DeliveryState, FILE_NAME, OutboxError};
-use crate::act::Action;
+use redb::{Database, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
+use serde::Deserialize;
+use tracing::{debug, info};
+
+use super::{Control, Delivery, DeliveryState, FILE_NAME, OutboxError, ScaleMark};
+use crate::act::{Action, ActionKind};
 
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -20,6 +27,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// made again, e.g. by a restarted process in the same second) is not written twice.
 const KEYS: TableDefinition<&str, u64> = TableDefinition::new("keys");
 const NEXT_ID: &str = "next_id";
+/// Target name → its [`Control`] as JSON. Never pruned.
+const CONTROL: TableDefinition<&str, &[u8]> = TableDefinition::new("control");
 
 /// The few fields a listing filters on, read without decoding the whole record.
 #[derive(Deserialize)]
@@ -150,6 +159,7 @@ impl Storage {
             let mut meta = txn.open_table(META).map_err(self.db())?;
             let mut table = txn.open_table(DELIVERIES).map_err(self.db())?;
             let mut keys = txn.open_table(KEYS).map_err(self.db())?;
+            let mut control = txn.open_table(CONTROL).map_err(self.db())?;
             let mut next = meta
                 .get(NEXT_ID)
                 .map_err(self.db())?
@@ -166,6 +176,14 @@ impl Storage {
                 table
                     .insert(next, encode(&d).as_slice())
                     .map_err(self.db())?;
+                if let Action::Scale(s) = a {
+                    let asked = ScaleMark {
+                        id: next,
+                        replicas: s.to,
+                        at: s.issued_at,
+                    };
+                    self.update_control(&mut control, &s.target, |c| c.asked = Some(asked))?;
+                }
                 out.push(d);
                 next += 1;
             }
@@ -247,7 +265,8 @@ impl Storage {
         Ok(d)
     }
 
-    /// Overwrites `records` in one transaction.
+    /// Overwrites `records` in one transaction; a delivered scale action becomes its
+    /// target's count last delivered, unless a newer one was delivered already.
     pub(super) fn write(&self, records: &[Delivery]) -> Result<(), OutboxError> {
         let txn = self.db.begin_write().map_err(self.db())?;
         {
@@ -257,6 +276,93 @@ impl Storage {
                     .insert(d.id, encode(d).as_slice())
                     .map_err(self.db())?;
             }
+            self.mark_delivered(&txn, records)?;
+        }
+        txn.commit().map_err(self.db())
+    }
+
+    /// Records each delivered scale action in `records` as its target's count last
+    /// delivered, if it is newer (a higher id) than the one recorded: a late delivery of an
+    /// older action (a dead letter retried) never replaces a newer count.
+    fn mark_delivered(
+        &self,
+        txn: &WriteTransaction,
+        records: &[Delivery],
+    ) -> Result<(), OutboxError> {
+        let delivered: Vec<(&str, ScaleMark)> = records
+            .iter()
+            .filter(|d| d.state == DeliveryState::Delivered)
+            .filter_map(|d| Some((d.target.as_str(), scale_mark(d)?)))
+            .collect();
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let mut control = txn.open_table(CONTROL).map_err(self.db())?;
+        for (target, mark) in delivered {
+            self.update_control(&mut control, target, |c| {
+                if c.delivered.is_none_or(|old| old.id < mark.id) {
+                    c.delivered = Some(mark);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads `target`'s control record in `table`, changes it with `f` and writes it back.
+    fn update_control(
+        &self,
+        table: &mut Table<'_, &str, &[u8]>,
+        target: &str,
+        f: impl FnOnce(&mut Control),
+    ) -> Result<(), OutboxError> {
+        let mut c = match table.get(target).map_err(self.db())? {
+            Some(v) => self.decode_control(target, v.value())?,
+            None => Control::default(),
+        };
+        f(&mut c);
+        table
+            .insert(target, encode_control(&c).as_slice())
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    fn decode_control(&self, target: &str, bytes: &[u8]) -> Result<Control, OutboxError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            self.error(format!(
+                "the control record of target `{target}` is not readable: {e}"
+            ))
+        })
+    }
+
+    /// `target`'s control state, if anything was ever recorded for it.
+    pub(super) fn control(&self, target: &str) -> Result<Option<Control>, OutboxError> {
+        let txn = self.db.begin_read().map_err(self.db())?;
+        let table = txn.open_table(CONTROL).map_err(self.db())?;
+        let found = table.get(target).map_err(self.db())?;
+        found
+            .map(|v| self.decode_control(target, v.value()))
+            .transpose()
+    }
+
+    /// Every target's control state, by name.
+    pub(super) fn controls(&self) -> Result<BTreeMap<String, Control>, OutboxError> {
+        let txn = self.db.begin_read().map_err(self.db())?;
+        let table = txn.open_table(CONTROL).map_err(self.db())?;
+        let mut out = BTreeMap::new();
+        for item in table.iter().map_err(self.db())? {
+            let (k, v) = item.map_err(self.db())?;
+            let target = k.value();
+            out.insert(target.to_owned(), self.decode_control(target, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Sets whether `target` is paused, committed when this returns.
+    pub(super) fn set_paused(&self, target: &str, paused: bool) -> Result<(), OutboxError> {
+        let txn = self.db.begin_write().map_err(self.db())?;
+        {
+            let mut control = txn.open_table(CONTROL).map_err(self.db())?;
+            self.update_control(&mut control, target, |c| c.paused = paused)?;
         }
         txn.commit().map_err(self.db())
     }
@@ -327,19 +433,83 @@ impl<E: Into<redb::Error>> From<E> for DbError {
     }
 }
 
-/// Creates the tables.
+/// Creates the tables; a file written before the `control` table existed gets it, filled
+/// from its deliveries (see [`migrate_control`]).
 fn init(db: &Database) -> Result<(), DbError> {
     let txn = db.begin_write()?;
+    let had_control = txn.list_tables()?.any(|t| t.name() == CONTROL.name());
     txn.open_table(DELIVERIES)?;
     txn.open_table(META)?;
     txn.open_table(KEYS)?;
+    txn.open_table(CONTROL)?;
+    if !had_control {
+        migrate_control(&txn)?;
+    }
     txn.commit()?;
     Ok(())
+}
+
+/// Fills the `control` table of a file written by an older version from the deliveries
+/// it still holds: per target, the newest scale action delivered or pending is the count
+/// last asked for, and the newest delivered one the count last delivered. (Older versions
+/// found the count this way at every start; what retention pruned is lost to both.)
+/// Records that cannot be read are left for the start to report.
+fn migrate_control(txn: &WriteTransaction) -> Result<(), DbError> {
+    let mut found: BTreeMap<String, Control> = BTreeMap::new();
+    {
+        let table = txn.open_table(DELIVERIES)?;
+        for item in table.iter()?.rev() {
+            let (_, v) = item?;
+            let Ok(d) = serde_json::from_slice::<Delivery>(v.value()) else {
+                continue;
+            };
+            let Some(mark) = scale_mark(&d) else {
+                continue;
+            };
+            let c = found.entry(d.target.clone()).or_default();
+            let live = matches!(d.state, DeliveryState::Delivered | DeliveryState::Pending);
+            if live && c.asked.is_none() {
+                c.asked = Some(mark);
+            }
+            if d.state == DeliveryState::Delivered && c.delivered.is_none() {
+                c.delivered = Some(mark);
+            }
+        }
+    }
+    let mut control = txn.open_table(CONTROL)?;
+    for (target, c) in &found {
+        control.insert(target.as_str(), encode_control(c).as_slice())?;
+    }
+    if !found.is_empty() {
+        info!(
+            targets = found.len(),
+            "control state taken from the deliveries of an older outbox file"
+        );
+    }
+    Ok(())
+}
+
+/// The count and decision time of a scale action, read from its body.
+fn scale_mark(d: &Delivery) -> Option<ScaleMark> {
+    if d.kind != ActionKind::Scale {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&d.body).ok()?;
+    Some(ScaleMark {
+        id: d.id,
+        replicas: u32::try_from(v.get("to")?.as_u64()?).ok()?,
+        at: v.get("issued_at")?.as_i64()?,
+    })
 }
 
 fn encode(d: &Delivery) -> Vec<u8> {
     // Strings, numbers and enums only: serialising cannot fail.
     serde_json::to_vec(d).unwrap_or_default()
+}
+
+fn encode_control(c: &Control) -> Vec<u8> {
+    // Numbers and a flag only: serialising cannot fail.
+    serde_json::to_vec(c).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -407,5 +577,154 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(ids(&dead, 0, 10), (vec![], false));
+    }
+
+    fn scale(target: &str, to: u32, at: i64) -> Action {
+        Action::Scale(crate::act::ScaleAction {
+            target: target.into(),
+            from: 1,
+            to,
+            reasons: Vec::new(),
+            peak: None,
+            model: None,
+            issued_at: at,
+        })
+    }
+
+    fn mark(id: u64, replicas: u32, at: i64) -> Option<ScaleMark> {
+        Some(ScaleMark { id, replicas, at })
+    }
+
+    /// The count asked for is written with its scale action, in the same transaction;
+    /// other kinds and other targets leave it alone.
+    #[test]
+    fn the_count_asked_for_is_written_with_the_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        assert_eq!(s.control("web").unwrap(), None);
+        s.insert(&[scale("web", 5, 100), scale("api", 3, 100)], 0)
+            .unwrap();
+        let rebalance = Action::Rebalance(crate::act::RebalanceAction {
+            target: "web".into(),
+            weights: [("x".to_owned(), 1)].into(),
+            issued_at: 110,
+        });
+        s.insert(&[scale("web", 8, 120), rebalance], 0).unwrap();
+        let web = s.control("web").unwrap().unwrap();
+        assert_eq!(
+            (web.asked, web.delivered, web.paused),
+            (mark(3, 8, 120), None, false)
+        );
+        assert_eq!(s.control("api").unwrap().unwrap().asked, mark(2, 3, 100));
+        // An identical action (same key) is not written again, nor counted as asked.
+        s.insert(&[scale("web", 5, 100)], 0).unwrap();
+        assert_eq!(s.control("web").unwrap().unwrap().asked, mark(3, 8, 120));
+    }
+
+    /// A delivered scale action is the count last delivered only if newer than the one
+    /// recorded; failed and superseded outcomes change nothing; both survive pruning.
+    #[test]
+    fn the_count_delivered_is_only_replaced_by_a_newer_one_and_survives_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let written = s
+            .insert(&[scale("web", 5, 100), scale("web", 9, 160)], 0)
+            .unwrap();
+        let finish = |d: &Delivery, state: DeliveryState| {
+            let mut d = d.clone();
+            d.state = state;
+            d.finished_at_ms = Some(1_000);
+            d
+        };
+        s.write(&[finish(&written[1], DeliveryState::Delivered)])
+            .unwrap();
+        assert_eq!(
+            s.control("web").unwrap().unwrap().delivered,
+            mark(2, 9, 160)
+        );
+        // The older one delivered late (a dead letter retried): still 9.
+        s.write(&[finish(&written[0], DeliveryState::Delivered)])
+            .unwrap();
+        assert_eq!(
+            s.control("web").unwrap().unwrap().delivered,
+            mark(2, 9, 160)
+        );
+        let later = s.insert(&[scale("web", 4, 200)], 0).unwrap();
+        s.write(&[finish(&later[0], DeliveryState::Dead)]).unwrap();
+        let c = s.control("web").unwrap().unwrap();
+        assert_eq!((c.asked, c.delivered), (mark(3, 4, 200), mark(2, 9, 160)));
+        assert_eq!(
+            s.prune(i64::MAX).unwrap(),
+            2,
+            "both delivered records pruned"
+        );
+        assert!(matches!(s.get(2), Err(OutboxError::NotFound(2))));
+        assert_eq!(
+            s.control("web").unwrap().unwrap(),
+            c,
+            "the control state stays"
+        );
+    }
+
+    /// The pause flag is committed, read back, kept beside the counts, and survives
+    /// reopening the file.
+    #[test]
+    fn the_pause_is_kept_across_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path()).unwrap();
+            s.insert(&[scale("web", 5, 100)], 0).unwrap();
+            s.set_paused("web", true).unwrap();
+            s.set_paused("api", true).unwrap();
+            s.set_paused("api", false).unwrap();
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        let all = s.controls().unwrap();
+        assert_eq!(all.keys().collect::<Vec<_>>(), ["api", "web"]);
+        assert!(all["web"].paused && !all["api"].paused);
+        assert_eq!(all["web"].asked, mark(1, 5, 100), "the count is kept");
+    }
+
+    /// A file written before the `control` table existed opens, and its control state is
+    /// taken from its deliveries: the newest delivered or pending scale action is the
+    /// count asked for (a dead one is not), the newest delivered one the count delivered.
+    #[test]
+    fn a_file_without_the_control_table_opens_with_the_counts_of_its_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(DELIVERIES).unwrap();
+                let states = [
+                    (1, "web", 5, DeliveryState::Delivered),
+                    (2, "web", 9, DeliveryState::Pending),
+                    (3, "web", 2, DeliveryState::Dead),
+                    (4, "api", 7, DeliveryState::Delivered),
+                ];
+                for (id, target, to, state) in states {
+                    let a = scale(target, to, 100 + id as i64);
+                    let mut d = Delivery::pending(id, &a, format!("k{id}"), 0);
+                    d.state = state;
+                    t.insert(id, encode(&d).as_slice()).unwrap();
+                }
+                txn.open_table(META).unwrap().insert(NEXT_ID, 5).unwrap();
+                txn.open_table(KEYS).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        let web = s.control("web").unwrap().unwrap();
+        assert_eq!(
+            (web.asked, web.delivered),
+            (mark(2, 9, 102), mark(1, 5, 101))
+        );
+        assert_eq!(s.control("api").unwrap().unwrap().asked, mark(4, 7, 104));
+        assert_eq!(
+            s.at_start().unwrap().0.len(),
+            1,
+            "its deliveries read as before"
+        );
     }
 }

@@ -84,6 +84,8 @@ pub(super) struct Parts {
     pub(super) resumed: Vec<Delivery>,
     /// Dead at start.
     pub(super) dead: i64,
+    /// Targets paused at start.
+    pub(super) paused: Vec<String>,
 }
 
 /// How an action's turn ended, before it is written down.
@@ -158,6 +160,10 @@ pub struct Worker {
 
 impl Worker {
     pub(super) fn new(outbox: Outbox, parts: Parts) -> Self {
+        let mut index = Index::default();
+        for target in &parts.paused {
+            index.hold(target, true);
+        }
         Self {
             outbox,
             settings: parts.settings,
@@ -165,7 +171,7 @@ impl Worker {
             metrics: parts.metrics,
             outcomes: parts.outcomes,
             from_handles: parts.from_handles,
-            index: Index::default(),
+            index,
             resumed: parts.resumed,
             dead: parts.dead,
         }
@@ -231,18 +237,57 @@ impl Worker {
     /// Takes new and retried actions from the handles: `first` and any others waiting.
     async fn take_messages(&mut self, first: ToWorker) {
         let mut records = Vec::new();
+        let mut released = Vec::new();
         let mut take = |msg| match msg {
             ToWorker::New(new) => records.extend(new),
             ToWorker::Retried(d) => {
                 self.dead -= 1;
                 records.push(*d);
             }
+            ToWorker::Paused { target, paused } => {
+                debug!(target = %target, paused, "lanes held or released");
+                self.index.hold(&target, paused);
+                if !paused {
+                    released.push(target);
+                }
+            }
         };
         take(first);
         while let Ok(more) = self.from_handles.try_recv() {
             take(more);
         }
+        for target in released {
+            self.release(&target).await;
+        }
         self.admit(records).await;
+    }
+
+    /// A paused target was resumed: the age of its actions that waited counts from now, so
+    /// a long pause does not expire them (`max_age` is for receivers that do not take
+    /// them, not for a pause). Written before they are attempted.
+    async fn release(&mut self, target: &str) {
+        let now = self.time().now_ms();
+        let waited: Vec<Delivery> = self
+            .index
+            .idle_of(target)
+            .into_iter()
+            .map(|mut d| {
+                d.age_from_ms = d.age_from_ms.max(now);
+                d
+            })
+            .collect();
+        if waited.is_empty() {
+            return;
+        }
+        let to_write = waited.clone();
+        if let Err(e) = self.outbox.blocking(move |s| s.write(&to_write)).await {
+            // Kept in the index all the same: the file's older age only matters after a
+            // restart, when it is held or expired as it would have been.
+            warn!(target = %target, error = %e, "cannot record the age of resumed actions");
+        }
+        for d in waited {
+            self.index.update(d);
+        }
     }
 
     /// Takes the actions pending at start into the index.

@@ -1,0 +1,365 @@
+//! The `prescale` binary restarted under load, against a real Prometheus (filled by
+//! `promtool` from the NASA trace) and a real HTTP receiver as the platform.
+//!
+//! A target settles at a count well above `min_replicas` (about 20), with that count
+//! delivered and nothing pending; it is stopped (`kill -9` or SIGTERM), its outbox is
+//! pruned as it would be after holding that count longer than the retention, and it is
+//! restarted with a slightly smaller capacity per replica, so that it asks for more at
+//! once. The first webhook after the restart must start from the count asked for before
+//! it, and no decision or webhook may ask for fewer: with and without a `replicas` query.
+//! A paused target stays paused across a `kill -9` and asks for nothing until resumed.
+//!
+//! Nothing sleeps: every step waits on a condition with a deadline.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{AppProcess, Prometheus, Receiver, Reply, TempConfig, TestConfig, TestTarget};
+use common::{free_addr, poll_until};
+use prescale::act::Receivers;
+use prescale::act::outbox::{Outbox, Settings};
+use prescale::act::webhook::WebhookSender;
+use prescale::clock::Clock;
+use prescale::config::DeliveryConfig;
+use prescale::metrics::Metrics;
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+const SECRET: &str = "restart-secret";
+const TOKEN: &str = "restart-token";
+/// Requests/s one replica serves before the restart (about 20 replicas for the trace's
+/// last day), and after it (25% more replicas needed).
+const CAPACITY: f64 = 0.05;
+const CAPACITY_AFTER: f64 = 0.04;
+/// The platform's own count when it is observed: one replica per `CAPACITY` rps of demand.
+const REPLICAS_QUERY: &str = r#"ceil(sum(rate(http_requests_total{job="web"}[5m])) / 0.05)"#;
+
+/// How prescale is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// The configuration: one target `web` scaled through `receiver`, deciding every second.
+/// Without a `replicas` query it is told that its platform runs 20 replicas when it starts
+/// managing it (`initial_replicas`); once it has asked for a count that is ignored.
+fn config(prom: &str, receiver: &Receiver, observed: bool, capacity: f64) -> TestConfig {
+    let target = TestTarget::new("web", common::RATE_QUERY)
+        .set("capacity_rps", capacity)
+        .set("startup", "1m")
+        .set("min_replicas", 1)
+        .set("max_replicas", 100)
+        .set("interval", "1s")
+        .set("history", "6h")
+        .platform(&receiver.url("/scale"), "secret");
+    let target = if observed {
+        target.set("replicas", REPLICAS_QUERY)
+    } else {
+        target.set("initial_replicas", 20)
+    };
+    TestConfig::new()
+        .prometheus(prom)
+        .listen(free_addr())
+        .set("server", "api_token_file", "token")
+        .target(target)
+}
+
+/// Starts `prescale serve` on `cfg` (written over the file, on a fresh port).
+fn serve(cfg: &TempConfig, config: &TestConfig) -> AppProcess {
+    let listen = free_addr();
+    config.clone().listen(listen).write_over(cfg);
+    AppProcess::serve(cfg, listen)
+}
+
+/// The scale webhooks the receiver accepted, as `(from, to)`, in order.
+fn scales(receiver: &Receiver) -> Vec<(u64, u64)> {
+    receiver
+        .accepted()
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["kind"] == "scale")
+        .filter_map(|b| Some((b["from"].as_u64()?, b["to"].as_u64()?)))
+        .collect()
+}
+
+/// Waits until the target holds the count its policies want, well above `min_replicas`,
+/// accepted by the receiver, with nothing pending: the count last asked for, no ask in
+/// flight.
+fn settled(app: &AppProcess, receiver: &Receiver) -> u64 {
+    poll_until("a held count, delivered, nothing pending", DEADLINE, || {
+        let d = app.get_json("/api/v1/decisions?target=web&limit=1")?;
+        let d = d["decisions"].as_array()?.first()?.clone();
+        let pending = app.get_json("/api/v1/deliveries?state=pending")?;
+        let to = d["to"].as_u64()?;
+        // Held at the count its policies want, not on the way there.
+        let reasons = d["reasons"].to_string();
+        let wanted = !reasons.contains("Limit") && !reasons.contains("Stabilized");
+        let held = d["from"].as_u64() == Some(to) && to >= 10 && wanted;
+        let delivered = scales(receiver).last().map(|s| s.1) == Some(to);
+        (held && delivered && pending["deliveries"].as_array()?.is_empty()).then_some(to)
+    })
+}
+
+/// Stops `app` as `stop` says and checks how it ended.
+fn stop(app: &mut AppProcess, stop: Stop) {
+    match stop {
+        Stop::Kill => assert!(!app.kill().success(), "killed"),
+        Stop::Term => {
+            app.terminate();
+            let status = app.wait_exit();
+            assert!(status.success(), "SIGTERM stops gracefully: {status}");
+        }
+    }
+}
+
+/// What retention does to a count held for longer than it: the outbox is opened eight
+/// days later and its own worker, with the default retention of seven days, deletes every
+/// finished delivery at its start. Nothing is pending, so nothing is sent.
+fn prune_as_after_a_week(state: &Path) {
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    rt.block_on(async {
+        let later = Clock::accelerated(Clock::system().now() + 8 * 86_400, 1.0);
+        let outbox = Outbox::open_with_clock(state, later).expect("open the outbox");
+        let delivery = DeliveryConfig::default();
+        let sender = WebhookSender::with_builder(delivery, reqwest::Client::builder().no_proxy())
+            .expect("client");
+        let settings = Settings {
+            delivery,
+            retention: Duration::from_secs(7 * 86_400),
+        };
+        let receivers = Receivers::from_routes(Vec::new(), sender);
+        let worker = outbox
+            .worker(settings, receivers, &Metrics::new(), None)
+            .await
+            .expect("a worker");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(worker.run(stopped));
+        common::poll_until_async("the deliveries to be pruned", DEADLINE, || async {
+            let left = outbox.list(None, None, 10).await.expect("list");
+            left.is_empty().then_some(())
+        })
+        .await;
+        let _ = stop.send(true);
+        task.await.expect("the worker stops");
+    });
+}
+
+/// The decisions made after `since` (Unix s), oldest first.
+fn decisions_after(app: &AppProcess, since: i64) -> Option<Vec<Value>> {
+    let b = app.get_json("/api/v1/decisions?target=web&limit=1000")?;
+    let mut d: Vec<Value> = b["decisions"]
+        .as_array()?
+        .iter()
+        .filter(|d| d["at"].as_i64() > Some(since))
+        .cloned()
+        .collect();
+    d.reverse();
+    Some(d)
+}
+
+/// One restart: settle, stop, prune, restart needing more; the first webhook after the
+/// restart starts from the count asked for before it, and nothing asks for fewer.
+fn restart_never_scales_in(how: Stop, observed: bool) {
+    let case = format!("{how:?}, replicas query: {observed}");
+    let prom = Prometheus::backfilled(1);
+    let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
+    let cfg = config(&prom.url(), &receiver, observed, CAPACITY).write();
+    cfg.write_file("secret", SECRET);
+    cfg.write_file("token", TOKEN);
+    let before = config(&prom.url(), &receiver, observed, CAPACITY);
+    let mut app = serve(&cfg, &before);
+    let last = settled(&app, &receiver);
+    let sent = scales(&receiver).len();
+    stop(&mut app, how);
+    prune_as_after_a_week(&cfg.dir().join("state"));
+
+    let stopped_at = common::now_secs();
+    let after = config(&prom.url(), &receiver, observed, CAPACITY_AFTER);
+    let app = serve(&cfg, &after);
+    let (from, to) = poll_until("a scale webhook after the restart", DEADLINE, || {
+        scales(&receiver).get(sent).copied()
+    });
+    assert_eq!(from, last, "{case}: the first webhook after the restart");
+    assert!(to > last, "{case}: it asks for more: {from} → {to}");
+    let decisions = poll_until("three decisions after the restart", DEADLINE, || {
+        decisions_after(&app, stopped_at).filter(|d| d.len() >= 3)
+    });
+    assert_eq!(
+        decisions[0]["from"].as_u64(),
+        Some(last),
+        "{case}: {}",
+        decisions[0]
+    );
+    for d in &decisions {
+        assert!(d["to"].as_u64() >= Some(last), "{case}: scaled in: {d}");
+    }
+    let webhooks = scales(&receiver);
+    assert!(
+        webhooks[sent..].iter().all(|&(_, to)| to >= last),
+        "{case}: webhooks after the restart: {:?} (asked for {last} before)",
+        &webhooks[sent..]
+    );
+}
+
+/// Defect: a target without a `replicas` query restarted by `kill -9` asked "from 1",
+/// having forgotten the count it ran at (the deliveries it was read from were pruned).
+#[test]
+fn kill_9_without_a_replicas_query_resumes_from_the_count_delivered() {
+    restart_never_scales_in(Stop::Kill, false);
+}
+
+/// The same restart by SIGTERM.
+#[test]
+fn sigterm_without_a_replicas_query_resumes_from_the_count_delivered() {
+    restart_never_scales_in(Stop::Term, false);
+}
+
+/// With a `replicas` query, a restart by `kill -9` also starts from the count asked for.
+#[test]
+fn kill_9_with_a_replicas_query_starts_from_the_count_asked_for() {
+    restart_never_scales_in(Stop::Kill, true);
+}
+
+/// The same restart by SIGTERM.
+#[test]
+fn sigterm_with_a_replicas_query_starts_from_the_count_asked_for() {
+    restart_never_scales_in(Stop::Term, true);
+}
+
+/// `POST path` with the API token (plain HTTP/1.0); panics unless answered 200.
+fn post(app: &AppProcess, path: &str) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(app.addr).expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n",
+        app.addr
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "POST {path}: {answer}"
+    );
+}
+
+/// Defect: the pause was forgotten on restart, and the restarted process acted at once.
+/// Paused, then `kill -9`: restarted needing more replicas, it is still paused, decides
+/// and asks for nothing; resumed, it asks from the count it held.
+#[test]
+fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
+    let prom = Prometheus::backfilled(1);
+    let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
+    let cfg = config(&prom.url(), &receiver, false, CAPACITY).write();
+    cfg.write_file("secret", SECRET);
+    cfg.write_file("token", TOKEN);
+    let mut app = serve(&cfg, &config(&prom.url(), &receiver, false, CAPACITY));
+    let last = settled(&app, &receiver);
+    post(&app, "/api/v1/targets/web/pause");
+    stop(&mut app, Stop::Kill);
+    let sent = scales(&receiver).len();
+
+    let stopped_at = common::now_secs();
+    let app = serve(&cfg, &config(&prom.url(), &receiver, false, CAPACITY_AFTER));
+    let decisions = poll_until("three decisions after the restart", DEADLINE, || {
+        decisions_after(&app, stopped_at).filter(|d| d.len() >= 3)
+    });
+    let t = app.get_json("/api/v1/targets/web").expect("the target");
+    assert_eq!(t["paused"], true, "still paused: {t}");
+    assert!(
+        decisions.iter().any(|d| d["to"].as_u64() > Some(last)),
+        "it would ask for more: {decisions:?}"
+    );
+    let written = app
+        .get_json("/api/v1/deliveries?target=web&state=pending")
+        .expect("deliveries");
+    assert_eq!(
+        written["deliveries"],
+        serde_json::json!([]),
+        "nothing written"
+    );
+    assert_eq!(scales(&receiver).len(), sent, "nothing sent while paused");
+
+    post(&app, "/api/v1/targets/web/resume");
+    let (from, to) = poll_until("a scale webhook after the resume", DEADLINE, || {
+        scales(&receiver).get(sent).copied()
+    });
+    assert_eq!((from, to > last), (last, true), "{from} → {to}");
+}
+
+/// Defect: a target without a `replicas` query and nothing remembered took `min_replicas`
+/// as running and asked "from 1". Now its running count is unknown: it decides and shows
+/// (`ReplicasUnknown`), is degraded with a reason naming `initial_replicas`, and asks for
+/// nothing; restarted with `initial_replicas`, it asks from that count.
+#[test]
+fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
+    let prom = Prometheus::backfilled(1);
+    let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
+    let unknown = TestConfig::new().prometheus(&prom.url()).target(
+        TestTarget::new("web", common::RATE_QUERY)
+            .set("capacity_rps", CAPACITY)
+            .set("startup", "1m")
+            .set("max_replicas", 100)
+            .set("interval", "1s")
+            .set("history", "6h")
+            .platform(&receiver.url("/scale"), "secret"),
+    );
+    let cfg = unknown.write();
+    cfg.write_file("secret", SECRET);
+    let mut app = serve(&cfg, &unknown);
+    let decisions = poll_until("three decisions", DEADLINE, || {
+        decisions_after(&app, 0).filter(|d| d.len() >= 3)
+    });
+    for d in &decisions {
+        let codes = d["reasons"].to_string();
+        assert!(codes.contains("ReplicasUnknown"), "{d}");
+    }
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["to"].as_u64() > d["from"].as_u64()),
+        "it would scale: {decisions:?}"
+    );
+    let t = app.get_json("/api/v1/targets/web").expect("the target");
+    assert_eq!(t["status"], "degraded", "{t}");
+    assert!(
+        t["degraded_reasons"]
+            .to_string()
+            .contains("initial_replicas"),
+        "says what to do: {t}"
+    );
+    let written = app.get_json("/api/v1/deliveries").expect("deliveries");
+    assert_eq!(
+        written["deliveries"],
+        serde_json::json!([]),
+        "nothing written"
+    );
+    assert!(scales(&receiver).is_empty(), "nothing sent");
+    stop(&mut app, Stop::Term);
+
+    let named = TestConfig::new().prometheus(&prom.url()).target(
+        TestTarget::new("web", common::RATE_QUERY)
+            .set("capacity_rps", CAPACITY)
+            .set("startup", "1m")
+            .set("max_replicas", 100)
+            .set("initial_replicas", 8)
+            .set("interval", "1s")
+            .set("history", "6h")
+            .platform(&receiver.url("/scale"), "secret"),
+    );
+    let app = serve(&cfg, &named);
+    let (from, to) = poll_until("a scale webhook", DEADLINE, || {
+        scales(&receiver).first().copied()
+    });
+    assert_eq!(from, 8, "from the count named: {from} → {to}");
+    let t = app.get_json("/api/v1/targets/web").expect("the target");
+    assert!(
+        !t["degraded_reasons"]
+            .to_string()
+            .contains("initial_replicas"),
+        "{t}"
+    );
+}
