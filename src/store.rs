@@ -123,6 +123,9 @@ pub struct TargetState {
     pub paused: bool,
     /// A refit was asked for (`POST …/refit`); the pipeline clears it when it refits.
     pub refit_requested: bool,
+    /// Why the target's last actions could not be written to the outbox (naming the file
+    /// and the error), until the outbox can be written again: the target is degraded.
+    pub write_error: Option<String>,
 }
 
 impl TargetState {
@@ -152,6 +155,7 @@ impl TargetState {
             last_delivery: None,
             paused: false,
             refit_requested: false,
+            write_error: None,
             config,
         }
     }
@@ -167,9 +171,13 @@ impl TargetState {
     }
 
     /// Why scaling is degraded at `now`: one line per missing, failing or stale
-    /// target-level signal; empty when healthy (see [`step::degraded_reasons`]).
+    /// target-level signal (see [`step::degraded_reasons`]), and the outbox's error while
+    /// the target's actions cannot be written; empty when healthy.
     pub fn degraded_reasons(&self, now: i64) -> Vec<String> {
-        step::degraded_reasons(&self.signals, now, self.config.stale_after.as_secs() as i64)
+        let mut reasons =
+            step::degraded_reasons(&self.signals, now, self.config.stale_after.as_secs() as i64);
+        reasons.extend(self.write_error.clone());
+        reasons
     }
 
     /// The first state that applies: backfilling, degraded, paused, budget-limited, ok.
@@ -199,7 +207,8 @@ impl TargetState {
 pub enum TargetStatus {
     /// History is still being loaded.
     Backfilling,
-    /// A target-level signal is missing, failing or stale: no scale-in.
+    /// A target-level signal is missing, failing or stale (no scale-in), or its actions
+    /// cannot be written to the outbox.
     Degraded,
     /// Acting is paused.
     Paused,
