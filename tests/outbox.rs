@@ -451,6 +451,27 @@ impl Api {
         (status, r.json::<Value>().await.unwrap_or(Value::Null))
     }
 
+    /// `method path` with the token: asserts it answers `status` with the error `code`;
+    /// returns the error's message.
+    async fn refused(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        status: u16,
+        code: &str,
+    ) -> String {
+        let (st, b) = self.send(method, path, true).await;
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {b}"
+        );
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// POST `/api/v1/deliveries/{id}/retry`, with the token or without: the status.
     async fn retry(&self, id: u64, with_token: bool) -> u16 {
         let url = format!("{}/api/v1/deliveries/{id}/retry", self.base);
@@ -597,13 +618,7 @@ async fn a_stale_retry_is_refused_and_a_dead_letter_is_discarded() {
     .await;
 
     let retry = format!("/api/v1/deliveries/{old}/retry");
-    let (status, b) = api.send(Method::POST, &retry, true).await;
-    assert_eq!(
-        (status, b["error"]["code"].as_str()),
-        (409, Some("superseded")),
-        "{b}"
-    );
-    let message = b["error"]["message"].as_str().unwrap_or_default();
+    let message = api.refused(Method::POST, &retry, 409, "superseded").await;
     assert!(message.contains(&format!("delivery {new}")), "{message}");
     assert_eq!(state_of(old).await.as_deref(), Some("dead"));
     let sent: Vec<Value> = receiver
@@ -633,30 +648,14 @@ async fn a_stale_retry_is_refused_and_a_dead_letter_is_discarded() {
     })
     .await;
     for (id, state) in [(old, "discarded"), (new, "delivered")] {
-        let (status, b) = api
-            .send(Method::DELETE, &format!("/api/v1/deliveries/{id}"), true)
-            .await;
-        assert_eq!(
-            (status, b["error"]["code"].as_str()),
-            (409, Some("not_dead")),
-            "{b}"
-        );
-        let message = b["error"]["message"].as_str().unwrap_or_default();
+        let path = format!("/api/v1/deliveries/{id}");
+        let message = api.refused(Method::DELETE, &path, 409, "not_dead").await;
         assert!(message.contains(state), "{message}");
     }
-    let (status, b) = api.send(Method::POST, &retry, true).await;
-    assert_eq!(
-        (status, b["error"]["code"].as_str()),
-        (409, Some("not_dead")),
-        "{b}"
-    );
-    let (status, b) = api
-        .send(Method::DELETE, "/api/v1/deliveries/999999", true)
+    api.refused(Method::POST, &retry, 409, "not_dead").await;
+    let unknown = "/api/v1/deliveries/999999";
+    api.refused(Method::DELETE, unknown, 404, "unknown_delivery")
         .await;
-    assert_eq!(
-        (status, b["error"]["code"].as_str()),
-        (404, Some("unknown_delivery"))
-    );
     assert_eq!(receiver.requests().len(), 2, "nothing more was sent");
     run.stop().await;
 }
