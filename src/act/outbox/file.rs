@@ -129,7 +129,8 @@ impl File {
             // Closed first: the file is locked while open.
             *open = None;
             *open = Some(Storage::reopen(&self.path)?);
-            info!(path = %self.path.display(), "outbox reopened after an I/O error");
+            // Every operation while the fault lasts: the fault itself is logged once.
+            debug!(path = %self.path.display(), "outbox reopened after an I/O error");
         }
         drop(open);
         Ok(read())
@@ -160,7 +161,7 @@ impl File {
             if let Some(m) = self.metrics.get() {
                 m.healthy.set(1);
             }
-            info!(path = %self.path.display(), "the outbox can be written again");
+            info!(path = %self.path.display(), "the outbox can be written again (reopened after the I/O error)");
         }
     }
 }
