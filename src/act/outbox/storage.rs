@@ -526,6 +526,57 @@ mod tests {
         assert_eq!(again, old);
     }
 
+    /// A dead letter can be retried unless an action of its group written after it was
+    /// delivered, is pending or is dead; superseded and discarded ones, and other groups,
+    /// do not count.
+    #[test]
+    fn a_retry_is_refused_by_a_newer_action_of_its_group() {
+        use DeliveryState::{Dead, Delivered, Discarded, Pending, Superseded};
+        let scale = |target: &str, at: i64| {
+            Action::Scale(crate::act::ScaleAction {
+                target: target.into(),
+                from: 1,
+                to: 2,
+                reasons: Vec::new(),
+                peak: None,
+                model: None,
+                issued_at: at,
+            })
+        };
+        // The states of the actions of `a` written after the dead one (id 1), then a
+        // pending one of `b`: who refuses the retry.
+        let check = |newer: &[DeliveryState], refused_by: Option<u64>| {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Storage::open(dir.path()).unwrap();
+            let mut actions: Vec<Action> =
+                (0..=newer.len() as i64).map(|i| scale("a", i)).collect();
+            actions.push(scale("b", 99));
+            let mut written = s.insert(&actions, 0).unwrap();
+            written[0].state = Dead;
+            for (d, state) in written[1..].iter_mut().zip(newer) {
+                d.state = *state;
+            }
+            s.write(&written).unwrap();
+            match (s.retry(1, 5), refused_by) {
+                (Ok(d), None) => assert_eq!(d.state, Pending, "{newer:?}"),
+                (Err(OutboxError::Superseded { id: 1, by, state }), Some(want)) => {
+                    assert_eq!(
+                        (by, Some(state)),
+                        (want, newer.get(want as usize - 2).copied())
+                    );
+                }
+                (other, _) => panic!("{newer:?}: {other:?}"),
+            }
+        };
+        check(&[], None);
+        check(&[Superseded], None);
+        check(&[Discarded], None);
+        check(&[Delivered], Some(2));
+        check(&[Pending], Some(2));
+        check(&[Dead], Some(2));
+        check(&[Superseded, Discarded, Delivered], Some(4));
+    }
+
     /// A page skips without decoding, tells whether more follow, and never overflows.
     #[test]
     fn pages_skip_filter_and_say_whether_more_follow() {
