@@ -68,6 +68,10 @@ pub struct Metrics {
     pub outbox: Family<OutboxLabels, Gauge>,
     /// Seconds from an action's decision to its delivery.
     pub delivery_latency: Histogram,
+    /// Writes to the outbox file that failed.
+    pub outbox_write_errors: Counter,
+    /// 1 while the outbox can be written, 0 from a failed write until one succeeds.
+    pub outbox_healthy: Gauge,
     /// Replicas asked for.
     pub desired_replicas: Family<TargetLabels, Gauge>,
     /// 1 while a target is degraded.
@@ -115,6 +119,8 @@ impl Metrics {
             deliveries,
             outbox,
             delivery_latency,
+            write_errors: outbox_write_errors,
+            healthy: outbox_healthy,
         } = OutboxMetrics::new();
         let mut m = Self {
             registry: Arc::default(),
@@ -129,6 +135,8 @@ impl Metrics {
             deliveries,
             outbox,
             delivery_latency,
+            outbox_write_errors,
+            outbox_healthy,
             desired_replicas: Family::default(),
             degraded: Family::default(),
             forecast_mae: Family::default(),
@@ -180,6 +188,16 @@ impl Metrics {
             "delivery_latency_seconds",
             "Time from an action's decision to its delivery",
             self.delivery_latency.clone(),
+        );
+        registry.register(
+            "outbox_write_errors",
+            "Writes to the outbox file that failed (a full disk, say)",
+            self.outbox_write_errors.clone(),
+        );
+        registry.register(
+            "outbox_healthy",
+            "1 while the outbox can be written; 0 from a failed write until one succeeds",
+            self.outbox_healthy.clone(),
         );
     }
 
@@ -263,6 +281,8 @@ impl Metrics {
             deliveries: self.deliveries.clone(),
             outbox: self.outbox.clone(),
             delivery_latency: self.delivery_latency.clone(),
+            write_errors: self.outbox_write_errors.clone(),
+            healthy: self.outbox_healthy.clone(),
         }
     }
 }

@@ -14,11 +14,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::act::outbox::{DeliveryState, Outbox, OutboxError};
 use crate::act::{Action, RebalanceAction, ScaleAction};
 use crate::config::{AlertmanagerConfig, ForecastConfig, TargetConfig};
+use crate::decide::DecideState;
+use crate::decide::alert::AlertState;
 use crate::forecast::capacity::CapacitySource;
 use crate::metrics::{
     CapacityLabels, DecisionLabels, ModelLabels, PollLabels, SignalLabels, TargetLabels,
@@ -176,14 +178,15 @@ impl TargetLoop {
                 self.poll(signal, query, now).await;
             }
         }
-        let Some((actions, model)) = self.step(now) else {
+        let Some((actions, model, unsent)) = self.step(now) else {
             return;
         };
-        if !actions.is_empty()
-            && let Err(e) = self.outbox.enqueue(actions).await
-        {
-            error!(target = %self.target.name, error = %e, "cannot write actions to the outbox; they are lost");
-        }
+        let written = if actions.is_empty() {
+            Ok(())
+        } else {
+            self.outbox.enqueue(actions).await.map(drop)
+        };
+        self.note_written(written, unsent);
         if let Some(bytes) = model {
             self.save_model(bytes).await;
         }
@@ -315,10 +318,41 @@ impl TargetLoop {
         }
     }
 
+    /// After the cycle's actions were written (or there were none), or could not be: a
+    /// target whose actions are not written forgets having asked (so it asks again next
+    /// cycle) and is degraded, naming the outbox's error, until the outbox can be written.
+    fn note_written(&self, written: Result<(), OutboxError>, unsent: Unsent) {
+        let t = &self.target;
+        let Some(mut state) = self.store.target(&t.name) else {
+            return;
+        };
+        match written {
+            Err(e) => {
+                unsent.restore(&mut state, t.queries.replicas.is_none());
+                if state.write_error.is_none() {
+                    warn!(target = %t.name, error = %e, "actions not written to the outbox; degraded, asking again next cycle");
+                } else {
+                    debug!(target = %t.name, error = %e, "actions still not written to the outbox");
+                }
+                state.write_error = Some(format!("actions not written: {e}"));
+                self.store
+                    .metrics()
+                    .degraded
+                    .get_or_create(&self.labels())
+                    .set(1);
+            }
+            Ok(()) if state.write_error.is_some() && self.outbox.fault().is_none() => {
+                state.write_error = None;
+                info!(target = %t.name, "actions are written to the outbox again");
+            }
+            Ok(()) => {}
+        }
+    }
+
     /// The step at `now` on the stored state, recorded in the store and metrics: the
-    /// actions to write and the encoded model to save after a refit. `None` if the target
-    /// is not in the store.
-    fn step(&self, now: i64) -> Option<(Vec<Action>, Option<Encoded>)> {
+    /// actions to write, the encoded model to save after a refit, and what to undo if the
+    /// actions cannot be written. `None` if the target is not in the store.
+    fn step(&self, now: i64) -> Option<(Vec<Action>, Option<Encoded>, Unsent)> {
         let t = &self.target;
         let policy = t.step_policy(&self.forecast, self.alerts.as_ref());
         // The other targets are locked one at a time, never while holding this one.
@@ -341,6 +375,7 @@ impl TargetLoop {
             refit,
             budget: budget.as_ref(),
         };
+        let unsent = Unsent::before(state);
         let plan = step::step(&policy, &mut state.memory, &inputs);
         let model = plan
             .refitted
@@ -358,7 +393,7 @@ impl TargetLoop {
         drop(guard);
         self.store
             .record_decision(DecisionRecord::new(t.name.clone(), decision, t.mode));
-        Some((actions, model))
+        Some((actions, model, unsent))
     }
 
     /// Every target's last claim on the budget, in a fixed order, and this one's place.
@@ -460,9 +495,8 @@ impl TargetLoop {
         m.desired_replicas
             .get_or_create(&labels)
             .set(i64::from(d.to));
-        m.degraded
-            .get_or_create(&labels)
-            .set(i64::from(!plan.degraded.is_empty()));
+        let degraded = !plan.degraded.is_empty() || state.write_error.is_some();
+        m.degraded.get_or_create(&labels).set(i64::from(degraded));
         let direction = match d.to.cmp(&d.from) {
             std::cmp::Ordering::Greater => "up",
             std::cmp::Ordering::Less => "down",
@@ -539,6 +573,61 @@ struct Remembered {
     /// The count taken as running without a `replicas` query: the count last delivered,
     /// or the one asked for after it while that is pending and more.
     running: Option<u32>,
+}
+
+/// What a step changes that says its actions were sent: put back when they cannot be
+/// written, so that nothing shows (or is remembered) as asked for that was not written.
+struct Unsent {
+    asked: Option<Asked>,
+    running: Option<u32>,
+    decide: DecideState,
+    weights: BTreeMap<String, u32>,
+    alert: AlertState,
+    replicas: u32,
+    /// The time of the newest sample of the replicas at each decision.
+    shown_until: Option<i64>,
+}
+
+impl Unsent {
+    /// The state before a step.
+    fn before(state: &TargetState) -> Self {
+        let m = &state.memory;
+        Self {
+            asked: m.asked,
+            running: m.running,
+            decide: m.decide.clone(),
+            weights: m.weights.clone(),
+            alert: m.alert.clone(),
+            replicas: state.replicas,
+            shown_until: state.replicas_history.last().map(|s| s.ts),
+        }
+    }
+
+    /// Puts it back after the step's actions could not be written: the count last asked
+    /// for (and so taken as running), the rate-limit history (the count is asked for again), the weights and the
+    /// alert last sent, and, when the count running is the count asked for (no `replicas`
+    /// query), the replicas shown now and at this decision.
+    fn restore(self, state: &mut TargetState, replicas_are_asked: bool) {
+        let m = &mut state.memory;
+        m.asked = self.asked;
+        m.running = self.running;
+        m.decide = self.decide;
+        m.weights = self.weights;
+        m.alert = self.alert;
+        if replicas_are_asked && state.replicas != self.replicas {
+            state.replicas = self.replicas;
+            let history = &mut state.replicas_history;
+            // The step's own sample, if it added one.
+            if history.last().map(|s| s.ts) != self.shown_until
+                && let Some(last) = history.pop()
+            {
+                history.extend([Sample {
+                    ts: last.ts,
+                    value: f64::from(self.replicas),
+                }]);
+            }
+        }
+    }
 }
 
 /// Keeps in the store what a plan says of the target.

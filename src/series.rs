@@ -56,6 +56,11 @@ impl Series {
         self.samples.back().copied()
     }
 
+    /// Removes the newest sample and returns it.
+    pub fn pop(&mut self) -> Option<Sample> {
+        self.samples.pop_back()
+    }
+
     /// Appends samples newer than the newest held one, dropping the oldest beyond capacity.
     /// Returns how many were added.
     pub fn extend<I: IntoIterator<Item = Sample>>(&mut self, new: I) -> usize {

@@ -116,6 +116,9 @@ pub struct TargetState {
     pub refit_requested: bool,
     /// Its decision history: changes kept, holds summarised.
     pub decisions: DecisionLog,
+    /// Why the target's last actions could not be written to the outbox (naming the file
+    /// and the error), until the outbox can be written again: the target is degraded.
+    pub write_error: Option<String>,
 }
 
 impl TargetState {
@@ -146,6 +149,7 @@ impl TargetState {
             paused: false,
             refit_requested: false,
             decisions: DecisionLog::default(),
+            write_error: None,
             config,
         }
     }
@@ -161,13 +165,14 @@ impl TargetState {
     }
 
     /// Why scaling is degraded at `now`: one line per missing, failing or stale
-    /// target-level signal, and an unknown running count; empty when healthy (see
-    /// [`step::degraded_reasons`]).
+    /// target-level signal (see [`step::degraded_reasons`]), an unknown running count, and
+    /// the outbox's error while the target's actions cannot be written; empty when healthy.
     pub fn degraded_reasons(&self, now: i64) -> Vec<String> {
         let stale_after = self.config.stale_after.as_secs() as i64;
         let mut reasons = step::degraded_reasons(&self.signals, now, stale_after);
         // And a running count the last step did not know (see `Memory::unknown_running`).
         reasons.extend(self.memory.unknown_running.clone());
+        reasons.extend(self.write_error.clone());
         reasons
     }
 
@@ -198,7 +203,8 @@ impl TargetState {
 pub enum TargetStatus {
     /// History is still being loaded.
     Backfilling,
-    /// A target-level signal is missing, failing or stale: no scale-in.
+    /// A target-level signal is missing, failing or stale (no scale-in), or its actions
+    /// cannot be written to the outbox.
     Degraded,
     /// Acting is paused.
     Paused,

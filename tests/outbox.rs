@@ -440,6 +440,38 @@ impl Api {
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     }
 
+    /// `method path`, with the token or without: the status and the JSON body.
+    async fn send(&self, method: reqwest::Method, path: &str, with_token: bool) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if with_token {
+            request = request.bearer_auth(API_TOKEN);
+        }
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    /// `method path` with the token: asserts it answers `status` with the error `code`;
+    /// returns the error's message.
+    async fn refused(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        status: u16,
+        code: &str,
+    ) -> String {
+        let (st, b) = self.send(method, path, true).await;
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {b}"
+        );
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// POST `/api/v1/deliveries/{id}/retry`, with the token or without: the status.
     async fn retry(&self, id: u64, with_token: bool) -> u16 {
         let url = format!("{}/api/v1/deliveries/{id}/retry", self.base);
@@ -542,6 +574,89 @@ async fn client_error_is_dead_lettered_with_the_body_and_can_be_retried() {
             .encode()
             .contains(r#"prescale_outbox_deliveries{state="dead"} 0"#)
     );
+    run.stop().await;
+}
+
+/// A dead scale action (to 16) retried after a newer one (to 8) was delivered is refused
+/// (409 `superseded`): before, the retry sent 16 after 8. A dead letter is discarded with
+/// `DELETE` (token): `discarded`, listed, no longer counted as dead, never sent; deleting
+/// one that is not dead is a 409 naming its state, an unknown id a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_retry_is_refused_and_a_dead_letter_is_discarded() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::with_replies(
+        vec![Reply::body(422, r#"{"error":"quota"}"#)],
+        Reply::status(200),
+    );
+    let url = receiver.url("/scale");
+    let run = Running::start(
+        dir.path(),
+        &["web".to_owned()],
+        ActionKind::Scale,
+        |_| url.clone(),
+        delivery(1_000, 5, 10, 50),
+    )
+    .await;
+    let api = Api::start(run.store.clone()).await;
+    let state_of = |id: u64| {
+        let api = &api;
+        async move {
+            let (_, b) = api.get(&format!("/api/v1/deliveries/{id}")).await;
+            b["state"].as_str().map(str::to_owned)
+        }
+    };
+    let old = run.outbox.enqueue(vec![scale("web", 16, 1)]).await.unwrap()[0].id;
+    poll_until_async("16 dead", DEADLINE, || async {
+        (state_of(old).await.as_deref() == Some("dead")).then_some(())
+    })
+    .await;
+    let new = run.outbox.enqueue(vec![scale("web", 8, 2)]).await.unwrap()[0].id;
+    poll_until_async("8 delivered", DEADLINE, || async {
+        (state_of(new).await.as_deref() == Some("delivered")).then_some(())
+    })
+    .await;
+
+    let retry = format!("/api/v1/deliveries/{old}/retry");
+    let message = api.refused(Method::POST, &retry, 409, "superseded").await;
+    assert!(message.contains(&format!("delivery {new}")), "{message}");
+    assert_eq!(state_of(old).await.as_deref(), Some("dead"));
+    let sent: Vec<Value> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.json()["to"].clone())
+        .collect();
+    assert_eq!(sent, [16, 8], "16 is never sent after 8");
+
+    let path = format!("/api/v1/deliveries/{old}");
+    let (status, _) = api.send(Method::DELETE, &path, false).await;
+    assert_eq!(status, 401, "discarding needs the API token");
+    let (status, b) = api.send(Method::DELETE, &path, true).await;
+    assert_eq!(
+        (status, b["state"].as_str()),
+        (200, Some("discarded")),
+        "{b}"
+    );
+    assert_eq!(b["outcome"], "rejected", "how it ended is kept: {b}");
+    let (_, listed) = api.get("/api/v1/deliveries?state=discarded").await;
+    assert_eq!(listed["deliveries"][0]["id"], old, "{listed}");
+    poll_until_async("the dead letter no longer counted", DEADLINE, || async {
+        run.metrics
+            .encode()
+            .contains(r#"prescale_outbox_deliveries{state="dead"} 0"#)
+            .then_some(())
+    })
+    .await;
+    for (id, state) in [(old, "discarded"), (new, "delivered")] {
+        let path = format!("/api/v1/deliveries/{id}");
+        let message = api.refused(Method::DELETE, &path, 409, "not_dead").await;
+        assert!(message.contains(state), "{message}");
+    }
+    api.refused(Method::POST, &retry, 409, "not_dead").await;
+    let unknown = "/api/v1/deliveries/999999";
+    api.refused(Method::DELETE, unknown, 404, "unknown_delivery")
+        .await;
+    assert_eq!(receiver.requests().len(), 2, "nothing more was sent");
     run.stop().await;
 }
 

@@ -1,4 +1,4 @@
-//! The deliveries in the outbox: listed, one by one, and dead ones retried.
+//! The deliveries in the outbox: listed, one by one, and dead ones retried or discarded.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -18,7 +18,7 @@ const MAX_DELIVERY_LIMIT: usize = 10_000;
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DeliveriesQuery {
-    /// `pending`, `delivered`, `dead` or `superseded`.
+    /// `pending`, `delivered`, `dead`, `superseded` or `discarded`.
     state: Option<String>,
     /// Only this target's deliveries.
     target: Option<String>,
@@ -40,6 +40,8 @@ pub(super) enum DeliveryState {
     Dead,
     /// A newer action of its group replaced it before it was delivered.
     Superseded,
+    /// A dead letter discarded by hand (`DELETE`): kept for the API, never sent.
+    Discarded,
 }
 
 impl From<outbox::DeliveryState> for DeliveryState {
@@ -50,6 +52,7 @@ impl From<outbox::DeliveryState> for DeliveryState {
             S::Delivered => Self::Delivered,
             S::Dead => Self::Dead,
             S::Superseded => Self::Superseded,
+            S::Discarded => Self::Discarded,
         }
     }
 }
@@ -127,8 +130,11 @@ fn outbox_error(e: OutboxError) -> ApiError {
             "unknown_delivery",
             format!("no delivery with id {id}"),
         ),
-        e @ OutboxError::NotDead { .. } => {
+        e @ (OutboxError::NotDead { .. } | OutboxError::NotDiscardable { .. }) => {
             ApiError::new(StatusCode::CONFLICT, "not_dead", e.to_string())
+        }
+        e @ OutboxError::Superseded { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "superseded", e.to_string())
         }
         e => {
             tracing::error!(error = %e, "outbox error in the API");
@@ -169,7 +175,7 @@ pub(super) async fn deliveries(
         None => None,
         Some(s) => Some(outbox::DeliveryState::parse(s).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "state `{s}`: expected pending, delivered, dead or superseded"
+                "state `{s}`: expected pending, delivered, dead, superseded or discarded"
             ))
         })?),
     };
@@ -204,16 +210,35 @@ pub(super) async fn delivery(
     Ok(Json(Delivery::from(&d)))
 }
 
-/// A dead delivery goes back to pending (same idempotency key).
+/// A dead delivery goes back to pending (same idempotency key), unless an action of its
+/// group (a newer scale action of the target, say) was written since and was delivered,
+/// is pending or is dead: sending the old one would undo it.
 #[utoipa::path(post, path = "/api/v1/deliveries/{id}/retry", tag = "deliveries",
     params(("id" = u64, Path, description = "Delivery id")), security(("bearer" = [])),
     responses((status = 200, body = Delivery), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "Not dead", body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not dead (`not_dead`), or older than an action of its group written since (`superseded`)", body = ErrorBody)))]
 pub(super) async fn retry_delivery(
     State(store): State<Store>,
     Path(id): Path<String>,
 ) -> Result<Json<Delivery>, ApiError> {
     let id = delivery_id(&id)?;
     let d = outbox(&store)?.retry(id).await.map_err(outbox_error)?;
+    Ok(Json(Delivery::from(&d)))
+}
+
+/// A dead delivery is discarded: its state becomes `discarded`, it is kept for the API and
+/// never sent, and it no longer counts as dead.
+#[utoipa::path(delete, path = "/api/v1/deliveries/{id}", tag = "deliveries",
+    params(("id" = u64, Path, description = "Delivery id")), security(("bearer" = [])),
+    responses((status = 200, description = "The delivery, discarded", body = Delivery),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Not dead (`not_dead`, naming its state)", body = ErrorBody)))]
+pub(super) async fn discard_delivery(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+) -> Result<Json<Delivery>, ApiError> {
+    let id = delivery_id(&id)?;
+    let d = outbox(&store)?.discard(id).await.map_err(outbox_error)?;
     Ok(Json(Delivery::from(&d)))
 }

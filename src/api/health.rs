@@ -32,12 +32,13 @@ pub(super) async fn healthz() -> Json<Health> {
     })
 }
 
-/// Whether every target is backfilled, and which are degraded.
+/// Whether every target is backfilled and the outbox can be written, and which targets are
+/// degraded.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct Readiness {
-    /// Every target is backfilled.
+    /// Every target is backfilled and the outbox can be written.
     ready: bool,
-    /// Per target still backfilling: why it is not ready.
+    /// Why it is not ready: per target still backfilling, and the outbox's write error.
     reasons: Vec<String>,
     /// Targets with a missing, failing or stale signal, ready or not.
     degraded: Vec<DegradedTarget>,
@@ -51,11 +52,11 @@ pub(super) struct DegradedTarget {
     reasons: Vec<String>,
 }
 
-/// 200 once every target has been backfilled, else 503 with the reasons. Degraded targets
-/// are listed either way.
+/// 200 once every target has been backfilled and while the outbox can be written, else 503
+/// with the reasons. Degraded targets are listed either way.
 #[utoipa::path(get, path = "/readyz", tag = "meta", responses(
-    (status = 200, description = "Every target is backfilled; degraded ones are listed", body = Readiness),
-    (status = 503, description = "Some target is not backfilled yet; `reasons` says which and why", body = Readiness)))]
+    (status = 200, description = "Every target is backfilled and the outbox can be written; degraded targets are listed", body = Readiness),
+    (status = 503, description = "Some target is not backfilled yet, or the outbox cannot be written; `reasons` says which and why", body = Readiness)))]
 pub(super) async fn readyz(State(store): State<Store>) -> Response {
     let now = store.now();
     let mut waiting = Vec::new();
@@ -78,6 +79,10 @@ pub(super) async fn readyz(State(store): State<Store>) -> Response {
                 reasons,
             });
         }
+    }
+    // Actions are not written, so not sent: not ready, whatever the targets say.
+    if let Some(fault) = store.outbox().and_then(|o| o.fault()) {
+        waiting.push(format!("the outbox cannot be written: {fault}"));
     }
     let ready = waiting.is_empty();
     let status = if ready {

@@ -1,10 +1,11 @@
 //! The HTTP API: health, readiness, metrics, targets, forecasts, decisions, the deliveries
-//! in the outbox (listed, and dead ones retried), the dashboard, and the OpenAPI document
+//! in the outbox (listed, and dead ones retried or discarded), the dashboard, and the OpenAPI document
 //! that describes it all (`GET /api/v1/openapi.json`).
 //!
 //! [`router`] builds the whole API over a [`Store`]. Read handlers only read it (forecasts
 //! for a requested horizon are computed from a copy of the stored series, outside the
-//! lock); the few mutating ones (pause, resume, refit) set a flag the pipeline reads, and
+//! lock); the few mutating ones (pause, resume, refit; retrying or discarding a dead
+//! delivery) set a flag the pipeline reads or change the outbox, and
 //! always need the API token ([`ApiAuth`]). Every error is JSON
 //! `{"error": {"code", "message"}}` through [`ApiError`], bad query parameters included.
 //!
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Router, middleware};
 use utoipa::OpenApi;
 
@@ -81,6 +82,16 @@ impl Routes {
         self
     }
 
+    fn delete<H: axum::handler::Handler<T, Store>, T: 'static>(
+        mut self,
+        path: &'static str,
+        h: H,
+    ) -> Self {
+        self.router = self.router.route(path, delete(h));
+        self.list.push(("delete", path));
+        self
+    }
+
     fn merge(mut self, other: Routes, layer: impl FnOnce(Router<Store>) -> Router<Store>) -> Self {
         self.router = self.router.merge(layer(other.router));
         self.list.extend(other.list);
@@ -110,7 +121,8 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
         .post("/api/v1/targets/{name}/pause", actions::pause)
         .post("/api/v1/targets/{name}/resume", actions::resume)
         .post("/api/v1/targets/{name}/refit", actions::refit)
-        .post("/api/v1/deliveries/{id}/retry", deliveries::retry_delivery);
+        .post("/api/v1/deliveries/{id}/retry", deliveries::retry_delivery)
+        .delete("/api/v1/deliveries/{id}", deliveries::discard_delivery);
     let read_auth = auth.clone();
     let all = Routes::new()
         .get("/healthz", health::healthz)
@@ -143,7 +155,7 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
     info(title = "prescale", description = "Predictive autoscaler: forecasts, bottlenecks and decisions."),
     paths(health::healthz, health::readyz, health::metrics, openapi, targets::targets, targets::target,
         forecasts::target_forecast, forecasts::target_history, forecasts::target_bottleneck,
-        decisions::decisions, deliveries::deliveries, deliveries::delivery, deliveries::retry_delivery,
+        decisions::decisions, deliveries::deliveries, deliveries::delivery, deliveries::retry_delivery, deliveries::discard_delivery,
         actions::pause, actions::resume, actions::refit),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),

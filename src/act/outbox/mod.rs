@@ -45,11 +45,24 @@
 //! backoff of `b` makes the next attempt due at `now + b × speed` on the clock, `b` later
 //! in real time.
 //!
+//! **Storage faults.** A write that fails (a full disk, say) fails the call that made it:
+//! [`Outbox::enqueue`] returns the error, and nothing is reported as written. The outbox
+//! then shows a fault ([`Outbox::fault`], `prescale_outbox_healthy` 0, one ERROR line),
+//! reopens the file at the next operation (redb refuses every write after an I/O error
+//! until then), and the fault ends at the next write that succeeds; the worker keeps the
+//! outcomes it could not write and writes them then, and probes while the fault lasts.
+//!
+//! **Dead letters** are retried by hand ([`Outbox::retry`]), unless a newer action of
+//! their group was written since (sending the old one would undo it), or discarded
+//! ([`Outbox::discard`]): kept for the API, never sent, no longer counted as dead.
+//!
 //! The parts: this handle and the types; `storage` (the file, its tables and
-//! transactions); `index` (the pending actions by lane); `worker` (the delivery loop).
+//! transactions); `file` (reopening after an I/O error, and the fault); `index` (the
+//! pending actions by lane); `worker` (the delivery loop).
 //!
 //! [redb]: https://docs.rs/redb
 
+mod file;
 mod index;
 mod storage;
 mod worker;
@@ -67,6 +80,7 @@ use tokio::sync::mpsc;
 use super::{Action, ActionKind, Receivers};
 use crate::clock::Clock;
 use crate::config::DeliveryConfig;
+use file::{Access, File};
 use storage::{Filter, Storage};
 pub use worker::{DeliveryLabels, OutboxLabels, OutboxMetrics, Worker};
 
@@ -99,11 +113,19 @@ pub enum DeliveryState {
     Dead,
     /// A newer action of its group replaced it before it was delivered.
     Superseded,
+    /// A dead letter discarded by hand: kept for the API, never sent.
+    Discarded,
 }
 
 impl DeliveryState {
     /// Every state.
-    pub const ALL: [Self; 4] = [Self::Pending, Self::Delivered, Self::Dead, Self::Superseded];
+    pub const ALL: [Self; 5] = [
+        Self::Pending,
+        Self::Delivered,
+        Self::Dead,
+        Self::Superseded,
+        Self::Discarded,
+    ];
 
     /// The name, as in the API.
     pub fn as_str(self) -> &'static str {
@@ -112,6 +134,7 @@ impl DeliveryState {
             Self::Delivered => "delivered",
             Self::Dead => "dead",
             Self::Superseded => "superseded",
+            Self::Discarded => "discarded",
         }
     }
 
@@ -377,6 +400,28 @@ pub enum OutboxError {
         /// Its state.
         state: &'static str,
     },
+    /// Only dead letters can be discarded.
+    #[error("delivery {id} is {state}, not dead; only dead deliveries can be discarded")]
+    NotDiscardable {
+        /// The id.
+        id: u64,
+        /// Its state.
+        state: &'static str,
+    },
+    /// A dead letter older than an action of its group that was written since: sending it
+    /// would undo that one.
+    #[error(
+        "delivery {id} is older than delivery {by} of the same target and kind, which is \
+         {state}; retrying it would send a stale action (discard it instead)"
+    )]
+    Superseded {
+        /// The id.
+        id: u64,
+        /// The newer action.
+        by: u64,
+        /// The newer action's state.
+        state: DeliveryState,
+    },
 }
 
 /// Settings of the worker.
@@ -435,7 +480,7 @@ pub struct Outbox {
 }
 
 struct Shared {
-    storage: Arc<Storage>,
+    file: Arc<File>,
     time: Time,
     /// New and retried actions, for the worker.
     to_worker: mpsc::UnboundedSender<ToWorker>,
@@ -459,6 +504,8 @@ enum ToWorker {
         /// Whether it is paused now.
         paused: bool,
     },
+    /// A dead action discarded by hand.
+    Discarded,
 }
 
 impl Outbox {
@@ -478,7 +525,7 @@ impl Outbox {
         let (to_worker, from_handles) = mpsc::unbounded_channel();
         Ok(Self {
             inner: Arc::new(Shared {
-                storage: Arc::new(storage),
+                file: Arc::new(File::new(storage)),
                 time: Time::new(clock),
                 to_worker,
                 from_handles: Mutex::new(Some(from_handles)),
@@ -489,7 +536,13 @@ impl Outbox {
 
     /// The file.
     pub fn path(&self) -> &Path {
-        self.inner.storage.path()
+        self.inner.file.path()
+    }
+
+    /// Why the outbox cannot be written (the file and the error), from a write that failed
+    /// until one succeeds; `None` while writes succeed.
+    pub fn fault(&self) -> Option<String> {
+        self.inner.file.fault()
     }
 
     /// Now, in Unix ms on the outbox's clock.
@@ -497,19 +550,32 @@ impl Outbox {
         self.inner.time.now_ms()
     }
 
-    /// Runs a blocking closure over the file on the blocking pool.
+    /// Runs a blocking closure that writes (or may) over the file on the blocking pool: an
+    /// I/O error starts a fault, success ends one (see [`file`]).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Storage) -> Result<T, OutboxError> + Send + 'static,
     ) -> Result<T, OutboxError> {
-        let storage = self.inner.storage.clone();
-        tokio::task::spawn_blocking(move || f(&storage))
+        self.on_file(Access::Write, f).await
+    }
+
+    /// [`Outbox::blocking`] for a closure that only reads.
+    async fn reading<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Storage) -> Result<T, OutboxError> + Send + 'static,
+    ) -> Result<T, OutboxError> {
+        self.on_file(Access::Read, f).await
+    }
+
+    async fn on_file<T: Send + 'static>(
+        &self,
+        access: Access,
+        f: impl FnOnce(&Storage) -> Result<T, OutboxError> + Send + 'static,
+    ) -> Result<T, OutboxError> {
+        let file = self.inner.file.clone();
+        tokio::task::spawn_blocking(move || file.run(access, f))
             .await
-            .map_err(|e| {
-                self.inner
-                    .storage
-                    .error(format!("storage task failed: {e}"))
-            })?
+            .map_err(|e| self.inner.file.error(format!("storage task failed: {e}")))?
     }
 
     /// Writes `actions` durably, in order, and hands them to the worker; returns what was
@@ -556,15 +622,19 @@ impl Outbox {
         limit: usize,
     ) -> Result<(Vec<Delivery>, bool), OutboxError> {
         let filter = Filter { state, target };
-        self.blocking(move |s| s.page(&filter, offset, limit)).await
+        self.reading(move |s| s.page(&filter, offset, limit)).await
     }
 
     /// One delivery.
     pub async fn get(&self, id: u64) -> Result<Delivery, OutboxError> {
-        self.blocking(move |s| s.get(id)).await
+        self.reading(move |s| s.get(id)).await
     }
 
     /// Puts a dead delivery back in its lane with fresh attempts and age; returns it.
+    ///
+    /// Refused ([`OutboxError::Superseded`]) when an action of its group (a newer scale
+    /// action of the target, say) was written after it and was delivered, is pending or is
+    /// dead: sending this one now would undo that one.
     pub async fn retry(&self, id: u64) -> Result<Delivery, OutboxError> {
         let now = self.now_ms();
         let d = self.blocking(move |s| s.retry(id, now)).await?;
@@ -580,12 +650,12 @@ impl Outbox {
     /// `None` when nothing was ever recorded for it.
     pub async fn control(&self, target: &str) -> Result<Option<Control>, OutboxError> {
         let target = target.to_owned();
-        self.blocking(move |s| s.control(&target)).await
+        self.reading(move |s| s.control(&target)).await
     }
 
     /// Every target's control state, by name.
     pub async fn controls(&self) -> Result<BTreeMap<String, Control>, OutboxError> {
-        self.blocking(Storage::controls).await
+        self.reading(Storage::controls).await
     }
 
     /// Pauses (or resumes) delivering `target`'s scale and rebalance actions: committed
@@ -597,17 +667,23 @@ impl Outbox {
         let target = target.to_owned();
         tokio::task::spawn_blocking(move || {
             let _order = inner.pausing.lock().unwrap_or_else(|e| e.into_inner());
-            inner.storage.set_paused(&target, paused)?;
+            inner.file.run(Access::Write, |s| s.set_paused(&target, paused))?;
             // The worker may be gone (shutting down); the flag is on disk for the next start.
             let _ = inner.to_worker.send(ToWorker::Paused { target, paused });
             Ok(())
         })
         .await
-        .map_err(|e| {
-            self.inner
-                .storage
-                .error(format!("storage task failed: {e}"))
-        })?
+        .map_err(|e| self.inner.file.error(format!("storage task failed: {e}")))?
+    }
+
+    /// Discards a dead delivery: it becomes [`DeliveryState::Discarded`], is kept for the
+    /// API (and pruned with the delivered ones), is never sent and no longer counts as dead.
+    pub async fn discard(&self, id: u64) -> Result<Delivery, OutboxError> {
+        let now = self.now_ms();
+        let d = self.blocking(move |s| s.discard(id, now)).await?;
+        tracing::info!(id, target = %d.target, kind = %d.kind, "dead delivery discarded");
+        let _ = self.inner.to_worker.send(ToWorker::Discarded);
+        Ok(d)
     }
 
     /// The worker that delivers through `receivers`, counting in `metrics` and reporting
@@ -620,7 +696,7 @@ impl Outbox {
         metrics: impl Into<OutboxMetrics>,
         outcomes: Option<Box<dyn OutcomeSink>>,
     ) -> Result<Worker, OutboxError> {
-        let (resumed, dead) = self.blocking(Storage::at_start).await?;
+        let (resumed, dead) = self.reading(Storage::at_start).await?;
         let paused = self.controls().await?;
         let paused = paused
             .into_iter()
@@ -632,13 +708,15 @@ impl Outbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .ok_or_else(|| self.inner.storage.error("already has a worker"))?;
+            .ok_or_else(|| self.inner.file.error("already has a worker"))?;
+        let metrics = metrics.into();
+        self.inner.file.count_into(&metrics);
         Ok(Worker::new(
             self.clone(),
             worker::Parts {
                 settings,
                 receivers,
-                metrics: metrics.into(),
+                metrics,
                 outcomes,
                 from_handles,
                 resumed,

@@ -10,7 +10,11 @@
 //! before that table existed gets it when opened, filled from the deliveries it still holds.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::collections::BTreeMap;
 
@@ -29,12 +33,22 @@ const KEYS: TableDefinition<&str, u64> = TableDefinition::new("keys");
 const NEXT_ID: &str = "next_id";
 /// Target name → its [`Control`] as JSON. Never pruned.
 const CONTROL: TableDefinition<&str, &[u8]> = TableDefinition::new("control");
+/// Rewritten by [`Storage::probe`]: a small real write, to learn whether writes succeed.
+const PROBE: &str = "probe";
 
 /// The few fields a listing filters on, read without decoding the whole record.
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(borrow)]
     target: Cow<'a, str>,
+    state: DeliveryState,
+}
+
+/// What the retry of a dead record needs of the newer ones.
+#[derive(Deserialize)]
+struct Grouped<'a> {
+    #[serde(borrow)]
+    group: Option<Cow<'a, str>>,
     state: DeliveryState,
 }
 
@@ -69,6 +83,9 @@ impl Filter {
 pub(super) struct Storage {
     db: Database,
     path: PathBuf,
+    /// An operation failed on the file itself (I/O): redb refuses every later one
+    /// ("Previous I/O error occurred") until the file is closed and opened again.
+    io_failed: AtomicBool,
 }
 
 impl Storage {
@@ -96,11 +113,8 @@ impl Storage {
         }
         let path = dir.join(FILE_NAME);
         let file_existed = path.exists();
-        let opened = Database::create(&path)
-            .map_err(DbError::from)
-            .and_then(|db| init(&db).map(|()| db));
-        match opened {
-            Ok(db) => Ok(Self { db, path }),
+        match Self::reopen(&path) {
+            Ok(storage) => Ok(storage),
             Err(e) => {
                 // Leave nothing half-written: remove what this call made.
                 if let Some(top) = &created {
@@ -108,16 +122,56 @@ impl Storage {
                 } else if !file_existed {
                     let _ = std::fs::remove_file(&path);
                 }
-                let why = match *e.0 {
-                    redb::Error::DatabaseAlreadyOpen => {
-                        "in use by another process (another prescale on the same state directory?)"
-                            .to_owned()
-                    }
-                    e => format!("cannot open it as an outbox: {e}"),
-                };
-                Err(OutboxError::Storage { path, error: why })
+                Err(e)
             }
         }
+    }
+
+    /// Opens the outbox file at `path` (creating it if missing) and its tables: at start,
+    /// and again after an I/O error. A file that is empty, damaged or not an outbox is
+    /// refused with the reason, and left as it is.
+    pub(super) fn reopen(path: &Path) -> Result<Self, OutboxError> {
+        let error = |error: String| OutboxError::Storage {
+            path: path.to_owned(),
+            error,
+        };
+        // redb takes an empty file for a new one; an outbox is never empty, so this one was
+        // cut short (or is not ours): its actions would be lost without a word.
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            return Err(error(
+                "cannot open it as an outbox: the file is empty (0 bytes); move it away to \
+                 start with an empty outbox"
+                    .to_owned(),
+            ));
+        }
+        // redb asserts (panics) on some damaged files, e.g. a truncated one.
+        let opened = quietly(|| {
+            Database::create(path)
+                .map_err(DbError::from)
+                .and_then(|db| init(&db).map(|()| db))
+        });
+        match opened {
+            Ok(Ok(db)) => Ok(Self {
+                db,
+                path: path.to_owned(),
+                io_failed: AtomicBool::new(false),
+            }),
+            Ok(Err(e)) => Err(error(match *e.0 {
+                redb::Error::DatabaseAlreadyOpen => {
+                    "in use by another process (another prescale on the same state directory?)"
+                        .to_owned()
+                }
+                e => format!("cannot open it as an outbox: {e}"),
+            })),
+            Err(panic) => Err(error(format!(
+                "cannot open it as an outbox: the file is truncated or damaged ({panic})"
+            ))),
+        }
+    }
+
+    /// Whether an operation failed on the file itself, so that it must be reopened.
+    pub(super) fn io_failed(&self) -> bool {
+        self.io_failed.load(Ordering::Acquire)
     }
 
     /// The file.
@@ -133,9 +187,15 @@ impl Storage {
         }
     }
 
-    /// Maps a redb error to an error of this file.
+    /// Maps a redb error to an error of this file, noting an I/O error.
     fn db<E: Into<redb::Error>>(&self) -> impl Fn(E) -> OutboxError + '_ {
-        move |e| self.error(e.into())
+        move |e| {
+            let e = e.into();
+            if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                self.io_failed.store(true, Ordering::Release);
+            }
+            self.error(e)
+        }
     }
 
     fn unreadable(&self, id: u64, e: &serde_json::Error) -> OutboxError {
@@ -252,6 +312,9 @@ impl Storage {
                     state: d.state.as_str(),
                 });
             }
+            if let Some((by, state)) = self.newer_of_group(&table, &d)? {
+                return Err(OutboxError::Superseded { id, by, state });
+            }
             d.state = DeliveryState::Pending;
             d.outcome = None;
             d.attempts = 0;
@@ -263,6 +326,67 @@ impl Storage {
         };
         txn.commit().map_err(self.db())?;
         Ok(d)
+    }
+
+    /// The first action of `d`'s group written after it that was delivered, is pending or
+    /// is dead, with its state: sending `d` again would undo it (or be undone by it).
+    fn newer_of_group(
+        &self,
+        table: &impl ReadableTable<u64, &'static [u8]>,
+        d: &Delivery,
+    ) -> Result<Option<(u64, DeliveryState)>, OutboxError> {
+        let Some(group) = d.group.as_deref() else {
+            return Ok(None);
+        };
+        for item in table.range(d.id + 1..).map_err(self.db())? {
+            let (k, v) = item.map_err(self.db())?;
+            let (id, bytes) = (k.value(), v.value());
+            let g: Grouped<'_> =
+                serde_json::from_slice(bytes).map_err(|e| self.unreadable(id, &e))?;
+            let counts = matches!(
+                g.state,
+                DeliveryState::Delivered | DeliveryState::Pending | DeliveryState::Dead
+            );
+            if counts && g.group.as_deref() == Some(group) {
+                return Ok(Some((id, g.state)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Moves dead record `id` to discarded at `now` (ms): kept for the API, never sent.
+    pub(super) fn discard(&self, id: u64, now: i64) -> Result<Delivery, OutboxError> {
+        let txn = self.db.begin_write().map_err(self.db())?;
+        let d = {
+            let mut table = txn.open_table(DELIVERIES).map_err(self.db())?;
+            let mut d = match table.get(id).map_err(self.db())? {
+                Some(v) => self.decode(id, v.value())?,
+                None => return Err(OutboxError::NotFound(id)),
+            };
+            if d.state != DeliveryState::Dead {
+                return Err(OutboxError::NotDiscardable {
+                    id,
+                    state: d.state.as_str(),
+                });
+            }
+            d.state = DeliveryState::Discarded;
+            d.finished_at_ms = Some(now);
+            table.insert(id, encode(&d).as_slice()).map_err(self.db())?;
+            d
+        };
+        txn.commit().map_err(self.db())?;
+        Ok(d)
+    }
+
+    /// A small write (the time, `now` ms), to learn whether writes succeed again.
+    pub(super) fn probe(&self, now: i64) -> Result<(), OutboxError> {
+        let txn = self.db.begin_write().map_err(self.db())?;
+        {
+            let mut meta = txn.open_table(META).map_err(self.db())?;
+            meta.insert(PROBE, u64::try_from(now).unwrap_or(0))
+                .map_err(self.db())?;
+        }
+        txn.commit().map_err(self.db())
     }
 
     /// Overwrites `records` in one transaction; a delivered scale action becomes its
@@ -380,14 +504,15 @@ impl Storage {
             match head.state {
                 DeliveryState::Pending => pending.push(self.decode(id, bytes)?),
                 DeliveryState::Dead => dead += 1,
-                DeliveryState::Delivered | DeliveryState::Superseded => {}
+                DeliveryState::Delivered | DeliveryState::Superseded | DeliveryState::Discarded => {
+                }
             }
         }
         Ok((pending, dead))
     }
 
-    /// Deletes delivered and superseded records finished before `cutoff` (ms), with their
-    /// idempotency keys; returns how many.
+    /// Deletes delivered, superseded and discarded records finished before `cutoff` (ms),
+    /// with their idempotency keys; returns how many.
     pub(super) fn prune(&self, cutoff: i64) -> Result<usize, OutboxError> {
         let mut old = Vec::new();
         {
@@ -400,7 +525,7 @@ impl Storage {
                     serde_json::from_slice(bytes).map_err(|e| self.unreadable(id, &e))?;
                 let done = matches!(
                     f.state,
-                    DeliveryState::Delivered | DeliveryState::Superseded
+                    DeliveryState::Delivered | DeliveryState::Superseded | DeliveryState::Discarded
                 );
                 if done && f.finished_at_ms.is_some_and(|at| at < cutoff) {
                     old.push((id, f.idempotency_key.into_owned()));
@@ -502,6 +627,36 @@ fn scale_mark(d: &Delivery) -> Option<ScaleMark> {
     })
 }
 
+thread_local! {
+    /// Set while [`quietly`] runs on this thread: its panics are not printed.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into its message, without printing it: redb asserts on some
+/// damaged files, and a damaged file is an error to report, not a crash. The panic hook is
+/// wrapped once, and stays silent only on this thread while `f` runs.
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static WRAP_HOOK: Once = Once::new();
+    WRAP_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "redb panicked".to_owned())
+    })
+}
+
 fn encode(d: &Delivery) -> Vec<u8> {
     // Strings, numbers and enums only: serialising cannot fail.
     serde_json::to_vec(d).unwrap_or_default()
@@ -539,6 +694,57 @@ mod tests {
         let again: serde_json::Value = serde_json::from_slice(&encode(&d)).unwrap();
         let old: serde_json::Value = serde_json::from_str(old).unwrap();
         assert_eq!(again, old);
+    }
+
+    /// A dead letter can be retried unless an action of its group written after it was
+    /// delivered, is pending or is dead; superseded and discarded ones, and other groups,
+    /// do not count.
+    #[test]
+    fn a_retry_is_refused_by_a_newer_action_of_its_group() {
+        use DeliveryState::{Dead, Delivered, Discarded, Pending, Superseded};
+        let scale = |target: &str, at: i64| {
+            Action::Scale(crate::act::ScaleAction {
+                target: target.into(),
+                from: 1,
+                to: 2,
+                reasons: Vec::new(),
+                peak: None,
+                model: None,
+                issued_at: at,
+            })
+        };
+        // The states of the actions of `a` written after the dead one (id 1), then a
+        // pending one of `b`: who refuses the retry.
+        let check = |newer: &[DeliveryState], refused_by: Option<u64>| {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Storage::open(dir.path()).unwrap();
+            let mut actions: Vec<Action> =
+                (0..=newer.len() as i64).map(|i| scale("a", i)).collect();
+            actions.push(scale("b", 99));
+            let mut written = s.insert(&actions, 0).unwrap();
+            written[0].state = Dead;
+            for (d, state) in written[1..].iter_mut().zip(newer) {
+                d.state = *state;
+            }
+            s.write(&written).unwrap();
+            match (s.retry(1, 5), refused_by) {
+                (Ok(d), None) => assert_eq!(d.state, Pending, "{newer:?}"),
+                (Err(OutboxError::Superseded { id: 1, by, state }), Some(want)) => {
+                    assert_eq!(
+                        (by, Some(state)),
+                        (want, newer.get(want as usize - 2).copied())
+                    );
+                }
+                (other, _) => panic!("{newer:?}: {other:?}"),
+            }
+        };
+        check(&[], None);
+        check(&[Superseded], None);
+        check(&[Discarded], None);
+        check(&[Delivered], Some(2));
+        check(&[Pending], Some(2));
+        check(&[Dead], Some(2));
+        check(&[Superseded, Discarded, Delivered], Some(4));
     }
 
     /// A page skips without decoding, tells whether more follow, and never overflows.

@@ -2,7 +2,7 @@
 //! attempt went, and reports finished actions to the metrics, the log and the
 //! [`OutcomeSink`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{Id, JoinError, JoinSet};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use super::index::Index;
 use super::{
@@ -24,6 +24,9 @@ use crate::act::{ActionKind, Attempt, Receivers};
 
 /// How often delivered and superseded actions past the retention are deleted (real time).
 const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+/// While the outbox cannot be written, how often the worker tries again (real time): the
+/// outcomes it could not write, or else a probe.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Labels of a delivery outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +55,10 @@ pub struct OutboxMetrics {
     pub outbox: Family<OutboxLabels, Gauge>,
     /// Seconds (on the outbox's clock) from an action's decision to its delivery.
     pub delivery_latency: Histogram,
+    /// Writes to the outbox file that failed.
+    pub write_errors: Counter,
+    /// 1 while the outbox can be written; 0 from a failed write until one succeeds.
+    pub healthy: Gauge,
 }
 
 impl OutboxMetrics {
@@ -63,6 +70,13 @@ impl OutboxMetrics {
             delivery_latency: Histogram::new([
                 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
             ]),
+            write_errors: Counter::default(),
+            healthy: {
+                // Healthy until a write fails.
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
         }
     }
 }
@@ -156,6 +170,9 @@ pub struct Worker {
     /// Pending at start, not yet in the index.
     resumed: Vec<Delivery>,
     dead: i64,
+    /// Outcomes that could not be written (the file failed), by id: written with the next
+    /// ones, or when the worker tries again.
+    unwritten: BTreeMap<u64, Delivery>,
 }
 
 impl Worker {
@@ -174,6 +191,7 @@ impl Worker {
             index,
             resumed: parts.resumed,
             dead: parts.dead,
+            unwritten: BTreeMap::new(),
         }
     }
 
@@ -188,22 +206,31 @@ impl Worker {
         let mut in_flight = InFlight::default();
         let time = self.time();
         let prune_every = time.clock_ms(PRUNE_EVERY).max(1);
+        let recheck_every = time.clock_ms(RECHECK_EVERY).max(1);
         let mut next_prune = time.now_ms();
+        let mut next_recheck = next_prune;
         loop {
             let now = time.now_ms();
             if now >= next_prune {
                 self.prune(now).await;
                 next_prune = now.saturating_add(prune_every);
             }
+            let faulty = self.is_faulty();
+            if faulty && now >= next_recheck {
+                self.recheck(now).await;
+                next_recheck = now.saturating_add(recheck_every);
+            }
             let expired = self.start_due(now, &mut in_flight);
             if !expired.is_empty() {
                 self.record(expired).await;
                 continue;
             }
-            let wake = self
-                .index
-                .next_wake()
-                .map_or(next_prune, |w| w.min(next_prune));
+            let next = if faulty {
+                next_prune.min(next_recheck)
+            } else {
+                next_prune
+            };
+            let wake = self.index.next_wake().map_or(next, |w| w.min(next));
             let sleep = time.real(wake.saturating_sub(now).min(prune_every));
             tokio::select! {
                 biased;
@@ -251,6 +278,7 @@ impl Worker {
                     released.push(target);
                 }
             }
+            ToWorker::Discarded => self.dead -= 1,
         };
         take(first);
         while let Ok(more) = self.from_handles.try_recv() {
@@ -327,17 +355,44 @@ impl Worker {
         if updated.is_empty() {
             return;
         }
-        let to_write = updated.clone();
-        let written = self.outbox.blocking(move |s| s.write(&to_write)).await;
-        if let Err(e) = written {
-            // The attempts happened; keep the index true to them so nothing is re-sent in
-            // a loop. After a restart the file's older state is resumed.
-            error!(error = %e, "cannot record delivery outcomes");
-        }
+        // The attempts happened; the index follows them even when they cannot be written,
+        // so nothing is re-sent in a loop. The file catches up when it can be written (a
+        // restart before then resumes its older state: at least once).
+        self.unwritten
+            .extend(updated.iter().map(|d| (d.id, d.clone())));
+        self.write_outcomes().await;
         for d in updated {
             self.apply(d);
         }
         self.update_gauges();
+    }
+
+    /// Writes the outcomes not yet written, in one transaction; keeps them on failure.
+    async fn write_outcomes(&mut self) {
+        let to_write: Vec<Delivery> = self.unwritten.values().cloned().collect();
+        match self.outbox.blocking(move |s| s.write(&to_write)).await {
+            Ok(()) => self.unwritten.clear(),
+            // The outbox logs the fault once; this is every attempt.
+            Err(e) => {
+                debug!(error = %e, unwritten = self.unwritten.len(),
+                    "cannot record delivery outcomes; kept to write when the outbox can be written");
+            }
+        }
+    }
+
+    /// Whether the outbox cannot be written, or outcomes wait to be.
+    fn is_faulty(&self) -> bool {
+        !self.unwritten.is_empty() || self.outbox.fault().is_some()
+    }
+
+    /// While the outbox cannot be written: writes the outcomes that wait, or else probes,
+    /// so that the fault ends once writes succeed even when nothing else is written.
+    async fn recheck(&mut self, now: i64) {
+        if !self.unwritten.is_empty() {
+            self.write_outcomes().await;
+        } else if let Err(e) = self.outbox.blocking(move |s| s.probe(now)).await {
+            debug!(error = %e, "the outbox still cannot be written");
+        }
     }
 
     /// The record of `d` after `outcome` at `now`.
@@ -449,7 +504,7 @@ impl Worker {
                     outcome = %record.outcome, error = d.last_error.as_deref().unwrap_or_default(),
                     response = d.response_body.as_deref().unwrap_or_default(), "dead-lettered");
             }
-            DeliveryState::Superseded | DeliveryState::Pending => {
+            DeliveryState::Superseded | DeliveryState::Pending | DeliveryState::Discarded => {
                 debug!(id = d.id, target = %d.target, kind = %d.kind, by = ?d.superseded_by, "superseded");
             }
         }
