@@ -667,7 +667,9 @@ impl Outbox {
         let target = target.to_owned();
         tokio::task::spawn_blocking(move || {
             let _order = inner.pausing.lock().unwrap_or_else(|e| e.into_inner());
-            inner.file.run(Access::Write, |s| s.set_paused(&target, paused))?;
+            inner
+                .file
+                .run(Access::Write, |s| s.set_paused(&target, paused))?;
             // The worker may be gone (shutting down); the flag is on disk for the next start.
             let _ = inner.to_worker.send(ToWorker::Paused { target, paused });
             Ok(())
