@@ -1,6 +1,6 @@
 //! prescale's own metrics, served at `/metrics` in the Prometheus text format.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::act::outbox::OutboxMetrics;
 pub use crate::act::outbox::{DeliveryLabels, OutboxLabels};
+use crate::source::DropReason;
 
 /// Labels of a per-signal metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,6 +31,23 @@ pub struct PollLabels {
     pub signal: String,
     /// `ok` or the error's label (`empty`, `timeout`, `unreachable`, …).
     pub outcome: String,
+}
+
+/// Labels of samples dropped at the door.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    /// Target name.
+    pub target: String,
+    /// Signal.
+    pub signal: String,
+    /// Why: `non_finite`, `negative` or `out_of_range`.
+    pub reason: DropReason,
+}
+
+impl EncodeLabelValue for DropReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 /// Labels of a decision.
@@ -58,6 +76,8 @@ pub struct Metrics {
     pub polls: Family<PollLabels, Counter>,
     /// Range query durations.
     pub poll_duration: Family<SignalLabels, Histogram>,
+    /// Samples dropped at the door, by reason.
+    pub samples_dropped: Family<DroppedLabels, Counter>,
     /// Age of the newest sample.
     pub sample_age: Family<SignalLabels, Gauge<f64, AtomicU64>>,
     /// Decisions by direction and reason.
@@ -130,6 +150,7 @@ impl Metrics {
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
             }),
+            samples_dropped: Family::default(),
             sample_age: Family::default(),
             decisions: Family::default(),
             deliveries,
@@ -163,6 +184,11 @@ impl Metrics {
             "poll_duration_seconds",
             "Duration of range queries",
             self.poll_duration.clone(),
+        );
+        registry.register(
+            "samples_dropped",
+            "Samples dropped at the door by target, signal and reason: non_finite, negative, out_of_range",
+            self.samples_dropped.clone(),
         );
         registry.register(
             "sample_age_seconds",
@@ -321,6 +347,13 @@ mod tests {
             .inc();
         m.poll_duration.get_or_create(&sig()).observe(0.1);
         m.sample_age.get_or_create(&sig()).set(1.0);
+        m.samples_dropped
+            .get_or_create(&DroppedLabels {
+                target: "t".into(),
+                signal: "s".into(),
+                reason: DropReason::Negative,
+            })
+            .inc();
         m.decisions
             .get_or_create(&DecisionLabels {
                 target: "t".into(),

@@ -23,11 +23,12 @@ use crate::decide::DecideState;
 use crate::decide::alert::AlertState;
 use crate::forecast::capacity::CapacitySource;
 use crate::metrics::{
-    CapacityLabels, DecisionLabels, ModelLabels, PollLabels, SignalLabels, TargetLabels,
+    CapacityLabels, DecisionLabels, DroppedLabels, ModelLabels, PollLabels, SignalLabels,
+    TargetLabels,
 };
 use crate::models::{Encoded, ModelsDir, Written};
 use crate::series::{Sample, align_down};
-use crate::source::{Source, SourceError};
+use crate::source::{Checked, Source, SourceError};
 use crate::step::{self, Asked, BudgetView, Inputs, Plan, TargetPolicy};
 use crate::store::{DecisionRecord, InstanceStats, Signal, Store, TargetState};
 
@@ -206,8 +207,9 @@ impl TargetLoop {
             return;
         }
         let result = self
-            .timed(signal, self.source.range(query, start, end, step))
+            .timed(signal, self.source.range_checked(query, start, end, step))
             .await;
+        self.count_dropped(signal, &result);
         let Some(mut state) = self.store.target(&t.name) else {
             return;
         };
@@ -218,7 +220,7 @@ impl TargetLoop {
             .get_or_create(&self.signal_labels(signal))
             .clone();
         match result {
-            Ok(samples) => {
+            Ok(Checked { value: samples, .. }) => {
                 let added = state
                     .series_mut(signal)
                     .map_or(0, |s| s.extend(samples.iter().copied()));
@@ -259,16 +261,18 @@ impl TargetLoop {
         let result = self
             .timed(
                 signal,
-                self.source.range_by(query, "instance", start, end, step),
+                self.source
+                    .range_by_checked(query, "instance", start, end, step),
             )
             .await;
+        self.count_dropped(signal, &result);
         let Some(mut state) = self.store.target(&t.name) else {
             return;
         };
         let h = state.signals.entry(signal).or_default();
         h.last_poll = Some(now);
         match result {
-            Ok(grouped) => {
+            Ok(Checked { value: grouped, .. }) => {
                 h.error = None;
                 h.newest = grouped
                     .values()
@@ -284,6 +288,31 @@ impl TargetLoop {
             Err(e) => {
                 h.error = Some(e.to_string());
                 warn!(target = %t.name, signal = signal.as_str(), error = %e, "poll failed");
+            }
+        }
+    }
+
+    /// Counts the samples a query's answer had dropped at the door (also when none was
+    /// left).
+    fn count_dropped<T>(&self, signal: Signal, result: &Result<Checked<T>, SourceError>) {
+        let dropped = match result {
+            Ok(checked) => checked.dropped,
+            Err(SourceError::Unusable { dropped, .. }) => *dropped,
+            Err(_) => return,
+        };
+        for (reason, n) in dropped.by_reason() {
+            if n > 0 {
+                let labels = DroppedLabels {
+                    target: self.target.name.clone(),
+                    signal: signal.as_str().to_owned(),
+                    reason,
+                };
+                let n = u64::try_from(n).unwrap_or(u64::MAX);
+                self.store
+                    .metrics()
+                    .samples_dropped
+                    .get_or_create(&labels)
+                    .inc_by(n);
             }
         }
     }

@@ -10,7 +10,7 @@ use common::{Backfill, Exporter, Options, Prometheus, RATE_QUERY, Receiver, Repl
 use prescale::config::{PrometheusAuth, PrometheusConfig, Secret};
 use prescale::series::Sample;
 use prescale::source::prometheus::PrometheusClient;
-use prescale::source::{Source, SourceError};
+use prescale::source::{Dropped, Source, SourceError};
 
 fn client_with(url: &str, auth: Option<PrometheusAuth>, timeout: Duration) -> PrometheusClient {
     let cfg = PrometheusConfig {
@@ -162,16 +162,25 @@ async fn negative_values_are_dropped_at_the_door() {
     assert!(err.to_string().contains("61 negative"), "{err}");
     // -10 at every multiple of 180 s, +10 elsewhere.
     let mixed = "(vector(time() % 180) > bool 0) * 20 - 10";
-    let samples = source
-        .range(mixed, end - 3_600, end, 60)
+    let checked = source
+        .range_checked(mixed, end - 3_600, end, 60)
         .await
         .expect("the positive samples");
     let want: Vec<i64> = (0..=60)
         .map(|k| end - 3_600 + 60 * k)
         .filter(|ts| ts % 180 != 0)
         .collect();
+    let samples = checked.value;
     assert!(samples.iter().all(|s| s.value == 10.0));
     assert_eq!(timestamps(&samples), want);
+    // And the dropped ones are counted, by reason.
+    assert_eq!(
+        checked.dropped,
+        Dropped {
+            negative: 61 - want.len(),
+            ..Dropped::default()
+        }
+    );
 }
 
 /// A server that stamps samples far outside the range asked for (a year, or 10^12 s,

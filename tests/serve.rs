@@ -928,5 +928,16 @@ async fn a_series_of_only_nan_samples_is_reported_as_unusable_not_missing() {
         ),
         "{metrics}"
     );
+    // The dropped samples are counted by reason, also when none was left.
+    let counted: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"prescale_samples_dropped_total{target="queue",signal="request_rate",reason="non_finite"} "#,
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert!(counted >= 300.0, "{metrics}");
     app.stop().await;
 }

@@ -23,18 +23,41 @@ pub type Grouped = BTreeMap<String, Vec<Sample>>;
 /// A provider of step-aligned series.
 pub trait Source: Send + Sync {
     /// The one series `query` gives over `[start, end]` (Unix seconds, inclusive) at `step`
-    /// seconds. Samples are step-aligned, sorted and finite. More than one series is an
-    /// error; none is [`SourceError::Empty`].
+    /// seconds, and what was dropped at the door to give it. Samples are step-aligned,
+    /// sorted and finite. More than one series is an error; none is [`SourceError::Empty`].
+    fn range_checked<'a>(
+        &'a self,
+        query: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Checked<Vec<Sample>>, SourceError>>;
+
+    /// The series `query` gives, keyed by the value of `label` (e.g. per `instance`), and
+    /// what was dropped at the door. A series without that label is an error; no series is
+    /// [`SourceError::Empty`].
+    fn range_by_checked<'a>(
+        &'a self,
+        query: &'a str,
+        label: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Checked<Grouped>, SourceError>>;
+
+    /// [`Source::range_checked`]'s series alone.
     fn range<'a>(
         &'a self,
         query: &'a str,
         start: i64,
         end: i64,
         step: i64,
-    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>>;
+    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
+        let checked = self.range_checked(query, start, end, step);
+        Box::pin(async move { checked.await.map(|c| c.value) })
+    }
 
-    /// The series `query` gives, keyed by the value of `label` (e.g. per `instance`).
-    /// A series without that label is an error; no series is [`SourceError::Empty`].
+    /// [`Source::range_by_checked`]'s series alone.
     fn range_by<'a>(
         &'a self,
         query: &'a str,
@@ -42,7 +65,19 @@ pub trait Source: Send + Sync {
         start: i64,
         end: i64,
         step: i64,
-    ) -> BoxFuture<'a, Result<Grouped, SourceError>>;
+    ) -> BoxFuture<'a, Result<Grouped, SourceError>> {
+        let checked = self.range_by_checked(query, label, start, end, step);
+        Box::pin(async move { checked.await.map(|c| c.value) })
+    }
+}
+
+/// What a query gave, with the samples dropped at the door to give it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked<T> {
+    /// The series.
+    pub value: T,
+    /// What was dropped, and why.
+    pub dropped: Dropped,
 }
 
 /// A source that answers from memory without waiting (a replayed trace, the demo's
@@ -63,27 +98,36 @@ pub trait InMemory: Send + Sync {
 }
 
 impl<T: InMemory> Source for T {
-    fn range<'a>(
+    fn range_checked<'a>(
         &'a self,
         query: &'a str,
         start: i64,
         end: i64,
         step: i64,
-    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
-        Box::pin(async move { self.answer(query, start, end, step) })
+    ) -> BoxFuture<'a, Result<Checked<Vec<Sample>>, SourceError>> {
+        Box::pin(async move {
+            let value = self.answer(query, start, end, step)?;
+            Ok(Checked {
+                value,
+                dropped: Dropped::default(),
+            })
+        })
     }
 
-    fn range_by<'a>(
+    fn range_by_checked<'a>(
         &'a self,
         query: &'a str,
         _label: &'a str,
         start: i64,
         end: i64,
         step: i64,
-    ) -> BoxFuture<'a, Result<Grouped, SourceError>> {
+    ) -> BoxFuture<'a, Result<Checked<Grouped>, SourceError>> {
         Box::pin(async move {
             let series = self.answer(query, start, end, step)?;
-            Ok(Grouped::from([(self.instance().to_owned(), series)]))
+            Ok(Checked {
+                value: Grouped::from([(self.instance().to_owned(), series)]),
+                dropped: Dropped::default(),
+            })
         })
     }
 }
@@ -203,7 +247,38 @@ pub struct Dropped {
     pub out_of_range: usize,
 }
 
+/// Why a sample was dropped at the door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// `NaN` or infinite.
+    NonFinite,
+    /// Negative.
+    Negative,
+    /// Its timestamp outside the range asked for.
+    OutOfRange,
+}
+
+impl DropReason {
+    /// The name, as in the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NonFinite => "non_finite",
+            Self::Negative => "negative",
+            Self::OutOfRange => "out_of_range",
+        }
+    }
+}
+
 impl Dropped {
+    /// The counts by reason.
+    pub fn by_reason(&self) -> [(DropReason, usize); 3] {
+        [
+            (DropReason::NonFinite, self.non_finite),
+            (DropReason::Negative, self.negative),
+            (DropReason::OutOfRange, self.out_of_range),
+        ]
+    }
+
     /// Samples dropped in all.
     pub fn total(&self) -> usize {
         self.non_finite + self.negative + self.out_of_range

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::{BoxFuture, Dropped, Grouped, Source, SourceError, admit};
+use super::{BoxFuture, Checked, Dropped, Grouped, Source, SourceError, admit};
 use crate::config::{PrometheusAuth, PrometheusConfig};
 use crate::series::{Sample, align_down};
 
@@ -97,14 +97,14 @@ impl PrometheusClient {
     /// Every series `query` gives over the aligned range, chunk by chunk, concatenated;
     /// samples that are non-finite, negative or outside the chunk asked for (beyond a step)
     /// are dropped, series left without a sample are left out, and an answer with none
-    /// left at all is [`SourceError::Unusable`].
+    /// left at all is [`SourceError::Unusable`]; with what was dropped.
     async fn fetch(
         &self,
         query: &str,
         start: i64,
         end: i64,
         step: i64,
-    ) -> Result<Vec<Labelled>, SourceError> {
+    ) -> Result<(Vec<Labelled>, Dropped), SourceError> {
         let step = step.max(1);
         let mut merged: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
         let mut dropped = Dropped::default();
@@ -154,7 +154,7 @@ impl PrometheusClient {
                 dropped,
             });
         }
-        Ok(usable)
+        Ok((usable, dropped))
     }
 
     /// One request for `[start, end]`, both on the step grid.
@@ -253,20 +253,23 @@ impl PrometheusClient {
 }
 
 impl Source for PrometheusClient {
-    fn range<'a>(
+    fn range_checked<'a>(
         &'a self,
         query: &'a str,
         start: i64,
         end: i64,
         step: i64,
-    ) -> BoxFuture<'a, Result<Vec<Sample>, SourceError>> {
+    ) -> BoxFuture<'a, Result<Checked<Vec<Sample>>, SourceError>> {
         Box::pin(async move {
-            let mut series = self.fetch(query, start, end, step).await?;
+            let (mut series, dropped) = self.fetch(query, start, end, step).await?;
             match series.len() {
                 0 => Err(SourceError::Empty {
                     query: query.to_owned(),
                 }),
-                1 => Ok(series.swap_remove(0).samples),
+                1 => Ok(Checked {
+                    value: series.swap_remove(0).samples,
+                    dropped,
+                }),
                 count => Err(SourceError::ManySeries {
                     query: query.to_owned(),
                     count,
@@ -275,17 +278,18 @@ impl Source for PrometheusClient {
         })
     }
 
-    fn range_by<'a>(
+    fn range_by_checked<'a>(
         &'a self,
         query: &'a str,
         label: &'a str,
         start: i64,
         end: i64,
         step: i64,
-    ) -> BoxFuture<'a, Result<Grouped, SourceError>> {
+    ) -> BoxFuture<'a, Result<Checked<Grouped>, SourceError>> {
         Box::pin(async move {
-            let series = self.fetch(query, start, end, step).await?;
-            group(query, label, series)
+            let (series, dropped) = self.fetch(query, start, end, step).await?;
+            let value = group(query, label, series)?;
+            Ok(Checked { value, dropped })
         })
     }
 }
