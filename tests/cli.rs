@@ -513,6 +513,8 @@ fn credentials_config(prometheus: &str, listen: std::net::SocketAddr) -> common:
                 .set("capacity_rps", 0.05)
                 .set("startup", "1m")
                 .set("max_replicas", 100)
+                // No replicas query: a start count, so that it scales (and delivery fails).
+                .set("initial_replicas", 1)
                 .set("interval", "1s")
                 .set("history", "6h")
                 .platform(&with("hook", &format!("{closed}/scale")), "signing.key"),

@@ -254,6 +254,8 @@ fn scaled_config(
                 .set("capacity_rps", 0.05)
                 .set("startup", "1m")
                 .set("max_replicas", i64::from(max))
+                // No replicas query: a start count, so that it scales.
+                .set("initial_replicas", 1)
                 .set("interval", "1s")
                 .set("history", "6h")
                 .platform(&receiver.url("/scale"), "signing.key"),
