@@ -181,7 +181,18 @@ fn run(command: Command) -> anyhow::Result<()> {
                 trace,
                 speed,
             };
-            runtime.block_on(prescale::demo::run(opts, prescale::shutdown_signal()))
+            runtime.block_on(async {
+                // A SIGHUP (a log rotation, say) never ends the demo: it has no file to reload.
+                let mut hangups = prescale::hangups().context("handling SIGHUP")?;
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        tracing::info!(
+                            "SIGHUP: the demo has no configuration file to reload; it goes on"
+                        );
+                    }
+                });
+                prescale::demo::run(opts, prescale::shutdown_signal()).await
+            })
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;

@@ -37,7 +37,7 @@ fn counts_since(demo: &AppProcess, since: i64) -> Option<BTreeSet<u64>> {
 }
 
 #[test]
-fn demo_runs_the_pipeline_on_its_own_and_stops_on_ctrl_c() {
+fn demo_runs_the_pipeline_on_its_own_goes_on_after_sighup_and_stops_on_ctrl_c() {
     let mut demo = AppProcess::demo(SPEED);
     let first = poll_until("the demo to be ready with data", DEADLINE, || {
         let ready = matches!(demo.get("/readyz"), Ok((200, _)));
@@ -63,6 +63,14 @@ fn demo_runs_the_pipeline_on_its_own_and_stops_on_ctrl_c() {
         status == 200 && page.contains("demand-chart"),
         "dashboard served"
     );
+
+    // A SIGHUP does not stop it: it says so and goes on serving.
+    demo.signal("HUP");
+    poll_until("the demo to log the SIGHUP", DEADLINE, || {
+        demo.stderr().contains("SIGHUP").then_some(())
+    });
+    assert!(demo.exited().is_none(), "the demo exited on SIGHUP");
+    assert!(matches!(demo.get("/readyz"), Ok((200, _))), "still serving");
 
     demo.interrupt();
     let status = demo.wait_exit();

@@ -125,6 +125,8 @@ fn disk_config(
                 .set("startup", "1m")
                 .set("min_replicas", 1)
                 .set("max_replicas", 1000)
+                // No replicas query: a start count, so that it scales.
+                .set("initial_replicas", 1)
                 .set("interval", "1s")
                 .set("history", "6h")
                 .platform(to, "secret"),

@@ -307,7 +307,7 @@ fn a_reload_applies_the_new_server_settings_and_never_scales_in() {
         || {
             lines_with(&app, "resuming from the count last asked for")
                 .iter()
-                .any(|l| l.contains(&format!("replicas={last}")))
+                .any(|l| l.contains(&format!("asked={last}")))
                 .then_some(())
         },
     );
