@@ -376,6 +376,17 @@ fn refused_at_start(what: &str, bytes: &[u8]) {
         "{what}: {stderr}"
     );
     assert!(!stderr.contains("panicked"), "{what}: a panic: {stderr}");
+    // The error is one line: a log line or the final `error: …`, nothing dangling.
+    let stray = stderr.lines().find(|l| {
+        let logged = ["DEBUG", "INFO", "WARN", "ERROR"]
+            .iter()
+            .any(|level| l.contains(level));
+        !(l.is_empty() || logged || l.starts_with("error: "))
+    });
+    assert!(
+        stray.is_none(),
+        "{what}: a stray line {stray:?} in {stderr}"
+    );
     assert_eq!(
         std::fs::read(&file).expect("read"),
         bytes,
@@ -409,4 +420,8 @@ fn a_damaged_outbox_is_refused_with_its_path_and_no_panic() {
     let mut garbage = b"redb".to_vec();
     garbage.extend((0..9000_u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     refused_at_start("garbage", &garbage);
+    // A page of the header region overwritten (redb asserts over several lines on this one).
+    let mut overwritten = real.clone();
+    overwritten[4096..4103].copy_from_slice(b"garbage");
+    refused_at_start("overwritten at 4096", &overwritten);
 }

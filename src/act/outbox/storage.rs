@@ -164,7 +164,8 @@ impl Storage {
                 e => format!("cannot open it as an outbox: {e}"),
             })),
             Err(panic) => Err(error(format!(
-                "cannot open it as an outbox: the file is truncated or damaged ({panic})"
+                "cannot open it as an outbox: the file is truncated or damaged ({})",
+                panic.split_whitespace().collect::<Vec<_>>().join(" ")
             ))),
         }
     }
