@@ -27,6 +27,7 @@
 pub mod act;
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod decide;
 pub mod demo;
