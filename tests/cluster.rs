@@ -271,9 +271,10 @@ async fn losing_the_quorum_stops_all_acting_and_its_return_resumes_it() {
     })
     .await;
     println!("acting stopped {stopped:?} after the quorum was lost");
-    // The local clock alone guarantees it: last renewal + 0.9 × TTL, and a leader that has
-    // not yet noticed it lost its followers may renew for up to an election timeout.
-    assert!(stopped <= TTL + Duration::from_secs(2), "{stopped:?}");
+    // The local clock alone guarantees it: the last successful renewal's send time + TTL
+    // − 1 s. A leader that lost its followers renews until its quorum check fails, one to
+    // two election timeouts (1–2 s) later; the slack is for this poll on a busy machine.
+    assert!(stopped <= TTL + Duration::from_millis(1_500), "{stopped:?}");
 
     // Quorum back: acting resumes, every bucket owned exactly once.
     // Kept until the end: dropping it stops etcd.
@@ -285,4 +286,51 @@ async fn losing_the_quorum_stops_all_acting_and_its_return_resumes_it() {
     .await
     .expect("etcd back");
     wait_shared(&[&a, &b, &c], DEADLINE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_lease_is_revoked_stops_at_once_and_rejoins_at_higher_epochs() {
+    let etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
+        .await
+        .expect("etcd");
+    let a = join(&etcd, "a").await;
+    let b = join(&etcd, "b").await;
+    let before = wait_shared(&[&a, &b], DEADLINE).await;
+    // Revoke b's lease behind its back, as etcd does when it decides the lease expired.
+    let mut admin = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .expect("connect");
+    let member = admin
+        .get("/prescale-test/members/b", None)
+        .await
+        .expect("b's member key");
+    let lease = member.kvs().first().expect("b is a member").lease();
+    admin.lease_revoke(lease).await.expect("revoke");
+    // a takes everything at once, b rejoins with a new lease and is handed its share; at
+    // no moment do both act on one bucket.
+    let revoked = Instant::now();
+    let after = loop {
+        assert_disjoint(&[&a, &b]);
+        if let Ok(all) = shared_once(&[&a, &b])
+            && all.iter().all(|(bucket, (owner, epoch))| {
+                owner == "a" && before[bucket].0 == "a" || *epoch > before[bucket].1
+            })
+        {
+            break all;
+        }
+        assert!(
+            revoked.elapsed() < TTL + SLACK,
+            "b did not rejoin with its share: {:?}",
+            shared_once(&[&a, &b])
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for (bucket, (owner, epoch)) in &after {
+        if owner == "b" {
+            assert!(
+                *epoch > before[bucket].1,
+                "bucket {bucket} kept its epoch {epoch}"
+            );
+        }
+    }
 }

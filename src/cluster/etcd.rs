@@ -166,6 +166,7 @@ impl Etcd {
                             epoch: kv.mod_revision().max(0) as u64,
                         };
                         view.owners.insert(bucket, owner);
+                        view.leases.insert(bucket, kv.lease());
                     }
                     _ => warn!(key = %key, buckets = BUCKETS, "owner key of no bucket; ignored"),
                 }

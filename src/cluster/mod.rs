@@ -23,8 +23,12 @@
 //!   again at a new epoch (a guarded rewrite), which also fences a late hand-off.
 //! - **Liveness.** An instance acts on a bucket only while etcd says it owns it and its
 //!   lease is known to be live: until the time the last successful renewal was *sent*,
-//!   plus the TTL etcd answered, minus a tenth. So a paused or partitioned instance stops
-//!   before its lease can expire, hence before anyone else can take its buckets.
+//!   plus the TTL etcd answered, minus a tenth of it or etcd's election timeout (1 s),
+//!   whichever is more (a leader cut off from its quorum renews leases until it notices).
+//!   So a paused or partitioned instance stops before its lease can expire, hence before
+//!   anyone else can take its buckets, and all stop within `lease_ttl` of a lost quorum
+//!   (a second more when the member left was the leader: it renews for up to two election
+//!   timeouts).
 //!   [`Cluster::epoch`] checks that clock on every call.
 //! - **Recovery.** When etcd says the lease is gone, the instance grants a new one,
 //!   registers again and takes buckets anew (at new epochs). While etcd is unreachable,
@@ -215,7 +219,9 @@ impl Cluster {
             return None;
         }
         let owner = local.view.owners.get(&bucket)?;
-        (owner.member == self.shared.name && local.given.get(&bucket) != Some(&owner.epoch))
+        // A key left from a lost lease names us too, until it vanishes.
+        let ours = local.lease.is_some() && local.view.leases.get(&bucket) == local.lease.as_ref();
+        (ours && owner.member == self.shared.name && local.given.get(&bucket) != Some(&owner.epoch))
             .then_some(owner.epoch)
     }
 

@@ -193,12 +193,12 @@ impl Session {
         }
         for (bucket, epoch) in plan.retake {
             if let Some(epoch) = self.etcd.retake(bucket, epoch, me, lease).await? {
-                self.took(bucket, epoch);
+                self.took(bucket, epoch, lease);
             }
         }
         for bucket in plan.claim {
             if let Some(epoch) = self.etcd.claim(bucket, me, lease).await? {
-                self.took(bucket, epoch);
+                self.took(bucket, epoch, lease);
             }
         }
         for h in plan.hand_off {
@@ -226,7 +226,9 @@ impl Session {
                 .get(b)
                 .is_some_and(|o| &o.member == me && o.epoch == *e)
         });
-        let changed = local.view.members != view.members || local.view.owners != view.owners;
+        let changed = local.view.members != view.members
+            || local.view.owners != view.owners
+            || local.view.leases != view.leases;
         local.view = view;
         let plan = (local.lease == Some(lease) && local.is_live(Instant::now()))
             .then(|| local.view.plan(me, &local.given));
@@ -237,7 +239,7 @@ impl Session {
         plan
     }
 
-    fn took(&self, bucket: u16, epoch: u64) {
+    fn took(&self, bucket: u16, epoch: u64, lease: i64) {
         let owner = Owner {
             member: self.member.name.clone(),
             epoch,
@@ -245,18 +247,26 @@ impl Session {
         let mut local = self.shared.local();
         local.given.remove(&bucket);
         local.view.owners.insert(bucket, owner);
+        local.view.leases.insert(bucket, lease);
         drop(local);
         self.shared.changed();
     }
 }
 
 /// Until when a lease renewed by a request sent at `sent` and answered with `ttl` seconds
-/// is surely live: etcd received the request after `sent`, so it expires no earlier than
-/// `sent + ttl`; a tenth is kept as a margin for clocks that run at different rates.
+/// is surely live, and this instance may act: etcd received the request after `sent`, so
+/// the lease expires no earlier than `sent + ttl`. The margin, a tenth of the TTL and at
+/// least [`ELECTION_MARGIN`], covers clocks that run at different rates and a leader cut
+/// off from its quorum, which renews leases until it notices (one to two election
+/// timeouts): so acting stops within `ttl` of losing the quorum, or a second more when
+/// the surviving member was the leader.
 fn live_until(sent: Instant, ttl: i64) -> Instant {
     let ttl = Duration::from_secs(ttl.max(0) as u64);
-    sent + ttl - ttl / 10
+    sent + ttl.saturating_sub((ttl / 10).max(ELECTION_MARGIN))
 }
+
+/// etcd's default election timeout.
+const ELECTION_MARGIN: Duration = Duration::from_secs(1);
 
 /// Renews `lease` every third of `ttl` on a keep-alive stream (reopened after an error),
 /// extending the shared `live_until`; reports a lapse healed, and the lease gone.

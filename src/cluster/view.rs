@@ -55,6 +55,9 @@ pub(crate) struct View {
     pub(crate) members: BTreeMap<String, Seen>,
     /// Owned buckets.
     pub(crate) owners: BTreeMap<u16, Owner>,
+    /// The lease each owner key lives under: a bucket is an instance's only under its
+    /// current lease (a key left from a lost lease is about to vanish).
+    pub(crate) leases: BTreeMap<u16, i64>,
 }
 
 /// What one instance should do next, from a [`View`].
@@ -95,13 +98,13 @@ impl View {
     /// handed (not released: no bucket is ever without an owner) to the members furthest
     /// below it, and only once no bucket is free, so that a joiner first takes what is free.
     pub(crate) fn plan(&self, me: &str, given: &BTreeMap<u16, u64>) -> Plan {
-        let mut plan = Plan {
-            register: !self.members.contains_key(me),
-            ..Plan::default()
+        let Some(my_lease) = self.members.get(me).map(|m| m.lease) else {
+            return Plan {
+                register: true,
+                ..Plan::default()
+            };
         };
-        if plan.register {
-            return plan;
-        }
+        let mut plan = Plan::default();
         let share = self.share();
         let mut counts: BTreeMap<&str, usize> =
             self.members.keys().map(|m| (m.as_str(), 0)).collect();
@@ -111,7 +114,7 @@ impl View {
         let mine: BTreeSet<u16> = self
             .owners
             .iter()
-            .filter(|(_, h)| h.member == me)
+            .filter(|(b, h)| h.member == me && self.leases.get(b) == Some(&my_lease))
             .map(|(b, _)| *b)
             .collect();
         plan.retake = mine
@@ -188,6 +191,7 @@ mod tests {
                     epoch: u64::from(b) + 1,
                 };
                 v.owners.insert(b, held);
+                v.leases.insert(b, v.members[*m].lease);
             }
         }
         v
@@ -264,6 +268,20 @@ mod tests {
         let plan = v.plan("a", &BTreeMap::new());
         assert_eq!(plan.hand_off.len(), 14);
         assert!(plan.hand_off.iter().all(|h| h.to == "c"));
+    }
+
+    #[test]
+    fn keys_left_from_a_lost_lease_are_neither_ours_nor_free() {
+        // a's key of bucket 0 is from a lease it lost: not counted as a's, not free.
+        let mut v = view(&["a", "b"], &[("a", 0..128), ("b", 128..256)]);
+        v.leases.insert(0, 7);
+        let plan = v.plan("a", &BTreeMap::new());
+        assert!(
+            plan.claim.is_empty() && plan.hand_off.is_empty(),
+            "{plan:?}"
+        );
+        v.owners.remove(&0);
+        assert_eq!(v.plan("a", &BTreeMap::new()).claim, vec![0]);
     }
 
     #[test]
