@@ -114,9 +114,15 @@ async fn three_instances_share_every_bucket_once_and_a_dead_one_is_replaced() {
     assert!(target_epoch.is_some(), "nobody owns target `web`");
 
     // c dies without a word (its task stops, its lease is not renewed).
+    let mut changes = a.changes();
+    changes.mark_unchanged();
     let died = Instant::now();
     drop(c);
     let after = wait_shared(&[&a, &b], TTL + SLACK).await;
+    assert!(
+        changes.has_changed().expect("a's task runs"),
+        "a took buckets silently"
+    );
     println!("c's buckets taken after {:?}", died.elapsed());
     for (bucket, (owner, epoch)) in &before {
         if owner == "c" {
@@ -156,6 +162,8 @@ async fn a_leaving_instance_is_replaced_at_once_and_a_joiner_takes_its_share_wit
     // A graceful leave revokes the lease: no waiting for it to expire.
     let left = Instant::now();
     c.leave().await;
+    assert!(c.owned().is_empty() && !c.is_live());
+    drop(c);
     wait_shared(&[&a, &b], TTL).await;
     println!("c's buckets taken {:?} after it left", left.elapsed());
 

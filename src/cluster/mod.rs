@@ -133,7 +133,8 @@ pub struct Cluster {
     shared: Arc<Shared>,
     changes: watch::Receiver<u64>,
     stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    /// The task; taken by [`Cluster::leave`].
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What the task and the handle share.
@@ -196,7 +197,7 @@ impl Cluster {
             shared,
             changes,
             stop,
-            task: Some(task),
+            task: Mutex::new(Some(task)),
         })
     }
 
@@ -263,10 +264,12 @@ impl Cluster {
     }
 
     /// Leaves the cluster: stops acting at once, revokes the lease (the other instances
-    /// take the buckets without waiting for it to expire) and stops the task.
-    pub async fn leave(mut self) {
+    /// take the buckets without waiting for it to expire) and stops the task. Once left,
+    /// [`Cluster::epoch`] is always `None`.
+    pub async fn leave(&self) {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
             let _ = task.await;
         }
     }
@@ -274,7 +277,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        let task = self
+            .task
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
             task.abort();
         }
         // Stop acting at once: nothing renews the lease any more.
