@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{Etcd, poll_until_async};
 use prescale::cluster::{BUCKETS, Cluster};
-use prescale::config::ClusterConfig;
+use prescale::config::{ClusterConfig, EtcdAuth, Secret};
 
 /// Short, so that expiry is quick; etcd's own minimum is 2 s.
 const TTL: Duration = Duration::from_secs(3);
@@ -19,6 +19,10 @@ const SLACK: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn config(etcd: &Etcd, name: &str) -> ClusterConfig {
+    config_with(etcd, name, None)
+}
+
+fn config_with(etcd: &Etcd, name: &str, auth: Option<EtcdAuth>) -> ClusterConfig {
     ClusterConfig {
         etcd: etcd
             .endpoints()
@@ -29,7 +33,7 @@ fn config(etcd: &Etcd, name: &str) -> ClusterConfig {
         advertise: format!("http://127.0.0.1:1/{name}").parse().expect("URL"),
         lease_ttl: TTL,
         prefix: "/prescale-test".to_owned(),
-        auth: None,
+        auth,
         tls: None,
     }
 }
@@ -341,4 +345,63 @@ async fn an_instance_whose_lease_is_revoked_stops_at_once_and_rejoins_at_higher_
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_authentication_is_used_and_a_wrong_password_is_refused_without_showing_it() {
+    use etcd_client::{Permission, PermissionType};
+    let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
+        .await
+        .expect("etcd");
+    let mut admin = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .expect("connect");
+    admin.user_add("root", "root-pw", None).await.expect("root");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("root role");
+    admin.role_add("prescale").await.expect("role");
+    let keys = Permission::new(PermissionType::Readwrite, "/prescale-test/").with_prefix();
+    admin
+        .role_grant_permission("prescale", keys)
+        .await
+        .expect("grant");
+    admin
+        .user_add("prescale", "s3cret-pw", None)
+        .await
+        .expect("user");
+    admin
+        .user_grant_role("prescale", "prescale")
+        .await
+        .expect("user role");
+    admin.auth_enable().await.expect("enable auth");
+
+    let auth = |password: &str| {
+        Some(EtcdAuth {
+            username: "prescale".to_owned(),
+            password: Secret::new(password),
+        })
+    };
+    let a = Cluster::join(&config_with(&etcd, "a", auth("s3cret-pw")))
+        .await
+        .expect("a joins with its credentials");
+    let b = Cluster::join(&config_with(&etcd, "b", auth("s3cret-pw")))
+        .await
+        .expect("b joins with its credentials");
+    wait_shared(&[&a, &b], DEADLINE).await;
+    b.leave().await;
+    wait_shared(&[&a], TTL).await;
+
+    let refused = Cluster::join(&config_with(&etcd, "c", auth("wrong-pw")))
+        .await
+        .err()
+        .expect("a wrong password is refused")
+        .to_string();
+    assert!(
+        refused.contains("connect") && !refused.contains("wrong-pw"),
+        "{refused}"
+    );
+    let anonymous = Cluster::join(&config(&etcd, "d")).await.err();
+    assert!(anonymous.is_some(), "joined without credentials");
 }

@@ -39,7 +39,10 @@ impl Etcd {
             // Fail fast on a member that lost its leader instead of waiting on it.
             .with_require_leader(true);
         if let Some(auth) = &config.auth {
-            options = options.with_user(&auth.username, auth.password.expose());
+            // etcd's tokens expire (5 minutes by default): fetch a new one when they do.
+            options = options
+                .with_user(&auth.username, auth.password.expose())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &config.tls {
             let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
