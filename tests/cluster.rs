@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{Etcd, poll_until_async};
 use prescale::cluster::{BUCKETS, Cluster};
-use prescale::config::{ClusterConfig, EtcdAuth, Secret};
+use prescale::config::{ClusterConfig, EtcdAuth, EtcdTls, Secret};
 
 /// Short, so that expiry is quick; etcd's own minimum is 2 s.
 const TTL: Duration = Duration::from_secs(3);
@@ -404,4 +404,122 @@ async fn etcd_authentication_is_used_and_a_wrong_password_is_refused_without_sho
     );
     let anonymous = Cluster::join(&config(&etcd, "d")).await.err();
     assert!(anonymous.is_some(), "joined without credentials");
+}
+
+/// Runs `openssl` with `args` in `dir`; panics with its output when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA `<name>.pem` / `<name>.key` in `dir`.
+fn make_ca(dir: &std::path::Path, name: &str) {
+    let (pem, key, cn) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("/CN={name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &cn,
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_etcd_trusts_the_configured_ca_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_ca(d, "other-ca");
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        d.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext");
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    let (cert, key) = (d.join("server.pem"), d.join("server.key"));
+    let etcd = tokio::task::spawn_blocking(move || Etcd::start_tls(1, cert, key))
+        .await
+        .expect("etcd");
+    let with_ca = |ca: &str| {
+        let mut c = config(&etcd, "a");
+        c.tls = Some(EtcdTls {
+            ca_file: d.join(ca),
+            ca_pem: std::fs::read_to_string(d.join(ca)).expect("read CA"),
+            identity: None,
+        });
+        c
+    };
+    assert!(etcd.endpoints()[0].starts_with("https://"));
+    let a = Cluster::join(&with_ca("ca.pem"))
+        .await
+        .expect("a joins over TLS");
+    wait_shared(&[&a], DEADLINE).await;
+    a.leave().await;
+    let refused = Cluster::join(&with_ca("other-ca.pem"))
+        .await
+        .err()
+        .expect("joined while trusting another CA");
+    let refused = refused.to_string();
+    assert!(refused.contains("certificate"), "{refused}");
 }

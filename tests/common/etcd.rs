@@ -1,6 +1,7 @@
 //! A real etcd cluster (Debian `etcd-server`) of one or more members on free 127.0.0.1
 //! ports, in a temporary directory: started, waited for until healthy, members killed and
-//! restarted, all killed on drop.
+//! restarted, all killed on drop. Clients may be served over TLS ([`Etcd::start_tls`]);
+//! health is read from each member's plain-HTTP metrics port either way.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ struct Member {
     name: String,
     client: SocketAddr,
     peer: SocketAddr,
+    metrics: SocketAddr,
     child: Option<ChildGuard>,
 }
 
@@ -25,12 +27,23 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     initial_cluster: String,
     token: String,
+    /// The server certificate and key (PEM files) when clients are served over TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Etcd {
     /// Starts `size` members and waits until each is healthy (a leader elected and the
     /// member serving).
     pub fn start(size: usize) -> Self {
+        Self::start_with(size, None)
+    }
+
+    /// [`Etcd::start`] serving clients over TLS with this certificate and key (PEM files).
+    pub fn start_tls(size: usize, cert: PathBuf, key: PathBuf) -> Self {
+        Self::start_with(size, Some((cert, key)))
+    }
+
+    fn start_with(size: usize, tls: Option<(PathBuf, PathBuf)>) -> Self {
         require_tool("etcd", "--version", "etcd-server");
         let dir = tempfile::Builder::new()
             .prefix("prescale-etcd-")
@@ -41,6 +54,7 @@ impl Etcd {
                 name: format!("m{i}"),
                 client: free_addr(),
                 peer: free_addr(),
+                metrics: free_addr(),
                 child: None,
             })
             .collect();
@@ -58,6 +72,7 @@ impl Etcd {
             dir,
             initial_cluster,
             token,
+            tls,
         };
         for i in 0..size {
             etcd.spawn(i);
@@ -72,8 +87,12 @@ impl Etcd {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://{}", m.client))
+            .map(|m| format!("{}://{}", self.scheme(), m.client))
             .collect()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// How many members.
@@ -103,11 +122,13 @@ impl Etcd {
             .open(self.log_path(i))
             .expect("open the etcd log");
         let m = &self.members[i];
+        let scheme = self.scheme();
         let mut cmd = Command::new("etcd");
         cmd.arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", self.data_dir(i).display()))
-            .arg(format!("--listen-client-urls=http://{}", m.client))
-            .arg(format!("--advertise-client-urls=http://{}", m.client))
+            .arg(format!("--listen-client-urls={scheme}://{}", m.client))
+            .arg(format!("--advertise-client-urls={scheme}://{}", m.client))
+            .arg(format!("--listen-metrics-urls=http://{}", m.metrics))
             .arg(format!("--listen-peer-urls=http://{}", m.peer))
             .arg(format!("--initial-advertise-peer-urls=http://{}", m.peer))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
@@ -117,13 +138,17 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()));
+        }
         let child = ChildGuard::spawn(&mut cmd, &format!("etcd member {}", m.name), "etcd-server");
         self.members[i].child = Some(child);
     }
 
     /// Whether member `i` answers `/health` with `true` (it serves and has a leader).
     pub fn is_healthy(&self, i: usize) -> bool {
-        matches!(http_get(self.members[i].client, "/health"),
+        matches!(http_get(self.members[i].metrics, "/health"),
             Ok((200, body)) if body.contains("\"true\""))
     }
 
