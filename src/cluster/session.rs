@@ -142,13 +142,17 @@ impl Session {
         let keeper = keep_alive(self.etcd.clone(), lease, self.shared.clone(), self.ttl, tx);
         let _keeper = AbortOnDrop(tokio::spawn(keeper));
         let mut watch = None;
+        // A watch that failed is opened again at the next tick, not at once: without a
+        // leader etcd ends each new watch straight away.
+        let mut may_watch = true;
         let mut tick = tokio::time::interval(self.ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *stopped.borrow() {
                 return End::Stopped;
             }
-            if watch.is_none() {
+            if watch.is_none() && may_watch {
+                may_watch = false;
                 watch = self
                     .etcd
                     .watch()
@@ -171,7 +175,7 @@ impl Session {
                 alive = next_event(&mut watch) => if !alive {
                     watch = None;
                 },
-                _ = tick.tick() => {}
+                _ = tick.tick() => may_watch = true,
                 () = sleep_until(lapse) => {
                     warn!(name = %self.member.name, "lease not renewed in time: acting on nothing");
                     self.shared.changed();
