@@ -15,7 +15,8 @@
 //!   is absent. Each instance takes free buckets up to the fair share, ⌈buckets / live
 //!   members⌉. A dead owner's keys vanish with its lease; the others take them.
 //! - **Handing.** An instance above the share, when no bucket is free, hands its excess to
-//!   the members furthest below it: one transaction rewrites the owner key to the
+//!   the members furthest below it (each giver its part of their deficit, since all give
+//!   at once): one transaction rewrites the owner key to the
 //!   recipient, under the recipient's lease, if the key is still at the giver's epoch and
 //!   the recipient is still a member under that lease. A joiner therefore gets its share
 //!   with no bucket ever unowned. The giver stops acting on a bucket *before* sending the

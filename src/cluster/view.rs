@@ -138,6 +138,9 @@ impl View {
             return plan;
         }
         let mut excess = mine.len() - share;
+        // Every member above the share gives at once, each from the same view: each gives a
+        // recipient only its part of the deficit, so that they do not all fill it.
+        let givers = counts.values().filter(|c| **c > share).count().max(1);
         let mut below: Vec<(usize, &str)> = counts
             .iter()
             .filter(|(m, c)| **m != me && **c < share)
@@ -147,7 +150,7 @@ impl View {
         let mut spare = mine.iter().rev().filter(|b| !given.contains_key(b));
         for (count, to) in below {
             let lease = self.members[to].lease;
-            for _ in 0..(share - count).min(excess) {
+            for _ in 0..(share - count).div_ceil(givers).min(excess) {
                 let Some(&b) = spare.next() else {
                     return plan;
                 };
@@ -268,6 +271,24 @@ mod tests {
         let plan = v.plan("a", &BTreeMap::new());
         assert_eq!(plan.hand_off.len(), 14);
         assert!(plan.hand_off.iter().all(|h| h.to == "c"));
+    }
+
+    #[test]
+    fn givers_split_a_deficit_instead_of_all_filling_it() {
+        // a, b, c hold 86, 86, 84; d and e join (share 52). Each giver gives each joiner
+        // its part: together about the deficit, not three times it.
+        let v = view(
+            &["a", "b", "c", "d", "e"],
+            &[("a", 0..86), ("b", 86..172), ("c", 172..256)],
+        );
+        let mut to: BTreeMap<String, usize> = BTreeMap::new();
+        for giver in ["a", "b", "c"] {
+            for h in v.plan(giver, &BTreeMap::new()).hand_off {
+                *to.entry(h.to).or_default() += 1;
+            }
+        }
+        assert!(to["d"] <= 54 && to["e"] <= 54, "{to:?}");
+        assert!(to["d"] + to["e"] >= 100, "{to:?}");
     }
 
     #[test]
