@@ -17,6 +17,8 @@
 //! - [`store`]: the one shared handle on state; [`api`] serves it over HTTP.
 //! - [`simulate`]: backtests, the same forecast and decide code on a virtual clock.
 //! - [`demo`]: the whole pipeline on a synthetic workload and a simulated platform.
+//! - [`cluster`]: instances sharing the targets through etcd: who owns which target, at
+//!   which epoch (not yet wired into [`serve`]).
 //! - [`clock`]: where the live pipeline reads `now` (the system's, or the demo's faster one).
 //! - [`metrics`], [`telemetry`]: prescale's own metrics and logs.
 //! - [`reload`]: what a reload of the configuration (SIGHUP) changes, and what it may not.
@@ -27,6 +29,7 @@
 pub mod act;
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod decide;
 pub mod demo;

@@ -24,6 +24,7 @@ const NOT_FROM_CORE: &[&str] = &[
     "source",
     "act",
     "api",
+    "cluster",
     "store",
     "pipeline",
     "config",

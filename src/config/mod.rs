@@ -7,12 +7,14 @@
 //! - `parse.rs`: [`RawConfig`] and its tables, as written (serde);
 //! - `validate.rs`: raw sections → validated ones, with their defaults;
 //! - `target.rs`: [`TargetConfig`], the per-target part, and its validation;
+//! - `cluster.rs`: [`ClusterConfig`], `[cluster]` and its validation;
 //! - `secrets.rs`: [`Secret`], read from an environment variable or a file;
 //! - here: the validated top-level types, [`ConfigError`] and [`Config::load`].
 //!
 //! Configuration depends on the core's policy types ([`crate::decide`]), never the
 //! reverse: [`TargetConfig::policy`] converts a target into a [`crate::decide::Policy`].
 
+mod cluster;
 mod parse;
 #[cfg(test)]
 mod proptests;
@@ -29,10 +31,11 @@ use std::time::Duration;
 use url::Url;
 
 pub use crate::decide::Mode;
+pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL, EtcdAuth, EtcdTls};
 pub use parse::{
-    RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawConfig, RawDelivery,
-    RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules, RawServer, RawState,
-    RawTarget, RawWebhook,
+    RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawCluster, RawConfig,
+    RawDelivery, RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules, RawServer,
+    RawState, RawTarget, RawWebhook,
 };
 pub use secrets::Secret;
 pub use target::{
@@ -93,6 +96,9 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// Most replicas across all targets, if budgeted.
     pub budget: Option<u32>,
+    /// The cluster this instance shares its targets with; `None`: one process owns every
+    /// target.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Validated `[prometheus]`.

@@ -91,6 +91,42 @@ pub struct RawConfig {
     /// A replica budget shared by all targets.
     #[serde(default)]
     pub budget: RawBudget,
+    /// Several instances sharing the targets through etcd; without it one process owns
+    /// every target.
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: instances that share the targets through etcd.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// etcd endpoints, e.g. `["http://127.0.0.1:2379"]`; at least one, all `http` or all
+    /// `https`, without credentials (use `username` and `password_*`).
+    pub etcd: Vec<String>,
+    /// This instance's name, unique in the cluster (default the host name).
+    pub name: Option<String>,
+    /// The URL other instances reach this instance's API at (default
+    /// `http://<[server] listen>`, refused when that address is unspecified, e.g. 0.0.0.0).
+    pub advertise: Option<String>,
+    /// TTL of this instance's etcd lease: an instance that stops renewing it loses its
+    /// targets this long after its last renewal (default 10s; whole seconds, 2s to 5m).
+    #[serde(default, with = "bounded")]
+    pub lease_ttl: Option<Duration>,
+    /// Prefix of every key prescale writes in etcd (default `/prescale`).
+    pub prefix: Option<String>,
+    /// etcd user name (etcd authentication); needs `password_env` or `password_file`.
+    pub username: Option<String>,
+    /// Environment variable holding the etcd password.
+    pub password_env: Option<String>,
+    /// File holding the etcd password (trailing whitespace trimmed).
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the etcd servers' certificates; needs `https`
+    /// endpoints, which need it.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for etcd (mutual TLS); needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[budget]`: a global replica budget.

@@ -29,6 +29,7 @@ impl Validator<'_> {
         if raw.budget.max_replicas == Some(0) {
             return Err(self.err("budget.max_replicas", "is 0; expected at least 1"));
         }
+        let cluster = raw.cluster.map(|c| self.cluster(c, &server)).transpose()?;
         Ok(Config {
             file: self.file.to_owned(),
             prometheus,
@@ -39,6 +40,7 @@ impl Validator<'_> {
             alertmanager,
             targets,
             budget: raw.budget.max_replicas,
+            cluster,
         })
     }
 

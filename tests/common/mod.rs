@@ -10,6 +10,8 @@
 //! - [`receivers`]: HTTP servers that record every request and answer a script
 //!   ([`Receiver`], [`Reply`]).
 //! - [`haproxy`], [`alertmanager`]: the real servers ([`Haproxy`], [`Alertmanager`]).
+//! - [`etcd`]: a real etcd cluster of one or more members ([`Etcd`]), members killed
+//!   and restarted.
 //! - [`config`]: configuration files ([`TestConfig`], [`TestTarget`], [`TempConfig`]).
 //! - [`app`]: prescale itself, in process ([`App`]) or as the binary ([`AppProcess`]).
 //!
@@ -22,6 +24,7 @@ pub mod alertmanager;
 pub mod app;
 pub mod backfill;
 pub mod config;
+pub mod etcd;
 pub mod haproxy;
 pub mod http;
 pub mod process;
@@ -32,6 +35,7 @@ pub use alertmanager::Alertmanager;
 pub use app::{App, AppProcess, STOP_DEADLINE};
 pub use backfill::{Backfill, COUNTER, Minute, RATE_QUERY, read_trace, trace_path};
 pub use config::{TempConfig, TestConfig, TestTarget, minimal_config};
+pub use etcd::Etcd;
 pub use haproxy::Haproxy;
 pub use http::{decisions_made, get_json, http_get};
 pub use process::{
