@@ -19,7 +19,7 @@ use crate::decide::{Decision, ReasonCode};
 use crate::forecast::Forecast;
 use crate::forecast::bottleneck::Bottleneck;
 use crate::metrics::Metrics;
-use crate::series::Series;
+use crate::series::{Runs, Series};
 use crate::step::{self, Memory};
 
 mod decisions;
@@ -82,8 +82,9 @@ pub struct TargetState {
     pub latency: Series,
     /// Observed replica counts.
     pub replica_series: Series,
-    /// The replica count at each decision (observed, or the count asked for).
-    pub replicas_history: Series,
+    /// The replica count at each decision (observed, or the count asked for), as runs of
+    /// one count.
+    pub replicas_history: Runs,
     /// Freshness per configured signal.
     pub signals: BTreeMap<Signal, SignalHealth>,
     /// Whether the request rate has been backfilled.
@@ -134,7 +135,7 @@ impl TargetState {
             rate: Series::new(step, cap),
             latency: Series::new(step, cap),
             replica_series: Series::new(step, cap),
-            replicas_history: Series::new(step, cap),
+            replicas_history: Runs::new(config.history.as_secs() as i64, cap),
             signals,
             backfilled: false,
             replicas: config.min_replicas,

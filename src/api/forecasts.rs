@@ -185,11 +185,17 @@ impl HistorySignal {
         }
     }
 
-    fn series(self, t: &TargetState) -> &Series {
+    /// Its samples at or after `since`, oldest first.
+    fn since(self, t: &TargetState, since: i64) -> Vec<views::Sample> {
+        let from = |s: &Series| s.since(since).map(views::Sample::from).collect();
         match self {
-            Self::Rate => &t.rate,
-            Self::Latency => &t.latency,
-            Self::Replicas => &t.replicas_history,
+            Self::Rate => from(&t.rate),
+            Self::Latency => from(&t.latency),
+            Self::Replicas => t
+                .replicas_history
+                .since(since)
+                .map(views::Sample::from)
+                .collect(),
         }
     }
 }
@@ -243,11 +249,7 @@ pub(super) async fn target_history(
     let t = store
         .target(&name)
         .ok_or_else(|| ApiError::unknown_target(&name))?;
-    let points = signal
-        .series(&t)
-        .since(since)
-        .map(views::Sample::from)
-        .collect();
+    let points = signal.since(&t, since);
     Ok(Json(HistoryBody {
         target: name.clone(),
         signal,

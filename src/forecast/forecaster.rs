@@ -195,6 +195,15 @@ impl Forecaster {
         self.state.is_some()
     }
 
+    /// The history the next [`update`](Self::update) at `now` needs: from this time on
+    /// (the newest value it has seen) when it will step through new values, `None` when it
+    /// may refit (then all of it). Passing only that part makes a cycle cost the new
+    /// values, not a copy of the whole history.
+    pub fn needs_since(&self, now: i64) -> Option<i64> {
+        let s = self.state.as_ref()?;
+        (!self.refit_due(now)).then_some(s.last_ts)
+    }
+
     /// Whether the next [`update`](Self::update) at `now` will refit.
     pub fn refit_due(&self, now: i64) -> bool {
         self.state
