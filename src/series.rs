@@ -66,10 +66,11 @@ impl Series {
         self.len == 0
     }
 
-    /// The time of step `i` of the buffer. Never overflows for `i < values.len()`: the
-    /// newest step is at or before a sample's own timestamp.
+    /// The time of step `i < values.len()` of the buffer. It lies between `start` and the
+    /// newest sample's own timestamp, so it fits an `i64` even when `i * step` does not;
+    /// wrapping arithmetic then gives it exactly.
     fn ts_at(&self, i: usize) -> i64 {
-        self.start + i as i64 * self.step
+        self.start.wrapping_add((i as i64).wrapping_mul(self.step))
     }
 
     /// The newest sample, if any.
@@ -370,6 +371,14 @@ mod tests {
         let mut series = Series::new(60, 10);
         series.extend([s(i64::MIN, 1.0), s(i64::MAX, 2.0)]);
         assert_eq!(series.iter().collect::<Vec<_>>(), [s(i64::MAX, 2.0)]);
+        // Steps whose product with their index is past an i64, times that are not.
+        let step = i64::MAX / 4;
+        let mut series = Series::new(step, 10);
+        // Seven steps on, in two parts: `7 * step` alone is past an i64.
+        let newest = i64::MIN + 1 + 3 * step + 4 * step;
+        series.extend([s(i64::MIN + 1, 1.0), s(newest, 2.0)]);
+        assert_eq!(series.last(), Some(s(newest, 2.0)));
+        assert_eq!(series.iter().count(), 2);
     }
 
     #[test]

@@ -171,7 +171,7 @@ pub(super) enum HistorySignal {
     Rate,
     /// The latency, seconds.
     Latency,
-    /// The replica count at each decision.
+    /// The replica count decided on: the first and last decision of each count.
     Replicas,
 }
 
@@ -227,7 +227,9 @@ fn parse_since(s: Option<&str>, now: i64) -> Result<i64, ApiError> {
 
 /// The observed series of one signal since a time: `since` is a duration back from now
 /// (`6h`, default `24h`) or a Unix timestamp. `signal=replicas` is the replica count the
-/// target had at each decision (observed, or asked for without a `replicas` query).
+/// target had at its decisions (observed, or asked for without a `replicas` query), as
+/// steps: the first and the last decision of each count (the count in force at `since`
+/// starts at `since`).
 #[utoipa::path(get, path = "/api/v1/targets/{name}/history", tag = "targets",
     params(("name" = String, Path, description = "Target name"), HistoryQuery),
     security((), ("bearer" = [])),
