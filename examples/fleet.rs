@@ -12,6 +12,9 @@
 //!   so every other one polls a new one-minute sample; the median of each kind. The
 //!   forecasters are fitted before the first cycle (a few shapes, one fit each, cloned),
 //!   so this is the steady state; the time of one refit is measured on its own.
+//! - **Long run**: memory again once every target's decision and replica histories are as
+//!   full as 14 days of a change every 10 minutes leave them (their bounds, not their
+//!   start, then count).
 //!
 //! Run: `cargo run --release --example fleet [TARGETS] [CYCLES]`
 
@@ -255,5 +258,54 @@ async fn main() -> anyhow::Result<()> {
         forecast.refit_every.as_secs(),
         refit.as_secs_f64() * targets as f64
     );
+    let now = now0 + cycles as i64 * interval;
+    age(&store, now);
+    let (aged, peak) = rss();
+    println!(
+        "as after 14 days of a change every {} min (full decision and replica histories): \
+         {:.0} MB resident (peak {:.0} MB): {:.1} KB per target",
+        CHANGE_EVERY / 60,
+        mb(aged),
+        mb(peak),
+        aged.saturating_sub(before) as f64 / targets as f64 / 1e3
+    );
     Ok(())
+}
+
+/// How often the aged targets changed their count, seconds.
+const CHANGE_EVERY: i64 = 600;
+
+/// Fills every target's decision history and replica history as 14 days of a change every
+/// [`CHANGE_EVERY`] before `now` would have (copies of its last decision, changed).
+fn age(store: &Store, now: i64) {
+    let names: Vec<String> = store.names().map(str::to_owned).collect();
+    for name in names {
+        let Some(last) = store.target(&name).and_then(|t| t.last_decision.clone()) else {
+            continue;
+        };
+        let mode = store.target(&name).map(|t| t.config.mode);
+        let changes = 14 * DAY / CHANGE_EVERY;
+        let mut history = prescale::series::Runs::new(14 * DAY, 20_161);
+        for k in 0..changes {
+            let at = now - (changes - k) * CHANGE_EVERY;
+            let to = last.to + (k % 2) as u32;
+            let d = prescale::decide::Decision {
+                at,
+                from: last.to + 1 - (k % 2) as u32,
+                to,
+                ..last.clone()
+            };
+            if let Some(mode) = mode {
+                store.record_decision(prescale::store::DecisionRecord::new(name.clone(), d, mode));
+            }
+            // A decision every 30 s, the count changing every `CHANGE_EVERY`.
+            history.extend((0..CHANGE_EVERY / 30).map(|i| Sample {
+                ts: at + i * 30,
+                value: f64::from(to),
+            }));
+        }
+        if let Some(mut t) = store.target(&name) {
+            t.replicas_history = history;
+        }
+    }
 }
