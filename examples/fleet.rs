@@ -276,7 +276,8 @@ async fn main() -> anyhow::Result<()> {
 const CHANGE_EVERY: i64 = 600;
 
 /// Fills every target's decision history and replica history as 14 days of a change every
-/// [`CHANGE_EVERY`] before `now` would have (copies of its last decision, changed).
+/// [`CHANGE_EVERY`] would (copies of its last decision, changed; after `now`, so that the
+/// store's own histories take them, within their own bounds).
 fn age(store: &Store, now: i64) {
     let names: Vec<String> = store.names().map(str::to_owned).collect();
     for name in names {
@@ -284,10 +285,8 @@ fn age(store: &Store, now: i64) {
             continue;
         };
         let mode = store.target(&name).map(|t| t.config.mode);
-        let changes = 14 * DAY / CHANGE_EVERY;
-        let mut history = prescale::series::Runs::new(14 * DAY, 20_161);
-        for k in 0..changes {
-            let at = now - (changes - k) * CHANGE_EVERY;
+        for k in 1..=14 * DAY / CHANGE_EVERY {
+            let at = now + k * CHANGE_EVERY;
             let to = last.to + (k % 2) as u32;
             let d = prescale::decide::Decision {
                 at,
@@ -299,13 +298,13 @@ fn age(store: &Store, now: i64) {
                 store.record_decision(prescale::store::DecisionRecord::new(name.clone(), d, mode));
             }
             // A decision every 30 s, the count changing every `CHANGE_EVERY`.
-            history.extend((0..CHANGE_EVERY / 30).map(|i| Sample {
-                ts: at + i * 30,
-                value: f64::from(to),
-            }));
-        }
-        if let Some(mut t) = store.target(&name) {
-            t.replicas_history = history;
+            if let Some(mut t) = store.target(&name) {
+                t.replicas_history
+                    .extend((0..CHANGE_EVERY / 30).map(|i| Sample {
+                        ts: at + i * 30,
+                        value: f64::from(to),
+                    }));
+            }
         }
     }
 }

@@ -220,7 +220,9 @@ impl Series {
 
 /// A series that mostly repeats itself (the replica count at each decision), kept as runs
 /// of one value: a run is the value and the times of its first, next-to-last and last
-/// samples, 32 bytes however many samples it stands for.
+/// samples, 16 bytes however many samples it stands for. Values are kept as `f32` (counts
+/// exactly up to 2²⁴), times as seconds after the first sample held (up to 136 years; a
+/// sample further on starts the history anew).
 ///
 /// Its samples are shown as the first and last of each run ([`Runs::since`]): drawn as
 /// steps, the same line as every sample, in a few points. Runs that ended more than `span`
@@ -229,17 +231,19 @@ impl Series {
 pub struct Runs {
     span: i64,
     capacity: usize,
+    /// The time the runs' times count from.
+    origin: i64,
     runs: VecDeque<Run>,
 }
 
-/// One value over consecutive samples.
+/// One value over consecutive samples; times in seconds after [`Runs::origin`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Run {
-    value: f64,
-    first: i64,
+    value: f32,
+    first: u32,
     /// The sample before `last` (`first` while there are one or two).
-    before_last: i64,
-    last: i64,
+    before_last: u32,
+    last: u32,
 }
 
 impl Runs {
@@ -248,15 +252,21 @@ impl Runs {
         Self {
             span: span.max(0),
             capacity: capacity.max(1),
+            origin: 0,
             runs: VecDeque::new(),
         }
+    }
+
+    /// The time of an offset from the origin.
+    fn at(&self, offset: u32) -> i64 {
+        self.origin.saturating_add(i64::from(offset))
     }
 
     /// The newest sample, if any.
     pub fn last(&self) -> Option<Sample> {
         self.runs.back().map(|r| Sample {
-            ts: r.last,
-            value: r.value,
+            ts: self.at(r.last),
+            value: f64::from(r.value),
         })
     }
 
@@ -284,23 +294,40 @@ impl Runs {
                 continue;
             }
             added += 1;
+            let value = (s.value as f32).clamp(f32::MIN, f32::MAX);
+            let offset =
+                s.ts.checked_sub(self.origin)
+                    .and_then(|d| u32::try_from(d).ok())
+                    .filter(|_| !self.runs.is_empty());
+            let Some(offset) = offset else {
+                self.origin = s.ts;
+                self.runs.clear();
+                self.runs.push_back(Run {
+                    value,
+                    first: 0,
+                    before_last: 0,
+                    last: 0,
+                });
+                continue;
+            };
             match self.runs.back_mut() {
-                Some(run) if run.value == s.value => {
+                Some(run) if run.value == value => {
                     run.before_last = run.last;
-                    run.last = s.ts;
+                    run.last = offset;
                 }
                 _ => self.runs.push_back(Run {
-                    value: s.value,
-                    first: s.ts,
-                    before_last: s.ts,
-                    last: s.ts,
+                    value,
+                    first: offset,
+                    before_last: offset,
+                    last: offset,
                 }),
             }
         }
         let oldest = self
             .last()
             .map_or(i64::MIN, |l| l.ts.saturating_sub(self.span));
-        while self.runs.len() > self.capacity || self.runs.front().is_some_and(|r| r.last < oldest)
+        while self.runs.len() > self.capacity
+            || self.runs.front().is_some_and(|r| self.at(r.last) < oldest)
         {
             self.runs.pop_front();
         }
@@ -312,14 +339,15 @@ impl Runs {
     pub fn since(&self, since: i64) -> impl Iterator<Item = Sample> + '_ {
         self.runs
             .iter()
-            .filter(move |r| r.last >= since)
+            .filter(move |r| self.at(r.last) >= since)
             .flat_map(move |r| {
-                let first = r.first.max(since);
-                let last = (r.last != first).then_some(r.last);
-                [Some(first), last]
+                let first = self.at(r.first).max(since);
+                let last = self.at(r.last);
+                let value = f64::from(r.value);
+                [Some(first), (last != first).then_some(last)]
                     .into_iter()
                     .flatten()
-                    .map(|ts| Sample { ts, value: r.value })
+                    .map(move |ts| Sample { ts, value })
             })
     }
 }
@@ -472,6 +500,19 @@ mod tests {
         // Runs that ended more than `span` before the newest sample go.
         runs.extend([s(1_000, 4.0), s(1_100, 6.0)]);
         assert_eq!(got(&runs, 0), [s(180, 4.0), s(1_000, 4.0), s(1_100, 6.0)]);
+        // A sample past what the offsets reach starts anew; so does one after all popped.
+        runs.extend([s(i64::MAX, 7.0)]);
+        assert_eq!(got(&runs, i64::MIN), [s(i64::MAX, 7.0)]);
+        assert_eq!(runs.pop(), Some(s(i64::MAX, 7.0)));
+        runs.extend([s(i64::MIN, 8.0), s(i64::MIN + 60, 8.0)]);
+        assert_eq!(
+            got(&runs, i64::MIN),
+            [s(i64::MIN, 8.0), s(i64::MIN + 60, 8.0)]
+        );
+        // At most `capacity` runs.
+        let mut runs = Runs::new(i64::MAX, 3);
+        runs.extend((0..10).map(|i| s(i, i as f64)));
+        assert_eq!(got(&runs, 0), [s(7, 7.0), s(8, 8.0), s(9, 9.0)]);
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl ForecastQuality {
 }
 
 /// Runs of one replica count kept per target, at most: at a change every ten minutes, a
-/// week (the dashboard's longest window), in 32 KB.
+/// week (the dashboard's longest window), in 16 KB.
 const REPLICA_RUNS: usize = 1_000;
 
 /// Everything known of one target.
