@@ -382,7 +382,16 @@ fn forecast_step(
     if *forecaster.settings() != settings {
         forecaster.set_settings(settings);
     }
-    let updated = inputs.rate.to_grid().map(|(start, values)| {
+    // Only what the forecaster has not seen, unless it is to refit (or the series no
+    // longer reaches the newest value it saw: then it refits on all of it, as it would).
+    let grid = forecaster
+        .needs_since(inputs.now)
+        .filter(|&since| !inputs.refit && inputs.rate.last().is_some_and(|l| l.ts >= since))
+        .map_or_else(
+            || inputs.rate.to_grid(),
+            |since| inputs.rate.to_grid_since(since),
+        );
+    let updated = grid.map(|(start, values)| {
         let history = History {
             start,
             step: policy.step,

@@ -19,7 +19,7 @@ use crate::decide::{Decision, ReasonCode};
 use crate::forecast::Forecast;
 use crate::forecast::bottleneck::Bottleneck;
 use crate::metrics::Metrics;
-use crate::series::Series;
+use crate::series::{Runs, Series};
 use crate::step::{self, Memory};
 
 mod decisions;
@@ -33,7 +33,8 @@ pub use crate::act::outbox::DeliveryRecord;
 /// How the forecasts of one target have done lately: a rolling window of errors.
 #[derive(Debug, Clone, Default)]
 pub struct ForecastQuality {
-    window: VecDeque<(f64, bool)>,
+    /// `(absolute error, inside)`; `f32`, a mean's worth of precision in half the bytes.
+    window: VecDeque<(f32, bool)>,
 }
 
 /// Forecast points scored per target, at most.
@@ -42,7 +43,11 @@ const QUALITY_WINDOW: usize = 720;
 impl ForecastQuality {
     /// Adds scored points `(absolute error, inside the interval)`.
     pub fn extend(&mut self, scored: impl IntoIterator<Item = (f64, bool)>) {
-        self.window.extend(scored);
+        self.window.extend(
+            scored
+                .into_iter()
+                .map(|(e, inside)| ((e as f32).min(f32::MAX), inside)),
+        );
         while self.window.len() > QUALITY_WINDOW {
             self.window.pop_front();
         }
@@ -50,8 +55,9 @@ impl ForecastQuality {
 
     /// Mean absolute error, requests/s; `None` before any point was scored.
     pub fn mae(&self) -> Option<f64> {
-        (!self.window.is_empty())
-            .then(|| self.window.iter().map(|e| e.0).sum::<f64>() / self.window.len() as f64)
+        (!self.window.is_empty()).then(|| {
+            self.window.iter().map(|e| f64::from(e.0)).sum::<f64>() / self.window.len() as f64
+        })
     }
 
     /// Share of observations inside the prediction interval.
@@ -71,6 +77,10 @@ impl ForecastQuality {
     }
 }
 
+/// Runs of one replica count kept per target, at most: at a change every ten minutes, a
+/// week (the dashboard's longest window), in 16 KB.
+const REPLICA_RUNS: usize = 1_000;
+
 /// Everything known of one target.
 #[derive(Debug)]
 pub struct TargetState {
@@ -82,8 +92,9 @@ pub struct TargetState {
     pub latency: Series,
     /// Observed replica counts.
     pub replica_series: Series,
-    /// The replica count at each decision (observed, or the count asked for).
-    pub replicas_history: Series,
+    /// The replica count at each decision (observed, or the count asked for), as runs of
+    /// one count.
+    pub replicas_history: Runs,
     /// Freshness per configured signal.
     pub signals: BTreeMap<Signal, SignalHealth>,
     /// Whether the request rate has been backfilled.
@@ -134,7 +145,7 @@ impl TargetState {
             rate: Series::new(step, cap),
             latency: Series::new(step, cap),
             replica_series: Series::new(step, cap),
-            replicas_history: Series::new(step, cap),
+            replicas_history: Runs::new(config.history.as_secs() as i64, REPLICA_RUNS),
             signals,
             backfilled: false,
             replicas: config.min_replicas,

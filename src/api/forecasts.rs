@@ -171,7 +171,7 @@ pub(super) enum HistorySignal {
     Rate,
     /// The latency, seconds.
     Latency,
-    /// The replica count at each decision.
+    /// The replica count decided on: the first and last decision of each count.
     Replicas,
 }
 
@@ -185,11 +185,17 @@ impl HistorySignal {
         }
     }
 
-    fn series(self, t: &TargetState) -> &Series {
+    /// Its samples at or after `since`, oldest first.
+    fn since(self, t: &TargetState, since: i64) -> Vec<views::Sample> {
+        let from = |s: &Series| s.since(since).map(views::Sample::from).collect();
         match self {
-            Self::Rate => &t.rate,
-            Self::Latency => &t.latency,
-            Self::Replicas => &t.replicas_history,
+            Self::Rate => from(&t.rate),
+            Self::Latency => from(&t.latency),
+            Self::Replicas => t
+                .replicas_history
+                .since(since)
+                .map(views::Sample::from)
+                .collect(),
         }
     }
 }
@@ -221,7 +227,9 @@ fn parse_since(s: Option<&str>, now: i64) -> Result<i64, ApiError> {
 
 /// The observed series of one signal since a time: `since` is a duration back from now
 /// (`6h`, default `24h`) or a Unix timestamp. `signal=replicas` is the replica count the
-/// target had at each decision (observed, or asked for without a `replicas` query).
+/// target had at its decisions (observed, or asked for without a `replicas` query), as
+/// steps: the first and the last decision of each count (the count in force at `since`
+/// starts at `since`).
 #[utoipa::path(get, path = "/api/v1/targets/{name}/history", tag = "targets",
     params(("name" = String, Path, description = "Target name"), HistoryQuery),
     security((), ("bearer" = [])),
@@ -243,11 +251,7 @@ pub(super) async fn target_history(
     let t = store
         .target(&name)
         .ok_or_else(|| ApiError::unknown_target(&name))?;
-    let points = signal
-        .series(&t)
-        .since(since)
-        .map(views::Sample::from)
-        .collect();
+    let points = signal.since(&t, since);
     Ok(Json(HistoryBody {
         target: name.clone(),
         signal,

@@ -587,3 +587,49 @@ async fn a_busy_fleet_keeps_every_targets_changes_and_summarises_holds() {
     assert_eq!(names.last(), Some(&"web"), "the oldest last: {names:?}");
     assert_eq!(names[0], "busy49", "the newest first: {names:?}");
 }
+
+/// The history endpoint: the rate as observed, the replicas as steps (the first and last
+/// decision of each count; the count in force at `since` from `since`).
+#[tokio::test]
+async fn history_serves_the_rate_and_the_replica_steps() {
+    let s = store();
+    let now = crate::clock::Clock::system().now() / 60 * 60;
+    {
+        let mut t = s.target("web").unwrap();
+        // Decisions every 30 s over the last hour: 3 replicas, then 5 from 20 minutes ago.
+        t.replicas_history.extend((0..120).map(|k| Sample {
+            ts: now - 3_600 + 30 * k,
+            value: if k < 80 { 3.0 } else { 5.0 },
+        }));
+    }
+    let since = now - 1_800;
+    let (st, b) = get(&s, &format!("/api/v1/targets/web/history?since={since}")).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let points = b["points"].as_array().unwrap();
+    assert_eq!(points.len(), 31, "{b}");
+    assert_eq!(points[0]["timestamp"], since, "{b}");
+    assert_eq!(points[30]["value"], 42.0, "{b}");
+    let (st, b) = get(
+        &s,
+        &format!("/api/v1/targets/web/history?signal=replicas&since={since}"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let got: Vec<(i64, f64)> = b["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["timestamp"].as_i64().unwrap(),
+                p["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let first5 = now - 3_600 + 30 * 80;
+    let last = now - 3_600 + 30 * 119;
+    assert_eq!(
+        got,
+        [(since, 3.0), (first5 - 30, 3.0), (first5, 5.0), (last, 5.0)]
+    );
+}

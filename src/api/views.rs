@@ -43,8 +43,8 @@ pub(super) struct Sample {
     value: f64,
 }
 
-impl From<&series::Sample> for Sample {
-    fn from(s: &series::Sample) -> Self {
+impl From<series::Sample> for Sample {
+    fn from(s: series::Sample) -> Self {
         Self {
             timestamp: s.ts,
             value: s.value,

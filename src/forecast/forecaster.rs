@@ -195,6 +195,15 @@ impl Forecaster {
         self.state.is_some()
     }
 
+    /// The history the next [`update`](Self::update) at `now` needs: from this time on
+    /// (the newest value it has seen) when it will step through new values, `None` when it
+    /// may refit (then all of it). Passing only that part makes a cycle cost the new
+    /// values, not a copy of the whole history.
+    pub fn needs_since(&self, now: i64) -> Option<i64> {
+        let s = self.state.as_ref()?;
+        (!self.refit_due(now)).then_some(s.last_ts)
+    }
+
     /// Whether the next [`update`](Self::update) at `now` will refit.
     pub fn refit_due(&self, now: i64) -> bool {
         self.state
@@ -791,6 +800,41 @@ mod tests {
             values: &[1.0],
         };
         assert_eq!(f.update(h, 600), Err(ForecastError::BadStep(60)));
+    }
+
+    /// Fed only the values after [`Forecaster::needs_since`], a forecaster ends where the
+    /// whole history would have taken it, through refits and a gap.
+    #[test]
+    fn the_tail_it_needs_does_what_the_whole_history_does() {
+        let mut y: Vec<f64> = (0..4 * PER_DAY)
+            .map(|i| 50.0 + 20.0 * ((i % PER_DAY) as f64 / 30.0).sin() + 3.0 * noise(i))
+            .collect();
+        y[3 * PER_DAY + 5] = f64::NAN;
+        let (mut whole, mut tail) = (Forecaster::new(settings()), Forecaster::new(settings()));
+        let mut tails = 0;
+        for n in 2 * PER_DAY..y.len() {
+            let h = History {
+                start: 0,
+                step: STEP,
+                values: &y[..n],
+            };
+            let now = h.end() + STEP;
+            let part = match tail.needs_since(now) {
+                Some(since) => {
+                    tails += 1;
+                    let from = (since / STEP) as usize;
+                    History {
+                        start: since,
+                        step: STEP,
+                        values: &y[from..n],
+                    }
+                }
+                None => h,
+            };
+            assert_eq!(whole.update(h, now), tail.update(part, now), "at {n}");
+            assert_eq!(whole, tail, "at {n}");
+        }
+        assert!(tails > 400, "{tails} updates from the tail");
     }
 
     #[test]

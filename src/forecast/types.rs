@@ -70,7 +70,7 @@ impl Forecast {
     /// observed sample it had a point for.
     pub fn score<'a>(
         &'a self,
-        observed: impl IntoIterator<Item = &'a Sample> + 'a,
+        observed: impl IntoIterator<Item = Sample> + 'a,
     ) -> impl Iterator<Item = (f64, bool)> + 'a {
         observed.into_iter().filter_map(|s| {
             let i = self
@@ -134,7 +134,7 @@ mod tests {
                 value: 14.0,
             },
         ];
-        let got: Vec<(f64, bool)> = f.score(&observed).collect();
+        let got: Vec<(f64, bool)> = f.score(observed).collect();
         assert_eq!(got, [(1.0, true), (4.0, false)]);
     }
 }

@@ -19,8 +19,10 @@ use serde::Serialize;
 
 use crate::decide::{Decision, Mode};
 
-/// How many records each target keeps.
-const PER_TARGET: usize = 1_000;
+/// How many records each target keeps: a few hundred bytes each (the reasons' messages),
+/// so 1,000 took more than the target's 14 days of history. 200 hold more than a day of a
+/// change every ten minutes.
+const PER_TARGET: usize = 200;
 
 /// A decision in the log, or a run of equal holds.
 #[derive(Debug, Clone, Serialize)]

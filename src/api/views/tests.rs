@@ -147,7 +147,7 @@ fn signals_instances_deliveries_points_samples() {
     };
     check(&p, Point::from(&p));
     let s = series::Sample { ts: 60, value: 2.0 };
-    check(&s, Sample::from(&s));
+    check(&s, Sample::from(s));
     for m in [config::Mode::Act, config::Mode::ForecastOnly] {
         check(&m, Mode::from(m));
     }
