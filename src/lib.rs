@@ -142,6 +142,7 @@ async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     mut reloads: mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
+    refuse_cluster(&config)?;
     // The outbox first: a state directory that cannot be used stops everything here.
     let outbox = act::outbox::Outbox::open_with_clock(&config.state.dir, clock)?;
     let source = (sources.0)(&config)?;
@@ -382,6 +383,21 @@ pub fn hangups() -> std::io::Result<mpsc::Receiver<()>> {
     Ok(rx)
 }
 
+/// Refuses a `[cluster]` section: it is read and checked, but `serve` does not share the
+/// targets through etcd yet, and two instances that each acted on every target would send
+/// every action twice.
+fn refuse_cluster(config: &config::Config) -> anyhow::Result<()> {
+    match &config.cluster {
+        Some(c) => anyhow::bail!(
+            "{}: [cluster] (instance `{}`): `serve` cannot share targets through etcd yet; \
+             each instance would act on every target. Remove the section to run as one process",
+            config.file.display(),
+            c.name
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -419,6 +435,15 @@ pub fn summary(config: &config::Config) -> String {
     let _ = writeln!(s, "state: {}", config.state.dir.display());
     if let Some(am) = &config.alertmanager {
         let _ = writeln!(s, "alertmanager: {}", redacted(&am.url));
+    }
+    if let Some(c) = &config.cluster {
+        let _ = writeln!(
+            s,
+            "cluster: instance {} over {} etcd endpoint(s), prefix {} (checked; `serve` does not use it yet)",
+            c.name,
+            c.etcd.len(),
+            c.prefix
+        );
     }
     let _ = writeln!(s, "targets: {}", config.targets.len());
     if let Some(budget) = config.budget {

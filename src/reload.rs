@@ -86,8 +86,8 @@ fn same<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
 
 /// The keys whose change needs a restart, as `table.key`, with old and new values: the
 /// listen address (the listener stays open across a reload), the state directory and
-/// retention (the outbox stays open) and `[delivery]` (the outbox worker keeps running).
-/// Empty when the reload may go ahead.
+/// retention (the outbox stays open), `[delivery]` (the outbox worker keeps running) and
+/// `[cluster]` (how this instance shares the fleet). Empty when the reload may go ahead.
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |key: &str, a: String, b: String| {
@@ -112,6 +112,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     );
     if !same(&old.delivery, &new.delivery) {
         out.push("[delivery]".to_owned());
+    }
+    if !same(&old.cluster, &new.cluster) {
+        out.push("[cluster]".to_owned());
     }
     out
 }
@@ -161,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn the_listen_address_state_and_delivery_need_a_restart() {
+    fn the_listen_address_state_delivery_and_cluster_need_a_restart() {
         let old = config("", &[("web", 10)]);
         assert!(needs_restart(&old, &config("", &[("web", 3)])).is_empty());
         let moved = config("[state]\ndir = \"/elsewhere\"", &[("web", 10)]);
@@ -173,5 +176,11 @@ mod tests {
         assert!(needs_restart(&old, &listen)[0].contains("127.0.0.1:9999"));
         let delivery = config("[delivery]\nmax_attempts = 2", &[("web", 10)]);
         assert_eq!(needs_restart(&old, &delivery), ["[delivery]"]);
+        let cluster = config(
+            "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nname = \"a\"",
+            &[("web", 10)],
+        );
+        assert_eq!(needs_restart(&old, &cluster), ["[cluster]"]);
+        assert_eq!(needs_restart(&cluster, &old), ["[cluster]"]);
     }
 }

@@ -644,3 +644,39 @@ fn not_ready_answers_are_not_logged_as_errors() {
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "ERROR lines:\n{}", errors.join("\n"));
 }
+
+/// A `[cluster]` section is read and checked (`check-config` shows it), but `serve` cannot
+/// share targets through etcd yet: it refuses to start, naming the file and the section,
+/// rather than act on every target beside other instances. Nothing is written.
+#[test]
+fn serve_refuses_a_cluster_section_it_cannot_use_yet() {
+    let listen = common::free_addr();
+    let toml = common::TestConfig::new()
+        .prometheus("http://127.0.0.1:9")
+        .listen(listen)
+        .set("state", "dir", "state")
+        .target(common::TestTarget::web())
+        .to_toml();
+    let etcd = common::free_port();
+    let cfg = TempConfig::write(&format!(
+        "{toml}\n[cluster]\netcd = [\"http://127.0.0.1:{etcd}\"]\nname = \"east-1\"\n"
+    ));
+    let out = prescale(&["check-config", cfg.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("cluster: instance east-1 over 1 etcd endpoint(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let mut app = common::AppProcess::serve(&cfg, listen);
+    let status = app.wait_exit();
+    let stderr = app.stderr();
+    assert_eq!(status.code(), Some(1), "exit status {status}: {stderr}");
+    assert!(
+        stderr.contains(&cfg.path().display().to_string())
+            && stderr.contains("[cluster]")
+            && stderr.contains("cannot share targets through etcd yet"),
+        "{stderr}"
+    );
+    assert!(!cfg.dir().join("state").exists(), "nothing written");
+}

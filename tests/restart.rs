@@ -26,7 +26,10 @@ use prescale::config::DeliveryConfig;
 use prescale::metrics::Metrics;
 use serde_json::Value;
 
-const DEADLINE: Duration = Duration::from_secs(90);
+/// Long: six of these run two at a time, each a debug build of prescale beside its own
+/// Prometheus, and a busy CI machine may be slow to settle them; a wait ends as soon as
+/// its condition holds.
+const DEADLINE: Duration = Duration::from_secs(180);
 const SECRET: &str = "restart-secret";
 const TOKEN: &str = "restart-token";
 /// Requests/s one replica serves before the restart (about 20 replicas for the trace's
@@ -89,7 +92,7 @@ fn scales(receiver: &Receiver) -> Vec<(u64, u64)> {
 /// accepted by the receiver, with nothing pending: the count last asked for, no ask in
 /// flight.
 fn settled(app: &AppProcess, receiver: &Receiver) -> u64 {
-    poll_until("a held count, delivered, nothing pending", DEADLINE, || {
+    until_or_log(app, "a held count, delivered, nothing pending", || {
         let d = app.get_json("/api/v1/decisions?target=web&limit=1")?;
         let d = d["decisions"].as_array()?.first()?.clone();
         let pending = app.get_json("/api/v1/deliveries?state=pending")?;
@@ -100,6 +103,17 @@ fn settled(app: &AppProcess, receiver: &Receiver) -> u64 {
         let held = d["from"].as_u64() == Some(to) && to >= 10 && wanted;
         let delivered = scales(receiver).last().map(|s| s.1) == Some(to);
         (held && delivered && pending["deliveries"].as_array()?.is_empty()).then_some(to)
+    })
+}
+
+/// [`poll_until`] with [`DEADLINE`] that, on a timeout, prints `app`'s log before failing.
+fn until_or_log<T>(app: &AppProcess, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        poll_until(what, DEADLINE, probe)
+    }));
+    found.unwrap_or_else(|e| {
+        eprintln!("waiting for {what}: prescale's log:\n{}", app.stderr());
+        std::panic::resume_unwind(e)
     })
 }
 
@@ -179,7 +193,7 @@ fn restart_never_scales_in(how: Stop, observed: bool) {
     let stopped_at = common::now_secs();
     let after = config(&prom.url(), &receiver, observed, CAPACITY_AFTER);
     let app = serve(&cfg, &after);
-    let (from, to) = poll_until("a scale webhook after the restart", DEADLINE, || {
+    let (from, to) = until_or_log(&app, "a scale webhook after the restart", || {
         scales(&receiver).get(sent).copied()
     });
     assert_eq!(from, last, "{case}: the first webhook after the restart");
