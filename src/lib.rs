@@ -37,6 +37,8 @@ pub mod forecast;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;
+#[cfg(test)]
+mod proptest_support;
 pub mod reload;
 pub mod series;
 pub mod simulate;

@@ -88,17 +88,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The scale webhooks the receiver accepted, as `(from, to)`, in order.
-fn scales(receiver: &Receiver) -> Vec<(u64, u64)> {
-    receiver
-        .accepted()
-        .iter()
-        .map(|r| r.json())
-        .filter(|b| b["kind"] == "scale")
-        .filter_map(|b| Some((b["from"].as_u64()?, b["to"].as_u64()?)))
-        .collect()
-}
-
 /// A metric's value in the `/metrics` text (a line `name value`).
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -153,7 +142,7 @@ fn a_full_disk_degrades_the_target_then_delivery_resumes_when_space_is_freed() {
 
     // A first scale-up delivered; the next waits for the rate limit (15 s): fill now.
     poll_until("a first scale delivered", DEADLINE, || {
-        scales(&receiver).first().copied()
+        receiver.scales().first().copied()
     });
     let filler = disk.fill();
     let file = state.join("outbox.redb").display().to_string();
@@ -170,7 +159,7 @@ fn a_full_disk_degrades_the_target_then_delivery_resumes_when_space_is_freed() {
     // Nothing shows as asked for that was not written: the count is the last delivered.
     let shown = poll_until("the count shown to be the one delivered", DEADLINE, || {
         let t = app.get_json("/api/v1/targets/web")?;
-        let last = scales(&receiver).last()?.1;
+        let last = receiver.scales().last()?.1;
         (t["replicas"].as_u64() == Some(last)).then_some(last)
     });
     assert!(shown > 1, "{target}");
@@ -201,11 +190,11 @@ fn a_full_disk_degrades_the_target_then_delivery_resumes_when_space_is_freed() {
         .filter(|l| l.contains("ERROR") && l.contains("cannot write to the outbox"))
         .count();
     assert_eq!(errors, 1, "one ERROR line per episode: {log}");
-    let before = scales(&receiver).len();
+    let before = receiver.scales().len();
 
     std::fs::remove_file(filler).expect("free the space");
     let after = poll_until("a scale delivered after space is freed", DEADLINE, || {
-        let s = scales(&receiver);
+        let s = receiver.scales();
         (s.len() > before).then_some(s)
     });
     assert_eq!(

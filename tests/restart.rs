@@ -77,17 +77,6 @@ fn serve(cfg: &TempConfig, config: &TestConfig) -> AppProcess {
     AppProcess::serve(cfg, listen)
 }
 
-/// The scale webhooks the receiver accepted, as `(from, to)`, in order.
-fn scales(receiver: &Receiver) -> Vec<(u64, u64)> {
-    receiver
-        .accepted()
-        .iter()
-        .map(|r| r.json())
-        .filter(|b| b["kind"] == "scale")
-        .filter_map(|b| Some((b["from"].as_u64()?, b["to"].as_u64()?)))
-        .collect()
-}
-
 /// Waits until the target holds the count its policies want, well above `min_replicas`,
 /// accepted by the receiver, with nothing pending: the count last asked for, no ask in
 /// flight.
@@ -101,7 +90,7 @@ fn settled(app: &AppProcess, receiver: &Receiver) -> u64 {
         let reasons = d["reasons"].to_string();
         let wanted = !reasons.contains("Limit") && !reasons.contains("Stabilized");
         let held = d["from"].as_u64() == Some(to) && to >= 10 && wanted;
-        let delivered = scales(receiver).last().map(|s| s.1) == Some(to);
+        let delivered = receiver.scales().last().map(|s| s.1) == Some(to);
         (held && delivered && pending["deliveries"].as_array()?.is_empty()).then_some(to)
     })
 }
@@ -186,7 +175,7 @@ fn restart_never_scales_in(how: Stop, observed: bool) {
     let before = config(&prom.url(), &receiver, observed, CAPACITY);
     let mut app = serve(&cfg, &before);
     let last = settled(&app, &receiver);
-    let sent = scales(&receiver).len();
+    let sent = receiver.scales().len();
     stop(&mut app, how);
     prune_as_after_a_week(&cfg.dir().join("state"));
 
@@ -194,7 +183,7 @@ fn restart_never_scales_in(how: Stop, observed: bool) {
     let after = config(&prom.url(), &receiver, observed, CAPACITY_AFTER);
     let app = serve(&cfg, &after);
     let (from, to) = until_or_log(&app, "a scale webhook after the restart", || {
-        scales(&receiver).get(sent).copied()
+        receiver.scales().get(sent).copied()
     });
     assert_eq!(from, last, "{case}: the first webhook after the restart");
     assert!(to > last, "{case}: it asks for more: {from} → {to}");
@@ -210,7 +199,7 @@ fn restart_never_scales_in(how: Stop, observed: bool) {
     for d in &decisions {
         assert!(d["to"].as_u64() >= Some(last), "{case}: scaled in: {d}");
     }
-    let webhooks = scales(&receiver);
+    let webhooks = receiver.scales();
     assert!(
         webhooks[sent..].iter().all(|&(_, to)| to >= last),
         "{case}: webhooks after the restart: {:?} (asked for {last} before)",
@@ -274,7 +263,7 @@ fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
     let last = settled(&app, &receiver);
     post(&app, "/api/v1/targets/web/pause");
     stop(&mut app, Stop::Kill);
-    let sent = scales(&receiver).len();
+    let sent = receiver.scales().len();
 
     let stopped_at = common::now_secs();
     let app = serve(&cfg, &config(&prom.url(), &receiver, false, CAPACITY_AFTER));
@@ -295,11 +284,11 @@ fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
         serde_json::json!([]),
         "nothing written"
     );
-    assert_eq!(scales(&receiver).len(), sent, "nothing sent while paused");
+    assert_eq!(receiver.scales().len(), sent, "nothing sent while paused");
 
     post(&app, "/api/v1/targets/web/resume");
     let (from, to) = poll_until("a scale webhook after the resume", DEADLINE, || {
-        scales(&receiver).get(sent).copied()
+        receiver.scales().get(sent).copied()
     });
     assert_eq!((from, to > last), (last, true), "{from} → {to}");
 }
@@ -351,7 +340,7 @@ fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
         serde_json::json!([]),
         "nothing written"
     );
-    assert!(scales(&receiver).is_empty(), "nothing sent");
+    assert!(receiver.scales().is_empty(), "nothing sent");
     stop(&mut app, Stop::Term);
 
     let named = TestConfig::new().prometheus(&prom.url()).target(
@@ -366,7 +355,7 @@ fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
     );
     let app = serve(&cfg, &named);
     let (from, to) = poll_until("a scale webhook", DEADLINE, || {
-        scales(&receiver).first().copied()
+        receiver.scales().first().copied()
     });
     assert_eq!(from, 8, "from the count named: {from} → {to}");
     let t = app.get_json("/api/v1/targets/web").expect("the target");

@@ -204,17 +204,6 @@ fn sighup_reloads_the_configuration_and_never_stops_the_process() {
     assert!(app.stderr().contains("shutting down"));
 }
 
-/// The scale webhooks `receiver` accepted, as `(from, to)`, in order.
-fn scales(receiver: &Receiver) -> Vec<(u64, u64)> {
-    receiver
-        .accepted()
-        .iter()
-        .map(|r| r.json())
-        .filter(|b| b["kind"] == "scale")
-        .filter_map(|b| Some((b["from"].as_u64()?, b["to"].as_u64()?)))
-        .collect()
-}
-
 /// Decisions of `web` so far, in all and down, from `/metrics`.
 fn decisions(app: &AppProcess) -> Option<(u64, u64)> {
     let (status, text) = app.get("/metrics").ok()?;
@@ -282,10 +271,10 @@ fn a_reload_applies_the_new_server_settings_and_never_scales_in() {
         let pending = app.get_json("/api/v1/deliveries?state=pending")?;
         let to = d["to"].as_u64()?;
         let held = d["from"].as_u64() == Some(to) && to > 1;
-        let delivered = scales(&receiver).last().map(|s| s.1) == Some(to);
+        let delivered = receiver.scales().last().map(|s| s.1) == Some(to);
         (held && delivered && pending["deliveries"].as_array()?.is_empty()).then_some(to)
     });
-    let sent_before = scales(&receiver).len();
+    let sent_before = receiver.scales().len();
     let since = common::now_secs();
     let decided_before = decisions(&app).expect("the decisions metric");
 
@@ -319,7 +308,7 @@ fn a_reload_applies_the_new_server_settings_and_never_scales_in() {
         down, decided_before.1,
         "a decision went down after the reload"
     );
-    let after = &scales(&receiver)[sent_before..];
+    let after = &receiver.scales()[sent_before..];
     assert!(
         after.iter().all(|&(from, to)| from == last && to >= last),
         "scale webhooks after the reload: {after:?} (last asked for {last}, reload at {since})"

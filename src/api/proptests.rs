@@ -8,23 +8,13 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Request;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use tower::ServiceExt;
 
 use super::*;
 use crate::config::TargetConfig;
 use crate::metrics::Metrics;
+use crate::proptest_support::config;
 use crate::series::Sample;
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
 
 /// The app under test: one target `web` with two hours of data and two deliveries in a
 /// real outbox. (No decisions: how a record is built is the decision log's business, and

@@ -8,20 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use toml::{Table, Value};
 
 use super::*;
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
+use crate::proptest_support::config;
 
 const FILE: &str = "gen/prescale.toml";
 

@@ -229,6 +229,16 @@ impl Receiver {
             .collect()
     }
 
+    /// The scale webhooks it accepted, as `(from, to)`, in order.
+    pub fn scales(&self) -> Vec<(u64, u64)> {
+        self.accepted()
+            .iter()
+            .map(Recorded::json)
+            .filter(|b| b["kind"] == "scale")
+            .filter_map(|b| Some((b["from"].as_u64()?, b["to"].as_u64()?)))
+            .collect()
+    }
+
     /// Its address.
     pub fn addr(&self) -> SocketAddr {
         self.server.addr

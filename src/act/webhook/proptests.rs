@@ -3,9 +3,9 @@
 //! never accepts a header that the README's receiver check refuses.
 
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 
 use super::*;
+use crate::proptest_support::config;
 
 /// The README's receiver check (its Python snippet), as written there: pairs split on the
 /// first `=`, the first `t` of ASCII digits, and `v1` compared as the lower-case hex text.
@@ -30,16 +30,6 @@ fn readme_accepts(secret: &[u8], header: &str, body: &[u8], now: i64, tolerance:
     let want = hex::encode(mac.finalize().into_bytes());
     let matches = pairs.iter().any(|(k, v)| *k == "v1" && *v == want);
     matches && i128::from(now).abs_diff(i128::from(ts)) <= u128::from(tolerance.unsigned_abs())
-}
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
 }
 
 /// One piece of a header: a real-looking pair, a stray scheme, or noise.

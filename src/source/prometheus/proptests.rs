@@ -5,22 +5,12 @@
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use serde_json::json;
 
 use super::*;
+use crate::proptest_support::config;
 use crate::series::Series;
 use crate::source::admit;
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
 
 /// A sample value as a misbehaving Prometheus may write it.
 fn value() -> impl Strategy<Value = String> {

@@ -7,19 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 
 use super::*;
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
+use crate::proptest_support::config;
 
 const FILE: &str = "gen/trace.csv";
 
