@@ -59,10 +59,7 @@ impl File {
 
     /// An error of this file.
     pub(super) fn error(&self, error: impl std::fmt::Display) -> OutboxError {
-        OutboxError::Storage {
-            path: self.path.clone(),
-            error: error.to_string(),
-        }
+        OutboxError::storage(&self.path, error)
     }
 
     /// Why writes fail (the file and the error), from a failed write until one succeeds.

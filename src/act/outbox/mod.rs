@@ -424,6 +424,16 @@ pub enum OutboxError {
     },
 }
 
+impl OutboxError {
+    /// An error of the outbox file at `path`.
+    pub(super) fn storage(path: &Path, error: impl std::fmt::Display) -> Self {
+        Self::Storage {
+            path: path.to_owned(),
+            error: error.to_string(),
+        }
+    }
+}
+
 /// Settings of the worker.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {

@@ -131,10 +131,7 @@ impl Storage {
     /// and again after an I/O error. A file that is empty, damaged or not an outbox is
     /// refused with the reason, and left as it is.
     pub(super) fn reopen(path: &Path) -> Result<Self, OutboxError> {
-        let error = |error: String| OutboxError::Storage {
-            path: path.to_owned(),
-            error,
-        };
+        let error = |error: String| OutboxError::storage(path, error);
         // redb takes an empty file for a new one; an outbox is never empty, so this one was
         // cut short (or is not ours): its actions would be lost without a word.
         if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
@@ -182,10 +179,7 @@ impl Storage {
 
     /// An error of this file.
     pub(super) fn error(&self, error: impl std::fmt::Display) -> OutboxError {
-        OutboxError::Storage {
-            path: self.path.clone(),
-            error: error.to_string(),
-        }
+        OutboxError::storage(&self.path, error)
     }
 
     /// Maps a redb error to an error of this file, noting an I/O error.
@@ -300,20 +294,9 @@ impl Storage {
 
     /// Puts dead record `id` back to pending with fresh attempts, due and aged from `now`.
     pub(super) fn retry(&self, id: u64, now: i64) -> Result<Delivery, OutboxError> {
-        let txn = self.db.begin_write().map_err(self.db())?;
-        let d = {
-            let mut table = txn.open_table(DELIVERIES).map_err(self.db())?;
-            let mut d = match table.get(id).map_err(self.db())? {
-                Some(v) => self.decode(id, v.value())?,
-                None => return Err(OutboxError::NotFound(id)),
-            };
-            if d.state != DeliveryState::Dead {
-                return Err(OutboxError::NotDead {
-                    id,
-                    state: d.state.as_str(),
-                });
-            }
-            if let Some((by, state)) = self.newer_of_group(&table, &d)? {
+        let not_dead = |state| OutboxError::NotDead { id, state };
+        self.change_dead(id, not_dead, |table, d| {
+            if let Some((by, state)) = self.newer_of_group(table, d)? {
                 return Err(OutboxError::Superseded { id, by, state });
             }
             d.state = DeliveryState::Pending;
@@ -322,6 +305,40 @@ impl Storage {
             d.age_from_ms = now;
             d.next_attempt_ms = now;
             d.finished_at_ms = None;
+            Ok(())
+        })
+    }
+
+    /// Moves dead record `id` to discarded at `now` (ms): kept for the API, never sent.
+    pub(super) fn discard(&self, id: u64, now: i64) -> Result<Delivery, OutboxError> {
+        let not_dead = |state| OutboxError::NotDiscardable { id, state };
+        self.change_dead(id, not_dead, |_, d| {
+            d.state = DeliveryState::Discarded;
+            d.finished_at_ms = Some(now);
+            Ok(())
+        })
+    }
+
+    /// Changes dead record `id` with `change` in one transaction, and returns it: `NotFound`
+    /// when there is none, `not_dead(its state)` when it is not dead, and `change`'s error
+    /// (nothing written) when it refuses.
+    fn change_dead(
+        &self,
+        id: u64,
+        not_dead: impl FnOnce(&'static str) -> OutboxError,
+        change: impl FnOnce(&Table<'_, u64, &'static [u8]>, &mut Delivery) -> Result<(), OutboxError>,
+    ) -> Result<Delivery, OutboxError> {
+        let txn = self.db.begin_write().map_err(self.db())?;
+        let d = {
+            let mut table = txn.open_table(DELIVERIES).map_err(self.db())?;
+            let mut d = match table.get(id).map_err(self.db())? {
+                Some(v) => self.decode(id, v.value())?,
+                None => return Err(OutboxError::NotFound(id)),
+            };
+            if d.state != DeliveryState::Dead {
+                return Err(not_dead(d.state.as_str()));
+            }
+            change(&table, &mut d)?;
             table.insert(id, encode(&d).as_slice()).map_err(self.db())?;
             d
         };
@@ -353,30 +370,6 @@ impl Storage {
             }
         }
         Ok(None)
-    }
-
-    /// Moves dead record `id` to discarded at `now` (ms): kept for the API, never sent.
-    pub(super) fn discard(&self, id: u64, now: i64) -> Result<Delivery, OutboxError> {
-        let txn = self.db.begin_write().map_err(self.db())?;
-        let d = {
-            let mut table = txn.open_table(DELIVERIES).map_err(self.db())?;
-            let mut d = match table.get(id).map_err(self.db())? {
-                Some(v) => self.decode(id, v.value())?,
-                None => return Err(OutboxError::NotFound(id)),
-            };
-            if d.state != DeliveryState::Dead {
-                return Err(OutboxError::NotDiscardable {
-                    id,
-                    state: d.state.as_str(),
-                });
-            }
-            d.state = DeliveryState::Discarded;
-            d.finished_at_ms = Some(now);
-            table.insert(id, encode(&d).as_slice()).map_err(self.db())?;
-            d
-        };
-        txn.commit().map_err(self.db())?;
-        Ok(d)
     }
 
     /// A small write (the time, `now` ms), to learn whether writes succeed again.
