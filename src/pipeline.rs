@@ -16,11 +16,9 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::act::outbox::{DeliveryState, Outbox, OutboxError};
+use crate::act::outbox::Outbox;
 use crate::act::{Action, RebalanceAction, ScaleAction};
 use crate::config::{AlertmanagerConfig, ForecastConfig, TargetConfig};
-use crate::decide::DecideState;
-use crate::decide::alert::AlertState;
 use crate::forecast::capacity::CapacitySource;
 use crate::metrics::{
     CapacityLabels, DecisionLabels, DroppedLabels, ModelLabels, PollLabels, SignalLabels,
@@ -29,8 +27,9 @@ use crate::metrics::{
 use crate::models::{Encoded, ModelsDir, Written};
 use crate::series::{Sample, align_down};
 use crate::source::{Checked, Source, SourceError};
-use crate::step::{self, Asked, BudgetView, Inputs, Plan, TargetPolicy};
+use crate::step::{self, BudgetView, Inputs, Plan, TargetPolicy};
 use crate::store::{DecisionRecord, InstanceStats, Signal, Store, TargetState};
+use durable::Unsent;
 
 /// Steps of per-instance history fetched each cycle (the newest value is used).
 const INSTANCE_WINDOW_STEPS: i64 = 5;
@@ -96,78 +95,6 @@ impl TargetLoop {
         if let Some(i) = info {
             info!(target = %name, model = i.model, fitted_at = i.fitted_at, "model loaded");
         }
-    }
-
-    /// Resumes from the target's control state in the outbox: its pause, the count last
-    /// asked for (decisions start from it, and scale-in waits a stabilisation window) and,
-    /// without a `replicas` query, the count taken as running: the count last delivered, or
-    /// the one asked for after it while that is still pending and more (never fewer than
-    /// may run). Without this a restarted target would not know what runs.
-    pub async fn resume(&self) {
-        let t = &self.target;
-        let found = match self.remembered().await {
-            Ok(Some(found)) => found,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(target = %t.name, error = %e, "cannot read the target's control state");
-                return;
-            }
-        };
-        let policy = t.step_policy(&self.forecast, self.alerts.as_ref());
-        let now = self.store.now();
-        let Some(mut state) = self.store.target(&t.name) else {
-            return;
-        };
-        state.paused = found.paused;
-        if found.paused {
-            info!(target = %t.name, "resuming paused");
-        }
-        let Some(asked) = found.asked else {
-            return;
-        };
-        state.memory.resume(&policy, asked, found.running, now);
-        if let (None, Some(r)) = (&t.queries.replicas, found.running) {
-            state.replicas = r;
-        }
-        drop(state);
-        info!(target = %t.name, asked = asked.replicas, asked_at = asked.at, running = ?found.running,
-            "resuming from the count last asked for");
-    }
-
-    /// What the outbox remembers of the target (see [`TargetLoop::resume`]); `None` when
-    /// nothing is recorded.
-    async fn remembered(&self) -> Result<Option<Remembered>, OutboxError> {
-        let Some(c) = self.outbox.control(&self.target.name).await? else {
-            return Ok(None);
-        };
-        let Some(asked) = c.asked else {
-            return Ok(Some(Remembered {
-                paused: c.paused,
-                asked: None,
-                running: None,
-            }));
-        };
-        let newer = c.delivered.is_none_or(|d| d.id < asked.id);
-        let pending = newer
-            && match self.outbox.get(asked.id).await {
-                Ok(d) => d.state == DeliveryState::Pending,
-                // Pruned: finished long ago, so not pending.
-                Err(OutboxError::NotFound(_)) => false,
-                Err(e) => return Err(e),
-            };
-        let running = [c.delivered, pending.then_some(asked)]
-            .into_iter()
-            .flatten()
-            .map(|m| m.replicas)
-            .max();
-        Ok(Some(Remembered {
-            paused: c.paused,
-            asked: Some(Asked {
-                replicas: asked.replicas,
-                at: asked.at,
-            }),
-            running,
-        }))
     }
 
     /// One poll → step → record pass at `now` (the store's clock).
@@ -344,37 +271,6 @@ impl TargetLoop {
         SignalLabels {
             target: self.target.name.clone(),
             signal: signal.as_str().to_owned(),
-        }
-    }
-
-    /// After the cycle's actions were written (or there were none), or could not be: a
-    /// target whose actions are not written forgets having asked (so it asks again next
-    /// cycle) and is degraded, naming the outbox's error, until the outbox can be written.
-    fn note_written(&self, written: Result<(), OutboxError>, unsent: Unsent) {
-        let t = &self.target;
-        let Some(mut state) = self.store.target(&t.name) else {
-            return;
-        };
-        match written {
-            Err(e) => {
-                unsent.restore(&mut state, t.queries.replicas.is_none());
-                if state.write_error.is_none() {
-                    warn!(target = %t.name, error = %e, "actions not written to the outbox; degraded, asking again next cycle");
-                } else {
-                    debug!(target = %t.name, error = %e, "actions still not written to the outbox");
-                }
-                state.write_error = Some(format!("actions not written: {e}"));
-                self.store
-                    .metrics()
-                    .degraded
-                    .get_or_create(&self.labels())
-                    .set(1);
-            }
-            Ok(()) if state.write_error.is_some() && self.outbox.fault().is_none() => {
-                state.write_error = None;
-                info!(target = %t.name, "actions are written to the outbox again");
-            }
-            Ok(()) => {}
         }
     }
 
@@ -593,72 +489,6 @@ impl TargetLoop {
     }
 }
 
-/// What a target remembers across a restart, from the outbox's control state.
-struct Remembered {
-    /// Acting is paused.
-    paused: bool,
-    /// The count last asked for, and when.
-    asked: Option<Asked>,
-    /// The count taken as running without a `replicas` query: the count last delivered,
-    /// or the one asked for after it while that is pending and more.
-    running: Option<u32>,
-}
-
-/// What a step changes that says its actions were sent: put back when they cannot be
-/// written, so that nothing shows (or is remembered) as asked for that was not written.
-struct Unsent {
-    asked: Option<Asked>,
-    running: Option<u32>,
-    decide: DecideState,
-    weights: BTreeMap<String, u32>,
-    alert: AlertState,
-    replicas: u32,
-    /// The time of the newest sample of the replicas at each decision.
-    shown_until: Option<i64>,
-}
-
-impl Unsent {
-    /// The state before a step.
-    fn before(state: &TargetState) -> Self {
-        let m = &state.memory;
-        Self {
-            asked: m.asked,
-            running: m.running,
-            decide: m.decide.clone(),
-            weights: m.weights.clone(),
-            alert: m.alert.clone(),
-            replicas: state.replicas,
-            shown_until: state.replicas_history.last().map(|s| s.ts),
-        }
-    }
-
-    /// Puts it back after the step's actions could not be written: the count last asked
-    /// for (and so taken as running), the rate-limit history (the count is asked for again), the weights and the
-    /// alert last sent, and, when the count running is the count asked for (no `replicas`
-    /// query), the replicas shown now and at this decision.
-    fn restore(self, state: &mut TargetState, replicas_are_asked: bool) {
-        let m = &mut state.memory;
-        m.asked = self.asked;
-        m.running = self.running;
-        m.decide = self.decide;
-        m.weights = self.weights;
-        m.alert = self.alert;
-        if replicas_are_asked && state.replicas != self.replicas {
-            state.replicas = self.replicas;
-            let history = &mut state.replicas_history;
-            // The step's own sample, if it added one.
-            if history.last().map(|s| s.ts) != self.shown_until
-                && let Some(last) = history.pop()
-            {
-                history.extend([Sample {
-                    ts: last.ts,
-                    value: f64::from(self.replicas),
-                }]);
-            }
-        }
-    }
-}
-
 /// Keeps in the store what a plan says of the target.
 fn record(state: &mut TargetState, plan: &Plan) {
     state.wanted = Some(plan.wanted);
@@ -696,6 +526,8 @@ fn merge_instances(
     }
     instances.retain(|_, s| s.rate.is_some() || s.latency.is_some() || s.errors.is_some());
 }
+
+mod durable;
 
 #[cfg(test)]
 mod tests;
