@@ -1022,7 +1022,10 @@ async fn a_fenced_worker_sends_only_at_the_owners_epoch() {
         (fence.asked.load(Ordering::SeqCst) >= 3).then_some(())
     })
     .await;
-    assert!(receiver.requests().is_empty(), "sent while the lease was unknown");
+    assert!(
+        receiver.requests().is_empty(),
+        "sent while the lease was unknown"
+    );
     assert_eq!(run.all().await[0].state, DeliveryState::Pending);
 
     fence.set(Some(7), true);
@@ -1056,7 +1059,11 @@ async fn a_fenced_worker_sends_only_at_the_owners_epoch() {
         ]
     );
     assert!(
-        all[1].last_error.as_deref().unwrap_or_default().contains("not 7"),
+        all[1]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not 7"),
         "{:?}",
         all[1].last_error
     );
