@@ -166,7 +166,8 @@ pub(super) async fn resume(
 /// Refits the target's forecast models at its next cycle.
 #[utoipa::path(post, path = "/api/v1/targets/{name}/refit", tag = "actions",
     params(("name" = String, Path, description = "Target name")), security(("bearer" = [])),
-    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Action), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 502, description = "`[cluster]`: another instance owns the target and did not answer (`owner_unreachable`)", body = ErrorBody)))]
 pub(super) async fn refit(
     State(store): State<Store>,
     Path(name): Path<String>,

@@ -279,7 +279,8 @@ pub(super) struct QualityBody {
 #[utoipa::path(get, path = "/api/v1/targets/{name}", tag = "targets",
     params(("name" = String, Path, description = "Target name")),
     security((), ("bearer" = [])),
-    responses((status = 200, body = TargetDetail), (status = 404, body = super::ErrorBody)))]
+    responses((status = 200, body = TargetDetail), (status = 404, body = super::ErrorBody),
+        (status = 502, description = "`[cluster]`: another instance owns the target and did not answer (`owner_unreachable`)", body = super::ErrorBody)))]
 pub(super) async fn target(
     State(state): State<ApiState>,
     Path(name): Path<String>,
