@@ -147,7 +147,13 @@ impl Fleet {
         let body = read_capped(res).await?;
         serde_json::from_slice(&body)
             .map(|v| (status, v))
-            .map_err(|e| format!("answered {status} with an unexpected body: {e}"))
+            .map_err(|e| {
+                if status.is_success() {
+                    format!("answered {status} with an unexpected body: {e}")
+                } else {
+                    format!("answered {status}")
+                }
+            })
     }
 }
 
