@@ -26,7 +26,7 @@ use crate::cluster::{Cluster, Member, Owner, bucket};
 /// The header a forwarded request carries: the name of the instance that forwarded it.
 pub(super) const FORWARDED_BY: HeaderName = HeaderName::from_static("prescale-forwarded-by");
 /// The header of a relayed answer: the name of the instance that answered.
-pub(super) const SERVED_BY: HeaderName = HeaderName::from_static("prescale-served-by");
+const SERVED_BY: HeaderName = HeaderName::from_static("prescale-served-by");
 
 /// Time to connect to another instance.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,7 +35,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time for another instance's list of targets or its `/readyz`: a slow member must not
 /// hold up the whole answer.
-pub(super) const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest request body forwarded (the API's own bodies are empty).
 const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// The largest answer relayed (14 days of one-minute history is some 1.5 MB).
