@@ -127,6 +127,8 @@ struct Shared {
     receivers: act::Receivers,
     /// This instance's membership, with `[cluster]`.
     cluster: Option<Arc<cluster::Cluster>>,
+    /// The API's view of the other instances (forwarding to owners), with `[cluster]`.
+    fleet: Option<api::Fleet>,
 }
 
 /// The receivers of `config`, with a new webhook client.
@@ -152,7 +154,13 @@ async fn run(
     let source = (sources.0)(&config)?;
     let receivers = receivers(&config)?;
     let cluster = join(&config).await?;
+    let fleet = cluster
+        .clone()
+        .map(api::Fleet::new)
+        .transpose()
+        .context("building the client of the other instances' APIs")?;
     let shared = Shared {
+        fleet,
         outbox,
         metrics: metrics::Metrics::new(),
         clock,
@@ -169,7 +177,7 @@ async fn run(
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, targets = running.config.targets.len(), "serving");
-    let (router_tx, router_rx) = watch::channel(running.router());
+    let (router_tx, router_rx) = watch::channel(running.router(&shared));
     let mut stop = stop_rx;
     let server = axum::serve(listener, reload::current_router(router_rx)).with_graceful_shutdown(
         async move {
@@ -184,7 +192,7 @@ async fn run(
             Some(()) = reloads.recv() => {
                 running = reload_config(running, &sources, &shared).await;
                 store_tx.send_replace(running.store.clone());
-                let _ = router_tx.send_replace(running.router());
+                let _ = router_tx.send_replace(running.router(&shared));
             }
         }
     }
@@ -338,11 +346,11 @@ impl Generation {
     }
 
     /// The API over this store, guarded as `[server]` says.
-    fn router(&self) -> axum::Router {
+    fn router(&self, shared: &Shared) -> axum::Router {
         api::router(
             self.store.clone(),
             api::ApiAuth::from_config(&self.config.server),
-            None,
+            shared.fleet.clone(),
         )
     }
 
