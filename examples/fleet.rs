@@ -204,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
                 budget: None,
                 forecast: forecast.clone(),
                 models: ModelsDir::new(&forecast.models_dir),
+                ownership: None,
             })
         })
         .collect();

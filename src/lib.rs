@@ -18,7 +18,7 @@
 //! - [`simulate`]: backtests, the same forecast and decide code on a virtual clock.
 //! - [`demo`]: the whole pipeline on a synthetic workload and a simulated platform.
 //! - [`cluster`]: instances sharing the targets through etcd: who owns which target, at
-//!   which epoch (not yet wired into [`serve`]).
+//!   which epoch; [`fleet`] fences the outbox with it.
 //! - [`clock`]: where the live pipeline reads `now` (the system's, or the demo's faster one).
 //! - [`metrics`], [`telemetry`]: prescale's own metrics and logs.
 //! - [`reload`]: what a reload of the configuration (SIGHUP) changes, and what it may not.
@@ -33,6 +33,7 @@ pub mod cluster;
 pub mod config;
 pub mod decide;
 pub mod demo;
+pub mod fleet;
 pub mod forecast;
 pub mod metrics;
 pub mod models;
@@ -124,6 +125,8 @@ struct Shared {
     clock: clock::Clock,
     /// The outbox worker's receivers; a reload replaces them in place.
     receivers: act::Receivers,
+    /// This instance's membership, with `[cluster]`.
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 /// The receivers of `config`, with a new webhook client.
@@ -144,15 +147,17 @@ async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     mut reloads: mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
-    refuse_cluster(&config)?;
     // The outbox first: a state directory that cannot be used stops everything here.
     let outbox = act::outbox::Outbox::open_with_clock(&config.state.dir, clock)?;
     let source = (sources.0)(&config)?;
+    let receivers = receivers(&config)?;
+    let cluster = join(&config).await?;
     let shared = Shared {
         outbox,
         metrics: metrics::Metrics::new(),
         clock,
-        receivers: receivers(&config)?,
+        receivers,
+        cluster,
     };
     let mut running = Generation::new(config, &shared);
     let (store_tx, store_rx) = watch::channel(running.store.clone());
@@ -187,6 +192,9 @@ async fn run(
     let _ = stop_tx.send(true);
     running.stop().await;
     let _ = worker.await;
+    if let Some(c) = &shared.cluster {
+        c.leave().await;
+    }
     server
         .await
         .context("HTTP server task")?
@@ -205,22 +213,68 @@ async fn start_worker(
         delivery: config.delivery,
         retention: config.state.retention,
     };
-    let last_delivery = move |target: &str, record: act::DeliveryRecord| {
-        let store = current.borrow().clone();
-        if let Some(mut t) = store.target(target) {
-            t.last_delivery = Some(record);
-        }
-    };
+    let delivered = shared.cluster.as_ref().map(|c| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(fleet::share_delivered(c.clone(), rx));
+        tx
+    });
+    let outcomes = Outcomes { current, delivered };
+    let fence = shared
+        .cluster
+        .as_ref()
+        .map(|c| Arc::new(fleet::Owners(c.clone())) as Arc<dyn act::outbox::Fence>);
     let worker = shared
         .outbox
-        .worker(
+        .fenced_worker(
             settings,
             shared.receivers.clone(),
             &shared.metrics,
-            Some(Box::new(last_delivery)),
+            act::outbox::Hooks {
+                outcomes: Some(Box::new(outcomes)),
+                fence,
+            },
         )
         .await?;
     Ok(worker)
+}
+
+/// Where the worker reports finished actions: each target's last delivery in the store
+/// `current` holds, and, with `[cluster]`, each delivered count to share.
+struct Outcomes {
+    current: watch::Receiver<store::Store>,
+    delivered: Option<mpsc::UnboundedSender<fleet::Delivered>>,
+}
+
+impl act::outbox::OutcomeSink for Outcomes {
+    fn finished(&self, target: &str, record: act::DeliveryRecord) {
+        let store = self.current.borrow().clone();
+        if let Some(mut t) = store.target(target) {
+            t.last_delivery = Some(record);
+        }
+    }
+
+    fn delivered_scale(&self, target: &str, mark: act::outbox::ScaleMark, epoch: Option<u64>) {
+        if let (Some(tx), Some(epoch)) = (&self.delivered, epoch) {
+            let _ = tx.send((target.to_owned(), mark, epoch));
+        }
+    }
+}
+
+/// Joins the cluster of `[cluster]`, if any.
+async fn join(config: &config::Config) -> anyhow::Result<Option<Arc<cluster::Cluster>>> {
+    let Some(c) = &config.cluster else {
+        return Ok(None);
+    };
+    let joined = cluster::Cluster::join(c).await.with_context(|| {
+        format!(
+            "{}: [cluster]: instance `{}` cannot join over {}",
+            config.file.display(),
+            c.name,
+            c.etcd.iter().map(redacted).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    tracing::info!(name = %c.name, advertise = %c.advertise, "sharing targets through etcd");
+    Ok(Some(Arc::new(joined)))
 }
 
 /// One configuration at work: its store and its targets' loops.
@@ -244,21 +298,42 @@ impl Generation {
         }
     }
 
-    /// Starts a loop per target, polling `source`.
+    /// Starts a loop per target, polling `source`; with `[cluster]`, one per target this
+    /// instance owns, following ownership ([`pipeline::run_owned`]).
     fn spawn_loops(&mut self, source: Arc<dyn source::Source>, shared: &Shared) {
         let c = &self.config;
-        for t in &c.targets {
-            let target_loop = pipeline::TargetLoop {
-                target: Arc::new(t.clone()),
-                source: source.clone(),
-                store: self.store.clone(),
-                outbox: shared.outbox.clone(),
-                alerts: c.alertmanager.clone(),
-                budget: c.budget,
-                forecast: c.forecast.clone(),
-                models: models::ModelsDir::new(&c.forecast.models_dir),
-            };
-            self.loops.spawn(target_loop.run(self.stop.subscribe()));
+        let store = self.store.clone();
+        let outbox = shared.outbox.clone();
+        let (alerts, budget, forecast) = (c.alertmanager.clone(), c.budget, c.forecast.clone());
+        let models = models::ModelsDir::new(&c.forecast.models_dir);
+        let make = move |target, ownership| pipeline::TargetLoop {
+            target,
+            source: source.clone(),
+            store: store.clone(),
+            outbox: outbox.clone(),
+            alerts: alerts.clone(),
+            budget,
+            forecast: forecast.clone(),
+            models: models.clone(),
+            ownership,
+        };
+        let targets = c.targets.iter().map(|t| Arc::new(t.clone()));
+        match &shared.cluster {
+            None => {
+                for t in targets {
+                    self.loops.spawn(make(t, None).run(self.stop.subscribe()));
+                }
+            }
+            Some(cluster) => {
+                let owned = pipeline::run_owned(
+                    cluster.clone(),
+                    targets.collect(),
+                    self.store.clone(),
+                    move |t, o| make(t, Some(o)),
+                    self.stop.subscribe(),
+                );
+                self.loops.spawn(owned);
+            }
         }
     }
 
@@ -385,21 +460,6 @@ pub fn hangups() -> std::io::Result<mpsc::Receiver<()>> {
     Ok(rx)
 }
 
-/// Refuses a `[cluster]` section: it is read and checked, but `serve` does not share the
-/// targets through etcd yet, and two instances that each acted on every target would send
-/// every action twice.
-fn refuse_cluster(config: &config::Config) -> anyhow::Result<()> {
-    match &config.cluster {
-        Some(c) => anyhow::bail!(
-            "{}: [cluster] (instance `{}`): `serve` cannot share targets through etcd yet; \
-             each instance would act on every target. Remove the section to run as one process",
-            config.file.display(),
-            c.name
-        ),
-        None => Ok(()),
-    }
-}
-
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -441,10 +501,12 @@ pub fn summary(config: &config::Config) -> String {
     if let Some(c) = &config.cluster {
         let _ = writeln!(
             s,
-            "cluster: instance {} over {} etcd endpoint(s), prefix {} (checked; `serve` does not use it yet)",
+            "cluster: instance {} (advertised at {}) over {} etcd endpoint(s), prefix {}, lease {}",
             c.name,
+            c.advertise,
             c.etcd.len(),
-            c.prefix
+            c.prefix,
+            humantime::format_duration(c.lease_ttl)
         );
     }
     let _ = writeln!(s, "targets: {}", config.targets.len());

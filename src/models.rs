@@ -137,11 +137,18 @@ impl ModelsDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(ModelsError::Io { path, error }),
         };
+        Self::decode(path, &bytes).map(Some)
+    }
+
+    /// A forecaster from an encoding read elsewhere (`origin` names where, for errors): a
+    /// model file's content, or the copy instances share through etcd.
+    pub fn decode(origin: impl Into<PathBuf>, bytes: &[u8]) -> Result<Forecaster, ModelsError> {
+        let path = origin.into();
         let corrupt = |e: serde_json::Error| ModelsError::Corrupt {
             path: path.clone(),
             message: e.to_string(),
         };
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(corrupt)?;
         let found = value
             .get("format_version")
             .and_then(serde_json::Value::as_u64)
@@ -150,7 +157,7 @@ impl ModelsDir {
             return Err(ModelsError::Version { path, found });
         }
         let file: File = serde_json::from_value(value).map_err(corrupt)?;
-        Ok(Some(file.forecaster))
+        Ok(file.forecaster)
     }
 
     /// The file's content for `target`'s forecaster, saved at `now`; newer than every

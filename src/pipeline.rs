@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::act::outbox::Outbox;
 use crate::act::{Action, RebalanceAction, ScaleAction};
+use crate::cluster::{Cluster, Standing};
 use crate::config::{AlertmanagerConfig, ForecastConfig, TargetConfig};
 use crate::forecast::capacity::CapacitySource;
 use crate::metrics::{
@@ -29,7 +30,7 @@ use crate::series::{Sample, align_down};
 use crate::source::{Checked, Source, SourceError};
 use crate::step::{self, BudgetView, Inputs, Plan, TargetPolicy};
 use crate::store::{DecisionRecord, InstanceStats, Signal, Store, TargetState};
-use durable::Unsent;
+use durable::{NotWritten, Unsent};
 
 /// Steps of per-instance history fetched each cycle (the newest value is used).
 const INSTANCE_WINDOW_STEPS: i64 = 5;
@@ -52,13 +53,43 @@ pub struct TargetLoop {
     pub forecast: ForecastConfig,
     /// Where fitted models are saved and loaded.
     pub models: ModelsDir,
+    /// The target's ownership, when instances share targets through etcd: the loop acts
+    /// only while this instance owns the target at this epoch, and ends when it does not.
+    pub ownership: Option<Ownership>,
+}
+
+/// Which instance may act on a target, when instances share targets ([`TargetLoop::ownership`]).
+#[derive(Clone)]
+pub struct Ownership {
+    /// This instance's membership.
+    pub cluster: Arc<Cluster>,
+    /// The epoch at which it owns the target.
+    pub epoch: u64,
+}
+
+/// Whether a cycle may act on its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Acting {
+    /// It may: one instance, or the owner at its epoch with its lease known live.
+    Yes,
+    /// Not now (why): the owner whose lease is not known live, or whose shared state is
+    /// not read yet. It polls and forecasts, and asks for nothing.
+    Hold(String),
+    /// Not any more: another instance owns the target, or this one at another epoch.
+    Lost,
 }
 
 impl TargetLoop {
-    /// Runs one cycle immediately, then one every `interval`, until `shutdown` flips.
+    /// Runs one cycle immediately, then one every `interval`, until `shutdown` flips (or,
+    /// when instances share targets, until this one no longer owns the target at its
+    /// epoch).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        self.load_model();
-        self.resume().await;
+        // With an owner, the shared state is read at the first cycle that may act.
+        let mut resumed = self.ownership.is_none();
+        if resumed {
+            self.load_model();
+            self.resume().await;
+        }
         let mut ticker = tokio::time::interval(self.store.clock().real(self.target.interval));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -66,13 +97,40 @@ impl TargetLoop {
                 _ = ticker.tick() => {}
                 _ = shutdown.changed() => break,
             }
+            let mut acting = self.acting();
+            if acting == Acting::Lost {
+                info!(target = %self.target.name, "no longer owned by this instance; its loop stops");
+                break;
+            }
+            if acting == Acting::Yes && !resumed {
+                match self.resume_shared().await {
+                    Ok(()) => resumed = true,
+                    Err(e) => acting = Acting::Hold(format!("cannot read the shared state: {e}")),
+                }
+            }
             // A cycle is bounded by the source's timeouts; stop waiting for it on shutdown.
             tokio::select! {
-                () = self.cycle(self.store.now()) => {}
+                () = self.cycle_acting(self.store.now(), acting) => {}
                 _ = shutdown.changed() => break,
             }
         }
         debug!(target = %self.target.name, "target loop stopped");
+    }
+
+    /// Whether this cycle may act, from the target's ownership.
+    fn acting(&self) -> Acting {
+        let Some(o) = &self.ownership else {
+            return Acting::Yes;
+        };
+        match o.cluster.standing(&self.target.name) {
+            Standing::Owner(e) if e == o.epoch => Acting::Yes,
+            Standing::Lapsed(e) if e == o.epoch => Acting::Hold(
+                "this instance's etcd lease is not known live (etcd unreachable or without \
+                 quorum): acting on nothing until it is renewed"
+                    .to_owned(),
+            ),
+            Standing::Owner(_) | Standing::Lapsed(_) | Standing::Elsewhere => Acting::Lost,
+        }
     }
 
     /// Puts the saved forecaster, if any, in the store, so that forecasts are served before
@@ -99,6 +157,12 @@ impl TargetLoop {
 
     /// One poll → step → record pass at `now` (the store's clock).
     pub async fn cycle(&self, now: i64) {
+        self.cycle_acting(now, Acting::Yes).await;
+    }
+
+    /// [`TargetLoop::cycle`]; while `acting` holds, the step's actions are not written
+    /// (as when the outbox cannot be written: nothing is remembered as asked for).
+    async fn cycle_acting(&self, now: i64, acting: Acting) {
         for (signal, query) in self.target.signals() {
             if signal.per_instance() {
                 self.poll_instances(signal, query, now).await;
@@ -109,10 +173,10 @@ impl TargetLoop {
         let Some((actions, model, unsent)) = self.step(now) else {
             return;
         };
-        let written = if actions.is_empty() {
-            Ok(())
-        } else {
-            self.outbox.enqueue(actions).await.map(drop)
+        let written = match acting {
+            Acting::Hold(why) => Err(NotWritten::Coordination(why)),
+            _ if actions.is_empty() => Ok(()),
+            _ => self.write(actions).await,
         };
         self.note_written(written, unsent);
         if let Some(bytes) = model {
@@ -473,8 +537,10 @@ impl TargetLoop {
         actions
     }
 
-    /// Writes an encoded model; awaited, so a target's saves land in order.
+    /// Writes an encoded model; awaited, so a target's saves land in order. When instances
+    /// share targets it is also shared, for the next owner.
     async fn save_model(&self, bytes: Encoded) {
+        self.share_model(&bytes).await;
         let models = self.models.clone();
         let name = self.target.name.clone();
         let saved = tokio::task::spawn_blocking(move || models.write(&name, &bytes)).await;
@@ -528,6 +594,10 @@ fn merge_instances(
 }
 
 mod durable;
+mod owned;
+mod shared;
+
+pub use owned::run_owned;
 
 #[cfg(test)]
 mod tests;

@@ -130,6 +130,10 @@ pub struct TargetState {
     /// Why the target's last actions could not be written to the outbox (naming the file
     /// and the error), until the outbox can be written again: the target is degraded.
     pub write_error: Option<String>,
+    /// Why this instance may not act on the target now although it owns it (instances
+    /// sharing targets: its lease is not known live, or the shared state cannot be read or
+    /// written): the target is degraded with reason `coordination`.
+    pub coordination: Option<String>,
 }
 
 impl TargetState {
@@ -161,8 +165,18 @@ impl TargetState {
             refit_requested: false,
             decisions: DecisionLog::default(),
             write_error: None,
+            coordination: None,
             config,
         }
+    }
+
+    /// Forgets everything learned, keeping the configuration and the decision history
+    /// (when another instance took the target, or this one takes it: what it knew is
+    /// outdated, and the memory freed).
+    pub fn reset(&mut self) {
+        let decisions = std::mem::take(&mut self.decisions);
+        *self = Self::new(self.config.clone());
+        self.decisions = decisions;
     }
 
     /// The buffer of a signal that keeps one series (not the per-instance ones).
@@ -184,6 +198,11 @@ impl TargetState {
         // And a running count the last step did not know (see `Memory::unknown_running`).
         reasons.extend(self.memory.unknown_running.clone());
         reasons.extend(self.write_error.clone());
+        reasons.extend(
+            self.coordination
+                .as_ref()
+                .map(|why| format!("coordination: {why}")),
+        );
         reasons
     }
 

@@ -280,6 +280,7 @@ fn live_loop(store: &Store, target: &TargetConfig, outbox: Outbox, dir: &Path) -
         budget: None,
         forecast: ForecastConfig::default(),
         models: ModelsDir::new(dir.join("models")),
+        ownership: None,
     }
 }
 

@@ -125,6 +125,7 @@ async fn serve_and_backtest_decide_the_same_at_the_same_times() {
         budget: None,
         forecast,
         models: ModelsDir::new(dir.path().join("models")),
+        ownership: None,
     };
     let mut performance = 0;
     for (i, row) in rows.iter().enumerate() {

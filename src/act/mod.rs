@@ -241,16 +241,32 @@ impl Action {
 
     /// The body as sent: compact JSON, byte-for-byte the same for the same action.
     pub fn body(&self) -> Vec<u8> {
+        self.body_at(None)
+    }
+
+    /// The body of an action decided by the owner of its target at `epoch` (instances
+    /// sharing targets through etcd): a webhook body gains `epoch`; an alert's
+    /// (Alertmanager's) is unchanged.
+    pub fn body_at(&self, epoch: Option<u64>) -> Vec<u8> {
+        let mut body = self.payload();
+        if let (Some(epoch), Value::Object(fields)) = (epoch, &mut body) {
+            fields.insert("epoch".to_owned(), json!(epoch));
+        }
         // `Value`'s Display is compact JSON and cannot fail; object keys are sorted, and
         // non-finite floats became `null` when the payload was built.
-        self.payload().to_string().into_bytes()
+        body.to_string().into_bytes()
     }
 
     /// A key for receivers to drop duplicates: the first 32 hex digits of SHA-256 over the
     /// body (which holds kind, target, `issued_at` and the content). The same action gives
     /// the same key on every attempt and after a restart; a different one, a different key.
     pub fn idempotency_key(&self) -> String {
-        let digest = Sha256::digest(self.body());
+        self.idempotency_key_at(None)
+    }
+
+    /// [`Action::idempotency_key`] of [`Action::body_at`].
+    pub fn idempotency_key_at(&self, epoch: Option<u64>) -> String {
+        let digest = Sha256::digest(self.body_at(epoch));
         let mut key = hex::encode(digest);
         key.truncate(32);
         key
@@ -383,9 +399,15 @@ impl Receivers {
         self.routes().route(target, kind).is_some()
     }
 
-    /// One attempt to deliver `body` (an action of `kind` for `target`) with idempotency
-    /// key `key`.
-    pub async fn attempt(&self, target: &str, kind: ActionKind, body: &[u8], key: &str) -> Attempt {
+    /// One attempt to deliver `body` (an action of `kind` for `target`, decided at `epoch`
+    /// when instances share targets) with idempotency key `key`.
+    pub async fn attempt(
+        &self,
+        (target, kind): (&str, ActionKind),
+        body: &[u8],
+        key: &str,
+        epoch: Option<u64>,
+    ) -> Attempt {
         let now = self.routes();
         match now.route(target, kind) {
             None => Attempt::Final {
@@ -393,7 +415,7 @@ impl Receivers {
                 status: None,
                 body: String::new(),
             },
-            Some(Destination::Webhook(h)) => now.webhooks.attempt(h, body, key).await,
+            Some(Destination::Webhook(h)) => now.webhooks.attempt(h, body, key, epoch).await,
             Some(Destination::Haproxy(h)) => haproxy::apply_body(h, body).await,
             Some(Destination::Alertmanager(am)) => {
                 let mut url = am.url.clone();

@@ -32,6 +32,8 @@ use crate::config::{DeliveryConfig, WebhookConfig};
 pub const SIGNATURE_HEADER: &str = "Prescale-Signature";
 /// The header carrying [`Action::idempotency_key`].
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+/// The header carrying the epoch of the target's owner, when instances share targets.
+pub const EPOCH_HEADER: &str = "Prescale-Epoch";
 /// The `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("prescale/", env!("CARGO_PKG_VERSION"));
 
@@ -286,7 +288,7 @@ impl WebhookSender {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(hook, &body, &key).await {
+            match self.attempt(hook, &body, &key, None).await {
                 Attempt::Success(status) => {
                     let status = status.unwrap_or(200);
                     info!(target, kind, %url, attempts = attempt, status, %key, "webhook delivered");
@@ -335,21 +337,30 @@ impl WebhookSender {
         }
     }
 
-    /// One signed POST of `body` to `hook` with idempotency key `key`; no retries.
-    pub async fn attempt(&self, hook: &WebhookConfig, body: &[u8], key: &str) -> Attempt {
+    /// One signed POST of `body` to `hook` with idempotency key `key` (and the owner's
+    /// `epoch`, if any); no retries.
+    pub async fn attempt(
+        &self,
+        hook: &WebhookConfig,
+        body: &[u8],
+        key: &str,
+        epoch: Option<u64>,
+    ) -> Attempt {
         let mut secrets = vec![hook.secret.expose().as_bytes()];
         if let Some(previous) = &hook.previous_secret {
             secrets.push(previous.expose().as_bytes());
         }
         let signature = sign_all(&secrets, unix_now(), body);
-        let request = self
+        let mut request = self
             .client
             .post(hook.url.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(SIGNATURE_HEADER, signature)
-            .header(IDEMPOTENCY_HEADER, key)
-            .body(body.to_vec());
-        self.send(request).await
+            .header(IDEMPOTENCY_HEADER, key);
+        if let Some(epoch) = epoch {
+            request = request.header(EPOCH_HEADER, epoch.to_string());
+        }
+        self.send(request.body(body.to_vec())).await
     }
 
     /// One unsigned POST of a JSON `body` to `url` (Alertmanager's API); no retries.

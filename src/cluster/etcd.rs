@@ -4,7 +4,11 @@
 //! - `P/members/<name>`: a [`Member`] as JSON, under the member's lease;
 //! - `P/owners/<bucket>`: the owner's name, under the owner's lease; its `mod_revision` is
 //!   the owner's epoch.
+//! - `P/targets/<target>/<field>`: what a target's owner shares with the next one
+//!   ([`super::shared`]), each written only while the writer owns the target's bucket at its
+//!   epoch. Outside the range the instances watch, so that writing it wakes nobody.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{
@@ -131,14 +135,25 @@ impl Etcd {
         }))
     }
 
-    /// Everything under the prefix, at one revision.
+    /// The watched range: `P/members/` to `P/owners/` and everything between (nothing else
+    /// is written there), as (first key, end key).
+    fn membership_range(&self) -> (String, String) {
+        // `0` follows `/`: the end key is just past every `P/owners/…`.
+        (
+            format!("{}/members/", self.prefix),
+            format!("{}/owners0", self.prefix),
+        )
+    }
+
+    /// The members and owners, at one revision.
     pub(crate) async fn load(&self) -> Result<View, ClusterError> {
-        let options = GetOptions::new().with_prefix();
+        let (first, end) = self.membership_range();
+        let options = GetOptions::new().with_range(end);
         let prefix = format!("{}/", self.prefix);
         let r = deadline(
             Op::Load,
             self.timeout,
-            self.client.clone().get(prefix.clone(), Some(options)),
+            self.client.clone().get(first, Some(options)),
         )
         .await?;
         let mut view = View {
@@ -265,17 +280,63 @@ impl Etcd {
         .await
     }
 
-    /// Watches every key under the prefix.
+    /// Watches the members and owners.
     pub(crate) async fn watch(&self) -> Result<WatchStream, ClusterError> {
-        let options = WatchOptions::new().with_prefix();
+        let (first, end) = self.membership_range();
+        let options = WatchOptions::new().with_range(end);
         deadline(
             Op::Watch,
             self.timeout,
-            self.client
-                .clone()
-                .watch(format!("{}/", self.prefix), Some(options)),
+            self.client.clone().watch(first, Some(options)),
         )
         .await
+    }
+
+    /// The key of a target's shared `field`.
+    fn target_key(&self, target: &str, field: &str) -> String {
+        format!("{}/targets/{target}/{field}", self.prefix)
+    }
+
+    /// Writes a target's shared `field` if `bucket` is still owned at `epoch`: whether it
+    /// was written.
+    pub(crate) async fn put_fenced(
+        &self,
+        op: Op,
+        (bucket, epoch): (u16, u64),
+        (target, field): (&str, &str),
+        value: Vec<u8>,
+    ) -> Result<bool, ClusterError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.owner_key(bucket),
+                CompareOp::Equal,
+                epoch as i64,
+            )])
+            .and_then([TxnOp::put(self.target_key(target, field), value, None)]);
+        Ok(self.guarded(op, txn).await?.is_some())
+    }
+
+    /// A target's shared fields, by name.
+    pub(crate) async fn target_fields(
+        &self,
+        target: &str,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ClusterError> {
+        let prefix = self.target_key(target, "");
+        let options = GetOptions::new().with_prefix();
+        let r = deadline(
+            Op::ReadShared,
+            self.timeout,
+            self.client.clone().get(prefix.clone(), Some(options)),
+        )
+        .await?;
+        Ok(r.kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let field = key.strip_prefix(&prefix)?;
+                Some((field.to_owned(), kv.value().to_vec()))
+            })
+            .collect())
     }
 
     /// Revokes `lease`: every key under it goes at once.

@@ -36,11 +36,17 @@
 //!   nothing is acted on once the lease time is up; when it answers again before the lease
 //!   expired, ownership resumes at the same epochs (nobody could have taken them).
 //!
+//! - **Shared state.** What a target's owner shares with the next one (the counts asked
+//!   for and delivered, the pause, the model) is written only while it owns the target at
+//!   its epoch ([`Cluster::share`]).
+//!
 //! Files: `view.rs` (the state as plain data and what to do about it, pure), `etcd.rs`
-//! (keys and requests), `session.rs` (the task: keep-alive, watch, reconcile).
+//! (keys and requests), `session.rs` (the task: keep-alive, watch, reconcile), `shared.rs`
+//! (targets' shared state).
 
 mod etcd;
 mod session;
+mod shared;
 mod view;
 
 use std::collections::BTreeMap;
@@ -52,6 +58,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ClusterConfig;
+pub use shared::{Share, SharedCount, SharedState, Standing};
 pub use view::{BUCKETS, Member, Owner, bucket};
 
 /// What failed, for [`ClusterError`]: a closed set of the protocol's requests.
@@ -77,6 +84,10 @@ pub enum Op {
     Watch,
     /// Revoking the lease.
     Revoke,
+    /// Reading a target's shared state.
+    ReadShared,
+    /// Writing a target's shared state.
+    WriteShared,
 }
 
 impl fmt::Display for Op {
@@ -92,6 +103,8 @@ impl fmt::Display for Op {
             Op::KeepAlive => "renew the lease",
             Op::Watch => "watch the keys",
             Op::Revoke => "revoke the lease",
+            Op::ReadShared => "read a target's shared state",
+            Op::WriteShared => "write a target's shared state",
         })
     }
 }
@@ -125,6 +138,14 @@ pub enum ClusterError {
         /// How long joining waited for the key to go (a crashed instance's lease expires).
         waited: Duration,
     },
+    /// A shared write was refused: this instance no longer owns the target at the epoch.
+    #[error("target `{target}` is no longer owned by this instance at epoch {epoch}")]
+    NotOwner {
+        /// The target.
+        target: String,
+        /// The epoch it was written at.
+        epoch: u64,
+    },
 }
 
 /// This instance's membership in the cluster: which targets it owns, at which epoch.
@@ -132,6 +153,7 @@ pub enum ClusterError {
 /// after `lease_ttl`); [`Cluster::leave`] revokes it at once.
 pub struct Cluster {
     shared: Arc<Shared>,
+    etcd: etcd::Etcd,
     changes: watch::Receiver<u64>,
     stop: watch::Sender<bool>,
     /// The task; taken by [`Cluster::leave`].
@@ -190,12 +212,13 @@ impl Cluster {
             local: Mutex::new(Local::default()),
             changes: tx,
         });
-        let session = session::Session::new(etcd, config, shared.clone());
+        let session = session::Session::new(etcd.clone(), config, shared.clone());
         let lease = session.open().await?;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(session.run(lease, stopped));
         Ok(Self {
             shared,
+            etcd,
             changes,
             stop,
             task: Mutex::new(Some(task)),

@@ -89,14 +89,31 @@ impl TargetLoop {
 
     /// After the cycle's actions were written (or there were none), or could not be: a
     /// target whose actions are not written forgets having asked (so it asks again next
-    /// cycle) and is degraded, naming the outbox's error, until the outbox can be written.
-    pub(super) fn note_written(&self, written: Result<(), OutboxError>, unsent: Unsent) {
+    /// cycle) and is degraded, naming the outbox's error (until the outbox can be written)
+    /// or why it may not act (`coordination`).
+    pub(super) fn note_written(&self, written: Result<(), NotWritten>, unsent: Unsent) {
         let t = &self.target;
         let Some(mut state) = self.store.target(&t.name) else {
             return;
         };
+        if !matches!(written, Err(NotWritten::Coordination(_))) && state.coordination.is_some() {
+            state.coordination = None;
+            info!(target = %t.name, "acting again");
+        }
         match written {
-            Err(e) => {
+            Err(NotWritten::Coordination(why)) => {
+                unsent.restore(&mut state, t.queries.replicas.is_none());
+                if state.coordination.is_none() {
+                    warn!(target = %t.name, why = %why, "not acting; degraded (coordination)");
+                }
+                state.coordination = Some(why);
+                self.store
+                    .metrics()
+                    .degraded
+                    .get_or_create(&self.labels())
+                    .set(1);
+            }
+            Err(NotWritten::Outbox(e)) => {
                 unsent.restore(&mut state, t.queries.replicas.is_none());
                 if state.write_error.is_none() {
                     warn!(target = %t.name, error = %e, "actions not written to the outbox; degraded, asking again next cycle");
@@ -117,6 +134,16 @@ impl TargetLoop {
             Ok(()) => {}
         }
     }
+}
+
+/// Why a cycle's actions were not written.
+#[derive(Debug)]
+pub(super) enum NotWritten {
+    /// The outbox could not write them.
+    Outbox(OutboxError),
+    /// This instance may not act on the target now (why), or could not share the count
+    /// asked for.
+    Coordination(String),
 }
 
 /// What a target remembers across a restart, from the outbox's control state.

@@ -38,6 +38,7 @@ fn live_loop(store: &Store, dir: &std::path::Path, end: i64) -> TargetLoop {
         budget: None,
         forecast: ForecastConfig::default(),
         models: ModelsDir::new(dir.join("models")),
+        ownership: None,
     }
 }
 

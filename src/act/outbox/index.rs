@@ -194,6 +194,7 @@ mod tests {
             response_body: None,
             finished_at_ms: None,
             superseded_by: None,
+            epoch: None,
         }
     }
 

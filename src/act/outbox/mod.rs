@@ -262,18 +262,27 @@ pub struct Delivery {
     pub finished_at_ms: Option<i64>,
     /// The action that superseded it.
     pub superseded_by: Option<u64>,
+    /// The epoch of the target's owner that decided it, when instances share targets: it
+    /// is delivered only while this instance still owns the target at that epoch.
+    #[serde(default)]
+    pub epoch: Option<u64>,
 }
 
 impl Delivery {
-    /// `action`, written as `id` at `now` (ms), due at once.
-    fn pending(id: u64, action: &Action, idempotency_key: String, now: i64) -> Self {
+    /// `action`, decided at `epoch`, written as `id` at `now` (ms), due at once.
+    fn pending(
+        id: u64,
+        (action, epoch): (&Action, Option<u64>),
+        idempotency_key: String,
+        now: i64,
+    ) -> Self {
         Self {
             id,
             target: action.target().to_owned(),
             kind: action.kind(),
             group: action.supersede_group(),
             idempotency_key,
-            body: String::from_utf8_lossy(&action.body()).into_owned(),
+            body: String::from_utf8_lossy(&action.body_at(epoch)).into_owned(),
             state: DeliveryState::Pending,
             outcome: None,
             created_at_ms: now,
@@ -285,6 +294,7 @@ impl Delivery {
             response_body: None,
             finished_at_ms: None,
             superseded_by: None,
+            epoch,
         }
     }
 
@@ -359,6 +369,38 @@ pub struct DeliveryRecord {
 pub trait OutcomeSink: Send + Sync + 'static {
     /// `target`'s action finished with `record`.
     fn finished(&self, target: &str, record: DeliveryRecord);
+
+    /// `target`'s scale action `mark`, decided at `epoch` (instances sharing targets),
+    /// was delivered. Called before [`OutcomeSink::finished`].
+    fn delivered_scale(&self, _target: &str, _mark: ScaleMark, _epoch: Option<u64>) {}
+}
+
+/// Whether an action decided by the owner of its target at an epoch may be delivered now
+/// (instances sharing targets): asked before every attempt.
+pub trait Fence: Send + Sync + 'static {
+    /// The verdict for an action of `target` decided at `epoch`.
+    fn verdict(&self, target: &str, epoch: u64) -> Verdict;
+}
+
+/// What the worker reports to and asks ([`Outbox::fenced_worker`]).
+#[derive(Default)]
+pub struct Hooks {
+    /// Told of each finished action.
+    pub outcomes: Option<Box<dyn OutcomeSink>>,
+    /// Asked before every attempt at an action that carries an epoch.
+    pub fence: Option<Arc<dyn Fence>>,
+}
+
+/// A [`Fence`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// This instance owns the target at the epoch, and knows it: attempt it.
+    Deliver,
+    /// Ownership cannot be known now (the lease is not known live): wait and ask again.
+    Hold,
+    /// This instance no longer owns the target at the epoch: never attempt it (it is
+    /// superseded, with this reason).
+    Supersede(String),
 }
 
 impl<F> OutcomeSink for F
@@ -592,6 +634,17 @@ impl Outbox {
     /// written. An action whose idempotency key is already in the outbox (an identical
     /// action) is left out. When this returns, the actions survive a crash.
     pub async fn enqueue(&self, actions: Vec<Action>) -> Result<Vec<Delivery>, OutboxError> {
+        self.enqueue_at(actions, None).await
+    }
+
+    /// [`Outbox::enqueue`] for actions decided by the owner of their target at `epoch`
+    /// (instances sharing targets): each carries it, and the worker delivers it only while
+    /// its [`Fence`] says this instance still owns the target at that epoch.
+    pub async fn enqueue_at(
+        &self,
+        actions: Vec<Action>,
+        epoch: Option<u64>,
+    ) -> Result<Vec<Delivery>, OutboxError> {
         if actions.is_empty() {
             return Ok(Vec::new());
         }
@@ -602,7 +655,7 @@ impl Outbox {
         // unknown to a worker that keeps running. The worker may be gone (shutting down);
         // the actions are on disk for the next start.
         self.blocking(move |s| {
-            let records = s.insert(&actions, now)?;
+            let records = s.insert(&actions, epoch, now)?;
             let _ = to_worker.send(ToWorker::New(records.clone()));
             Ok(records)
         })
@@ -708,6 +761,23 @@ impl Outbox {
         metrics: impl Into<OutboxMetrics>,
         outcomes: Option<Box<dyn OutcomeSink>>,
     ) -> Result<Worker, OutboxError> {
+        let hooks = Hooks {
+            outcomes,
+            fence: None,
+        };
+        self.fenced_worker(settings, receivers, metrics, hooks)
+            .await
+    }
+
+    /// [`Outbox::worker`] that asks `fence` before every attempt at an action that carries
+    /// an epoch ([`Outbox::enqueue_at`]).
+    pub async fn fenced_worker(
+        &self,
+        settings: Settings,
+        receivers: Receivers,
+        metrics: impl Into<OutboxMetrics>,
+        Hooks { outcomes, fence }: Hooks,
+    ) -> Result<Worker, OutboxError> {
         let (resumed, dead) = self.reading(Storage::at_start).await?;
         let paused = self.controls().await?;
         let paused = paused
@@ -730,6 +800,7 @@ impl Outbox {
                 receivers,
                 metrics,
                 outcomes,
+                fence,
                 from_handles,
                 resumed,
                 dead,

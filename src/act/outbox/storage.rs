@@ -206,6 +206,7 @@ impl Storage {
     pub(super) fn insert(
         &self,
         actions: &[Action],
+        epoch: Option<u64>,
         now: i64,
     ) -> Result<Vec<Delivery>, OutboxError> {
         let txn = self.db.begin_write().map_err(self.db())?;
@@ -220,14 +221,14 @@ impl Storage {
                 .map_err(self.db())?
                 .map_or(1, |v| v.value());
             for a in actions {
-                let key = a.idempotency_key();
+                let key = a.idempotency_key_at(epoch);
                 if let Some(id) = keys.get(key.as_str()).map_err(self.db())? {
                     debug!(target = a.target(), kind = %a.kind(), key = %key, id = id.value(),
                         "identical action already in the outbox; not written again");
                     continue;
                 }
                 keys.insert(key.as_str(), next).map_err(self.db())?;
-                let d = Delivery::pending(next, a, key, now);
+                let d = Delivery::pending(next, (a, epoch), key, now);
                 table
                     .insert(next, encode(&d).as_slice())
                     .map_err(self.db())?;
@@ -609,7 +610,7 @@ fn migrate_control(txn: &WriteTransaction) -> Result<(), DbError> {
 }
 
 /// The count and decision time of a scale action, read from its body.
-fn scale_mark(d: &Delivery) -> Option<ScaleMark> {
+pub(super) fn scale_mark(d: &Delivery) -> Option<ScaleMark> {
     if d.kind != ActionKind::Scale {
         return None;
     }
@@ -715,7 +716,7 @@ mod tests {
             let mut actions: Vec<Action> =
                 (0..=newer.len() as i64).map(|i| scale("a", i)).collect();
             actions.push(scale("b", 99));
-            let mut written = s.insert(&actions, 0).unwrap();
+            let mut written = s.insert(&actions, None, 0).unwrap();
             written[0].state = Dead;
             for (d, state) in written[1..].iter_mut().zip(newer) {
                 d.state = *state;
@@ -755,7 +756,7 @@ mod tests {
                 })
             })
             .collect();
-        s.insert(&actions, 5).unwrap();
+        s.insert(&actions, None, 5).unwrap();
         let ids = |f: &Filter, offset, limit| {
             let (page, more) = s.page(f, offset, limit).unwrap();
             (page.iter().map(|d| d.id).collect::<Vec<_>>(), more)
@@ -802,14 +803,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path()).unwrap();
         assert_eq!(s.control("web").unwrap(), None);
-        s.insert(&[scale("web", 5, 100), scale("api", 3, 100)], 0)
+        s.insert(&[scale("web", 5, 100), scale("api", 3, 100)], None, 0)
             .unwrap();
         let rebalance = Action::Rebalance(crate::act::RebalanceAction {
             target: "web".into(),
             weights: [("x".to_owned(), 1)].into(),
             issued_at: 110,
         });
-        s.insert(&[scale("web", 8, 120), rebalance], 0).unwrap();
+        s.insert(&[scale("web", 8, 120), rebalance], None, 0)
+            .unwrap();
         let web = s.control("web").unwrap().unwrap();
         assert_eq!(
             (web.asked, web.delivered, web.paused),
@@ -817,7 +819,7 @@ mod tests {
         );
         assert_eq!(s.control("api").unwrap().unwrap().asked, mark(2, 3, 100));
         // An identical action (same key) is not written again, nor counted as asked.
-        s.insert(&[scale("web", 5, 100)], 0).unwrap();
+        s.insert(&[scale("web", 5, 100)], None, 0).unwrap();
         assert_eq!(s.control("web").unwrap().unwrap().asked, mark(3, 8, 120));
     }
 
@@ -828,7 +830,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path()).unwrap();
         let written = s
-            .insert(&[scale("web", 5, 100), scale("web", 9, 160)], 0)
+            .insert(&[scale("web", 5, 100), scale("web", 9, 160)], None, 0)
             .unwrap();
         let finish = |d: &Delivery, state: DeliveryState| {
             let mut d = d.clone();
@@ -849,7 +851,7 @@ mod tests {
             s.control("web").unwrap().unwrap().delivered,
             mark(2, 9, 160)
         );
-        let later = s.insert(&[scale("web", 4, 200)], 0).unwrap();
+        let later = s.insert(&[scale("web", 4, 200)], None, 0).unwrap();
         s.write(&[finish(&later[0], DeliveryState::Dead)]).unwrap();
         let c = s.control("web").unwrap().unwrap();
         assert_eq!((c.asked, c.delivered), (mark(3, 4, 200), mark(2, 9, 160)));
@@ -873,7 +875,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Storage::open(dir.path()).unwrap();
-            s.insert(&[scale("web", 5, 100)], 0).unwrap();
+            s.insert(&[scale("web", 5, 100)], None, 0).unwrap();
             s.set_paused("web", true).unwrap();
             s.set_paused("api", true).unwrap();
             s.set_paused("api", false).unwrap();
@@ -905,7 +907,7 @@ mod tests {
                 ];
                 for (id, target, to, state) in states {
                     let a = scale(target, to, 100 + id as i64);
-                    let mut d = Delivery::pending(id, &a, format!("k{id}"), 0);
+                    let mut d = Delivery::pending(id, (&a, None), format!("k{id}"), 0);
                     d.state = state;
                     t.insert(id, encode(&d).as_slice()).unwrap();
                 }

@@ -3,6 +3,7 @@
 //! [`OutcomeSink`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,12 +17,15 @@ use tracing::{debug, info, warn};
 
 use super::index::Index;
 use super::{
-    Delivery, DeliveryOutcome, DeliveryState, MAX_IN_FLIGHT, Outbox, OutcomeSink, Settings, Time,
-    ToWorker,
+    Delivery, DeliveryOutcome, DeliveryState, Fence, MAX_IN_FLIGHT, Outbox, OutcomeSink, Settings,
+    Time, ToWorker, Verdict,
 };
 use crate::act::webhook::backoff;
 use crate::act::{ActionKind, Attempt, Receivers};
 
+/// While a fence cannot tell whether this instance owns an action's target, how often it
+/// asks again (real time).
+const FENCE_HOLD: Duration = Duration::from_millis(500);
 /// How often delivered and superseded actions past the retention are deleted (real time).
 const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
 /// While the outbox cannot be written, how often the worker tries again (real time): the
@@ -93,6 +97,7 @@ pub(super) struct Parts {
     pub(super) receivers: Receivers,
     pub(super) metrics: OutboxMetrics,
     pub(super) outcomes: Option<Box<dyn OutcomeSink>>,
+    pub(super) fence: Option<Arc<dyn Fence>>,
     pub(super) from_handles: mpsc::UnboundedReceiver<ToWorker>,
     /// Pending at start, oldest first.
     pub(super) resumed: Vec<Delivery>,
@@ -107,6 +112,8 @@ enum Outcome {
     Attempted(Attempt),
     Expired,
     Superseded(u64),
+    /// Its target is no longer owned at its epoch.
+    Fenced(String),
 }
 
 /// The attempts in flight, and the action each is for.
@@ -126,7 +133,12 @@ impl InFlight {
         let id = d.id;
         let handle = self.tasks.spawn(async move {
             receivers
-                .attempt(&d.target, d.kind, d.body.as_bytes(), &d.idempotency_key)
+                .attempt(
+                    (&d.target, d.kind),
+                    d.body.as_bytes(),
+                    &d.idempotency_key,
+                    d.epoch,
+                )
                 .await
         });
         self.ids.insert(handle.id(), id);
@@ -165,6 +177,7 @@ pub struct Worker {
     receivers: Receivers,
     metrics: OutboxMetrics,
     outcomes: Option<Box<dyn OutcomeSink>>,
+    fence: Option<Arc<dyn Fence>>,
     from_handles: mpsc::UnboundedReceiver<ToWorker>,
     index: Index,
     /// Pending at start, not yet in the index.
@@ -187,6 +200,7 @@ impl Worker {
             receivers: parts.receivers,
             metrics: parts.metrics,
             outcomes: parts.outcomes,
+            fence: parts.fence,
             from_handles: parts.from_handles,
             index,
             resumed: parts.resumed,
@@ -251,14 +265,36 @@ impl Worker {
     fn start_due(&mut self, now: i64, in_flight: &mut InFlight) -> Vec<(u64, Outcome)> {
         let max_age = duration_ms(self.settings.delivery.max_age);
         let mut expired = Vec::new();
-        for d in self.index.take_due(now, in_flight.room()) {
+        for mut d in self.index.take_due(now, in_flight.room()) {
             if now.saturating_sub(d.age_from_ms) >= max_age {
                 expired.push((d.id, Outcome::Expired));
-            } else {
-                in_flight.start(&self.receivers, d);
+                continue;
+            }
+            match self.verdict(&d) {
+                Verdict::Deliver => in_flight.start(&self.receivers, d),
+                Verdict::Hold => {
+                    d.next_attempt_ms = now.saturating_add(self.time().clock_ms(FENCE_HOLD));
+                    self.index.update(d);
+                }
+                Verdict::Supersede(why) => {
+                    warn!(id = d.id, target = %d.target, kind = %d.kind, epoch = ?d.epoch, why = %why,
+                        "not delivered: the target's ownership was lost");
+                    expired.push((d.id, Outcome::Fenced(why)));
+                }
             }
         }
         expired
+    }
+
+    /// The fence's verdict on `d`; an action without an epoch (one instance) is delivered.
+    fn verdict(&self, d: &Delivery) -> Verdict {
+        match (&self.fence, d.epoch) {
+            (Some(fence), Some(epoch)) => fence.verdict(&d.target, epoch),
+            (Some(_), None) => Verdict::Supersede(
+                "written by a single instance; instances now share targets".to_owned(),
+            ),
+            (None, _) => Verdict::Deliver,
+        }
     }
 
     /// Takes new and retried actions from the handles: `first` and any others waiting.
@@ -406,6 +442,10 @@ impl Worker {
                 finish(&mut d, DeliveryOutcome::Superseded);
                 d.superseded_by = Some(by);
             }
+            Outcome::Fenced(why) => {
+                finish(&mut d, DeliveryOutcome::Superseded);
+                d.last_error = Some(why);
+            }
             Outcome::Expired => {
                 finish(&mut d, DeliveryOutcome::Expired);
                 d.last_error = Some(format!(
@@ -509,6 +549,11 @@ impl Worker {
             }
         }
         if let Some(sink) = &self.outcomes {
+            if d.state == DeliveryState::Delivered
+                && let Some(mark) = super::storage::scale_mark(&d)
+            {
+                sink.delivered_scale(&d.target, mark, d.epoch);
+            }
             sink.finished(&d.target, record);
         }
     }
