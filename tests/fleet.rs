@@ -28,7 +28,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::http::Server;
-use common::{AppProcess, Etcd, Options, Prometheus, Receiver, Recorded, TempConfig};
+use common::{AppProcess, Etcd, Options, Prometheus, Receiver, Recorded, Reply, TempConfig};
 use common::{TestConfig, TestTarget, free_addr, now_secs, poll_until};
 use prescale::cluster::{BUCKETS, bucket};
 use serde_json::Value;
@@ -105,10 +105,17 @@ impl Demand {
                 .map_or(0.0, |d| d.as_secs_f64());
             let mut text = String::from("# TYPE fleet_requests_total counter\n");
             for i in 0..TARGETS {
-                text.push_str(&format!("{} {}\n", counter(i), counter_value(i, origin, now)));
+                text.push_str(&format!(
+                    "{} {}\n",
+                    counter(i),
+                    counter_value(i, origin, now)
+                ));
             }
             (
-                [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
                 text,
             )
         };
@@ -171,9 +178,9 @@ impl Act {
     /// the same in `Prescale-Epoch`).
     fn of(r: &Recorded) -> Self {
         let body = r.json();
-        let epoch = body["epoch"].as_u64().unwrap_or_else(|| {
-            panic!("{} {}: no `epoch` in the body: {body}", r.method, r.path)
-        });
+        let epoch = body["epoch"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{} {}: no `epoch` in the body: {body}", r.method, r.path));
         let header = r.header("prescale-epoch");
         assert_eq!(
             header.and_then(|h| h.parse::<u64>().ok()),
@@ -194,7 +201,10 @@ impl Act {
             target: body["target"].as_str().expect("target").to_owned(),
             kind,
             epoch,
-            key: r.header("idempotency-key").expect("Idempotency-Key").to_owned(),
+            key: r
+                .header("idempotency-key")
+                .expect("Idempotency-Key")
+                .to_owned(),
             at: r.at,
         }
     }
@@ -248,7 +258,10 @@ impl Fleet {
         });
         let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5));
         let client = rt
-            .block_on(etcd_client::Client::connect(etcd.endpoints(), Some(options)))
+            .block_on(etcd_client::Client::connect(
+                etcd.endpoints(),
+                Some(options),
+            ))
             .expect("connect to etcd");
         let mut fleet = Self {
             instances: Vec::new(),
@@ -265,9 +278,40 @@ impl Fleet {
             fleet.spawn();
         }
         for i in 0..3 {
-            fleet.instances[i].app.wait_ready();
+            fleet.wait_ready(i);
         }
         fleet
+    }
+
+    /// Waits until instance `i` answers `/readyz` with 200; panics with its last answer and
+    /// the logs when it exits or times out.
+    fn wait_ready(&mut self, i: usize) {
+        let mut last = String::new();
+        let what = format!("{} to be ready (/readyz)", self.instances[i].name);
+        let found = catch_unwind(AssertUnwindSafe(|| {
+            poll_until(&what, common::READY_DEADLINE, || {
+                let app = &mut self.instances[i].app;
+                if let Some(status) = app.exited() {
+                    panic!("exited early ({status})");
+                }
+                match app.get("/readyz") {
+                    Ok((200, _)) => Some(()),
+                    Ok((status, body)) => {
+                        last = format!("{status} {body}");
+                        None
+                    }
+                    Err(e) => {
+                        last = e.to_string();
+                        None
+                    }
+                }
+            })
+        }));
+        if let Err(e) = found {
+            self.print_logs(&what);
+            eprintln!("--- its last /readyz answer: {last}");
+            resume_unwind(e)
+        }
     }
 
     /// Starts the next instance, `p<n>`, without waiting; its index.
@@ -295,6 +339,7 @@ impl Fleet {
             .set("delivery", "timeout", "2s")
             .set("delivery", "initial_backoff", "100ms")
             .set("delivery", "max_backoff", "500ms")
+            .set("delivery", "max_attempts", 1000)
             .set("cluster", "etcd", self.etcd.endpoints())
             .set("cluster", "name", name)
             .set("cluster", "advertise", format!("http://{listen}"))
@@ -438,7 +483,7 @@ impl Fleet {
         for i in &self.instances {
             let deliveries = match i.run {
                 Run::Running => listed(&i.app),
-                Run::Killed => self.from_file(i),
+                Run::Killed => self.outbox_file(i),
                 Run::Paused => panic!("{} is paused: its deliveries cannot be read", i.name),
             };
             for (key, epoch) in deliveries {
@@ -451,7 +496,7 @@ impl Fleet {
     }
 
     /// A killed instance's deliveries (key, epoch), read from its outbox file.
-    fn from_file(&self, i: &Instance) -> Vec<(String, Option<u64>)> {
+    fn outbox_file(&self, i: &Instance) -> Vec<(String, Option<u64>)> {
         let dir = i.cfg.dir().join("state");
         let outbox = prescale::act::outbox::Outbox::open(&dir)
             .unwrap_or_else(|e| panic!("open {}'s outbox: {e}", i.name));
@@ -484,7 +529,11 @@ impl Fleet {
             let Some((who, epoch)) = written.get(&a.key) else {
                 panic!("{a:?} is in no instance's outbox");
             };
-            assert_eq!(*epoch, Some(a.epoch), "{a:?} was written by {who} as {epoch:?}");
+            assert_eq!(
+                *epoch,
+                Some(a.epoch),
+                "{a:?} was written by {who} as {epoch:?}"
+            );
             let seen = by_epoch.entry((a.target.clone(), a.epoch)).or_default();
             seen.insert(who.clone());
             assert!(
@@ -527,16 +576,23 @@ impl Fleet {
     fn owner_puts_since(&self, start: i64) -> usize {
         let owners = self.owners().expect("owners");
         assert_eq!(owners.len(), usize::from(BUCKETS), "every bucket owned");
-        let end = owners.values().map(|(_, rev)| *rev as i64).max().expect("owners");
+        let end = owners
+            .values()
+            .map(|(_, rev)| *rev as i64)
+            .max()
+            .expect("owners");
+        if end <= start {
+            return 0;
+        }
         let mut client = self.client.clone();
         let prefix = format!("{PREFIX}/owners/");
         let opts = etcd_client::WatchOptions::new()
             .with_prefix()
             .with_start_revision(start + 1);
         self.rt.block_on(async {
-            let (_watcher, mut stream) = client.watch(prefix, Some(opts)).await.expect("watch");
+            let mut stream = client.watch(prefix, Some(opts)).await.expect("watch");
             let mut puts = 0;
-            while end > start {
+            loop {
                 let next = tokio::time::timeout(Duration::from_secs(10), stream.message());
                 let message = (next.await)
                     .expect("owner key events within 10 s")
@@ -557,7 +613,6 @@ impl Fleet {
                     }
                 }
             }
-            puts
         })
     }
 }
@@ -586,10 +641,7 @@ fn listed(app: &AppProcess) -> Vec<(String, Option<u64>)> {
 fn busiest(owners: &BTreeMap<String, (String, u64)>) -> (String, BTreeMap<String, u64>) {
     let mut by_owner: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
     for (t, (owner, epoch)) in owners {
-        by_owner
-            .entry(owner)
-            .or_default()
-            .insert(t.clone(), *epoch);
+        by_owner.entry(owner).or_default().insert(t.clone(), *epoch);
     }
     let (name, targets) = (by_owner.into_iter())
         .max_by_key(|(_, t)| t.len())
@@ -621,7 +673,11 @@ fn every_target_has_one_owner_and_the_receiver_sees_one_instance_per_epoch() {
     let since = Instant::now();
     fleet.until("five more actions on every target", DEADLINE, || {
         let acts = fleet.acts();
-        let fresh = |t: &String| acts.iter().filter(|a| &a.target == t && a.at >= since).count();
+        let fresh = |t: &String| {
+            acts.iter()
+                .filter(|a| &a.target == t && a.at >= since)
+                .count()
+        };
         fleet.targets.iter().all(|t| fresh(t) >= 5).then_some(())
     });
     let attributed = fleet.assert_fenced();
@@ -681,11 +737,22 @@ fn kill_9_of_an_owner_moves_its_targets_within_the_lease_without_scaling_in() {
         let n = acts_above(&fleet.acts(), &lost, killed);
         n.iter().all(|&n| n >= 3).then_some(())
     });
+    let scales = (fleet.acts().iter())
+        .filter(|a| a.at >= killed && matches!(a.kind, Kind::Scale { .. }))
+        .count();
+    println!("{scales} scale actions after the kill");
     for (t, count) in &counts {
         let mut held = *count;
-        for a in fleet.acts().iter().filter(|a| &a.target == t && a.at >= killed) {
+        for a in fleet
+            .acts()
+            .iter()
+            .filter(|a| &a.target == t && a.at >= killed)
+        {
             if let Kind::Scale { from, to } = a.kind {
-                assert_eq!(from, held, "{t}: after the kill, {a:?} does not start from {held}");
+                assert_eq!(
+                    from, held,
+                    "{t}: after the kill, {a:?} does not start from {held}"
+                );
                 assert!(to >= *count, "{t}: scaled in after the kill: {from} → {to}");
                 held = to;
             }
@@ -703,22 +770,49 @@ fn a_paused_owner_delivers_nothing_for_the_targets_it_lost() {
     let owners = fleet.settled();
     let (victim, lost) = busiest(&owners);
     let i = fleet.index(&victim);
+    // The receiver fails for a moment, so that the owner is paused holding actions for
+    // the targets it will lose, pending.
+    fleet.receiver.set_then(Reply::status(503));
+    let app = &fleet.instances[i].app;
+    fleet.until(
+        "a pending action for a target the owner will lose",
+        DEADLINE,
+        || {
+            let page = app.get_json("/api/v1/deliveries?state=pending&limit=10000")?;
+            let pending = page["deliveries"].as_array()?.iter().any(|d| {
+                let target = d["target"].as_str().unwrap_or_default();
+                lost.get(target)
+                    .is_some_and(|e| d["body"]["epoch"].as_u64() == Some(*e))
+            });
+            pending.then_some(())
+        },
+    );
     let paused = Instant::now();
     fleet.pause(i, true);
-    fleet.until("its targets taken by others, paused for 3 × lease_ttl", DEADLINE, || {
-        let n = acts_above(&fleet.acts(), &lost, paused);
-        (paused.elapsed() >= 3 * TTL && n.iter().all(|&n| n >= 1)).then_some(())
-    });
+    fleet.receiver.set_then(Reply::status(200));
+    fleet.until(
+        "its targets taken by others, paused for 3 × lease_ttl",
+        DEADLINE,
+        || {
+            let n = acts_above(&fleet.acts(), &lost, paused);
+            (paused.elapsed() >= 3 * TTL && n.iter().all(|&n| n >= 1)).then_some(())
+        },
+    );
     fleet.pause(i, false);
     let resumed = Instant::now();
     // Three actions on every target since SIGCONT (a stale attempt, retried every 500 ms
     // at most, would have been made by then), and the resumed instance answering.
-    fleet.until("three actions on every target after SIGCONT", DEADLINE, || {
-        let acts = fleet.acts();
-        let fresh = |t: &String| (acts.iter().filter(|a| &a.target == t && a.at >= resumed)).count();
-        let all = fleet.targets.iter().all(|t| fresh(t) >= 3);
-        (all && fleet.instances[i].app.get_json("/healthz").is_some()).then_some(())
-    });
+    fleet.until(
+        "three actions on every target after SIGCONT",
+        DEADLINE,
+        || {
+            let acts = fleet.acts();
+            let fresh =
+                |t: &String| (acts.iter().filter(|a| &a.target == t && a.at >= resumed)).count();
+            let all = fleet.targets.iter().all(|t| fresh(t) >= 3);
+            (all && fleet.instances[i].app.get_json("/healthz").is_some()).then_some(())
+        },
+    );
     let attributed = fleet.assert_fenced();
     let late: Vec<&Act> = (attributed.iter())
         .filter(|(a, who)| *who == victim && a.at >= resumed)
@@ -729,11 +823,17 @@ fn a_paused_owner_delivers_nothing_for_the_targets_it_lost() {
         late.is_empty(),
         "{victim} delivered after SIGCONT for targets it lost: {late:#?}"
     );
-    let lost_states = old_epoch_states(&fleet.instances[i].app, &lost);
-    println!("{victim}'s actions at the epochs it lost, by state: {lost_states:?}");
+    // What it held for them was fenced (superseded by no newer action), not sent.
+    let states = old_epoch_states(&fleet.instances[i].app, &lost);
+    println!("{victim}'s actions at the epochs it lost, by state: {states:?}");
+    assert!(
+        states.get("fenced") >= Some(&1) && !states.contains_key("pending"),
+        "{victim}'s actions at the epochs it lost: {states:?}"
+    );
 }
 
-/// How many of `app`'s deliveries carry a target's epoch in `epochs`, by state.
+/// How many of `app`'s deliveries carry a target's epoch in `epochs`, by state; `fenced`
+/// for those superseded by no newer action (the fence's verdict).
 fn old_epoch_states(app: &AppProcess, epochs: &BTreeMap<String, u64>) -> BTreeMap<String, usize> {
     let mut states = BTreeMap::new();
     let page = app
@@ -742,7 +842,11 @@ fn old_epoch_states(app: &AppProcess, epochs: &BTreeMap<String, u64>) -> BTreeMa
     for d in page["deliveries"].as_array().expect("deliveries") {
         let target = d["target"].as_str().unwrap_or_default();
         if epochs.get(target).copied() == d["body"]["epoch"].as_u64() {
-            let state = d["state"].as_str().unwrap_or("?").to_owned();
+            let state = match d["state"].as_str() {
+                Some("superseded") if d["superseded_by"].is_null() => "fenced",
+                other => other.unwrap_or("?"),
+            };
+            let state = state.to_owned();
             *states.entry(state).or_default() += 1;
         }
     }
@@ -760,19 +864,27 @@ fn one_etcd_member_lost_changes_nothing_quorum_lost_stops_acting_and_its_return_
 
     fleet.etcd.kill(2);
     let one_down = Instant::now();
-    fleet.until("two actions on every target, a lease's life after", DEADLINE, || {
-        let acts = fleet.acts();
-        let fresh = |t: &String| (acts.iter().filter(|a| &a.target == t && a.at >= one_down)).count();
-        let all = fleet.targets.iter().all(|t| fresh(t) >= 2);
-        (all && one_down.elapsed() >= 2 * TTL).then_some(())
-    });
+    fleet.until(
+        "two actions on every target, a lease's life after",
+        DEADLINE,
+        || {
+            let acts = fleet.acts();
+            let fresh =
+                |t: &String| (acts.iter().filter(|a| &a.target == t && a.at >= one_down)).count();
+            let all = fleet.targets.iter().all(|t| fresh(t) >= 2);
+            (all && one_down.elapsed() >= 2 * TTL).then_some(())
+        },
+    );
     assert_eq!(
         fleet.owners().expect("owners"),
         buckets,
         "one etcd member down moved buckets"
     );
     for a in fleet.acts().iter().filter(|a| a.at >= one_down) {
-        assert_eq!(a.epoch, owners[&a.target].1, "{a:?} after one member went down");
+        assert_eq!(
+            a.epoch, owners[&a.target].1,
+            "{a:?} after one member went down"
+        );
     }
 
     fleet.etcd.kill(1);
@@ -784,15 +896,19 @@ fn one_etcd_member_lost_changes_nothing_quorum_lost_stops_acting_and_its_return_
     fleet.etcd.restart(2);
     fleet.etcd.wait_all_healthy();
     let back = Instant::now();
-    let resumed = fleet.until("an action on every target after the quorum is back", DEADLINE, || {
-        let acts = fleet.acts();
-        (fleet.targets.iter())
-            .map(|t| acts.iter().find(|a| &a.target == t && a.at >= back))
-            .map(|a| a.map(|a| a.at.duration_since(back)))
-            .collect::<Option<Vec<_>>>()?
-            .into_iter()
-            .max()
-    });
+    let resumed = fleet.until(
+        "an action on every target after the quorum is back",
+        DEADLINE,
+        || {
+            let acts = fleet.acts();
+            (fleet.targets.iter())
+                .map(|t| acts.iter().find(|a| &a.target == t && a.at >= back))
+                .map(|a| a.map(|a| a.at.duration_since(back)))
+                .collect::<Option<Vec<_>>>()?
+                .into_iter()
+                .max()
+        },
+    );
     println!("every target acted on again {resumed:?} after etcd was healthy");
     fleet.assert_fenced();
 }
@@ -806,13 +922,24 @@ fn quorum_lost(fleet: &Fleet, owners: &BTreeMap<String, (String, u64)>, quiet: I
         let all = owners.iter().all(|(t, (owner, _))| {
             let app = &fleet.instances[fleet.index(owner)].app;
             let forecast = app.get(&format!("/api/v1/targets/{t}/forecast?horizon=1m"));
-            let view = app.get_json(&format!("/api/v1/targets/{t}")).unwrap_or_default();
-            let coordination = view["degraded_reasons"].to_string().contains("coordination");
+            let view = app
+                .get_json(&format!("/api/v1/targets/{t}"))
+                .unwrap_or_default();
+            let coordination = view["degraded_reasons"]
+                .to_string()
+                .contains("coordination");
             matches!(forecast, Ok((200, _))) && view["status"] == "degraded" && coordination
         });
         all.then_some(())
     });
     let degraded = Instant::now();
+    let last = fleet.acts().last().map(|a| a.at);
+    let lost = quiet - TTL - Duration::from_secs(2);
+    println!(
+        "quorum lost: the last action arrived {:?} after, every target degraded after {:?}",
+        last.map(|at| at.saturating_duration_since(lost)),
+        degraded.duration_since(lost)
+    );
     let until = quiet.max(degraded) + 2 * TTL;
     // Watched for two leases from `quiet`: a negative can only be observed over a window.
     fleet.until("two leases of silence to pass", DEADLINE, || {
@@ -835,7 +962,7 @@ fn a_joining_instance_takes_its_share_within_the_lease_with_no_bucket_unowned() 
     let owners = fleet.settled();
     let start = fleet.revision();
     let j = fleet.spawn();
-    fleet.instances[j].app.wait_ready();
+    fleet.wait_ready(j);
     let ready = Instant::now();
     let name = fleet.instances[j].name.clone();
     let share = usize::from(BUCKETS) / 4;
@@ -854,7 +981,10 @@ fn a_joining_instance_takes_its_share_within_the_lease_with_no_bucket_unowned() 
         .filter(|(_, (o, _))| *o == name)
         .map(|(t, (_, e))| (t.clone(), *e))
         .collect();
-    assert!(!taken.is_empty(), "{name} owns none of the targets: {now:?}");
+    assert!(
+        !taken.is_empty(),
+        "{name} owns none of the targets: {now:?}"
+    );
     let acted = fleet.until("the joiner to act on its targets", DEADLINE, || {
         let acts = fleet.acts();
         (taken.iter())
@@ -869,9 +999,15 @@ fn a_joining_instance_takes_its_share_within_the_lease_with_no_bucket_unowned() 
         taken.len()
     );
     for (t, e) in &taken {
-        assert!(*e > owners[t].1, "{t} taken at epoch {e}, not above {owners:?}");
+        assert!(
+            *e > owners[t].1,
+            "{t} taken at epoch {e}, not above {owners:?}"
+        );
     }
     let puts = fleet.owner_puts_since(start);
-    assert!(puts >= share, "only {puts} owner keys written for {share} hand-overs");
+    assert!(
+        puts >= share,
+        "only {puts} owner keys written for {share} hand-overs"
+    );
     fleet.assert_fenced();
 }
