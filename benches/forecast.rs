@@ -31,6 +31,7 @@ fn settings() -> Settings {
         level: 0.95,
         horizon: 3_600,
         refit_every: 3_600,
+        refit_phase: 0,
     }
 }
 

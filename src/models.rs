@@ -256,6 +256,7 @@ mod tests {
             level: 0.9,
             horizon: 600,
             refit_every: 3_600,
+            refit_phase: 0,
         });
         let h = History {
             start: 0,

@@ -484,7 +484,9 @@ impl TargetLoop {
         m.desired_replicas
             .get_or_create(&labels)
             .set(i64::from(d.to));
-        let degraded = !plan.degraded.is_empty() || state.write_error.is_some();
+        let degraded = !plan.degraded.is_empty()
+            || state.write_error.is_some()
+            || state.coordination.is_some();
         m.degraded.get_or_create(&labels).set(i64::from(degraded));
         let direction = match d.to.cmp(&d.from) {
             std::cmp::Ordering::Greater => "up",

@@ -134,6 +134,9 @@ pub struct TargetState {
     /// sharing targets: its lease is not known live, or the shared state cannot be read or
     /// written): the target is degraded with reason `coordination`.
     pub coordination: Option<String>,
+    /// This instance runs the target's loop: always as one process; with `[cluster]`,
+    /// while it owns the target. Readiness counts only these.
+    pub owned_here: bool,
 }
 
 impl TargetState {
@@ -166,6 +169,7 @@ impl TargetState {
             decisions: DecisionLog::default(),
             write_error: None,
             coordination: None,
+            owned_here: true,
             config,
         }
     }
@@ -175,8 +179,10 @@ impl TargetState {
     /// outdated, and the memory freed).
     pub fn reset(&mut self) {
         let decisions = std::mem::take(&mut self.decisions);
+        let owned_here = self.owned_here;
         *self = Self::new(self.config.clone());
         self.decisions = decisions;
+        self.owned_here = owned_here;
     }
 
     /// The buffer of a signal that keeps one series (not the per-instance ones).

@@ -12,11 +12,14 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Receiver, Reply, poll_until_async};
 use prescale::act::outbox::{
-    Delivery, DeliveryOutcome, DeliveryRecord, DeliveryState, Outbox, Settings,
+    Delivery, DeliveryOutcome, DeliveryRecord, DeliveryState, Fence, Hooks, Outbox, Settings,
+    Verdict,
 };
 use prescale::act::webhook::WebhookSender;
 use prescale::act::{Action, ActionKind, Destination, RebalanceAction, Receivers, ScaleAction};
@@ -128,6 +131,17 @@ impl Running {
         cfg: DeliveryConfig,
         clock: Clock,
     ) -> Self {
+        Self::start_fenced(dir, targets, (kind, url_of), cfg, clock, None).await
+    }
+
+    async fn start_fenced(
+        dir: &Path,
+        targets: &[String],
+        (kind, url_of): (ActionKind, impl Fn(&str) -> String),
+        cfg: DeliveryConfig,
+        clock: Clock,
+        fence: Option<Arc<dyn Fence>>,
+    ) -> Self {
         let outbox = Outbox::open_with_clock(dir, clock).expect("open the outbox");
         let configs: Vec<TargetConfig> = targets
             .iter()
@@ -153,8 +167,12 @@ impl Running {
                 t.last_delivery = Some(record);
             }
         };
+        let hooks = Hooks {
+            outcomes: Some(Box::new(last_delivery)),
+            fence,
+        };
         let worker = outbox
-            .worker(settings, receivers, &metrics, Some(Box::new(last_delivery)))
+            .fenced_worker(settings, receivers, &metrics, hooks)
             .await
             .expect("a worker");
         let (stop, stopped) = watch::channel(false);
@@ -947,5 +965,108 @@ async fn soak_10000_actions_through_a_flaky_receiver() {
         p(0.99),
         latencies.last().unwrap()
     );
+    run.stop().await;
+}
+
+/// Ownership as a cluster member sees it, set by the test: the epoch this instance owns
+/// the target at, and whether its lease is known live. Counts the questions asked.
+#[derive(Default)]
+struct Ownership {
+    owned: Mutex<(Option<u64>, bool)>,
+    asked: AtomicUsize,
+}
+
+impl Ownership {
+    fn set(&self, epoch: Option<u64>, live: bool) {
+        *self.owned.lock().unwrap() = (epoch, live);
+    }
+}
+
+impl Fence for Ownership {
+    fn verdict(&self, _target: &str, epoch: u64) -> Verdict {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        match *self.owned.lock().unwrap() {
+            (_, false) => Verdict::Hold,
+            (Some(e), true) if e == epoch => Verdict::Deliver,
+            (now, true) => Verdict::Supersede(format!("owned at {now:?}, not {epoch}")),
+        }
+    }
+}
+
+/// A fenced worker (instances sharing targets) asks before every attempt: while the lease
+/// is not known live it holds the action and sends nothing; once owned at the action's
+/// epoch it delivers it with the epoch in the body and the `Prescale-Epoch` header; an
+/// action of a lost epoch, or one without an epoch, is superseded and never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_worker_sends_only_at_the_owners_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&[]);
+    let url = receiver.url("/scale");
+    let fence = Arc::new(Ownership::default());
+    fence.set(Some(7), false);
+    let run = Running::start_fenced(
+        dir.path(),
+        &["web".to_owned()],
+        (ActionKind::Scale, |_: &str| url.clone()),
+        delivery(1_000, 5, 10, 50),
+        Clock::system(),
+        Some(fence.clone()),
+    )
+    .await;
+    run.outbox
+        .enqueue_at(vec![scale("web", 4, 1)], Some(7))
+        .await
+        .expect("enqueue");
+    // Held: asked again and again, nothing sent.
+    poll_until_async("the fence to be asked three times", DEADLINE, || async {
+        (fence.asked.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await;
+    assert!(
+        receiver.requests().is_empty(),
+        "sent while the lease was unknown"
+    );
+    assert_eq!(run.all().await[0].state, DeliveryState::Pending);
+
+    fence.set(Some(7), true);
+    let reqs = receiver.wait_for(1, DEADLINE).await;
+    assert_eq!(reqs[0].header("prescale-epoch"), Some("7"));
+    assert_eq!(reqs[0].json()["epoch"], 7);
+    assert_eq!(reqs[0].json()["to"], 4);
+
+    // Lost: another epoch owns the target now.
+    fence.set(Some(9), true);
+    run.outbox
+        .enqueue_at(vec![scale("web", 5, 2)], Some(7))
+        .await
+        .expect("enqueue");
+    run.when("the lost epoch's action superseded", |all| {
+        all.len() == 2 && all[1].state == DeliveryState::Superseded
+    })
+    .await;
+    run.outbox
+        .enqueue(vec![scale("web", 6, 3)])
+        .await
+        .expect("enqueue");
+    let all = run.settled().await;
+    let states: Vec<_> = all.iter().map(|d| (d.state, d.epoch)).collect();
+    assert_eq!(
+        states,
+        [
+            (DeliveryState::Delivered, Some(7)),
+            (DeliveryState::Superseded, Some(7)),
+            (DeliveryState::Superseded, None)
+        ]
+    );
+    assert!(
+        all[1]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not 7"),
+        "{:?}",
+        all[1].last_error
+    );
+    assert_eq!(receiver.requests().len(), 1, "a fenced action was sent");
     run.stop().await;
 }

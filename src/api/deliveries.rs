@@ -86,6 +86,8 @@ pub(super) struct Delivery {
     response_body: Option<String>,
     /// The action that superseded it.
     superseded_by: Option<u64>,
+    /// The epoch of the target's owner that decided it, when instances share targets.
+    epoch: Option<u64>,
     /// The body as sent: JSON, or a string when it is not JSON.
     body: serde_json::Value,
 }
@@ -109,6 +111,7 @@ impl From<&outbox::Delivery> for Delivery {
             last_status: d.last_status,
             response_body: d.response_body.clone(),
             superseded_by: d.superseded_by,
+            epoch: d.epoch,
             body: serde_json::from_str(&d.body)
                 .unwrap_or_else(|_| serde_json::Value::String(d.body.clone())),
         }

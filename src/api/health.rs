@@ -65,6 +65,10 @@ pub(super) async fn readyz(State(store): State<Store>) -> Response {
         let Some(t) = store.target(name) else {
             continue;
         };
+        // Instances sharing targets answer for the ones they run.
+        if !t.owned_here {
+            continue;
+        }
         let reasons = t.degraded_reasons(now);
         if !t.backfilled {
             waiting.push(if reasons.is_empty() {

@@ -267,17 +267,30 @@ impl Etcd {
             .then(|| r.header().map_or(0, |h| h.revision().max(0) as u64)))
     }
 
-    /// Opens a keep-alive stream for `lease`.
+    /// Opens a keep-alive stream for `lease`; `None` when etcd says the lease is gone (it
+    /// expired while etcd could not be reached, say).
     pub(crate) async fn keep_alive(
         &self,
         lease: i64,
-    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), ClusterError> {
-        deadline(
-            Op::KeepAlive,
-            self.timeout,
-            self.client.clone().lease_keep_alive(lease),
-        )
-        .await
+    ) -> Result<Option<(LeaseKeeper, LeaseKeepAliveStream)>, ClusterError> {
+        let opened =
+            tokio::time::timeout(self.timeout, self.client.clone().lease_keep_alive(lease)).await;
+        match opened {
+            Ok(Ok(pair)) => Ok(Some(pair)),
+            // The client opens the stream with one renewal, and answers a TTL of 0 (the
+            // lease is unknown) with this error.
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e == "lease not found" => {
+                Ok(None)
+            }
+            Ok(Err(e)) => Err(ClusterError::Etcd {
+                op: Op::KeepAlive,
+                error: e.to_string(),
+            }),
+            Err(_) => Err(ClusterError::Timeout {
+                op: Op::KeepAlive,
+                after: self.timeout,
+            }),
+        }
     }
 
     /// Watches the members and owners.

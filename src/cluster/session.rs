@@ -284,7 +284,11 @@ async fn keep_alive(
     let every = ttl / 3;
     loop {
         let (mut keeper, mut stream) = match etcd.keep_alive(lease).await {
-            Ok(pair) => pair,
+            Ok(Some(pair)) => pair,
+            Ok(None) => {
+                let _ = report.send(Renewal::Lost).await;
+                return;
+            }
             Err(e) => {
                 debug!(error = %e, "cannot open the keep-alive stream; retrying");
                 tokio::time::sleep(every / 2).await;

@@ -346,6 +346,21 @@ max_replicas = 40
         assert!(c.cluster.is_none());
     }
 
+    /// A budget would be allocated in full by each instance over the targets it owns.
+    #[test]
+    fn a_budget_is_refused_with_a_cluster() {
+        let text = format!(
+            "{BASE}\n[budget]\nmax_replicas = 50\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nname = \"a\""
+        );
+        let e = Config::parse(&text, Path::new("test.toml"))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("test.toml") && e.contains("budget.max_replicas") && e.contains("[cluster]"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn defaults() {
         let c = parse("etcd = [\"http://127.0.0.1:2379\"]\nname = \"a\"")

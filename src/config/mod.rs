@@ -175,6 +175,7 @@ impl ForecastConfig {
             level: self.level,
             horizon: (self.horizon.as_secs() as i64).max(lookahead).max(step),
             refit_every: self.refit_every.as_secs().max(1) as i64,
+            refit_phase: 0,
         }
     }
 }

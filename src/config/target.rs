@@ -147,6 +147,17 @@ impl TargetConfig {
         }
     }
 
+    /// Where on the `refit_every` grid this target refits: a hash of its name, so that
+    /// many targets started together refit in different cycles, each hour, rather than
+    /// all in one.
+    fn refit_phase(&self, forecast: &ForecastConfig) -> i64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        self.name.hash(&mut h);
+        let every = forecast.refit_every.as_secs().max(1);
+        (h.finish() % every) as i64
+    }
+
     /// Everything the per-target step needs, as plain data.
     pub fn step_policy(
         &self,
@@ -158,7 +169,10 @@ impl TargetConfig {
         TargetPolicy {
             name: self.name.clone(),
             mode: self.mode,
-            forecast: forecast.settings(self.step_secs(), decide.lookahead),
+            forecast: crate::forecast::Settings {
+                refit_phase: self.refit_phase(forecast),
+                ..forecast.settings(self.step_secs(), decide.lookahead)
+            },
             decide,
             step: self.step_secs(),
             stale_after: self.stale_after.as_secs() as i64,

@@ -30,6 +30,14 @@ impl Validator<'_> {
             return Err(self.err("budget.max_replicas", "is 0; expected at least 1"));
         }
         let cluster = raw.cluster.map(|c| self.cluster(c, &server)).transpose()?;
+        if cluster.is_some() && raw.budget.max_replicas.is_some() {
+            return Err(self.err(
+                "budget.max_replicas",
+                "is set with [cluster]; a budget across targets is allocated by one instance \
+                 over the targets it owns, so instances sharing targets would each allocate it \
+                 in full. Remove one of the two",
+            ));
+        }
         Ok(Config {
             file: self.file.to_owned(),
             prometheus,

@@ -52,6 +52,18 @@ pub struct Settings {
     pub horizon: i64,
     /// Seconds between refits (re-selection).
     pub refit_every: i64,
+    /// Where on the `refit_every` grid this forecaster refits (seconds; only its remainder
+    /// counts): forecasters with different phases refit in different cycles instead of
+    /// all in the one after they started together.
+    #[serde(default)]
+    pub refit_phase: i64,
+}
+
+/// The first point after `now` of the grid of `every` seconds shifted by `phase`.
+fn next_on_grid(now: i64, every: i64, phase: i64) -> i64 {
+    let every = every.max(1);
+    let phase = phase.rem_euclid(every);
+    phase + ((now - phase).div_euclid(every) + 1) * every
 }
 
 /// A candidate's score in the last selection.
@@ -118,6 +130,10 @@ struct State {
     last_ts: i64,
     /// The `now` of the last refit.
     fitted_at: i64,
+    /// When the next refit is due: the first point of the phase's grid after `fitted_at`
+    /// (0 in a model saved before there was one: `fitted_at + refit_every`).
+    #[serde(default)]
+    due_at: i64,
     calibration: Option<Calibration>,
     scores: Vec<Score>,
     coverage: Coverage,
@@ -206,9 +222,12 @@ impl Forecaster {
 
     /// Whether the next [`update`](Self::update) at `now` will refit.
     pub fn refit_due(&self, now: i64) -> bool {
-        self.state
-            .as_ref()
-            .is_none_or(|s| now >= s.fitted_at + self.settings.refit_every || now < s.fitted_at)
+        let every = self.settings.refit_every;
+        self.state.as_ref().is_none_or(|s| {
+            let due = s.fitted_at + every;
+            let due = if s.due_at > 0 { s.due_at.min(due) } else { due };
+            now >= due || now < s.fitted_at
+        })
     }
 
     /// Brings the model up to date with `history` at `now`: refits when due (or when the
@@ -276,6 +295,7 @@ impl Forecaster {
             fitted,
             last_ts: history.end(),
             fitted_at: now,
+            due_at: next_on_grid(now, settings.refit_every, settings.refit_phase),
             calibration,
             scores,
             coverage: Coverage::default(),
@@ -642,6 +662,7 @@ mod tests {
             level: 0.9,
             horizon: 3_600,
             refit_every: 3_600,
+            refit_phase: 0,
         }
     }
 
@@ -664,6 +685,42 @@ mod tests {
         };
         f.update(h, h.end() + STEP).unwrap();
         f
+    }
+
+    /// Forecasters fitted in the same cycle refit in different ones when their phases
+    /// differ: the first refit comes at the next point of each one's grid, then every
+    /// `refit_every`; a model saved without a due time refits `refit_every` after its fit.
+    #[test]
+    fn refits_are_spread_by_phase() {
+        let y: Vec<f64> = (0..PER_DAY * 2).map(|i| 100.0 + noise(i)).collect();
+        let h = History {
+            start: 0,
+            step: STEP,
+            values: &y,
+        };
+        let now = h.end() + 10;
+        let due_after = |phase: i64| {
+            let mut f = Forecaster::new(Settings {
+                refit_phase: phase,
+                ..settings()
+            });
+            f.update(h, now).unwrap();
+            assert!(!f.refit_due(now), "just fitted");
+            (now..now + 2 * 3_600).find(|t| f.refit_due(*t)).unwrap() - now
+        };
+        let (a, b) = (due_after(0), due_after(1_800));
+        assert!(a > 0 && a <= 3_600 && b > 0 && b <= 3_600, "{a} {b}");
+        assert_eq!((a - b).rem_euclid(3_600), 1_800, "{a} {b}");
+        assert_eq!(next_on_grid(7_200, 3_600, 0), 10_800);
+        assert_eq!(next_on_grid(7_199, 3_600, 0), 7_200);
+        assert_eq!(next_on_grid(100, 3_600, -10), 3_590);
+
+        let mut old = Forecaster::new(settings());
+        old.update(h, now).unwrap();
+        if let Some(s) = old.state.as_mut() {
+            s.due_at = 0;
+        }
+        assert!(!old.refit_due(now + 3_599) && old.refit_due(now + 3_600));
     }
 
     /// The selected model on series whose best model is known.

@@ -46,6 +46,7 @@ pub fn forecast(
         level,
         horizon: horizon.max(history.step),
         refit_every: 3_600,
+        refit_phase: 0,
     });
     f.update(history, now)?;
     f.forecast(now, horizon)

@@ -42,6 +42,9 @@ pub async fn run_owned(
     make: impl Fn(Arc<TargetConfig>, Ownership) -> TargetLoop,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    for t in &targets {
+        forget(&store, &t.name, false);
+    }
     let mut changes = cluster.changes();
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut recheck = tokio::time::interval(RECHECK);
@@ -63,11 +66,11 @@ pub async fn run_owned(
             if let Some(r) = running.remove(&t.name) {
                 let epoch = r.epoch;
                 r.stop().await;
-                forget(&store, &t.name);
+                forget(&store, &t.name, false);
                 info!(target = %t.name, epoch, "target released");
             }
             if let Some(epoch) = want {
-                forget(&store, &t.name);
+                forget(&store, &t.name, true);
                 let ownership = Ownership {
                     cluster: cluster.clone(),
                     epoch,
@@ -89,9 +92,10 @@ pub async fn run_owned(
     }
 }
 
-/// Forgets what this instance knew of a target.
-fn forget(store: &Store, name: &str) {
+/// Forgets what this instance knew of a target, which it now owns or not.
+fn forget(store: &Store, name: &str, owned_here: bool) {
     if let Some(mut state) = store.target(name) {
         state.reset();
+        state.owned_here = owned_here;
     }
 }

@@ -31,6 +31,7 @@ fn policy() -> TargetPolicy {
             level: 0.95,
             horizon: 3_600,
             refit_every: 3_600,
+            refit_phase: 0,
         },
         step: STEP,
         stale_after: 240,

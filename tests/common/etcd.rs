@@ -176,6 +176,12 @@ impl Etcd {
         }
     }
 
+    /// Sends member `i` the signal `name` (`STOP` freezes it, as a paused VM; `CONT` thaws it).
+    pub fn signal(&self, i: usize, name: &str) {
+        let child = self.members[i].child.as_ref();
+        child.expect("member {i} is running").signal(name);
+    }
+
     /// Starts member `i` again on its ports and data, without waiting.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is running");

@@ -263,8 +263,9 @@ pub struct Delivery {
     /// The action that superseded it.
     pub superseded_by: Option<u64>,
     /// The epoch of the target's owner that decided it, when instances share targets: it
-    /// is delivered only while this instance still owns the target at that epoch.
-    #[serde(default)]
+    /// is delivered only while this instance still owns the target at that epoch. Left out
+    /// of the record without one, as the first version wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
 }
 
