@@ -784,8 +784,9 @@ fn a_paused_owner_delivers_nothing_for_the_targets_it_lost() {
     let owners = fleet.settled();
     let (victim, lost) = busiest(&owners);
     let i = fleet.index(&victim);
-    // The receiver fails for a moment, so that the owner is paused holding actions for
-    // the targets it will lose, pending.
+    // The receiver fails until the owner is resumed, so that the owner is paused holding
+    // actions for the targets it will lose, pending (an attempt in flight at the pause is
+    // answered 503 too); the others retry theirs.
     fleet.receiver.set_then(Reply::status(503));
     let app = &fleet.instances[i].app;
     fleet.until(
@@ -803,7 +804,6 @@ fn a_paused_owner_delivers_nothing_for_the_targets_it_lost() {
     );
     let paused = Instant::now();
     fleet.pause(i, true);
-    fleet.receiver.set_then(Reply::status(200));
     fleet.until(
         "its targets taken by others, paused for 3 × lease_ttl",
         DEADLINE,
@@ -812,8 +812,10 @@ fn a_paused_owner_delivers_nothing_for_the_targets_it_lost() {
             (paused.elapsed() >= 3 * TTL && n.iter().all(|&n| n >= 1)).then_some(())
         },
     );
-    fleet.pause(i, false);
+    // From before SIGCONT: whatever the paused instance sends arrives after it.
     let resumed = Instant::now();
+    fleet.receiver.set_then(Reply::status(200));
+    fleet.pause(i, false);
     // Three actions on every target since SIGCONT (a stale attempt, retried every 500 ms
     // at most, would have been made by then), and the resumed instance answering.
     fleet.until(
