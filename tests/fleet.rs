@@ -783,19 +783,16 @@ fn a_paused_owner_delivers_nothing_for_the_targets_it_lost() {
     // answered 503 too); the others retry theirs.
     fleet.receiver.set_then(Reply::status(503));
     let app = &fleet.instances[i].app;
-    fleet.until(
-        "a pending action for a target the owner will lose",
-        DEADLINE,
-        || {
-            let page = app.get_json("/api/v1/deliveries?state=pending&limit=10000")?;
-            let pending = page["deliveries"].as_array()?.iter().any(|d| {
-                let target = d["target"].as_str().unwrap_or_default();
-                lost.get(target)
-                    .is_some_and(|e| d["body"]["epoch"].as_u64() == Some(*e))
-            });
-            pending.then_some(())
-        },
-    );
+    let what = "a pending action for a target the owner will lose";
+    let held = fleet.until(what, DEADLINE, || {
+        let page = app.get_json("/api/v1/deliveries?state=pending&limit=10000")?;
+        let pending = page["deliveries"].as_array()?.iter().find(|d| {
+            let target = d["target"].as_str().unwrap_or_default();
+            lost.get(target)
+                .is_some_and(|e| d["body"]["epoch"].as_u64() == Some(*e))
+        });
+        pending.cloned()
+    });
     let paused = Instant::now();
     fleet.pause(i, true);
     fleet.until(
@@ -833,13 +830,34 @@ fn a_paused_owner_delivers_nothing_for_the_targets_it_lost() {
         late.is_empty(),
         "{victim} delivered after SIGCONT for targets it lost: {late:#?}"
     );
-    // What it held for them was fenced (superseded by no newer action), not sent.
+    // What it held for them was superseded, never accepted.
     let states = old_epoch_states(&fleet.instances[i].app, &lost);
     println!("{victim}'s actions at the epochs it lost, by state: {states:?}");
+    let id = held["id"].as_u64().expect("an id");
+    let key = held["idempotency_key"].as_str().expect("a key");
+    let after = fleet.instances[i]
+        .app
+        .get_json(&format!("/api/v1/deliveries/{id}"))
+        .expect("the held delivery");
+    let attempts: Vec<(u16, String)> = (fleet.receiver.requests().iter())
+        .filter(|r| r.header("idempotency-key") == Some(key))
+        .map(|r| (r.status, moment(r.at, paused, resumed)))
+        .collect();
     assert!(
-        states.get("fenced") >= Some(&1) && !states.contains_key("pending"),
-        "{victim}'s actions at the epochs it lost: {states:?}"
+        after["state"] == "superseded" && attempts.iter().all(|(status, _)| *status != 200),
+        "{victim} held {held} at the pause; now {after}; received: {attempts:?}"
     );
+}
+
+/// `at` relative to a pause, for messages.
+fn moment(at: Instant, paused: Instant, resumed: Instant) -> String {
+    if at < paused {
+        format!("{:?} before the pause", paused - at)
+    } else if at < resumed {
+        format!("{:?} into the pause", at - paused)
+    } else {
+        format!("{:?} after SIGCONT", at - resumed)
+    }
 }
 
 /// How many of `app`'s deliveries carry a target's epoch in `epochs`, by state; `fenced`
