@@ -126,8 +126,8 @@ impl Demand {
     }
 }
 
-/// Two balancer instances whose latencies trade places every step: the weights go from
-/// 100/100 to 100/25 and back, so a rebalance is due at every step.
+/// Two balancer instances whose latencies trade places every step (`/ 2`: [`STEP`]): the
+/// weights go from 100/100 to 100/25 and back, so a rebalance is due at every step.
 const LATENCY: &str = r#"label_replace(vector(0.1), "instance", "10.0.0.1:8080", "", "") or label_replace(0.1 + 0.3 * (floor(vector(time()) / 2) % 2), "instance", "10.0.0.2:8080", "", "")"#;
 
 /// Target `i`: flat demand of 4–8 rps at 1 rps per replica, starting from 3 replicas (so
