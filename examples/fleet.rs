@@ -253,11 +253,14 @@ async fn main() -> anyhow::Result<()> {
         mb(peak),
         after.saturating_sub(before) as f64 / targets as f64 / 1e3
     );
+    let every = forecast.refit_every.as_secs().max(1) as f64;
+    let per_cycle = targets as f64 * interval as f64 / every;
     println!(
-        "one refit (14 days, one minute): {:.0} ms; all {targets} targets refit every {} s: {:.0} s of CPU",
+        "one refit (14 days, one minute): {:.0} ms; all {targets} targets refit every {every} s: \
+         {:.0} s of CPU, spread by phase over the hour: about {per_cycle:.0} refits, {:.2} s of CPU, a cycle",
         ms(Some(refit)),
-        forecast.refit_every.as_secs(),
-        refit.as_secs_f64() * targets as f64
+        refit.as_secs_f64() * targets as f64,
+        refit.as_secs_f64() * per_cycle
     );
     let now = now0 + cycles as i64 * interval;
     age(&store, now);

@@ -342,6 +342,7 @@ impl Generation {
         api::router(
             self.store.clone(),
             api::ApiAuth::from_config(&self.config.server),
+            None,
         )
     }
 

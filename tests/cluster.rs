@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{Etcd, poll_until_async};
-use prescale::cluster::{BUCKETS, Cluster};
+use prescale::cluster::{BUCKETS, Cluster, ClusterError, Share, SharedCount, Standing};
 use prescale::config::{ClusterConfig, EtcdAuth, EtcdTls, Secret};
 
 /// Short, so that expiry is quick; etcd's own minimum is 2 s.
@@ -549,4 +549,66 @@ async fn tls_to_etcd_trusts_the_configured_ca_only() {
         .expect("joined while trusting another CA");
     let refused = refused.to_string();
     assert!(refused.contains("certificate"), "{refused}");
+}
+
+/// What an owner shares for the next one is written only at its epoch, read back as
+/// written, and a count or pause that cannot be read (garbage written by hand, say) is an
+/// error naming its key, never a guess: a new owner holds rather than act on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_state_is_fenced_by_the_epoch_and_garbage_is_refused_naming_the_key() {
+    let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
+        .await
+        .expect("etcd");
+    let a = join(&etcd, "a").await;
+    let epoch = poll_until_async("a to own web", DEADLINE, || async {
+        match a.standing("web") {
+            Standing::Owner(e) => Some(e),
+            _ => None,
+        }
+    })
+    .await;
+    let count = |replicas, at| SharedCount {
+        replicas,
+        at,
+        epoch,
+    };
+    a.share("web", epoch, Share::Asked(count(7, 100)))
+        .await
+        .expect("asked");
+    a.share("web", epoch, Share::Delivered(count(5, 90)))
+        .await
+        .expect("delivered");
+    a.share("web", epoch, Share::Paused(true))
+        .await
+        .expect("paused");
+    let state = a.shared_state("web").await.expect("read");
+    assert_eq!(
+        (state.asked, state.delivered, state.paused),
+        (Some(count(7, 100)), Some(count(5, 90)), true)
+    );
+    assert_eq!(state.running(), Some(7));
+
+    // An older epoch cannot write.
+    let stale = a.share("web", epoch - 1, Share::Paused(false)).await;
+    assert!(
+        matches!(stale, Err(ClusterError::NotOwner { .. })),
+        "{stale:?}"
+    );
+    assert!(a.shared_state("web").await.expect("read").paused);
+
+    let mut admin = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .expect("connect");
+    for (field, garbage) in [("asked", "{\"replicas\": -3}"), ("paused", "yes")] {
+        let key = format!("/prescale-test/targets/web/{field}");
+        admin.put(key.clone(), garbage, None).await.expect("put");
+        let e = a
+            .shared_state("web")
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains(&key) && e.contains(garbage), "{e}");
+        admin.delete(key, None).await.expect("delete");
+    }
+    a.leave().await;
 }

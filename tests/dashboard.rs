@@ -25,7 +25,14 @@ const SPEED: f64 = 600.0;
 /// How much observed demand after the start the test waits for before loading the page.
 const SINCE_START: i64 = 3 * 3_600;
 /// Every state a badge can show.
-const STATES: [&str; 5] = ["ok", "degraded", "paused", "backfilling", "budget-limited"];
+const STATES: [&str; 6] = [
+    "ok",
+    "degraded",
+    "paused",
+    "backfilling",
+    "budget-limited",
+    "unreachable",
+];
 
 /// The Chromium binary, from Debian's `chromium` package.
 fn chromium() -> PathBuf {

@@ -438,7 +438,11 @@ impl Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = prescale::config::Secret::new(API_TOKEN);
-        let app = prescale::api::router(store, prescale::api::ApiAuth::new(Some(&token), false));
+        let app = prescale::api::router(
+            store,
+            prescale::api::ApiAuth::new(Some(&token), false),
+            None,
+        );
         tokio::spawn(async move { axum::serve(listener, app).await });
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         Self {

@@ -33,7 +33,8 @@ pub(super) struct DecisionList {
 
 #[utoipa::path(get, path = "/api/v1/decisions", tag = "decisions", params(DecisionsQuery),
     security((), ("bearer" = [])),
-    responses((status = 200, body = DecisionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DecisionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 502, description = "`[cluster]`: another instance owns the `target` asked for and did not answer (`owner_unreachable`)", body = ErrorBody)))]
 pub(super) async fn decisions(
     State(store): State<Store>,
     ApiQuery(q): ApiQuery<DecisionsQuery>,

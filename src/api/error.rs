@@ -62,7 +62,8 @@ pub(super) struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct ErrorDetail {
     /// Stable code: `bad_request`, `unknown_target`, `unknown_delivery`, `not_dead`,
-    /// `not_found`, `no_data`, `no_outbox`, `storage`, `unauthorized`, `forbidden`.
+    /// `not_found`, `no_data`, `no_outbox`, `storage`, `unauthorized`, `forbidden`,
+    /// `no_cluster`, `owner_unreachable`, `coordination`.
     #[schema(value_type = String)]
     code: &'static str,
     /// For people.

@@ -106,7 +106,8 @@ fn forecast_source(t: &TargetState, now: i64, horizon: i64) -> Option<Source> {
     params(("name" = String, Path, description = "Target name"), ForecastQuery),
     security((), ("bearer" = [])),
     responses((status = 200, body = ForecastBody), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, description = "No data yet", body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 503, description = "No data yet", body = ErrorBody),
+        (status = 502, description = "`[cluster]`: another instance owns the target and did not answer (`owner_unreachable`)", body = ErrorBody)))]
 pub(super) async fn target_forecast(
     State(store): State<Store>,
     Path(name): Path<String>,
@@ -233,7 +234,8 @@ fn parse_since(s: Option<&str>, now: i64) -> Result<i64, ApiError> {
 #[utoipa::path(get, path = "/api/v1/targets/{name}/history", tag = "targets",
     params(("name" = String, Path, description = "Target name"), HistoryQuery),
     security((), ("bearer" = [])),
-    responses((status = 200, body = HistoryBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = HistoryBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 502, description = "`[cluster]`: another instance owns the target and did not answer (`owner_unreachable`)", body = ErrorBody)))]
 pub(super) async fn target_history(
     State(store): State<Store>,
     Path(name): Path<String>,
@@ -274,7 +276,8 @@ pub(super) struct BottleneckBody {
 #[utoipa::path(get, path = "/api/v1/targets/{name}/bottleneck", tag = "targets",
     params(("name" = String, Path, description = "Target name")),
     security((), ("bearer" = [])),
-    responses((status = 200, body = BottleneckBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = BottleneckBody), (status = 404, body = ErrorBody),
+        (status = 502, description = "`[cluster]`: another instance owns the target and did not answer (`owner_unreachable`)", body = ErrorBody)))]
 pub(super) async fn target_bottleneck(
     State(store): State<Store>,
     Path(name): Path<String>,

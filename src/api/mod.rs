@@ -14,10 +14,16 @@
 //! `actions.rs` (pause, resume, refit); `views.rs` holds what the API shows of the
 //! pipeline's types, `paging.rs` the `limit`/`offset` arithmetic and `error.rs` the error
 //! boundary. Every answer is a typed struct, so the OpenAPI document describes each field.
+//!
+//! With a [`Fleet`] (`[cluster]`), every instance answers for every target: `fleet.rs`
+//! forwards a request about one target owned by another instance to that owner, the list
+//! of targets asks each owner for its own entries, and `cluster.rs` serves
+//! `/api/v1/cluster`. Deliveries stay each instance's own (its outbox).
 
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::FromRef;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Router, middleware};
@@ -25,10 +31,12 @@ use utoipa::OpenApi;
 
 mod actions;
 mod auth;
+mod cluster;
 mod dashboard;
 mod decisions;
 mod deliveries;
 mod error;
+mod fleet;
 mod forecasts;
 mod health;
 mod paging;
@@ -37,20 +45,35 @@ mod views;
 
 pub use auth::ApiAuth;
 pub use error::ApiError;
+pub use fleet::Fleet;
 
 use error::{ApiQuery, ErrorBody, ErrorDetail};
 
 use crate::store::Store;
 
-/// The API over `store`, guarded by `auth`.
-pub fn router(store: Store, auth: ApiAuth) -> Router {
-    routes(store, auth).0
+/// The API over `store`, guarded by `auth`; with a `fleet`, it answers for the targets
+/// other instances own too (see [`Fleet`]).
+pub fn router(store: Store, auth: ApiAuth, fleet: Option<Fleet>) -> Router {
+    routes(ApiState { store, fleet }, auth).0
+}
+
+/// What the handlers read: the store, and the fleet when there is one.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    store: Store,
+    fleet: Option<Fleet>,
+}
+
+impl FromRef<ApiState> for Store {
+    fn from_ref(state: &ApiState) -> Store {
+        state.store.clone()
+    }
 }
 
 /// A router that remembers the method and path of every route it serves, so that a test
 /// can hold them to the OpenAPI document.
 struct Routes {
-    router: Router<Store>,
+    router: Router<ApiState>,
     list: Vec<(&'static str, &'static str)>,
 }
 
@@ -62,7 +85,7 @@ impl Routes {
         }
     }
 
-    fn get<H: axum::handler::Handler<T, Store>, T: 'static>(
+    fn get<H: axum::handler::Handler<T, ApiState>, T: 'static>(
         mut self,
         path: &'static str,
         h: H,
@@ -72,7 +95,7 @@ impl Routes {
         self
     }
 
-    fn post<H: axum::handler::Handler<T, Store>, T: 'static>(
+    fn post<H: axum::handler::Handler<T, ApiState>, T: 'static>(
         mut self,
         path: &'static str,
         h: H,
@@ -82,7 +105,7 @@ impl Routes {
         self
     }
 
-    fn delete<H: axum::handler::Handler<T, Store>, T: 'static>(
+    fn delete<H: axum::handler::Handler<T, ApiState>, T: 'static>(
         mut self,
         path: &'static str,
         h: H,
@@ -92,7 +115,11 @@ impl Routes {
         self
     }
 
-    fn merge(mut self, other: Routes, layer: impl FnOnce(Router<Store>) -> Router<Store>) -> Self {
+    fn merge(
+        mut self,
+        other: Routes,
+        layer: impl FnOnce(Router<ApiState>) -> Router<ApiState>,
+    ) -> Self {
         self.router = self.router.merge(layer(other.router));
         self.list.extend(other.list);
         self
@@ -100,10 +127,16 @@ impl Routes {
 }
 
 /// The router and the (method, path) of each documented route.
-fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static str)>) {
+fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static str)>) {
     let auth = Arc::new(auth);
-    let reads = Routes::new()
-        .get("/api/v1/targets", targets::targets)
+    // About one target: answered by its owner (`fleet.rs`).
+    let by_path = |r: Router<ApiState>| {
+        r.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            fleet::forward_by_path,
+        ))
+    };
+    let one_target = Routes::new()
         .get("/api/v1/targets/{name}", targets::target)
         .get(
             "/api/v1/targets/{name}/forecast",
@@ -113,14 +146,26 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
         .get(
             "/api/v1/targets/{name}/bottleneck",
             forecasts::target_bottleneck,
-        )
-        .get("/api/v1/decisions", decisions::decisions)
+        );
+    let decisions = Routes::new().get("/api/v1/decisions", decisions::decisions);
+    let reads = Routes::new()
+        .get("/api/v1/cluster", cluster::cluster)
+        .get("/api/v1/targets", targets::targets)
+        .merge(one_target, by_path)
+        .merge(decisions, |r| {
+            r.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                fleet::forward_by_query,
+            ))
+        })
         .get("/api/v1/deliveries", deliveries::deliveries)
         .get("/api/v1/deliveries/{id}", deliveries::delivery);
-    let writes = Routes::new()
+    let target_writes = Routes::new()
         .post("/api/v1/targets/{name}/pause", actions::pause)
         .post("/api/v1/targets/{name}/resume", actions::resume)
-        .post("/api/v1/targets/{name}/refit", actions::refit)
+        .post("/api/v1/targets/{name}/refit", actions::refit);
+    let writes = Routes::new()
+        .merge(target_writes, by_path)
         .post("/api/v1/deliveries/{id}/retry", deliveries::retry_delivery)
         .delete("/api/v1/deliveries/{id}", deliveries::discard_delivery);
     let read_auth = auth.clone();
@@ -144,7 +189,7 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
         .merge(dashboard::routes())
         .fallback(not_found)
         .layer(crate::telemetry::http_trace())
-        .with_state(store);
+        .with_state(state);
     (router, all.list)
 }
 
@@ -153,7 +198,7 @@ fn routes(store: Store, auth: ApiAuth) -> (Router, Vec<(&'static str, &'static s
 #[derive(OpenApi)]
 #[openapi(
     info(title = "prescale", description = "Predictive autoscaler: forecasts, bottlenecks and decisions."),
-    paths(health::healthz, health::readyz, health::metrics, openapi, targets::targets, targets::target,
+    paths(health::healthz, health::readyz, health::metrics, openapi, cluster::cluster, targets::targets, targets::target,
         forecasts::target_forecast, forecasts::target_history, forecasts::target_bottleneck,
         decisions::decisions, deliveries::deliveries, deliveries::delivery, deliveries::retry_delivery, deliveries::discard_delivery,
         actions::pause, actions::resume, actions::refit),

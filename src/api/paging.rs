@@ -1,25 +1,12 @@
 //! Paging of the list endpoints: `limit` and `offset` parsed strictly, and the arithmetic
 //! done so that no `offset` can overflow (an offset past the end is an empty last page).
 
-use serde::Deserialize;
-use utoipa::IntoParams;
-
 use super::ApiError;
 
 /// Items listed when no `limit` is given.
 pub(super) const DEFAULT_LIMIT: usize = 50;
 /// The most items one request may list.
 pub(super) const MAX_LIMIT: usize = 1_000;
-
-/// `limit` and `offset` of a list request, as given.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PageQuery {
-    /// At most this many (1 to 1000, default 50).
-    pub(super) limit: Option<String>,
-    /// Skip this many (default 0).
-    pub(super) offset: Option<String>,
-}
 
 /// A validated page: `limit` items after skipping `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

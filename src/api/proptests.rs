@@ -60,7 +60,7 @@ impl App {
             outbox
         });
         store.set_outbox(outbox);
-        let router = router(store.clone(), ApiAuth::default());
+        let router = router(store.clone(), ApiAuth::default(), None);
         Self {
             runtime,
             router,
@@ -99,7 +99,7 @@ fn value() -> impl Strategy<Value = String> {
             "", "0", "1", "2", "3", "50", "1000", "1001", "10000", "10001", "-1", "+1", " 1", "1.0", "1e3",
             "18446744073709551615", "18446744073709551616", "9223372036854775807", "abc",
             "30m", "1h", "7d", "8d", "0s", "1ns", "6h", "584542046090y", "99999999999999999999s",
-            "rate", "latency", "replicas", "pending", "delivered", "dead", "superseded", "web", "nope",
+            "rate", "latency", "replicas", "fleet", "local", "pending", "delivered", "dead", "superseded", "web", "nope",
         ]).prop_map(str::to_owned),
         1 => any::<u64>().prop_map(|v| v.to_string()),
         1 => any::<i64>().prop_map(|v| v.to_string()),
@@ -109,7 +109,7 @@ fn value() -> impl Strategy<Value = String> {
 
 /// One endpoint with the parameters it knows.
 const ENDPOINTS: [(&str, &[&str]); 5] = [
-    ("/api/v1/targets", &["limit", "offset"]),
+    ("/api/v1/targets", &["limit", "offset", "scope"]),
     ("/api/v1/decisions", &["target", "limit", "offset"]),
     (
         "/api/v1/deliveries",
@@ -153,6 +153,7 @@ fn valid(e: usize, params: &[(String, String)]) -> Option<bool> {
             "offset" => v.parse::<usize>().is_ok(),
             "state" => crate::act::outbox::DeliveryState::parse(v).is_some(),
             "signal" => ["rate", "latency", "replicas"].contains(&v.as_str()),
+            "scope" => ["fleet", "local"].contains(&v.as_str()),
             "horizon" => humantime::parse_duration(v)
                 .is_ok_and(|d| d >= Duration::from_secs(1) && d <= Duration::from_secs(7 * 86_400)),
             "since" => {

@@ -1,24 +1,35 @@
-//! The targets: the list, and one target in detail.
+//! The targets: the list, and one target in detail. With a fleet, each target shows its
+//! owner, and the list shows each owner's own view of its targets.
 
 use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde::Serialize;
-use utoipa::ToSchema;
+use axum::http::{HeaderMap, HeaderValue, header};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::paging::{MAX_LIMIT, Page, PageQuery};
+use super::fleet::{FORWARDED_BY, Fleet, Owners, Placement};
+use super::paging::{MAX_LIMIT, Page};
 use super::views::{self, map_values};
-use super::{ApiError, ApiQuery};
+use super::{ApiError, ApiQuery, ApiState};
+use crate::cluster::Member;
 use crate::store::{Store, TargetState};
 
 /// A target in the list.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(super) struct TargetSummary {
     name: String,
-    /// `backfilling`, `degraded`, `paused`, `budget-limited` or `ok`.
-    #[schema(value_type = String, example = "ok")]
-    status: &'static str,
+    /// `backfilling`, `degraded`, `paused`, `budget-limited`, `ok`, or `unreachable` (its
+    /// owner did not answer).
+    status: views::Status,
+    /// The instance that acts on it (`[cluster] name`); null without a `[cluster]`, and
+    /// while no instance owns it.
+    #[serde(default)]
+    owner: Option<String>,
+    /// Why its owner's own view could not be shown (status `unreachable`).
+    #[serde(default)]
+    owner_error: Option<String>,
     /// `act` or `forecast-only`.
     mode: views::Mode,
     /// Whether acting is paused by `POST …/pause`.
@@ -30,7 +41,7 @@ pub(super) struct TargetSummary {
 }
 
 /// A page of targets.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(super) struct TargetList {
     targets: Vec<TargetSummary>,
     /// How many targets there are in all.
@@ -39,10 +50,12 @@ pub(super) struct TargetList {
     next_offset: Option<usize>,
 }
 
-fn summary(name: &str, t: &TargetState, now: i64) -> TargetSummary {
+fn summary(name: &str, t: &TargetState, now: i64, owner: Option<String>) -> TargetSummary {
     TargetSummary {
         name: name.to_owned(),
-        status: t.status(now).as_str(),
+        status: t.status(now).into(),
+        owner,
+        owner_error: None,
         mode: t.config.mode.into(),
         paused: t.paused,
         replicas: t.replicas,
@@ -52,28 +65,166 @@ fn summary(name: &str, t: &TargetState, now: i64) -> TargetSummary {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/targets", tag = "targets", params(PageQuery),
+/// `limit`, `offset` and `scope` of the list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TargetsQuery {
+    /// At most this many (1 to 1000, default 50).
+    limit: Option<String>,
+    /// Skip this many (default 0).
+    offset: Option<String>,
+    /// `fleet` (the default): each target as its owner shows it; `local`: as this
+    /// instance's own store holds it (what an instance asks of another).
+    scope: Option<String>,
+}
+
+/// Whose view of the targets the list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Each target's owner's.
+    Fleet,
+    /// This instance's.
+    Local,
+}
+
+impl Scope {
+    /// `fleet` (also when absent) or `local`; a 400 naming the parameter otherwise.
+    fn parse(s: Option<&str>) -> Result<Self, ApiError> {
+        match s {
+            None | Some("fleet") => Ok(Self::Fleet),
+            Some("local") => Ok(Self::Local),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "scope `{other}`: expected `fleet` or `local`"
+            ))),
+        }
+    }
+}
+
+/// The targets, sorted by name. With a `[cluster]`, a target another instance owns is
+/// shown as that owner shows it (each owner asked once, all at once, a few seconds at
+/// most); one whose owner does not answer keeps its configuration with status
+/// `unreachable`.
+#[utoipa::path(get, path = "/api/v1/targets", tag = "targets", params(TargetsQuery),
     security((), ("bearer" = [])),
     responses((status = 200, body = TargetList), (status = 400, body = super::ErrorBody)))]
 pub(super) async fn targets(
-    State(store): State<Store>,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<TargetsQuery>,
 ) -> Result<Json<TargetList>, ApiError> {
     let page = Page::parse(q.limit.as_deref(), q.offset.as_deref(), MAX_LIMIT)?;
+    let scope = Scope::parse(q.scope.as_deref())?;
+    let store = &state.store;
+    let owners = state.fleet.as_ref().map(Fleet::owners);
+    let owner_of = |name: &str| {
+        owners
+            .as_ref()
+            .and_then(|o| o.owner(name))
+            .map(|o| o.member.clone())
+    };
     let now = store.now();
-    let names: Vec<&str> = store.names().collect();
-    let total = names.len();
-    let targets = names
-        .into_iter()
+    let total = store.names().count();
+    let mut targets: Vec<TargetSummary> = store
+        .names()
         .skip(page.offset)
         .take(page.limit)
-        .filter_map(|name| Some(summary(name, &*store.target(name)?, now)))
+        .filter_map(|name| Some(summary(name, &*store.target(name)?, now, owner_of(name))))
         .collect();
+    let fan_out = scope == Scope::Fleet && !headers.contains_key(FORWARDED_BY);
+    if let (Some(fleet), Some(owners), true) = (&state.fleet, &owners, fan_out) {
+        let auth = headers.get(header::AUTHORIZATION);
+        let query = format!(
+            "/api/v1/targets?scope=local&limit={}&offset={}",
+            page.limit, page.offset
+        );
+        let remote = from_owners(fleet, owners, &targets, &query, auth).await;
+        for t in &mut targets {
+            if let Placement::Remote(m) = owners.placement(&t.name) {
+                *t = owners_view(t, m, remote.get(&m.name));
+            }
+        }
+    }
     Ok(Json(TargetList {
         targets,
         total,
         next_offset: page.next_offset(total),
     }))
+}
+
+/// What each owner of some of `targets` answered for the same page of its own view, by
+/// owner: its targets by name, or why it did not answer.
+async fn from_owners(
+    fleet: &Fleet,
+    owners: &Owners,
+    targets: &[TargetSummary],
+    query: &str,
+    auth: Option<&HeaderValue>,
+) -> BTreeMap<String, Result<BTreeMap<String, TargetSummary>, String>> {
+    let mut asks = tokio::task::JoinSet::new();
+    let mut asked = std::collections::BTreeSet::new();
+    for t in targets {
+        let Placement::Remote(m) = owners.placement(&t.name) else {
+            continue;
+        };
+        if !asked.insert(m.name.clone()) {
+            continue;
+        }
+        let (fleet, m, query, auth) = (fleet.clone(), m.clone(), query.to_owned(), auth.cloned());
+        asks.spawn(async move {
+            let answer = match fleet
+                .get_json::<TargetList>(&m, &query, auth.as_ref())
+                .await
+            {
+                Ok((status, list)) if status.is_success() => Ok(list
+                    .targets
+                    .into_iter()
+                    .map(|t| (t.name.clone(), t))
+                    .collect()),
+                Ok((status, _)) => Err(format!("it answered {status}")),
+                Err(e) => Err(e),
+            };
+            (m.name, answer)
+        });
+    }
+    let mut answers = BTreeMap::new();
+    while let Some(done) = asks.join_next().await {
+        if let Ok((name, answer)) = done {
+            answers.insert(name, answer);
+        }
+    }
+    answers
+}
+
+/// `local`'s entry as its owner `m` showed it, or the local one marked `unreachable`.
+fn owners_view(
+    local: &TargetSummary,
+    m: &Member,
+    answer: Option<&Result<BTreeMap<String, TargetSummary>, String>>,
+) -> TargetSummary {
+    let why = match answer {
+        // Its task cannot panic; if it did, that is no answer.
+        None => "its answer was lost".to_owned(),
+        Some(Err(e)) => e.clone(),
+        Some(Ok(theirs)) => match theirs.get(&local.name) {
+            Some(t) => {
+                return TargetSummary {
+                    owner: local.owner.clone(),
+                    owner_error: None,
+                    ..t.clone()
+                };
+            }
+            None => "it does not list this target (is its configuration the same?)".to_owned(),
+        },
+    };
+    TargetSummary {
+        status: views::Status::Unreachable,
+        owner_error: Some(format!(
+            "instance `{}` at {}: {why}",
+            m.name,
+            super::fleet::shown(m)
+        )),
+        ..local.clone()
+    }
 }
 
 /// One target in detail.
@@ -128,22 +279,28 @@ pub(super) struct QualityBody {
 #[utoipa::path(get, path = "/api/v1/targets/{name}", tag = "targets",
     params(("name" = String, Path, description = "Target name")),
     security((), ("bearer" = [])),
-    responses((status = 200, body = TargetDetail), (status = 404, body = super::ErrorBody)))]
+    responses((status = 200, body = TargetDetail), (status = 404, body = super::ErrorBody),
+        (status = 502, description = "`[cluster]`: another instance owns the target and did not answer (`owner_unreachable`)", body = super::ErrorBody)))]
 pub(super) async fn target(
-    State(store): State<Store>,
+    State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<TargetDetail>, ApiError> {
+    let store: &Store = &state.store;
+    let owner = state
+        .fleet
+        .as_ref()
+        .and_then(|f| f.owners().owner(&name).map(|o| o.member.clone()));
     let now = store.now();
     let t = store
         .target(&name)
         .ok_or_else(|| ApiError::unknown_target(&name))?;
-    Ok(Json(detail(&name, &t, now)))
+    Ok(Json(detail(&name, &t, now, owner)))
 }
 
-fn detail(name: &str, t: &TargetState, now: i64) -> TargetDetail {
+fn detail(name: &str, t: &TargetState, now: i64, owner: Option<String>) -> TargetDetail {
     let c = &t.config;
     TargetDetail {
-        summary: summary(name, t, now),
+        summary: summary(name, t, now, owner),
         degraded_reasons: t.degraded_reasons(now),
         capacity_rps: t
             .memory

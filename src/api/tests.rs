@@ -29,7 +29,7 @@ fn store() -> Store {
 }
 
 async fn get(store: &Store, uri: &str) -> (StatusCode, serde_json::Value) {
-    let res = router(store.clone(), ApiAuth::default())
+    let res = router(store.clone(), ApiAuth::default(), None)
         .oneshot(Request::get(uri).body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -72,8 +72,8 @@ async fn call(
 async fn mutations_need_the_right_token() {
     let s = store();
     let secret = crate::config::Secret::new("s3cret");
-    let open = router(s.clone(), ApiAuth::default());
-    let guarded = router(s.clone(), ApiAuth::new(Some(&secret), false));
+    let open = router(s.clone(), ApiAuth::default(), None);
+    let guarded = router(s.clone(), ApiAuth::new(Some(&secret), false), None);
     // (router, token, status, code)
     let cases: [(&Router, Option<&str>, StatusCode, &str); 4] = [
         (
@@ -156,7 +156,7 @@ async fn mutations_need_the_right_token() {
 async fn reads_can_require_the_token() {
     let s = store();
     let secret = crate::config::Secret::new("s3cret");
-    let app = router(s, ApiAuth::new(Some(&secret), true));
+    let app = router(s, ApiAuth::new(Some(&secret), true), None);
     assert_eq!(
         call(&app, "GET", "/api/v1/targets", None).await.0,
         StatusCode::UNAUTHORIZED
@@ -182,7 +182,13 @@ async fn reads_can_require_the_token() {
 async fn every_route_is_in_the_openapi_document() {
     let s = store();
     let secret = crate::config::Secret::new("t");
-    let (app, served) = routes(s, ApiAuth::new(Some(&secret), false));
+    let (app, served) = routes(
+        ApiState {
+            store: s,
+            fleet: None,
+        },
+        ApiAuth::new(Some(&secret), false),
+    );
     let (_, doc) = call(&app, "GET", "/api/v1/openapi.json", None).await;
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -224,7 +230,7 @@ async fn lists_are_paginated() {
             crate::config::Mode::Act,
         ));
     }
-    let app = router(s, ApiAuth::default());
+    let app = router(s, ApiAuth::default(), None);
     let (_, b) = call(&app, "GET", "/api/v1/decisions?limit=2&offset=1", None).await;
     let at: Vec<i64> = b["decisions"]
         .as_array()
@@ -374,7 +380,7 @@ async fn huge_offsets_give_an_empty_last_page() {
         .await
         .expect("enqueue");
     s.set_outbox(outbox);
-    let app = router(s, ApiAuth::default());
+    let app = router(s, ApiAuth::default(), None);
     let max = usize::MAX;
     // (uri, list key, total)
     let cases = [
@@ -462,7 +468,7 @@ fn bare_object(doc: &serde_json::Value, schema: &serde_json::Value, at: &str) ->
 #[tokio::test]
 async fn every_answer_has_a_described_schema() {
     let (_, doc) = call(
-        &router(store(), ApiAuth::default()),
+        &router(store(), ApiAuth::default(), None),
         "GET",
         "/api/v1/openapi.json",
         None,
@@ -632,4 +638,59 @@ async fn history_serves_the_rate_and_the_replica_steps() {
         got,
         [(since, 3.0), (first5 - 30, 3.0), (first5, 5.0), (last, 5.0)]
     );
+}
+
+/// Without a fleet, targets have no owner, `scope` is checked, and `/api/v1/cluster` says
+/// there is no cluster.
+#[tokio::test]
+async fn without_a_fleet_there_is_no_owner_and_no_cluster() {
+    let s = store();
+    for uri in [
+        "/api/v1/targets",
+        "/api/v1/targets?scope=local",
+        "/api/v1/targets?scope=fleet",
+    ] {
+        let (st, b) = get(&s, uri).await;
+        assert_eq!(st, StatusCode::OK, "{uri}: {b}");
+        assert_eq!(
+            b["targets"][0]["owner"],
+            serde_json::Value::Null,
+            "{uri}: {b}"
+        );
+    }
+    let (st, b) = get(&s, "/api/v1/targets/web").await;
+    assert_eq!(
+        (st, &b["owner"]),
+        (StatusCode::OK, &serde_json::Value::Null)
+    );
+    let (st, b) = get(&s, "/api/v1/targets?scope=all").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("scope"),
+        "{b}"
+    );
+    let (st, b) = get(&s, "/api/v1/cluster").await;
+    assert_eq!(
+        (st, &b["error"]["code"]),
+        (StatusCode::NOT_FOUND, &serde_json::json!("no_cluster"))
+    );
+}
+
+/// The API's status is the store's, plus `unreachable`.
+#[test]
+fn the_status_view_serialises_as_the_stores() {
+    use crate::store::TargetStatus;
+    for s in [
+        TargetStatus::Backfilling,
+        TargetStatus::Degraded,
+        TargetStatus::Paused,
+        TargetStatus::BudgetLimited,
+        TargetStatus::Ok,
+    ] {
+        let view = serde_json::to_value(views::Status::from(s)).unwrap();
+        assert_eq!(view, serde_json::to_value(s).unwrap());
+        assert_eq!(view, s.as_str());
+    }
+    let unreachable = serde_json::to_value(views::Status::Unreachable).unwrap();
+    assert_eq!(unreachable, "unreachable");
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::act::ActionKind;
@@ -16,13 +16,45 @@ use crate::act::outbox::DeliveryOutcome;
 use crate::{config, decide, forecast, series, store};
 
 /// Whether a target's decisions are sent.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub(super) enum Mode {
     /// Decide and send webhooks.
     Act,
     /// Decide and show; send nothing.
     ForecastOnly,
+}
+
+/// A target's state: the store's, or `unreachable` when its owner did not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Status {
+    /// History is still being loaded.
+    Backfilling,
+    /// A target-level signal is missing, failing or stale (no scale-in), or its actions
+    /// cannot be written to the outbox.
+    Degraded,
+    /// Acting is paused.
+    Paused,
+    /// The shared budget limited the last decision.
+    BudgetLimited,
+    /// Healthy.
+    Ok,
+    /// Another instance owns it and did not answer (`[cluster]`): only its configuration
+    /// is shown.
+    Unreachable,
+}
+
+impl From<store::TargetStatus> for Status {
+    fn from(s: store::TargetStatus) -> Self {
+        match s {
+            store::TargetStatus::Backfilling => Self::Backfilling,
+            store::TargetStatus::Degraded => Self::Degraded,
+            store::TargetStatus::Paused => Self::Paused,
+            store::TargetStatus::BudgetLimited => Self::BudgetLimited,
+            store::TargetStatus::Ok => Self::Ok,
+        }
+    }
 }
 
 impl From<config::Mode> for Mode {

@@ -306,7 +306,7 @@ impl Etcd {
     }
 
     /// The key of a target's shared `field`.
-    fn target_key(&self, target: &str, field: &str) -> String {
+    pub(crate) fn target_key(&self, target: &str, field: &str) -> String {
         format!("{}/targets/{target}/{field}", self.prefix)
     }
 

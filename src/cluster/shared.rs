@@ -126,24 +126,40 @@ impl Cluster {
         }
     }
 
-    /// `target`'s shared state. A field that cannot be read is left out, with a warning.
+    /// `target`'s shared state. A count or pause that cannot be read is an error naming its
+    /// key (acting on a guess could scale in); a model that cannot be read is the loader's
+    /// to skip.
     pub async fn shared_state(&self, target: &str) -> Result<SharedState, ClusterError> {
         let fields = self.etcd.target_fields(target).await?;
         let mut state = SharedState::default();
         for (field, value) in fields {
-            let count = || match serde_json::from_slice::<SharedCount>(&value) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    warn!(%target, field, error = %e, "shared count is not JSON of a count; ignored");
-                    None
-                }
+            let unreadable = |expected: &str| ClusterError::Etcd {
+                op: Op::ReadShared,
+                error: format!(
+                    "key `{}` holds `{}`; expected {expected}",
+                    self.etcd.target_key(target, &field),
+                    String::from_utf8_lossy(&value)
+                        .chars()
+                        .take(80)
+                        .collect::<String>()
+                ),
+            };
+            let count = || {
+                serde_json::from_slice::<SharedCount>(&value)
+                    .map_err(|_| unreadable("JSON of a count: {\"replicas\", \"at\", \"epoch\"}"))
             };
             match field.as_str() {
-                ASKED => state.asked = count(),
-                DELIVERED => state.delivered = count(),
-                PAUSED => state.paused = value == b"true",
+                ASKED => state.asked = Some(count()?),
+                DELIVERED => state.delivered = Some(count()?),
+                PAUSED => {
+                    state.paused = match &value[..] {
+                        b"true" => true,
+                        b"false" => false,
+                        _ => return Err(unreadable("`true` or `false`")),
+                    }
+                }
                 MODEL => state.model = Some(value),
-                _ => {}
+                _ => warn!(%target, field, "unknown shared field; ignored"),
             }
         }
         Ok(state)

@@ -64,28 +64,33 @@ impl TargetLoop {
         let policy = t.step_policy(&self.forecast, self.alerts.as_ref());
         let now = self.store.now();
         let running = shared.running();
-        let Some(mut state) = self.store.target(&t.name) else {
-            return Ok(());
-        };
-        if let Some(f) = model {
-            state.memory.forecaster = Some(f);
+        let asked = shared.asked.or(shared.delivered).map(|a| Asked {
+            replicas: a.replicas,
+            at: a.at,
+        });
+        if let Some(mut state) = self.store.target(&t.name) {
+            if let Some(f) = model {
+                state.memory.forecaster = Some(f);
+            }
+            state.paused = shared.paused;
+            if let Some(asked) = asked {
+                state.memory.resume(&policy, asked, running, now);
+                if let (None, Some(r)) = (&t.queries.replicas, running) {
+                    state.replicas = r;
+                }
+            }
         }
-        state.paused = shared.paused;
-        let Some(asked) = shared.asked.or(shared.delivered) else {
-            info!(target = %t.name, epoch = o.epoch, paused = shared.paused, "taken up; nothing shared was asked for");
-            return Ok(());
-        };
-        let asked = Asked {
-            replicas: asked.replicas,
-            at: asked.at,
-        };
-        state.memory.resume(&policy, asked, running, now);
-        if let (None, Some(r)) = (&t.queries.replicas, running) {
-            state.replicas = r;
+        match asked {
+            Some(asked) => info!(target = %t.name, epoch = o.epoch, asked = asked.replicas,
+                running = ?running, paused = shared.paused, "taken up from the shared state"),
+            None => {
+                // Nothing shared yet (the first owner, say, of a target run by one process
+                // before): what this instance's own outbox remembers, if anything.
+                info!(target = %t.name, epoch = o.epoch, paused = shared.paused,
+                    "taken up; nothing shared was asked for: resuming from this instance's outbox");
+                self.resume().await;
+            }
         }
-        drop(state);
-        info!(target = %t.name, epoch = o.epoch, asked = asked.replicas, running = ?running,
-            paused = shared.paused, "taken up from the shared state");
         Ok(())
     }
 
