@@ -30,6 +30,8 @@ pub struct Recorded {
     pub body: Bytes,
     /// The status the receiver answered.
     pub status: u16,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -310,6 +312,7 @@ async fn record(
         headers,
         body,
         status: reply.status,
+        at: std::time::Instant::now(),
     });
     state.count.send_modify(|c| *c += 1);
     if !reply.delay.is_zero() {
