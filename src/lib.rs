@@ -469,6 +469,31 @@ pub fn hangups() -> std::io::Result<mpsc::Receiver<()>> {
     Ok(rx)
 }
 
+/// Logs and ignores SIGUSR1 and SIGUSR2 (whose default action ends the process at once,
+/// without stopping cleanly): they mean nothing to prescale, and a stray one (a log tool,
+/// a mistaken `kill -USR1`) must not stop it. Call it before anything else.
+pub fn ignore_user_signals() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        for (kind, name) in [
+            (SignalKind::user_defined1(), "SIGUSR1"),
+            (SignalKind::user_defined2(), "SIGUSR2"),
+        ] {
+            let mut s = signal(kind)?;
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    tracing::warn!(
+                        signal = name,
+                        "signal ignored: it means nothing to prescale"
+                    );
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

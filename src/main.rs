@@ -158,6 +158,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime.block_on(async {
                 // First, so that a SIGHUP never ends the process: it reloads the file.
                 let reloads = prescale::hangups().context("handling SIGHUP")?;
+                prescale::ignore_user_signals().context("handling SIGUSR1 and SIGUSR2")?;
                 let config = Config::load(&config)?;
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
@@ -184,6 +185,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime.block_on(async {
                 // A SIGHUP (a log rotation, say) never ends the demo: it has no file to reload.
                 let mut hangups = prescale::hangups().context("handling SIGHUP")?;
+                prescale::ignore_user_signals().context("handling SIGUSR1 and SIGUSR2")?;
                 tokio::spawn(async move {
                     while hangups.recv().await.is_some() {
                         tracing::info!(

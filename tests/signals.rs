@@ -88,15 +88,21 @@ fn targets(app: &AppProcess) -> Option<Vec<(String, String)>> {
 /// Sends SIGHUP and waits until the log has one more line containing `what`; returns it.
 /// Panics if the process exits meanwhile.
 fn hang_up_until_logged(app: &mut AppProcess, what: &str) -> String {
+    signal_until_logged(app, "HUP", what)
+}
+
+/// Sends the signal `name` and waits until the log has one more line containing `what`;
+/// returns it. Panics if the process exits meanwhile.
+fn signal_until_logged(app: &mut AppProcess, name: &str, what: &str) -> String {
     let before = lines_with(app, what).len();
-    app.signal("HUP");
+    app.signal(name);
     poll_until(
-        &format!("a log line `{what}` after SIGHUP"),
+        &format!("a log line `{what}` after SIG{name}"),
         DEADLINE,
         || {
             if let Some(status) = app.exited() {
                 panic!(
-                    "prescale exited on SIGHUP ({status}); its log:\n{}",
+                    "prescale exited on SIG{name} ({status}); its log:\n{}",
                     app.stderr()
                 );
             }
@@ -109,7 +115,7 @@ fn hang_up_until_logged(app: &mut AppProcess, what: &str) -> String {
 /// keeps its state); a broken one is refused with the error naming file and key, and the
 /// old targets stay served; a change of the listen address is refused as needing a
 /// restart; several SIGHUPs in a row apply the last file; the process never exits on
-/// SIGHUP, and SIGTERM still stops it cleanly.
+/// SIGHUP, nor on SIGUSR1 or SIGUSR2 (logged, ignored), and SIGTERM still stops it cleanly.
 #[test]
 fn sighup_reloads_the_configuration_and_never_stops_the_process() {
     let prom = Prometheus::backfilled(1);
@@ -197,6 +203,13 @@ fn sighup_reloads_the_configuration_and_never_stops_the_process() {
     // Changed, `web` started afresh, as after a restart.
     assert_eq!(backfills(&app, "web"), 2);
     assert!(app.exited().is_none(), "still running");
+
+    // SIGUSR1 and SIGUSR2 mean nothing to prescale: logged, ignored, never an exit.
+    for name in ["USR1", "USR2"] {
+        let line = signal_until_logged(&mut app, name, "signal ignored");
+        assert!(line.contains(&format!("SIG{name}")), "{line}");
+    }
+    app.wait_ready();
 
     app.signal("TERM");
     let status = app.wait_exit();
