@@ -1074,3 +1074,49 @@ async fn a_fenced_worker_sends_only_at_the_owners_epoch() {
     assert_eq!(receiver.requests().len(), 1, "a fenced action was sent");
     run.stop().await;
 }
+
+/// An attempt already in flight when this instance may no longer act on its target (the
+/// lease lapsed, say, while a slow receiver answers) is called back rather than left to
+/// finish: its action goes back to pending, held, and is superseded once another epoch
+/// owns the target. It is never recorded as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_attempt_in_flight_is_called_back_when_ownership_lapses() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Reply::status(200).after(Duration::from_secs(120));
+    let receiver = Receiver::with_replies(vec![slow], Reply::status(200));
+    let url = receiver.url("/scale");
+    let fence = Arc::new(Ownership::default());
+    fence.set(Some(7), true);
+    let run = Running::start_fenced(
+        dir.path(),
+        &["web".to_owned()],
+        (ActionKind::Scale, |_: &str| url.clone()),
+        delivery(300_000, 5, 10, 50),
+        Clock::system(),
+        Some(fence.clone()),
+    )
+    .await;
+    run.outbox
+        .enqueue_at(vec![scale("web", 4, 1)], Some(7))
+        .await
+        .expect("enqueue");
+    receiver.wait_for(1, DEADLINE).await;
+    // The lease lapses while the receiver takes its time.
+    fence.set(Some(7), false);
+    let called_back = run
+        .when("the attempt called back", |all| {
+            all[0].state == DeliveryState::Pending
+                && all[0]
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("called back"))
+        })
+        .await;
+    assert_eq!(called_back[0].attempts, 1);
+    // Another epoch owns the target now: superseded, never delivered.
+    fence.set(Some(9), true);
+    let all = run.settled().await;
+    assert_eq!(all[0].state, DeliveryState::Superseded, "{:?}", all[0]);
+    assert_eq!(receiver.requests().len(), 1, "sent again after it was lost");
+    run.stop().await;
+}

@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, watch};
-use tokio::task::{Id, JoinError, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 use tracing::{debug, info, warn};
 
 use super::index::Index;
@@ -26,6 +26,9 @@ use crate::act::{ActionKind, Attempt, Receivers};
 /// While a fence cannot tell whether this instance owns an action's target, how often it
 /// asks again (real time).
 const FENCE_HOLD: Duration = Duration::from_millis(500);
+/// While attempts at fenced actions are in flight, how often the fence is asked again
+/// about them (real time).
+const CALL_BACK_EVERY: Duration = Duration::from_millis(200);
 /// How often delivered and superseded actions past the retention are deleted (real time).
 const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
 /// While the outbox cannot be written, how often the worker tries again (real time): the
@@ -121,6 +124,9 @@ enum Outcome {
 struct InFlight {
     tasks: JoinSet<Attempt>,
     ids: HashMap<Id, u64>,
+    /// Attempts at actions that carry an epoch: how to call each back, and its target
+    /// and epoch, to ask the fence again while it is in flight.
+    fenced: HashMap<Id, (AbortHandle, String, u64)>,
 }
 
 impl InFlight {
@@ -130,7 +136,7 @@ impl InFlight {
 
     fn start(&mut self, receivers: &Receivers, d: Delivery) {
         let receivers = receivers.clone();
-        let id = d.id;
+        let (id, target, epoch) = (d.id, d.target.clone(), d.epoch);
         let handle = self.tasks.spawn(async move {
             receivers
                 .attempt(
@@ -141,7 +147,23 @@ impl InFlight {
                 )
                 .await
         });
+        if let Some(epoch) = epoch {
+            self.fenced
+                .insert(handle.id(), (handle.clone(), target, epoch));
+        }
         self.ids.insert(handle.id(), id);
+    }
+
+    /// Calls back the attempts the fence no longer lets through (this instance may not act
+    /// on their target now, or not at their epoch): their actions go back to pending, to
+    /// be held or superseded at their next turn. A request already received may still be
+    /// acted on by its receiver; this narrows that window to the fence's renewal margin.
+    fn call_back(&mut self, fence: &dyn Fence) {
+        for (handle, target, epoch) in self.fenced.values() {
+            if fence.verdict(target, *epoch) != Verdict::Deliver {
+                handle.abort();
+            }
+        }
     }
 
     /// How `joined` went, and every other attempt finished by now.
@@ -149,7 +171,13 @@ impl InFlight {
         let mut outcomes = Vec::new();
         let mut take = |joined: Result<(Id, Attempt), JoinError>| {
             let (task, attempt) = joined.unwrap_or_else(|e| {
-                let error = format!("the attempt failed: {e}");
+                let error = if e.is_cancelled() {
+                    "called back in flight: this instance may no longer act on the target at \
+                     the action's epoch"
+                        .to_owned()
+                } else {
+                    format!("the attempt failed: {e}")
+                };
                 let retry = Attempt::Retry {
                     error,
                     status: None,
@@ -157,6 +185,7 @@ impl InFlight {
                 };
                 (e.id(), retry)
             });
+            self.fenced.remove(&task);
             if let Some(id) = self.ids.remove(&task) {
                 outcomes.push((id, Outcome::Attempted(attempt)));
             }
@@ -245,7 +274,13 @@ impl Worker {
                 next_prune
             };
             let wake = self.index.next_wake().map_or(next, |w| w.min(next));
-            let sleep = time.real(wake.saturating_sub(now).min(prune_every));
+            let mut sleep = time.real(wake.saturating_sub(now).min(prune_every));
+            if let Some(fence) = &self.fence
+                && !in_flight.fenced.is_empty()
+            {
+                in_flight.call_back(fence.as_ref());
+                sleep = sleep.min(CALL_BACK_EVERY);
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
