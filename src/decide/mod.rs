@@ -20,11 +20,20 @@
 //! policies agree for that long) and rate limits, then `min_replicas`/`max_replicas`. With
 //! data missing or stale the count never goes down; it goes up on the evidence there is.
 //! Every clamp is named in the reasons.
+//!
+//! Scheduled windows ([`schedule`]) stand in for the bounds while open. Their bounds first
+//! clamp the recommendation, so the stabilisation remembers them like any recommendation:
+//! a count above a scheduled maximum comes down only through the scale-in stabilisation
+//! and rate limits, and after a window's floor the count stays up for a stabilisation
+//! window. A scheduled floor is then also a hard clamp, as `min_replicas` (and the HPA's
+//! `minReplicas`): it passes the scale-up stabilisation and rate limits, since a floor
+//! that arrives late defeats its purpose.
 
 pub mod alert;
 pub mod balance;
 pub mod behavior;
 pub mod budget;
+pub mod schedule;
 
 use serde::Serialize;
 
@@ -68,9 +77,23 @@ pub struct Policy {
     pub scale_up: Rules,
     /// Scale-down behaviour.
     pub scale_down: Rules,
+    /// Scheduled windows; their floors lead their openings by `lookahead`.
+    pub schedule: Vec<schedule::Window>,
 }
 
 impl Policy {
+    /// The bounds in force at `now`: `min_replicas`/`max_replicas`, or those of the
+    /// scheduled windows open (or, for a floor, opening within `lookahead`).
+    pub fn bounds(&self, now: i64) -> schedule::Bounds<'_> {
+        schedule::bounds(
+            &self.schedule,
+            self.min_replicas,
+            self.max_replicas,
+            self.lookahead,
+            now,
+        )
+    }
+
     /// Replicas needed to carry `rps` at `utilization`.
     fn need(&self, rps: f64, utilization: f64) -> u32 {
         let per = self.capacity_rps * utilization;
@@ -147,6 +170,9 @@ pub enum ReasonCode {
     Degraded,
     /// Lowered by the shared budget.
     BudgetLimited,
+    /// Set by a scheduled window's bound (`[[target.schedule]]`); the message names the
+    /// window, its opening and its bounds.
+    Scheduled,
     /// The count running is unknown (no `replicas` sample, or without a `replicas` query
     /// nothing remembered and no `initial_replicas`): decided and shown, nothing asked for.
     ReplicasUnknown,
@@ -169,6 +195,7 @@ impl ReasonCode {
             Self::TooFewReplicas => "TooFewReplicas",
             Self::Degraded => "Degraded",
             Self::BudgetLimited => "BudgetLimited",
+            Self::Scheduled => "Scheduled",
             Self::ReplicasUnknown => "ReplicasUnknown",
         }
     }
@@ -329,11 +356,12 @@ pub fn decide(
                 "data missing or stale: no scale-in",
             ));
         }
+        let to = scheduled_floor(policy, current, now, &mut reasons);
         state.last = Some(now);
         return Decision {
             at: now,
             from: current,
-            to: current,
+            to,
             reasons,
             peak,
         };
@@ -347,6 +375,20 @@ pub fn decide(
         to,
         reasons,
         peak,
+    }
+}
+
+/// A count held for want of data or capacity, raised to a scheduled floor in force: a
+/// window's floor does not wait for the data.
+pub fn scheduled_floor(policy: &Policy, current: u32, now: i64, reasons: &mut Vec<Reason>) -> u32 {
+    let b = policy.bounds(now);
+    match b.min_from {
+        Some(o) if current < b.min => {
+            let m = format!("{current} raised to {} by the {o}", b.min);
+            reasons.push(Reason::new(ReasonCode::Scheduled, m));
+            b.min
+        }
+        _ => current,
     }
 }
 
@@ -455,6 +497,8 @@ fn behave(
 ) -> u32 {
     let current = observed.replicas;
     let (up, down) = (&policy.scale_up, &policy.scale_down);
+    let bounds = policy.bounds(now);
+    let (recommended, floored) = scheduled(&bounds, recommended, reasons);
     state.history.recommend(now, recommended, up, down);
     let mut to = state.history.stabilized(now, current, up, down);
     if to > recommended {
@@ -479,7 +523,27 @@ fn behave(
         reasons.push(Reason::new(ReasonCode::Degraded, m));
     }
     let to = rate_limit(policy, state, current, to, now, reasons);
-    bound(policy, to, reasons)
+    bound(&bounds, current, to, floored, reasons)
+}
+
+/// Clamps a recommendation to the scheduled bounds in force, before the stabilisation
+/// remembers it; returns it and whether a scheduled floor raised it.
+fn scheduled(bounds: &schedule::Bounds<'_>, r: u32, reasons: &mut Vec<Reason>) -> (u32, bool) {
+    if let Some(o) = bounds.max_from
+        && r > bounds.max
+    {
+        let m = format!("{r} capped at {} by the {o}", bounds.max);
+        reasons.push(Reason::new(ReasonCode::Scheduled, m));
+        return (bounds.max, false);
+    }
+    if let Some(o) = bounds.min_from
+        && r < bounds.min
+    {
+        let m = format!("{r} raised to {} by the {o}", bounds.min);
+        reasons.push(Reason::new(ReasonCode::Scheduled, m));
+        return (bounds.min, true);
+    }
+    (r, false)
 }
 
 /// The scale-up and scale-down rate policies.
@@ -514,17 +578,44 @@ fn rate_limit(
     to
 }
 
-/// `min_replicas` and `max_replicas`.
-fn bound(policy: &Policy, to: u32, reasons: &mut Vec<Reason>) -> u32 {
-    if to > policy.max_replicas {
-        let m = format!("{to} capped at max_replicas {}", policy.max_replicas);
-        reasons.push(Reason::new(ReasonCode::TooManyReplicas, m));
-        return policy.max_replicas;
+/// `min_replicas` and `max_replicas`, or the scheduled bounds in force. A scheduled
+/// maximum only stops scale-up here: the recommendation was capped at it, so a count above
+/// it comes down through the stabilisation and rate limits. `floored`: a scheduled floor
+/// already said so.
+fn bound(
+    b: &schedule::Bounds<'_>,
+    current: u32,
+    to: u32,
+    floored: bool,
+    reasons: &mut Vec<Reason>,
+) -> u32 {
+    match b.max_from {
+        Some(o) if to > b.max.max(current) => {
+            let cap = b.max.max(current);
+            let m = format!("{to} capped at {cap} by the {o}");
+            reasons.push(Reason::new(ReasonCode::Scheduled, m));
+            return cap;
+        }
+        None if to > b.max => {
+            let m = format!("{to} capped at max_replicas {}", b.max);
+            reasons.push(Reason::new(ReasonCode::TooManyReplicas, m));
+            return b.max;
+        }
+        _ => {}
     }
-    if to < policy.min_replicas {
-        let m = format!("{to} raised to min_replicas {}", policy.min_replicas);
-        reasons.push(Reason::new(ReasonCode::TooFewReplicas, m));
-        return policy.min_replicas;
+    if to < b.min {
+        match b.min_from {
+            Some(_) if floored => {}
+            Some(o) => {
+                let m = format!("{to} raised to {} by the {o}", b.min);
+                reasons.push(Reason::new(ReasonCode::Scheduled, m));
+            }
+            None => {
+                let m = format!("{to} raised to min_replicas {}", b.min);
+                reasons.push(Reason::new(ReasonCode::TooFewReplicas, m));
+            }
+        }
+        return b.min;
     }
     to
 }
@@ -547,6 +638,7 @@ mod tests {
             headroom: 0.0,
             scale_up: Rules::default_scale_up(),
             scale_down: Rules::default_scale_down(),
+            schedule: Vec::new(),
         }
     }
 

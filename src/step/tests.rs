@@ -25,6 +25,7 @@ fn policy() -> TargetPolicy {
                 stabilization_window: 0,
                 ..Rules::default_scale_down()
             },
+            schedule: Vec::new(),
         },
         forecast: forecast::Settings {
             step: STEP,
