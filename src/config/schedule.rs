@@ -3,12 +3,11 @@
 use chrono::{TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
-use croner::parser::{CronParser, Seconds, Year};
 
 use super::parse::{RawSchedule, RawTarget};
 use super::target::target_key;
 use super::{ConfigError, Validator};
-use crate::decide::schedule::Window;
+use crate::decide::schedule::{Window, parse_cron};
 
 impl Validator<'_> {
     /// The target's windows; `min_replicas` is the target's (default applied).
@@ -101,11 +100,7 @@ impl Validator<'_> {
                 format!("`{expr}` has {fields} fields; expected 5: minute, hour, day of month, month, day of week, e.g. \"0 8 * * MON-FRI\""),
             ));
         }
-        let parser = CronParser::builder()
-            .seconds(Seconds::Disallowed)
-            .year(Year::Disallowed)
-            .build();
-        let cron = parser.parse(expr).map_err(|e| {
+        let cron = parse_cron(expr).map_err(|e| {
             self.err(
                 key,
                 format!("`{expr}` is not a cron expression ({e}); expected 5 fields, e.g. \"0 8 * * MON-FRI\""),

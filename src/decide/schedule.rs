@@ -16,6 +16,19 @@
 use chrono::{DateTime, TimeZone};
 use chrono_tz::Tz;
 use croner::Cron;
+use croner::errors::CronError;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// Parses a cron expression of 5 fields (minute, hour, day of month, month, day of week;
+/// names such as `MON-FRI` and nicknames such as `@daily` too), as Vixie cron: a day
+/// matches when either its day of month or its day of week does.
+pub fn parse_cron(expr: &str) -> Result<Cron, CronError> {
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(expr)
+}
 
 /// One `[[target.schedule]]` window.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,25 +165,28 @@ pub fn bounds(windows: &[Window], min: u32, max: u32, lead: i64, now: i64) -> Bo
     b
 }
 
+/// A window, for tests: `expr` in the time zone named `tz`.
+#[cfg(test)]
+pub(crate) fn window(
+    expr: &str,
+    tz: &str,
+    duration: i64,
+    min: Option<u32>,
+    max: Option<u32>,
+) -> Window {
+    Window {
+        expression: expr.to_owned(),
+        cron: parse_cron(expr).unwrap(),
+        timezone: tz.parse().unwrap(),
+        duration,
+        min_replicas: min,
+        max_replicas: max,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use croner::parser::{CronParser, Seconds, Year};
-
-    fn window(expr: &str, tz: &str, duration: i64, min: Option<u32>, max: Option<u32>) -> Window {
-        let parser = CronParser::builder()
-            .seconds(Seconds::Disallowed)
-            .year(Year::Disallowed)
-            .build();
-        Window {
-            expression: expr.to_owned(),
-            cron: parser.parse(expr).unwrap(),
-            timezone: tz.parse().unwrap(),
-            duration,
-            min_replicas: min,
-            max_replicas: max,
-        }
-    }
 
     /// Unix seconds of an RFC 3339 time.
     fn at(rfc3339: &str) -> i64 {
