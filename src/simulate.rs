@@ -414,7 +414,8 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../shared/traces/nasa_http_jul95_1min.csv");
         // The first five days (loading the whole file is slow in a debug build).
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read trace {}: {e}", path.display()));
         let rows: Vec<(i64, f64)> = text
             .lines()
             .skip(1)
