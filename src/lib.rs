@@ -574,6 +574,18 @@ pub fn summary(config: &config::Config) -> String {
                 ""
             },
         );
+        for w in &t.schedule {
+            let bound = |b: Option<u32>| b.map_or("-".to_owned(), |n| n.to_string());
+            let _ = writeln!(
+                s,
+                "    schedule `{}` ({}) for {}: min {}, max {}",
+                w.expression,
+                w.timezone.name(),
+                humantime::format_duration(std::time::Duration::from_secs(w.duration as u64)),
+                bound(w.min_replicas),
+                bound(w.max_replicas),
+            );
+        }
     }
     s
 }

@@ -401,7 +401,7 @@ impl TargetLoop {
             let c = &s.config;
             claims.push(step::claim(
                 c.priority,
-                c.min_replicas,
+                c.bounds_at(now).0,
                 s.replicas,
                 want,
                 degraded,

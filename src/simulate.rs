@@ -404,4 +404,81 @@ mod tests {
         let oracle = clairvoyant(&t, &target);
         assert_eq!((oracle[0], oracle[5]), (10, 30));
     }
+
+    /// A weekday window over the NASA July 1995 trace (from Saturday 1 July): its floor is
+    /// asked for `startup` + one step before each opening, so replicas started then serve
+    /// when it opens; it holds while open, and is not there at weekends.
+    #[test]
+    fn a_backtest_has_the_scheduled_floor_ready_before_each_window() {
+        use chrono::TimeZone;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/traces/nasa_http_jul95_1min.csv");
+        // The first five days (loading the whole file is slow in a debug build).
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read trace {}: {e}", path.display()));
+        let rows: Vec<(i64, f64)> = text
+            .lines()
+            .skip(1)
+            .take(5 * 1440)
+            .map(|l| {
+                let (t, v) = l.split_once(',').unwrap();
+                (t.parse().unwrap(), v.parse().unwrap())
+            })
+            .collect();
+        let trace = Trace::from_rows(&rows).unwrap();
+        // Demand never needs more than a few replicas: the floor alone reaches 40.
+        let config = crate::config::Config::parse(
+            r#"
+[[target]]
+name = "nasa"
+request_rate = "trace"
+capacity_rps = 100
+startup = "5m"
+max_replicas = 100
+[[target.schedule]]
+cron = "0 9 * * MON-FRI"
+duration = "8h"
+timezone = "America/New_York"
+min_replicas = 40
+"#,
+            std::path::Path::new("nasa.toml"),
+        )
+        .unwrap();
+        let forecast = ForecastConfig::default();
+        let rows = backtest(&trace, &config.targets[0], &forecast, |_| {});
+        let row = |ts: i64| rows.iter().find(|r| r.timestamp == ts).unwrap();
+        let ny = chrono_tz::America::New_York;
+        // Monday 3 and Tuesday 4 July, 09:00 EDT (13:00 UTC).
+        for day in [3, 4] {
+            let open = ny
+                .with_ymd_and_hms(1995, 7, day, 9, 0, 0)
+                .unwrap()
+                .timestamp();
+            // Asked for a start-up plus a step ahead: serving from `open - 60` on.
+            let lead = 300 + 60;
+            let before = row(open - lead - 60);
+            assert!(before.replicas < 40, "{before:?}");
+            let first = row(open - lead);
+            assert_eq!(first.replicas, 40, "{first:?}");
+            assert!(first.reason.contains("Scheduled"), "{first:?}");
+            let mut t = open - lead;
+            while t < open + 8 * 3600 {
+                assert!(row(t).replicas >= 40, "{:?}", row(t));
+                t += 60;
+            }
+            // Closed at 17:00: down again after the scale-in window.
+            let after = row(open + 8 * 3600 + 600);
+            assert!(after.replicas < 40, "{after:?}");
+        }
+        // No window at the weekend.
+        let monday = ny
+            .with_ymd_and_hms(1995, 7, 3, 0, 0, 0)
+            .unwrap()
+            .timestamp();
+        assert!(
+            rows.iter()
+                .filter(|r| r.timestamp < monday)
+                .all(|r| r.replicas < 40 && !r.reason.contains("Scheduled"))
+        );
+    }
 }

@@ -530,11 +530,13 @@ fn decide_count(
     let capacity = memory.capacity.as_ref();
     let Some(cap) = capacity.and_then(|c| c.effective_rps) else {
         let why = capacity.map_or_else(String::new, |c| c.reason.clone());
+        let mut reasons = vec![Reason::new(ReasonCode::NoCapacity, why)];
+        let to = decide::scheduled_floor(&policy.decide, base, now, &mut reasons);
         return Decision {
             at: now,
             from: base,
-            to: base,
-            reasons: vec![Reason::new(ReasonCode::NoCapacity, why)],
+            to,
+            reasons,
             peak: None,
         };
     };
@@ -588,7 +590,7 @@ fn apply_budget(
     let mine = claims.get_mut(view.mine)?;
     *mine = claim(
         policy.priority,
-        policy.decide.min_replicas,
+        policy.decide.bounds(decision.at).min,
         decision.from,
         decision.to,
         degraded,
@@ -724,7 +726,7 @@ fn alert_step(
     let (reachable, limit) = match (policy.mode, granted) {
         (Mode::ForecastOnly, _) => (running, Limit::ForecastOnly),
         (Mode::Act, Some(g)) => (g, Limit::Budget),
-        (Mode::Act, None) => (policy.decide.max_replicas, Limit::MaxReplicas),
+        (Mode::Act, None) => (policy.decide.bounds(now).max, Limit::MaxReplicas),
     };
     let breach = forecast.zip(capacity).and_then(|(f, cap)| {
         alert::predicted_breach(&policy.name, f, now, a.lead, cap, reachable, limit)

@@ -681,3 +681,59 @@ fn serve_with_an_etcd_it_cannot_reach_exits_naming_the_file_and_the_endpoint() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `backtest --config` replays the first target's `[[target.schedule]]` windows on the
+/// trace's clock: over the NASA trace (from Saturday 1 July 1995), a weekday window at
+/// 09:00 New York time is asked for `--startup` plus a step before it opens, on Monday
+/// only.
+#[test]
+fn backtest_honours_the_schedule_of_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = common::read_trace(&common::trace_path());
+    let trace = dir.path().join("three.csv");
+    let body: String = rows[..3 * 1440]
+        .iter()
+        .map(|(t, v)| format!("{t},{v}\n"))
+        .collect();
+    std::fs::write(&trace, format!("timestamp_seconds,value\n{body}")).unwrap();
+    let cfg = TempConfig::write(
+        r#"
+[[target]]
+name = "nasa"
+request_rate = "trace"
+capacity_rps = 100
+startup = "5m"
+max_replicas = 100
+[[target.schedule]]
+cron = "0 9 * * MON-FRI"
+duration = "8h"
+timezone = "America/New_York"
+min_replicas = 40
+"#,
+    );
+    let out = dir.path().join("out.csv");
+    let o = prescale(&[
+        "backtest",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--startup",
+        "5m",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "backtest failed: {}", text(&o.stderr));
+    let mut r = csv::Reader::from_path(&out).expect("decisions csv");
+    let floored: Vec<i64> = r
+        .records()
+        .map(|r| r.expect("row"))
+        .filter(|r| r[4].parse::<u32>().unwrap() >= 40)
+        .map(|r| r[0].parse().unwrap())
+        .collect();
+    // Monday 3 July 1995, 09:00 EDT = 13:00 UTC; 5m + one 1m step ahead.
+    let open = 804_776_400;
+    assert_eq!(floored.first(), Some(&(open - 360)), "{floored:?}");
+    assert!(floored.contains(&(open + 8 * 3600 - 60)));
+    assert!(floored.iter().all(|&t| t < open + 8 * 3600 + 600));
+}

@@ -328,6 +328,29 @@ pub struct RawTarget {
     pub balancer: Option<RawBalancer>,
     /// How balancer weights are computed, and failover.
     pub rebalance: Option<RawRebalance>,
+    /// `[[target.schedule]]`: windows with other bounds.
+    #[serde(default)]
+    pub schedule: Vec<RawSchedule>,
+}
+
+/// `[[target.schedule]]`: a window that opens at each occurrence of `cron` and lasts
+/// `duration`, with its own `min_replicas` and/or `max_replicas`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// When the window opens: a cron expression of 5 fields (minute, hour, day of month,
+    /// month, day of week), e.g. `"0 8 * * MON-FRI"`.
+    pub cron: String,
+    /// How long it stays open, e.g. `10h`.
+    #[serde(with = "bounded")]
+    pub duration: Duration,
+    /// The IANA time zone whose wall clock `cron` reads, e.g. `Europe/Berlin` (default
+    /// `UTC`).
+    pub timezone: Option<String>,
+    /// Fewest replicas while open; in force from `startup` + `interval` before it opens.
+    pub min_replicas: Option<u32>,
+    /// Most replicas while open.
+    pub max_replicas: Option<u32>,
 }
 
 /// `[target.rebalance]`: balancer weights and failover.

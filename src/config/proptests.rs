@@ -216,6 +216,33 @@ fn rebalance() -> Val {
     )
 }
 
+/// `[[target.schedule]]` tables: cron expressions valid, malformed or random, known and
+/// unknown time zones, bounds of any size.
+fn schedule() -> Val {
+    let cron = prop_oneof![
+        10 => pick(&["0 8 * * MON-FRI", "30 2 * * *", "*/15 * * * *", "0 0 1 * *", "@daily"]),
+        2 => pick(&["", "0 8 * *", "0 0 8 * * *", "0 25 * * *", "0 0 31 2 *", "61 * * * *"]),
+        2 => "[0-9*/,LW#?A-Z@ -]{0,24}".prop_map(|c| s(&c)),
+    ];
+    let tz = pick2(
+        &["UTC", "Europe/Berlin", "America/New_York"],
+        &["Mars/Olympus", ""],
+    );
+    let window = sub(
+        vec![
+            ("cron", cron.boxed()),
+            ("duration", dur()),
+            ("timezone", tz),
+            ("min_replicas", int()),
+            ("max_replicas", int()),
+        ],
+        0.6,
+    );
+    prop::collection::vec(window, 1..3)
+        .prop_map(Value::Array)
+        .boxed()
+}
+
 fn target() -> Val {
     let optional = table(
         vec![
@@ -238,6 +265,7 @@ fn target() -> Val {
             ("platform", webhook()),
             ("balancer", balancer()),
             ("rebalance", rebalance()),
+            ("schedule", schedule()),
             (
                 "behavior",
                 sub(vec![("scale_up", rules()), ("scale_down", rules())], 0.5),
@@ -418,6 +446,11 @@ fn check_accepted(c: &Config) -> Result<(), TestCaseError> {
             prop_assert!(r.policies.iter().all(|x| x.period >= 1));
         }
         prop_assert!(p.rebalance.window >= 1);
+        // Windows evaluate without panicking, at any time, into usable bounds.
+        for now in [0, 1_774_746_000, 1_792_889_400, 4_102_444_800] {
+            let b = p.decide.bounds(now);
+            prop_assert!(b.min <= b.max, "{b:?}");
+        }
         if let Some(a) = p.alert {
             prop_assert!(a.lead >= 1 && a.resend >= 1);
         }

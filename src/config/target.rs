@@ -12,6 +12,7 @@ use super::parse::{RawBalancer, RawBehavior, RawRebalance, RawRules, RawTarget, 
 use super::secrets::Secret;
 use super::{AlertmanagerConfig, ConfigError, ForecastConfig, Validator};
 use crate::decide::balance::{MAX_WEIGHT, Settings};
+use crate::decide::schedule::{self, Window};
 use crate::decide::{Mode, Policy, RatePolicy, Rules};
 use crate::step::{AlertPolicy, Signal, TargetPolicy};
 
@@ -116,6 +117,8 @@ pub struct TargetConfig {
     pub haproxy: Option<HaproxyConfig>,
     /// Balancer weights and failover.
     pub rebalance: Settings,
+    /// Scheduled windows (`[[target.schedule]]`).
+    pub schedule: Vec<Window>,
 }
 
 impl TargetConfig {
@@ -144,7 +147,21 @@ impl TargetConfig {
             headroom: self.headroom,
             scale_up: self.scale_up.clone(),
             scale_down: self.scale_down.clone(),
+            schedule: self.schedule.clone(),
         }
+    }
+
+    /// The fewest and most replicas in force at `now`, scheduled windows included.
+    pub fn bounds_at(&self, now: i64) -> (u32, u32) {
+        let lookahead = (self.startup + self.interval).as_secs() as i64;
+        let b = schedule::bounds(
+            &self.schedule,
+            self.min_replicas,
+            self.max_replicas,
+            lookahead,
+            now,
+        );
+        (b.min, b.max)
     }
 
     /// Where on the `refit_every` grid this target refits: a hash of its name, so that
@@ -239,6 +256,7 @@ impl TargetConfig {
             balancer: None,
             haproxy: None,
             rebalance: Settings::default(),
+            schedule: Vec::new(),
         }
     }
 }
@@ -273,7 +291,7 @@ const MAX_HISTORY_POINTS: u64 = 1_000_000;
 const MAX_NAME: usize = 128;
 
 /// The key of `k` in the target named `name`, e.g. `target[web].min_replicas`.
-fn target_key(name: &str, k: &str) -> String {
+pub(super) fn target_key(name: &str, k: &str) -> String {
     format!("target[{name}].{k}")
 }
 
@@ -304,6 +322,7 @@ impl Validator<'_> {
         self.capacity(&t, &queries)?;
         let min_replicas = self.replica_bounds(&t)?;
         let timing = self.timing(&t)?;
+        let schedule = self.schedules(&t, min_replicas)?;
         let planning = self.planning(&t)?;
         let (scale_up, scale_down) = self.behavior(&t.name, t.scale_in_window, t.behavior)?;
         let rebalance = self.rebalance(
@@ -344,6 +363,7 @@ impl Validator<'_> {
             balancer,
             haproxy,
             rebalance,
+            schedule,
         })
     }
 

@@ -539,3 +539,100 @@ fn credentials_in_text_are_redacted() {
         .to_string();
     assert!(!e.contains("secret"), "{e}");
 }
+
+/// `[[target.schedule]]`: read into windows, and each broken one names file, target and key.
+#[test]
+fn schedules_are_read_and_validated() {
+    let window = |body: &str| format!("{MINIMAL}\n[[target.schedule]]\n{body}\n");
+    let c = parse(&window(
+        "cron = \"0 8 * * MON-FRI\"\nduration = \"10h\"\ntimezone = \"Europe/Berlin\"\nmin_replicas = 10",
+    ))
+    .unwrap();
+    let w = &c.targets[0].schedule[0];
+    assert_eq!(
+        (
+            w.expression.as_str(),
+            w.timezone.name(),
+            w.duration,
+            w.min_replicas,
+            w.max_replicas
+        ),
+        ("0 8 * * MON-FRI", "Europe/Berlin", 36_000, Some(10), None)
+    );
+    let c = parse(&window(
+        "cron = \"0 22 * * *\"\nduration = \"8h\"\nmax_replicas = 2",
+    ))
+    .unwrap();
+    assert_eq!(c.targets[0].schedule[0].timezone.name(), "UTC");
+    assert_eq!(c.targets[0].policy().schedule.len(), 1);
+
+    let key = "target[web].schedule[0]";
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "cron = \"0 8 * *\"\nduration = \"1h\"\nmin_replicas = 3",
+            &["cron", "4 fields", "expected 5"],
+        ),
+        (
+            "cron = \"0 0 8 * * *\"\nduration = \"1h\"\nmin_replicas = 3",
+            &["cron", "6 fields", "expected 5"],
+        ),
+        (
+            "cron = \"0 25 * * *\"\nduration = \"1h\"\nmin_replicas = 3",
+            &["cron", "`0 25 * * *` is not a cron expression"],
+        ),
+        (
+            "cron = \"0 0 31 2 *\"\nduration = \"1h\"\nmin_replicas = 3",
+            &["cron", "matches no time"],
+        ),
+        (
+            "cron = \"0 8 * * *\"\nduration = \"1h\"\ntimezone = \"Europe/Atlantis\"\nmin_replicas = 3",
+            &[
+                "timezone",
+                "`Europe/Atlantis` is not a known time zone",
+                "IANA",
+            ],
+        ),
+        (
+            "cron = \"0 8 * * *\"\nduration = \"0s\"\nmin_replicas = 3",
+            &["duration", "at least 1s"],
+        ),
+        (
+            "cron = \"0 8 * * *\"\nduration = \"1h\"",
+            &["min_replicas", "max_replicas", "at least one bound"],
+        ),
+        (
+            "cron = \"0 8 * * *\"\nduration = \"1h\"\nmin_replicas = 9\nmax_replicas = 5",
+            &["min_replicas", "9 is above the window's max_replicas 5"],
+        ),
+        (
+            "cron = \"0 8 * * *\"\nduration = \"1h\"\nmin_replicas = 41",
+            &["min_replicas", "above the target's max_replicas 40"],
+        ),
+        (
+            "cron = \"0 8 * * *\"\nduration = \"1h\"\nmax_replicas = 1",
+            &["max_replicas", "below the target's min_replicas 2"],
+        ),
+        (
+            "cron = \"0 8 * * *\"\nduration = \"1h\"\nmax_replicas = 0\nmin_replicas = 0",
+            &["max_replicas", "is 0"],
+        ),
+    ];
+    for (body, wants) in cases {
+        let err = parse(&window(body)).expect_err(body).to_string();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains(key), "error for `{body}` lacks `{key}`: {err}");
+        for want in *wants {
+            assert!(
+                err.contains(want),
+                "error for `{body}` lacks `{want}`: {err}"
+            );
+        }
+    }
+    // An unknown key is refused by the parser, naming it.
+    let err = parse(&window(
+        "cron = \"0 8 * * *\"\nduration = \"1h\"\nminimum = 3",
+    ))
+    .expect_err("unknown key")
+    .to_string();
+    assert!(err.contains("minimum"), "{err}");
+}

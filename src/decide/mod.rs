@@ -20,11 +20,20 @@
 //! policies agree for that long) and rate limits, then `min_replicas`/`max_replicas`. With
 //! data missing or stale the count never goes down; it goes up on the evidence there is.
 //! Every clamp is named in the reasons.
+//!
+//! Scheduled windows ([`schedule`]) stand in for the bounds while open. Their bounds first
+//! clamp the recommendation, so the stabilisation remembers them like any recommendation:
+//! a count above a scheduled maximum comes down only through the scale-in stabilisation
+//! and rate limits, and after a window's floor the count stays up for a stabilisation
+//! window. A scheduled floor is then also a hard clamp, as `min_replicas` (and the HPA's
+//! `minReplicas`): it passes the scale-up stabilisation and rate limits, since a floor
+//! that arrives late defeats its purpose.
 
 pub mod alert;
 pub mod balance;
 pub mod behavior;
 pub mod budget;
+pub mod schedule;
 
 use serde::Serialize;
 
@@ -68,9 +77,23 @@ pub struct Policy {
     pub scale_up: Rules,
     /// Scale-down behaviour.
     pub scale_down: Rules,
+    /// Scheduled windows; their floors lead their openings by `lookahead`.
+    pub schedule: Vec<schedule::Window>,
 }
 
 impl Policy {
+    /// The bounds in force at `now`: `min_replicas`/`max_replicas`, or those of the
+    /// scheduled windows open (or, for a floor, opening within `lookahead`).
+    pub fn bounds(&self, now: i64) -> schedule::Bounds<'_> {
+        schedule::bounds(
+            &self.schedule,
+            self.min_replicas,
+            self.max_replicas,
+            self.lookahead,
+            now,
+        )
+    }
+
     /// Replicas needed to carry `rps` at `utilization`.
     fn need(&self, rps: f64, utilization: f64) -> u32 {
         let per = self.capacity_rps * utilization;
@@ -147,6 +170,9 @@ pub enum ReasonCode {
     Degraded,
     /// Lowered by the shared budget.
     BudgetLimited,
+    /// Set by a scheduled window's bound (`[[target.schedule]]`); the message names the
+    /// window, its opening and its bounds.
+    Scheduled,
     /// The count running is unknown (no `replicas` sample, or without a `replicas` query
     /// nothing remembered and no `initial_replicas`): decided and shown, nothing asked for.
     ReplicasUnknown,
@@ -169,6 +195,7 @@ impl ReasonCode {
             Self::TooFewReplicas => "TooFewReplicas",
             Self::Degraded => "Degraded",
             Self::BudgetLimited => "BudgetLimited",
+            Self::Scheduled => "Scheduled",
             Self::ReplicasUnknown => "ReplicasUnknown",
         }
     }
@@ -329,11 +356,12 @@ pub fn decide(
                 "data missing or stale: no scale-in",
             ));
         }
+        let to = scheduled_floor(policy, current, now, &mut reasons);
         state.last = Some(now);
         return Decision {
             at: now,
             from: current,
-            to: current,
+            to,
             reasons,
             peak,
         };
@@ -347,6 +375,20 @@ pub fn decide(
         to,
         reasons,
         peak,
+    }
+}
+
+/// A count held for want of data or capacity, raised to a scheduled floor in force: a
+/// window's floor does not wait for the data.
+pub fn scheduled_floor(policy: &Policy, current: u32, now: i64, reasons: &mut Vec<Reason>) -> u32 {
+    let b = policy.bounds(now);
+    match b.min_from {
+        Some(o) if current < b.min => {
+            let m = format!("{current} raised to {} by the {o}", b.min);
+            reasons.push(Reason::new(ReasonCode::Scheduled, m));
+            b.min
+        }
+        _ => current,
     }
 }
 
@@ -455,6 +497,8 @@ fn behave(
 ) -> u32 {
     let current = observed.replicas;
     let (up, down) = (&policy.scale_up, &policy.scale_down);
+    let bounds = policy.bounds(now);
+    let recommended = scheduled(&bounds, recommended, reasons);
     state.history.recommend(now, recommended, up, down);
     let mut to = state.history.stabilized(now, current, up, down);
     if to > recommended {
@@ -479,7 +523,27 @@ fn behave(
         reasons.push(Reason::new(ReasonCode::Degraded, m));
     }
     let to = rate_limit(policy, state, current, to, now, reasons);
-    bound(policy, to, reasons)
+    bound(&bounds, current, to, reasons)
+}
+
+/// Clamps a recommendation to the scheduled bounds in force, before the stabilisation
+/// remembers it.
+fn scheduled(bounds: &schedule::Bounds<'_>, r: u32, reasons: &mut Vec<Reason>) -> u32 {
+    if let Some(o) = bounds.max_from
+        && r > bounds.max
+    {
+        let m = format!("{r} capped at {} by the {o}", bounds.max);
+        reasons.push(Reason::new(ReasonCode::Scheduled, m));
+        return bounds.max;
+    }
+    if let Some(o) = bounds.min_from
+        && r < bounds.min
+    {
+        let m = format!("{r} raised to {} by the {o}", bounds.min);
+        reasons.push(Reason::new(ReasonCode::Scheduled, m));
+        return bounds.min;
+    }
+    r
 }
 
 /// The scale-up and scale-down rate policies.
@@ -514,17 +578,36 @@ fn rate_limit(
     to
 }
 
-/// `min_replicas` and `max_replicas`.
-fn bound(policy: &Policy, to: u32, reasons: &mut Vec<Reason>) -> u32 {
-    if to > policy.max_replicas {
-        let m = format!("{to} capped at max_replicas {}", policy.max_replicas);
-        reasons.push(Reason::new(ReasonCode::TooManyReplicas, m));
-        return policy.max_replicas;
+/// `min_replicas` and `max_replicas`, or the scheduled bounds in force. A scheduled
+/// maximum only stops scale-up here: the recommendation was capped at it, so a count above
+/// it comes down through the stabilisation and rate limits.
+fn bound(b: &schedule::Bounds<'_>, current: u32, to: u32, reasons: &mut Vec<Reason>) -> u32 {
+    match b.max_from {
+        Some(o) if to > b.max.max(current) => {
+            let cap = b.max.max(current);
+            let m = format!("{to} capped at {cap} by the {o}");
+            reasons.push(Reason::new(ReasonCode::Scheduled, m));
+            return cap;
+        }
+        None if to > b.max => {
+            let m = format!("{to} capped at max_replicas {}", b.max);
+            reasons.push(Reason::new(ReasonCode::TooManyReplicas, m));
+            return b.max;
+        }
+        _ => {}
     }
-    if to < policy.min_replicas {
-        let m = format!("{to} raised to min_replicas {}", policy.min_replicas);
-        reasons.push(Reason::new(ReasonCode::TooFewReplicas, m));
-        return policy.min_replicas;
+    if to < b.min {
+        match b.min_from {
+            Some(o) => {
+                let m = format!("{to} raised to {} by the {o}", b.min);
+                reasons.push(Reason::new(ReasonCode::Scheduled, m));
+            }
+            None => {
+                let m = format!("{to} raised to min_replicas {}", b.min);
+                reasons.push(Reason::new(ReasonCode::TooFewReplicas, m));
+            }
+        }
+        return b.min;
     }
     to
 }
@@ -547,6 +630,7 @@ mod tests {
             headroom: 0.0,
             scale_up: Rules::default_scale_up(),
             scale_down: Rules::default_scale_down(),
+            schedule: Vec::new(),
         }
     }
 
@@ -740,5 +824,127 @@ mod tests {
         let counts: Vec<u32> = at.iter().map(|a| a.0).collect();
         assert_eq!(counts, [10, 10, 8, 8, 6, 6], "{at:?}");
         assert_eq!(at[0].1, "Prediction+ScaleDownLimit");
+    }
+
+    /// Unix seconds of an RFC 3339 time.
+    fn at(rfc3339: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp()
+    }
+
+    /// A scheduled floor leads its window by the look-ahead and passes the scale-up rate
+    /// limits (a floor that arrives late defeats its purpose), as `min_replicas` does.
+    #[test]
+    fn a_scheduled_floor_leads_and_passes_the_rate_limits() {
+        let mut p = policy();
+        p.scale_up.policies = vec![RatePolicy {
+            kind: RateKind::Pods,
+            value: 1,
+            period: 60,
+        }];
+        p.schedule = vec![schedule::window("0 8 * * *", "UTC", 3600, Some(15), None)];
+        let check = |now: &str, replicas: u32, want: (u32, &str)| {
+            let mut st = DecideState::default();
+            let now = at(now);
+            let d = decide(
+                &p,
+                Some(&flat(now, 20.0)),
+                obs(replicas, 20.0),
+                &mut st,
+                now,
+            );
+            assert_eq!((d.to, d.reason_codes().as_str()), want, "{d:?}");
+            d
+        };
+        check("2026-01-15T07:54:59Z", 2, (2, "Prediction"));
+        // The recommendation is raised to the floor, the rate limits allow 3, and the floor
+        // passes them.
+        let d = check(
+            "2026-01-15T07:55:00Z",
+            2,
+            (15, "Prediction+Scheduled+ScaleUpLimit+Scheduled"),
+        );
+        let m = &d.reasons[1].message;
+        assert!(
+            m.contains("`0 8 * * *` (UTC) opening at 2026-01-15T08:00:00+00:00"),
+            "{m}"
+        );
+        check("2026-01-15T08:59:59Z", 15, (15, "Prediction+Scheduled"));
+        // Without data the floor still comes.
+        let mut st = DecideState::default();
+        let d = decide(
+            &p,
+            None,
+            Observed::demand(2, None),
+            &mut st,
+            at("2026-01-15T07:58:00Z"),
+        );
+        assert_eq!((d.to, d.reason_codes().as_str()), (15, "NoData+Scheduled"));
+        // The window closed: its floor was remembered as a recommendation, so the count
+        // comes down after the scale-in stabilisation window, not at once.
+        let mut st = DecideState::default();
+        let mut replicas = 2;
+        let mut counts = Vec::new();
+        for k in 0..10 {
+            let now = at("2026-01-15T08:56:00Z") + 60 * k;
+            let d = decide(
+                &p,
+                Some(&flat(now, 20.0)),
+                obs(replicas, 20.0),
+                &mut st,
+                now,
+            );
+            replicas = d.to;
+            counts.push(replicas);
+        }
+        // Open until 09:00 (k = 4); 15 recommended until 08:59, held for 300 s.
+        assert_eq!(counts, [15, 15, 15, 15, 15, 15, 15, 15, 2, 2]);
+    }
+
+    /// A scheduled maximum below the running count scales in only through the scale-in
+    /// stabilisation; one above `max_replicas` lets the count rise to it.
+    #[test]
+    fn a_scheduled_maximum_scales_in_through_the_stabilisation() {
+        let mut p = policy();
+        p.schedule = vec![
+            schedule::window("0 22 * * *", "UTC", 3600, None, Some(3)),
+            schedule::window("0 12 * * *", "UTC", 3600, None, Some(30)),
+        ];
+        let mut st = DecideState::default();
+        let mut replicas = 10;
+        let mut seen = Vec::new();
+        for k in 0..9 {
+            let now = at("2026-01-15T21:58:00Z") + 60 * k;
+            let d = decide(
+                &p,
+                Some(&flat(now, 100.0)),
+                obs(replicas, 100.0),
+                &mut st,
+                now,
+            );
+            replicas = d.to;
+            seen.push((replicas, d.reason_codes()));
+        }
+        let counts: Vec<u32> = seen.iter().map(|s| s.0).collect();
+        // 10 recommended until 21:59, held while within the last 300 s; the window's 3
+        // from 22:04.
+        assert_eq!(counts, [10, 10, 10, 10, 10, 10, 3, 3, 3], "{seen:?}");
+        assert_eq!(seen[2].1, "Prediction+Scheduled+ScaleDownStabilized");
+        assert_eq!(seen[6].1, "Prediction+Scheduled");
+        // Midday: up to the window's 30 over max_replicas 20.
+        let mut st = DecideState::default();
+        let now = at("2026-01-15T12:10:00Z");
+        let d = decide(&p, Some(&flat(now, 500.0)), obs(20, 500.0), &mut st, now);
+        assert_eq!(
+            (d.to, d.reason_codes().as_str()),
+            (30, "Prediction+Scheduled")
+        );
+        let now = at("2026-01-15T13:10:00Z");
+        let d = decide(&p, Some(&flat(now, 500.0)), obs(20, 500.0), &mut st, now);
+        assert_eq!(
+            (d.to, d.reason_codes().as_str()),
+            (20, "Prediction+TooManyReplicas")
+        );
     }
 }

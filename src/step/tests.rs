@@ -25,6 +25,7 @@ fn policy() -> TargetPolicy {
                 stabilization_window: 0,
                 ..Rules::default_scale_down()
             },
+            schedule: Vec::new(),
         },
         forecast: forecast::Settings {
             step: STEP,
@@ -534,4 +535,63 @@ fn a_resumed_target_starts_from_the_count_asked_for_and_repeats_a_lost_ask() {
     let plan = w.step(&p, &mut m, 0);
     assert!(plan.scale, "{:?}", plan.decision);
     assert_eq!((plan.decision.from, plan.decision.to), (20, 20));
+}
+
+/// A scheduled floor is the target's floor under the budget, and holds without a capacity.
+#[test]
+fn a_scheduled_floor_holds_under_the_budget_and_without_capacity() {
+    let mut p = policy();
+    // Open from 00:00 UTC on 1 January 1970 (now = 0) for an hour: at least 7.
+    p.decide.schedule = vec![crate::decide::schedule::window(
+        "0 0 * * *",
+        "UTC",
+        3600,
+        Some(7),
+        None,
+    )];
+    let mut w = World::new(&[Signal::RequestRate]);
+    w.observe(Signal::RequestRate, 0, 100.0);
+    let view = BudgetView {
+        total: 8,
+        claims: vec![
+            Claim {
+                priority: 1,
+                min: 1,
+                want: 5,
+            },
+            Claim {
+                priority: 0,
+                min: 1,
+                want: 1,
+            },
+        ],
+        mine: 1,
+    };
+    let inputs = Inputs {
+        now: 0,
+        rate: &w.rate,
+        latency: &w.latency,
+        replicas: &w.replicas,
+        signals: &w.signals,
+        instances: &w.instances,
+        paused: false,
+        refit: false,
+        budget: Some(&view),
+    };
+    let plan = step(&p, &mut Memory::default(), &inputs);
+    // Without the window the budget grants 3 (see the_budget_limits_the_count).
+    assert_eq!(
+        (plan.wanted, plan.decision.to),
+        (10, 7),
+        "{:?}",
+        plan.decision
+    );
+
+    p.capacity_rps = None;
+    p.decide.capacity_rps = f64::NAN;
+    let plan = w.step(&p, &mut Memory::default(), 0);
+    assert_eq!(
+        (plan.decision.to, plan.decision.reason_codes().as_str()),
+        (7, "NoCapacity+Scheduled")
+    );
 }
