@@ -114,7 +114,7 @@ pub(super) struct Reason {
     /// Stable code. Policies: `Prediction`, `Demand`, `Performance`, `NoData`. Clamps and
     /// conditions: `ScaleDownStabilized`, `ScaleUpStabilized`, `ScaleUpLimit`,
     /// `ScaleDownLimit`, `TooManyReplicas`, `TooFewReplicas`, `Degraded`, `BudgetLimited`,
-    /// `ReplicasUnknown`.
+    /// `ReplicasUnknown`, `Scheduled` (a window of `[[target.schedule]]`).
     code: String,
     /// What it means here, for people.
     message: String,
