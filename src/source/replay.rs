@@ -119,14 +119,15 @@ impl Trace {
         };
         let mut rows: Vec<TraceRow> = Vec::new();
         for (k, record) in reader.records().enumerate() {
-            let position = match &record {
+            let byte = match &record {
                 Ok(r) => r.position(),
                 Err(e) => e.position(),
-            };
-            let line = position.map_or(k as u64 + 2, |p| line_at(&text, p.byte()));
+            }
+            .map(csv::Position::byte);
+            // Counted only for an error: counting for every row is quadratic.
             let row_error = |message: String| TraceError::Row {
                 file: file(),
-                line,
+                line: byte.map_or(k as u64 + 2, |b| line_at(&text, b)),
                 message,
             };
             let record = record.map_err(|e| row_error(e.to_string()))?;
