@@ -612,3 +612,18 @@ async fn shared_state_is_fenced_by_the_epoch_and_garbage_is_refused_naming_the_k
     }
     a.leave().await;
 }
+
+/// An instance started while one etcd member of three is down joins through the others
+/// (its first requests may go to the dead member: they are tried again) and takes every
+/// bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_joins_while_one_etcd_member_is_down() {
+    let mut etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
+        .await
+        .expect("etcd");
+    etcd.kill(0);
+    let a = join(&etcd, "a").await;
+    let all = wait_shared(&[&a], DEADLINE).await;
+    assert_eq!(all.len(), usize::from(BUCKETS));
+    a.leave().await;
+}

@@ -65,14 +65,31 @@ impl Session {
     }
 
     /// Takes a lease and registers the member under it. While another lease holds the
-    /// name, waits for it to go, at most `lease_ttl` plus five seconds.
+    /// name, waits for it to go; while etcd does not answer (a member down, a leader being
+    /// elected), tries again: either at most `lease_ttl` plus five seconds.
     pub(super) async fn open(&self) -> Result<i64, ClusterError> {
         let started = Instant::now();
         let patience = self.ttl + Duration::from_secs(5);
         loop {
             let sent = Instant::now();
-            let (lease, granted) = self.etcd.grant(self.ttl).await?;
-            if self.etcd.register(&self.member, lease).await? {
+            let registered = match self.etcd.grant(self.ttl).await {
+                Ok((lease, granted)) => self
+                    .etcd
+                    .register(&self.member, lease)
+                    .await
+                    .map(|ours| (lease, granted, ours)),
+                Err(e) => Err(e),
+            };
+            let (lease, granted, ours) = match registered {
+                Ok(r) => r,
+                Err(e) if started.elapsed() < patience => {
+                    debug!(error = %e, "cannot join yet; trying again");
+                    tokio::time::sleep(self.etcd.timeout() / 2).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if ours {
                 let mut local = self.shared.local();
                 local.lease = Some(lease);
                 local.live_until = Some(live_until(sent, granted));
