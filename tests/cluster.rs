@@ -18,6 +18,11 @@ const TTL: Duration = Duration::from_secs(3);
 const SLACK: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// One etcd cluster at a time: ports are picked free and bound by etcd a moment later, so
+/// clusters started side by side can race for one (etcd then exits: `address already in
+/// use`). Serial, the tests also time what they promise without competing for the cores.
+static ONE_ETCD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn config(etcd: &Etcd, name: &str) -> ClusterConfig {
     config_with(etcd, name, None)
 }
@@ -96,6 +101,7 @@ async fn wait_shared(instances: &[&Cluster], within: Duration) -> BTreeMap<u16, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_every_bucket_once_and_a_dead_one_is_replaced() {
+    let _one = ONE_ETCD.lock().await;
     let etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
         .await
         .expect("etcd");
@@ -155,6 +161,7 @@ async fn three_instances_share_every_bucket_once_and_a_dead_one_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_instance_is_replaced_at_once_and_a_joiner_takes_its_share_without_a_gap() {
+    let _one = ONE_ETCD.lock().await;
     let etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
         .await
         .expect("etcd");
@@ -254,6 +261,7 @@ async fn a_leaving_instance_is_replaced_at_once_and_a_joiner_takes_its_share_wit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_quorum_stops_all_acting_and_its_return_resumes_it() {
+    let _one = ONE_ETCD.lock().await;
     let mut etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
         .await
         .expect("etcd");
@@ -306,6 +314,7 @@ async fn losing_the_quorum_stops_all_acting_and_its_return_resumes_it() {
 /// rather than retry the dead lease forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_whose_lease_expired_while_etcd_was_frozen_joins_again() {
+    let _one = ONE_ETCD.lock().await;
     let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
         .await
         .expect("etcd");
@@ -329,6 +338,7 @@ async fn an_instance_whose_lease_expired_while_etcd_was_frozen_joins_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_whose_lease_is_revoked_stops_at_once_and_rejoins_at_higher_epochs() {
+    let _one = ONE_ETCD.lock().await;
     let etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
         .await
         .expect("etcd");
@@ -376,6 +386,7 @@ async fn an_instance_whose_lease_is_revoked_stops_at_once_and_rejoins_at_higher_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_authentication_is_used_and_a_wrong_password_is_refused_without_showing_it() {
+    let _one = ONE_ETCD.lock().await;
     use etcd_client::{Permission, PermissionType};
     let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
         .await
@@ -478,6 +489,7 @@ fn make_ca(dir: &std::path::Path, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_etcd_trusts_the_configured_ca_only() {
+    let _one = ONE_ETCD.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     make_ca(d, "ca");
@@ -556,6 +568,7 @@ async fn tls_to_etcd_trusts_the_configured_ca_only() {
 /// error naming its key, never a guess: a new owner holds rather than act on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_state_is_fenced_by_the_epoch_and_garbage_is_refused_naming_the_key() {
+    let _one = ONE_ETCD.lock().await;
     let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
         .await
         .expect("etcd");
@@ -618,6 +631,7 @@ async fn shared_state_is_fenced_by_the_epoch_and_garbage_is_refused_naming_the_k
 /// bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_joins_while_one_etcd_member_is_down() {
+    let _one = ONE_ETCD.lock().await;
     let mut etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
         .await
         .expect("etcd");
