@@ -997,6 +997,28 @@ impl Fence for Ownership {
     }
 }
 
+/// A worker for target `web`'s scale actions to `url`, fenced by an [`Ownership`] that owns
+/// it at epoch 7, its lease known live or not.
+async fn fenced(
+    dir: &Path,
+    url: &str,
+    cfg: DeliveryConfig,
+    live: bool,
+) -> (Running, Arc<Ownership>) {
+    let fence = Arc::new(Ownership::default());
+    fence.set(Some(7), live);
+    let run = Running::start_fenced(
+        dir,
+        &["web".to_owned()],
+        (ActionKind::Scale, |_: &str| url.to_owned()),
+        cfg,
+        Clock::system(),
+        Some(fence.clone()),
+    )
+    .await;
+    (run, fence)
+}
+
 /// A fenced worker (instances sharing targets) asks before every attempt: while the lease
 /// is not known live it holds the action and sends nothing; once owned at the action's
 /// epoch it delivers it with the epoch in the body and the `Prescale-Epoch` header; an
@@ -1006,17 +1028,7 @@ async fn a_fenced_worker_sends_only_at_the_owners_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(&[]);
     let url = receiver.url("/scale");
-    let fence = Arc::new(Ownership::default());
-    fence.set(Some(7), false);
-    let run = Running::start_fenced(
-        dir.path(),
-        &["web".to_owned()],
-        (ActionKind::Scale, |_: &str| url.clone()),
-        delivery(1_000, 5, 10, 50),
-        Clock::system(),
-        Some(fence.clone()),
-    )
-    .await;
+    let (run, fence) = fenced(dir.path(), &url, delivery(1_000, 5, 10, 50), false).await;
     run.outbox
         .enqueue_at(vec![scale("web", 4, 1)], Some(7))
         .await
@@ -1085,17 +1097,7 @@ async fn a_fenced_attempt_in_flight_is_called_back_when_ownership_lapses() {
     let slow = Reply::status(200).after(Duration::from_secs(120));
     let receiver = Receiver::with_replies(vec![slow], Reply::status(200));
     let url = receiver.url("/scale");
-    let fence = Arc::new(Ownership::default());
-    fence.set(Some(7), true);
-    let run = Running::start_fenced(
-        dir.path(),
-        &["web".to_owned()],
-        (ActionKind::Scale, |_: &str| url.clone()),
-        delivery(300_000, 5, 10, 50),
-        Clock::system(),
-        Some(fence.clone()),
-    )
-    .await;
+    let (run, fence) = fenced(dir.path(), &url, delivery(300_000, 5, 10, 50), true).await;
     run.outbox
         .enqueue_at(vec![scale("web", 4, 1)], Some(7))
         .await
