@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # tool:Debian package
 tools="prometheus:prometheus promtool:prometheus haproxy:haproxy
   prometheus-alertmanager:prometheus-alertmanager chromium:chromium openssl:openssl python3:python3
-  protoc:protobuf-compiler etcd:etcd-server"
+  protoc:protobuf-compiler etcd:etcd-server systemd-analyze:systemd"
 
 need=()
 for pair in $tools; do

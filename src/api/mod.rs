@@ -36,6 +36,7 @@ mod dashboard;
 mod decisions;
 mod deliveries;
 mod error;
+mod explain;
 mod fleet;
 mod forecasts;
 mod health;
@@ -146,6 +147,10 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
         .get(
             "/api/v1/targets/{name}/bottleneck",
             forecasts::target_bottleneck,
+        )
+        .get(
+            "/api/v1/targets/{name}/decisions/{at}/explain",
+            explain::explain,
         );
     let decisions = Routes::new().get("/api/v1/decisions", decisions::decisions);
     let reads = Routes::new()
@@ -200,7 +205,7 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
     info(title = "prescale", description = "Predictive autoscaler: forecasts, bottlenecks and decisions."),
     paths(health::healthz, health::readyz, health::metrics, openapi, cluster::cluster, targets::targets, targets::target,
         forecasts::target_forecast, forecasts::target_history, forecasts::target_bottleneck,
-        decisions::decisions, deliveries::deliveries, deliveries::delivery, deliveries::retry_delivery, deliveries::discard_delivery,
+        decisions::decisions, explain::explain, deliveries::deliveries, deliveries::delivery, deliveries::retry_delivery, deliveries::discard_delivery,
         actions::pause, actions::resume, actions::refit),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),

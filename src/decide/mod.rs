@@ -33,11 +33,15 @@ pub mod alert;
 pub mod balance;
 pub mod behavior;
 pub mod budget;
+pub mod explain;
 pub mod schedule;
 
 use serde::Serialize;
 
 pub use behavior::{RateKind, RatePolicy, Rules, Select};
+pub use explain::Explain;
+
+use explain::{PolicyKind, Recommendation, Trail};
 
 use crate::forecast::Forecast;
 
@@ -102,7 +106,7 @@ impl Policy {
 }
 
 /// Observed latency against its objective, as plain numbers.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Latency {
     /// Observed p95 latency, seconds.
     pub p95: f64,
@@ -312,6 +316,18 @@ pub fn decide(
     state: &mut DecideState,
     now: i64,
 ) -> Decision {
+    decide_explained(policy, forecast, observed, state, now).0
+}
+
+/// Decides the replica count at `now`, with why: every policy's recommendation and each
+/// clamp in order.
+pub fn decide_explained(
+    policy: &Policy,
+    forecast: Option<&Forecast>,
+    observed: Observed,
+    state: &mut DecideState,
+    now: i64,
+) -> (Decision, Explain) {
     let current = observed.replicas;
     let peak = forecast
         // Points are stamped at the end of their bucket: the window covers every bucket
@@ -328,6 +344,12 @@ pub fn decide(
         state.observe_demand(d, now);
     }
     let headroom = policy.headroom * state.typical.map_or(0.0, |(m, _)| m);
+    let mut explain = Explain::new(policy, current, now);
+    explain.inputs.demand_rps = demand_rps;
+    explain.inputs.latency = observed.latency;
+    explain.inputs.degraded = observed.degraded;
+    explain.inputs.peak = peak;
+    explain.inputs.headroom_rps = headroom;
 
     // Each policy's recommendation, with its reason; the highest wins, ties to the first.
     let candidates = [
@@ -339,53 +361,86 @@ pub fn decide(
             .map(|l| performance(l, demand_rps, current)),
     ];
     let best = candidates
-        .into_iter()
-        .flatten()
+        .iter()
         .enumerate()
-        .max_by_key(|(i, (r, _))| (*r, std::cmp::Reverse(*i)))
-        .map(|(_, c)| c);
+        .filter_map(|(i, c)| c.as_ref().map(|(r, _)| (i, *r)))
+        .max_by_key(|(i, r)| (*r, std::cmp::Reverse(*i)))
+        .map(|(i, _)| i);
+    explain.policies = recommendations(&candidates, best, observed);
     let mut reasons = Vec::new();
-    let Some((recommended, reason)) = best else {
-        reasons.push(Reason::new(
-            ReasonCode::NoData,
-            "no forecast and no observed demand: holding",
-        ));
-        if observed.degraded {
-            reasons.push(Reason::new(
-                ReasonCode::Degraded,
-                "data missing or stale: no scale-in",
-            ));
-        }
-        let to = scheduled_floor(policy, current, now, &mut reasons);
-        state.last = Some(now);
-        return Decision {
-            at: now,
-            from: current,
-            to,
-            reasons,
-            peak,
-        };
+    let mut trail = Trail {
+        reasons: &mut reasons,
+        clamps: &mut explain.clamps,
     };
-    reasons.push(reason);
-    let to = behave(policy, state, observed, recommended, now, &mut reasons);
+    let to = match best.and_then(|i| candidates[i].clone()) {
+        None => {
+            let m = "no forecast and no observed demand: holding".to_owned();
+            trail.push(ReasonCode::NoData, current, current, m);
+            if observed.degraded {
+                let m = "data missing or stale: no scale-in".to_owned();
+                trail.push(ReasonCode::Degraded, current, current, m);
+            }
+            scheduled_floor(policy, current, now, &mut trail)
+        }
+        Some((recommended, reason)) => {
+            trail.reasons.push(reason);
+            behave(policy, state, observed, recommended, now, &mut trail)
+        }
+    };
     state.last = Some(now);
-    Decision {
+    let decision = Decision {
         at: now,
         from: current,
         to,
         reasons,
         peak,
-    }
+    };
+    (decision, explain)
+}
+
+/// Every policy's recommendation for the explanation, with why those that did not apply
+/// did not.
+fn recommendations(
+    candidates: &[Option<(u32, Reason)>; 3],
+    best: Option<usize>,
+    observed: Observed,
+) -> Vec<Recommendation> {
+    let kinds = [
+        PolicyKind::Prediction,
+        PolicyKind::Demand,
+        PolicyKind::Performance,
+    ];
+    let absent = |kind: PolicyKind| match kind {
+        PolicyKind::Prediction => "no forecast within the look-ahead".to_owned(),
+        PolicyKind::Demand => "no fresh observation of the request rate".to_owned(),
+        PolicyKind::Performance => match observed.latency {
+            Some(l) => format!("p95 {:.3}s within the {:.3}s objective", l.p95, l.slo),
+            None => "no latency objective, or no fresh latency sample".to_owned(),
+        },
+    };
+    kinds
+        .into_iter()
+        .zip(candidates)
+        .enumerate()
+        .map(|(i, (policy, c))| Recommendation {
+            policy,
+            replicas: c.as_ref().map(|(r, _)| *r),
+            chosen: best == Some(i),
+            message: c
+                .as_ref()
+                .map_or_else(|| absent(policy), |(_, reason)| reason.message.clone()),
+        })
+        .collect()
 }
 
 /// A count held for want of data or capacity, raised to a scheduled floor in force: a
 /// window's floor does not wait for the data.
-pub fn scheduled_floor(policy: &Policy, current: u32, now: i64, reasons: &mut Vec<Reason>) -> u32 {
+pub fn scheduled_floor(policy: &Policy, current: u32, now: i64, trail: &mut Trail<'_>) -> u32 {
     let b = policy.bounds(now);
     match b.min_from {
         Some(o) if current < b.min => {
             let m = format!("{current} raised to {} by the {o}", b.min);
-            reasons.push(Reason::new(ReasonCode::Scheduled, m));
+            trail.push(ReasonCode::Scheduled, current, b.min, m);
             b.min
         }
         _ => current,
@@ -486,19 +541,19 @@ fn performance(l: Latency, demand_rps: Option<f64>, current: u32) -> (u32, Reaso
 }
 
 /// The HPA's behaviour on a recommendation: stabilisation, no scale-in when degraded, rate
-/// limits, then the bounds; each clamp is added to `reasons`.
+/// limits, then the bounds; each clamp is added to the trail.
 fn behave(
     policy: &Policy,
     state: &mut DecideState,
     observed: Observed,
     recommended: u32,
     now: i64,
-    reasons: &mut Vec<Reason>,
+    trail: &mut Trail<'_>,
 ) -> u32 {
     let current = observed.replicas;
     let (up, down) = (&policy.scale_up, &policy.scale_down);
     let bounds = policy.bounds(now);
-    let recommended = scheduled(&bounds, recommended, reasons);
+    let recommended = scheduled(&bounds, recommended, trail);
     state.history.recommend(now, recommended, up, down);
     let mut to = state.history.stabilized(now, current, up, down);
     if to > recommended {
@@ -506,41 +561,41 @@ fn behave(
             "holding {to}: recommended within the last {}s",
             down.stabilization_window
         );
-        reasons.push(Reason::new(ReasonCode::ScaleDownStabilized, m));
+        trail.push(ReasonCode::ScaleDownStabilized, recommended, to, m);
     } else if to < recommended {
         let m = format!(
             "{to}: the lowest recommendation within the last {}s",
             up.stabilization_window
         );
-        reasons.push(Reason::new(ReasonCode::ScaleUpStabilized, m));
+        trail.push(ReasonCode::ScaleUpStabilized, recommended, to, m);
     }
     if to < current && observed.degraded {
-        let m = "data missing or stale: no scale-in";
-        reasons.push(Reason::new(ReasonCode::Degraded, m));
+        let m = "data missing or stale: no scale-in".to_owned();
+        trail.push(ReasonCode::Degraded, to, current, m);
         to = current;
     } else if observed.degraded {
-        let m = "data missing or stale: scaling out on the evidence there is";
-        reasons.push(Reason::new(ReasonCode::Degraded, m));
+        let m = "data missing or stale: scaling out on the evidence there is".to_owned();
+        trail.push(ReasonCode::Degraded, to, to, m);
     }
-    let to = rate_limit(policy, state, current, to, now, reasons);
-    bound(&bounds, current, to, reasons)
+    let to = rate_limit(policy, state, current, to, now, trail);
+    bound(&bounds, current, to, trail)
 }
 
 /// Clamps a recommendation to the scheduled bounds in force, before the stabilisation
 /// remembers it.
-fn scheduled(bounds: &schedule::Bounds<'_>, r: u32, reasons: &mut Vec<Reason>) -> u32 {
+fn scheduled(bounds: &schedule::Bounds<'_>, r: u32, trail: &mut Trail<'_>) -> u32 {
     if let Some(o) = bounds.max_from
         && r > bounds.max
     {
         let m = format!("{r} capped at {} by the {o}", bounds.max);
-        reasons.push(Reason::new(ReasonCode::Scheduled, m));
+        trail.push(ReasonCode::Scheduled, r, bounds.max, m);
         return bounds.max;
     }
     if let Some(o) = bounds.min_from
         && r < bounds.min
     {
         let m = format!("{r} raised to {} by the {o}", bounds.min);
-        reasons.push(Reason::new(ReasonCode::Scheduled, m));
+        trail.push(ReasonCode::Scheduled, r, bounds.min, m);
         return bounds.min;
     }
     r
@@ -553,7 +608,7 @@ fn rate_limit(
     current: u32,
     to: u32,
     now: i64,
-    reasons: &mut Vec<Reason>,
+    trail: &mut Trail<'_>,
 ) -> u32 {
     let elapsed = state.last.map_or(policy.interval, |t| now - t).max(1);
     if to > current {
@@ -562,7 +617,7 @@ fn rate_limit(
             .scale_up_limit(now, current, elapsed, &policy.scale_up);
         if to > limit {
             let m = format!("{to} limited to {limit} by the scale-up policies");
-            reasons.push(Reason::new(ReasonCode::ScaleUpLimit, m));
+            trail.push(ReasonCode::ScaleUpLimit, to, limit, m);
             return limit;
         }
     } else if to < current {
@@ -571,7 +626,7 @@ fn rate_limit(
             .scale_down_limit(now, current, elapsed, &policy.scale_down);
         if to < limit {
             let m = format!("{to} limited to {limit} by the scale-down policies");
-            reasons.push(Reason::new(ReasonCode::ScaleDownLimit, m));
+            trail.push(ReasonCode::ScaleDownLimit, to, limit, m);
             return limit;
         }
     }
@@ -581,32 +636,33 @@ fn rate_limit(
 /// `min_replicas` and `max_replicas`, or the scheduled bounds in force. A scheduled
 /// maximum only stops scale-up here: the recommendation was capped at it, so a count above
 /// it comes down through the stabilisation and rate limits.
-fn bound(b: &schedule::Bounds<'_>, current: u32, to: u32, reasons: &mut Vec<Reason>) -> u32 {
+fn bound(b: &schedule::Bounds<'_>, current: u32, to: u32, trail: &mut Trail<'_>) -> u32 {
     match b.max_from {
         Some(o) if to > b.max.max(current) => {
             let cap = b.max.max(current);
             let m = format!("{to} capped at {cap} by the {o}");
-            reasons.push(Reason::new(ReasonCode::Scheduled, m));
+            trail.push(ReasonCode::Scheduled, to, cap, m);
             return cap;
         }
         None if to > b.max => {
             let m = format!("{to} capped at max_replicas {}", b.max);
-            reasons.push(Reason::new(ReasonCode::TooManyReplicas, m));
+            trail.push(ReasonCode::TooManyReplicas, to, b.max, m);
             return b.max;
         }
         _ => {}
     }
     if to < b.min {
-        match b.min_from {
-            Some(o) => {
-                let m = format!("{to} raised to {} by the {o}", b.min);
-                reasons.push(Reason::new(ReasonCode::Scheduled, m));
-            }
-            None => {
-                let m = format!("{to} raised to min_replicas {}", b.min);
-                reasons.push(Reason::new(ReasonCode::TooFewReplicas, m));
-            }
-        }
+        let (code, m) = match b.min_from {
+            Some(o) => (
+                ReasonCode::Scheduled,
+                format!("{to} raised to {} by the {o}", b.min),
+            ),
+            None => (
+                ReasonCode::TooFewReplicas,
+                format!("{to} raised to min_replicas {}", b.min),
+            ),
+        };
+        trail.push(code, to, b.min, m);
         return b.min;
     }
     to
