@@ -18,6 +18,7 @@ mod cluster;
 mod parse;
 #[cfg(test)]
 mod proptests;
+mod risk;
 mod schedule;
 mod secrets;
 mod target;

@@ -103,6 +103,8 @@ pub struct Inputs {
     pub target_utilization: f64,
     /// The share of capacity the prediction policy plans each replica at.
     pub prediction_utilization: f64,
+    /// Share of the prediction interval above the point forecast planned for.
+    pub interval_share: f64,
     /// The policies hold within `1 ± tolerance` of the count.
     pub tolerance: f64,
     /// Seconds ahead the prediction covers (start-up + interval).
@@ -142,6 +144,7 @@ impl Explain {
                 capacity_source: None,
                 target_utilization: policy.target_utilization,
                 prediction_utilization: policy.prediction_utilization,
+                interval_share: policy.interval_share,
                 tolerance: policy.tolerance,
                 lookahead: policy.lookahead,
                 peak: None,

@@ -34,6 +34,7 @@ pub mod balance;
 pub mod behavior;
 pub mod budget;
 pub mod explain;
+pub mod risk;
 pub mod schedule;
 
 use serde::Serialize;
@@ -64,6 +65,9 @@ pub struct Policy {
     pub target_utilization: f64,
     /// The share of `capacity_rps` each replica carries in the prediction policy, in (0, 1].
     pub prediction_utilization: f64,
+    /// How much of the prediction interval above the point forecast the prediction policy
+    /// plans for: 1 plans for the upper bound, 0.5 half-way to it (see [`risk`]).
+    pub interval_share: f64,
     /// The demand policy holds while load/planned capacity is within 1 ± tolerance.
     pub tolerance: f64,
     /// Fewest replicas.
@@ -332,7 +336,10 @@ pub fn decide_explained(
     let peak = forecast
         // Points are stamped at the end of their bucket: the window covers every bucket
         // that starts within `[now, now + lookahead]`.
-        .and_then(|f| f.peak_upper(now, now + policy.lookahead + f.step_seconds))
+        .and_then(|f| {
+            let to = now + policy.lookahead + f.step_seconds;
+            f.peak_planned(now, to, policy.interval_share)
+        })
         .filter(|p| p.upper.is_finite())
         .map(|p| Peak {
             timestamp: p.timestamp,
@@ -464,15 +471,26 @@ impl DecideState {
 /// The prediction policy: the upper forecast's peak plus headroom, moved only past the
 /// tolerance (a forecast that wavers around the current count must not make it flap).
 fn prediction(policy: &Policy, pk: Peak, headroom: f64, current: u32) -> (u32, Reason) {
-    let r = policy.need(pk.upper + headroom, policy.prediction_utilization);
+    let planned = pk.value + policy.interval_share * (pk.upper - pk.value);
+    let r = policy.need(planned + headroom, policy.prediction_utilization);
     let r = if f64::from(r.abs_diff(current)) <= f64::from(current) * policy.tolerance {
         current
     } else {
         r
     };
+    let what = if policy.interval_share == 1.0 {
+        format!("upper forecast {:.3} rps", pk.upper)
+    } else {
+        format!(
+            "{planned:.3} rps planned ({:.0}% of the way from the forecast {:.3} to its upper bound {:.3})",
+            policy.interval_share * 100.0,
+            pk.value,
+            pk.upper
+        )
+    };
     let message = format!(
-        "upper forecast {:.3} rps at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
-        pk.upper, pk.timestamp, policy.lookahead
+        "{what} at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
+        pk.timestamp, policy.lookahead
     );
     (r, Reason::new(ReasonCode::Prediction, message))
 }
@@ -678,6 +696,7 @@ mod tests {
             capacity_rps: 10.0,
             target_utilization: 1.0,
             prediction_utilization: 1.0,
+            interval_share: 1.0,
             tolerance: 0.1,
             min_replicas: 2,
             max_replicas: 20,
