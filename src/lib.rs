@@ -182,7 +182,12 @@ async fn run(
     let (router_tx, router_rx) = watch::channel(running.router(&shared));
     let (keda_tx, keda_rx) = watch::channel(running.keda());
     let keda = keda.map(|l| {
-        tokio::spawn(api::keda::serve(l, keda_rx, shared.fleet.clone(), stop_rx.clone()))
+        tokio::spawn(api::keda::serve(
+            l,
+            keda_rx,
+            shared.fleet.clone(),
+            stop_rx.clone(),
+        ))
     });
     let mut stop = stop_rx;
     let server = axum::serve(listener, reload::current_router(router_rx)).with_graceful_shutdown(

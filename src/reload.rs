@@ -101,7 +101,11 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         old.server.listen.to_string(),
         new.server.listen.to_string(),
     );
-    let keda = |c: &Config| c.server.keda_listen.map_or("none".to_owned(), |a| a.to_string());
+    let keda = |c: &Config| {
+        c.server
+            .keda_listen
+            .map_or("none".to_owned(), |a| a.to_string())
+    };
     check("[server] keda_listen", keda(old), keda(new));
     check(
         "[state] dir",

@@ -142,18 +142,28 @@ fn a_keda_client_gets_the_decided_count_and_refusals_where_no_count_is_safe() {
             .expect("connect to keda_listen");
         let web = scaled_object("web-scaler", &[("target", "web")]);
 
-        let spec = client.get_metric_spec(web.clone()).await.expect("GetMetricSpec");
+        let spec = client
+            .get_metric_spec(web.clone())
+            .await
+            .expect("GetMetricSpec");
         let specs = spec.into_inner().metric_specs;
         assert_eq!(specs.len(), 1, "{specs:?}");
         assert_eq!(
-            (specs[0].metric_name.as_str(), specs[0].target_size, specs[0].target_size_float),
+            (
+                specs[0].metric_name.as_str(),
+                specs[0].target_size,
+                specs[0].target_size_float
+            ),
             ("prescale-web", 1, 1.0)
         );
         metrics_match_the_api(&mut client, http, &web).await;
         // Without `target`, the ScaledObject's name is the target's.
         metrics_match_the_api(&mut client, http, &scaled_object("web", &[])).await;
         let active = client.is_active(web.clone()).await.expect("IsActive");
-        assert!(active.into_inner().result, "{desired} replicas wanted: active");
+        assert!(
+            active.into_inner().result,
+            "{desired} replicas wanted: active"
+        );
 
         let mut stream = client
             .stream_is_active(web.clone())
@@ -172,8 +182,14 @@ fn a_keda_client_gets_the_decided_count_and_refusals_where_no_count_is_safe() {
         let refusals = [
             metrics(&mut client, &nope).await.expect_err("unknown"),
             client.is_active(nope.clone()).await.expect_err("unknown"),
-            client.get_metric_spec(nope.clone()).await.expect_err("unknown"),
-            client.stream_is_active(nope.clone()).await.expect_err("unknown"),
+            client
+                .get_metric_spec(nope.clone())
+                .await
+                .expect_err("unknown"),
+            client
+                .stream_is_active(nope.clone())
+                .await
+                .expect_err("unknown"),
         ];
         for status in refusals {
             assert_eq!(status.code(), Code::NotFound, "{status:?}");
@@ -192,7 +208,10 @@ fn a_keda_client_gets_the_decided_count_and_refusals_where_no_count_is_safe() {
             let m = status.message();
             assert!(m.contains("target `web`") && m.contains("paused"), "{m}");
         }
-        client.get_metric_spec(web).await.expect("the spec while paused");
+        client
+            .get_metric_spec(web)
+            .await
+            .expect("the spec while paused");
         stream
     });
 
@@ -242,7 +261,10 @@ fn settled(addr: SocketAddr) -> Option<String> {
     let c = common::get_json(addr, "/api/v1/cluster")?;
     let members = c["members"].as_array()?;
     let even = members.len() == 2 && members.iter().all(|m| m["buckets"].as_u64() == Some(128));
-    let web = c["targets"].as_array()?.iter().find(|t| t["target"] == "web")?;
+    let web = c["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["target"] == "web")?;
     even.then(|| web["owner"].as_str().map(str::to_owned))?
 }
 
@@ -287,7 +309,10 @@ fn any_instance_of_a_fleet_answers_for_every_target() {
     // The owner killed: until its lease lapses it is still the owner, and does not answer.
     apps[o].1.kill();
     let status = rt
-        .block_on(metrics(&mut client, &scaled_object("web-scaler", &[("target", "web")])))
+        .block_on(metrics(
+            &mut client,
+            &scaled_object("web-scaler", &[("target", "web")]),
+        ))
         .expect_err("the owner is gone");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let m = status.message();

@@ -309,12 +309,21 @@ mod tests {
         let none = with_server("").expect("valid");
         assert_eq!(none.server.keda_listen, None);
         let set = with_server("keda_listen = \"127.0.0.1:9090\"").expect("valid");
-        assert_eq!(set.server.keda_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(
+            set.server.keda_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
         let other_ip = "listen = \"127.0.0.1:9090\"\nkeda_listen = \"127.0.0.2:9090\"";
         assert!(with_server(other_ip).is_ok());
         for (server, says) in [
-            ("keda_listen = \"localhost\"", "`localhost` is not an address"),
-            ("keda_listen = \"127.0.0.1:8080\"", "is also `server.listen`"),
+            (
+                "keda_listen = \"localhost\"",
+                "`localhost` is not an address",
+            ),
+            (
+                "keda_listen = \"127.0.0.1:8080\"",
+                "is also `server.listen`",
+            ),
             (
                 "listen = \"0.0.0.0:7000\"\nkeda_listen = \"127.0.0.1:7000\"",
                 "is also `server.listen`",

@@ -295,7 +295,10 @@ mod tests {
             (readout(S::BudgetLimited, Act, Some(3)), Ok(3)),
             (readout(S::Ok, Act, None), Err("no decision yet")),
             (readout(S::Backfilling, Act, None), Err("backfilling")),
-            (readout(S::Degraded, Act, Some(9)), Err("degraded: request_rate: stale")),
+            (
+                readout(S::Degraded, Act, Some(9)),
+                Err("degraded: request_rate: stale"),
+            ),
             (readout(S::Paused, Act, Some(9)), Err("paused")),
             (readout(S::Ok, ForecastOnly, Some(9)), Err("forecast-only")),
             (readout(S::Unreachable, Act, Some(9)), Err("owner")),

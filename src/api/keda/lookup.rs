@@ -71,7 +71,8 @@ impl Lookup {
             Placement::Here => return readout.ok_or_else(|| unavailable(Unavailable::NotOwned)),
             Placement::Remote(owner) => owner,
         };
-        let auth = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {}", t.expose())).ok());
+        let auth =
+            token.and_then(|t| HeaderValue::from_str(&format!("Bearer {}", t.expose())).ok());
         let path = format!("/api/v1/targets/{target}");
         let why = match fleet.get_json::<Readout>(owner, &path, auth.as_ref()).await {
             Ok((status, r)) if status.is_success() => return Ok(r),

@@ -71,7 +71,9 @@ pub async fn serve(
     fleet: Option<Fleet>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let addr = listener.local_addr().context("reading keda_listen's address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading keda_listen's address")?;
     tracing::info!(%addr, "serving the KEDA external scaler (gRPC)");
     let scaler = Scaler {
         lookup: Lookup { current, fleet },
@@ -216,7 +218,11 @@ async fn stream_active(
                 }
             };
             if sent != Some(active) {
-                if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
+                if tx
+                    .send(Ok(IsActiveResponse { result: active }))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 sent = Some(active);
