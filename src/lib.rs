@@ -180,7 +180,8 @@ async fn run(
         .context("reading the listen address")?;
     tracing::info!(%addr, targets = running.config.targets.len(), "serving");
     let (router_tx, router_rx) = watch::channel(running.router(&shared));
-    let (keda_tx, keda_rx) = watch::channel(running.keda());
+    let keda_now = |g: &Generation| api::keda::Current::new(&g.store, &g.config.server);
+    let (keda_tx, keda_rx) = watch::channel(keda_now(&running));
     let keda = keda.map(|l| {
         tokio::spawn(api::keda::serve(
             l,
@@ -204,7 +205,7 @@ async fn run(
                 running = reload_config(running, &sources, &shared).await;
                 store_tx.send_replace(running.store.clone());
                 let _ = router_tx.send_replace(running.router(&shared));
-                keda_tx.send_replace(running.keda());
+                keda_tx.send_replace(keda_now(&running));
             }
         }
     }
@@ -367,14 +368,6 @@ impl Generation {
             api::ApiAuth::from_config(&self.config.server),
             shared.fleet.clone(),
         )
-    }
-
-    /// What the KEDA external scaler reads of this configuration.
-    fn keda(&self) -> api::keda::Current {
-        api::keda::Current {
-            store: self.store.clone(),
-            token: self.config.server.api_token.clone(),
-        }
     }
 
     /// Stops the loops and waits for them.

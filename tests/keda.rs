@@ -129,7 +129,7 @@ async fn metrics_match_the_api(client: &mut Client, api: SocketAddr, object: &Sc
 fn a_keda_client_gets_the_decided_count_and_refusals_where_no_count_is_safe() {
     let prom = Prometheus::backfilled(2);
     let (http, grpc) = (free_addr(), free_addr());
-    let (mut app, _cfg) = serve(&config(&prom, http, grpc), http);
+    let (mut app, cfg) = serve(&config(&prom, http, grpc), http);
     let desired = poll_until("the first decision", READY_DEADLINE, || match shown(&app) {
         Some((status, Some(n))) if status == "ok" => Some(n),
         _ => None,
@@ -212,6 +212,25 @@ fn a_keda_client_gets_the_decided_count_and_refusals_where_no_count_is_safe() {
             .get_metric_spec(web)
             .await
             .expect("the spec while paused");
+
+        // A reload (SIGHUP) that adds a target: the scaler reads the new configuration.
+        let api = scaled_object("api", &[]);
+        let status = client
+            .get_metric_spec(api.clone())
+            .await
+            .expect_err("not yet");
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        let added = TestTarget::new("api", common::RATE_QUERY)
+            .set("capacity_rps", 150)
+            .set("startup", "3m")
+            .set("max_replicas", 40);
+        config(&prom, http, grpc).target(added).write_over(&cfg);
+        app.signal("HUP");
+        common::poll_until_async("the reloaded target `api`", READY_DEADLINE, || {
+            let (mut client, api) = (client.clone(), api.clone());
+            async move { client.get_metric_spec(api).await.ok() }
+        })
+        .await;
         stream
     });
 

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::answer::{Readout, Refusal, Unavailable};
 use crate::api::fleet::{Fleet, Placement, shown};
-use crate::config::Secret;
+use crate::config::{Secret, ServerConfig};
 use crate::store::Store;
 
 /// What the scaler reads that a reload replaces: the store, and the API token it shows
@@ -18,6 +18,16 @@ pub struct Current {
     pub store: Store,
     /// The API token of `[server]`.
     pub token: Option<Secret>,
+}
+
+impl Current {
+    /// What the scaler reads of a configuration at work: its store, and `[server]`'s token.
+    pub fn new(store: &Store, server: &ServerConfig) -> Self {
+        Self {
+            store: store.clone(),
+            token: server.api_token.clone(),
+        }
+    }
 }
 
 /// Reads targets' state for the scaler.
