@@ -264,6 +264,33 @@ mod tests {
         check("", &[], Err("no name"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_support::config(256))]
+
+        /// Whatever KEDA sends (any name, any metadata), the target is found or refused
+        /// without a panic, and its metric's name is lower-case letters, digits and `-`,
+        /// which `GetMetrics` accepts back.
+        #[test]
+        fn any_reference_gives_a_target_or_a_refusal(
+            name in ".{0,20}",
+            metadata in proptest::collection::hash_map("target|other|.{0,8}", ".{0,20}", 0..4),
+        ) {
+            match target_name(&name, &metadata) {
+                Ok(t) => {
+                    proptest::prop_assert!(!t.is_empty());
+                    let m = metric_name(&t);
+                    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+                    proptest::prop_assert!(m.chars().all(allowed), "{m}");
+                    proptest::prop_assert_eq!(check_metric(&t, &m), Ok(()));
+                }
+                Err(r) => {
+                    let status = Status::from(r);
+                    proptest::prop_assert_eq!(status.code(), Code::InvalidArgument);
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_metric_asked_for_must_be_the_target_s() {
         assert_eq!(check_metric("Web.1", "prescale-web-1"), Ok(()));
