@@ -273,9 +273,9 @@ async fn pause(http: SocketAddr) -> u16 {
         .as_u16()
 }
 
-/// The owner of `web` and the buckets of each member, as the instance at `addr` sees the
-/// fleet; `None` until it shows two members holding 128 buckets each (hand-offs done) and
-/// an owner of `web`.
+/// The owner of `web` as the instance at `addr` sees the fleet; `None` until it shows two
+/// members holding 128 buckets each (the hand-offs to the joiner done) and an owner of
+/// `web`.
 fn settled(addr: SocketAddr) -> Option<String> {
     let c = common::get_json(addr, "/api/v1/cluster")?;
     let members = c["members"].as_array()?;
@@ -302,20 +302,20 @@ fn any_instance_of_a_fleet_answers_for_every_target() {
             .set("cluster", "advertise", format!("http://{http}"))
             .set("cluster", "lease_ttl", "10s");
         let (app, cfg) = serve(&config, http);
-        apps.push((name, app, cfg, grpc));
+        apps.push((app, cfg, grpc));
     }
     let owner = poll_until("the fleet to settle", READY_DEADLINE, || {
-        let a = settled(apps[0].1.addr)?;
-        (settled(apps[1].1.addr)? == a).then_some(a)
+        let a = settled(apps[0].0.addr)?;
+        (settled(apps[1].0.addr)? == a).then_some(a)
     });
     let (o, n) = if owner == "p0" { (0, 1) } else { (1, 0) };
-    let owner_api = apps[o].1.addr;
+    let owner_api = apps[o].0.addr;
     poll_until("the owner's first decision", READY_DEADLINE, || {
         matches!(shown_at(owner_api), Some((s, Some(_))) if s == "ok").then_some(())
     });
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let mut client = rt.block_on(async {
-        let mut client = Client::connect(format!("http://{}", apps[n].3))
+        let mut client = Client::connect(format!("http://{}", apps[n].2))
             .await
             .expect("connect to the other instance's keda_listen");
         let web = scaled_object("web-scaler", &[("target", "web")]);
@@ -325,8 +325,9 @@ fn any_instance_of_a_fleet_answers_for_every_target() {
         client
     });
 
-    // The owner killed: until its lease lapses it is still the owner, and does not answer.
-    apps[o].1.kill();
+    // The owner killed: until its lease lapses (10 s) it is still the owner, and does not
+    // answer.
+    apps[o].0.kill();
     let status = rt
         .block_on(metrics(
             &mut client,
@@ -340,7 +341,7 @@ fn any_instance_of_a_fleet_answers_for_every_target() {
         "{m}"
     );
     drop(client);
-    apps[n].1.terminate();
-    let exit = apps[n].1.wait_exit();
-    assert!(exit.success(), "{exit}; log:\n{}", apps[n].1.stderr());
+    apps[n].0.terminate();
+    let exit = apps[n].0.wait_exit();
+    assert!(exit.success(), "{exit}; log:\n{}", apps[n].0.stderr());
 }
