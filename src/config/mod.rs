@@ -142,6 +142,8 @@ pub struct ServerConfig {
     pub api_token: Option<Secret>,
     /// Whether read endpoints need the token too.
     pub auth_reads: bool,
+    /// Where the KEDA external scaler (gRPC) listens; `None`: it does not run.
+    pub keda_listen: Option<SocketAddr>,
 }
 
 /// Validated `[forecast]`.

@@ -183,6 +183,10 @@ pub struct RawServer {
     /// Require the token on read endpoints too (default false; `/healthz`, `/readyz` and
     /// `/metrics` stay open).
     pub auth_reads: Option<bool>,
+    /// Address of the KEDA external scaler (gRPC, KEDA's `externalscaler.proto`), e.g.
+    /// `127.0.0.1:9090`; absent (the default), no gRPC server runs. Another address than
+    /// `listen`; changing it needs a restart.
+    pub keda_listen: Option<String>,
 }
 
 /// `[forecast]`.
