@@ -256,7 +256,7 @@ fn the_risk_dial_sets_defaults_and_keys_override_it() {
     assert_eq!((t.prediction_utilization, t.target_utilization), (1.0, 0.5));
     assert_eq!(
         (t.interval_share, t.scale_down.stabilization_window),
-        (0.5, 1200)
+        (0.0, 1200)
     );
 }
 
