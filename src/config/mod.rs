@@ -15,12 +15,14 @@
 //! reverse: [`TargetConfig::policy`] converts a target into a [`crate::decide::Policy`].
 
 mod cluster;
+mod discovery;
 mod parse;
 #[cfg(test)]
 mod proptests;
 mod schedule;
 mod secrets;
 mod target;
+mod template;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -35,9 +37,10 @@ pub use crate::decide::Mode;
 pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL, EtcdAuth, EtcdTls};
 pub use parse::{
     RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawCluster, RawConfig,
-    RawDelivery, RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules, RawServer,
+    RawDelivery, RawDiscovery, RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules, RawServer,
     RawState, RawTarget, RawWebhook,
 };
+pub use discovery::{DEFAULT_REFRESH, DEFAULT_REMOVE_AFTER, DiscoveryConfig, Labels};
 pub use secrets::Secret;
 pub use target::{
     DEFAULT_HEADROOM, DEFAULT_PREDICTION_UTILIZATION, DEFAULT_TARGET_UTILIZATION,
@@ -100,6 +103,8 @@ pub struct Config {
     /// The cluster this instance shares its targets with; `None`: one process owns every
     /// target.
     pub cluster: Option<ClusterConfig>,
+    /// `[[discovery]]`, in file order: targets made from a query's series.
+    pub discovery: Vec<DiscoveryConfig>,
 }
 
 /// Validated `[prometheus]`.
