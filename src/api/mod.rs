@@ -11,7 +11,7 @@
 //!
 //! One file per resource: `health.rs` (`/healthz`, `/readyz`, `/metrics`), `targets.rs`,
 //! `forecasts.rs` (forecast, history, bottleneck), `decisions.rs`, `deliveries.rs`,
-//! `actions.rs` (pause, resume, refit); `views.rs` holds what the API shows of the
+//! `actions.rs` (pause, resume, refit), `discovery.rs` (`[[discovery]]`: targets found, clashes); `views.rs` holds what the API shows of the
 //! pipeline's types, `paging.rs` the `limit`/`offset` arithmetic and `error.rs` the error
 //! boundary. Every answer is a typed struct, so the OpenAPI document describes each field.
 //!
@@ -35,6 +35,7 @@ mod cluster;
 mod dashboard;
 mod decisions;
 mod deliveries;
+mod discovery;
 mod error;
 mod fleet;
 mod forecasts;
@@ -151,6 +152,7 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
     let reads = Routes::new()
         .get("/api/v1/cluster", cluster::cluster)
         .get("/api/v1/targets", targets::targets)
+        .get("/api/v1/discovery", discovery::discovery)
         .merge(one_target, by_path)
         .merge(decisions, |r| {
             r.route_layer(middleware::from_fn_with_state(
@@ -198,7 +200,7 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
 #[derive(OpenApi)]
 #[openapi(
     info(title = "prescale", description = "Predictive autoscaler: forecasts, bottlenecks and decisions."),
-    paths(health::healthz, health::readyz, health::metrics, openapi, cluster::cluster, targets::targets, targets::target,
+    paths(health::healthz, health::readyz, health::metrics, openapi, cluster::cluster, targets::targets, targets::target, discovery::discovery,
         forecasts::target_forecast, forecasts::target_history, forecasts::target_bottleneck,
         decisions::decisions, deliveries::deliveries, deliveries::delivery, deliveries::retry_delivery, deliveries::discard_delivery,
         actions::pause, actions::resume, actions::refit),

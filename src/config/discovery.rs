@@ -51,6 +51,8 @@ pub struct DiscoveryConfig {
     pub remove_after: Duration,
     /// The labels the name and the template use.
     pub labels: BTreeSet<String>,
+    /// The name template as written, e.g. `${namespace}-${deployment}`.
+    pub name_template: String,
     name: Template,
     template: toml::Table,
 }
@@ -298,6 +300,7 @@ impl Validator<'_> {
             refresh,
             remove_after,
             labels: used.keys().cloned().collect(),
+            name_template: d.name,
             name,
             template: d.template,
         };

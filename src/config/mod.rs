@@ -21,6 +21,7 @@ mod parse;
 mod proptests;
 mod schedule;
 mod secrets;
+mod summary;
 mod target;
 mod template;
 #[cfg(test)]
@@ -40,8 +41,10 @@ pub use parse::{
     RawDelivery, RawDiscovery, RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules, RawServer,
     RawState, RawTarget, RawWebhook,
 };
+pub(crate) use discovery::show_labels;
 pub use discovery::{DEFAULT_REFRESH, DEFAULT_REMOVE_AFTER, DiscoveryConfig, Labels};
 pub use secrets::Secret;
+pub use summary::summary;
 pub use target::{
     DEFAULT_HEADROOM, DEFAULT_PREDICTION_UTILIZATION, DEFAULT_TARGET_UTILIZATION,
     DEFAULT_TOLERANCE, HaproxyConfig, Queries, RuntimeApi, TargetConfig, WebhookConfig,

@@ -220,7 +220,7 @@ mod tests {
             "a b/c?d&e=ü",
             "http://h/hook/a%20b%2Fc%3Fd%26e%3D%C3%BC?n=a%20b%2Fc%3Fd%26e%3D%C3%BC",
         );
-        check("cost $$${x} $${x}", Escape::Plain, "5", "cost $5 ${x}");
+        check("cost $ ${x} $${x}", Escape::Plain, "5", "cost $ 5 ${x}");
     }
 
     #[test]
