@@ -1,0 +1,284 @@
+//! `[[discovery]]` against a real Prometheus scraping a live exporter whose series the test
+//! adds and removes: series becoming and stopping being targets of a real `prescale serve`,
+//! shown in the API, with signed webhooks to their templated URLs; a clash with a
+//! configured target; a failed query that keeps every target; bad templates refused at
+//! start with the file, the discovery and the key.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{
+    AppProcess, Options, Prometheus, Receiver, SeriesExporter, TempConfig, free_addr, poll_until,
+};
+use serde_json::Value;
+
+const SECRET: &str = "discovery-test-secret";
+
+/// Generous: Prometheus scrapes every second, prescale refreshes every second, and the
+/// machine may be busy.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+const QUERY: &str = "sum by (namespace, deployment) (rate(http_requests_total[5s]))";
+
+/// Serving on `listen`: a configured target `shop-db` (forecast only), and a discovery
+/// making `${namespace}-${deployment}` of every series of [`QUERY`], refreshed every
+/// second and removed 3 s after its series goes, its scale webhooks to
+/// `hooks/hook/${namespace}/${deployment}`.
+fn config(prometheus: &str, listen: std::net::SocketAddr, hooks: &Receiver) -> String {
+    let hook = hooks.url("/hook/${namespace}/${deployment}");
+    format!(
+        r#"[prometheus]
+url = "{prometheus}"
+
+[server]
+listen = "{listen}"
+
+[delivery]
+initial_backoff = "50ms"
+max_backoff = "200ms"
+
+[[target]]
+name = "shop-db"
+request_rate = 'sum(rate(http_requests_total{{deployment="db"}}[10s]))'
+capacity_rps = 1
+startup = "1m"
+max_replicas = 10
+mode = "forecast-only"
+interval = "1s"
+step = "1s"
+history = "5m"
+
+[[discovery]]
+query = '{QUERY}'
+name = "${{namespace}}-${{deployment}}"
+refresh = "1s"
+remove_after = "3s"
+
+[discovery.template]
+request_rate = 'sum(rate(http_requests_total{{namespace="${{namespace}}", deployment="${{deployment}}"}}[10s]))'
+capacity_rps = 0.05
+startup = "1m"
+max_replicas = 100
+initial_replicas = 1
+interval = "1s"
+step = "1s"
+history = "5m"
+
+[discovery.template.platform]
+url = "{hook}"
+secret_file = "secret"
+"#
+    )
+}
+
+/// The names `GET /api/v1/targets` lists.
+fn listed(app: &AppProcess) -> Option<Vec<String>> {
+    let b = app.get_json("/api/v1/targets")?;
+    Some(
+        b["targets"]
+            .as_array()?
+            .iter()
+            .filter_map(|t| Some(t["name"].as_str()?.to_owned()))
+            .collect(),
+    )
+}
+
+/// The first discovery of `GET /api/v1/discovery`.
+fn discovery(app: &AppProcess) -> Option<Value> {
+    let b = app.get_json("/api/v1/discovery")?;
+    Some(b["discoveries"][0].clone())
+}
+
+fn names_in(d: &Value, key: &str) -> Vec<String> {
+    d[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some(t["name"].as_str()?.to_owned()))
+        .collect()
+}
+
+/// Scale webhooks accepted at `path`, their signatures checked.
+fn scales_at(hooks: &Receiver, path: &str) -> usize {
+    hooks
+        .accepted()
+        .iter()
+        .filter(|r| r.path == path)
+        .inspect(|r| {
+            prescale::act::webhook::verify(
+                SECRET.as_bytes(),
+                r.header("prescale-signature").expect("a signature"),
+                &r.body,
+                common::now_secs(),
+                300,
+            )
+            .expect("signed with the template's secret");
+            assert_eq!(r.json()["kind"], "scale", "{}", r.json());
+        })
+        .count()
+}
+
+/// Series appear and disappear; their targets follow, in the API and at their receivers.
+#[test]
+fn series_appearing_and_disappearing_become_and_stop_being_targets() {
+    let exporter = SeriesExporter::start();
+    let web = [("namespace", "shop"), ("deployment", "web")];
+    let db = [("namespace", "shop"), ("deployment", "db")];
+    let api = [("namespace", "shop"), ("deployment", "api")];
+    exporter.add(&web, 20.0);
+    exporter.add(&db, 5.0);
+    let mut prom = Prometheus::start(Options {
+        scrape: Some(exporter.addr()),
+        ..Options::default()
+    });
+    let hooks = Receiver::start(&[]);
+    let listen = free_addr();
+    let cfg = TempConfig::write(&config(&prom.url(), listen, &hooks));
+    cfg.write_file("secret", SECRET);
+    let app = AppProcess::serve(&cfg, listen);
+
+    // shop-web is discovered and scales out through its templated URL; shop-db is the
+    // configured target, and the series making the same name is a clash.
+    poll_until("shop-web to be listed", DEADLINE, || {
+        let names = listed(&app)?;
+        (names.contains(&"shop-web".to_owned()) && names.contains(&"shop-db".to_owned()))
+            .then_some(())
+    });
+    poll_until("a scale webhook at /hook/shop/web", DEADLINE, || {
+        (scales_at(&hooks, "/hook/shop/web") > 0).then_some(())
+    });
+    let d = poll_until("the clash to be shown", DEADLINE, || {
+        let d = discovery(&app)?;
+        let problems = d["problems"].as_array()?;
+        problems
+            .iter()
+            .any(|p| p["kind"] == "clash_with_configured" && p["name"] == "shop-db")
+            .then_some(d)
+    });
+    assert_eq!(names_in(&d, "targets"), ["shop-web"], "{d}");
+    assert_eq!(d["query"], QUERY);
+    assert!(d["last_refresh"].as_i64().is_some() && d["error"].is_null(), "{d}");
+    assert!(
+        app.stderr().contains("makes target `shop-db`, which is configured"),
+        "the clash is logged: {}",
+        app.stderr()
+    );
+
+    // A new series becomes a target, with webhooks to its own URL.
+    exporter.add(&api, 20.0);
+    poll_until("shop-api to be listed", DEADLINE, || {
+        listed(&app)?.contains(&"shop-api".to_owned()).then_some(())
+    });
+    poll_until("a scale webhook at /hook/shop/api", DEADLINE, || {
+        (scales_at(&hooks, "/hook/shop/api") > 0).then_some(())
+    });
+
+    // Prometheus down: the query fails, the error is shown, and no target goes, even
+    // past remove_after.
+    prom.stop();
+    let failed_at = poll_until("the failed query to be shown", DEADLINE, || {
+        let d = discovery(&app)?;
+        d["error"].as_str()?;
+        d["last_refresh"].as_i64()
+    });
+    poll_until("remove_after to pass with Prometheus down", DEADLINE, || {
+        let d = discovery(&app)?;
+        let names = names_in(&d, "targets");
+        assert_eq!(names, ["shop-web", "shop-api"], "kept while down: {d}");
+        let listed = listed(&app)?;
+        assert!(listed.contains(&"shop-web".to_owned()), "{listed:?}");
+        (common::now_secs() >= failed_at + 5 && d["error"].as_str().is_some()).then_some(())
+    });
+    prom.restart();
+
+    // The series goes: its target leaves the API and nothing more is sent for it.
+    exporter.remove(&web);
+    poll_until("shop-web to leave the API", DEADLINE, || {
+        let names = listed(&app)?;
+        (!names.contains(&"shop-web".to_owned()) && names.contains(&"shop-api".to_owned()))
+            .then_some(())
+    });
+    let sent = scales_at(&hooks, "/hook/shop/web");
+    let d = discovery(&app).expect("the discovery");
+    assert_eq!(names_in(&d, "targets"), ["shop-api"], "{d}");
+    assert!(d["error"].is_null(), "Prometheus is back: {d}");
+    let (status, _) = app.get("/api/v1/targets/shop-web").expect("GET");
+    assert_eq!(status, 404, "a removed target is unknown to the API");
+    // Three more refreshes, then nothing new at its URL.
+    let removed_at = d["last_refresh"].as_i64().expect("a refresh");
+    poll_until("three more refreshes", DEADLINE, || {
+        (discovery(&app)?["last_refresh"].as_i64()? >= removed_at + 3).then_some(())
+    });
+    assert_eq!(scales_at(&hooks, "/hook/shop/web"), sent, "nothing more sent for shop-web");
+    assert!(app.stderr().contains("discovered target removed"), "{}", app.stderr());
+}
+
+/// `prescale check-config` on `config`: whether it passed, and what it printed.
+fn check_config(config: &str) -> (bool, String) {
+    let cfg = TempConfig::write(config);
+    cfg.write_file("secret", SECRET);
+    let out = Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .args(["check-config", cfg.path().to_str().expect("a UTF-8 path")])
+        .output()
+        .expect("run prescale");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A template that cannot make a valid target is refused at start, naming the file, the
+/// discovery and the key.
+#[test]
+fn bad_templates_are_refused_at_start_with_the_key() {
+    let hooks = Receiver::start(&[]);
+    let good = config("http://127.0.0.1:9", free_addr(), &hooks);
+    let (ok, out) = check_config(&good);
+    assert!(ok && out.contains("discovery[0]: targets `${namespace}-${deployment}`"), "{out}");
+
+    let cases = [
+        (
+            good.replace("deployment=\"${deployment}\"}[10s]", "deployment=\"${pod}\"}[10s]"),
+            "discovery[0].template.request_rate",
+            "`${pod}`, which the query's series cannot carry",
+        ),
+        (
+            good.replace("[10s]))'\ncapacity_rps = 0.05", "[${deployment}]))'\ncapacity_rps = 0.05"),
+            "discovery[0].template.request_rate",
+            "outside a",
+        ),
+        (
+            good.replace("max_replicas = 100", "max_replicas = 0"),
+            "discovery[0].template.max_replicas",
+            "sample labels",
+        ),
+        (
+            good.replace("secret_file = \"secret\"\n", ""),
+            "discovery[0].template.platform",
+            "no signing secret",
+        ),
+        (
+            good.replace("name = \"${namespace}-${deployment}\"", "name = \"shop\""),
+            "discovery[0].name",
+            "uses no label",
+        ),
+        (
+            good.replace("[discovery.template]\n", "[discovery.template]\nname = \"x\"\n"),
+            "discovery[0].template.name",
+            "expected the name template in `name`",
+        ),
+    ];
+    for (config, key, needle) in cases {
+        assert_ne!(config, good, "the case changes the file: {key}");
+        let (ok, out) = check_config(&config);
+        assert!(!ok, "refused: {key}: {out}");
+        assert!(
+            out.contains("prescale.toml") && out.contains(&format!("key `{key}`")) && out.contains(needle),
+            "{key} / {needle}: {out}"
+        );
+    }
+}
