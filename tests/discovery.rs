@@ -20,14 +20,18 @@ const SECRET: &str = "discovery-test-secret";
 /// machine may be busy.
 const DEADLINE: Duration = Duration::from_secs(90);
 
-const QUERY: &str = "sum by (namespace, deployment) (rate(http_requests_total[5s]))";
+const QUERY: &str = "sum by (namespace, deployment, team) (rate(http_requests_total[5s]))";
+
+/// A label value that must be escaped in a PromQL string literal and in a URL.
+const TEAM: &str = r#"o'b"r\ian & co/1"#;
 
 /// Serving on `listen`: a configured target `shop-db` (forecast only), and a discovery
 /// making `${namespace}-${deployment}` of every series of [`QUERY`], refreshed every
 /// second and removed 3 s after its series goes, its scale webhooks to
-/// `hooks/hook/${namespace}/${deployment}`.
+/// `hooks/hook/${namespace}/${deployment}?team=${team}`; its request-rate query selects
+/// the series by all three labels, so it finds data only when `team` is escaped right.
 fn config(prometheus: &str, listen: std::net::SocketAddr, hooks: &Receiver) -> String {
-    let hook = hooks.url("/hook/${namespace}/${deployment}");
+    let hook = hooks.url("/hook/${namespace}/${deployment}?team=${team}");
     format!(
         r#"[prometheus]
 url = "{prometheus}"
@@ -57,7 +61,7 @@ refresh = "1s"
 remove_after = "3s"
 
 [discovery.template]
-request_rate = 'sum(rate(http_requests_total{{namespace="${{namespace}}", deployment="${{deployment}}"}}[10s]))'
+request_rate = 'sum(rate(http_requests_total{{namespace="${{namespace}}", deployment="${{deployment}}", team="${{team}}"}}[10s]))'
 capacity_rps = 0.05
 startup = "1m"
 max_replicas = 100
@@ -100,13 +104,15 @@ fn names_in(d: &Value, key: &str) -> Vec<String> {
         .collect()
 }
 
-/// Scale webhooks accepted at `path`, their signatures checked.
-fn scales_at(hooks: &Receiver, path: &str) -> usize {
+/// Scale webhooks accepted at `path`, their signatures and `team` query value checked.
+fn scales_at(hooks: &Receiver, path: &str, team: &str) -> usize {
     hooks
         .accepted()
         .iter()
         .filter(|r| r.path == path)
         .inspect(|r| {
+            let pairs = r.query_pairs();
+            assert_eq!(pairs, [("team".to_owned(), team.to_owned())], "{:?}", r.query);
             prescale::act::webhook::verify(
                 SECRET.as_bytes(),
                 r.header("prescale-signature").expect("a signature"),
@@ -124,9 +130,9 @@ fn scales_at(hooks: &Receiver, path: &str) -> usize {
 #[test]
 fn series_appearing_and_disappearing_become_and_stop_being_targets() {
     let exporter = SeriesExporter::start();
-    let web = [("namespace", "shop"), ("deployment", "web")];
-    let db = [("namespace", "shop"), ("deployment", "db")];
-    let api = [("namespace", "shop"), ("deployment", "api")];
+    let web = [("namespace", "shop"), ("deployment", "web"), ("team", TEAM)];
+    let db = [("namespace", "shop"), ("deployment", "db"), ("team", "core")];
+    let api = [("namespace", "shop"), ("deployment", "api"), ("team", "core")];
     exporter.add(&web, 20.0);
     exporter.add(&db, 5.0);
     let mut prom = Prometheus::start(Options {
@@ -147,7 +153,7 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
             .then_some(())
     });
     poll_until("a scale webhook at /hook/shop/web", DEADLINE, || {
-        (scales_at(&hooks, "/hook/shop/web") > 0).then_some(())
+        (scales_at(&hooks, "/hook/shop/web", TEAM) > 0).then_some(())
     });
     let d = poll_until("the clash to be shown", DEADLINE, || {
         let d = discovery(&app)?;
@@ -158,6 +164,7 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
             .then_some(d)
     });
     assert_eq!(names_in(&d, "targets"), ["shop-web"], "{d}");
+    assert_eq!(d["targets"][0]["labels"]["team"], TEAM, "{d}");
     assert_eq!(d["query"], QUERY);
     assert!(d["last_refresh"].as_i64().is_some() && d["error"].is_null(), "{d}");
     assert!(
@@ -172,7 +179,7 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
         listed(&app)?.contains(&"shop-api".to_owned()).then_some(())
     });
     poll_until("a scale webhook at /hook/shop/api", DEADLINE, || {
-        (scales_at(&hooks, "/hook/shop/api") > 0).then_some(())
+        (scales_at(&hooks, "/hook/shop/api", "core") > 0).then_some(())
     });
 
     // Prometheus down: the query fails, the error is shown, and no target goes, even
@@ -200,7 +207,7 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
         (!names.contains(&"shop-web".to_owned()) && names.contains(&"shop-api".to_owned()))
             .then_some(())
     });
-    let sent = scales_at(&hooks, "/hook/shop/web");
+    let sent = scales_at(&hooks, "/hook/shop/web", TEAM);
     let d = discovery(&app).expect("the discovery");
     assert_eq!(names_in(&d, "targets"), ["shop-api"], "{d}");
     assert!(d["error"].is_null(), "Prometheus is back: {d}");
@@ -211,7 +218,7 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
     poll_until("three more refreshes", DEADLINE, || {
         (discovery(&app)?["last_refresh"].as_i64()? >= removed_at + 3).then_some(())
     });
-    assert_eq!(scales_at(&hooks, "/hook/shop/web"), sent, "nothing more sent for shop-web");
+    assert_eq!(scales_at(&hooks, "/hook/shop/web", TEAM), sent, "nothing more sent for shop-web");
     assert!(app.stderr().contains("discovered target removed"), "{}", app.stderr());
 }
 
@@ -242,7 +249,7 @@ fn bad_templates_are_refused_at_start_with_the_key() {
 
     let cases = [
         (
-            good.replace("deployment=\"${deployment}\"}[10s]", "deployment=\"${pod}\"}[10s]"),
+            good.replace("team=\"${team}\"}[10s]", "team=\"${pod}\"}[10s]"),
             "discovery[0].template.request_rate",
             "`${pod}`, which the query's series cannot carry",
         ),

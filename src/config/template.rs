@@ -246,3 +246,6 @@ mod tests {
         assert!(Template::parse("plain", Escape::Plain).expect("valid").is_plain());
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -59,7 +59,12 @@ impl SeriesExporter {
     }
 
     fn key(labels: &[(&str, &str)]) -> String {
-        let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        // The text format's escapes: backslash, double quote and newline.
+        let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let pairs: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
         pairs.join(",")
     }
 
