@@ -186,7 +186,12 @@ async fn run(
     let (source_tx, source_rx) = watch::channel(source);
     let (found_tx, mut found) = watch::channel(0);
     let discovering = (shared.discovery.clone(), stop_rx.clone());
-    let discovering = tokio::spawn(discovery::run(discovering.0, source_rx, found_tx, discovering.1));
+    let discovering = tokio::spawn(discovery::run(
+        discovering.0,
+        source_rx,
+        found_tx,
+        discovering.1,
+    ));
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;

@@ -112,7 +112,12 @@ fn scales_at(hooks: &Receiver, path: &str, team: &str) -> usize {
         .filter(|r| r.path == path)
         .inspect(|r| {
             let pairs = r.query_pairs();
-            assert_eq!(pairs, [("team".to_owned(), team.to_owned())], "{:?}", r.query);
+            assert_eq!(
+                pairs,
+                [("team".to_owned(), team.to_owned())],
+                "{:?}",
+                r.query
+            );
             prescale::act::webhook::verify(
                 SECRET.as_bytes(),
                 r.header("prescale-signature").expect("a signature"),
@@ -131,8 +136,16 @@ fn scales_at(hooks: &Receiver, path: &str, team: &str) -> usize {
 fn series_appearing_and_disappearing_become_and_stop_being_targets() {
     let exporter = SeriesExporter::start();
     let web = [("namespace", "shop"), ("deployment", "web"), ("team", TEAM)];
-    let db = [("namespace", "shop"), ("deployment", "db"), ("team", "core")];
-    let api = [("namespace", "shop"), ("deployment", "api"), ("team", "core")];
+    let db = [
+        ("namespace", "shop"),
+        ("deployment", "db"),
+        ("team", "core"),
+    ];
+    let api = [
+        ("namespace", "shop"),
+        ("deployment", "api"),
+        ("team", "core"),
+    ];
     exporter.add(&web, 20.0);
     exporter.add(&db, 5.0);
     let mut prom = Prometheus::start(Options {
@@ -166,9 +179,13 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
     assert_eq!(names_in(&d, "targets"), ["shop-web"], "{d}");
     assert_eq!(d["targets"][0]["labels"]["team"], TEAM, "{d}");
     assert_eq!(d["query"], QUERY);
-    assert!(d["last_refresh"].as_i64().is_some() && d["error"].is_null(), "{d}");
     assert!(
-        app.stderr().contains("makes target `shop-db`, which is configured"),
+        d["last_refresh"].as_i64().is_some() && d["error"].is_null(),
+        "{d}"
+    );
+    assert!(
+        app.stderr()
+            .contains("makes target `shop-db`, which is configured"),
         "the clash is logged: {}",
         app.stderr()
     );
@@ -190,14 +207,18 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
         d["error"].as_str()?;
         d["last_refresh"].as_i64()
     });
-    poll_until("remove_after to pass with Prometheus down", DEADLINE, || {
-        let d = discovery(&app)?;
-        let names = names_in(&d, "targets");
-        assert_eq!(names, ["shop-web", "shop-api"], "kept while down: {d}");
-        let listed = listed(&app)?;
-        assert!(listed.contains(&"shop-web".to_owned()), "{listed:?}");
-        (common::now_secs() >= failed_at + 5 && d["error"].as_str().is_some()).then_some(())
-    });
+    poll_until(
+        "remove_after to pass with Prometheus down",
+        DEADLINE,
+        || {
+            let d = discovery(&app)?;
+            let names = names_in(&d, "targets");
+            assert_eq!(names, ["shop-web", "shop-api"], "kept while down: {d}");
+            let listed = listed(&app)?;
+            assert!(listed.contains(&"shop-web".to_owned()), "{listed:?}");
+            (common::now_secs() >= failed_at + 5 && d["error"].as_str().is_some()).then_some(())
+        },
+    );
     prom.restart();
 
     // The series goes: its target leaves the API and nothing more is sent for it.
@@ -218,8 +239,16 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
     poll_until("three more refreshes", DEADLINE, || {
         (discovery(&app)?["last_refresh"].as_i64()? >= removed_at + 3).then_some(())
     });
-    assert_eq!(scales_at(&hooks, "/hook/shop/web", TEAM), sent, "nothing more sent for shop-web");
-    assert!(app.stderr().contains("discovered target removed"), "{}", app.stderr());
+    assert_eq!(
+        scales_at(&hooks, "/hook/shop/web", TEAM),
+        sent,
+        "nothing more sent for shop-web"
+    );
+    assert!(
+        app.stderr().contains("discovered target removed"),
+        "{}",
+        app.stderr()
+    );
 }
 
 /// `prescale check-config` on `config`: whether it passed, and what it printed.
@@ -245,7 +274,10 @@ fn bad_templates_are_refused_at_start_with_the_key() {
     let hooks = Receiver::start(&[]);
     let good = config("http://127.0.0.1:9", free_addr(), &hooks);
     let (ok, out) = check_config(&good);
-    assert!(ok && out.contains("discovery[0]: targets `${namespace}-${deployment}`"), "{out}");
+    assert!(
+        ok && out.contains("discovery[0]: targets `${namespace}-${deployment}`"),
+        "{out}"
+    );
 
     let cases = [
         (
@@ -254,7 +286,10 @@ fn bad_templates_are_refused_at_start_with_the_key() {
             "`${pod}`, which the query's series cannot carry",
         ),
         (
-            good.replace("[10s]))'\ncapacity_rps = 0.05", "[${deployment}]))'\ncapacity_rps = 0.05"),
+            good.replace(
+                "[10s]))'\ncapacity_rps = 0.05",
+                "[${deployment}]))'\ncapacity_rps = 0.05",
+            ),
             "discovery[0].template.request_rate",
             "outside a",
         ),
@@ -274,7 +309,10 @@ fn bad_templates_are_refused_at_start_with_the_key() {
             "uses no label",
         ),
         (
-            good.replace("[discovery.template]\n", "[discovery.template]\nname = \"x\"\n"),
+            good.replace(
+                "[discovery.template]\n",
+                "[discovery.template]\nname = \"x\"\n",
+            ),
             "discovery[0].template.name",
             "expected the name template in `name`",
         ),
@@ -284,7 +322,9 @@ fn bad_templates_are_refused_at_start_with_the_key() {
         let (ok, out) = check_config(&config);
         assert!(!ok, "refused: {key}: {out}");
         assert!(
-            out.contains("prescale.toml") && out.contains(&format!("key `{key}`")) && out.contains(needle),
+            out.contains("prescale.toml")
+                && out.contains(&format!("key `{key}`"))
+                && out.contains(needle),
             "{key} / {needle}: {out}"
         );
     }

@@ -68,10 +68,7 @@ impl DiscoveryConfig {
         let missing = |key: String, label: String| {
             at(
                 key,
-                format!(
-                    "the series {} has no label `{label}`",
-                    show_labels(labels)
-                ),
+                format!("the series {} has no label `{label}`", show_labels(labels)),
             )
         };
         let name = self
@@ -227,6 +224,41 @@ fn grouping_labels(query: &str) -> Option<BTreeSet<String>> {
 }
 
 impl Validator<'_> {
+    /// The labels `name` and the template's `strings` use, each with the first key using
+    /// it; an error when the query's `by (…)` cannot give one of them.
+    fn labels_used(
+        &self,
+        i: usize,
+        query: &str,
+        name: &Template,
+        strings: &[(String, Template)],
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        let key = |k: &str| format!("discovery[{i}].{k}");
+        let mut used: BTreeMap<String, String> = BTreeMap::new();
+        for l in name.labels() {
+            used.entry(l.to_owned()).or_insert_with(|| key("name"));
+        }
+        for (path, t) in strings {
+            for l in t.labels() {
+                used.entry(l.to_owned())
+                    .or_insert_with(|| key(&format!("template.{path}")));
+            }
+        }
+        if let Some(kept) = grouping_labels(query)
+            && let Some((label, at)) = used.iter().find(|(l, _)| !kept.contains(*l))
+        {
+            let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+            return Err(self.err(
+                at.clone(),
+                format!(
+                    "uses `${{{label}}}`, which the query's series cannot carry: its `by ({})` keeps only those labels",
+                    kept.join(", ")
+                ),
+            ));
+        }
+        Ok(used)
+    }
+
     /// Validates the `i`-th `[[discovery]]` and renders its template once with a sample
     /// label set.
     pub(super) fn discovery(
@@ -271,28 +303,7 @@ impl Validator<'_> {
         }
         let strings = templates(&d.template, "")
             .map_err(|(k, e)| self.err(key(&format!("template.{k}")), e))?;
-        let mut used: BTreeMap<String, String> = BTreeMap::new();
-        for l in name.labels() {
-            used.entry(l.to_owned()).or_insert_with(|| key("name"));
-        }
-        for (path, t) in &strings {
-            for l in t.labels() {
-                used.entry(l.to_owned())
-                    .or_insert_with(|| key(&format!("template.{path}")));
-            }
-        }
-        if let Some(kept) = grouping_labels(&d.query) {
-            if let Some((label, at)) = used.iter().find(|(l, _)| !kept.contains(*l)) {
-                let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
-                return Err(self.err(
-                    at.clone(),
-                    format!(
-                        "uses `${{{label}}}`, which the query's series cannot carry: its `by ({})` keeps only those labels",
-                        kept.join(", ")
-                    ),
-                ));
-            }
-        }
+        let used = self.labels_used(i, &d.query, &name, &strings)?;
         let config = DiscoveryConfig {
             index: i,
             file: self.file.to_owned(),

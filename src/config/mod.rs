@@ -36,13 +36,13 @@ use url::Url;
 
 pub use crate::decide::Mode;
 pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL, EtcdAuth, EtcdTls};
-pub use parse::{
-    RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawCluster, RawConfig,
-    RawDelivery, RawDiscovery, RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules, RawServer,
-    RawState, RawTarget, RawWebhook,
-};
 pub(crate) use discovery::show_labels;
 pub use discovery::{DEFAULT_REFRESH, DEFAULT_REMOVE_AFTER, DiscoveryConfig, Labels};
+pub use parse::{
+    RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawCluster, RawConfig,
+    RawDelivery, RawDiscovery, RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules,
+    RawServer, RawState, RawTarget, RawWebhook,
+};
 pub use secrets::Secret;
 pub use summary::summary;
 pub use target::{

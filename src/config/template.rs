@@ -44,7 +44,10 @@ pub(crate) struct Template {
 enum Part {
     Text(String),
     /// A placeholder; in PromQL, the quote of the string literal around it.
-    Label { name: String, quote: Option<char> },
+    Label {
+        name: String,
+        quote: Option<char>,
+    },
 }
 
 /// Where a PromQL scan is.
@@ -70,9 +73,12 @@ impl Template {
                 continue;
             }
             if let Some(after) = rest.strip_prefix("${") {
-                let end = after
-                    .find('}')
-                    .ok_or_else(|| format!("`${{` at byte {} is not closed by `}}`", text.len() - rest.len()))?;
+                let end = after.find('}').ok_or_else(|| {
+                    format!(
+                        "`${{` at byte {} is not closed by `}}`",
+                        text.len() - rest.len()
+                    )
+                })?;
                 let name = &after[..end];
                 check_label_name(name)?;
                 let quote = match (escape, state) {
@@ -157,7 +163,9 @@ impl Template {
 /// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
 fn check_label_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
-    let first = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if first && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         Ok(())
     } else {
@@ -209,11 +217,36 @@ mod tests {
     #[test]
     fn values_are_escaped_for_where_they_land() {
         check("${x}-web", Escape::Plain, "a/b\"", "a/b\"-web");
-        check(r#"up{d="${x}"}"#, Escape::PromQl, "plain", r#"up{d="plain"}"#);
-        check(r#"up{d="${x}"}"#, Escape::PromQl, r#"a"b\c"#, r#"up{d="a\"b\\c"}"#);
-        check("up{d='${x}'}", Escape::PromQl, r#"it's "q""#, r#"up{d='it\'s "q"'}"#);
-        check(r#"up{d="${x}"}"#, Escape::PromQl, "l1\nl2\u{1}", r#"up{d="l1\nl2\u0001"}"#);
-        check(r#"up{a="\"", d="${x}"}"#, Escape::PromQl, "v", r#"up{a="\"", d="v"}"#);
+        check(
+            r#"up{d="${x}"}"#,
+            Escape::PromQl,
+            "plain",
+            r#"up{d="plain"}"#,
+        );
+        check(
+            r#"up{d="${x}"}"#,
+            Escape::PromQl,
+            r#"a"b\c"#,
+            r#"up{d="a\"b\\c"}"#,
+        );
+        check(
+            "up{d='${x}'}",
+            Escape::PromQl,
+            r#"it's "q""#,
+            r#"up{d='it\'s "q"'}"#,
+        );
+        check(
+            r#"up{d="${x}"}"#,
+            Escape::PromQl,
+            "l1\nl2\u{1}",
+            r#"up{d="l1\nl2\u0001"}"#,
+        );
+        check(
+            r#"up{a="\"", d="${x}"}"#,
+            Escape::PromQl,
+            "v",
+            r#"up{a="\"", d="v"}"#,
+        );
         check(
             "http://h/hook/${x}?n=${x}",
             Escape::Url,
@@ -242,8 +275,15 @@ mod tests {
     fn a_missing_label_is_named() {
         let t = Template::parse("${namespace}-${deployment}", Escape::Plain).expect("valid");
         assert_eq!(t.labels().collect::<Vec<_>>(), ["namespace", "deployment"]);
-        assert_eq!(t.render(&labels(&[("namespace", "a")])), Err("deployment".to_owned()));
-        assert!(Template::parse("plain", Escape::Plain).expect("valid").is_plain());
+        assert_eq!(
+            t.render(&labels(&[("namespace", "a")])),
+            Err("deployment".to_owned())
+        );
+        assert!(
+            Template::parse("plain", Escape::Plain)
+                .expect("valid")
+                .is_plain()
+        );
     }
 }
 

@@ -145,7 +145,12 @@ impl Registry {
     /// The discoveries of `config`, nothing seen yet, all due now.
     pub fn new(config: &Config, clock: Clock) -> Self {
         let inner = Inner {
-            discoveries: config.discovery.iter().cloned().map(Discovery::new).collect(),
+            discoveries: config
+                .discovery
+                .iter()
+                .cloned()
+                .map(Discovery::new)
+                .collect(),
             configured: config.targets.iter().map(|t| t.name.clone()).collect(),
             retired: BTreeMap::new(),
             epoch: 0,
@@ -167,8 +172,10 @@ impl Registry {
     /// configured as before keeps what it has seen; a changed or new one starts afresh.
     pub fn reconfigure(&self, config: &Config) {
         let mut inner = self.lock();
-        let mut old: Vec<Option<Discovery>> =
-            std::mem::take(&mut inner.discoveries).into_iter().map(Some).collect();
+        let mut old: Vec<Option<Discovery>> = std::mem::take(&mut inner.discoveries)
+            .into_iter()
+            .map(Some)
+            .collect();
         inner.discoveries = config
             .discovery
             .iter()
@@ -385,7 +392,9 @@ impl Discovery {
         let gone: Vec<Labels> = self
             .series
             .iter()
-            .filter(|(l, s)| !present.contains(l) && now.saturating_sub(s.last_seen) >= remove_after)
+            .filter(|(l, s)| {
+                !present.contains(l) && now.saturating_sub(s.last_seen) >= remove_after
+            })
             .map(|(l, _)| l.clone())
             .collect();
         let removed = gone.iter().filter_map(|l| self.series.remove(l)).collect();

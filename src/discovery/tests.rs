@@ -64,7 +64,11 @@ async fn series_become_targets_and_stop_being_ones_after_remove_after() {
     assert_eq!(names(&r.merged(&file)), ["shop-web"]);
     r.observe(0, 0, Ok(vec![series("a", "web"), series("b", "api/v2")]));
     let merged = r.merged(&file);
-    assert_eq!(names(&merged), ["shop-web", "a-web"], "b/api/v2 is no valid name");
+    assert_eq!(
+        names(&merged),
+        ["shop-web", "a-web"],
+        "b/api/v2 is no valid name"
+    );
     let web = merged.target("a-web").expect("discovered");
     assert_eq!(
         web.queries.request_rate,
@@ -74,16 +78,27 @@ async fn series_become_targets_and_stop_being_ones_after_remove_after() {
     assert_eq!(status.last_refresh, Some(1_000));
     assert_eq!(status.problems.len(), 1, "{status:?}");
     assert_eq!(status.problems[0].kind, ProblemKind::Template);
-    assert!(status.problems[0].message.contains("discovery[0].name"), "{status:?}");
+    assert!(
+        status.problems[0].message.contains("discovery[0].name"),
+        "{status:?}"
+    );
 
     advance(9).await;
     r.observe(0, 0, Ok(vec![]));
-    assert_eq!(names(&r.merged(&file)), ["shop-web", "a-web"], "absent 9s of 10s");
+    assert_eq!(
+        names(&r.merged(&file)),
+        ["shop-web", "a-web"],
+        "absent 9s of 10s"
+    );
     advance(1).await;
     r.observe(0, 0, Ok(vec![]));
     let merged = r.merged(&file);
     assert_eq!(names(&merged), ["shop-web"], "absent 10s: removed");
-    assert_eq!(names(&r.with_retired(&merged)), ["shop-web", "a-web"], "its receivers stay");
+    assert_eq!(
+        names(&r.with_retired(&merged)),
+        ["shop-web", "a-web"],
+        "its receivers stay"
+    );
     assert!(r.status()[0].targets.is_empty() && r.status()[0].problems.is_empty());
 }
 
@@ -96,7 +111,12 @@ async fn a_failed_query_keeps_every_target_and_shows_its_error() {
     r.observe(0, 0, Err(failed()));
     assert_eq!(names(&r.merged(&file)), ["shop-web", "a-web"]);
     let status = &r.status()[0];
-    assert!(status.error.as_deref().is_some_and(|e| e.contains("connection refused")));
+    assert!(
+        status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("connection refused"))
+    );
     assert_eq!(status.last_refresh, Some(1_000), "the last success");
     r.observe(0, 0, Ok(vec![series("a", "web")]));
     assert_eq!(r.status()[0].error, None);
@@ -128,12 +148,19 @@ max_replicas = 3
     r.observe(1, 0, Ok(vec![team("a", "web"), team("b", "db")]));
     assert_eq!(names(&r.merged(&file)), ["shop-web", "a-web", "b-db"]);
     let status = r.status();
-    let kinds = |i: usize| -> Vec<ProblemKind> { status[i].problems.iter().map(|p| p.kind).collect() };
+    let kinds =
+        |i: usize| -> Vec<ProblemKind> { status[i].problems.iter().map(|p| p.kind).collect() };
     assert_eq!(kinds(0), [ProblemKind::ClashWithConfigured]);
     assert_eq!(kinds(1), [ProblemKind::ClashWithDiscovered]);
-    assert!(status[1].problems[0].message.contains("discovery[0]"), "{status:?}");
+    assert!(
+        status[1].problems[0].message.contains("discovery[0]"),
+        "{status:?}"
+    );
     let a_web = &status[0].targets[0];
-    assert_eq!((a_web.name.as_str(), &a_web.labels), ("a-web", &series("a", "web")));
+    assert_eq!(
+        (a_web.name.as_str(), &a_web.labels),
+        ("a-web", &series("a", "web"))
+    );
     assert_eq!(status[1].targets[0].name, "b-db");
 }
 
@@ -147,13 +174,24 @@ async fn a_reload_keeps_an_unchanged_discovery_and_drops_an_older_refresh() {
     r.observe(0, 0, Ok(vec![]));
     advance(30).await;
     r.observe(0, 0, Ok(vec![]));
-    assert_eq!(names(&r.merged(&file)), ["shop-web", "a-web"], "a refresh from before the reload is dropped");
+    assert_eq!(
+        names(&r.merged(&file)),
+        ["shop-web", "a-web"],
+        "a refresh from before the reload is dropped"
+    );
     let changed = Config::parse(
         &FILE.replace("max_replicas = 8", "max_replicas = 9"),
         Path::new("/etc/prescale.toml"),
     )
     .expect("valid");
     r.reconfigure(&changed);
-    assert_eq!(names(&r.merged(&changed)), ["shop-web"], "a changed discovery starts afresh");
-    assert_eq!(names(&r.with_retired(&r.merged(&changed))), ["shop-web", "a-web"]);
+    assert_eq!(
+        names(&r.merged(&changed)),
+        ["shop-web"],
+        "a changed discovery starts afresh"
+    );
+    assert_eq!(
+        names(&r.with_retired(&r.merged(&changed))),
+        ["shop-web", "a-web"]
+    );
 }

@@ -179,7 +179,9 @@ impl PrometheusClient {
             ("end", end.to_string()),
             ("step", step.to_string()),
         ];
-        let (status, body) = self.send(&self.endpoint, &self.shown, query, &params).await?;
+        let (status, body) = self
+            .send(&self.endpoint, &self.shown, query, &params)
+            .await?;
         parse(query, &self.shown, status, &body)
     }
 

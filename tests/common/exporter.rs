@@ -34,7 +34,9 @@ impl SeriesExporter {
             let shared = shared.clone();
             async move {
                 let mut body = String::from("# TYPE http_requests_total counter\n");
-                for (labels, (since, rate)) in shared.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                for (labels, (since, rate)) in
+                    shared.lock().unwrap_or_else(|p| p.into_inner()).iter()
+                {
                     let value = rate * since.elapsed().as_secs_f64();
                     let _ = writeln!(body, "http_requests_total{{{labels}}} {value}");
                 }
@@ -50,7 +52,8 @@ impl SeriesExporter {
     /// Exports `http_requests_total{labels}` growing by `rate` per second from now;
     /// `labels` as `[("namespace", "shop"), …]`.
     pub fn add(&self, labels: &[(&str, &str)], rate: f64) {
-        self.lock().insert(Self::key(labels), (Instant::now(), rate));
+        self.lock()
+            .insert(Self::key(labels), (Instant::now(), rate));
     }
 
     /// Stops exporting the series with these labels.
@@ -60,7 +63,11 @@ impl SeriesExporter {
 
     fn key(labels: &[(&str, &str)]) -> String {
         // The text format's escapes: backslash, double quote and newline.
-        let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let escape = |v: &str| {
+            v.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
         let pairs: Vec<String> = labels
             .iter()
             .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))

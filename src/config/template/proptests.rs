@@ -26,7 +26,9 @@ fn read_literal(s: &str, quote: char) -> Option<(String, &str)> {
                 't' => out.push('\t'),
                 '\\' => out.push('\\'),
                 'u' => {
-                    let hex: String = (0..4).filter_map(|_| chars.next().map(|(_, h)| h)).collect();
+                    let hex: String = (0..4)
+                        .filter_map(|_| chars.next().map(|(_, h)| h))
+                        .collect();
                     out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
                 }
                 e if e == quote => out.push(e),

@@ -103,7 +103,10 @@ mod tests {
             .collect();
         assert_eq!(names, [None, Some("a"), Some("b")]);
         let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
-        assert_eq!(parse(200, empty).expect("empty is fine"), Vec::<Labels>::new());
+        assert_eq!(
+            parse(200, empty).expect("empty is fine"),
+            Vec::<Labels>::new()
+        );
     }
 
     #[test]
@@ -117,6 +120,9 @@ mod tests {
         assert!(e.to_string().contains("expected `vector`"), "{e}");
         let e = parse(502, "bad gateway").expect_err("a proxy error");
         assert!(matches!(e, SourceError::Http { status: 502, .. }), "{e}");
-        assert!(matches!(parse(200, "{").expect_err("not JSON"), SourceError::Decode { .. }));
+        assert!(matches!(
+            parse(200, "{").expect_err("not JSON"),
+            SourceError::Decode { .. }
+        ));
     }
 }
