@@ -11,9 +11,9 @@
 //!
 //! One file per resource: `health.rs` (`/healthz`, `/readyz`, `/metrics`), `targets.rs`,
 //! `forecasts.rs` (forecast, history, bottleneck), `decisions.rs`, `deliveries.rs`,
-//! `actions.rs` (pause, resume, refit), `discovery.rs` (`[[discovery]]`: targets found, clashes); `views.rs` holds what the API shows of the
-//! pipeline's types, `paging.rs` the `limit`/`offset` arithmetic and `error.rs` the error
-//! boundary. Every answer is a typed struct, so the OpenAPI document describes each field.
+//! `actions.rs` (pause, resume, refit), `discovery.rs` (`[[discovery]]`: the targets found,
+//! errors and clashes); `views.rs` holds what the API shows of the pipeline's types,
+//! `paging.rs` the `limit`/`offset` arithmetic and `error.rs` the error boundary. Every answer is a typed struct, so the OpenAPI document describes each field.
 //!
 //! With a [`Fleet`] (`[cluster]`), every instance answers for every target: `fleet.rs`
 //! forwards a request about one target owned by another instance to that owner, the list
