@@ -10,7 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    AppProcess, Options, Prometheus, Receiver, SeriesExporter, TempConfig, free_addr, poll_until,
+    AppProcess, Options, Prometheus, Receiver, Reply, SeriesExporter, TempConfig, free_addr,
+    poll_until,
 };
 use serde_json::Value;
 
@@ -42,6 +43,7 @@ listen = "{listen}"
 [delivery]
 initial_backoff = "50ms"
 max_backoff = "200ms"
+max_attempts = 10000
 
 [[target]]
 name = "shop-db"
@@ -62,7 +64,7 @@ remove_after = "3s"
 
 [discovery.template]
 request_rate = 'sum(rate(http_requests_total{{namespace="${{namespace}}", deployment="${{deployment}}", team="${{team}}"}}[10s]))'
-capacity_rps = 0.05
+capacity_rps = 0.5
 startup = "1m"
 max_replicas = 100
 initial_replicas = 1
@@ -131,6 +133,16 @@ fn scales_at(hooks: &Receiver, path: &str, team: &str) -> usize {
         .count()
 }
 
+/// The newest pending scale action of `target` that was attempted at least once: its id
+/// and the count it asks for.
+fn pending_scale(app: &AppProcess, target: &str) -> Option<(u64, u64)> {
+    let b = app.get_json(&format!("/api/v1/deliveries?target={target}&state=pending"))?;
+    b["deliveries"].as_array()?.iter().find_map(|d| {
+        (d["kind"] == "scale" && d["attempts"].as_u64()? >= 1)
+            .then(|| Some((d["id"].as_u64()?, d["body"]["to"].as_u64()?)))?
+    })
+}
+
 /// Series appear and disappear; their targets follow, in the API and at their receivers.
 #[test]
 fn series_appearing_and_disappearing_become_and_stop_being_targets() {
@@ -146,8 +158,8 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
         ("deployment", "api"),
         ("team", "core"),
     ];
-    exporter.add(&web, 20.0);
-    exporter.add(&db, 5.0);
+    exporter.set(&web, 1.0);
+    exporter.set(&db, 5.0);
     let mut prom = Prometheus::start(Options {
         scrape: Some(exporter.addr()),
         ..Options::default()
@@ -160,7 +172,7 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
 
     // shop-web is discovered and scales out through its templated URL; shop-db is the
     // configured target, and the series making the same name is a clash.
-    poll_until("shop-web to be listed", DEADLINE, || {
+    poll_until("shop-web and shop-db to be listed", DEADLINE, || {
         let names = listed(&app)?;
         (names.contains(&"shop-web".to_owned()) && names.contains(&"shop-db".to_owned()))
             .then_some(())
@@ -183,15 +195,14 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
         d["last_refresh"].as_i64().is_some() && d["error"].is_null(),
         "{d}"
     );
+    let log = app.stderr();
     assert!(
-        app.stderr()
-            .contains("makes target `shop-db`, which is configured"),
-        "the clash is logged: {}",
-        app.stderr()
+        log.contains("makes target `shop-db`, which is configured"),
+        "logged: {log}"
     );
 
     // A new series becomes a target, with webhooks to its own URL.
-    exporter.add(&api, 20.0);
+    exporter.set(&api, 1.0);
     poll_until("shop-api to be listed", DEADLINE, || {
         listed(&app)?.contains(&"shop-api".to_owned()).then_some(())
     });
@@ -212,8 +223,11 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
         DEADLINE,
         || {
             let d = discovery(&app)?;
-            let names = names_in(&d, "targets");
-            assert_eq!(names, ["shop-web", "shop-api"], "kept while down: {d}");
+            assert_eq!(
+                names_in(&d, "targets"),
+                ["shop-web", "shop-api"],
+                "kept while down: {d}"
+            );
             let listed = listed(&app)?;
             assert!(listed.contains(&"shop-web".to_owned()), "{listed:?}");
             (common::now_secs() >= failed_at + 5 && d["error"].as_str().is_some()).then_some(())
@@ -221,34 +235,77 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
     );
     prom.restart();
 
-    // The series goes: its target leaves the API and nothing more is sent for it.
+    // A scale action of shop-web written, and failing, when its series goes.
+    hooks.set_then(Reply::status(503));
+    exporter.set(&web, 40.0);
+    let (id, to) = poll_until("a pending scale action of shop-web", DEADLINE, || {
+        pending_scale(&app, "shop-web")
+    });
+
+    // The series goes: after remove_after its target leaves the API.
     exporter.remove(&web);
+    let mut last_seen = 0;
     poll_until("shop-web to leave the API", DEADLINE, || {
+        if let Some(d) = discovery(&app) {
+            for t in d["targets"].as_array().into_iter().flatten() {
+                if t["name"] == "shop-web" {
+                    last_seen = last_seen.max(t["last_seen"].as_i64().unwrap_or(0));
+                }
+            }
+        }
         let names = listed(&app)?;
         (!names.contains(&"shop-web".to_owned()) && names.contains(&"shop-api".to_owned()))
             .then_some(())
     });
-    let sent = scales_at(&hooks, "/hook/shop/web", TEAM);
+    assert!(
+        common::now_secs() >= last_seen + 3,
+        "removed no sooner than remove_after (3 s) after it was last seen at {last_seen}"
+    );
     let d = discovery(&app).expect("the discovery");
     assert_eq!(names_in(&d, "targets"), ["shop-api"], "{d}");
     assert!(d["error"].is_null(), "Prometheus is back: {d}");
     let (status, _) = app.get("/api/v1/targets/shop-web").expect("GET");
     assert_eq!(status, 404, "a removed target is unknown to the API");
-    // Three more refreshes, then nothing new at its URL.
-    let removed_at = d["last_refresh"].as_i64().expect("a refresh");
-    poll_until("three more refreshes", DEADLINE, || {
-        (discovery(&app)?["last_refresh"].as_i64()? >= removed_at + 3).then_some(())
-    });
-    assert_eq!(
-        scales_at(&hooks, "/hook/shop/web", TEAM),
-        sent,
-        "nothing more sent for shop-web"
-    );
     assert!(
         app.stderr().contains("discovered target removed"),
         "{}",
         app.stderr()
     );
+
+    // Its lane finishes: the action written before is still delivered, to its URL.
+    let state = |app: &AppProcess| {
+        let d = app.get_json(&format!("/api/v1/deliveries/{id}"))?;
+        Some(d["state"].as_str()?.to_owned())
+    };
+    assert_eq!(state(&app).as_deref(), Some("pending"), "not dead-lettered");
+    hooks.set_then(Reply::status(200));
+    poll_until(
+        "the action written before the removal to be delivered",
+        DEADLINE,
+        || (state(&app)? == "delivered").then_some(()),
+    );
+    let delivered: Vec<u64> = (hooks.accepted().iter())
+        .filter(|r| r.path == "/hook/shop/web")
+        .filter_map(|r| r.json()["to"].as_u64())
+        .collect();
+    assert_eq!(delivered.last(), Some(&to), "{delivered:?}");
+
+    // Nothing more is sent for it, and its gauges are gone.
+    let sent = scales_at(&hooks, "/hook/shop/web", TEAM);
+    let now = d["last_refresh"].as_i64().expect("a refresh");
+    poll_until("three more refreshes", DEADLINE, || {
+        (discovery(&app)?["last_refresh"].as_i64()? >= now + 3).then_some(())
+    });
+    assert_eq!(
+        scales_at(&hooks, "/hook/shop/web", TEAM),
+        sent,
+        "nothing more for shop-web"
+    );
+    let (_, metrics) = app.get("/metrics").expect("GET /metrics");
+    // Counters keep their history; the gauges of a removed target go, as at a reload.
+    let gauge = |target: &str| format!("prescale_desired_replicas{{target=\"{target}\"}}");
+    assert!(!metrics.contains(&gauge("shop-web")), "{metrics}");
+    assert!(metrics.contains(&gauge("shop-api")), "{metrics}");
 }
 
 /// `prescale check-config` on `config`: whether it passed, and what it printed.
@@ -287,8 +344,8 @@ fn bad_templates_are_refused_at_start_with_the_key() {
         ),
         (
             good.replace(
-                "[10s]))'\ncapacity_rps = 0.05",
-                "[${deployment}]))'\ncapacity_rps = 0.05",
+                "[10s]))'\ncapacity_rps = 0.5",
+                "[${deployment}]))'\ncapacity_rps = 0.5",
             ),
             "discovery[0].template.request_rate",
             "outside a",

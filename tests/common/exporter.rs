@@ -1,12 +1,12 @@
-//! A `/metrics` endpoint whose series the test adds and removes while Prometheus scrapes
-//! it ([`SeriesExporter`]): each is the counter `http_requests_total` with its own labels,
-//! growing at its own rate. A series removed is missing from the next scrape, and
+//! A `/metrics` endpoint whose series the test adds, changes and removes while Prometheus
+//! scrapes it ([`SeriesExporter`]): each is the counter `http_requests_total` with its own
+//! labels, growing at its own rate. A series removed is missing from the next scrape, and
 //! Prometheus marks it stale at once.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::Router;
@@ -15,11 +15,24 @@ use axum::routing::get;
 
 use super::http::Server;
 
-/// The exported series: labels as written between braces (`a="1",b="2"`) → (when added,
-/// requests/s).
-type Exported = Arc<Mutex<BTreeMap<String, (Instant, f64)>>>;
+/// The exported series, by their labels as written between braces (`a="1",b="2"`).
+type Exported = Arc<Mutex<BTreeMap<String, Counter>>>;
 
-/// A live `/metrics` with series added and removed by the test.
+/// A counter growing at `rate` per second since `since`, from `base`.
+#[derive(Debug, Clone, Copy)]
+struct Counter {
+    base: f64,
+    since: Instant,
+    rate: f64,
+}
+
+impl Counter {
+    fn value(&self) -> f64 {
+        self.base + self.rate * self.since.elapsed().as_secs_f64()
+    }
+}
+
+/// A live `/metrics` with series added, changed and removed by the test.
 pub struct SeriesExporter {
     server: Server,
     series: Exported,
@@ -34,10 +47,8 @@ impl SeriesExporter {
             let shared = shared.clone();
             async move {
                 let mut body = String::from("# TYPE http_requests_total counter\n");
-                for (labels, (since, rate)) in
-                    shared.lock().unwrap_or_else(|p| p.into_inner()).iter()
-                {
-                    let value = rate * since.elapsed().as_secs_f64();
+                for (labels, counter) in lock(&shared).iter() {
+                    let value = counter.value();
                     let _ = writeln!(body, "http_requests_total{{{labels}}} {value}");
                 }
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
@@ -49,38 +60,43 @@ impl SeriesExporter {
         }
     }
 
-    /// Exports `http_requests_total{labels}` growing by `rate` per second from now;
-    /// `labels` as `[("namespace", "shop"), …]`.
-    pub fn add(&self, labels: &[(&str, &str)], rate: f64) {
-        self.lock()
-            .insert(Self::key(labels), (Instant::now(), rate));
+    /// Exports `http_requests_total{labels}` growing by `rate` per second from now (from
+    /// its total so far when it is exported already: the counter never drops); `labels`
+    /// as `[("namespace", "shop"), …]`.
+    pub fn set(&self, labels: &[(&str, &str)], rate: f64) {
+        let mut series = lock(&self.series);
+        let key = key(labels);
+        let base = series.get(&key).map_or(0.0, Counter::value);
+        let since = Instant::now();
+        series.insert(key, Counter { base, since, rate });
     }
 
     /// Stops exporting the series with these labels.
     pub fn remove(&self, labels: &[(&str, &str)]) {
-        self.lock().remove(&Self::key(labels));
-    }
-
-    fn key(labels: &[(&str, &str)]) -> String {
-        // The text format's escapes: backslash, double quote and newline.
-        let escape = |v: &str| {
-            v.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
-        };
-        let pairs: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect();
-        pairs.join(",")
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Instant, f64)>> {
-        self.series.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.series).remove(&key(labels));
     }
 
     /// Its address (what Prometheus scrapes).
     pub fn addr(&self) -> SocketAddr {
         self.server.addr
     }
+}
+
+fn lock(series: &Exported) -> MutexGuard<'_, BTreeMap<String, Counter>> {
+    series.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The labels as the text format writes them, values escaped (backslash, double quote,
+/// newline).
+fn key(labels: &[(&str, &str)]) -> String {
+    let escape = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    pairs.join(",")
 }
