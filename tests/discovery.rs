@@ -210,6 +210,28 @@ fn series_appearing_and_disappearing_become_and_stop_being_targets() {
         (scales_at(&hooks, "/hook/shop/api", "core") > 0).then_some(())
     });
 
+    // A reload (SIGHUP) of the unchanged file keeps the discovered targets.
+    app.signal("HUP");
+    poll_until("the reload to be logged", DEADLINE, || {
+        app.stderr()
+            .contains("configuration reloaded")
+            .then_some(())
+    });
+    let log = app.plain_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("targets=3") && !line.contains("removed=shop"),
+        "{line}"
+    );
+    let names = listed(&app).expect("the targets");
+    assert!(
+        names.contains(&"shop-web".to_owned()) && names.contains(&"shop-api".to_owned()),
+        "{names:?}"
+    );
+
     // Prometheus down: the query fails, the error is shown, and no target goes, even
     // past remove_after.
     prom.stop();

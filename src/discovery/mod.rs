@@ -230,11 +230,6 @@ impl Registry {
             .collect()
     }
 
-    /// Whether any discovery is configured.
-    pub fn is_empty(&self) -> bool {
-        self.lock().discoveries.is_empty()
-    }
-
     /// The names and tables of the discovered targets, to tell whether they changed.
     fn fingerprint(&self) -> Vec<String> {
         let inner = self.lock();
