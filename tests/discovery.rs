@@ -1,8 +1,9 @@
 //! `[[discovery]]` against a real Prometheus scraping a live exporter whose series the test
 //! adds and removes: series becoming and stopping being targets of a real `prescale serve`,
 //! shown in the API, with signed webhooks to their templated URLs; a clash with a
-//! configured target; a failed query that keeps every target; bad templates refused at
-//! start with the file, the discovery and the key.
+//! configured target; a failed query that keeps every target; a reload; bad templates
+//! refused at start with the file, the discovery and the key; and two instances sharing the
+//! targets through a real etcd, each discovered target run by its bucket's owner only.
 
 mod common;
 
@@ -406,5 +407,109 @@ fn bad_templates_are_refused_at_start_with_the_key() {
                 && out.contains(needle),
             "{key} / {needle}: {out}"
         );
+    }
+}
+
+/// `config` for instance `name` of a cluster over `etcd`.
+fn clustered(
+    config: &str,
+    etcd: &common::Etcd,
+    name: &str,
+    listen: std::net::SocketAddr,
+) -> String {
+    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    format!(
+        "{config}\n[cluster]\netcd = [{}]\nname = \"{name}\"\nadvertise = \"http://{listen}\"\nlease_ttl = \"10s\"\nprefix = \"/prescale-discovery\"\n",
+        endpoints.join(", ")
+    )
+}
+
+/// With `[cluster]` each instance discovers on its own, and each discovered target is run
+/// by the owner of its bucket only: every webhook it sends carries that owner's epoch.
+#[test]
+fn with_a_cluster_each_discovered_target_runs_on_its_owner_only() {
+    let etcd = common::Etcd::start(1);
+    let exporter = SeriesExporter::start();
+    let web = [("namespace", "shop"), ("deployment", "web"), ("team", TEAM)];
+    let api = [
+        ("namespace", "shop"),
+        ("deployment", "api"),
+        ("team", "core"),
+    ];
+    exporter.set(
+        &[
+            ("namespace", "shop"),
+            ("deployment", "db"),
+            ("team", "core"),
+        ],
+        5.0,
+    );
+    let prom = Prometheus::start(Options {
+        scrape: Some(exporter.addr()),
+        ..Options::default()
+    });
+    let hooks = Receiver::start(&[]);
+    let apps: Vec<(AppProcess, TempConfig)> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let listen = free_addr();
+            let text = clustered(&config(&prom.url(), listen, &hooks), &etcd, name, listen);
+            let cfg = TempConfig::write(&text);
+            cfg.write_file("secret", SECRET);
+            (AppProcess::serve(&cfg, listen), cfg)
+        })
+        .collect();
+
+    // The buckets shared out (128 each) before any series is discovered, so that no
+    // target changes owner while the test watches.
+    poll_until("the buckets shared out", DEADLINE, || {
+        let c = apps[0].0.get_json("/api/v1/cluster")?;
+        let members = c["members"].as_array()?;
+        (members.len() == 2 && members.iter().all(|m| m["buckets"] == 128)).then_some(())
+    });
+    exporter.set(&web, 20.0);
+    exporter.set(&api, 20.0);
+    for (app, _) in &apps {
+        poll_until("each instance to discover both series", DEADLINE, || {
+            let mut names = names_in(&discovery(app)?, "targets");
+            names.sort();
+            (names == ["shop-api", "shop-web"]).then_some(())
+        });
+    }
+    for (target, path, team) in [
+        ("shop-web", "/hook/shop/web", TEAM),
+        ("shop-api", "/hook/shop/api", "core"),
+    ] {
+        poll_until("a scale webhook", DEADLINE, || {
+            (scales_at(&hooks, path, team) > 0).then_some(())
+        });
+        let c = apps[1].0.get_json("/api/v1/cluster").expect("the cluster");
+        let owned = c["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["target"] == target)
+            .unwrap_or_else(|| panic!("{target} in the cluster view: {c}"));
+        let epoch = owned["epoch"]
+            .as_u64()
+            .expect("an owner's epoch")
+            .to_string();
+        for r in hooks.accepted().iter().filter(|r| r.path == path) {
+            assert_eq!(
+                r.header("prescale-epoch"),
+                Some(epoch.as_str()),
+                "{target}: sent by its owner {} only",
+                owned["owner"]
+            );
+        }
+    }
+
+    // The series goes: the target leaves both instances.
+    exporter.remove(&web);
+    for (app, _) in &apps {
+        poll_until("shop-web to leave every instance", DEADLINE, || {
+            let names = names_in(&discovery(app)?, "targets");
+            (names == ["shop-api"]).then_some(())
+        });
     }
 }
