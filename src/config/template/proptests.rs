@@ -58,7 +58,7 @@ fn value() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config(512))]
+    #![proptest_config(config(2_000))]
 
     #[test]
     fn a_value_in_a_promql_literal_reads_back_as_itself(v in value(), single in any::<bool>()) {
