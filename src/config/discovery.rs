@@ -338,6 +338,153 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+[prometheus]
+url = "http://127.0.0.1:9090"
+
+[[discovery]]
+query = "sum by (namespace, deployment) (rate(x[2m]))"
+name = "${namespace}-${deployment}"
+[discovery.template]
+request_rate = 'sum(rate(x{namespace="${namespace}", deployment="${deployment}"}[2m]))'
+capacity_rps = 1
+startup = "1m"
+max_replicas = 5
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, std::path::Path::new("/etc/prescale.toml"))
+    }
+
+    /// `BASE` with `from` replaced by `to` is refused at `key` with a message holding
+    /// `needle`.
+    #[track_caller]
+    fn refused(from: &str, to: &str, key: &str, needle: &str) {
+        assert!(BASE.contains(from), "{from}");
+        let e = parse(&BASE.replace(from, to)).expect_err(to);
+        let ConfigError::Invalid {
+            key: k, message, ..
+        } = &e
+        else {
+            panic!("{e}");
+        };
+        assert_eq!(k, key, "{e}");
+        assert!(message.contains(needle), "{e}");
+    }
+
+    #[test]
+    fn a_discovery_alone_is_a_valid_configuration_with_defaults() {
+        let c = parse(BASE).expect("valid");
+        assert!(c.targets.is_empty());
+        let d = &c.discovery[0];
+        assert_eq!(
+            (d.refresh, d.remove_after),
+            (DEFAULT_REFRESH, DEFAULT_REMOVE_AFTER)
+        );
+        assert_eq!(
+            d.labels.iter().collect::<Vec<_>>(),
+            ["deployment", "namespace"]
+        );
+        let no_target = parse(&BASE.replace("[[discovery]]", "[[nothing]]"));
+        assert!(no_target.is_err());
+    }
+
+    #[test]
+    fn bad_discoveries_are_refused_with_their_key() {
+        refused(
+            "query = \"sum",
+            "query = \" \" #",
+            "discovery[0].query",
+            "empty",
+        );
+        refused(
+            "name = \"${namespace}-${deployment}\"",
+            "name = \"web\"",
+            "discovery[0].name",
+            "uses no label",
+        );
+        refused(
+            "name = \"${namespace}-${deployment}\"",
+            "name = \"web-${namespace\"",
+            "discovery[0].name",
+            "not closed",
+        );
+        refused(
+            "[discovery.template]",
+            "refresh = \"1m\"\nremove_after = \"30s\"\n[discovery.template]",
+            "discovery[0].remove_after",
+            "shorter than refresh",
+        );
+        refused(
+            "[2m]))'",
+            "[${deployment}]))'",
+            "discovery[0].template.request_rate",
+            "outside",
+        );
+        refused(
+            "max_replicas = 5",
+            "max_replicas = 5\nlatency = 'up{pod=\"${pod}\"}'",
+            "discovery[0].template.latency",
+            "`${pod}`",
+        );
+        refused(
+            "max_replicas = 5",
+            "max_replicas = 5\nmin_replicas = 9",
+            "discovery[0].template.min_replicas",
+            "sample labels",
+        );
+        refused(
+            "max_replicas = 5",
+            "max_replicas = 5\nname = \"x\"",
+            "discovery[0].template.name",
+            "`name` of [[discovery]]",
+        );
+        refused(
+            "max_replicas = 5",
+            "max_replicas = \"five\"",
+            "discovery[0].template",
+            "not a [[target]] table",
+        );
+    }
+
+    #[test]
+    fn a_series_renders_its_target_or_names_what_is_wrong() {
+        let c = parse(BASE).expect("valid");
+        let d = &c.discovery[0];
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let t = d
+            .render(&labels(&[("namespace", "shop"), ("deployment", "web")]))
+            .expect("a target");
+        assert_eq!(t.name, "shop-web");
+        assert_eq!(
+            t.queries.request_rate,
+            r#"sum(rate(x{namespace="shop", deployment="web"}[2m]))"#
+        );
+        let e = d
+            .render(&labels(&[("namespace", "shop")]))
+            .expect_err("no deployment");
+        assert!(
+            e.to_string().contains(
+                "key `discovery[0].name`: the series {namespace=\"shop\"} has no label `deployment`"
+            ),
+            "{e}"
+        );
+        let e = d
+            .render(&labels(&[("namespace", "a b"), ("deployment", "web")]))
+            .expect_err("a space");
+        assert!(
+            e.to_string()
+                .contains("key `discovery[0].name`: `a b-web` is not a valid name"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_escape_follows_the_key() {

@@ -77,8 +77,7 @@ struct Seen {
 }
 
 /// Why a series is not a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemKind {
     /// Its labels do not make a valid target (a missing label, an invalid name, …).
     Template,
