@@ -157,7 +157,8 @@ async fn run(
     // The outbox first: a state directory that cannot be used stops everything here.
     let outbox = act::outbox::Outbox::open_with_clock(&config.state.dir, clock)?;
     let source = (sources.0)(&config)?;
-    let registry = discovery::Registry::new(&config, clock);
+    let metrics = metrics::Metrics::new();
+    let registry = discovery::Registry::new(&config, clock, metrics.clone());
     // Before the worker: what the outbox holds for discovered targets needs their receivers.
     registry.refresh_now(&*source).await;
     let effective = registry.merged(&config);
@@ -171,7 +172,7 @@ async fn run(
     let shared = Shared {
         fleet,
         outbox,
-        metrics: metrics::Metrics::new(),
+        metrics,
         clock,
         receivers,
         cluster,

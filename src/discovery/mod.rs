@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::{Config, DiscoveryConfig, Labels, TargetConfig};
+use crate::metrics::{DiscoveryLabels, DiscoveryOutcomeLabels, Metrics};
 use crate::source::SourceError;
 
 mod task;
@@ -38,6 +39,7 @@ pub use task::run;
 #[derive(Clone)]
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
+    metrics: Metrics,
     /// Woken when the discoveries change (a reload), so the task re-reads them.
     reconfigured: Arc<Notify>,
     clock: Clock,
@@ -141,8 +143,9 @@ struct Resolved {
 }
 
 impl Registry {
-    /// The discoveries of `config`, nothing seen yet, all due now.
-    pub fn new(config: &Config, clock: Clock) -> Self {
+    /// The discoveries of `config`, nothing seen yet, all due now; their refreshes,
+    /// targets and problems counted in `metrics`.
+    pub fn new(config: &Config, clock: Clock, metrics: Metrics) -> Self {
         let inner = Inner {
             discoveries: config
                 .discovery
@@ -157,6 +160,7 @@ impl Registry {
         };
         Self {
             inner: Arc::new(Mutex::new(inner)),
+            metrics,
             reconfigured: Arc::new(Notify::new()),
             clock,
         }
@@ -252,6 +256,15 @@ impl Registry {
             return;
         };
         d.next = tokio::time::Instant::now() + d.config.refresh;
+        let outcome = result.as_ref().map_or_else(|e| e.metric_label(), |_| "ok");
+        let labels = DiscoveryOutcomeLabels {
+            discovery: index.to_string(),
+            outcome: outcome.to_owned(),
+        };
+        self.metrics
+            .discovery_refreshes
+            .get_or_create(&labels)
+            .inc();
         let removed = match result {
             Ok(sets) => d.seen(sets, now),
             Err(e) => {
@@ -268,6 +281,23 @@ impl Registry {
         }
         inner.retire(removed.into_iter());
         inner.log_problems();
+        let resolved = inner.resolve();
+        for i in 0..inner.discoveries.len() {
+            let labels = DiscoveryLabels {
+                discovery: i.to_string(),
+            };
+            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            let targets = resolved.targets.iter().filter(|t| t.0 == i).count();
+            let problems = resolved.problems.iter().filter(|p| p.0 == i).count();
+            self.metrics
+                .discovered_targets
+                .get_or_create(&labels)
+                .set(count(targets));
+            self.metrics
+                .discovery_problems
+                .get_or_create(&labels)
+                .set(count(problems));
+        }
     }
 }
 

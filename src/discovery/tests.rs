@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::metrics::Metrics;
 
 const FILE: &str = r#"
 [prometheus]
@@ -60,7 +61,7 @@ async fn advance(secs: u64) {
 #[tokio::test(start_paused = true)]
 async fn series_become_targets_and_stop_being_ones_after_remove_after() {
     let file = config("");
-    let r = Registry::new(&file, Clock::accelerated(1_000, 1.0));
+    let r = Registry::new(&file, Clock::accelerated(1_000, 1.0), Metrics::new());
     assert_eq!(names(&r.merged(&file)), ["shop-web"]);
     r.observe(0, 0, Ok(vec![series("a", "web"), series("b", "api/v2")]));
     let merged = r.merged(&file);
@@ -105,7 +106,7 @@ async fn series_become_targets_and_stop_being_ones_after_remove_after() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_query_keeps_every_target_and_shows_its_error() {
     let file = config("");
-    let r = Registry::new(&file, Clock::accelerated(1_000, 1.0));
+    let r = Registry::new(&file, Clock::accelerated(1_000, 1.0), Metrics::new());
     r.observe(0, 0, Ok(vec![series("a", "web")]));
     advance(60).await;
     r.observe(0, 0, Err(failed()));
@@ -136,7 +137,8 @@ startup = "1m"
 max_replicas = 3
 "#;
     let file = config(second);
-    let r = Registry::new(&file, Clock::accelerated(1_000, 1.0));
+    let metrics = Metrics::new();
+    let r = Registry::new(&file, Clock::accelerated(1_000, 1.0), metrics.clone());
     r.observe(0, 0, Ok(vec![series("shop", "web"), series("a", "web")]));
     advance(1).await;
     let team = |t: &str, d: &str| -> Labels {
@@ -162,12 +164,20 @@ max_replicas = 3
         ("a-web", &series("a", "web"))
     );
     assert_eq!(status[1].targets[0].name, "b-db");
+    let text = metrics.encode();
+    for line in [
+        r#"prescale_discovered_targets{discovery="0"} 1"#,
+        r#"prescale_discovery_problems{discovery="1"} 1"#,
+        r#"prescale_discovery_refreshes_total{discovery="1",outcome="ok"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_reload_keeps_an_unchanged_discovery_and_drops_an_older_refresh() {
     let file = config("");
-    let r = Registry::new(&file, Clock::accelerated(1_000, 1.0));
+    let r = Registry::new(&file, Clock::accelerated(1_000, 1.0), Metrics::new());
     r.observe(0, 0, Ok(vec![series("a", "web")]));
     r.reconfigure(&file);
     assert_eq!(names(&r.merged(&file)), ["shop-web", "a-web"], "kept");
