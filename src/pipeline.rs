@@ -378,10 +378,9 @@ impl TargetLoop {
         self.record_metrics(state, &plan);
         let actions = self.actions(&policy, &plan);
         record(state, &plan);
-        let decision = plan.decision;
+        let record = DecisionRecord::new(t.name.clone(), plan.decision, t.mode);
         drop(guard);
-        self.store
-            .record_decision(DecisionRecord::new(t.name.clone(), decision, t.mode));
+        self.store.record_decision(record.explained(plan.explain));
         Some((actions, model, unsent))
     }
 

@@ -17,7 +17,10 @@ use serde::Serialize;
 use crate::decide::alert::{self, AlertAction, AlertState, Limit};
 use crate::decide::balance::{self, Balancer, InstanceStats};
 use crate::decide::budget::{self, Claim};
-use crate::decide::{self, DecideState, Decision, Mode, Observed, Policy, Reason, ReasonCode};
+use crate::decide::explain::{Grant, Trail};
+use crate::decide::{
+    self, DecideState, Decision, Explain, Mode, Observed, Policy, Reason, ReasonCode,
+};
 use crate::forecast::bottleneck::{self, Bottleneck};
 use crate::forecast::capacity::{self, Capacity};
 use crate::forecast::{self, Forecast, Forecaster, History, Updated};
@@ -256,6 +259,8 @@ pub struct Rebalance {
 pub struct Plan {
     /// The replica decision with its reasons.
     pub decision: Decision,
+    /// Why the decision's count is what it is: each policy, then each clamp.
+    pub explain: Explain,
     /// The count the decision asked for before a budget limited it.
     pub wanted: u32,
     /// Ask the platform for `decision.to` (acting, a platform, a new count).
@@ -319,7 +324,7 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
         base,
         running: shown,
     };
-    let mut decision = decide_count(
+    let (mut decision, mut explain) = decide_count(
         policy,
         memory,
         inputs,
@@ -328,11 +333,13 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
         &degraded,
     );
     let wanted = decision.to;
-    let granted = inputs
-        .budget
-        .and_then(|b| apply_budget(b, policy, &mut decision, !degraded.is_empty()));
+    let granted = inputs.budget.and_then(|b| {
+        let degraded = !degraded.is_empty();
+        apply_budget(b, policy, &mut decision, &mut explain, degraded)
+    });
     if let Some(why) = unknown {
         let why = format!("{why}; nothing is asked for until it is known");
+        explain.clamp(ReasonCode::ReplicasUnknown, decision.to, decision.to, &why);
         decision
             .reasons
             .push(Reason::new(ReasonCode::ReplicasUnknown, why));
@@ -354,6 +361,7 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
     degraded.extend(memory.unknown_running.clone());
     Plan {
         decision,
+        explain,
         wanted,
         scale,
         rebalance,
@@ -524,21 +532,29 @@ fn decide_count(
     forecast: Option<&Forecast>,
     counts: Counts,
     degraded: &[String],
-) -> Decision {
+) -> (Decision, Explain) {
     let Counts { base, running } = counts;
     let now = inputs.now;
     let capacity = memory.capacity.as_ref();
     let Some(cap) = capacity.and_then(|c| c.effective_rps) else {
         let why = capacity.map_or_else(String::new, |c| c.reason.clone());
-        let mut reasons = vec![Reason::new(ReasonCode::NoCapacity, why)];
-        let to = decide::scheduled_floor(&policy.decide, base, now, &mut reasons);
-        return Decision {
+        let mut explain = policy.decide.explain_without_capacity(base, now, &why);
+        explain.inputs.capacity_source = capacity.map(|c| c.source);
+        let mut reasons = Vec::new();
+        let mut trail = Trail {
+            reasons: &mut reasons,
+            clamps: &mut explain.clamps,
+        };
+        trail.push(ReasonCode::NoCapacity, base, base, why);
+        let to = decide::scheduled_floor(&policy.decide, base, now, &mut trail);
+        let decision = Decision {
             at: now,
             from: base,
             to,
             reasons,
             peak: None,
         };
+        return (decision, explain);
     };
     let learned = capacity.and_then(|c| c.learned.as_ref());
     let latency = policy
@@ -558,7 +574,10 @@ fn decide_count(
     };
     let mut p = policy.decide.clone();
     p.capacity_rps = cap;
-    decide::decide(&p, forecast, observed, &mut memory.decide, now)
+    let (decision, mut explain) =
+        decide::decide_explained(&p, forecast, observed, &mut memory.decide, now);
+    explain.inputs.capacity_source = capacity.map(|c| c.source);
+    (decision, explain)
 }
 
 /// A target's claim on the budget: it wants `want` and is always granted its
@@ -584,6 +603,7 @@ fn apply_budget(
     view: &BudgetView,
     policy: &TargetPolicy,
     decision: &mut Decision,
+    explain: &mut Explain,
     degraded: bool,
 ) -> Option<u32> {
     let mut claims = view.claims.clone();
@@ -597,11 +617,17 @@ fn apply_budget(
     );
     let total: u64 = claims.iter().map(|c| u64::from(c.want)).sum();
     let granted = *budget::allocate(view.total, &claims).get(view.mine)?;
+    explain.inputs.budget = Some(Grant {
+        total: view.total,
+        wanted: decision.to,
+        granted: granted.min(decision.to),
+    });
     (granted < decision.to).then(|| {
         let message = format!(
             "{} limited to {granted} by the budget of {} replicas across targets (asked for in all: {total})",
             decision.to, view.total
         );
+        explain.clamp(ReasonCode::BudgetLimited, decision.to, granted, &message);
         decision.limit_to(granted, message);
         granted
     })

@@ -365,6 +365,12 @@ impl Store {
         }
     }
 
+    /// The record of `target`'s decision made at `at` (`None`: the newest); `None` when
+    /// the target or the decision is unknown.
+    pub fn decision_at(&self, target: &str, at: Option<i64>) -> Option<DecisionRecord> {
+        self.target(target)?.decisions.at(at).cloned()
+    }
+
     /// Numbers the next decisions after `old`'s, so histories taken over from it stay in
     /// order with the ones recorded here.
     pub fn continue_decisions_after(&self, old: &Store) {

@@ -502,7 +502,10 @@ const RENDERED: &str = r##"(() => {
   if (!document.body?.dataset.rendered || !state.charts["demand-chart"]) return null;
   return { points: Number(chart.dataset.points), replicas: Number(document.getElementById("replicas-chart").dataset.points),
     canvases: document.querySelectorAll("canvas").length, decisions: document.getElementById("decisions").textContent,
-    badge: document.querySelector("#targets .badge")?.className ?? "" };
+    badge: document.querySelector("#targets .badge")?.className ?? "",
+    policies: [...document.querySelectorAll("#explain-policies tr")].map((r) => r.dataset.policy),
+    chosen: [...document.querySelectorAll("#explain-policies tr.chosen")].map((r) => r.dataset.policy),
+    explain: document.getElementById("explain").textContent };
 })()"##;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,6 +531,18 @@ async fn dashboard_draws_demand_since_start_in_headless_chromium() {
         assert!(
             decisions.contains("Prediction") || decisions.contains("Demand"),
             "decision reasons listed: {shown}"
+        );
+        // The latest decision explained: every policy, one of them chosen, and its inputs.
+        assert_eq!(
+            shown["policies"],
+            serde_json::json!(["prediction", "demand", "performance"]),
+            "{shown}"
+        );
+        assert_eq!(shown["chosen"].as_array().map(Vec::len), Some(1), "{shown}");
+        let explain = shown["explain"].as_str().unwrap_or_default();
+        assert!(
+            explain.contains("forecast peak") && explain.contains("rps/replica"),
+            "{shown}"
         );
         let badge = shown["badge"].as_str().unwrap_or_default();
         assert!(

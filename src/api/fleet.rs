@@ -278,11 +278,14 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// the target's owner when that is another live instance.
 pub(super) async fn forward_by_path(
     State(state): State<ApiState>,
-    Path(target): Path<String>,
+    Path(params): Path<BTreeMap<String, String>>,
     req: Request,
     next: Next,
 ) -> Response {
-    to_owner(&state, &target, req, next).await
+    match params.get("name") {
+        Some(target) => to_owner(&state, target, req, next).await,
+        None => next.run(req).await,
+    }
 }
 
 /// The `target` query parameter of a list.

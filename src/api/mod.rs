@@ -19,6 +19,9 @@
 //! forwards a request about one target owned by another instance to that owner, the list
 //! of targets asks each owner for its own entries, and `cluster.rs` serves
 //! `/api/v1/cluster`. Deliveries stay each instance's own (its outbox).
+//!
+//! [`keda`] is the other face of the same state: KEDA's external scaler over gRPC, on its
+//! own listener (`[server] keda_listen`).
 
 use std::sync::Arc;
 
@@ -37,9 +40,11 @@ mod decisions;
 mod deliveries;
 mod discovery;
 mod error;
+mod explain;
 mod fleet;
 mod forecasts;
 mod health;
+pub mod keda;
 mod paging;
 mod targets;
 mod views;
@@ -147,6 +152,10 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
         .get(
             "/api/v1/targets/{name}/bottleneck",
             forecasts::target_bottleneck,
+        )
+        .get(
+            "/api/v1/targets/{name}/decisions/{at}/explain",
+            explain::explain,
         );
     let decisions = Routes::new().get("/api/v1/decisions", decisions::decisions);
     let reads = Routes::new()
@@ -202,7 +211,7 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
     info(title = "prescale", description = "Predictive autoscaler: forecasts, bottlenecks and decisions."),
     paths(health::healthz, health::readyz, health::metrics, openapi, cluster::cluster, targets::targets, targets::target, discovery::discovery,
         forecasts::target_forecast, forecasts::target_history, forecasts::target_bottleneck,
-        decisions::decisions, deliveries::deliveries, deliveries::delivery, deliveries::retry_delivery, deliveries::discard_delivery,
+        decisions::decisions, explain::explain, deliveries::deliveries, deliveries::delivery, deliveries::retry_delivery, deliveries::discard_delivery,
         actions::pause, actions::resume, actions::refit),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::series::Sample;
 use crate::store::DecisionRecord;
 
-fn store() -> Store {
+pub(super) fn store() -> Store {
     let t = TargetConfig::example("web", 10.0, Duration::from_secs(60));
     let store = Store::new(&[t], Metrics::new());
     let now = crate::clock::Clock::system().now() / 60 * 60;
@@ -28,7 +28,7 @@ fn store() -> Store {
     store
 }
 
-async fn get(store: &Store, uri: &str) -> (StatusCode, serde_json::Value) {
+pub(super) async fn get(store: &Store, uri: &str) -> (StatusCode, serde_json::Value) {
     let res = router(store.clone(), ApiAuth::default(), None)
         .oneshot(Request::get(uri).body(Body::empty()).unwrap())
         .await

@@ -131,6 +131,16 @@ pub(super) struct Peak {
     upper: f64,
 }
 
+impl From<decide::Peak> for Peak {
+    fn from(p: decide::Peak) -> Self {
+        Self {
+            timestamp: p.timestamp,
+            value: p.value,
+            upper: p.upper,
+        }
+    }
+}
+
 /// A replica-count decision.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(super) struct Decision {
@@ -160,11 +170,7 @@ impl From<&decide::Decision> for Decision {
                     message: r.message.clone(),
                 })
                 .collect(),
-            peak: d.peak.map(|p| Peak {
-                timestamp: p.timestamp,
-                value: p.value,
-                upper: p.upper,
-            }),
+            peak: d.peak.map(Peak::from),
         }
     }
 }

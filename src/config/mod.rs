@@ -19,6 +19,7 @@ mod discovery;
 mod parse;
 #[cfg(test)]
 mod proptests;
+mod risk;
 mod schedule;
 mod secrets;
 mod summary;
@@ -149,6 +150,8 @@ pub struct ServerConfig {
     pub api_token: Option<Secret>,
     /// Whether read endpoints need the token too.
     pub auth_reads: bool,
+    /// Where the KEDA external scaler (gRPC) listens; `None`: it does not run.
+    pub keda_listen: Option<SocketAddr>,
 }
 
 /// Validated `[forecast]`.

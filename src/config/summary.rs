@@ -12,6 +12,9 @@ pub fn summary(config: &Config) -> String {
         .map_or("not configured".to_owned(), |p| redacted(&p.url));
     let _ = writeln!(s, "prometheus: {prom}");
     let _ = writeln!(s, "listen: {}", config.server.listen);
+    if let Some(keda) = config.server.keda_listen {
+        let _ = writeln!(s, "keda external scaler: {keda}");
+    }
     let _ = writeln!(s, "state: {}", config.state.dir.display());
     if let Some(am) = &config.alertmanager {
         let _ = writeln!(s, "alertmanager: {}", redacted(&am.url));

@@ -33,11 +33,18 @@ pub mod alert;
 pub mod balance;
 pub mod behavior;
 pub mod budget;
+pub mod explain;
+pub mod risk;
 pub mod schedule;
+mod types;
 
 use serde::Serialize;
 
 pub use behavior::{RateKind, RatePolicy, Rules, Select};
+pub use explain::Explain;
+pub use types::{Latency, Peak, Reason, ReasonCode};
+
+use explain::{BoundsInForce, Inputs, PolicyKind, Recommendation, Trail};
 
 use crate::forecast::Forecast;
 
@@ -60,6 +67,9 @@ pub struct Policy {
     pub target_utilization: f64,
     /// The share of `capacity_rps` each replica carries in the prediction policy, in (0, 1].
     pub prediction_utilization: f64,
+    /// How much of the prediction interval above the point forecast the prediction policy
+    /// plans for: 1 plans for the upper bound, 0.5 half-way to it (see [`risk`]).
+    pub interval_share: f64,
     /// The demand policy holds while load/planned capacity is within 1 ± tolerance.
     pub tolerance: f64,
     /// Fewest replicas.
@@ -94,25 +104,58 @@ impl Policy {
         )
     }
 
+    /// An explanation with this policy's settings and the bounds at `now`, and nothing
+    /// recommended yet.
+    fn explanation(&self, replicas: u32, now: i64) -> Explain {
+        Explain {
+            inputs: Inputs {
+                replicas,
+                demand_rps: None,
+                latency: None,
+                degraded: false,
+                capacity_rps: Some(self.capacity_rps).filter(|c| c.is_finite() && *c > 0.0),
+                capacity_source: None,
+                target_utilization: self.target_utilization,
+                prediction_utilization: self.prediction_utilization,
+                interval_share: self.interval_share,
+                tolerance: self.tolerance,
+                lookahead: self.lookahead,
+                peak: None,
+                headroom_rps: 0.0,
+                bounds: BoundsInForce::from(&self.bounds(now)),
+                budget: None,
+            },
+            policies: Vec::new(),
+            clamps: Vec::new(),
+        }
+    }
+
+    /// The explanation of a hold for want of capacity per replica: no policy could size
+    /// replicas.
+    pub fn explain_without_capacity(&self, replicas: u32, now: i64, why: &str) -> Explain {
+        let mut e = self.explanation(replicas, now);
+        e.inputs.capacity_rps = None;
+        e.policies = [
+            PolicyKind::Prediction,
+            PolicyKind::Demand,
+            PolicyKind::Performance,
+        ]
+        .into_iter()
+        .map(|policy| Recommendation {
+            policy,
+            replicas: None,
+            chosen: false,
+            message: format!("no capacity per replica to size replicas by: {why}"),
+        })
+        .collect();
+        e
+    }
+
     /// Replicas needed to carry `rps` at `utilization`.
     fn need(&self, rps: f64, utilization: f64) -> u32 {
         let per = self.capacity_rps * utilization;
         (rps / per - 1e-9).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
     }
-}
-
-/// Observed latency against its objective, as plain numbers.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Latency {
-    /// Observed p95 latency, seconds.
-    pub p95: f64,
-    /// The objective, seconds.
-    pub slo: f64,
-    /// Requests/s per replica at which the learned latency curve meets the objective;
-    /// `None` while no curve has been learned.
-    pub rps_per_replica_at_slo: Option<f64>,
-    /// Replicas serving when the latency was observed.
-    pub replicas: u32,
 }
 
 /// What is observed of a target now.
@@ -138,103 +181,6 @@ impl Observed {
             degraded: false,
         }
     }
-}
-
-/// What set or clamped a decision's count: a closed set, serialised as the documented
-/// PascalCase names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum ReasonCode {
-    /// The prediction policy (upper forecast over the look-ahead) set the count.
-    Prediction,
-    /// The demand policy (observed load, as the HPA) set the count.
-    Demand,
-    /// The performance policy (latency above its SLO) set the count.
-    Performance,
-    /// No forecast and no observed demand: held.
-    NoData,
-    /// No capacity per replica, configured or learned: held.
-    NoCapacity,
-    /// Scale-in held by the scale-down stabilisation window.
-    ScaleDownStabilized,
-    /// Scale-out held by the scale-up stabilisation window.
-    ScaleUpStabilized,
-    /// Scale-out limited by the scale-up rate policies.
-    ScaleUpLimit,
-    /// Scale-in limited by the scale-down rate policies.
-    ScaleDownLimit,
-    /// Capped at `max_replicas`.
-    TooManyReplicas,
-    /// Raised to `min_replicas`.
-    TooFewReplicas,
-    /// Data missing or stale: no scale-in.
-    Degraded,
-    /// Lowered by the shared budget.
-    BudgetLimited,
-    /// Set by a scheduled window's bound (`[[target.schedule]]`); the message names the
-    /// window, its opening and its bounds.
-    Scheduled,
-    /// The count running is unknown (no `replicas` sample, or without a `replicas` query
-    /// nothing remembered and no `initial_replicas`): decided and shown, nothing asked for.
-    ReplicasUnknown,
-}
-
-impl ReasonCode {
-    /// The documented name, e.g. `ScaleDownStabilized`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Prediction => "Prediction",
-            Self::Demand => "Demand",
-            Self::Performance => "Performance",
-            Self::NoData => "NoData",
-            Self::NoCapacity => "NoCapacity",
-            Self::ScaleDownStabilized => "ScaleDownStabilized",
-            Self::ScaleUpStabilized => "ScaleUpStabilized",
-            Self::ScaleUpLimit => "ScaleUpLimit",
-            Self::ScaleDownLimit => "ScaleDownLimit",
-            Self::TooManyReplicas => "TooManyReplicas",
-            Self::TooFewReplicas => "TooFewReplicas",
-            Self::Degraded => "Degraded",
-            Self::BudgetLimited => "BudgetLimited",
-            Self::Scheduled => "Scheduled",
-            Self::ReplicasUnknown => "ReplicasUnknown",
-        }
-    }
-}
-
-impl std::fmt::Display for ReasonCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why a decision came out as it did; the first reason is the policy that set the count.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Reason {
-    /// What set or clamped the count.
-    pub code: ReasonCode,
-    /// What it means here, for people.
-    pub message: String,
-}
-
-impl Reason {
-    /// A reason with its code and a message for people.
-    pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-/// The highest upper forecast in the look-ahead window.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Peak {
-    /// When (Unix s).
-    pub timestamp: i64,
-    /// Point forecast there, requests/s.
-    pub value: f64,
-    /// Upper bound there, requests/s.
-    pub upper: f64,
 }
 
 /// A replica-count decision.
@@ -312,11 +258,26 @@ pub fn decide(
     state: &mut DecideState,
     now: i64,
 ) -> Decision {
+    decide_explained(policy, forecast, observed, state, now).0
+}
+
+/// Decides the replica count at `now`, with why: every policy's recommendation and each
+/// clamp in order.
+pub fn decide_explained(
+    policy: &Policy,
+    forecast: Option<&Forecast>,
+    observed: Observed,
+    state: &mut DecideState,
+    now: i64,
+) -> (Decision, Explain) {
     let current = observed.replicas;
     let peak = forecast
         // Points are stamped at the end of their bucket: the window covers every bucket
         // that starts within `[now, now + lookahead]`.
-        .and_then(|f| f.peak_upper(now, now + policy.lookahead + f.step_seconds))
+        .and_then(|f| {
+            let to = now + policy.lookahead + f.step_seconds;
+            f.peak_planned(now, to, policy.interval_share)
+        })
         .filter(|p| p.upper.is_finite())
         .map(|p| Peak {
             timestamp: p.timestamp,
@@ -328,6 +289,12 @@ pub fn decide(
         state.observe_demand(d, now);
     }
     let headroom = policy.headroom * state.typical.map_or(0.0, |(m, _)| m);
+    let mut explain = policy.explanation(current, now);
+    explain.inputs.demand_rps = demand_rps;
+    explain.inputs.latency = observed.latency;
+    explain.inputs.degraded = observed.degraded;
+    explain.inputs.peak = peak;
+    explain.inputs.headroom_rps = headroom;
 
     // Each policy's recommendation, with its reason; the highest wins, ties to the first.
     let candidates = [
@@ -339,53 +306,86 @@ pub fn decide(
             .map(|l| performance(l, demand_rps, current)),
     ];
     let best = candidates
-        .into_iter()
-        .flatten()
+        .iter()
         .enumerate()
-        .max_by_key(|(i, (r, _))| (*r, std::cmp::Reverse(*i)))
-        .map(|(_, c)| c);
+        .filter_map(|(i, c)| c.as_ref().map(|(r, _)| (i, *r)))
+        .max_by_key(|(i, r)| (*r, std::cmp::Reverse(*i)))
+        .map(|(i, _)| i);
+    explain.policies = recommendations(&candidates, best, observed);
     let mut reasons = Vec::new();
-    let Some((recommended, reason)) = best else {
-        reasons.push(Reason::new(
-            ReasonCode::NoData,
-            "no forecast and no observed demand: holding",
-        ));
-        if observed.degraded {
-            reasons.push(Reason::new(
-                ReasonCode::Degraded,
-                "data missing or stale: no scale-in",
-            ));
-        }
-        let to = scheduled_floor(policy, current, now, &mut reasons);
-        state.last = Some(now);
-        return Decision {
-            at: now,
-            from: current,
-            to,
-            reasons,
-            peak,
-        };
+    let mut trail = Trail {
+        reasons: &mut reasons,
+        clamps: &mut explain.clamps,
     };
-    reasons.push(reason);
-    let to = behave(policy, state, observed, recommended, now, &mut reasons);
+    let to = match best.and_then(|i| candidates[i].clone()) {
+        None => {
+            let m = "no forecast and no observed demand: holding".to_owned();
+            trail.push(ReasonCode::NoData, current, current, m);
+            if observed.degraded {
+                let m = "data missing or stale: no scale-in".to_owned();
+                trail.push(ReasonCode::Degraded, current, current, m);
+            }
+            scheduled_floor(policy, current, now, &mut trail)
+        }
+        Some((recommended, reason)) => {
+            trail.reasons.push(reason);
+            behave(policy, state, observed, recommended, now, &mut trail)
+        }
+    };
     state.last = Some(now);
-    Decision {
+    let decision = Decision {
         at: now,
         from: current,
         to,
         reasons,
         peak,
-    }
+    };
+    (decision, explain)
+}
+
+/// Every policy's recommendation for the explanation, with why those that did not apply
+/// did not.
+fn recommendations(
+    candidates: &[Option<(u32, Reason)>; 3],
+    best: Option<usize>,
+    observed: Observed,
+) -> Vec<Recommendation> {
+    let kinds = [
+        PolicyKind::Prediction,
+        PolicyKind::Demand,
+        PolicyKind::Performance,
+    ];
+    let absent = |kind: PolicyKind| match kind {
+        PolicyKind::Prediction => "no forecast within the look-ahead".to_owned(),
+        PolicyKind::Demand => "no fresh observation of the request rate".to_owned(),
+        PolicyKind::Performance => match observed.latency {
+            Some(l) => format!("p95 {:.3}s within the {:.3}s objective", l.p95, l.slo),
+            None => "no latency objective, or no fresh latency sample".to_owned(),
+        },
+    };
+    kinds
+        .into_iter()
+        .zip(candidates)
+        .enumerate()
+        .map(|(i, (policy, c))| Recommendation {
+            policy,
+            replicas: c.as_ref().map(|(r, _)| *r),
+            chosen: best == Some(i),
+            message: c
+                .as_ref()
+                .map_or_else(|| absent(policy), |(_, reason)| reason.message.clone()),
+        })
+        .collect()
 }
 
 /// A count held for want of data or capacity, raised to a scheduled floor in force: a
 /// window's floor does not wait for the data.
-pub fn scheduled_floor(policy: &Policy, current: u32, now: i64, reasons: &mut Vec<Reason>) -> u32 {
+pub fn scheduled_floor(policy: &Policy, current: u32, now: i64, trail: &mut Trail<'_>) -> u32 {
     let b = policy.bounds(now);
     match b.min_from {
         Some(o) if current < b.min => {
             let m = format!("{current} raised to {} by the {o}", b.min);
-            reasons.push(Reason::new(ReasonCode::Scheduled, m));
+            trail.push(ReasonCode::Scheduled, current, b.min, m);
             b.min
         }
         _ => current,
@@ -409,15 +409,26 @@ impl DecideState {
 /// The prediction policy: the upper forecast's peak plus headroom, moved only past the
 /// tolerance (a forecast that wavers around the current count must not make it flap).
 fn prediction(policy: &Policy, pk: Peak, headroom: f64, current: u32) -> (u32, Reason) {
-    let r = policy.need(pk.upper + headroom, policy.prediction_utilization);
+    let planned = pk.value + policy.interval_share * (pk.upper - pk.value);
+    let r = policy.need(planned + headroom, policy.prediction_utilization);
     let r = if f64::from(r.abs_diff(current)) <= f64::from(current) * policy.tolerance {
         current
     } else {
         r
     };
+    let what = if policy.interval_share == 1.0 {
+        format!("upper forecast {:.3} rps", pk.upper)
+    } else {
+        format!(
+            "{planned:.3} rps planned ({:.0}% of the way from the forecast {:.3} to its upper bound {:.3})",
+            policy.interval_share * 100.0,
+            pk.value,
+            pk.upper
+        )
+    };
     let message = format!(
-        "upper forecast {:.3} rps at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
-        pk.upper, pk.timestamp, policy.lookahead
+        "{what} at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
+        pk.timestamp, policy.lookahead
     );
     (r, Reason::new(ReasonCode::Prediction, message))
 }
@@ -486,19 +497,19 @@ fn performance(l: Latency, demand_rps: Option<f64>, current: u32) -> (u32, Reaso
 }
 
 /// The HPA's behaviour on a recommendation: stabilisation, no scale-in when degraded, rate
-/// limits, then the bounds; each clamp is added to `reasons`.
+/// limits, then the bounds; each clamp is added to the trail.
 fn behave(
     policy: &Policy,
     state: &mut DecideState,
     observed: Observed,
     recommended: u32,
     now: i64,
-    reasons: &mut Vec<Reason>,
+    trail: &mut Trail<'_>,
 ) -> u32 {
     let current = observed.replicas;
     let (up, down) = (&policy.scale_up, &policy.scale_down);
     let bounds = policy.bounds(now);
-    let recommended = scheduled(&bounds, recommended, reasons);
+    let recommended = scheduled(&bounds, recommended, trail);
     state.history.recommend(now, recommended, up, down);
     let mut to = state.history.stabilized(now, current, up, down);
     if to > recommended {
@@ -506,41 +517,41 @@ fn behave(
             "holding {to}: recommended within the last {}s",
             down.stabilization_window
         );
-        reasons.push(Reason::new(ReasonCode::ScaleDownStabilized, m));
+        trail.push(ReasonCode::ScaleDownStabilized, recommended, to, m);
     } else if to < recommended {
         let m = format!(
             "{to}: the lowest recommendation within the last {}s",
             up.stabilization_window
         );
-        reasons.push(Reason::new(ReasonCode::ScaleUpStabilized, m));
+        trail.push(ReasonCode::ScaleUpStabilized, recommended, to, m);
     }
     if to < current && observed.degraded {
-        let m = "data missing or stale: no scale-in";
-        reasons.push(Reason::new(ReasonCode::Degraded, m));
+        let m = "data missing or stale: no scale-in".to_owned();
+        trail.push(ReasonCode::Degraded, to, current, m);
         to = current;
     } else if observed.degraded {
-        let m = "data missing or stale: scaling out on the evidence there is";
-        reasons.push(Reason::new(ReasonCode::Degraded, m));
+        let m = "data missing or stale: scaling out on the evidence there is".to_owned();
+        trail.push(ReasonCode::Degraded, to, to, m);
     }
-    let to = rate_limit(policy, state, current, to, now, reasons);
-    bound(&bounds, current, to, reasons)
+    let to = rate_limit(policy, state, current, to, now, trail);
+    bound(&bounds, current, to, trail)
 }
 
 /// Clamps a recommendation to the scheduled bounds in force, before the stabilisation
 /// remembers it.
-fn scheduled(bounds: &schedule::Bounds<'_>, r: u32, reasons: &mut Vec<Reason>) -> u32 {
+fn scheduled(bounds: &schedule::Bounds<'_>, r: u32, trail: &mut Trail<'_>) -> u32 {
     if let Some(o) = bounds.max_from
         && r > bounds.max
     {
         let m = format!("{r} capped at {} by the {o}", bounds.max);
-        reasons.push(Reason::new(ReasonCode::Scheduled, m));
+        trail.push(ReasonCode::Scheduled, r, bounds.max, m);
         return bounds.max;
     }
     if let Some(o) = bounds.min_from
         && r < bounds.min
     {
         let m = format!("{r} raised to {} by the {o}", bounds.min);
-        reasons.push(Reason::new(ReasonCode::Scheduled, m));
+        trail.push(ReasonCode::Scheduled, r, bounds.min, m);
         return bounds.min;
     }
     r
@@ -553,7 +564,7 @@ fn rate_limit(
     current: u32,
     to: u32,
     now: i64,
-    reasons: &mut Vec<Reason>,
+    trail: &mut Trail<'_>,
 ) -> u32 {
     let elapsed = state.last.map_or(policy.interval, |t| now - t).max(1);
     if to > current {
@@ -562,7 +573,7 @@ fn rate_limit(
             .scale_up_limit(now, current, elapsed, &policy.scale_up);
         if to > limit {
             let m = format!("{to} limited to {limit} by the scale-up policies");
-            reasons.push(Reason::new(ReasonCode::ScaleUpLimit, m));
+            trail.push(ReasonCode::ScaleUpLimit, to, limit, m);
             return limit;
         }
     } else if to < current {
@@ -571,7 +582,7 @@ fn rate_limit(
             .scale_down_limit(now, current, elapsed, &policy.scale_down);
         if to < limit {
             let m = format!("{to} limited to {limit} by the scale-down policies");
-            reasons.push(Reason::new(ReasonCode::ScaleDownLimit, m));
+            trail.push(ReasonCode::ScaleDownLimit, to, limit, m);
             return limit;
         }
     }
@@ -581,32 +592,33 @@ fn rate_limit(
 /// `min_replicas` and `max_replicas`, or the scheduled bounds in force. A scheduled
 /// maximum only stops scale-up here: the recommendation was capped at it, so a count above
 /// it comes down through the stabilisation and rate limits.
-fn bound(b: &schedule::Bounds<'_>, current: u32, to: u32, reasons: &mut Vec<Reason>) -> u32 {
+fn bound(b: &schedule::Bounds<'_>, current: u32, to: u32, trail: &mut Trail<'_>) -> u32 {
     match b.max_from {
         Some(o) if to > b.max.max(current) => {
             let cap = b.max.max(current);
             let m = format!("{to} capped at {cap} by the {o}");
-            reasons.push(Reason::new(ReasonCode::Scheduled, m));
+            trail.push(ReasonCode::Scheduled, to, cap, m);
             return cap;
         }
         None if to > b.max => {
             let m = format!("{to} capped at max_replicas {}", b.max);
-            reasons.push(Reason::new(ReasonCode::TooManyReplicas, m));
+            trail.push(ReasonCode::TooManyReplicas, to, b.max, m);
             return b.max;
         }
         _ => {}
     }
     if to < b.min {
-        match b.min_from {
-            Some(o) => {
-                let m = format!("{to} raised to {} by the {o}", b.min);
-                reasons.push(Reason::new(ReasonCode::Scheduled, m));
-            }
-            None => {
-                let m = format!("{to} raised to min_replicas {}", b.min);
-                reasons.push(Reason::new(ReasonCode::TooFewReplicas, m));
-            }
-        }
+        let (code, m) = match b.min_from {
+            Some(o) => (
+                ReasonCode::Scheduled,
+                format!("{to} raised to {} by the {o}", b.min),
+            ),
+            None => (
+                ReasonCode::TooFewReplicas,
+                format!("{to} raised to min_replicas {}", b.min),
+            ),
+        };
+        trail.push(code, to, b.min, m);
         return b.min;
     }
     to
@@ -622,6 +634,7 @@ mod tests {
             capacity_rps: 10.0,
             target_utilization: 1.0,
             prediction_utilization: 1.0,
+            interval_share: 1.0,
             tolerance: 0.1,
             min_replicas: 2,
             max_replicas: 20,

@@ -14,15 +14,20 @@
 //! newest first.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::decide::{Decision, Mode};
+use crate::decide::{Decision, Explain, Mode};
 
 /// How many records each target keeps: a few hundred bytes each (the reasons' messages),
 /// so 1,000 took more than the target's 14 days of history. 200 hold more than a day of a
 /// change every ten minutes.
 const PER_TARGET: usize = 200;
+
+/// How many of a target's newest records keep their explanation (each a kilobyte or so:
+/// every policy's and clamp's message).
+const EXPLAINED: usize = 10;
 
 /// A decision in the log, or a run of equal holds.
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +43,9 @@ pub struct DecisionRecord {
     pub since: i64,
     /// How many decisions this record stands for: 1, or more for a run of equal holds.
     pub repeats: u64,
+    /// Why the (newest) decision's count is what it is; kept for the newest records only.
+    #[serde(skip)]
+    pub explain: Option<Arc<Explain>>,
 }
 
 impl DecisionRecord {
@@ -49,6 +57,15 @@ impl DecisionRecord {
             repeats: 1,
             decision,
             mode,
+            explain: None,
+        }
+    }
+
+    /// The record with the decision's explanation.
+    pub fn explained(self, explain: Explain) -> Self {
+        Self {
+            explain: Some(Arc::new(explain)),
+            ..self
         }
     }
 
@@ -97,6 +114,23 @@ impl DecisionLog {
             self.records.remove(oldest_hold.unwrap_or(0));
         }
         self.records.push_back((seq, record));
+        if let Some(i) = self.records.len().checked_sub(EXPLAINED + 1) {
+            self.records[i].1.explain = None;
+        }
+    }
+
+    /// The record of the decision made at `at` (a run of holds: its newest), or the newest
+    /// record for `None`.
+    pub fn at(&self, at: Option<i64>) -> Option<&DecisionRecord> {
+        match at {
+            None => self.records.back().map(|(_, r)| r),
+            Some(at) => self
+                .records
+                .iter()
+                .rev()
+                .map(|(_, r)| r)
+                .find(|r| r.decision.at == at),
+        }
     }
 
     /// How many records it holds.

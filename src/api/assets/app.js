@@ -88,6 +88,7 @@ function renderFacts(d) {
     ["demand", `${fmtNum(d.demand_rps)} rps`],
     ["capacity / replica", `${fmtNum(d.capacity_rps)} rps${d.capacity && d.capacity.source ? ` (${esc(d.capacity.source)})` : ""}`],
     ["bounds", `${d.min_replicas}–${d.max_replicas}`],
+    ["risk dial", riskText(d.risk)],
   ];
   $("#facts").innerHTML = facts.map(([k, v]) => `<div><span class="label">${k}</span><b>${v}</b></div>`).join("");
   const reasons = d.degraded_reasons || [];
@@ -99,6 +100,13 @@ function renderFacts(d) {
   if (d.forecast_model) text += ` Model: ${esc(d.forecast_model.model)}.`;
   if (reasons.length) text += `<br><span class="warn">Degraded: ${reasons.map(esc).join("; ")}</span>`;
   $("#bottleneck").innerHTML = text;
+}
+
+// The cost/risk dial with its name where it has one.
+function riskText(risk) {
+  if (risk === undefined || risk === null) return "—";
+  const names = { 0.25: "lean", 0.5: "balanced", 0.75: "safe" };
+  return names[risk] ? `${risk} (${names[risk]})` : String(risk);
 }
 
 // A shortfall too small to show at two decimals is none.
@@ -207,6 +215,40 @@ function renderDecisions(list) {
   }).join("") || `<tr><td colspan="3" class="muted">no decision yet</td></tr>`;
 }
 
+const num = (v, digits = 1) => (v === null || v === undefined ? "—" : Number(v).toFixed(digits));
+
+// The latest decision's explanation: its inputs, every policy's count, then each clamp.
+function renderExplain(e) {
+  const box = $("#explain");
+  if (!e || !e.inputs) {
+    box.className = "muted";
+    box.textContent = "no decision yet";
+    return;
+  }
+  const i = e.inputs;
+  const peak = i.peak ? `${num(i.peak.value)} rps, upper ${num(i.peak.upper)} at ${fmtTime(i.peak.timestamp)}` : "—";
+  const windows = [i.bounds.min_window, i.bounds.max_window].filter(Boolean).map(esc).join("; ") || "none";
+  const budget = i.budget ? `${i.budget.granted} of ${i.budget.wanted} wanted (budget ${i.budget.total})` : "—";
+  const facts = [
+    ["observed", i.demand_rps === null ? "—" : `${num(i.demand_rps)} rps`],
+    ["forecast peak", peak],
+    ["capacity", i.capacity_rps === null ? "unknown" : `${num(i.capacity_rps)} rps/replica (${esc(i.capacity_source || "?")})`],
+    ["bounds", `${i.bounds.min}–${i.bounds.max}; windows: ${windows}`],
+    ["budget", budget],
+  ].map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join("");
+  const policies = e.policies.map((p) =>
+    `<tr class="${p.chosen ? "chosen" : ""}" data-policy="${esc(p.policy)}"><td>${esc(p.policy)}${p.chosen ? " ✔" : ""}</td>` +
+    `<td>${p.replicas === null ? "—" : p.replicas}</td><td>${esc(p.message)}</td></tr>`).join("");
+  const clamps = e.clamps.map((c) =>
+    `<tr data-clamp="${esc(c.code)}"><td><code>${esc(c.code)}</code></td><td>${c.from} → ${c.to}</td><td>${esc(c.message)}</td></tr>`).join("")
+    || `<tr><td colspan="3" class="muted">no clamp</td></tr>`;
+  box.className = "";
+  box.innerHTML = `<p>${fmtTime(e.at)}: ${e.from} → <b>${e.to}</b></p>` +
+    `<table class="facts">${facts}</table>` +
+    `<table><thead><tr><th>policy</th><th>replicas</th><th>how</th></tr></thead><tbody id="explain-policies">${policies}</tbody></table>` +
+    `<table><thead><tr><th>then</th><th>count</th><th>why</th></tr></thead><tbody id="explain-clamps">${clamps}</tbody></table>`;
+}
+
 function renderDelivery(d) {
   const last = d.last_delivery;
   $("#delivery").innerHTML = last
@@ -225,18 +267,20 @@ async function refresh() {
     if (!name) return;
     const q = encodeURIComponent(name);
     const since = $("#window").value;
-    const [detail, history, forecast, replicas, decisions] = await Promise.all([
+    const [detail, history, forecast, replicas, decisions, explain] = await Promise.all([
       getJson(`/api/v1/targets/${q}`),
       maybe(`/api/v1/targets/${q}/history?signal=rate&since=${since}`),
       maybe(`/api/v1/targets/${q}/forecast?horizon=1h`),
       maybe(`/api/v1/targets/${q}/history?signal=replicas&since=${since}`),
       maybe(`/api/v1/decisions?target=${q}&limit=50`),
+      maybe(`/api/v1/targets/${q}/decisions/latest/explain`),
     ]);
     $("#title").textContent = name;
     renderFacts(detail);
     renderDemandChart(detail, history, forecast, replicas);
     renderReplicasChart(replicas);
     renderDecisions(decisions.decisions || []);
+    renderExplain(explain);
     renderDelivery(detail);
     $("#error").textContent = "";
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
