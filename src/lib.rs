@@ -23,6 +23,8 @@
 //! - [`clock`]: where the live pipeline reads `now` (the system's, or the demo's faster one).
 //! - [`metrics`], [`telemetry`]: prescale's own metrics and logs.
 //! - [`reload`]: what a reload of the configuration (SIGHUP) changes, and what it may not.
+//! - [`discovery`]: targets made from the series of a Prometheus query (`[[discovery]]`),
+//!   started and stopped through the same machinery as a reload.
 
 // Functions stay under `too-many-lines-threshold` (clippy.toml) lines.
 #![warn(clippy::too_many_lines)]
@@ -34,6 +36,7 @@ pub mod cluster;
 pub mod config;
 pub mod decide;
 pub mod demo;
+pub mod discovery;
 pub mod fleet;
 pub mod forecast;
 pub mod metrics;
@@ -130,6 +133,8 @@ struct Shared {
     cluster: Option<Arc<cluster::Cluster>>,
     /// The API's view of the other instances (forwarding to owners), with `[cluster]`.
     fleet: Option<api::Fleet>,
+    /// The targets discovered from Prometheus (`[[discovery]]`), across reloads.
+    discovery: discovery::Registry,
 }
 
 /// The receivers of `config`, with a new webhook client.
@@ -154,7 +159,12 @@ async fn run(
     let outbox = act::outbox::Outbox::open_with_clock(&config.state.dir, clock)?;
     let keda = api::keda::bind(config.server.keda_listen).await?;
     let source = (sources.0)(&config)?;
-    let receivers = receivers(&config)?;
+    let metrics = metrics::Metrics::new();
+    let registry = discovery::Registry::new(&config, clock, metrics.clone());
+    // Before the worker: what the outbox holds for discovered targets needs their receivers.
+    registry.refresh_now(&*source).await;
+    let effective = registry.merged(&config);
+    let receivers = receivers(&registry.with_retired(&effective))?;
     let cluster = join(&config).await?;
     let fleet = cluster
         .clone()
@@ -164,17 +174,27 @@ async fn run(
     let shared = Shared {
         fleet,
         outbox,
-        metrics: metrics::Metrics::new(),
+        metrics,
         clock,
         receivers,
         cluster,
+        discovery: registry,
     };
-    let mut running = Generation::new(config, &shared);
+    let mut running = Generation::new(config, effective, source.clone(), &shared);
     let (store_tx, store_rx) = watch::channel(running.store.clone());
     let worker = start_worker(&shared, &running.config, store_rx).await?;
-    running.spawn_loops(source, &shared);
+    running.spawn_loops(&shared);
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = tokio::spawn(worker.run(stop_rx.clone()));
+    let (source_tx, source_rx) = watch::channel(source);
+    let (found_tx, mut found) = watch::channel(0);
+    let discovering = (shared.discovery.clone(), stop_rx.clone());
+    let discovering = tokio::spawn(discovery::run(
+        discovering.0,
+        source_rx,
+        found_tx,
+        discovering.1,
+    ));
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
@@ -203,16 +223,22 @@ async fn run(
             () = &mut shutdown => break,
             Some(()) = reloads.recv() => {
                 running = reload_config(running, &sources, &shared).await;
-                store_tx.send_replace(running.store.clone());
-                let _ = router_tx.send_replace(running.router(&shared));
-                keda_tx.send_replace(keda_now(&running));
+                source_tx.send_replace(running.source.clone());
+            }
+            Ok(()) = found.changed() => {
+                let (file, source) = (running.file.clone(), running.source.clone());
+                running = switch(running, file, source, &shared, Switch::Discovered).await;
             }
         }
+        store_tx.send_replace(running.store.clone());
+        let _ = router_tx.send_replace(running.router(&shared));
+        keda_tx.send_replace(keda_now(&running));
     }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     running.stop().await;
     let _ = worker.await;
+    let _ = discovering.await;
     if let Some(c) = &shared.cluster {
         c.leave().await;
     }
@@ -303,29 +329,43 @@ async fn join(config: &config::Config) -> anyhow::Result<Option<Arc<cluster::Clu
 
 /// One configuration at work: its store and its targets' loops.
 struct Generation {
+    /// The configuration file's, as validated.
+    file: config::Config,
+    /// `file` with the discovered targets: what runs.
     config: config::Config,
+    source: Arc<dyn source::Source>,
     store: store::Store,
     stop: watch::Sender<bool>,
     loops: tokio::task::JoinSet<()>,
 }
 
 impl Generation {
-    /// A store for `config`'s targets, attached to the outbox; no loop runs yet.
-    fn new(config: config::Config, shared: &Shared) -> Self {
+    /// A store for `config`'s targets (`file`'s and the discovered ones), attached to the
+    /// outbox; no loop runs yet.
+    fn new(
+        file: config::Config,
+        config: config::Config,
+        source: Arc<dyn source::Source>,
+        shared: &Shared,
+    ) -> Self {
         let store = store::Store::with_clock(&config.targets, shared.metrics.clone(), shared.clock);
         store.set_outbox(shared.outbox.clone());
+        store.set_discovery(shared.discovery.clone());
         Self {
+            file,
             config,
+            source,
             store,
             stop: watch::channel(false).0,
             loops: tokio::task::JoinSet::new(),
         }
     }
 
-    /// Starts a loop per target, polling `source`; with `[cluster]`, one per target this
+    /// Starts a loop per target, polling its source; with `[cluster]`, one per target this
     /// instance owns, following ownership ([`pipeline::run_owned`]).
-    fn spawn_loops(&mut self, source: Arc<dyn source::Source>, shared: &Shared) {
+    fn spawn_loops(&mut self, shared: &Shared) {
         let c = &self.config;
+        let source = self.source.clone();
         let store = self.store.clone();
         let outbox = shared.outbox.clone();
         let (alerts, budget, forecast) = (c.alertmanager.clone(), c.budget, c.forecast.clone());
@@ -398,9 +438,9 @@ impl Generation {
 
 /// Reads the configuration file again and, if it is valid and needs no restart, stops the
 /// running loops and starts new ones with it; otherwise logs why and keeps `running`.
-async fn reload_config(mut running: Generation, sources: &Sources, shared: &Shared) -> Generation {
+async fn reload_config(running: Generation, sources: &Sources, shared: &Shared) -> Generation {
     let file = running.config.file.clone();
-    let (config, source, receivers) = match prepare_reload(&running.config, sources) {
+    let (config, source) = match prepare_reload(&running.config, sources) {
         Ok(ready) => ready,
         Err(e) => {
             let error = one_line(&format!("{e:#}"));
@@ -408,7 +448,53 @@ async fn reload_config(mut running: Generation, sources: &Sources, shared: &Shar
             return running;
         }
     };
+    shared.discovery.reconfigure(&config);
+    switch(running, config, source, shared, Switch::Reloaded).await
+}
+
+/// Why the loops are started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Switch {
+    /// The configuration file was read again (SIGHUP).
+    Reloaded,
+    /// The discovered targets changed.
+    Discovered,
+}
+
+impl Switch {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Reloaded => "configuration reloaded",
+            Self::Discovered => "discovered targets changed",
+        }
+    }
+}
+
+/// Runs `file` with the targets discovered now: stops the running loops and starts new
+/// ones, unless `file` is the running one and no target was added, removed or changed.
+async fn switch(
+    mut running: Generation,
+    file: config::Config,
+    source: Arc<dyn source::Source>,
+    shared: &Shared,
+    why: Switch,
+) -> Generation {
+    let config = shared.discovery.merged(&file);
     let changes = reload::Changes::between(&running.config, &config);
+    let same_targets =
+        changes.added.is_empty() && changes.removed.is_empty() && changes.changed.is_empty();
+    if why == Switch::Discovered && same_targets {
+        return running;
+    }
+    let what = why.as_str();
+    let receivers = match receivers(&shared.discovery.with_retired(&config)) {
+        Ok(r) => r,
+        Err(e) => {
+            let error = format!("{e:#}");
+            tracing::error!(%error, "{what}, but the receivers cannot be built; the running targets are kept");
+            return running;
+        }
+    };
     running.stop().await;
     for name in &changes.removed {
         if let Some(t) = running.config.target(name) {
@@ -417,18 +503,18 @@ async fn reload_config(mut running: Generation, sources: &Sources, shared: &Shar
         }
     }
     shared.receivers.replace(&receivers);
-    let mut next = Generation::new(config, shared);
+    let mut next = Generation::new(file, config, source, shared);
     next.take_over(&running.store, &changes);
-    next.spawn_loops(source, shared);
+    next.spawn_loops(shared);
     let list = |names: &[String]| names.join(",");
     tracing::info!(
-        file = %file.display(),
+        file = %next.file.file.display(),
         added = %list(&changes.added),
         removed = %list(&changes.removed),
         changed = %list(&changes.changed),
         sections = %changes.sections.join(","),
         targets = next.config.targets.len(),
-        "configuration reloaded"
+        "{what}"
     );
     next
 }
@@ -449,7 +535,7 @@ fn one_line(message: &str) -> String {
 fn prepare_reload(
     running: &config::Config,
     sources: &Sources,
-) -> anyhow::Result<(config::Config, Arc<dyn source::Source>, act::Receivers)> {
+) -> anyhow::Result<(config::Config, Arc<dyn source::Source>)> {
     let config = config::Config::load(&running.file)?;
     let restart = reload::needs_restart(running, &config);
     anyhow::ensure!(
@@ -458,8 +544,9 @@ fn prepare_reload(
         restart.join(", ")
     );
     let source = (sources.0)(&config)?;
-    let receivers = receivers(&config)?;
-    Ok((config, source, receivers))
+    // Built here to refuse a file whose receivers cannot be, before anything changes.
+    receivers(&config)?;
+    Ok((config, source))
 }
 
 /// A message at every SIGHUP (none on other platforms). Installing the handler stops
@@ -533,78 +620,4 @@ pub async fn shutdown_signal() {
 }
 
 pub use config::redacted;
-
-/// A human summary of a validated configuration, as `check-config` prints it.
-pub fn summary(config: &config::Config) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let prom = config
-        .prometheus
-        .as_ref()
-        .map_or("not configured".to_owned(), |p| redacted(&p.url));
-    let _ = writeln!(s, "prometheus: {prom}");
-    let _ = writeln!(s, "listen: {}", config.server.listen);
-    if let Some(keda) = config.server.keda_listen {
-        let _ = writeln!(s, "keda external scaler: {keda}");
-    }
-    let _ = writeln!(s, "state: {}", config.state.dir.display());
-    if let Some(am) = &config.alertmanager {
-        let _ = writeln!(s, "alertmanager: {}", redacted(&am.url));
-    }
-    if let Some(c) = &config.cluster {
-        let _ = writeln!(
-            s,
-            "cluster: instance {} (advertised at {}) over {} etcd endpoint(s), prefix {}, lease {}",
-            c.name,
-            c.advertise,
-            c.etcd.len(),
-            c.prefix,
-            humantime::format_duration(c.lease_ttl)
-        );
-    }
-    let _ = writeln!(s, "targets: {}", config.targets.len());
-    if let Some(budget) = config.budget {
-        let _ = writeln!(s, "budget: {budget} replicas across targets");
-    }
-    for t in &config.targets {
-        let _ = writeln!(
-            s,
-            "  {}: {:?} mode, {}..={} replicas, {} rps/replica, startup {}, every {}, step {}, history {}{}{}",
-            t.name,
-            t.mode,
-            t.min_replicas,
-            t.max_replicas,
-            t.capacity_rps
-                .map_or("learned".to_owned(), |c| c.to_string()),
-            humantime::format_duration(t.startup),
-            humantime::format_duration(t.interval),
-            humantime::format_duration(t.step),
-            humantime::format_duration(t.history),
-            if t.platform.is_some() {
-                ", platform webhook"
-            } else {
-                ""
-            },
-            if t.balancer.is_some() {
-                ", balancer webhook"
-            } else if t.haproxy.is_some() {
-                ", HAProxy balancer"
-            } else {
-                ""
-            },
-        );
-        for w in &t.schedule {
-            let bound = |b: Option<u32>| b.map_or("-".to_owned(), |n| n.to_string());
-            let _ = writeln!(
-                s,
-                "    schedule `{}` ({}) for {}: min {}, max {}",
-                w.expression,
-                w.timezone.name(),
-                humantime::format_duration(std::time::Duration::from_secs(w.duration as u64)),
-                bound(w.min_replicas),
-                bound(w.max_replicas),
-            );
-        }
-    }
-    s
-}
+pub use config::summary;

@@ -106,6 +106,28 @@ pub struct Metrics {
     pub capacity_rps: Family<CapacityLabels, Gauge<f64, AtomicU64>>,
     /// Model refits by selected model.
     pub forecast_refits: Family<ModelLabels, Counter>,
+    /// Discovery queries by discovery and outcome.
+    pub discovery_refreshes: Family<DiscoveryOutcomeLabels, Counter>,
+    /// Targets each discovery makes now.
+    pub discovered_targets: Family<DiscoveryLabels, Gauge>,
+    /// Series each discovery cannot make targets of now (clashes, template problems).
+    pub discovery_problems: Family<DiscoveryLabels, Gauge>,
+}
+
+/// Labels of a `[[discovery]]`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiscoveryLabels {
+    /// Its place among the `[[discovery]]` tables (0 first).
+    pub discovery: String,
+}
+
+/// Labels of a discovery query's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiscoveryOutcomeLabels {
+    /// Its place among the `[[discovery]]` tables (0 first).
+    pub discovery: String,
+    /// `ok` or the error's label (`timeout`, `unreachable`, `prometheus_error`, …).
+    pub outcome: String,
 }
 
 /// Labels of the capacity in use.
@@ -165,6 +187,9 @@ impl Metrics {
             seconds_to_bottleneck: Family::default(),
             capacity_rps: Family::default(),
             forecast_refits: Family::default(),
+            discovery_refreshes: Family::default(),
+            discovered_targets: Family::default(),
+            discovery_problems: Family::default(),
         };
         let mut registry = Registry::with_prefix("prescale");
         m.register_polls_and_actions(&mut registry);
@@ -263,6 +288,21 @@ impl Metrics {
             "forecast_refits",
             "Model re-selections and refits, by the model selected",
             self.forecast_refits.clone(),
+        );
+        registry.register(
+            "discovery_refreshes",
+            "Discovery queries by discovery and outcome",
+            self.discovery_refreshes.clone(),
+        );
+        registry.register(
+            "discovered_targets",
+            "Targets a discovery makes now",
+            self.discovered_targets.clone(),
+        );
+        registry.register(
+            "discovery_problems",
+            "Series a discovery cannot make targets of now: name clashes, labels the template does not fit",
+            self.discovery_problems.clone(),
         );
     }
 

@@ -51,8 +51,9 @@ impl Changes {
             .filter(|t| new.target(&t.name).is_none())
             .map(|t| t.name.clone())
             .collect();
-        let sections: [(&'static str, bool); 5] = [
+        let sections: [(&'static str, bool); 6] = [
             ("prometheus", same(&old.prometheus, &new.prometheus)),
+            ("discovery", same(&old.discovery, &new.discovery)),
             ("server", same(&old.server, &new.server)),
             ("forecast", same(&old.forecast, &new.forecast)),
             ("alertmanager", same(&old.alertmanager, &new.alertmanager)),

@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::TargetConfig;
 pub use crate::decide::balance::InstanceStats;
 use crate::decide::{Decision, ReasonCode};
+use crate::discovery::Registry;
 use crate::forecast::Forecast;
 use crate::forecast::bottleneck::Bottleneck;
 use crate::metrics::Metrics;
@@ -278,6 +279,8 @@ struct Inner {
     clock: Clock,
     /// The durable outbox, once opened (`serve` sets it before anything runs).
     outbox: OnceLock<Outbox>,
+    /// The targets discovered from Prometheus, when `serve` discovers any.
+    discovery: OnceLock<Registry>,
 }
 
 impl Store {
@@ -304,6 +307,7 @@ impl Store {
                 metrics,
                 clock,
                 outbox: OnceLock::new(),
+                discovery: OnceLock::new(),
             }),
         }
     }
@@ -326,6 +330,16 @@ impl Store {
     /// The outbox, once attached.
     pub fn outbox(&self) -> Option<&Outbox> {
         self.inner.outbox.get()
+    }
+
+    /// Attaches the discovery registry (once; a second call is ignored).
+    pub fn set_discovery(&self, registry: Registry) {
+        let _ = self.inner.discovery.set(registry);
+    }
+
+    /// The discovery registry, once attached.
+    pub fn discovery(&self) -> Option<&Registry> {
+        self.inner.discovery.get()
     }
 
     /// The metrics.

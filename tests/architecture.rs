@@ -21,6 +21,7 @@ const CORE: &[&str] = &["series", "forecast", "decide", "step"];
 
 /// What the pure core must never import.
 const NOT_FROM_CORE: &[&str] = &[
+    "discovery",
     "source",
     "act",
     "api",

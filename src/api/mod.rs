@@ -11,9 +11,9 @@
 //!
 //! One file per resource: `health.rs` (`/healthz`, `/readyz`, `/metrics`), `targets.rs`,
 //! `forecasts.rs` (forecast, history, bottleneck), `decisions.rs`, `deliveries.rs`,
-//! `actions.rs` (pause, resume, refit); `views.rs` holds what the API shows of the
-//! pipeline's types, `paging.rs` the `limit`/`offset` arithmetic and `error.rs` the error
-//! boundary. Every answer is a typed struct, so the OpenAPI document describes each field.
+//! `actions.rs` (pause, resume, refit), `discovery.rs` (`[[discovery]]`: the targets found,
+//! errors and clashes); `views.rs` holds what the API shows of the pipeline's types,
+//! `paging.rs` the `limit`/`offset` arithmetic and `error.rs` the error boundary. Every answer is a typed struct, so the OpenAPI document describes each field.
 //!
 //! With a [`Fleet`] (`[cluster]`), every instance answers for every target: `fleet.rs`
 //! forwards a request about one target owned by another instance to that owner, the list
@@ -38,6 +38,7 @@ mod cluster;
 mod dashboard;
 mod decisions;
 mod deliveries;
+mod discovery;
 mod error;
 mod explain;
 mod fleet;
@@ -160,6 +161,7 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
     let reads = Routes::new()
         .get("/api/v1/cluster", cluster::cluster)
         .get("/api/v1/targets", targets::targets)
+        .get("/api/v1/discovery", discovery::discovery)
         .merge(one_target, by_path)
         .merge(decisions, |r| {
             r.route_layer(middleware::from_fn_with_state(
@@ -207,7 +209,7 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
 #[derive(OpenApi)]
 #[openapi(
     info(title = "prescale", description = "Predictive autoscaler: forecasts, bottlenecks and decisions."),
-    paths(health::healthz, health::readyz, health::metrics, openapi, cluster::cluster, targets::targets, targets::target,
+    paths(health::healthz, health::readyz, health::metrics, openapi, cluster::cluster, targets::targets, targets::target, discovery::discovery,
         forecasts::target_forecast, forecasts::target_history, forecasts::target_bottleneck,
         decisions::decisions, explain::explain, deliveries::deliveries, deliveries::delivery, deliveries::retry_delivery, deliveries::discard_delivery,
         actions::pause, actions::resume, actions::refit),

@@ -15,13 +15,16 @@
 //! reverse: [`TargetConfig::policy`] converts a target into a [`crate::decide::Policy`].
 
 mod cluster;
+mod discovery;
 mod parse;
 #[cfg(test)]
 mod proptests;
 mod risk;
 mod schedule;
 mod secrets;
+mod summary;
 mod target;
+mod template;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -34,12 +37,15 @@ use url::Url;
 
 pub use crate::decide::Mode;
 pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL, EtcdAuth, EtcdTls};
+pub(crate) use discovery::show_labels;
+pub use discovery::{DEFAULT_REFRESH, DEFAULT_REMOVE_AFTER, DiscoveryConfig, Labels};
 pub use parse::{
     RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawCluster, RawConfig,
-    RawDelivery, RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules, RawServer,
-    RawState, RawTarget, RawWebhook,
+    RawDelivery, RawDiscovery, RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules,
+    RawServer, RawState, RawTarget, RawWebhook,
 };
 pub use secrets::Secret;
+pub use summary::summary;
 pub use target::{
     DEFAULT_HEADROOM, DEFAULT_PREDICTION_UTILIZATION, DEFAULT_TARGET_UTILIZATION,
     DEFAULT_TOLERANCE, HaproxyConfig, Queries, RuntimeApi, TargetConfig, WebhookConfig,
@@ -101,6 +107,8 @@ pub struct Config {
     /// The cluster this instance shares its targets with; `None`: one process owns every
     /// target.
     pub cluster: Option<ClusterConfig>,
+    /// `[[discovery]]`, in file order: targets made from a query's series.
+    pub discovery: Vec<DiscoveryConfig>,
 }
 
 /// Validated `[prometheus]`.

@@ -94,6 +94,32 @@ pub struct RawConfig {
     /// Several instances sharing the targets through etcd; without it one process owns
     /// every target.
     pub cluster: Option<RawCluster>,
+    /// `[[discovery]]`: targets made from the series of a Prometheus query.
+    #[serde(default)]
+    pub discovery: Vec<RawDiscovery>,
+}
+
+/// `[[discovery]]`: every series `query` returns becomes a target, its table rendered
+/// from `template` with the series' labels.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// PromQL whose result series are the services, e.g.
+    /// `sum by (namespace, deployment) (rate(http_requests_total[2m]))`; run as an instant
+    /// query every `refresh`.
+    pub query: String,
+    /// How often the query runs (default 1m).
+    #[serde(default, with = "bounded")]
+    pub refresh: Option<Duration>,
+    /// The target's name, a template such as `"${namespace}-${deployment}"`.
+    pub name: String,
+    /// A series absent this long stops being a target (default 10m).
+    #[serde(default, with = "bounded")]
+    pub remove_after: Option<Duration>,
+    /// The keys of a `[[target]]` (all but `name`), in whose strings `${label}` is
+    /// replaced by the series' value of `label`: escaped for a PromQL string literal in
+    /// queries, percent-encoded in URLs.
+    pub template: toml::Table,
 }
 
 /// `[cluster]`: instances that share the targets through etcd.

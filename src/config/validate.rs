@@ -25,7 +25,10 @@ impl Validator<'_> {
         let delivery = self.delivery(raw.delivery)?;
         let state = self.state(raw.state)?;
         let alertmanager = raw.alertmanager.map(|a| self.alertmanager(a)).transpose()?;
-        let targets = self.targets(raw.targets)?;
+        let discovery = (raw.discovery.into_iter().enumerate())
+            .map(|(i, d)| self.discovery(i, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let targets = self.targets(raw.targets, !discovery.is_empty())?;
         if raw.budget.max_replicas == Some(0) {
             return Err(self.err("budget.max_replicas", "is 0; expected at least 1"));
         }
@@ -49,6 +52,7 @@ impl Validator<'_> {
             targets,
             budget: raw.budget.max_replicas,
             cluster,
+            discovery,
         })
     }
 
@@ -144,12 +148,16 @@ impl Validator<'_> {
         })
     }
 
-    /// The targets, at least one, with unique names.
-    fn targets(&self, raw: Vec<RawTarget>) -> Result<Vec<TargetConfig>, ConfigError> {
-        if raw.is_empty() {
+    /// The targets, with unique names; at least one unless some are `discovered`.
+    fn targets(
+        &self,
+        raw: Vec<RawTarget>,
+        discovered: bool,
+    ) -> Result<Vec<TargetConfig>, ConfigError> {
+        if raw.is_empty() && !discovered {
             return Err(self.err(
                 "target",
-                "no target; expected at least one [[target]] table",
+                "no target; expected at least one [[target]] or [[discovery]] table",
             ));
         }
         let mut seen = HashSet::new();

@@ -20,6 +20,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Series grouped by the value of one label (e.g. `instance`).
 pub type Grouped = BTreeMap<String, Vec<Sample>>;
 
+/// A series' labels, by name.
+pub type Labels = BTreeMap<String, String>;
+
 /// A provider of step-aligned series.
 pub trait Source: Send + Sync {
     /// The one series `query` gives over `[start, end]` (Unix seconds, inclusive) at `step`
@@ -44,6 +47,17 @@ pub trait Source: Send + Sync {
         end: i64,
         step: i64,
     ) -> BoxFuture<'a, Result<Checked<Grouped>, SourceError>>;
+
+    /// The label sets of the series `query` gives now (an instant query): the services a
+    /// `[[discovery]]` finds. No series is an empty list, not an error. Sources that answer
+    /// range queries only (replayed traces) refuse it with [`SourceError::Unsupported`].
+    fn label_sets<'a>(&'a self, query: &'a str) -> BoxFuture<'a, Result<Vec<Labels>, SourceError>> {
+        Box::pin(async move {
+            Err(SourceError::Unsupported {
+                query: query.to_owned(),
+            })
+        })
+    }
 
     /// [`Source::range_checked`]'s series alone.
     fn range<'a>(
@@ -223,6 +237,12 @@ pub enum SourceError {
         /// The limit, bytes.
         limit: usize,
     },
+    /// The source cannot answer this kind of query (an instant query of a replayed trace).
+    #[error("query `{query}`: this source answers range queries only; discovery needs Prometheus")]
+    Unsupported {
+        /// The query.
+        query: String,
+    },
     /// Series came back, but every sample was dropped at the door.
     #[error(
         "query `{query}` returned no usable sample: {} (non-finite, negative, and outside the range asked for are dropped)",
@@ -342,6 +362,7 @@ impl SourceError {
             Self::Decode { .. } => "decode",
             Self::Unusable { .. } => "unusable",
             Self::TooLarge { .. } => "too_large",
+            Self::Unsupported { .. } => "unsupported",
         }
     }
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::{BoxFuture, Checked, Dropped, Grouped, Source, SourceError, admit};
+use super::{BoxFuture, Checked, Dropped, Grouped, Labels, Source, SourceError, admit};
 use crate::config::{PrometheusAuth, PrometheusConfig};
 use crate::series::{Sample, align_down};
 
@@ -53,6 +53,10 @@ pub struct PrometheusClient {
     endpoint: Url,
     /// The endpoint without credentials, for messages.
     shown: String,
+    /// `{base}/api/v1/query`, for instant queries (discovery).
+    instant: Url,
+    /// `instant` without credentials, for messages.
+    instant_shown: String,
     auth: Option<PrometheusAuth>,
     timeout: Duration,
     max_answer_bytes: usize,
@@ -78,16 +82,20 @@ impl PrometheusClient {
         }
         base.set_query(None);
         base.set_fragment(None);
-        let endpoint = base
-            .join("api/v1/query_range")
-            .map_err(|source| BuildError::Url {
+        let join = |path: &str| {
+            base.join(path).map_err(|source| BuildError::Url {
                 url: redacted(&cfg.url),
                 source,
-            })?;
+            })
+        };
+        let endpoint = join("api/v1/query_range")?;
+        let instant = join("api/v1/query")?;
         Ok(Self {
             http,
             shown: redacted(&endpoint),
             endpoint,
+            instant_shown: redacted(&instant),
+            instant,
             auth: cfg.auth.clone(),
             timeout: cfg.timeout,
             max_answer_bytes: cfg.max_answer_bytes,
@@ -165,16 +173,32 @@ impl PrometheusClient {
         end: i64,
         step: i64,
     ) -> Result<Answer, SourceError> {
+        let params = [
+            ("query", query.to_owned()),
+            ("start", start.to_string()),
+            ("end", end.to_string()),
+            ("step", step.to_string()),
+        ];
+        let (status, body) = self
+            .send(&self.endpoint, &self.shown, query, &params)
+            .await?;
+        parse(query, &self.shown, status, &body)
+    }
+
+    /// One GET of `endpoint` (shown as `shown`) with `params`, authenticated: the status
+    /// and the body, read up to `max_answer_bytes`.
+    async fn send(
+        &self,
+        endpoint: &Url,
+        shown: &str,
+        query: &str,
+        params: &[(&str, String)],
+    ) -> Result<(u16, Vec<u8>), SourceError> {
         let mut request = self
             .http
-            .get(self.endpoint.clone())
+            .get(endpoint.clone())
             .timeout(self.timeout)
-            .query(&[
-                ("query", query),
-                ("start", &start.to_string()),
-                ("end", &end.to_string()),
-                ("step", &step.to_string()),
-            ]);
+            .query(params);
         request = match &self.auth {
             Some(PrometheusAuth::Bearer(token)) => request.bearer_auth(token.expose()),
             Some(PrometheusAuth::Basic { username, password }) => {
@@ -184,35 +208,36 @@ impl PrometheusClient {
         };
         // A pooled keep-alive connection may have been closed by the server (e.g. a
         // restarted Prometheus) without the pool noticing yet; the request then fails after
-        // connecting. A range query is idempotent, so it is sent once more, on a new
+        // connecting. A query is idempotent, so it is sent once more, on a new
         // connection. A refused connection or a timeout is not retried.
         let retry = request.try_clone();
         let response = match (request.send().await, retry) {
             (Err(e), Some(retry)) if !e.is_timeout() && !e.is_connect() => {
                 // Without the URL: it may carry credentials.
                 let e = e.without_url();
-                debug!(query, url = %self.shown, error = %chain(&e), "query_range failed after connecting; retrying once");
+                debug!(query, url = %shown, error = %chain(&e), "query failed after connecting; retrying once");
                 retry.send().await
             }
             (result, _) => result,
         };
-        let response = response.map_err(|e| self.transport(query, e))?;
+        let response = response.map_err(|e| self.transport(shown, query, e))?;
         let status = response.status().as_u16();
-        let body = self.read_capped(query, response).await?;
-        parse(query, &self.shown, status, &body)
+        let body = self.read_capped(shown, query, response).await?;
+        Ok((status, body))
     }
 
     /// The body, read chunk by chunk and refused once it passes `max_answer_bytes`, so a
     /// huge answer never takes the memory of every target.
     async fn read_capped(
         &self,
+        shown: &str,
         query: &str,
         mut response: reqwest::Response,
     ) -> Result<Vec<u8>, SourceError> {
         let limit = self.max_answer_bytes;
         let too_large = || SourceError::TooLarge {
             query: query.to_owned(),
-            url: self.shown.clone(),
+            url: shown.to_owned(),
             limit,
         };
         let announced = response.content_length().unwrap_or(0);
@@ -223,7 +248,7 @@ impl PrometheusClient {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| self.transport(query, e))?
+            .map_err(|e| self.transport(shown, query, e))?
         {
             if body.len() + chunk.len() > limit {
                 return Err(too_large());
@@ -234,17 +259,17 @@ impl PrometheusClient {
     }
 
     /// Maps a transport failure to [`SourceError::Timeout`] or [`SourceError::Unreachable`].
-    fn transport(&self, query: &str, e: reqwest::Error) -> SourceError {
+    fn transport(&self, shown: &str, query: &str, e: reqwest::Error) -> SourceError {
         if e.is_timeout() {
             SourceError::Timeout {
                 query: query.to_owned(),
-                url: self.shown.clone(),
+                url: shown.to_owned(),
                 timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
             }
         } else {
             SourceError::Unreachable {
                 query: query.to_owned(),
-                url: self.shown.clone(),
+                url: shown.to_owned(),
                 // The URL is in the error already, without the long query string.
                 message: chain(&e.without_url()),
             }
@@ -291,6 +316,10 @@ impl Source for PrometheusClient {
             let value = group(query, label, series)?;
             Ok(Checked { value, dropped })
         })
+    }
+
+    fn label_sets<'a>(&'a self, query: &'a str) -> BoxFuture<'a, Result<Vec<Labels>, SourceError>> {
+        Box::pin(self.instant_labels(query))
     }
 }
 
@@ -342,8 +371,7 @@ fn chunks(start: i64, end: i64, step: i64) -> Vec<(i64, i64)> {
     out
 }
 
-/// A series' identity: its labels, `__name__` included when Prometheus keeps it.
-type Labels = BTreeMap<String, String>;
+// A series' identity ([`Labels`]): its labels, `__name__` included when Prometheus keeps it.
 
 /// One series with its finite samples.
 #[derive(Debug, Clone, PartialEq)]
@@ -765,5 +793,6 @@ mod tests {
     }
 }
 
+mod instant;
 #[cfg(test)]
 mod proptests;

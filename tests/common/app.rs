@@ -193,6 +193,26 @@ impl AppProcess {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Everything it logged so far, without the terminal's colour codes (`ESC [ … m`), so
+    /// that fields read `key=value`.
+    pub fn plain_log(&self) -> String {
+        let log = self.stderr();
+        let mut out = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// SIGKILL (`kill -9`) and reap: the exit status.
     pub fn kill(&mut self) -> ExitStatus {
         self.child.kill()

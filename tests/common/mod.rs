@@ -7,6 +7,7 @@
 //! - [`backfill`]: the NASA trace as a Prometheus counter ([`Backfill`]).
 //! - [`prometheus`]: a real `prometheus` whose TSDB `promtool` filled ([`Prometheus`]),
 //!   and a live [`Exporter`] it can scrape.
+//! - [`exporter`]: a `/metrics` whose series the test adds and removes ([`SeriesExporter`]).
 //! - [`receivers`]: HTTP servers that record every request and answer a script
 //!   ([`Receiver`], [`Reply`]).
 //! - [`haproxy`], [`alertmanager`]: the real servers ([`Haproxy`], [`Alertmanager`]).
@@ -25,6 +26,7 @@ pub mod app;
 pub mod backfill;
 pub mod config;
 pub mod etcd;
+pub mod exporter;
 pub mod haproxy;
 pub mod http;
 pub mod process;
@@ -36,6 +38,7 @@ pub use app::{App, AppProcess, STOP_DEADLINE};
 pub use backfill::{Backfill, COUNTER, Minute, RATE_QUERY, read_trace, trace_path};
 pub use config::{TempConfig, TestConfig, TestTarget, minimal_config};
 pub use etcd::Etcd;
+pub use exporter::SeriesExporter;
 pub use haproxy::Haproxy;
 pub use http::{decisions_made, get_json, http_get};
 pub use process::{

@@ -1,0 +1,89 @@
+//! The human summary of a validated configuration that `check-config` prints.
+
+use super::{Config, redacted};
+
+/// A human summary of a validated configuration, as `check-config` prints it.
+pub fn summary(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let prom = config
+        .prometheus
+        .as_ref()
+        .map_or("not configured".to_owned(), |p| redacted(&p.url));
+    let _ = writeln!(s, "prometheus: {prom}");
+    let _ = writeln!(s, "listen: {}", config.server.listen);
+    if let Some(keda) = config.server.keda_listen {
+        let _ = writeln!(s, "keda external scaler: {keda}");
+    }
+    let _ = writeln!(s, "state: {}", config.state.dir.display());
+    if let Some(am) = &config.alertmanager {
+        let _ = writeln!(s, "alertmanager: {}", redacted(&am.url));
+    }
+    if let Some(c) = &config.cluster {
+        let _ = writeln!(
+            s,
+            "cluster: instance {} (advertised at {}) over {} etcd endpoint(s), prefix {}, lease {}",
+            c.name,
+            c.advertise,
+            c.etcd.len(),
+            c.prefix,
+            humantime::format_duration(c.lease_ttl)
+        );
+    }
+    let _ = writeln!(s, "targets: {}", config.targets.len());
+    for d in &config.discovery {
+        let _ = writeln!(
+            s,
+            "  discovery[{}]: targets `{}` from `{}` every {}, removed {} after their series goes",
+            d.index,
+            d.name_template,
+            d.query,
+            humantime::format_duration(d.refresh),
+            humantime::format_duration(d.remove_after),
+        );
+    }
+    if let Some(budget) = config.budget {
+        let _ = writeln!(s, "budget: {budget} replicas across targets");
+    }
+    for t in &config.targets {
+        let _ = writeln!(
+            s,
+            "  {}: {:?} mode, {}..={} replicas, {} rps/replica, startup {}, every {}, step {}, history {}{}{}",
+            t.name,
+            t.mode,
+            t.min_replicas,
+            t.max_replicas,
+            t.capacity_rps
+                .map_or("learned".to_owned(), |c| c.to_string()),
+            humantime::format_duration(t.startup),
+            humantime::format_duration(t.interval),
+            humantime::format_duration(t.step),
+            humantime::format_duration(t.history),
+            if t.platform.is_some() {
+                ", platform webhook"
+            } else {
+                ""
+            },
+            if t.balancer.is_some() {
+                ", balancer webhook"
+            } else if t.haproxy.is_some() {
+                ", HAProxy balancer"
+            } else {
+                ""
+            },
+        );
+        for w in &t.schedule {
+            let bound = |b: Option<u32>| b.map_or("-".to_owned(), |n| n.to_string());
+            let _ = writeln!(
+                s,
+                "    schedule `{}` ({}) for {}: min {}, max {}",
+                w.expression,
+                w.timezone.name(),
+                humantime::format_duration(std::time::Duration::from_secs(w.duration as u64)),
+                bound(w.min_replicas),
+                bound(w.max_replicas),
+            );
+        }
+    }
+    s
+}
