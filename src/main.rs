@@ -398,10 +398,7 @@ fn report_tuning(
     target: &TargetConfig,
 ) -> anyhow::Result<()> {
     let Some(risk) = t.recommended else {
-        anyhow::bail!(
-            "no point of the dial meets {:?} on the training history: loosen the objective",
-            t.objective
-        );
+        anyhow::bail!("{}", t.unmet());
     };
     println!("recommended: risk = {risk:.2}");
     if let Some(test) = &t.test {

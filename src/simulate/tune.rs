@@ -52,6 +52,16 @@ impl std::str::FromStr for Objective {
     }
 }
 
+impl std::fmt::Display for Objective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::CostOfHpa => f.write_str("cost=hpa"),
+            Self::LostPct(p) => write!(f, "lost={p}%"),
+            Self::ReplicaHours(n) => write!(f, "cost={n}"),
+        }
+    }
+}
+
 /// One replay: the dial and how it scored.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Point {
@@ -255,6 +265,31 @@ pub fn recommend(frontier: &[Point], references: &References, objective: Objecti
 }
 
 impl Tuning {
+    /// Why no dial meets the objective: the nearest point of the frontier against what
+    /// was asked for.
+    pub fn unmet(&self) -> String {
+        let o = self.objective;
+        let cheapest = self.frontier.first().map(|p| p.score);
+        let safest = self.frontier.last().map(|p| p.score);
+        let why = match (o, cheapest, safest) {
+            (Objective::LostPct(want), _, Some(s)) => format!(
+                "the safest point of the dial loses {:.3} % of requests, more than {want} %",
+                s.lost_pct
+            ),
+            (Objective::CostOfHpa, Some(c), _) => format!(
+                "the leanest point of the dial takes {:.1} replica-hours, more than the HPA at 70 %'s {:.1}",
+                c.replica_hours,
+                hpa_cost(&self.references).unwrap_or(f64::NAN)
+            ),
+            (Objective::ReplicaHours(cap), Some(c), _) => format!(
+                "the leanest point of the dial takes {:.1} replica-hours, more than {cap}",
+                c.replica_hours
+            ),
+            _ => "nothing was replayed".to_owned(),
+        };
+        format!("no point of the dial meets {o} on the training history: {why}")
+    }
+
     /// The frontier, the references and the recommendation, as a table for people.
     pub fn table(&self) -> String {
         use std::fmt::Write;
