@@ -314,7 +314,9 @@ impl Generation {
         let outbox = shared.outbox.clone();
         let (alerts, budget, forecast) = (c.alertmanager.clone(), c.budget, c.forecast.clone());
         let models = models::ModelsDir::new(&c.forecast.models_dir);
-        let make = move |target, ownership| pipeline::TargetLoop {
+        let receivers = shared.receivers.clone();
+        let make = move |target: Arc<config::TargetConfig>, ownership| pipeline::TargetLoop {
+            kubernetes: receivers.kubernetes(&target.name),
             target,
             source: source.clone(),
             store: store.clone(),
@@ -400,6 +402,7 @@ async fn reload_config(mut running: Generation, sources: &Sources, shared: &Shar
             shared.metrics.forget_target(name, &signals);
         }
     }
+    release_removed(&changes.removed, &shared.receivers).await;
     shared.receivers.replace(&receivers);
     let mut next = Generation::new(config, shared);
     next.take_over(&running.store, &changes);
@@ -415,6 +418,26 @@ async fn reload_config(mut running: Generation, sources: &Sources, shared: &Shar
         "configuration reloaded"
     );
     next
+}
+
+/// Gives back the HPA floors that prescale raised for targets removed from the
+/// configuration (Kubernetes `hpa-floor`): it stops acting on them. A failure is logged;
+/// the floor then stays where prescale last set it.
+async fn release_removed(removed: &[String], receivers: &act::Receivers) {
+    for name in removed {
+        let Some(k) = receivers.kubernetes(name) else {
+            continue;
+        };
+        match k.release().await {
+            Ok(Some(floor)) => {
+                tracing::info!(target = %name, floor, "removed: the HPA's floor is given back");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(target = %name, error = %e, "removed: cannot give the HPA its floor back");
+            }
+        }
+    }
 }
 
 /// A message of several lines (a TOML error quoting the line) on one line, for the log.
@@ -563,6 +586,8 @@ pub fn summary(config: &config::Config) -> String {
             humantime::format_duration(t.history),
             if t.platform.is_some() {
                 ", platform webhook"
+            } else if t.kubernetes.is_some() {
+                ", Kubernetes platform"
             } else {
                 ""
             },

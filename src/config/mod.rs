@@ -8,6 +8,7 @@
 //! - `validate.rs`: raw sections → validated ones, with their defaults;
 //! - `target.rs`: [`TargetConfig`], the per-target part, and its validation;
 //! - `cluster.rs`: [`ClusterConfig`], `[cluster]` and its validation;
+//! - `kubernetes.rs`: [`KubernetesConfig`], a `[target.platform]` of `kind = "kubernetes"`;
 //! - `secrets.rs`: [`Secret`], read from an environment variable or a file;
 //! - here: the validated top-level types, [`ConfigError`] and [`Config::load`].
 //!
@@ -15,6 +16,7 @@
 //! reverse: [`TargetConfig::policy`] converts a target into a [`crate::decide::Policy`].
 
 mod cluster;
+mod kubernetes;
 mod parse;
 #[cfg(test)]
 mod proptests;
@@ -33,10 +35,11 @@ use url::Url;
 
 pub use crate::decide::Mode;
 pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL, EtcdAuth, EtcdTls};
+pub use kubernetes::{Credentials, KubernetesConfig, KubernetesMode, ScaleTargetRef};
 pub use parse::{
     RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawCluster, RawConfig,
-    RawDelivery, RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules, RawServer,
-    RawState, RawTarget, RawWebhook,
+    RawDelivery, RawForecast, RawPlatform, RawPrometheus, RawRatePolicy, RawRebalance, RawRules,
+    RawServer, RawState, RawTarget, RawWebhook,
 };
 pub use secrets::Secret;
 pub use target::{

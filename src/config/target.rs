@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::parse::{RawBalancer, RawBehavior, RawRebalance, RawRules, RawTarget, RawWebhook};
+use super::kubernetes::KubernetesConfig;
+use super::parse::{
+    RawBalancer, RawBehavior, RawPlatform, RawRebalance, RawRules, RawTarget, RawWebhook,
+};
 use super::secrets::Secret;
 use super::{AlertmanagerConfig, ConfigError, ForecastConfig, Validator};
 use crate::decide::balance::{MAX_WEIGHT, Settings};
@@ -111,6 +114,8 @@ pub struct TargetConfig {
     pub mode: Mode,
     /// Scale webhook.
     pub platform: Option<WebhookConfig>,
+    /// Scale through the Kubernetes API instead (`[target.platform] kind = "kubernetes"`).
+    pub kubernetes: Option<KubernetesConfig>,
     /// Rebalance webhook.
     pub balancer: Option<WebhookConfig>,
     /// Rebalance through HAProxy's runtime API instead (`[target.balancer] kind = "haproxy"`).
@@ -198,10 +203,10 @@ impl TargetConfig {
             capacity_rps: self.capacity_rps,
             learns_capacity: self.latency_slo.is_some()
                 && q.latency.is_some()
-                && q.replicas.is_some(),
-            observes_replicas: q.replicas.is_some(),
+                && self.observes_replicas(),
+            observes_replicas: self.observes_replicas(),
             initial_replicas: self.initial_replicas,
-            scales: self.platform.is_some(),
+            scales: self.platform.is_some() || self.kubernetes.is_some(),
             balances: self.balancer.is_some() || self.haproxy.is_some(),
             rebalance: self.rebalance.clone(),
             priority: self.priority,
@@ -210,6 +215,18 @@ impl TargetConfig {
                 resend: a.resend.as_secs() as i64,
             }),
         }
+    }
+
+    /// Whether the running count is observed: by the `replicas` query, or else read from
+    /// the Kubernetes scale subresource ([`TargetConfig::reads_scale`]).
+    pub fn observes_replicas(&self) -> bool {
+        self.queries.replicas.is_some() || self.kubernetes.is_some()
+    }
+
+    /// Whether the running count is read from the Kubernetes scale subresource each cycle
+    /// (a Kubernetes platform and no `replicas` query, which would take precedence).
+    pub fn reads_scale(&self) -> bool {
+        self.queries.replicas.is_none() && self.kubernetes.is_some()
     }
 
     /// The signals this target's configuration asks for, with their queries.
@@ -253,6 +270,7 @@ impl TargetConfig {
             scale_down: Rules::default_scale_down(),
             mode: Mode::Act,
             platform: None,
+            kubernetes: None,
             balancer: None,
             haproxy: None,
             rebalance: Settings::default(),
@@ -314,6 +332,9 @@ struct Planning {
 /// Where a target's rebalance actions go: a webhook or HAProxy.
 type BalancerConfig = (Option<WebhookConfig>, Option<HaproxyConfig>);
 
+/// Where a target's scale actions go: a webhook or Kubernetes.
+type PlatformConfig = (Option<WebhookConfig>, Option<KubernetesConfig>);
+
 impl Validator<'_> {
     /// Validates the `i`-th `[[target]]` table; errors name it by name once it has one.
     pub(super) fn target(&self, i: usize, t: RawTarget) -> Result<TargetConfig, ConfigError> {
@@ -329,10 +350,10 @@ impl Validator<'_> {
             &target_key(&t.name, "rebalance"),
             t.rebalance.unwrap_or_default(),
         )?;
-        let platform = t
-            .platform
-            .map(|w| self.webhook(&target_key(&t.name, "platform"), w))
-            .transpose()?;
+        let (platform, kubernetes) = match t.platform {
+            Some(p) => self.platform(&target_key(&t.name, "platform"), p, min_replicas)?,
+            None => (None, None),
+        };
         let (balancer, haproxy) = match t.balancer {
             Some(b) => self.balancer(&target_key(&t.name, "balancer"), b)?,
             None => (None, None),
@@ -360,6 +381,7 @@ impl Validator<'_> {
             scale_down,
             mode: t.mode.unwrap_or(Mode::Act),
             platform,
+            kubernetes,
             balancer,
             haproxy,
             rebalance,
@@ -414,6 +436,11 @@ impl Validator<'_> {
 
     /// The latency objective, and a capacity that is configured or can be learned.
     fn capacity(&self, t: &RawTarget, queries: &Queries) -> Result<(), ConfigError> {
+        // A Kubernetes platform reads the running count from the scale subresource.
+        let kubernetes = t
+            .platform
+            .as_ref()
+            .is_some_and(|p| p.kind.as_deref() == Some("kubernetes"));
         if t.latency_slo.is_some() && queries.latency.is_none() {
             return Err(self.err(
                 target_key(&t.name, "latency_slo"),
@@ -431,11 +458,13 @@ impl Validator<'_> {
                 target_key(&t.name, "capacity_rps"),
                 format!("{c} is not usable; expected a positive number of requests/s"),
             )),
-            None if t.latency_slo.is_none() || queries.replicas.is_none() => Err(self.err(
-                target_key(&t.name, "capacity_rps"),
-                "is missing; expected a positive number of requests/s, or `latency`, \
-                 `latency_slo` and `replicas` to learn it from",
-            )),
+            None if t.latency_slo.is_none() || !(queries.replicas.is_some() || kubernetes) => {
+                Err(self.err(
+                    target_key(&t.name, "capacity_rps"),
+                    "is missing; expected a positive number of requests/s, or `latency`, \
+                     `latency_slo` and `replicas` (or a Kubernetes platform) to learn it from",
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -720,6 +749,56 @@ impl Validator<'_> {
             secret,
             previous_secret,
         })
+    }
+
+    /// `[target.platform]`: a webhook (default) or Kubernetes.
+    fn platform(
+        &self,
+        key: &str,
+        p: RawPlatform,
+        min_replicas: u32,
+    ) -> Result<PlatformConfig, ConfigError> {
+        match p.kind.as_deref().unwrap_or("webhook") {
+            "webhook" => Ok((Some(self.webhook_platform(key, p)?), None)),
+            "kubernetes" => Ok((None, Some(self.kubernetes(key, p, min_replicas)?))),
+            other => Err(self.err(
+                format!("{key}.kind"),
+                format!("`{other}` is not a platform kind; expected `webhook` or `kubernetes`"),
+            )),
+        }
+    }
+
+    /// `[target.platform]` with `kind = "webhook"`: no Kubernetes keys.
+    fn webhook_platform(&self, key: &str, p: RawPlatform) -> Result<WebhookConfig, ConfigError> {
+        let stray = [
+            ("namespace", p.namespace.is_some()),
+            ("deployment", p.deployment.is_some()),
+            ("scale_target", p.scale_target.is_some()),
+            ("mode", p.mode.is_some()),
+            ("hpa", p.hpa.is_some()),
+            ("kubeconfig", p.kubeconfig.is_some()),
+            ("context", p.context.is_some()),
+        ];
+        if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(self.err(
+                format!("{key}.{k}"),
+                "belongs to kind = \"kubernetes\"; expected webhook keys (url, secret_env, secret_file)",
+            ));
+        }
+        let url = p.url.ok_or_else(|| {
+            self.err(
+                format!("{key}.url"),
+                "missing; expected the webhook URL (or kind = \"kubernetes\")",
+            )
+        })?;
+        let w = RawWebhook {
+            url,
+            secret_env: p.secret_env,
+            secret_file: p.secret_file,
+            previous_secret_env: p.previous_secret_env,
+            previous_secret_file: p.previous_secret_file,
+        };
+        self.webhook(key, w)
     }
 
     fn balancer(&self, key: &str, b: RawBalancer) -> Result<BalancerConfig, ConfigError> {
