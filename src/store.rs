@@ -145,11 +145,15 @@ impl TargetState {
     fn new(config: Arc<TargetConfig>) -> Self {
         let step = config.step_secs();
         let cap = config.history_points();
-        let signals = config
+        let mut signals: BTreeMap<Signal, SignalHealth> = config
             .signals()
             .into_iter()
             .map(|(s, _)| (s, SignalHealth::default()))
             .collect();
+        if config.reads_scale() {
+            // Read from the Kubernetes scale subresource instead of a query.
+            signals.insert(Signal::Replicas, SignalHealth::default());
+        }
         Self {
             rate: Series::new(step, cap),
             latency: Series::new(step, cap),

@@ -8,7 +8,7 @@
 //! - `validate.rs`: raw sections → validated ones, with their defaults;
 //! - `target.rs`: [`TargetConfig`], the per-target part, and its validation;
 //! - `cluster.rs`: [`ClusterConfig`], `[cluster]` and its validation;
-//! - `kubernetes.rs`: [`KubernetesConfig`], a `[target.platform]` of `kind = "kubernetes"`;
+//! - `platform.rs`: `[target.platform]`: a webhook or [`KubernetesConfig`];
 //! - `secrets.rs`: [`Secret`], read from an environment variable or a file;
 //! - here: the validated top-level types, [`ConfigError`] and [`Config::load`].
 //!
@@ -16,8 +16,8 @@
 //! reverse: [`TargetConfig::policy`] converts a target into a [`crate::decide::Policy`].
 
 mod cluster;
-mod kubernetes;
 mod parse;
+mod platform;
 #[cfg(test)]
 mod proptests;
 mod schedule;
@@ -35,12 +35,12 @@ use url::Url;
 
 pub use crate::decide::Mode;
 pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL, EtcdAuth, EtcdTls};
-pub use kubernetes::{Credentials, KubernetesConfig, KubernetesMode, ScaleTargetRef};
 pub use parse::{
     RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawCluster, RawConfig,
     RawDelivery, RawForecast, RawPlatform, RawPrometheus, RawRatePolicy, RawRebalance, RawRules,
     RawServer, RawState, RawTarget, RawWebhook,
 };
+pub use platform::{Credentials, KubernetesConfig, KubernetesMode, ScaleTargetRef};
 pub use secrets::Secret;
 pub use target::{
     DEFAULT_HEADROOM, DEFAULT_PREDICTION_UTILIZATION, DEFAULT_TARGET_UTILIZATION,

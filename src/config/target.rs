@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::kubernetes::KubernetesConfig;
-use super::parse::{
-    RawBalancer, RawBehavior, RawPlatform, RawRebalance, RawRules, RawTarget, RawWebhook,
-};
+use super::parse::{RawBalancer, RawBehavior, RawRebalance, RawRules, RawTarget, RawWebhook};
+use super::platform::KubernetesConfig;
 use super::secrets::Secret;
 use super::{AlertmanagerConfig, ConfigError, ForecastConfig, Validator};
 use crate::decide::balance::{MAX_WEIGHT, Settings};
@@ -331,9 +329,6 @@ struct Planning {
 
 /// Where a target's rebalance actions go: a webhook or HAProxy.
 type BalancerConfig = (Option<WebhookConfig>, Option<HaproxyConfig>);
-
-/// Where a target's scale actions go: a webhook or Kubernetes.
-type PlatformConfig = (Option<WebhookConfig>, Option<KubernetesConfig>);
 
 impl Validator<'_> {
     /// Validates the `i`-th `[[target]]` table; errors name it by name once it has one.
@@ -725,7 +720,7 @@ impl Validator<'_> {
         })
     }
 
-    fn webhook(&self, key: &str, w: RawWebhook) -> Result<WebhookConfig, ConfigError> {
+    pub(super) fn webhook(&self, key: &str, w: RawWebhook) -> Result<WebhookConfig, ConfigError> {
         let url = self.url(&format!("{key}.url"), &w.url)?;
         let secret = self
             .secret(
@@ -749,56 +744,6 @@ impl Validator<'_> {
             secret,
             previous_secret,
         })
-    }
-
-    /// `[target.platform]`: a webhook (default) or Kubernetes.
-    fn platform(
-        &self,
-        key: &str,
-        p: RawPlatform,
-        min_replicas: u32,
-    ) -> Result<PlatformConfig, ConfigError> {
-        match p.kind.as_deref().unwrap_or("webhook") {
-            "webhook" => Ok((Some(self.webhook_platform(key, p)?), None)),
-            "kubernetes" => Ok((None, Some(self.kubernetes(key, p, min_replicas)?))),
-            other => Err(self.err(
-                format!("{key}.kind"),
-                format!("`{other}` is not a platform kind; expected `webhook` or `kubernetes`"),
-            )),
-        }
-    }
-
-    /// `[target.platform]` with `kind = "webhook"`: no Kubernetes keys.
-    fn webhook_platform(&self, key: &str, p: RawPlatform) -> Result<WebhookConfig, ConfigError> {
-        let stray = [
-            ("namespace", p.namespace.is_some()),
-            ("deployment", p.deployment.is_some()),
-            ("scale_target", p.scale_target.is_some()),
-            ("mode", p.mode.is_some()),
-            ("hpa", p.hpa.is_some()),
-            ("kubeconfig", p.kubeconfig.is_some()),
-            ("context", p.context.is_some()),
-        ];
-        if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
-            return Err(self.err(
-                format!("{key}.{k}"),
-                "belongs to kind = \"kubernetes\"; expected webhook keys (url, secret_env, secret_file)",
-            ));
-        }
-        let url = p.url.ok_or_else(|| {
-            self.err(
-                format!("{key}.url"),
-                "missing; expected the webhook URL (or kind = \"kubernetes\")",
-            )
-        })?;
-        let w = RawWebhook {
-            url,
-            secret_env: p.secret_env,
-            secret_file: p.secret_file,
-            previous_secret_env: p.previous_secret_env,
-            previous_secret_file: p.previous_secret_file,
-        };
-        self.webhook(key, w)
     }
 
     fn balancer(&self, key: &str, b: RawBalancer) -> Result<BalancerConfig, ConfigError> {

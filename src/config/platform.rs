@@ -1,14 +1,17 @@
-//! `[target.platform]` with `kind = "kubernetes"`: [`KubernetesConfig`], the resource whose
-//! `scale` subresource prescale reads and sets (or whose HPA floor it raises), and where
-//! its credentials come from.
+//! `[target.platform]`: a signed webhook (the default) or, with `kind = "kubernetes"`,
+//! [`KubernetesConfig`]: the resource whose `scale` subresource prescale reads and sets (or
+//! whose HPA floor it raises), and where its credentials come from.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::parse::{RawPlatform, RawScaleTarget};
-use super::{ConfigError, Validator};
+use super::parse::{RawPlatform, RawScaleTarget, RawWebhook};
+use super::{ConfigError, Validator, WebhookConfig};
+
+/// Where a target's scale actions go: a webhook or Kubernetes.
+pub(super) type PlatformConfig = (Option<WebhookConfig>, Option<KubernetesConfig>);
 
 /// How prescale acts on a Kubernetes resource (`mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -121,9 +124,59 @@ fn is_object_name(s: &str) -> bool {
 }
 
 impl Validator<'_> {
+    /// `[target.platform]`: a webhook (default) or Kubernetes.
+    pub(super) fn platform(
+        &self,
+        key: &str,
+        p: RawPlatform,
+        min_replicas: u32,
+    ) -> Result<PlatformConfig, ConfigError> {
+        match p.kind.as_deref().unwrap_or("webhook") {
+            "webhook" => Ok((Some(self.webhook_platform(key, p)?), None)),
+            "kubernetes" => Ok((None, Some(self.kubernetes(key, p, min_replicas)?))),
+            other => Err(self.err(
+                format!("{key}.kind"),
+                format!("`{other}` is not a platform kind; expected `webhook` or `kubernetes`"),
+            )),
+        }
+    }
+
+    /// `[target.platform]` with `kind = "webhook"`: no Kubernetes keys.
+    fn webhook_platform(&self, key: &str, p: RawPlatform) -> Result<WebhookConfig, ConfigError> {
+        let stray = [
+            ("namespace", p.namespace.is_some()),
+            ("deployment", p.deployment.is_some()),
+            ("scale_target", p.scale_target.is_some()),
+            ("mode", p.mode.is_some()),
+            ("hpa", p.hpa.is_some()),
+            ("kubeconfig", p.kubeconfig.is_some()),
+            ("context", p.context.is_some()),
+        ];
+        if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(self.err(
+                format!("{key}.{k}"),
+                "belongs to kind = \"kubernetes\"; expected webhook keys (url, secret_env, secret_file)",
+            ));
+        }
+        let url = p.url.ok_or_else(|| {
+            self.err(
+                format!("{key}.url"),
+                "missing; expected the webhook URL (or kind = \"kubernetes\")",
+            )
+        })?;
+        let w = RawWebhook {
+            url,
+            secret_env: p.secret_env,
+            secret_file: p.secret_file,
+            previous_secret_env: p.previous_secret_env,
+            previous_secret_file: p.previous_secret_file,
+        };
+        self.webhook(key, w)
+    }
+
     /// `[target.platform]` with `kind = "kubernetes"` (`key` is `target[NAME].platform`);
     /// `min_replicas` is the target's.
-    pub(super) fn kubernetes(
+    fn kubernetes(
         &self,
         key: &str,
         p: RawPlatform,
@@ -244,5 +297,153 @@ impl Validator<'_> {
             kind,
             name,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    const TARGET: &str = r#"
+[prometheus]
+url = "http://127.0.0.1:9090"
+
+[[target]]
+name = "web"
+request_rate = "sum(rate(http_requests_total[5m]))"
+capacity_rps = 150
+startup = "3m"
+min_replicas = 0
+max_replicas = 40
+
+[target.platform]
+kind = "kubernetes"
+namespace = "shop"
+"#;
+
+    fn check(platform: &str, expected: Result<KubernetesConfig, &[&str]>) {
+        let text = format!("{TARGET}{platform}\n");
+        let parsed = Config::parse(&text, Path::new("/etc/prescale/p.toml"));
+        match (parsed, expected) {
+            (Ok(c), Ok(want)) => {
+                let t = &c.targets[0];
+                assert_eq!(t.kubernetes.as_ref(), Some(&want), "{platform}");
+                assert!(t.platform.is_none() && t.reads_scale() && t.observes_replicas());
+            }
+            (Err(e), Err(parts)) => {
+                let e = e.to_string();
+                for p in parts {
+                    assert!(e.contains(p), "{platform}: `{e}` lacks `{p}`");
+                }
+            }
+            (got, want) => panic!("{platform}: got {got:?}, expected {want:?}"),
+        }
+    }
+
+    fn web(mode: KubernetesMode, hpa: Option<&str>, credentials: Credentials) -> KubernetesConfig {
+        KubernetesConfig {
+            namespace: "shop".into(),
+            resource: ScaleTargetRef {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: "web".into(),
+            },
+            mode,
+            hpa: hpa.map(str::to_owned),
+            restore_min: 1,
+            credentials,
+        }
+    }
+
+    #[test]
+    fn kubernetes_platforms() {
+        check(
+            "deployment = \"web\"",
+            Ok(web(KubernetesMode::Replicas, None, Credentials::InCluster)),
+        );
+        check(
+            "deployment = \"web\"\nmode = \"hpa-floor\"\nhpa = \"web-cpu\"\nkubeconfig = \"kc\"\ncontext = \"prod\"",
+            Ok(web(
+                KubernetesMode::HpaFloor,
+                Some("web-cpu"),
+                Credentials::Kubeconfig {
+                    path: Some("/etc/prescale/kc".into()),
+                    context: Some("prod".into()),
+                },
+            )),
+        );
+        let mut db = web(
+            KubernetesMode::Replicas,
+            None,
+            Credentials::Kubeconfig {
+                path: None,
+                context: Some("prod".into()),
+            },
+        );
+        db.resource.kind = "StatefulSet".into();
+        db.resource.name = "db".into();
+        check(
+            "scale_target = { kind = \"StatefulSet\", name = \"db\" }\ncontext = \"prod\"",
+            Ok(db),
+        );
+    }
+
+    #[test]
+    fn kubernetes_errors_name_the_key() {
+        let cases: &[(&str, &[&str])] = &[
+            ("", &["target[web].platform.deployment", "missing"]),
+            (
+                "deployment = \"Web\"",
+                &["target[web].platform.deployment", "not a Kubernetes name"],
+            ),
+            (
+                "deployment = \"web\"\nscale_target = { kind = \"StatefulSet\", name = \"db\" }",
+                &["target[web].platform.scale_target", "one of them"],
+            ),
+            (
+                "scale_target = { kind = \"Rollout\", name = \"web\" }",
+                &["target[web].platform.scale_target.api_version", "Rollout"],
+            ),
+            (
+                "deployment = \"web\"\nhpa = \"web\"",
+                &["target[web].platform.hpa", "hpa-floor"],
+            ),
+            (
+                "deployment = \"web\"\nurl = \"http://x/\"",
+                &["target[web].platform.url", "webhook"],
+            ),
+            (
+                "deployment = \"web\"\nmode = \"floor\"",
+                &["floor", "hpa-floor"],
+            ),
+        ];
+        for (platform, parts) in cases {
+            check(platform, Err(parts));
+        }
+        let text = TARGET.replace(
+            "kind = \"kubernetes\"\nnamespace = \"shop\"",
+            "kind = \"k8s\"",
+        );
+        let e = Config::parse(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("target[web].platform.kind") && e.contains("kubernetes"),
+            "{e}"
+        );
+        let text = TARGET.replace(
+            "kind = \"kubernetes\"",
+            "url = \"http://127.0.0.1:1/\"\nsecret_env = \"X\"",
+        );
+        let e = Config::parse(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("target[web].platform.namespace") && e.contains("kubernetes"),
+            "{e}"
+        );
     }
 }
