@@ -402,7 +402,18 @@ async fn reload_config(mut running: Generation, sources: &Sources, shared: &Shar
             shared.metrics.forget_target(name, &signals);
         }
     }
-    release_removed(&changes.removed, &shared.receivers).await;
+    let acted: Vec<String> = changes
+        .removed
+        .iter()
+        .filter(|n| {
+            running
+                .config
+                .target(n)
+                .is_some_and(|t| t.mode == config::Mode::Act)
+        })
+        .cloned()
+        .collect();
+    release_removed(&acted, &shared.receivers).await;
     shared.receivers.replace(&receivers);
     let mut next = Generation::new(config, shared);
     next.take_over(&running.store, &changes);
@@ -420,8 +431,8 @@ async fn reload_config(mut running: Generation, sources: &Sources, shared: &Shar
     next
 }
 
-/// Gives back the HPA floors that prescale raised for targets removed from the
-/// configuration (Kubernetes `hpa-floor`): it stops acting on them. A failure is logged;
+/// Gives back the HPA floors of targets that acted and were removed from the configuration
+/// (Kubernetes `hpa-floor`): prescale stops acting on them. A failure is logged;
 /// the floor then stays where prescale last set it.
 async fn release_removed(removed: &[String], receivers: &act::Receivers) {
     for name in removed {

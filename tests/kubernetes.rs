@@ -352,9 +352,10 @@ async fn the_role_grants_exactly_what_the_adapter_calls() {
 // ---------------------------------------------------------------------------------------
 // `prescale serve` end to end.
 
-/// A running `prescale serve`.
+/// A running `prescale serve`, reloading its file at each [`Serving::reload`].
 struct Serving {
     addr: std::net::SocketAddr,
+    reloads: tokio::sync::mpsc::Sender<()>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     client: reqwest::Client,
@@ -366,13 +367,18 @@ impl Serving {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(prescale::serve(config, listener, async move {
+        let (reloads, reloaded) = tokio::sync::mpsc::channel(1);
+        let stopped = async move {
             let _ = stopped.await;
-        }));
+        };
+        let task = tokio::spawn(prescale::serve_reloading(
+            config, listener, stopped, reloaded,
+        ));
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         Self {
             addr,
+            reloads,
             stop: Some(stop),
             task,
             client,
@@ -399,6 +405,10 @@ impl Serving {
             .send()
             .await;
         res.map_or(0, |r| r.status().as_u16())
+    }
+
+    async fn reload(&self) {
+        self.reloads.send(()).await.expect("serve takes reloads");
     }
 
     async fn stop(mut self) {
@@ -442,7 +452,8 @@ context = "stand-in"
 /// read from the scale subresource (no `replicas` query, no `initial_replicas`), a scale
 /// delivered as a merge patch; a 403 dead letter carrying the server's message; an HPA in
 /// the way of `replicas` mode degrading its target with a message naming it; and in
-/// `hpa-floor` mode the HPA's floor raised, then given back on pause.
+/// `hpa-floor` mode the HPA's floor raised, then given back on pause and on removal from
+/// the configuration by a reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_scales_through_the_stand_in() {
     let backfill = Backfill::from_trace(3);
@@ -463,9 +474,13 @@ async fn serve_scales_through_the_stand_in() {
     api.add_scalable("statefulsets", "StatefulSet", NS, "db", 2);
     api.deny("patch", "statefulsets/scale");
 
+    api.add_deployment(NS, "dropped", 2);
+    api.add_hpa(NS, "dropped-cpu", "dropped", 2, 30);
+
     let dir = tempfile::tempdir().unwrap();
     api.write_kubeconfig(dir.path());
-    let toml = format!(
+    std::fs::write(dir.path().join("token"), API_TOKEN).unwrap();
+    let head = format!(
         "[server]\napi_token_file = \"token\"\n\n[prometheus]\nurl = \"{}\"\n\n[delivery]\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"\n{}{}{}{}",
         prom.url(),
         kube_target("web", "deployment = \"web\""),
@@ -476,9 +491,9 @@ async fn serve_scales_through_the_stand_in() {
             "scale_target = { kind = \"StatefulSet\", name = \"db\" }"
         ),
     );
-    std::fs::write(dir.path().join("token"), API_TOKEN).unwrap();
+    let dropped = kube_target("dropped", "deployment = \"dropped\"\nmode = \"hpa-floor\"");
     let config = dir.path().join("prescale.toml");
-    std::fs::write(&config, toml).unwrap();
+    std::fs::write(&config, format!("{head}{dropped}")).unwrap();
     let app = Serving::start(&config).await;
 
     // The running count comes from the scale subresource, then a scale is delivered.
@@ -532,6 +547,20 @@ async fn serve_scales_through_the_stand_in() {
     poll_until_async("the floor to be given back on pause", DEADLINE, || async {
         (api.hpa_min(NS, "floored-cpu") == Some(2)).then_some(())
     })
+    .await;
+
+    // Removed from the configuration by a reload: its floor is given back.
+    poll_until_async("`dropped`'s floor to be raised", DEADLINE, || async {
+        api.hpa_min(NS, "dropped-cpu").filter(|n| *n > 2)
+    })
+    .await;
+    std::fs::write(&config, &head).unwrap();
+    app.reload().await;
+    poll_until_async(
+        "the floor to be given back on removal",
+        DEADLINE,
+        || async { (api.hpa_min(NS, "dropped-cpu") == Some(2)).then_some(()) },
+    )
     .await;
 
     let calls = api.calls();

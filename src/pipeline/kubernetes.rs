@@ -5,6 +5,7 @@ use tracing::{info, warn};
 
 use super::TargetLoop;
 use crate::act::kubernetes::Kubernetes;
+use crate::config::Mode;
 use crate::series::{Sample, align_down};
 use crate::step::Asked;
 use crate::store::Signal;
@@ -48,8 +49,8 @@ impl TargetLoop {
         }
     }
 
-    /// While the target is paused, gives the HPA its floor back once (`hpa-floor`): prescale
-    /// stops acting on it. The count asked for becomes that floor, so that once resumed the
+    /// While the target is paused, gives the HPA its floor back once (`hpa-floor`, acting,
+    /// and once a count was asked for): prescale stops acting on it. The count asked for becomes that floor, so that once resumed the
     /// next decision raises it again. A failure is tried again at the next cycle.
     pub(super) async fn release_while_paused(&self, k: &Kubernetes, now: i64) {
         let name = &self.target.name;
@@ -61,7 +62,9 @@ impl TargetLoop {
                 state.floor_released = false;
                 return;
             }
-            if state.floor_released {
+            // Nothing to give back: never acted on (or only forecasting), or given back.
+            if state.floor_released || self.target.mode != Mode::Act || state.memory.asked.is_none()
+            {
                 return;
             }
         }
