@@ -173,6 +173,10 @@ async fn hpa_floor_raises_min_replicas_within_max_and_gives_it_back() {
     // Without an HPA, hpa-floor has nothing to raise: a final refusal saying so.
     api.add_deployment(NS, "lonely", 1);
     let lonely = adapter(&api, dir.path(), "lonely", KubernetesMode::HpaFloor);
+    assert!(matches!(
+        lonely.running().await,
+        Err(KubeError::NoHpa { .. })
+    ));
     let err = lonely.scale_to(4).await.expect_err("no HPA");
     assert!(matches!(err, KubeError::NoHpa { .. }), "{err}");
     assert!(matches!(err.attempt(), Attempt::Final { .. }));

@@ -202,13 +202,22 @@ impl Kubernetes {
     }
 
     /// The count running (the scale subresource's `status.replicas`). In `replicas` mode,
-    /// an HPA that targets the resource is an error ([`KubeError::HpaInTheWay`]).
+    /// an HPA that targets the resource is an error ([`KubeError::HpaInTheWay`]); in
+    /// `hpa-floor` mode without a configured `hpa`, finding none is ([`KubeError::NoHpa`]).
     pub async fn running(&self) -> Result<u32, KubeError> {
         let client = self.client().await?;
-        if self.config.mode == KubernetesMode::Replicas
-            && let Some(hpa) = self.find_hpa(&client).await?
-        {
-            return Err(self.hpa_in_the_way(hpa));
+        match (self.config.mode, &self.config.hpa) {
+            (KubernetesMode::Replicas, _) => {
+                if let Some(hpa) = self.find_hpa(&client).await? {
+                    return Err(self.hpa_in_the_way(hpa));
+                }
+            }
+            (KubernetesMode::HpaFloor, None) => {
+                if self.find_hpa(&client).await?.is_none() {
+                    return Err(self.no_hpa());
+                }
+            }
+            (KubernetesMode::HpaFloor, Some(_)) => {}
         }
         let what = self.call("GET", &self.scale_path());
         let scale = self
@@ -308,13 +317,7 @@ impl Kubernetes {
         let api = self.hpa_api(client.clone());
         let name = match &self.config.hpa {
             Some(name) => name.clone(),
-            None => self
-                .find_hpa(&client)
-                .await?
-                .ok_or_else(|| KubeError::NoHpa {
-                    namespace: self.config.namespace.clone(),
-                    resource: self.config.resource.to_string(),
-                })?,
+            None => self.find_hpa(&client).await?.ok_or_else(|| self.no_hpa())?,
         };
         let path = format!("HorizontalPodAutoscaler/{name}");
         let params = patch_params();
@@ -382,6 +385,13 @@ impl Kubernetes {
             .collect();
         names.sort();
         Ok(names.into_iter().next())
+    }
+
+    fn no_hpa(&self) -> KubeError {
+        KubeError::NoHpa {
+            namespace: self.config.namespace.clone(),
+            resource: self.config.resource.to_string(),
+        }
     }
 
     fn hpa_in_the_way(&self, hpa: String) -> KubeError {
