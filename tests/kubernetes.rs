@@ -600,4 +600,9 @@ fn the_configmap_holds_a_valid_kubernetes_config() {
         })
         .collect();
     assert_eq!(modes, [KubernetesMode::Replicas, KubernetesMode::HpaFloor]);
+    let summary = prescale::summary(&config);
+    assert!(
+        summary.contains("Kubernetes hpa-floor Deployment/checkout in namespace shop"),
+        "{summary}"
+    );
 }
