@@ -456,8 +456,8 @@ context = "stand-in"
 /// read from the scale subresource (no `replicas` query, no `initial_replicas`), a scale
 /// delivered as a merge patch; a 403 dead letter carrying the server's message; an HPA in
 /// the way of `replicas` mode degrading its target with a message naming it; and in
-/// `hpa-floor` mode the HPA's floor raised, then given back on pause and on removal from
-/// the configuration by a reload.
+/// `hpa-floor` mode the HPA's floor raised, given back on pause, raised again on resume, and
+/// given back on removal from the configuration by a reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_scales_through_the_stand_in() {
     let backfill = Backfill::from_trace(3);
@@ -551,6 +551,14 @@ async fn serve_scales_through_the_stand_in() {
     poll_until_async("the floor to be given back on pause", DEADLINE, || async {
         (api.hpa_min(NS, "floored-cpu") == Some(2)).then_some(())
     })
+    .await;
+    // Resumed, the next decision raises it again.
+    assert_eq!(app.post("/api/v1/targets/floored/resume").await, 200);
+    poll_until_async(
+        "the floor to be raised again on resume",
+        DEADLINE,
+        || async { api.hpa_min(NS, "floored-cpu").filter(|n| *n > 2) },
+    )
     .await;
 
     // Removed from the configuration by a reload: its floor is given back.
