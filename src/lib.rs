@@ -14,7 +14,8 @@
 //! - [`act`]: where decisions go: a durable outbox, then signed webhooks to the platform and
 //!   the balancer, HAProxy's runtime API, and Alertmanager.
 //! - [`pipeline`]: the per-target loop that strings the four together on the wall clock.
-//! - [`store`]: the one shared handle on state; [`api`] serves it over HTTP.
+//! - [`store`]: the one shared handle on state; [`api`] serves it over HTTP (and, with
+//!   `[server] keda_listen`, to KEDA over gRPC: [`api::keda`]).
 //! - [`simulate`]: backtests, the same forecast and decide code on a virtual clock.
 //! - [`demo`]: the whole pipeline on a synthetic workload and a simulated platform.
 //! - [`cluster`]: instances sharing the targets through etcd: who owns which target, at
@@ -151,6 +152,7 @@ async fn run(
 ) -> anyhow::Result<()> {
     // The outbox first: a state directory that cannot be used stops everything here.
     let outbox = act::outbox::Outbox::open_with_clock(&config.state.dir, clock)?;
+    let keda = api::keda::bind(config.server.keda_listen).await?;
     let source = (sources.0)(&config)?;
     let receivers = receivers(&config)?;
     let cluster = join(&config).await?;
@@ -178,6 +180,16 @@ async fn run(
         .context("reading the listen address")?;
     tracing::info!(%addr, targets = running.config.targets.len(), "serving");
     let (router_tx, router_rx) = watch::channel(running.router(&shared));
+    let keda_now = |g: &Generation| api::keda::Current::new(&g.store, &g.config.server);
+    let (keda_tx, keda_rx) = watch::channel(keda_now(&running));
+    let keda = keda.map(|l| {
+        tokio::spawn(api::keda::serve(
+            l,
+            keda_rx,
+            shared.fleet.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let mut stop = stop_rx;
     let server = axum::serve(listener, reload::current_router(router_rx)).with_graceful_shutdown(
         async move {
@@ -193,6 +205,7 @@ async fn run(
                 running = reload_config(running, &sources, &shared).await;
                 store_tx.send_replace(running.store.clone());
                 let _ = router_tx.send_replace(running.router(&shared));
+                keda_tx.send_replace(keda_now(&running));
             }
         }
     }
@@ -207,6 +220,9 @@ async fn run(
         .await
         .context("HTTP server task")?
         .context("HTTP server")?;
+    if let Some(keda) = keda {
+        keda.await.context("KEDA external scaler task")??;
+    }
     Ok(())
 }
 
@@ -562,6 +578,9 @@ pub fn summary(config: &config::Config) -> String {
         .map_or("not configured".to_owned(), |p| redacted(&p.url));
     let _ = writeln!(s, "prometheus: {prom}");
     let _ = writeln!(s, "listen: {}", config.server.listen);
+    if let Some(keda) = config.server.keda_listen {
+        let _ = writeln!(s, "keda external scaler: {keda}");
+    }
     let _ = writeln!(s, "state: {}", config.state.dir.display());
     if let Some(am) = &config.alertmanager {
         let _ = writeln!(s, "alertmanager: {}", redacted(&am.url));

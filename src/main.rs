@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use prescale::config::{Config, TargetConfig};
+use prescale::config::{Config, ForecastConfig, TargetConfig};
 use prescale::source::replay::Trace;
 
 /// A predictive autoscaler: forecasts demand from Prometheus and scales ahead of it.
@@ -30,9 +30,9 @@ enum LogFormat {
     Json,
 }
 
-/// `prescale backtest`.
+/// What `backtest` and `tune` replay: a trace or a Prometheus range, and the target.
 #[derive(Debug, clap::Args)]
-struct BacktestArgs {
+struct ReplayArgs {
     /// Trace CSV: `timestamp_seconds,value[,latency][,replicas]`, value = requests in the
     /// bucket, latency in seconds, replicas running.
     #[arg(
@@ -73,21 +73,56 @@ struct BacktestArgs {
     /// Time from asking for a replica to it serving, e.g. `5m`.
     #[arg(long, value_parser = humantime::parse_duration)]
     startup: Duration,
+    /// Take the policy (min/max replicas, windows, risk) from this config's first target.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Warm-up left out of the scores, e.g. `2d`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    skip: Duration,
+}
+
+/// `prescale backtest`.
+#[derive(Debug, clap::Args)]
+struct BacktestArgs {
+    #[command(flatten)]
+    replay: ReplayArgs,
     /// Where to write the decisions CSV.
     #[arg(long)]
     out: PathBuf,
-    /// Take the policy (min/max replicas, windows) from this config's first target.
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// Also write the scores (prescale, the HPA at 0.5–0.9, clairvoyant) as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
     /// Also draw demand, forecast band, serving capacity and replicas as SVG here.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Warm-up left out of the scores, e.g. `2d`.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    skip: Duration,
+}
+
+/// `prescale tune`.
+#[derive(Debug, clap::Args)]
+struct TuneArgs {
+    #[command(flatten)]
+    replay: ReplayArgs,
+    /// Tune on the history before this time (RFC 3339 or Unix seconds) and report the
+    /// result on the rest; the whole trace when absent.
+    #[arg(long, value_parser = parse_time)]
+    train_until: Option<i64>,
+    /// What to tune for: `cost=hpa` (fewest lost requests at no more replica-hours than
+    /// the HPA at 70 %), `lost=0.1%` (cheapest losing at most that), `cost=N` (replica-hours).
+    #[arg(long, default_value = "cost=hpa")]
+    objective: prescale::simulate::tune::Objective,
+    /// Steps of the dial from 0 to 1 (each a replay).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=200))]
+    steps: u32,
+    /// Write a configuration with one `[[target]]` holding the recommended dial here
+    /// (usable as `backtest --config`).
+    #[arg(long)]
+    write: Option<PathBuf>,
+    /// Draw the frontier as SVG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Also write the whole result as JSON here.
+    #[arg(long)]
+    summary: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +153,9 @@ enum Command {
     },
     /// Replay a trace through the forecast and decision code on a virtual clock.
     Backtest(Box<BacktestArgs>),
+    /// Replay a trace across the risk dial (in parallel), print prescale's frontier beside
+    /// the HPA's and the clairvoyant scaler's cost, and recommend the dial for an objective.
+    Tune(Box<TuneArgs>),
     /// Rolling forecasts over a trace, `--horizon` ahead of every step; prints the accuracy
     /// per model (MASE against the daily seasonal naive, sMAPE, interval coverage).
     Forecast {
@@ -203,6 +241,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Backtest(args) => backtest(*args),
+        Command::Tune(args) => tune(*args),
         Command::Forecast {
             trace,
             horizon,
@@ -247,8 +286,8 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// `prescale backtest`: replays, writes the decisions, prints and writes the scores.
-fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
+/// The target, the `[forecast]` settings and the trace a replay runs on.
+fn load_replay(a: &ReplayArgs) -> anyhow::Result<(TargetConfig, ForecastConfig, Trace)> {
     if let Some(c) = a.capacity {
         anyhow::ensure!(
             c.is_finite() && c > 0.0,
@@ -272,14 +311,20 @@ fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
     );
     let trace = match (&a.trace, &a.prometheus) {
         (Some(path), _) => Trace::load(path)?,
-        (None, Some(url)) => prometheus_trace(url, &a)?,
+        (None, Some(url)) => prometheus_trace(url, a)?,
         _ => anyhow::bail!("expected --trace FILE or --prometheus URL --query Q --from T --to T"),
     };
-    let bar = progress_bar(trace.counts.len());
-    let forecast = prescale::config::ForecastConfig {
+    let forecast = ForecastConfig {
         level,
         ..Default::default()
     };
+    Ok((target, forecast, trace))
+}
+
+/// `prescale backtest`: replays, writes the decisions, prints and writes the scores.
+fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
+    let (mut target, forecast, trace) = load_replay(&a.replay)?;
+    let bar = progress_bar(trace.counts.len());
     let rows = prescale::simulate::backtest(&trace, &target, &forecast, |done| {
         bar.set_position(done as u64)
     });
@@ -293,21 +338,148 @@ fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
         a.out.display()
     );
     target.capacity_rps = Some(capacity);
-    let scores = prescale::simulate::Summary::of(&trace, &target, &rows, a.skip.as_secs() as i64);
+    let skip = a.replay.skip.as_secs() as i64;
+    let scores = prescale::simulate::Summary::of(&trace, &target, &rows, skip);
     print!("{}", scores.table());
     if let Some(path) = &a.summary {
-        let json = serde_json::to_string_pretty(&scores)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &scores)?;
     }
     if let Some(path) = &a.plot {
         let asked: Vec<u32> = rows.iter().map(|r| r.replicas).collect();
-        let delay = a.startup.as_secs().div_ceil(trace.step as u64) as usize;
+        let delay = a.replay.startup.as_secs().div_ceil(trace.step as u64) as usize;
         let serving = prescale::simulate::ready(&asked, delay);
         let svg = prescale::simulate::plot::svg(&rows, &serving, capacity)
             .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `prescale tune`: replays the dial, prints the frontier and the recommendation, and
+/// writes the configuration, the plot and the JSON asked for.
+fn tune(a: TuneArgs) -> anyhow::Result<()> {
+    use prescale::simulate::tune;
+    let (target, forecast, trace) = load_replay(&a.replay)?;
+    anyhow::ensure!(
+        target.capacity_rps.is_some(),
+        "tune needs the capacity per replica: give --capacity (or capacity_rps in --config)"
+    );
+    if let Some(t) = a.train_until {
+        anyhow::ensure!(
+            t > trace.start && t < trace.timestamp(trace.counts.len()),
+            "--train-until {t}: expected a time within the trace ({} to {})",
+            trace.start,
+            trace.timestamp(trace.counts.len())
+        );
+    }
+    let opts = tune::Options {
+        dials: tune::dial(a.steps),
+        train_until: a.train_until,
+        skip: a.replay.skip.as_secs() as i64,
+        objective: a.objective,
+        threads: std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let train_steps = a.train_until.map_or(trace.counts.len(), |t| {
+        ((t - trace.start) / trace.step) as usize
+    });
+    let bar = progress_bar(train_steps * opts.dials.len());
+    let tuning = tune::tune(&trace, &target, &forecast, &opts, &|n| {
+        bar.set_position(n as u64)
+    });
+    bar.finish_and_clear();
+    print!("{}", tuning.table());
+    report_tuning(&tuning, &a, &target)
+}
+
+/// The recommendation and its test, and the files `tune` was asked for.
+fn report_tuning(
+    t: &prescale::simulate::tune::Tuning,
+    a: &TuneArgs,
+    target: &TargetConfig,
+) -> anyhow::Result<()> {
+    let Some(risk) = t.recommended else {
+        anyhow::bail!(
+            "no point of the dial meets {:?} on the training history: loosen the objective",
+            t.objective
+        );
+    };
+    println!("recommended: risk = {risk:.2}");
+    if let Some(test) = &t.test {
+        println!("on the rest of the trace (after {}):", t.train_until);
+        print!("{}", test.table());
+    }
+    if let Some(path) = &a.write {
+        let text = tuned_config(target, &a.replay, risk)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("configuration written to {}", path.display());
+    }
+    if let Some(path) = &a.plot {
+        let svg = prescale::simulate::plot::frontier_svg(t)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.summary {
+        write_json(path, t)?;
+    }
+    Ok(())
+}
+
+/// A configuration with one `[[target]]` at the recommended dial: the given `--config`
+/// with its first target's dial replaced (and the keys that override the dial removed),
+/// or a minimal one that `backtest --config` and `check-config` accept.
+fn tuned_config(target: &TargetConfig, r: &ReplayArgs, risk: f64) -> anyhow::Result<String> {
+    let mut doc: toml::Table = match &r.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            text.parse()
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => toml::toml! {
+            [prometheus]
+            url = "http://127.0.0.1:9090"
+        },
+    };
+    let mut t = doc
+        .get("target")
+        .and_then(|t| t.as_array()?.first()?.as_table().cloned())
+        .unwrap_or_default();
+    for key in [
+        "interval_share",
+        "prediction_utilization",
+        "target_utilization",
+        "scale_in_window",
+    ] {
+        t.remove(key);
+    }
+    t.entry("name")
+        .or_insert_with(|| target.name.clone().into());
+    let query = r
+        .query
+        .clone()
+        .unwrap_or_else(|| "sum(rate(http_requests_total[5m]))".to_owned());
+    t.entry("request_rate").or_insert_with(|| query.into());
+    if let Some(c) = target.capacity_rps {
+        t.insert("capacity_rps".into(), c.into());
+    }
+    t.insert(
+        "startup".into(),
+        humantime::format_duration(r.startup).to_string().into(),
+    );
+    t.entry("min_replicas")
+        .or_insert_with(|| i64::from(target.min_replicas).into());
+    t.entry("max_replicas")
+        .or_insert_with(|| i64::from(target.max_replicas).into());
+    t.insert("risk".into(), ((risk * 100.0).round() / 100.0).into());
+    doc.insert("target".into(), toml::Value::Array(vec![t.into()]));
+    let header = "# Written by `prescale tune`: the recommended risk dial for this target.\n";
+    Ok(format!("{header}{}", toml::to_string(&doc)?))
+}
+
+/// Writes `value` as pretty JSON to `path`.
+fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.
@@ -343,7 +515,7 @@ fn parse_time(s: &str) -> Result<i64, String> {
 /// A range of Prometheus series as a trace: the request rate × step requests per bucket,
 /// and the latency and replicas series when asked for. A sample at `t` covers the bucket
 /// that ended at `t`.
-fn prometheus_trace(url: &url::Url, a: &BacktestArgs) -> anyhow::Result<Trace> {
+fn prometheus_trace(url: &url::Url, a: &ReplayArgs) -> anyhow::Result<Trace> {
     use prescale::source::Source;
     use prescale::source::replay::TraceRow;
     let (Some(query), Some(from), Some(to)) = (&a.query, a.from, a.to) else {

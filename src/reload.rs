@@ -85,7 +85,8 @@ fn same<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
 }
 
 /// The keys whose change needs a restart, as `table.key`, with old and new values: the
-/// listen address (the listener stays open across a reload), the state directory and
+/// listen addresses of the API and of the KEDA external scaler (the listeners stay open
+/// across a reload), the state directory and
 /// retention (the outbox stays open), `[delivery]` (the outbox worker keeps running) and
 /// `[cluster]` (how this instance shares the fleet). Empty when the reload may go ahead.
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
@@ -100,6 +101,12 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         old.server.listen.to_string(),
         new.server.listen.to_string(),
     );
+    let keda = |c: &Config| {
+        c.server
+            .keda_listen
+            .map_or("none".to_owned(), |a| a.to_string())
+    };
+    check("[server] keda_listen", keda(old), keda(new));
     check(
         "[state] dir",
         old.state.dir.display().to_string(),
@@ -174,6 +181,12 @@ mod tests {
         let mut listen = old.clone();
         listen.server.listen = "127.0.0.1:9999".parse().expect("address");
         assert!(needs_restart(&old, &listen)[0].contains("127.0.0.1:9999"));
+        let mut keda = old.clone();
+        keda.server.keda_listen = Some("127.0.0.1:9090".parse().expect("address"));
+        assert_eq!(
+            needs_restart(&old, &keda),
+            ["[server] keda_listen (none → 127.0.0.1:9090)"]
+        );
         let delivery = config("[delivery]\nmax_attempts = 2", &[("web", 10)]);
         assert_eq!(needs_restart(&old, &delivery), ["[delivery]"]);
         let cluster = config(

@@ -22,6 +22,7 @@ use crate::step::{self, Inputs, Memory, Signal, SignalHealth, TargetPolicy};
 mod forecasts;
 pub mod plot;
 mod score;
+pub mod tune;
 
 pub use forecasts::{Accuracy, ForecastRow, accuracy, rolling_forecasts};
 pub use score::{HPA_UTILIZATIONS, Platform, Score, Summary, clairvoyant, hpa, ready};

@@ -538,7 +538,7 @@ fn decide_count(
     let capacity = memory.capacity.as_ref();
     let Some(cap) = capacity.and_then(|c| c.effective_rps) else {
         let why = capacity.map_or_else(String::new, |c| c.reason.clone());
-        let mut explain = Explain::without_capacity(&policy.decide, base, now, &why);
+        let mut explain = policy.decide.explain_without_capacity(base, now, &why);
         explain.inputs.capacity_source = capacity.map(|c| c.source);
         let mut reasons = Vec::new();
         let mut trail = Trail {

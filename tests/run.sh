@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and integration tests against a real Prometheus, HAProxy,
 # Alertmanager, etcd, real HTTP receivers and a real headless Chromium.
-# `protoc` builds the etcd client (etcd-client compiles etcd's protobuf definitions).
+# `protoc` compiles protobuf definitions: etcd's (etcd-client) and KEDA's (build.rs, proto/keda/).
 # Installs what the tests need from Debian's packages when it is missing (as root, or with
 # sudo). Usage: tests/run.sh [extra cargo test arguments]
 set -euo pipefail

@@ -120,6 +120,9 @@ pub(super) struct Inputs {
     target_utilization: f64,
     /// The share of capacity the prediction policy plans each replica at.
     prediction_utilization: f64,
+    /// Share of the prediction interval above the point forecast planned for (1: the upper
+    /// bound).
+    interval_share: f64,
     /// The policies hold within `1 ± tolerance` of the count.
     tolerance: f64,
     /// Seconds ahead the prediction covers (start-up + interval).
@@ -174,6 +177,7 @@ impl From<&core::Inputs> for Inputs {
             }),
             target_utilization: i.target_utilization,
             prediction_utilization: i.prediction_utilization,
+            interval_share: i.interval_share,
             tolerance: i.tolerance,
             lookahead: i.lookahead,
             peak: i.peak.map(Peak::from),
@@ -290,6 +294,7 @@ mod tests {
             capacity_rps: 10.0,
             target_utilization: 0.7,
             prediction_utilization: 0.9,
+            interval_share: 1.0,
             tolerance: 0.1,
             min_replicas: 2,
             max_replicas: 5,

@@ -19,6 +19,9 @@
 //! forwards a request about one target owned by another instance to that owner, the list
 //! of targets asks each owner for its own entries, and `cluster.rs` serves
 //! `/api/v1/cluster`. Deliveries stay each instance's own (its outbox).
+//!
+//! [`keda`] is the other face of the same state: KEDA's external scaler over gRPC, on its
+//! own listener (`[server] keda_listen`).
 
 use std::sync::Arc;
 
@@ -40,6 +43,7 @@ mod explain;
 mod fleet;
 mod forecasts;
 mod health;
+pub mod keda;
 mod paging;
 mod targets;
 mod views;

@@ -38,6 +38,14 @@ pub(super) struct TargetSummary {
     desired_replicas: Option<u32>,
     min_replicas: u32,
     max_replicas: u32,
+    /// The cost/risk dial: 0 leanest to 1 safest (`lean` 0.25, `balanced` 0.5, `safe` 0.75).
+    #[serde(default = "balanced")]
+    risk: f64,
+}
+
+/// The dial of an instance that does not say (an older one).
+fn balanced() -> f64 {
+    crate::decide::risk::Risk::BALANCED.value()
 }
 
 /// A page of targets.
@@ -62,6 +70,7 @@ fn summary(name: &str, t: &TargetState, now: i64, owner: Option<String>) -> Targ
         desired_replicas: t.last_decision.as_ref().map(|d| d.to),
         min_replicas: t.config.min_replicas,
         max_replicas: t.config.max_replicas,
+        risk: t.config.risk.value(),
     }
 }
 

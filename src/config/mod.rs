@@ -20,6 +20,7 @@ mod parse;
 mod platform;
 #[cfg(test)]
 mod proptests;
+mod risk;
 mod schedule;
 mod secrets;
 mod target;
@@ -144,6 +145,8 @@ pub struct ServerConfig {
     pub api_token: Option<Secret>,
     /// Whether read endpoints need the token too.
     pub auth_reads: bool,
+    /// Where the KEDA external scaler (gRPC) listens; `None`: it does not run.
+    pub keda_listen: Option<SocketAddr>,
 }
 
 /// Validated `[forecast]`.

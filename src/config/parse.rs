@@ -183,6 +183,10 @@ pub struct RawServer {
     /// Require the token on read endpoints too (default false; `/healthz`, `/readyz` and
     /// `/metrics` stay open).
     pub auth_reads: Option<bool>,
+    /// Address of the KEDA external scaler (gRPC, KEDA's `externalscaler.proto`), e.g.
+    /// `127.0.0.1:9090`; absent (the default), no gRPC server runs. Another address than
+    /// `listen`; changing it needs a restart.
+    pub keda_listen: Option<String>,
 }
 
 /// `[forecast]`.
@@ -301,14 +305,23 @@ pub struct RawTarget {
     /// and may not scale in (default 2 × step + 2 × interval).
     #[serde(default, with = "bounded")]
     pub stale_after: Option<Duration>,
-    /// Scale in only to the highest count recommended within this window (default 5m).
+    /// Scale in only to the highest count recommended within this window (default from
+    /// `risk`: 5m).
     #[serde(default, with = "bounded")]
     pub scale_in_window: Option<Duration>,
+    /// One dial for the trade-off between cost and lost requests: a number in [0, 1] or
+    /// `lean` (0.25), `balanced` (0.5, the default) or `safe` (0.75). It sets the defaults
+    /// of `interval_share`, `prediction_utilization`, `target_utilization` and
+    /// `scale_in_window`; each of those keys, when given, overrides it.
+    pub risk: Option<RawRisk>,
+    /// How much of the prediction interval above the point forecast the prediction policy
+    /// plans for, in [0, 2] (default from `risk`: 1.0, the upper bound).
+    pub interval_share: Option<f64>,
     /// Share of `capacity_rps` each replica carries in the demand (reactive) policy, in
-    /// (0, 1] (default 0.7).
+    /// (0, 1] (default from `risk`: 0.7).
     pub target_utilization: Option<f64>,
     /// Share of `capacity_rps` each replica carries when planning for the upper forecast,
-    /// in (0, 1] (default 0.9).
+    /// in (0, 1] (default from `risk`: 0.9).
     pub prediction_utilization: Option<f64>,
     /// The demand policy holds while load / planned capacity is within 1 ± this, in
     /// [0, 1) (default 0.1, as the Kubernetes HPA).
@@ -506,4 +519,14 @@ pub struct RawWebhook {
     pub previous_secret_env: Option<String>,
     /// File holding the previous secret.
     pub previous_secret_file: Option<PathBuf>,
+}
+
+/// `risk`: a number or a name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RawRisk {
+    /// A point on the dial, in [0, 1].
+    Value(f64),
+    /// `lean`, `balanced` or `safe`.
+    Name(String),
 }

@@ -13,6 +13,7 @@ use super::platform::KubernetesConfig;
 use super::secrets::Secret;
 use super::{AlertmanagerConfig, ConfigError, ForecastConfig, Validator};
 use crate::decide::balance::{MAX_WEIGHT, Settings};
+use crate::decide::risk::Risk;
 use crate::decide::schedule::{self, Window};
 use crate::decide::{Mode, Policy, RatePolicy, Rules};
 use crate::step::{AlertPolicy, Signal, TargetPolicy};
@@ -94,6 +95,10 @@ pub struct TargetConfig {
     pub stale_after: Duration,
     /// Scale-in stabilisation window (the same as `scale_down.stabilization_window`).
     pub scale_in_window: Duration,
+    /// The cost/risk dial the defaults below come from (`balanced` when not given).
+    pub risk: Risk,
+    /// Share of the prediction interval above the point forecast planned for, in [0, 2].
+    pub interval_share: f64,
     /// Share of `capacity_rps` each replica carries in the demand policy, in (0, 1].
     pub target_utilization: f64,
     /// Share of `capacity_rps` each replica carries in the prediction policy, in (0, 1].
@@ -142,6 +147,7 @@ impl TargetConfig {
             capacity_rps: self.capacity_rps.unwrap_or(f64::NAN),
             target_utilization: self.target_utilization,
             prediction_utilization: self.prediction_utilization,
+            interval_share: self.interval_share,
             tolerance: self.tolerance,
             min_replicas: self.min_replicas,
             max_replicas: self.max_replicas,
@@ -259,6 +265,8 @@ impl TargetConfig {
             step: DEFAULT_STEP,
             stale_after: 2 * DEFAULT_STEP + 2 * DEFAULT_INTERVAL,
             scale_in_window: DEFAULT_SCALE_IN_WINDOW,
+            risk: Risk::BALANCED,
+            interval_share: 1.0,
             target_utilization: DEFAULT_TARGET_UTILIZATION,
             prediction_utilization: DEFAULT_PREDICTION_UTILIZATION,
             tolerance: DEFAULT_TOLERANCE,
@@ -321,6 +329,8 @@ struct Timing {
 
 /// How a target plans replicas against its capacity.
 struct Planning {
+    risk: Risk,
+    interval_share: f64,
     target_utilization: f64,
     prediction_utilization: f64,
     tolerance: f64,
@@ -340,7 +350,11 @@ impl Validator<'_> {
         let timing = self.timing(&t)?;
         let schedule = self.schedules(&t, min_replicas)?;
         let planning = self.planning(&t)?;
-        let (scale_up, scale_down) = self.behavior(&t.name, t.scale_in_window, t.behavior)?;
+        let dial_window = Duration::from_secs(planning.risk.planning().scale_in_window as u64);
+        let scale_in_window = t.scale_in_window.unwrap_or(dial_window);
+        let explicit = t.scale_in_window.is_some();
+        let (scale_up, scale_down) =
+            self.behavior(&t.name, (scale_in_window, explicit), t.behavior)?;
         let rebalance = self.rebalance(
             &target_key(&t.name, "rebalance"),
             t.rebalance.unwrap_or_default(),
@@ -367,6 +381,8 @@ impl Validator<'_> {
             step: timing.step,
             stale_after: timing.stale_after,
             scale_in_window: Duration::from_secs(scale_down.stabilization_window as u64),
+            risk: planning.risk,
+            interval_share: planning.interval_share,
             target_utilization: planning.target_utilization,
             prediction_utilization: planning.prediction_utilization,
             tolerance: planning.tolerance,
@@ -548,6 +564,9 @@ impl Validator<'_> {
     }
 
     fn planning(&self, t: &RawTarget) -> Result<Planning, ConfigError> {
+        let risk = self.risk(t)?;
+        let interval_share = self.interval_share(t, risk)?;
+        let dial = risk.planning();
         let utilization = |k: &str, v: Option<f64>, default: f64| {
             let v = v.unwrap_or(default);
             if v > 0.0 && v <= 1.0 {
@@ -562,12 +581,12 @@ impl Validator<'_> {
         let target_utilization = utilization(
             "target_utilization",
             t.target_utilization,
-            DEFAULT_TARGET_UTILIZATION,
+            dial.target_utilization,
         )?;
         let prediction_utilization = utilization(
             "prediction_utilization",
             t.prediction_utilization,
-            DEFAULT_PREDICTION_UTILIZATION,
+            dial.prediction_utilization,
         )?;
         let tolerance = t.tolerance.unwrap_or(DEFAULT_TOLERANCE);
         if !(0.0..1.0).contains(&tolerance) {
@@ -584,6 +603,8 @@ impl Validator<'_> {
             ));
         }
         Ok(Planning {
+            risk,
+            interval_share,
             target_utilization,
             prediction_utilization,
             tolerance,
@@ -591,18 +612,19 @@ impl Validator<'_> {
         })
     }
 
-    /// Scale-up and scale-down rules; `scale_in_window` is the scale-down window's default.
+    /// Scale-up and scale-down rules; `scale_in_window` is the scale-down window's default
+    /// (the target's key, or the dial's) and whether the key gave it.
     fn behavior(
         &self,
         name: &str,
-        scale_in_window: Option<Duration>,
+        (scale_in_window, explicit): (Duration, bool),
         behavior: Option<RawBehavior>,
     ) -> Result<(Rules, Rules), ConfigError> {
         let RawBehavior {
             scale_up,
             scale_down,
         } = behavior.unwrap_or_default();
-        if scale_in_window.is_some()
+        if explicit
             && scale_down
                 .as_ref()
                 .is_some_and(|r| r.stabilization_window.is_some())
@@ -618,8 +640,7 @@ impl Validator<'_> {
             Rules::default_scale_up(),
         )?;
         let mut down_default = Rules::default_scale_down();
-        down_default.stabilization_window =
-            scale_in_window.unwrap_or(DEFAULT_SCALE_IN_WINDOW).as_secs() as i64;
+        down_default.stabilization_window = scale_in_window.as_secs() as i64;
         let down = self.rules(
             &target_key(name, "behavior.scale_down"),
             scale_down,

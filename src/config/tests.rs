@@ -137,6 +137,15 @@ fn scaling_keys_are_validated() {
             &["target[web].prediction_utilization", "(0, 1]"],
         ),
         ("tolerance = 1", &["target[web].tolerance", "[0, 1)"]),
+        ("risk = 1.5", &["target[web].risk", "[0, 1]", "lean"]),
+        (
+            "risk = \"reckless\"",
+            &["target[web].risk", "`reckless`", "safe"],
+        ),
+        (
+            "interval_share = 3",
+            &["target[web].interval_share", "[0, 2]"],
+        ),
         ("headroom = -1", &["target[web].headroom", ">= 0"]),
         (
             "[target.behavior.scale_down]\npolicies = [{ type = \"Pods\", value = 0, period = \"1m\" }]",
@@ -222,6 +231,33 @@ fn scaling_keys_are_read() {
     assert_eq!(d.targets[0].scale_down, Rules::default_scale_down());
     assert_eq!(d.targets[0].tolerance, 0.1);
     assert_eq!(d.budget, None);
+}
+
+/// `risk` sets the defaults of the keys it moves; each key given overrides it.
+#[test]
+fn the_risk_dial_sets_defaults_and_keys_override_it() {
+    let d = parse(MINIMAL).unwrap();
+    let t = &d.targets[0];
+    assert_eq!(t.risk, crate::decide::risk::Risk::BALANCED);
+    assert_eq!(
+        (t.interval_share, t.scale_down.stabilization_window),
+        (1.0, 300)
+    );
+    let safe = parse(&format!("{MINIMAL}risk = \"safe\"\n")).unwrap();
+    let t = &safe.targets[0];
+    assert_eq!(
+        (t.interval_share, t.scale_down.stabilization_window),
+        (1.25, 600)
+    );
+    assert!((t.target_utilization - 0.625).abs() < 1e-12);
+    let text = format!("{MINIMAL}risk = 0\ntarget_utilization = 0.5\nscale_in_window = \"20m\"\n");
+    let lean = parse(&text).unwrap();
+    let t = &lean.targets[0];
+    assert_eq!((t.prediction_utilization, t.target_utilization), (1.0, 0.5));
+    assert_eq!(
+        (t.interval_share, t.scale_down.stabilization_window),
+        (0.5, 1200)
+    );
 }
 
 #[test]

@@ -72,11 +72,37 @@ impl Validator<'_> {
                 "is true without a token; expected `api_token_env` or `api_token_file` too",
             ));
         }
+        let keda_listen = s
+            .keda_listen
+            .as_deref()
+            .map(|a| self.keda_listen(a, listen))
+            .transpose()?;
         Ok(ServerConfig {
             listen,
             api_token,
             auth_reads,
+            keda_listen,
         })
+    }
+
+    /// `[server] keda_listen`: an address, not the HTTP API's.
+    fn keda_listen(&self, addr: &str, listen: SocketAddr) -> Result<SocketAddr, ConfigError> {
+        let key = "server.keda_listen";
+        let parsed: SocketAddr = addr.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("`{addr}` is not an address; expected IP:PORT, e.g. 127.0.0.1:9090"),
+            )
+        })?;
+        if parsed.port() != 0 && parsed.port() == listen.port() && clash(parsed, listen) {
+            return Err(self.err(
+                key,
+                format!(
+                    "`{addr}` is also `server.listen`; expected another port for the gRPC server"
+                ),
+            ));
+        }
+        Ok(parsed)
     }
 
     fn forecast(&self, f: RawForecast) -> Result<ForecastConfig, ConfigError> {
@@ -255,5 +281,63 @@ impl Validator<'_> {
             return Err(self.err("alertmanager.resend", "expected at least 1s"));
         }
         Ok(AlertmanagerConfig { url, lead, resend })
+    }
+}
+
+/// Whether two addresses on the same port would take the same socket: the same IP, or
+/// either unspecified (0.0.0.0 or ::, every interface).
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn with_server(server: &str) -> Result<Config, String> {
+        let text = format!(
+            "[server]\n{server}\n[[target]]\nname = \"web\"\nrequest_rate = \"up\"\n\
+             capacity_rps = 1\nstartup = \"1m\"\nmax_replicas = 4\n"
+        );
+        Config::parse(&text, Path::new("/etc/prescale.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn keda_listen_is_optional_and_validated() {
+        let none = with_server("").expect("valid");
+        assert_eq!(none.server.keda_listen, None);
+        let set = with_server("keda_listen = \"127.0.0.1:9090\"").expect("valid");
+        assert_eq!(
+            set.server.keda_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        let other_ip = "listen = \"127.0.0.1:9090\"\nkeda_listen = \"127.0.0.2:9090\"";
+        assert!(with_server(other_ip).is_ok());
+        for (server, says) in [
+            (
+                "keda_listen = \"localhost\"",
+                "`localhost` is not an address",
+            ),
+            (
+                "keda_listen = \"127.0.0.1:8080\"",
+                "is also `server.listen`",
+            ),
+            (
+                "listen = \"0.0.0.0:7000\"\nkeda_listen = \"127.0.0.1:7000\"",
+                "is also `server.listen`",
+            ),
+        ] {
+            let e = with_server(server).expect_err(server);
+            assert!(
+                e.contains("/etc/prescale.toml")
+                    && e.contains("key `server.keda_listen`")
+                    && e.contains(says),
+                "{server}: {e}"
+            );
+        }
+        let e = with_server("keda_listen = 9090").expect_err("a number");
+        assert!(e.contains("keda_listen"), "{e}");
     }
 }

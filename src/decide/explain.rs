@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use super::schedule::Bounds;
-use super::{Latency, Peak, Policy, Reason, ReasonCode};
+use super::types::{Latency, Peak, Reason, ReasonCode};
 use crate::forecast::capacity::CapacitySource;
 
 /// One of the three policies that recommend a count.
@@ -103,6 +103,8 @@ pub struct Inputs {
     pub target_utilization: f64,
     /// The share of capacity the prediction policy plans each replica at.
     pub prediction_utilization: f64,
+    /// Share of the prediction interval above the point forecast planned for.
+    pub interval_share: f64,
     /// The policies hold within `1 ± tolerance` of the count.
     pub tolerance: f64,
     /// Seconds ahead the prediction covers (start-up + interval).
@@ -129,51 +131,6 @@ pub struct Explain {
 }
 
 impl Explain {
-    /// An explanation with the policy's settings and the bounds at `now`, and nothing
-    /// recommended yet.
-    pub(super) fn new(policy: &Policy, replicas: u32, now: i64) -> Self {
-        Self {
-            inputs: Inputs {
-                replicas,
-                demand_rps: None,
-                latency: None,
-                degraded: false,
-                capacity_rps: Some(policy.capacity_rps).filter(|c| c.is_finite() && *c > 0.0),
-                capacity_source: None,
-                target_utilization: policy.target_utilization,
-                prediction_utilization: policy.prediction_utilization,
-                tolerance: policy.tolerance,
-                lookahead: policy.lookahead,
-                peak: None,
-                headroom_rps: 0.0,
-                bounds: BoundsInForce::from(&policy.bounds(now)),
-                budget: None,
-            },
-            policies: Vec::new(),
-            clamps: Vec::new(),
-        }
-    }
-
-    /// A hold for want of capacity per replica: no policy could size replicas.
-    pub fn without_capacity(policy: &Policy, replicas: u32, now: i64, why: &str) -> Self {
-        let mut e = Self::new(policy, replicas, now);
-        e.inputs.capacity_rps = None;
-        e.policies = [
-            PolicyKind::Prediction,
-            PolicyKind::Demand,
-            PolicyKind::Performance,
-        ]
-        .into_iter()
-        .map(|policy| Recommendation {
-            policy,
-            replicas: None,
-            chosen: false,
-            message: format!("no capacity per replica to size replicas by: {why}"),
-        })
-        .collect();
-        e
-    }
-
     /// Adds a clamp from `from` to `to` applied after deciding (the budget), or a
     /// condition that changed nothing when equal (the running count is unknown).
     pub fn clamp(&mut self, code: ReasonCode, from: u32, to: u32, message: &str) {

@@ -34,14 +34,17 @@ pub mod balance;
 pub mod behavior;
 pub mod budget;
 pub mod explain;
+pub mod risk;
 pub mod schedule;
+mod types;
 
 use serde::Serialize;
 
 pub use behavior::{RateKind, RatePolicy, Rules, Select};
 pub use explain::Explain;
+pub use types::{Latency, Peak, Reason, ReasonCode};
 
-use explain::{PolicyKind, Recommendation, Trail};
+use explain::{BoundsInForce, Inputs, PolicyKind, Recommendation, Trail};
 
 use crate::forecast::Forecast;
 
@@ -64,6 +67,9 @@ pub struct Policy {
     pub target_utilization: f64,
     /// The share of `capacity_rps` each replica carries in the prediction policy, in (0, 1].
     pub prediction_utilization: f64,
+    /// How much of the prediction interval above the point forecast the prediction policy
+    /// plans for: 1 plans for the upper bound, 0.5 half-way to it (see [`risk`]).
+    pub interval_share: f64,
     /// The demand policy holds while load/planned capacity is within 1 ± tolerance.
     pub tolerance: f64,
     /// Fewest replicas.
@@ -98,25 +104,58 @@ impl Policy {
         )
     }
 
+    /// An explanation with this policy's settings and the bounds at `now`, and nothing
+    /// recommended yet.
+    fn explanation(&self, replicas: u32, now: i64) -> Explain {
+        Explain {
+            inputs: Inputs {
+                replicas,
+                demand_rps: None,
+                latency: None,
+                degraded: false,
+                capacity_rps: Some(self.capacity_rps).filter(|c| c.is_finite() && *c > 0.0),
+                capacity_source: None,
+                target_utilization: self.target_utilization,
+                prediction_utilization: self.prediction_utilization,
+                interval_share: self.interval_share,
+                tolerance: self.tolerance,
+                lookahead: self.lookahead,
+                peak: None,
+                headroom_rps: 0.0,
+                bounds: BoundsInForce::from(&self.bounds(now)),
+                budget: None,
+            },
+            policies: Vec::new(),
+            clamps: Vec::new(),
+        }
+    }
+
+    /// The explanation of a hold for want of capacity per replica: no policy could size
+    /// replicas.
+    pub fn explain_without_capacity(&self, replicas: u32, now: i64, why: &str) -> Explain {
+        let mut e = self.explanation(replicas, now);
+        e.inputs.capacity_rps = None;
+        e.policies = [
+            PolicyKind::Prediction,
+            PolicyKind::Demand,
+            PolicyKind::Performance,
+        ]
+        .into_iter()
+        .map(|policy| Recommendation {
+            policy,
+            replicas: None,
+            chosen: false,
+            message: format!("no capacity per replica to size replicas by: {why}"),
+        })
+        .collect();
+        e
+    }
+
     /// Replicas needed to carry `rps` at `utilization`.
     fn need(&self, rps: f64, utilization: f64) -> u32 {
         let per = self.capacity_rps * utilization;
         (rps / per - 1e-9).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
     }
-}
-
-/// Observed latency against its objective, as plain numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Latency {
-    /// Observed p95 latency, seconds.
-    pub p95: f64,
-    /// The objective, seconds.
-    pub slo: f64,
-    /// Requests/s per replica at which the learned latency curve meets the objective;
-    /// `None` while no curve has been learned.
-    pub rps_per_replica_at_slo: Option<f64>,
-    /// Replicas serving when the latency was observed.
-    pub replicas: u32,
 }
 
 /// What is observed of a target now.
@@ -142,103 +181,6 @@ impl Observed {
             degraded: false,
         }
     }
-}
-
-/// What set or clamped a decision's count: a closed set, serialised as the documented
-/// PascalCase names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum ReasonCode {
-    /// The prediction policy (upper forecast over the look-ahead) set the count.
-    Prediction,
-    /// The demand policy (observed load, as the HPA) set the count.
-    Demand,
-    /// The performance policy (latency above its SLO) set the count.
-    Performance,
-    /// No forecast and no observed demand: held.
-    NoData,
-    /// No capacity per replica, configured or learned: held.
-    NoCapacity,
-    /// Scale-in held by the scale-down stabilisation window.
-    ScaleDownStabilized,
-    /// Scale-out held by the scale-up stabilisation window.
-    ScaleUpStabilized,
-    /// Scale-out limited by the scale-up rate policies.
-    ScaleUpLimit,
-    /// Scale-in limited by the scale-down rate policies.
-    ScaleDownLimit,
-    /// Capped at `max_replicas`.
-    TooManyReplicas,
-    /// Raised to `min_replicas`.
-    TooFewReplicas,
-    /// Data missing or stale: no scale-in.
-    Degraded,
-    /// Lowered by the shared budget.
-    BudgetLimited,
-    /// Set by a scheduled window's bound (`[[target.schedule]]`); the message names the
-    /// window, its opening and its bounds.
-    Scheduled,
-    /// The count running is unknown (no `replicas` sample, or without a `replicas` query
-    /// nothing remembered and no `initial_replicas`): decided and shown, nothing asked for.
-    ReplicasUnknown,
-}
-
-impl ReasonCode {
-    /// The documented name, e.g. `ScaleDownStabilized`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Prediction => "Prediction",
-            Self::Demand => "Demand",
-            Self::Performance => "Performance",
-            Self::NoData => "NoData",
-            Self::NoCapacity => "NoCapacity",
-            Self::ScaleDownStabilized => "ScaleDownStabilized",
-            Self::ScaleUpStabilized => "ScaleUpStabilized",
-            Self::ScaleUpLimit => "ScaleUpLimit",
-            Self::ScaleDownLimit => "ScaleDownLimit",
-            Self::TooManyReplicas => "TooManyReplicas",
-            Self::TooFewReplicas => "TooFewReplicas",
-            Self::Degraded => "Degraded",
-            Self::BudgetLimited => "BudgetLimited",
-            Self::Scheduled => "Scheduled",
-            Self::ReplicasUnknown => "ReplicasUnknown",
-        }
-    }
-}
-
-impl std::fmt::Display for ReasonCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why a decision came out as it did; the first reason is the policy that set the count.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Reason {
-    /// What set or clamped the count.
-    pub code: ReasonCode,
-    /// What it means here, for people.
-    pub message: String,
-}
-
-impl Reason {
-    /// A reason with its code and a message for people.
-    pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-/// The highest upper forecast in the look-ahead window.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Peak {
-    /// When (Unix s).
-    pub timestamp: i64,
-    /// Point forecast there, requests/s.
-    pub value: f64,
-    /// Upper bound there, requests/s.
-    pub upper: f64,
 }
 
 /// A replica-count decision.
@@ -332,7 +274,10 @@ pub fn decide_explained(
     let peak = forecast
         // Points are stamped at the end of their bucket: the window covers every bucket
         // that starts within `[now, now + lookahead]`.
-        .and_then(|f| f.peak_upper(now, now + policy.lookahead + f.step_seconds))
+        .and_then(|f| {
+            let to = now + policy.lookahead + f.step_seconds;
+            f.peak_planned(now, to, policy.interval_share)
+        })
         .filter(|p| p.upper.is_finite())
         .map(|p| Peak {
             timestamp: p.timestamp,
@@ -344,7 +289,7 @@ pub fn decide_explained(
         state.observe_demand(d, now);
     }
     let headroom = policy.headroom * state.typical.map_or(0.0, |(m, _)| m);
-    let mut explain = Explain::new(policy, current, now);
+    let mut explain = policy.explanation(current, now);
     explain.inputs.demand_rps = demand_rps;
     explain.inputs.latency = observed.latency;
     explain.inputs.degraded = observed.degraded;
@@ -464,15 +409,26 @@ impl DecideState {
 /// The prediction policy: the upper forecast's peak plus headroom, moved only past the
 /// tolerance (a forecast that wavers around the current count must not make it flap).
 fn prediction(policy: &Policy, pk: Peak, headroom: f64, current: u32) -> (u32, Reason) {
-    let r = policy.need(pk.upper + headroom, policy.prediction_utilization);
+    let planned = pk.value + policy.interval_share * (pk.upper - pk.value);
+    let r = policy.need(planned + headroom, policy.prediction_utilization);
     let r = if f64::from(r.abs_diff(current)) <= f64::from(current) * policy.tolerance {
         current
     } else {
         r
     };
+    let what = if policy.interval_share == 1.0 {
+        format!("upper forecast {:.3} rps", pk.upper)
+    } else {
+        format!(
+            "{planned:.3} rps planned ({:.0}% of the way from the forecast {:.3} to its upper bound {:.3})",
+            policy.interval_share * 100.0,
+            pk.value,
+            pk.upper
+        )
+    };
     let message = format!(
-        "upper forecast {:.3} rps at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
-        pk.upper, pk.timestamp, policy.lookahead
+        "{what} at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
+        pk.timestamp, policy.lookahead
     );
     (r, Reason::new(ReasonCode::Prediction, message))
 }
@@ -678,6 +634,7 @@ mod tests {
             capacity_rps: 10.0,
             target_utilization: 1.0,
             prediction_utilization: 1.0,
+            interval_share: 1.0,
             tolerance: 0.1,
             min_replicas: 2,
             max_replicas: 20,

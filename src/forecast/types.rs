@@ -61,6 +61,17 @@ impl Forecast {
             .max_by(|a, b| a.upper.total_cmp(&b.upper))
     }
 
+    /// The point within `[from, to]` whose planned load, `value + share × (upper − value)`,
+    /// is highest (at share 1: the highest upper bound), if any.
+    pub fn peak_planned(&self, from: i64, to: i64, share: f64) -> Option<Point> {
+        let planned = |p: &Point| p.value + share * (p.upper - p.value);
+        self.points
+            .iter()
+            .filter(|p| p.timestamp >= from && p.timestamp <= to)
+            .copied()
+            .max_by(|a, b| planned(a).total_cmp(&planned(b)))
+    }
+
     /// The points up to `to` (inclusive).
     pub fn until(&self, to: i64) -> impl Iterator<Item = &Point> {
         self.points.iter().take_while(move |p| p.timestamp <= to)

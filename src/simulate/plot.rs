@@ -1,5 +1,5 @@
 //! The backtest as an SVG chart: demand, the forecast band, serving capacity and the
-//! replicas asked for.
+//! replicas asked for; and `prescale tune`'s frontier.
 
 use plotters::prelude::*;
 
@@ -110,6 +110,98 @@ fn draw(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    Ok(())
+}
+
+/// `prescale tune`'s frontier as SVG: lost requests against replica-hours, for prescale
+/// across the dial (the recommended point ringed) and the HPA across its utilisations, and
+/// the clairvoyant scaler's cost as a vertical line.
+pub fn frontier_svg(t: &super::tune::Tuning) -> Result<String, String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (1000, 650)).into_drawing_area();
+        draw_frontier(&root, t).map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+fn draw_frontier(
+    root: &Area<'_>,
+    t: &super::tune::Tuning,
+) -> Result<(), DrawingAreaErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>> {
+    root.fill(&WHITE)?;
+    let ours: Vec<(f64, f64)> = t
+        .frontier
+        .iter()
+        .map(|p| (p.score.replica_hours, p.score.lost_pct))
+        .collect();
+    let hpa: Vec<(f64, f64)> = t
+        .references
+        .hpa
+        .iter()
+        .map(|(_, s)| (s.replica_hours, s.lost_pct))
+        .collect();
+    let oracle = t.references.clairvoyant.replica_hours;
+    let all = || {
+        ours.iter()
+            .chain(&hpa)
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+    };
+    let x_max = all().map(|p| p.0).fold(oracle, f64::max).max(1e-9) * 1.05;
+    let x_min = all().map(|p| p.0).fold(oracle, f64::min) * 0.95;
+    let y_max = all().map(|p| p.1).fold(0.0, f64::max).max(1e-6) * 1.05;
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            "prescale tune: lost requests against cost",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x_min..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("replica-hours")
+        .y_desc("lost requests, %")
+        .light_line_style(WHITE)
+        .draw()?;
+    let blue = RGBColor(31, 119, 180);
+    let orange = RGBColor(255, 127, 14);
+    let green = RGBColor(44, 160, 44);
+    let style = |c: RGBColor| ShapeStyle::from(c).stroke_width(2);
+    chart
+        .draw_series(LineSeries::new(ours.clone(), style(blue)))?
+        .label("prescale across the risk dial")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], blue));
+    chart.draw_series(ours.iter().map(|&p| Circle::new(p, 3, blue.filled())))?;
+    chart
+        .draw_series(LineSeries::new(hpa.clone(), style(orange)))?
+        .label("HPA at 0.3 to 0.9")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], orange));
+    chart.draw_series(hpa.iter().map(|&p| Circle::new(p, 3, orange.filled())))?;
+    chart
+        .draw_series(LineSeries::new(
+            [(oracle, 0.0), (oracle, y_max)],
+            style(green),
+        ))?
+        .label("clairvoyant cost")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], green));
+    if let Some(p) = t.frontier.iter().find(|p| Some(p.risk) == t.recommended) {
+        let at = (p.score.replica_hours, p.score.lost_pct);
+        chart.draw_series([Circle::new(at, 9, style(BLACK))])?;
+        chart.draw_series([Text::new(
+            format!("recommended: risk {:.2}", p.risk),
+            at,
+            ("sans-serif", 16),
+        )])?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()?;
     Ok(())
 }

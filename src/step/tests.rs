@@ -14,6 +14,7 @@ fn policy() -> TargetPolicy {
             capacity_rps: 10.0,
             target_utilization: 1.0,
             prediction_utilization: 1.0,
+            interval_share: 1.0,
             tolerance: 0.0,
             min_replicas: 1,
             max_replicas: 100,

@@ -88,6 +88,7 @@ function renderFacts(d) {
     ["demand", `${fmtNum(d.demand_rps)} rps`],
     ["capacity / replica", `${fmtNum(d.capacity_rps)} rps${d.capacity && d.capacity.source ? ` (${esc(d.capacity.source)})` : ""}`],
     ["bounds", `${d.min_replicas}–${d.max_replicas}`],
+    ["risk dial", riskText(d.risk)],
   ];
   $("#facts").innerHTML = facts.map(([k, v]) => `<div><span class="label">${k}</span><b>${v}</b></div>`).join("");
   const reasons = d.degraded_reasons || [];
@@ -99,6 +100,13 @@ function renderFacts(d) {
   if (d.forecast_model) text += ` Model: ${esc(d.forecast_model.model)}.`;
   if (reasons.length) text += `<br><span class="warn">Degraded: ${reasons.map(esc).join("; ")}</span>`;
   $("#bottleneck").innerHTML = text;
+}
+
+// The cost/risk dial with its name where it has one.
+function riskText(risk) {
+  if (risk === undefined || risk === null) return "—";
+  const names = { 0.25: "lean", 0.5: "balanced", 0.75: "safe" };
+  return names[risk] ? `${risk} (${names[risk]})` : String(risk);
 }
 
 // A shortfall too small to show at two decimals is none.
