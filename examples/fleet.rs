@@ -205,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
                 forecast: forecast.clone(),
                 models: ModelsDir::new(&forecast.models_dir),
                 ownership: None,
+                kubernetes: None,
             })
         })
         .collect();

@@ -370,7 +370,9 @@ impl Generation {
         let outbox = shared.outbox.clone();
         let (alerts, budget, forecast) = (c.alertmanager.clone(), c.budget, c.forecast.clone());
         let models = models::ModelsDir::new(&c.forecast.models_dir);
-        let make = move |target, ownership| pipeline::TargetLoop {
+        let receivers = shared.receivers.clone();
+        let make = move |target: Arc<config::TargetConfig>, ownership| pipeline::TargetLoop {
+            kubernetes: receivers.kubernetes(&target.name),
             target,
             source: source.clone(),
             store: store.clone(),
@@ -502,6 +504,18 @@ async fn switch(
             shared.metrics.forget_target(name, &signals);
         }
     }
+    let acted: Vec<String> = changes
+        .removed
+        .iter()
+        .filter(|n| {
+            running
+                .config
+                .target(n)
+                .is_some_and(|t| t.mode == config::Mode::Act)
+        })
+        .cloned()
+        .collect();
+    release_removed(&acted, &shared.receivers).await;
     shared.receivers.replace(&receivers);
     let mut next = Generation::new(file, config, source, shared);
     next.take_over(&running.store, &changes);
@@ -517,6 +531,26 @@ async fn switch(
         "{what}"
     );
     next
+}
+
+/// Gives back the HPA floors of targets that acted and were removed from the configuration
+/// (Kubernetes `hpa-floor`): prescale stops acting on them. A failure is logged;
+/// the floor then stays where prescale last set it.
+async fn release_removed(removed: &[String], receivers: &act::Receivers) {
+    for name in removed {
+        let Some(k) = receivers.kubernetes(name) else {
+            continue;
+        };
+        match k.release().await {
+            Ok(Some(floor)) => {
+                tracing::info!(target = %name, floor, "removed: the HPA's floor is given back");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(target = %name, error = %e, "removed: cannot give the HPA its floor back");
+            }
+        }
+    }
 }
 
 /// A message of several lines (a TOML error quoting the line) on one line, for the log.

@@ -16,6 +16,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::act::kubernetes::Kubernetes;
 use crate::act::outbox::Outbox;
 use crate::act::{Action, RebalanceAction, ScaleAction};
 use crate::cluster::{Cluster, Standing};
@@ -56,6 +57,10 @@ pub struct TargetLoop {
     /// The target's ownership, when instances share targets through etcd: the loop acts
     /// only while this instance owns the target at this epoch, and ends when it does not.
     pub ownership: Option<Ownership>,
+    /// The target's Kubernetes platform, if its scale actions go to one: the running count
+    /// is read from its scale subresource (when no `replicas` query is configured), and an
+    /// HPA's floor is given back while the target is paused.
+    pub kubernetes: Option<Arc<Kubernetes>>,
 }
 
 /// Which instance may act on a target, when instances share targets ([`TargetLoop::ownership`]).
@@ -168,6 +173,14 @@ impl TargetLoop {
                 self.poll_instances(signal, query, now).await;
             } else {
                 self.poll(signal, query, now).await;
+            }
+        }
+        if let Some(k) = self.kubernetes.as_deref() {
+            if self.target.reads_scale() {
+                self.poll_scale(k, now).await;
+            }
+            if acting == Acting::Yes {
+                self.release_while_paused(k, now).await;
             }
         }
         let Some((actions, model, unsent)) = self.step(now) else {
@@ -595,6 +608,7 @@ fn merge_instances(
 }
 
 mod durable;
+mod kubernetes;
 mod owned;
 mod shared;
 

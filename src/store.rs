@@ -124,6 +124,8 @@ pub struct TargetState {
     pub last_delivery: Option<DeliveryRecord>,
     /// Acting is paused (`POST …/pause`): decisions are made and shown, nothing is sent.
     pub paused: bool,
+    /// While paused, an HPA floor raised by prescale (Kubernetes `hpa-floor`) was given back.
+    pub floor_released: bool,
     /// A refit was asked for (`POST …/refit`); the pipeline clears it when it refits.
     pub refit_requested: bool,
     /// Its decision history: changes kept, holds summarised.
@@ -144,11 +146,15 @@ impl TargetState {
     fn new(config: Arc<TargetConfig>) -> Self {
         let step = config.step_secs();
         let cap = config.history_points();
-        let signals = config
+        let mut signals: BTreeMap<Signal, SignalHealth> = config
             .signals()
             .into_iter()
             .map(|(s, _)| (s, SignalHealth::default()))
             .collect();
+        if config.reads_scale() {
+            // Read from the Kubernetes scale subresource instead of a query.
+            signals.insert(Signal::Replicas, SignalHealth::default());
+        }
         Self {
             rate: Series::new(step, cap),
             latency: Series::new(step, cap),
@@ -166,6 +172,7 @@ impl TargetState {
             wanted: None,
             last_delivery: None,
             paused: false,
+            floor_released: false,
             refit_requested: false,
             decisions: DecisionLog::default(),
             write_error: None,

@@ -281,6 +281,7 @@ fn live_loop(store: &Store, target: &TargetConfig, outbox: Outbox, dir: &Path) -
         forecast: ForecastConfig::default(),
         models: ModelsDir::new(dir.join("models")),
         ownership: None,
+        kubernetes: None,
     }
 }
 

@@ -126,6 +126,7 @@ async fn serve_and_backtest_decide_the_same_at_the_same_times() {
         forecast,
         models: ModelsDir::new(dir.path().join("models")),
         ownership: None,
+        kubernetes: None,
     };
     let mut performance = 0;
     for (i, row) in rows.iter().enumerate() {

@@ -14,11 +14,13 @@
 //!   letters.
 //! - [`webhook`]: HMAC-signed JSON POSTs, and the signature scheme receivers verify.
 //! - [`haproxy`]: balancer weights through HAProxy's runtime API.
+//! - [`kubernetes`]: replicas, or an HPA's floor, through the Kubernetes API.
 //! - [`alert`]: predicted bottlenecks and their Alertmanager body.
 //! - [`Receivers`]: where each kind of action of each target goes, and one attempt at it.
 
 pub mod alert;
 pub mod haproxy;
+pub mod kubernetes;
 pub mod outbox;
 pub mod webhook;
 
@@ -299,11 +301,14 @@ pub enum Attempt {
     },
 }
 
-/// Where one kind of action of one target goes.
+/// Where one kind of action of one target goes (`scale`: a webhook or Kubernetes;
+/// `rebalance`: a webhook or HAProxy; `alert`: Alertmanager).
 #[derive(Debug, Clone)]
 pub enum Destination {
     /// A signed webhook.
     Webhook(WebhookConfig),
+    /// The Kubernetes API: the scale subresource, or an HPA's floor.
+    Kubernetes(Arc<kubernetes::Kubernetes>),
     /// HAProxy's runtime API.
     Haproxy(HaproxyConfig),
     /// Alertmanager's v2 API.
@@ -336,6 +341,13 @@ impl Receivers {
                 routes.insert(
                     (t.name.clone(), ActionKind::Scale),
                     Destination::Webhook(h.clone()),
+                );
+            }
+            if let Some(k) = &t.kubernetes {
+                let k = kubernetes::Kubernetes::new(k.clone(), config.delivery.timeout);
+                routes.insert(
+                    (t.name.clone(), ActionKind::Scale),
+                    Destination::Kubernetes(Arc::new(k)),
                 );
             }
             if let Some(h) = &t.balancer {
@@ -394,6 +406,15 @@ impl Receivers {
         Self::from_map(routes, webhooks)
     }
 
+    /// The Kubernetes platform of `target`, if its scale actions go to one (its loop reads
+    /// the running count through the same client).
+    pub fn kubernetes(&self, target: &str) -> Option<Arc<kubernetes::Kubernetes>> {
+        match self.routes().route(target, ActionKind::Scale) {
+            Some(Destination::Kubernetes(k)) => Some(k.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether actions of `kind` for `target` have somewhere to go.
     pub fn has(&self, target: &str, kind: ActionKind) -> bool {
         self.routes().route(target, kind).is_some()
@@ -416,6 +437,7 @@ impl Receivers {
                 body: String::new(),
             },
             Some(Destination::Webhook(h)) => now.webhooks.attempt(h, body, key, epoch).await,
+            Some(Destination::Kubernetes(k)) => k.attempt(body).await,
             Some(Destination::Haproxy(h)) => haproxy::apply_body(h, body).await,
             Some(Destination::Alertmanager(am)) => {
                 let mut url = am.url.clone();

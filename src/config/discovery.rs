@@ -65,11 +65,8 @@ impl DiscoveryConfig {
         let validator = Validator { file: &self.file };
         let at = |key: String, message: String| validator.err(key, message);
         let i = self.index;
-        let missing = |key: String, label: String| {
-            at(
-                key,
-                format!("the series {} has no label `{label}`", show_labels(labels)),
-            )
+        let missing = |key: String, what: String| {
+            at(key, format!("the series {} {what}", show_labels(labels)))
         };
         let name = self
             .name
@@ -165,7 +162,8 @@ fn collect(
     Ok(())
 }
 
-/// `table` with every placeholder replaced; the error is the path and the missing label.
+/// `table` with every placeholder replaced; the error is the path and what of the series
+/// cannot be rendered.
 fn render_table(
     table: &toml::Table,
     path: &str,

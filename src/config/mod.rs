@@ -8,6 +8,7 @@
 //! - `validate.rs`: raw sections → validated ones, with their defaults;
 //! - `target.rs`: [`TargetConfig`], the per-target part, and its validation;
 //! - `cluster.rs`: [`ClusterConfig`], `[cluster]` and its validation;
+//! - `platform.rs`: `[target.platform]`: a webhook or [`KubernetesConfig`];
 //! - `secrets.rs`: [`Secret`], read from an environment variable or a file;
 //! - here: the validated top-level types, [`ConfigError`] and [`Config::load`].
 //!
@@ -17,6 +18,7 @@
 mod cluster;
 mod discovery;
 mod parse;
+mod platform;
 #[cfg(test)]
 mod proptests;
 mod risk;
@@ -41,9 +43,11 @@ pub(crate) use discovery::show_labels;
 pub use discovery::{DEFAULT_REFRESH, DEFAULT_REMOVE_AFTER, DiscoveryConfig, Labels};
 pub use parse::{
     RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawCluster, RawConfig,
-    RawDelivery, RawDiscovery, RawForecast, RawPrometheus, RawRatePolicy, RawRebalance, RawRules,
+    RawDelivery, RawDiscovery, RawForecast, RawPlatform, RawPrometheus, RawRatePolicy, RawRebalance,
+    RawRules,
     RawServer, RawState, RawTarget, RawWebhook,
 };
+pub use platform::{Credentials, KubernetesConfig, KubernetesMode, ScaleTargetRef};
 pub use secrets::Secret;
 pub use summary::summary;
 pub use target::{

@@ -361,8 +361,8 @@ pub struct RawTarget {
     pub behavior: Option<RawBehavior>,
     /// `act` (default) sends webhooks; `forecast-only` decides and shows, sends nothing.
     pub mode: Option<Mode>,
-    /// Where scale actions go.
-    pub platform: Option<RawWebhook>,
+    /// Where scale actions go: a signed webhook (default) or the Kubernetes API.
+    pub platform: Option<RawPlatform>,
     /// Where rebalance actions go: a webhook (default) or HAProxy's runtime API.
     pub balancer: Option<RawBalancer>,
     /// How balancer weights are computed, and failover.
@@ -480,7 +480,57 @@ pub struct RawBalancer {
     pub timeout: Option<Duration>,
 }
 
-/// `[target.platform]` / `[target.balancer]`: a signed webhook.
+/// `[target.platform]`: a signed webhook (`kind = "webhook"`, the default, with the keys
+/// of [`RawWebhook`]) or the Kubernetes API (`kind = "kubernetes"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlatform {
+    /// `webhook` (default) or `kubernetes`.
+    pub kind: Option<String>,
+    /// Webhook: receiver URL.
+    pub url: Option<String>,
+    /// Webhook: variable holding the signing secret.
+    pub secret_env: Option<String>,
+    /// Webhook: file holding the signing secret.
+    pub secret_file: Option<PathBuf>,
+    /// Webhook: variable holding the previous secret, still signed with while rotating.
+    pub previous_secret_env: Option<String>,
+    /// Webhook: file holding the previous secret.
+    pub previous_secret_file: Option<PathBuf>,
+    /// Kubernetes: the namespace of the scaled resource.
+    pub namespace: Option<String>,
+    /// Kubernetes: the name of the Deployment scaled (or `scale_target`).
+    pub deployment: Option<String>,
+    /// Kubernetes: any other resource with a `scale` subresource, as an HPA's
+    /// `scaleTargetRef` names it: `{ kind = "StatefulSet", name = "db" }` (`api_version`
+    /// defaults to `apps/v1` for Deployment, StatefulSet and ReplicaSet).
+    pub scale_target: Option<RawScaleTarget>,
+    /// Kubernetes: `replicas` (default: set the scale subresource's `spec.replicas`) or
+    /// `hpa-floor` (raise the HPA's `minReplicas` to prescale's count).
+    pub mode: Option<crate::config::KubernetesMode>,
+    /// Kubernetes, `hpa-floor`: the HPA's name (default: the HPA in the namespace whose
+    /// `scaleTargetRef` names the resource).
+    pub hpa: Option<String>,
+    /// Kubernetes: a kubeconfig file (default, without `kubeconfig` and `context`: the
+    /// pod's service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes: the kubeconfig's context (default: its current context).
+    pub context: Option<String>,
+}
+
+/// `[target.platform.scale_target]`: a resource with a `scale` subresource.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScaleTarget {
+    /// E.g. `StatefulSet`.
+    pub kind: String,
+    /// The object's name.
+    pub name: String,
+    /// E.g. `apps/v1`.
+    pub api_version: Option<String>,
+}
+
+/// `[target.balancer]` (and a webhook `[target.platform]`): a signed webhook.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhook {

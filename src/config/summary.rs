@@ -59,10 +59,13 @@ pub fn summary(config: &Config) -> String {
             humantime::format_duration(t.interval),
             humantime::format_duration(t.step),
             humantime::format_duration(t.history),
-            if t.platform.is_some() {
-                ", platform webhook"
-            } else {
-                ""
+            match (&t.platform, &t.kubernetes) {
+                (Some(_), _) => ", platform webhook".to_owned(),
+                (None, Some(k)) => format!(
+                    ", Kubernetes {} {} in namespace {}",
+                    k.mode, k.resource, k.namespace
+                ),
+                (None, None) => String::new(),
             },
             if t.balancer.is_some() {
                 ", balancer webhook"

@@ -9,6 +9,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::parse::{RawBalancer, RawBehavior, RawRebalance, RawRules, RawTarget, RawWebhook};
+use super::platform::KubernetesConfig;
 use super::secrets::Secret;
 use super::{AlertmanagerConfig, ConfigError, ForecastConfig, Validator};
 use crate::decide::balance::{MAX_WEIGHT, Settings};
@@ -116,6 +117,8 @@ pub struct TargetConfig {
     pub mode: Mode,
     /// Scale webhook.
     pub platform: Option<WebhookConfig>,
+    /// Scale through the Kubernetes API instead (`[target.platform] kind = "kubernetes"`).
+    pub kubernetes: Option<KubernetesConfig>,
     /// Rebalance webhook.
     pub balancer: Option<WebhookConfig>,
     /// Rebalance through HAProxy's runtime API instead (`[target.balancer] kind = "haproxy"`).
@@ -204,10 +207,10 @@ impl TargetConfig {
             capacity_rps: self.capacity_rps,
             learns_capacity: self.latency_slo.is_some()
                 && q.latency.is_some()
-                && q.replicas.is_some(),
-            observes_replicas: q.replicas.is_some(),
+                && self.observes_replicas(),
+            observes_replicas: self.observes_replicas(),
             initial_replicas: self.initial_replicas,
-            scales: self.platform.is_some(),
+            scales: self.platform.is_some() || self.kubernetes.is_some(),
             balances: self.balancer.is_some() || self.haproxy.is_some(),
             rebalance: self.rebalance.clone(),
             priority: self.priority,
@@ -216,6 +219,18 @@ impl TargetConfig {
                 resend: a.resend.as_secs() as i64,
             }),
         }
+    }
+
+    /// Whether the running count is observed: by the `replicas` query, or else read from
+    /// the Kubernetes scale subresource ([`TargetConfig::reads_scale`]).
+    pub fn observes_replicas(&self) -> bool {
+        self.queries.replicas.is_some() || self.kubernetes.is_some()
+    }
+
+    /// Whether the running count is read from the Kubernetes scale subresource each cycle
+    /// (a Kubernetes platform and no `replicas` query, which would take precedence).
+    pub fn reads_scale(&self) -> bool {
+        self.queries.replicas.is_none() && self.kubernetes.is_some()
     }
 
     /// The signals this target's configuration asks for, with their queries.
@@ -261,6 +276,7 @@ impl TargetConfig {
             scale_down: Rules::default_scale_down(),
             mode: Mode::Act,
             platform: None,
+            kubernetes: None,
             balancer: None,
             haproxy: None,
             rebalance: Settings::default(),
@@ -343,10 +359,10 @@ impl Validator<'_> {
             &target_key(&t.name, "rebalance"),
             t.rebalance.unwrap_or_default(),
         )?;
-        let platform = t
-            .platform
-            .map(|w| self.webhook(&target_key(&t.name, "platform"), w))
-            .transpose()?;
+        let (platform, kubernetes) = match t.platform {
+            Some(p) => self.platform(&target_key(&t.name, "platform"), p, min_replicas)?,
+            None => (None, None),
+        };
         let (balancer, haproxy) = match t.balancer {
             Some(b) => self.balancer(&target_key(&t.name, "balancer"), b)?,
             None => (None, None),
@@ -376,6 +392,7 @@ impl Validator<'_> {
             scale_down,
             mode: t.mode.unwrap_or(Mode::Act),
             platform,
+            kubernetes,
             balancer,
             haproxy,
             rebalance,
@@ -430,6 +447,11 @@ impl Validator<'_> {
 
     /// The latency objective, and a capacity that is configured or can be learned.
     fn capacity(&self, t: &RawTarget, queries: &Queries) -> Result<(), ConfigError> {
+        // A Kubernetes platform reads the running count from the scale subresource.
+        let kubernetes = t
+            .platform
+            .as_ref()
+            .is_some_and(|p| p.kind.as_deref() == Some("kubernetes"));
         if t.latency_slo.is_some() && queries.latency.is_none() {
             return Err(self.err(
                 target_key(&t.name, "latency_slo"),
@@ -447,11 +469,13 @@ impl Validator<'_> {
                 target_key(&t.name, "capacity_rps"),
                 format!("{c} is not usable; expected a positive number of requests/s"),
             )),
-            None if t.latency_slo.is_none() || queries.replicas.is_none() => Err(self.err(
-                target_key(&t.name, "capacity_rps"),
-                "is missing; expected a positive number of requests/s, or `latency`, \
-                 `latency_slo` and `replicas` to learn it from",
-            )),
+            None if t.latency_slo.is_none() || !(queries.replicas.is_some() || kubernetes) => {
+                Err(self.err(
+                    target_key(&t.name, "capacity_rps"),
+                    "is missing; expected a positive number of requests/s, or `latency`, \
+                     `latency_slo` and `replicas` (or a Kubernetes platform) to learn it from",
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -717,7 +741,7 @@ impl Validator<'_> {
         })
     }
 
-    fn webhook(&self, key: &str, w: RawWebhook) -> Result<WebhookConfig, ConfigError> {
+    pub(super) fn webhook(&self, key: &str, w: RawWebhook) -> Result<WebhookConfig, ConfigError> {
         let url = self.url(&format!("{key}.url"), &w.url)?;
         let secret = self
             .secret(

@@ -138,16 +138,25 @@ impl Template {
     }
 
     /// The text with each placeholder replaced by its label's value in `labels`, escaped;
-    /// the error names a label it uses that `labels` lacks.
+    /// the error says what of the series cannot be rendered, e.g. "has no label `x`".
     pub(crate) fn render(&self, labels: &Labels) -> Result<String, String> {
         let mut out = String::new();
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
                 Part::Label { name, quote } => {
-                    let value = labels.get(name).ok_or_else(|| name.clone())?;
+                    let value = labels
+                        .get(name)
+                        .ok_or_else(|| format!("has no label `{name}`"))?;
                     match (self.escape, quote) {
                         (Escape::PromQl, Some(q)) => promql_escape(&mut out, value, *q),
+                        // A dot segment, even percent-encoded, is resolved away by URL
+                        // parsing (`..` would climb a level): refused, never sent.
+                        (Escape::Url, _) if value == "." || value == ".." => {
+                            return Err(format!(
+                                "has `{name}` = `{value}`, which cannot stand in a URL (a dot segment)"
+                            ));
+                        }
                         (Escape::Url, _) => {
                             out.extend(utf8_percent_encode(value, URL_KEEP));
                         }
@@ -277,8 +286,14 @@ mod tests {
         assert_eq!(t.labels().collect::<Vec<_>>(), ["namespace", "deployment"]);
         assert_eq!(
             t.render(&labels(&[("namespace", "a")])),
-            Err("deployment".to_owned())
+            Err("has no label `deployment`".to_owned())
         );
+        let url = Template::parse("http://h/${x}/scale", Escape::Url).expect("valid");
+        for dots in [".", ".."] {
+            let e = url.render(&labels(&[("x", dots)])).expect_err(dots);
+            assert!(e.contains("dot segment"), "{e}");
+        }
+        assert!(url.render(&labels(&[("x", "...")])).is_ok());
         assert!(
             Template::parse("plain", Escape::Plain)
                 .expect("valid")

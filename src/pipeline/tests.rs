@@ -39,6 +39,7 @@ fn live_loop(store: &Store, dir: &std::path::Path, end: i64) -> TargetLoop {
         forecast: ForecastConfig::default(),
         models: ModelsDir::new(dir.join("models")),
         ownership: None,
+        kubernetes: None,
     }
 }
 

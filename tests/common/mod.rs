@@ -13,6 +13,8 @@
 //! - [`haproxy`], [`alertmanager`]: the real servers ([`Haproxy`], [`Alertmanager`]).
 //! - [`etcd`]: a real etcd cluster of one or more members ([`Etcd`]), members killed
 //!   and restarted.
+//! - [`kube_api`]: a stand-in for the Kubernetes API server, following its published
+//!   contract ([`KubeApi`]), because no real API server can run here.
 //! - [`config`]: configuration files ([`TestConfig`], [`TestTarget`], [`TempConfig`]).
 //! - [`app`]: prescale itself, in process ([`App`]) or as the binary ([`AppProcess`]).
 //!
@@ -29,6 +31,7 @@ pub mod etcd;
 pub mod exporter;
 pub mod haproxy;
 pub mod http;
+pub mod kube_api;
 pub mod process;
 pub mod prometheus;
 pub mod receivers;
@@ -41,6 +44,7 @@ pub use etcd::Etcd;
 pub use exporter::SeriesExporter;
 pub use haproxy::Haproxy;
 pub use http::{decisions_made, get_json, http_get};
+pub use kube_api::{Call, KubeApi};
 pub use process::{
     ChildGuard, READY_DEADLINE, free_addr, free_port, now_secs, poll_until, poll_until_async,
 };

@@ -76,7 +76,13 @@ proptest! {
     #[test]
     fn a_value_in_a_url_decodes_back_and_stays_in_its_segment(v in value()) {
         let t = Template::parse("http://h/hook/${x}/scale", Escape::Url).expect("valid");
-        let rendered = t.render(&Labels::from([("x".to_owned(), v.clone())])).expect("renders");
+        let rendered = t.render(&Labels::from([("x".to_owned(), v.clone())]));
+        // A dot segment is refused (URL parsing would resolve it away).
+        if v == "." || v == ".." {
+            prop_assert!(rendered.is_err());
+            return Ok(());
+        }
+        let rendered = rendered.expect("renders");
         let segment = rendered
             .strip_prefix("http://h/hook/")
             .and_then(|s| s.strip_suffix("/scale"))
