@@ -1049,6 +1049,13 @@ async fn a_fenced_worker_sends_only_at_the_owners_epoch() {
     assert_eq!(reqs[0].header("prescale-epoch"), Some("7"));
     assert_eq!(reqs[0].json()["epoch"], 7);
     assert_eq!(reqs[0].json()["to"], 4);
+    // The receiver has it; the worker records the outcome after its answer (a busy machine
+    // may take a while): a fence lost before then would call the attempt back.
+    run.when("the first action delivered", |all| {
+        all.first()
+            .is_some_and(|d| d.state == DeliveryState::Delivered)
+    })
+    .await;
 
     // Lost: another epoch owns the target now.
     fence.set(Some(9), true);

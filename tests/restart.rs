@@ -270,9 +270,11 @@ fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
     // The first decisions after a restart may hold while the forecaster refits and the
     // demand is fresh again (a busy machine): wait for one that would ask for more.
     let wants_more = |d: &Vec<serde_json::Value>| d.iter().any(|d| d["to"].as_u64() > Some(last));
-    poll_until("a decision after the restart that would ask for more", DEADLINE, || {
-        decisions_after(&app, stopped_at).filter(wants_more)
-    });
+    poll_until(
+        "a decision after the restart that would ask for more",
+        DEADLINE,
+        || decisions_after(&app, stopped_at).filter(wants_more),
+    );
     let t = app.get_json("/api/v1/targets/web").expect("the target");
     assert_eq!(t["paused"], true, "still paused: {t}");
     let written = app

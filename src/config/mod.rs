@@ -43,9 +43,8 @@ pub(crate) use discovery::show_labels;
 pub use discovery::{DEFAULT_REFRESH, DEFAULT_REMOVE_AFTER, DiscoveryConfig, Labels};
 pub use parse::{
     RawAlertmanager, RawBalancer, RawBasicAuth, RawBehavior, RawBudget, RawCluster, RawConfig,
-    RawDelivery, RawDiscovery, RawForecast, RawPlatform, RawPrometheus, RawRatePolicy, RawRebalance,
-    RawRules,
-    RawServer, RawState, RawTarget, RawWebhook,
+    RawDelivery, RawDiscovery, RawForecast, RawPlatform, RawPrometheus, RawRatePolicy,
+    RawRebalance, RawRules, RawServer, RawState, RawTarget, RawWebhook,
 };
 pub use platform::{Credentials, KubernetesConfig, KubernetesMode, ScaleTargetRef};
 pub use secrets::Secret;
