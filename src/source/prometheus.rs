@@ -419,10 +419,17 @@ struct RawSeries {
     values: Vec<(f64, String)>,
 }
 
-/// Reads one HTTP answer: a Prometheus error body (whatever the status) is
-/// [`SourceError::Prometheus`], another non-2xx is [`SourceError::Http`], and a 2xx must be
-/// a matrix.
-fn parse(query: &str, url: &str, status: u16, body: &[u8]) -> Result<Answer, SourceError> {
+/// The result of one HTTP answer, and its warnings: a Prometheus error body (whatever the
+/// status) is [`SourceError::Prometheus`], another non-2xx is [`SourceError::Http`], and a
+/// 2xx must be a `success` whose result is of type `expected` (`hint` follows the message
+/// of another type).
+pub(super) fn result_of(
+    query: &str,
+    url: &str,
+    (status, body): (u16, &[u8]),
+    expected: &str,
+    hint: &str,
+) -> Result<(serde_json::Value, Vec<String>), SourceError> {
     let envelope = serde_json::from_slice::<Envelope>(body);
     if let Ok(e) = &envelope
         && e.status == "error"
@@ -452,14 +459,24 @@ fn parse(query: &str, url: &str, status: u16, body: &[u8]) -> Result<Answer, Sou
     let data = envelope
         .data
         .ok_or_else(|| decode("no `data` in a successful answer".to_owned()))?;
-    if data.result_type != "matrix" {
+    if data.result_type != expected {
         return Err(decode(format!(
-            "result type `{}`; expected `matrix`",
+            "result type `{}`; expected `{expected}`{hint}",
             data.result_type
         )));
     }
-    let raw: Vec<RawSeries> = serde_json::from_value(data.result)
-        .map_err(|e| decode(format!("malformed matrix: {e}")))?;
+    Ok((data.result, envelope.warnings))
+}
+
+/// Reads one HTTP answer, which must be a matrix (see [`result_of`]).
+fn parse(query: &str, url: &str, status: u16, body: &[u8]) -> Result<Answer, SourceError> {
+    let (result, warnings) = result_of(query, url, (status, body), "matrix", "")?;
+    let decode = |message: String| SourceError::Decode {
+        query: query.to_owned(),
+        message,
+    };
+    let raw: Vec<RawSeries> =
+        serde_json::from_value(result).map_err(|e| decode(format!("malformed matrix: {e}")))?;
     let mut dropped = 0;
     let mut series = Vec::with_capacity(raw.len());
     for s in raw {
@@ -490,7 +507,7 @@ fn parse(query: &str, url: &str, status: u16, body: &[u8]) -> Result<Answer, Sou
     Ok(Answer {
         series,
         dropped,
-        warnings: envelope.warnings,
+        warnings,
     })
 }
 

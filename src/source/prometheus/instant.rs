@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use tracing::{debug, warn};
 
-use super::{Envelope, Labels, PrometheusClient, SourceError, excerpt};
+use super::{Labels, PrometheusClient, SourceError, result_of};
 
 /// One element of an instant vector; its value is not needed.
 #[derive(Deserialize)]
@@ -39,47 +39,18 @@ pub(super) fn parse_vector(
     status: u16,
     body: &[u8],
 ) -> Result<(Vec<Labels>, Vec<String>), SourceError> {
-    let envelope = serde_json::from_slice::<Envelope>(body);
-    if let Ok(e) = &envelope
-        && e.status == "error"
-    {
-        return Err(SourceError::Prometheus {
-            query: query.to_owned(),
-            error_type: e.error_type.clone().unwrap_or_else(|| "unknown".to_owned()),
-            message: e.error.clone().unwrap_or_default(),
-        });
-    }
-    if !(200..300).contains(&status) {
-        return Err(SourceError::Http {
-            query: query.to_owned(),
-            url: url.to_owned(),
-            status,
-            body: excerpt(body),
-        });
-    }
+    let hint = " (a discovery query must give series, one per service)";
+    let (result, warnings) = result_of(query, url, (status, body), "vector", hint)?;
     let decode = |message: String| SourceError::Decode {
         query: query.to_owned(),
         message,
     };
-    let envelope = envelope.map_err(|e| decode(format!("not a Prometheus API answer: {e}")))?;
-    if envelope.status != "success" {
-        return Err(decode(format!("unknown status `{}`", envelope.status)));
-    }
-    let data = envelope
-        .data
-        .ok_or_else(|| decode("no `data` in a successful answer".to_owned()))?;
-    if data.result_type != "vector" {
-        return Err(decode(format!(
-            "result type `{}`; expected `vector` (a discovery query must give series, one per service)",
-            data.result_type
-        )));
-    }
-    let elements: Vec<Element> = serde_json::from_value(data.result)
-        .map_err(|e| decode(format!("malformed vector: {e}")))?;
+    let elements: Vec<Element> =
+        serde_json::from_value(result).map_err(|e| decode(format!("malformed vector: {e}")))?;
     let mut sets: Vec<Labels> = elements.into_iter().map(|e| e.metric).collect();
     sets.sort();
     sets.dedup();
-    Ok((sets, envelope.warnings))
+    Ok((sets, warnings))
 }
 
 #[cfg(test)]
