@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::views::Peak;
+use super::views::{CapacitySource, Peak};
 use super::{ApiError, ErrorBody};
 use crate::decide::explain as core;
 use crate::store::Store;
@@ -63,18 +63,6 @@ pub(super) struct Latency {
     rps_per_replica_at_slo: Option<f64>,
     /// Replicas serving when it was observed.
     replicas: u32,
-}
-
-/// Where the capacity per replica comes from.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum CapacitySource {
-    /// `capacity_rps` in the configuration.
-    Configured,
-    /// Learned from latency under load.
-    Learned,
-    /// Neither.
-    Unknown,
 }
 
 /// The bounds in force, and the scheduled windows that set them.
@@ -158,7 +146,6 @@ pub(super) struct Explain {
 
 impl From<&core::Inputs> for Inputs {
     fn from(i: &core::Inputs) -> Self {
-        use crate::forecast::capacity::CapacitySource as S;
         Self {
             replicas: i.replicas,
             demand_rps: i.demand_rps,
@@ -170,11 +157,7 @@ impl From<&core::Inputs> for Inputs {
             }),
             degraded: i.degraded,
             capacity_rps: i.capacity_rps,
-            capacity_source: i.capacity_source.map(|s| match s {
-                S::Configured => CapacitySource::Configured,
-                S::Learned => CapacitySource::Learned,
-                S::Unknown => CapacitySource::Unknown,
-            }),
+            capacity_source: i.capacity_source.map(CapacitySource::from),
             target_utilization: i.target_utilization,
             prediction_utilization: i.prediction_utilization,
             interval_share: i.interval_share,

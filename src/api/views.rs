@@ -216,6 +216,17 @@ pub(super) enum CapacitySource {
     Unknown,
 }
 
+impl From<forecast::capacity::CapacitySource> for CapacitySource {
+    fn from(s: forecast::capacity::CapacitySource) -> Self {
+        use forecast::capacity::CapacitySource as S;
+        match s {
+            S::Configured => Self::Configured,
+            S::Learned => Self::Learned,
+            S::Unknown => Self::Unknown,
+        }
+    }
+}
+
 /// `latency = base + gain / (1 - load / saturation)`, seconds, for load in requests/s per
 /// replica.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
@@ -260,14 +271,9 @@ pub(super) struct Capacity {
 
 impl From<&forecast::capacity::Capacity> for Capacity {
     fn from(c: &forecast::capacity::Capacity) -> Self {
-        use forecast::capacity::CapacitySource as S;
         Self {
             effective_rps: c.effective_rps,
-            source: match c.source {
-                S::Configured => CapacitySource::Configured,
-                S::Learned => CapacitySource::Learned,
-                S::Unknown => CapacitySource::Unknown,
-            },
+            source: c.source.into(),
             reason: c.reason.clone(),
             configured_rps: c.configured_rps,
             learned: c.learned.as_ref().map(|l| Learned {
