@@ -268,25 +268,18 @@ pub(super) async fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::{self, DecideState, Observed, Rules};
+    use std::time::Duration;
+
+    use crate::config::TargetConfig;
+    use crate::decide::{self, DecideState, Observed};
 
     /// The view serialises exactly as the core type (plus the decision it explains).
     #[test]
     fn the_view_matches_the_core_explanation() {
+        let target = TargetConfig::example("web", 10.0, Duration::from_secs(240));
         let policy = decide::Policy {
-            capacity_rps: 10.0,
-            target_utilization: 0.7,
-            prediction_utilization: 0.9,
-            interval_share: 1.0,
-            tolerance: 0.1,
-            min_replicas: 2,
             max_replicas: 5,
-            lookahead: 300,
-            interval: 60,
-            headroom: 0.0,
-            scale_up: Rules::default_scale_up(),
-            scale_down: Rules::default_scale_down(),
-            schedule: Vec::new(),
+            ..target.policy()
         };
         let observed = Observed::demand(3, Some(90.0));
         let mut state = DecideState::default();
@@ -319,9 +312,7 @@ mod tests {
     }
 
     fn explained(store: &Store, at: i64, demand: f64) {
-        let policy =
-            crate::config::TargetConfig::example("web", 10.0, std::time::Duration::from_secs(60))
-                .policy();
+        let policy = TargetConfig::example("web", 10.0, Duration::from_secs(60)).policy();
         let observed = Observed::demand(2, Some(demand));
         let mut state = DecideState::default();
         let (d, e) = decide::decide_explained(&policy, None, observed, &mut state, at);
