@@ -3,18 +3,52 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a started server may take to become ready (generous: the suite must pass on a
 /// machine whose cores are all busy).
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A port that was free a moment ago on 127.0.0.1 (bound to port 0, read, released).
+/// A port on 127.0.0.1 that was free a moment ago and that no other call in this process
+/// has given out, taken from below the kernel's ephemeral range.
+///
+/// Port 0 would be chosen from the ephemeral range, where every outgoing connection on the
+/// machine also takes its local port: between this call and the server binding it, a busy
+/// machine's client may take it (CI saw etcd fail with "address already in use"). Below that
+/// range only explicit binds land, and within this process each port is given out once.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let (low, high) = explicit_port_range();
+    let span = u32::from(high - low);
+    let next = NEXT.get_or_init(|| {
+        // Apart from other test binaries that may run at the same time.
+        let seed = std::process::id().wrapping_mul(7919) ^ now_secs() as u32;
+        AtomicU32::new(seed % span)
+    });
+    for _ in 0..span {
+        let port = low + (next.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {low}..{high}");
+}
+
+/// Ports below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768 by
+/// default), from 10000 up.
+fn explicit_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    assert!(
+        ephemeral_low > 12_000,
+        "the ephemeral port range starts at {ephemeral_low}: the tests need ports 10000..12000 \
+         outside it (sysctl net.ipv4.ip_local_port_range)"
+    );
+    (10_000, ephemeral_low)
 }
 
 /// `127.0.0.1:`[`free_port`].
