@@ -11,17 +11,19 @@
 //! [`UNDER_WEIGHT`] times an over-forecast, since under-forecasting loses requests. The best
 //! is refitted on all the history.
 //!
-//! **Intervals** are split-conformal: the winner's held-out errors per horizon, scaled by
-//! `forecast^p` (p = ½, Poisson-like, or 1, multiplicative, whichever gives narrower
-//! intervals), give the empirical quantiles at the configured level.
+//! **Intervals** are split-conformal (`calibration.rs`): the winner's held-out errors per
+//! horizon, scaled by `forecast^p` (p = ½, Poisson-like, or 1, multiplicative) and, when
+//! their size follows the phase of a cycle shorter than a day, by that phase's factor; the
+//! narrowest at the configured level wins.
 
 use serde::{Deserialize, Serialize};
 
+use super::calibration::{Calibration, Pair, calibrate};
 use super::ets::Ets;
 use super::fourier::Fourier;
 use super::model::{Fitted, Spec};
 use super::naive::SeasonalNaive;
-use super::stats::{enough, quantile};
+use super::stats::enough;
 use super::types::{Forecast, ForecastError, History, Point};
 
 const DAY: i64 = 86_400;
@@ -75,43 +77,6 @@ pub struct Score {
     pub description: String,
     /// Mean asymmetric loss over the held-out window (lower is better).
     pub loss: f64,
-}
-
-/// Interval calibration: scaled residual quantiles per horizon.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Calibration {
-    /// Residuals are divided by `max(forecast, floor)^power`.
-    power: f64,
-    floor: f64,
-    /// Lower and upper quantiles per horizon step (index 0 = one step ahead).
-    lo: Vec<f64>,
-    hi: Vec<f64>,
-    /// Share of held-out actuals inside the calibrated interval, over all horizons.
-    coverage: f64,
-    /// Held-out errors it was computed from.
-    samples: usize,
-}
-
-impl Calibration {
-    fn scale(&self, value: f64) -> f64 {
-        scale(value, self.floor, self.power)
-    }
-
-    /// `(lower, upper)` around `value` for `k` steps ahead (1-based).
-    fn interval(&self, value: f64, k: usize) -> (f64, f64) {
-        let n = self.lo.len();
-        let i = k.clamp(1, n) - 1;
-        // Beyond the calibrated horizon, widen like a random walk.
-        let grow = if k > n {
-            (k as f64 / n as f64).sqrt()
-        } else {
-            1.0
-        };
-        let s = self.scale(value) * grow;
-        let lower = (value + self.lo[i] * s).max(0.0).min(value);
-        let upper = (value + self.hi[i] * s).max(value);
-        (lower, upper)
-    }
 }
 
 /// Realised coverage of one-step-ahead intervals since the last refit.
@@ -270,7 +235,7 @@ impl Forecaster {
                 && let Some(c) = &s.calibration
             {
                 s.fitted.predict_values(1, &mut one);
-                let (lo, hi) = c.interval(one[0], 1);
+                let (lo, hi) = c.interval(one[0], 1, ts);
                 s.coverage.total += 1;
                 s.coverage.inside += u64::from(lo <= v && v <= hi);
             }
@@ -290,7 +255,9 @@ impl Forecaster {
             return Err(ForecastError::NoData);
         }
         let h = horizon_steps(&settings);
-        let (fitted, calibration, scores) = select(&y, per_day, settings.step, h, settings.level)?;
+        // The time of `y[0]`: the history starts after the padding.
+        let base = history.start - (y.len() - history.values.len()) as i64 * settings.step;
+        let (fitted, calibration, scores) = select(&y, per_day, base, &settings, h)?;
         self.state = Some(State {
             fitted,
             last_ts: history.end(),
@@ -316,12 +283,13 @@ impl Forecaster {
             .into_iter()
             .enumerate()
             .map(|(k, (value, lo, hi))| {
+                let timestamp = s.last_ts + (k as i64 + 1) * step;
                 let (lower, upper) = match &s.calibration {
-                    Some(c) => c.interval(value, k + 1),
+                    Some(c) => c.interval(value, k + 1, timestamp),
                     None => (lo, hi),
                 };
                 Point {
-                    timestamp: s.last_ts + (k as i64 + 1) * step,
+                    timestamp,
                     value,
                     lower,
                     upper,
@@ -459,10 +427,11 @@ type Selected = (Fitted, Option<Calibration>, Vec<Score>);
 fn select(
     y: &[f64],
     per_day: usize,
-    step: i64,
+    base: i64,
+    settings: &Settings,
     h: usize,
-    level: f64,
 ) -> Result<Selected, ForecastError> {
+    let step = settings.step;
     let n = y.len();
     let first = y
         .iter()
@@ -495,7 +464,7 @@ fn select(
             stride,
             h,
             &mut buf,
-            |_, actual, predicted| {
+            |_, _, actual, predicted| {
                 let e = actual - predicted;
                 loss += if e > 0.0 { UNDER_WEIGHT * e } else { -e };
                 count += 1;
@@ -522,22 +491,14 @@ fn select(
             .ok_or(ForecastError::NoData)?;
         return Ok((fitted, None, Vec::new()));
     };
-    // Held-out errors of the winner, per horizon.
-    let stride = (window / CALIBRATION_ORIGINS).max(1);
     let calibration = best.fit(train).and_then(|mut fitted| {
-        let mut pairs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); h];
-        walk(
-            &mut fitted,
+        let held_out = Held {
             y,
-            n - window,
-            stride,
-            h,
-            &mut buf,
-            |k, actual, predicted| {
-                pairs[k].push((actual, predicted));
-            },
-        );
-        calibrate(&pairs, level)
+            start: n - window,
+            base,
+            step,
+        };
+        held_out.calibrate(&mut fitted, h, settings.level)
     });
     let fitted = best.fit(y).ok_or(ForecastError::NoData)?;
     Ok((
@@ -547,9 +508,44 @@ fn select(
     ))
 }
 
+/// The held-out part of a history: `y[start..]`, where `y[0]` is at `base` and values are
+/// `step` seconds apart.
+struct Held<'a> {
+    y: &'a [f64],
+    start: usize,
+    base: i64,
+    step: i64,
+}
+
+impl Held<'_> {
+    /// The winner's (`fitted` on what comes before) intervals, calibrated on its errors
+    /// over the held-out part from about [`CALIBRATION_ORIGINS`] origins.
+    fn calibrate(&self, fitted: &mut Fitted, h: usize, level: f64) -> Option<Calibration> {
+        let stride = ((self.y.len() - self.start) / CALIBRATION_ORIGINS).max(1);
+        let mut pairs: Vec<Vec<Pair>> = vec![Vec::new(); h];
+        let mut buf = Vec::with_capacity(h);
+        walk(
+            fitted,
+            self.y,
+            self.start,
+            stride,
+            h,
+            &mut buf,
+            |k, i, actual, predicted| {
+                pairs[k].push(Pair {
+                    actual,
+                    predicted,
+                    ts: self.base + i as i64 * self.step,
+                });
+            },
+        );
+        calibrate(&pairs, self.step, level)
+    }
+}
+
 /// Steps `fitted` (fitted on `y[..start]`) through `y[start..]`, forecasting `h` ahead at
-/// every `stride`-th origin and calling `seen(k, actual, forecast)` for each finite actual
-/// `k + 1` steps ahead.
+/// every `stride`-th origin and calling `seen(k, i, actual, forecast)` for each finite
+/// actual `y[i]`, `k + 1` steps ahead.
 fn walk(
     fitted: &mut Fitted,
     y: &[f64],
@@ -557,7 +553,7 @@ fn walk(
     stride: usize,
     h: usize,
     buf: &mut Vec<f64>,
-    mut seen: impl FnMut(usize, f64, f64),
+    mut seen: impl FnMut(usize, usize, f64, f64),
 ) {
     for o in start..y.len() {
         if (o - start).is_multiple_of(stride) {
@@ -565,88 +561,12 @@ fn walk(
             for (k, &p) in buf.iter().enumerate() {
                 let actual = y[o + k];
                 if actual.is_finite() {
-                    seen(k, actual, p);
+                    seen(k, o + k, actual, p);
                 }
             }
         }
         fitted.update(y[o]);
     }
-}
-
-/// Split-conformal quantiles per horizon from held-out `(actual, forecast)` pairs; the
-/// scaling power that gives the narrower intervals wins.
-fn calibrate(pairs: &[Vec<(f64, f64)>], level: f64) -> Option<Calibration> {
-    let samples: usize = pairs.iter().map(Vec::len).sum();
-    if pairs.iter().any(Vec::is_empty) {
-        return None;
-    }
-    let mean = pairs.iter().flatten().map(|p| p.0).sum::<f64>() / samples as f64;
-    let floor = (0.05 * mean).max(1e-9);
-    let mut best: Option<(f64, Calibration)> = None;
-    for power in [0.5, 1.0] {
-        let scale = |v: f64| scale(v, floor, power);
-        let mut lo = Vec::with_capacity(pairs.len());
-        let mut hi = Vec::with_capacity(pairs.len());
-        let mut errs = Vec::new();
-        for ps in pairs {
-            errs.clear();
-            errs.extend(ps.iter().map(|&(a, p)| (a - p) / scale(p)));
-            let m = errs.len() as f64;
-            // Finite-sample correction of split conformal.
-            let tail = ((1.0 - level) / 2.0 * (m + 1.0) / m).min(0.5);
-            lo.push(quantile(&mut errs, tail).unwrap_or(0.0));
-            hi.push(quantile(&mut errs, 1.0 - tail).unwrap_or(0.0));
-        }
-        let lo = monotone(smooth(&lo), f64::min);
-        let hi = monotone(smooth(&hi), f64::max);
-        let (mut width, mut inside) = (0.0, 0usize);
-        for (k, ps) in pairs.iter().enumerate() {
-            for &(a, p) in ps {
-                let s = scale(p);
-                width += (hi[k] - lo[k]) * s;
-                let e = (a - p) / s;
-                inside += usize::from(lo[k] <= e && e <= hi[k]);
-            }
-        }
-        let c = Calibration {
-            power,
-            floor,
-            lo,
-            hi,
-            coverage: inside as f64 / samples as f64,
-            samples,
-        };
-        if best.as_ref().is_none_or(|(w, _)| width < *w) {
-            best = Some((width, c));
-        }
-    }
-    best.map(|(_, c)| c)
-}
-
-/// `max(value, floor)^power` for power ½ or 1, without `powf` (hot in calibration).
-fn scale(value: f64, floor: f64, power: f64) -> f64 {
-    let v = value.max(floor);
-    if power == 1.0 { v } else { v.sqrt() }
-}
-
-/// A moving average over ±max(1, k/8) horizons, so neighbouring horizons share evidence.
-fn smooth(xs: &[f64]) -> Vec<f64> {
-    (0..xs.len())
-        .map(|k| {
-            let half = (k / 8).max(1);
-            let lo = k.saturating_sub(half);
-            let hi = (k + half + 1).min(xs.len());
-            xs[lo..hi].iter().sum::<f64>() / (hi - lo) as f64
-        })
-        .collect()
-}
-
-/// Running min or max, so intervals never narrow with the horizon.
-fn monotone(mut xs: Vec<f64>, pick: fn(f64, f64) -> f64) -> Vec<f64> {
-    for k in 1..xs.len() {
-        xs[k] = pick(xs[k], xs[k - 1]);
-    }
-    xs
 }
 
 #[cfg(test)]

@@ -3,16 +3,18 @@
 //! No I/O and no clock: `now` is passed in, so the backtest runs the very code that runs in
 //! production. One file per model (`naive.rs`, `ets.rs`, `fourier.rs`); `model.rs` puts
 //! them behind one interface; [`Forecaster`] (`forecaster.rs`) selects among them per
-//! target, keeps the winner's state between refits and calibrates its intervals.
-//! [`capacity`] learns how much load a replica takes within its latency SLO, and
+//! target, keeps the winner's state between refits and calibrates its intervals
+//! (`calibration.rs`). [`capacity`] learns how much load a replica takes within its latency SLO, and
 //! [`bottleneck`] predicts when a target runs out of it. `types.rs` holds the data in and
 //! out; `stats.rs` the small statistics the models share.
 //!
 //! Inside, dependencies run one way: the models (`naive`, `ets`, `fourier`) use `stats`
-//! and `types`, never each other; `model` wraps the models; `forecaster` selects among
-//! them; this file declares, re-exports and offers the one-off [`forecast`].
+//! and `types`, never each other; `model` wraps the models; `calibration` turns held-out
+//! errors into intervals; `forecaster` selects among them and uses both; this file
+//! declares, re-exports and offers the one-off [`forecast`].
 
 pub mod bottleneck;
+mod calibration;
 pub mod capacity;
 pub mod ets;
 mod forecaster;
