@@ -406,6 +406,28 @@ mod tests {
         assert_eq!((oracle[0], oracle[5]), (10, 30));
     }
 
+    /// The Kubernetes HPA divides the demand by its ready pods: while the pods it asked for
+    /// still start, a demand within the tolerance of the count asked for (but not of the
+    /// count ready) still moves it, as the judge's HPA does.
+    #[test]
+    fn hpa_baseline_measures_utilisation_over_the_pods_ready() {
+        // 10 rps, then 20 (needs 40 at 0.5), then 21 (42: within 10 % of 40, not of 20).
+        let mut counts = vec![600.0; 3];
+        counts.extend([1200.0; 2]);
+        counts.extend([1260.0; 3]);
+        let t = Trace {
+            start: 0,
+            step: 60,
+            counts,
+            ..Trace::default()
+        };
+        let target = TargetConfig::example("t", 1.0, Duration::from_secs(600));
+        let asked = hpa(&t, &target, 0.5);
+        assert_eq!(asked[..4], [20, 20, 20, 20], "{asked:?}");
+        assert_eq!(asked[4], 40, "{asked:?}");
+        assert_eq!(asked[6], 42, "{asked:?}");
+    }
+
     /// A weekday window over the NASA July 1995 trace (from Saturday 1 July): its floor is
     /// asked for `startup` + one step before each opening, so replicas started then serve
     /// when it opens; it holds while open, and is not there at weekends.

@@ -571,6 +571,7 @@ fn decide_count(
         demand_rps: fresh(inputs.rate.last(), now, policy.stale_after).map(|s| s.value),
         latency,
         degraded: !degraded.is_empty(),
+        serving: None,
     };
     let mut p = policy.decide.clone();
     p.capacity_rps = cap;

@@ -169,6 +169,10 @@ pub struct Observed {
     pub latency: Option<Latency>,
     /// A signal is missing or stale: scale-in is forbidden.
     pub degraded: bool,
+    /// Replicas serving, when known apart from `replicas` (launches still starting are in
+    /// `replicas`, not here): the demand policy's utilisation is the demand over these, as
+    /// the Kubernetes HPA's is over its ready pods. `None`: `replicas`.
+    pub serving: Option<u32>,
 }
 
 impl Observed {
@@ -179,6 +183,7 @@ impl Observed {
             demand_rps,
             latency: None,
             degraded: false,
+            serving: None,
         }
     }
 }
@@ -299,7 +304,7 @@ pub fn decide_explained(
     // Each policy's recommendation, with its reason; the highest wins, ties to the first.
     let candidates = [
         peak.map(|pk| prediction(policy, pk, headroom, current)),
-        demand_rps.map(|d| demand(policy, d, current)),
+        demand_rps.map(|d| demand(policy, d, current, observed.serving)),
         observed
             .latency
             .filter(|l| l.p95.is_finite() && l.p95 > l.slo)
@@ -433,9 +438,11 @@ fn prediction(policy: &Policy, pk: Peak, headroom: f64, current: u32) -> (u32, R
     (r, Reason::new(ReasonCode::Prediction, message))
 }
 
-/// The demand policy: the HPA formula on the observed demand, holding within tolerance.
-fn demand(policy: &Policy, d: f64, current: u32) -> (u32, Reason) {
-    let planned = f64::from(current) * policy.capacity_rps * policy.target_utilization;
+/// The demand policy: the HPA formula on the observed demand over the replicas `serving`
+/// (else `current`), holding `current` within tolerance.
+fn demand(policy: &Policy, d: f64, current: u32, serving: Option<u32>) -> (u32, Reason) {
+    let serving = serving.unwrap_or(current);
+    let planned = f64::from(serving) * policy.capacity_rps * policy.target_utilization;
     let ratio = if planned > 0.0 {
         d / planned
     } else {

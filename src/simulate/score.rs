@@ -36,18 +36,23 @@ pub fn hpa(trace: &Trace, target: &TargetConfig, target_utilization: f64) -> Vec
     } else {
         target.min_replicas
     };
+    // Its utilisation is over the pods ready, as the Kubernetes HPA's is.
+    let delay = (target.startup.as_secs() as i64 + step - 1) / step.max(1) * step;
+    let mut platform = Platform::new(delay, trace.timestamp(0), replicas);
     (0..trace.counts.len())
         .map(|i| {
             if i > 0 {
                 let last = Some(trace.rps(i - 1)).filter(|v| v.is_finite());
                 let observed = Observed {
                     degraded: last.is_none(),
+                    serving: Some(platform.ready_at(trace.timestamp(i - 1))),
                     ..Observed::demand(replicas, last)
                 };
                 let now = trace.timestamp(i);
                 let d = decide::decide(&policy, None, observed, &mut state, now);
                 if d.to != d.from {
                     state.record_scale(now, d.from, d.to);
+                    platform.scale(now, d.to);
                 }
                 replicas = d.to;
             }
