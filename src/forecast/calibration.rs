@@ -4,7 +4,9 @@
 //! Errors are scaled by `max(forecast, floor)^p` (p = ½, Poisson-like, or 1,
 //! multiplicative). When the scaled errors' size depends on where the target time sits in a
 //! cycle shorter than a day (bursts every half hour, a batch job every two hours), found by
-//! a one-way analysis of variance over candidate periods, each phase bin gets a factor (its
+//! a one-way analysis of variance over candidate periods (the shortest that explains at
+//! least half as much as the best: longer ones also fit its harmonics), each phase bin
+//! gets a factor (its
 //! mean absolute error over the overall mean, shrunk towards 1) and the errors are divided
 //! by it before the quantiles are taken: intervals are then wide where bursts come and
 //! narrow between them, at the same overall coverage. The power and the cycle (or none)
@@ -26,6 +28,9 @@ const MIN_CYCLES: i64 = 6;
 /// target time) a cycle must reach to be used. With no cycle it stays near 1 (NASA's and
 /// AMZN's held-out windows: at most 2); the Twitter stream's half-hour bursts give 8–28.
 const MIN_F: f64 = 4.0;
+/// A shorter period is kept over the best-explaining one if its F is at least this share
+/// of the best's.
+const PARSIMONY: f64 = 0.5;
 /// Shrinkage of a bin's factor towards 1, in target times: a bin seen this often is
 /// halfway between its own mean and the overall one.
 const SHRINK: f64 = 5.0;
@@ -196,7 +201,7 @@ fn find_cycle(pairs: &[Vec<Pair>], step: i64, floor: f64, power: f64) -> Option<
     };
     let mean = sizes.iter().map(|s| s.1).sum::<f64>() / n as f64;
     let total: f64 = sizes.iter().map(|s| (s.1 - mean).powi(2)).sum();
-    let mut best: Option<(f64, i64, Vec<(f64, f64)>)> = None;
+    let mut found: Vec<(f64, i64, Vec<(f64, f64)>)> = Vec::new();
     for period in PERIODS {
         let bins = (period / step.max(1)).min(MAX_BINS);
         if bins < 4 || span < MIN_CYCLES * period || n <= bins as usize {
@@ -216,11 +221,14 @@ fn find_cycle(pairs: &[Vec<Pair>], step: i64, floor: f64, power: f64) -> Option<
             .sum();
         let within = (total - between).max(f64::MIN_POSITIVE);
         let f = (between / (bins - 1) as f64) / (within / (n - bins) as f64);
-        if f >= MIN_F && best.as_ref().is_none_or(|b| f > b.0) {
-            best = Some((f, period, acc));
+        if f >= MIN_F {
+            found.push((f, period, acc));
         }
     }
-    let (_, period, acc) = best?;
+    // The shortest period that explains at least half as much as the best: a longer one
+    // also fits the shorter one's harmonics, and follows a drifting phase worse.
+    let top = found.iter().map(|c| c.0).fold(0.0, f64::max);
+    let (_, period, acc) = found.into_iter().find(|c| c.0 >= PARSIMONY * top)?;
     let factors = acc
         .iter()
         .map(|&(sum, count)| (sum + SHRINK * mean) / (count + SHRINK) / mean)
@@ -344,7 +352,8 @@ mod tests {
         let held = pairs(true, 0);
         let c = calibrate(&held, STEP, 0.95).expect("calibrated");
         let cycle = c.cycle.as_ref().expect("a cycle is found");
-        assert_eq!(cycle.period % 1_800, 0, "period {}", cycle.period);
+        // Two hours fit the half-hour bursts too; the shortest period that fits is kept.
+        assert_eq!(cycle.period, 1_800);
         let at = |minute: i64| c.interval(100.0, 1, 1_700_001_000 / 1_800 * 1_800 + minute * 60);
         let (burst, calm) = (at(5), at(20));
         assert!(
