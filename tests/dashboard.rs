@@ -631,8 +631,45 @@ async fn dashboard_asks_for_the_token_and_shows_data_when_reads_need_it() {
             shown["targets"].as_str().is_some_and(|t| t.contains("web")),
             "{shown}"
         );
+        check_frontier(&mut browser, &page);
     })
     .await
     .expect("the browser checks");
     app.stop().await;
+}
+
+/// What the page shows of the frontier panel.
+const FRONTIER: &str = r##"(() => {
+  const box = document.getElementById("frontier");
+  return { state: box.dataset.state, text: box.textContent,
+    dials: box.querySelectorAll("circle.dial").length,
+    hpa: box.querySelectorAll("rect.hpa").length,
+    current: !!document.getElementById("frontier-current") };
+})()"##;
+
+/// The button replays the target's history (a POST with the page's token); the panel then
+/// shows it replaying and, once done, draws the dial's frontier, the HPA's points and the
+/// target as configured.
+fn check_frontier(browser: &mut Browser, page: &str) {
+    let before = browser.eval(page, FRONTIER);
+    assert_eq!(before["state"], "none", "{before}");
+    browser.eval(
+        page,
+        r#"(() => { document.getElementById("frontier-run").click(); return true; })()"#,
+    );
+    let done = common::poll_until("the frontier drawn", Duration::from_secs(300), || {
+        browser
+            .try_eval(page, FRONTIER)
+            .ok()
+            .filter(|v| v["state"] == "done")
+    });
+    assert_eq!(done["dials"], 11, "{done}");
+    assert_eq!(done["hpa"], 7, "{done}");
+    assert_eq!(done["current"], true, "{done}");
+    assert!(
+        done["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("this target now")),
+        "{done}"
+    );
 }

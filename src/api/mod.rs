@@ -11,7 +11,8 @@
 //!
 //! One file per resource: `health.rs` (`/healthz`, `/readyz`, `/metrics`), `targets.rs`,
 //! `forecasts.rs` (forecast, history, bottleneck), `decisions.rs`, `deliveries.rs`,
-//! `actions.rs` (pause, resume, refit), `discovery.rs` (`[[discovery]]`: the targets found,
+//! `actions.rs` (pause, resume, refit), `frontier.rs` (a target's history replayed across
+//! the risk dial), `discovery.rs` (`[[discovery]]`: the targets found,
 //! errors and clashes); `views.rs` holds what the API shows of the pipeline's types,
 //! `paging.rs` the `limit`/`offset` arithmetic and `error.rs` the error boundary. Every answer is a typed struct, so the OpenAPI document describes each field.
 //!
@@ -43,6 +44,7 @@ mod error;
 mod explain;
 mod fleet;
 mod forecasts;
+mod frontier;
 mod health;
 pub mod keda;
 mod paging;
@@ -60,7 +62,16 @@ use crate::store::Store;
 /// The API over `store`, guarded by `auth`; with a `fleet`, it answers for the targets
 /// other instances own too (see [`Fleet`]).
 pub fn router(store: Store, auth: ApiAuth, fleet: Option<Fleet>) -> Router {
-    routes(ApiState { store, fleet }, auth).0
+    let frontiers = frontier::Frontiers::default();
+    routes(
+        ApiState {
+            store,
+            fleet,
+            frontiers,
+        },
+        auth,
+    )
+    .0
 }
 
 /// What the handlers read: the store, and the fleet when there is one.
@@ -68,6 +79,8 @@ pub fn router(store: Store, auth: ApiAuth, fleet: Option<Fleet>) -> Router {
 pub(crate) struct ApiState {
     store: Store,
     fleet: Option<Fleet>,
+    /// Replays of targets' histories across the risk dial (`frontier.rs`).
+    frontiers: frontier::Frontiers,
 }
 
 impl FromRef<ApiState> for Store {
@@ -156,7 +169,8 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
         .get(
             "/api/v1/targets/{name}/decisions/{at}/explain",
             explain::explain,
-        );
+        )
+        .get("/api/v1/targets/{name}/frontier", frontier::frontier);
     let decisions = Routes::new().get("/api/v1/decisions", decisions::decisions);
     let reads = Routes::new()
         .get("/api/v1/cluster", cluster::cluster)
@@ -174,7 +188,8 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
     let target_writes = Routes::new()
         .post("/api/v1/targets/{name}/pause", actions::pause)
         .post("/api/v1/targets/{name}/resume", actions::resume)
-        .post("/api/v1/targets/{name}/refit", actions::refit);
+        .post("/api/v1/targets/{name}/refit", actions::refit)
+        .post("/api/v1/targets/{name}/frontier", frontier::start);
     let writes = Routes::new()
         .merge(target_writes, by_path)
         .post("/api/v1/deliveries/{id}/retry", deliveries::retry_delivery)
@@ -212,7 +227,7 @@ fn routes(state: ApiState, auth: ApiAuth) -> (Router, Vec<(&'static str, &'stati
     paths(health::healthz, health::readyz, health::metrics, openapi, cluster::cluster, targets::targets, targets::target, discovery::discovery,
         forecasts::target_forecast, forecasts::target_history, forecasts::target_bottleneck,
         decisions::decisions, explain::explain, deliveries::deliveries, deliveries::delivery, deliveries::retry_delivery, deliveries::discard_delivery,
-        actions::pause, actions::resume, actions::refit),
+        actions::pause, actions::resume, actions::refit, frontier::start, frontier::frontier),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
 )]

@@ -43,7 +43,7 @@ pub(super) async fn get(store: &Store, uri: &str) -> (StatusCode, serde_json::Va
     )
 }
 
-async fn call(
+pub(super) async fn call(
     app: &Router,
     method: &str,
     uri: &str,
@@ -186,6 +186,7 @@ async fn every_route_is_in_the_openapi_document() {
         ApiState {
             store: s,
             fleet: None,
+            frontiers: frontier::Frontiers::default(),
         },
         ApiAuth::new(Some(&secret), false),
     );

@@ -201,7 +201,9 @@ fn find_cycle(pairs: &[Vec<Pair>], step: i64, floor: f64, power: f64) -> Option<
     };
     let mean = sizes.iter().map(|s| s.1).sum::<f64>() / n as f64;
     let total: f64 = sizes.iter().map(|s| (s.1 - mean).powi(2)).sum();
-    let mut found: Vec<(f64, i64, Vec<(f64, f64)>)> = Vec::new();
+    // (F, period, (sum, count) of the sizes per phase bin)
+    type Fit = (f64, i64, Vec<(f64, f64)>);
+    let mut found: Vec<Fit> = Vec::new();
     for period in PERIODS {
         let bins = (period / step.max(1)).min(MAX_BINS);
         if bins < 4 || span < MIN_CYCLES * period || n <= bins as usize {

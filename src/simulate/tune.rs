@@ -194,6 +194,18 @@ fn replay_all(
     points
 }
 
+/// `target` replayed on `trace` as configured (its own dial and any keys that override
+/// it), scored from `skip` seconds on: where it sits beside the frontier.
+pub fn as_configured(
+    trace: &Trace,
+    target: &TargetConfig,
+    forecast: &ForecastConfig,
+    skip: i64,
+) -> Score {
+    let rows = backtest(trace, target, forecast, |_| {});
+    score_rows(trace, target, &rows, skip)
+}
+
 /// The rows' score from `skip` seconds on.
 fn score_rows(trace: &Trace, target: &TargetConfig, rows: &[super::Row], skip: i64) -> Score {
     let asked: Vec<u32> = rows.iter().map(|r| r.replicas).collect();

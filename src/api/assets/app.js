@@ -249,6 +249,72 @@ function renderExplain(e) {
     `<table><thead><tr><th>then</th><th>count</th><th>why</th></tr></thead><tbody id="explain-clamps">${clamps}</tbody></table>`;
 }
 
+// The frontier of a replay of this target's history: lost % against replica-hours for
+// prescale across the dial (a line, leanest first), the HPA's utilisations (squares), the
+// clairvoyant cost (a dashed line) and the target as configured (a ringed dot).
+function renderFrontier(f) {
+  const box = $("#frontier");
+  if (!f || f.error) {
+    box.dataset.state = "none";
+    box.className = "muted";
+    box.textContent = f && f.error && f.error.status !== 404 ? f.error.message : "no replay yet";
+    return;
+  }
+  box.dataset.state = f.state;
+  if (f.state !== "done") {
+    box.className = "muted";
+    box.textContent = `replaying the history since ${fmtTime(f.started_at)}…`;
+    return;
+  }
+  const pts = [...f.frontier, ...f.hpa, f.current].filter(Boolean);
+  const xs = pts.map((p) => p.replica_hours).concat(f.clairvoyant ? [f.clairvoyant.replica_hours] : []);
+  const ys = pts.map((p) => p.lost_pct);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  const y1 = Math.max(...ys, 1e-9);
+  const W = 640, H = 300, L = 56, B = 36, T = 10, R = 10;
+  const sx = (x) => L + (x - x0) / Math.max(x1 - x0, 1e-9) * (W - L - R);
+  const sy = (y) => H - B - y / y1 * (H - B - T);
+  const line = f.frontier.map((p) => `${sx(p.replica_hours).toFixed(1)},${sy(p.lost_pct).toFixed(1)}`).join(" ");
+  const dots = f.frontier.map((p) =>
+    `<circle class="dial" cx="${sx(p.replica_hours).toFixed(1)}" cy="${sy(p.lost_pct).toFixed(1)}" r="3" fill="#805ad5"><title>risk ${p.setting}: ${fmtNum(p.lost_pct, 3)} % lost, ${fmtNum(p.replica_hours, 1)} replica-h</title></circle>`).join("");
+  const hpa = f.hpa.map((p) =>
+    `<rect class="hpa" x="${(sx(p.replica_hours) - 3).toFixed(1)}" y="${(sy(p.lost_pct) - 3).toFixed(1)}" width="6" height="6" fill="#dd6b20"><title>HPA at ${p.setting}: ${fmtNum(p.lost_pct, 3)} % lost, ${fmtNum(p.replica_hours, 1)} replica-h</title></rect>`).join("");
+  const oracle = f.clairvoyant
+    ? `<line x1="${sx(f.clairvoyant.replica_hours).toFixed(1)}" x2="${sx(f.clairvoyant.replica_hours).toFixed(1)}" y1="${T}" y2="${H - B}" stroke="#1f8a4c" stroke-dasharray="4 3"><title>clairvoyant: ${fmtNum(f.clairvoyant.replica_hours, 1)} replica-h</title></line>`
+    : "";
+  const c = f.current;
+  const here = c
+    ? `<circle id="frontier-current" cx="${sx(c.replica_hours).toFixed(1)}" cy="${sy(c.lost_pct).toFixed(1)}" r="7" fill="none" stroke="#1a202c" stroke-width="2"><title>this target now (risk ${riskText(f.current_risk)}): ${fmtNum(c.lost_pct, 3)} % lost, ${fmtNum(c.replica_hours, 1)} replica-h</title></circle>`
+    : "";
+  const axes = `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#999"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#999"/>` +
+    `<text x="${L}" y="${H - 8}">${fmtNum(x0, 0)}</text><text x="${W - R}" y="${H - 8}" text-anchor="end">${fmtNum(x1, 0)} replica-hours</text>` +
+    `<text x="${L - 4}" y="${T + 8}" text-anchor="end">${fmtNum(y1, 2)} %</text><text x="${L - 4}" y="${H - B}" text-anchor="end">0 %</text>`;
+  const rec = f.recommended_risk == null ? "no dial meets cost=hpa on this history"
+    : `risk ${f.recommended_risk} loses the fewest requests at no more replica-hours than the HPA at 70 %`;
+  box.className = "";
+  box.innerHTML = `<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="lost requests against replica-hours">${axes}${oracle}` +
+    `<polyline points="${line}" fill="none" stroke="#805ad5" stroke-width="1.5"/>${dots}${hpa}${here}</svg>` +
+    `<p>${fmtTime(f.history_from)} to ${fmtTime(f.history_to)} (first ${Math.round(f.skip_seconds / 3600)} h left out): ` +
+    `this target now (ringed) ${fmtNum(c && c.lost_pct, 3)} % lost at ${fmtNum(c && c.replica_hours, 1)} replica-h; ${esc(rec)}.</p>`;
+}
+
+async function startReplay() {
+  const name = state.selected;
+  if (!name) return;
+  const headers = { accept: "application/json" };
+  const t = token();
+  if (t) headers.authorization = `Bearer ${t}`;
+  const res = await fetch(`/api/v1/targets/${encodeURIComponent(name)}/frontier`, { method: "POST", headers });
+  if (res.status === 401 || res.status === 403) askForToken(res.status === 403 && t);
+  if (!res.ok) {
+    let msg = `${res.status}`;
+    try { msg = (await res.json()).error.message; } catch (_) { /* not JSON */ }
+    $("#frontier").textContent = msg;
+    return;
+  }
+  refresh();
+}
+
 function renderDelivery(d) {
   const last = d.last_delivery;
   $("#delivery").innerHTML = last
@@ -267,13 +333,14 @@ async function refresh() {
     if (!name) return;
     const q = encodeURIComponent(name);
     const since = $("#window").value;
-    const [detail, history, forecast, replicas, decisions, explain] = await Promise.all([
+    const [detail, history, forecast, replicas, decisions, explain, frontier] = await Promise.all([
       getJson(`/api/v1/targets/${q}`),
       maybe(`/api/v1/targets/${q}/history?signal=rate&since=${since}`),
       maybe(`/api/v1/targets/${q}/forecast?horizon=1h`),
       maybe(`/api/v1/targets/${q}/history?signal=replicas&since=${since}`),
       maybe(`/api/v1/decisions?target=${q}&limit=50`),
       maybe(`/api/v1/targets/${q}/decisions/latest/explain`),
+      maybe(`/api/v1/targets/${q}/frontier`),
     ]);
     $("#title").textContent = name;
     renderFacts(detail);
@@ -281,6 +348,7 @@ async function refresh() {
     renderReplicasChart(replicas);
     renderDecisions(decisions.decisions || []);
     renderExplain(explain);
+    renderFrontier(frontier);
     renderDelivery(detail);
     $("#error").textContent = "";
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -291,6 +359,7 @@ async function refresh() {
 }
 
 $("#window").addEventListener("change", refresh);
+$("#frontier-run").addEventListener("click", startReplay);
 takeTokenFromAddress();
 refresh();
 setInterval(refresh, REFRESH_MS);
