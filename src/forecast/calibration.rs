@@ -55,13 +55,23 @@ pub(super) struct Cycle {
 
 impl Cycle {
     fn bin(period: i64, bins: usize, ts: i64) -> usize {
-        let phase = ts.rem_euclid(period) as i128;
-        ((phase * bins as i128 / period as i128) as usize).min(bins - 1)
+        // phase < period ≤ 4 h and bins ≤ 60: the product cannot overflow.
+        let phase = ts.rem_euclid(period);
+        ((phase * bins as i64 / period) as usize).min(bins - 1)
     }
 
-    /// How much wider than average the interval for a value at `ts` is.
+    /// How much wider than average the interval for a value at `ts` is (1 for a cycle no
+    /// calibration makes, as a damaged model file may hold).
     fn factor(&self, ts: i64) -> f64 {
-        self.factors[Self::bin(self.period, self.factors.len(), ts)]
+        let n = self.factors.len();
+        let valid = (1..=PERIODS[PERIODS.len() - 1]).contains(&self.period)
+            && (1..=MAX_BINS as usize).contains(&n);
+        let f = if valid {
+            self.factors[Self::bin(self.period, n, ts)]
+        } else {
+            1.0
+        };
+        if f.is_finite() && f > 0.0 { f } else { 1.0 }
     }
 }
 
@@ -91,7 +101,10 @@ impl Calibration {
 
     /// `(lower, upper)` around `value`, forecast for `ts`, `k` steps ahead (1-based).
     pub(super) fn interval(&self, value: f64, k: usize, ts: i64) -> (f64, f64) {
-        let n = self.lo.len();
+        let n = self.lo.len().min(self.hi.len());
+        if n == 0 {
+            return (value, value); // no quantiles (a damaged model file): no band
+        }
         let i = k.clamp(1, n) - 1;
         // Beyond the calibrated horizon, widen like a random walk.
         let grow = if k > n {
@@ -117,8 +130,12 @@ pub(super) fn calibrate(pairs: &[Vec<Pair>], step: i64, level: f64) -> Option<Ca
     let floor = (0.05 * mean).max(1e-9);
     let mut best: Option<(f64, Calibration)> = None;
     for power in [0.5, 1.0] {
-        let cycle = find_cycle(pairs, step, floor, power);
-        for cycle in [None, cycle] {
+        // Without a cycle, and with one when the errors have one.
+        let mut tries = vec![None];
+        if let Some(found) = find_cycle(pairs, step, floor, power) {
+            tries.push(Some(found));
+        }
+        for cycle in tries {
             let c = quantiles(pairs, level, floor, power, cycle);
             let width = c.mean_width(pairs);
             if best.as_ref().is_none_or(|(w, _)| width < *w) {
@@ -193,7 +210,7 @@ impl Calibration {
 /// The short cycle whose phase explains the most of the scaled errors' size, if one
 /// explains enough (F ≥ [`MIN_F`]); with its factors per phase bin.
 fn find_cycle(pairs: &[Vec<Pair>], step: i64, floor: f64, power: f64) -> Option<Cycle> {
-    let sizes = sizes_per_time(pairs, floor, power);
+    let sizes = sizes_per_time(pairs, step, floor, power);
     let n = sizes.len();
     let span = match (sizes.first(), sizes.last()) {
         (Some(a), Some(b)) => b.0 - a.0 + step,
@@ -241,31 +258,25 @@ fn find_cycle(pairs: &[Vec<Pair>], step: i64, floor: f64, power: f64) -> Option<
 /// The mean absolute scaled error per target time (over every horizon that forecast it),
 /// in time order: one value per time, so that horizons forecasting the same time do not
 /// count as independent evidence.
-fn sizes_per_time(pairs: &[Vec<Pair>], floor: f64, power: f64) -> Vec<(i64, f64)> {
-    let mut all: Vec<(i64, f64)> = pairs
-        .iter()
-        .flatten()
-        .map(|p| {
-            let e = (p.actual - p.predicted) / scale(p.predicted, floor, power);
-            (p.ts, e.abs())
-        })
-        .collect();
-    all.sort_by_key(|a| a.0);
-    let mut out: Vec<(i64, f64)> = Vec::new();
-    let mut count = 0.0;
-    for (ts, e) in all {
-        match out.last_mut() {
-            Some(last) if last.0 == ts => {
-                count += 1.0;
-                last.1 += (e - last.1) / count;
-            }
-            _ => {
-                out.push((ts, e));
-                count = 1.0;
-            }
-        }
+fn sizes_per_time(pairs: &[Vec<Pair>], step: i64, floor: f64, power: f64) -> Vec<(i64, f64)> {
+    let step = step.max(1);
+    let all = || pairs.iter().flatten();
+    let (Some(first), Some(last)) = (all().map(|p| p.ts).min(), all().map(|p| p.ts).max()) else {
+        return Vec::new();
+    };
+    // (sum, count) per step from the first time: pairs are on the step grid.
+    let mut acc = vec![(0.0, 0u32); ((last - first) / step) as usize + 1];
+    for p in all() {
+        let e = (p.actual - p.predicted) / scale(p.predicted, floor, power);
+        let a = &mut acc[((p.ts - first) / step) as usize];
+        a.0 += e.abs();
+        a.1 += 1;
     }
-    out
+    acc.iter()
+        .enumerate()
+        .filter(|(_, a)| a.1 > 0)
+        .map(|(i, a)| (first + i as i64 * step, a.0 / f64::from(a.1)))
+        .collect()
 }
 
 /// `max(value, floor)^power` for power ½ or 1, without `powf` (hot in calibration).
@@ -376,6 +387,33 @@ mod tests {
         assert_eq!(c.cycle, None);
         let fresh = coverage(&c, &pairs(false, 1 << 41));
         assert!((0.93..=0.97).contains(&fresh), "coverage {fresh}");
+    }
+
+    #[test]
+    fn a_damaged_cycle_or_calibration_from_a_file_widens_nothing_and_never_panics() {
+        let mut c = calibrate(&pairs(true, 5), STEP, 0.95).expect("calibrated");
+        let plain = quantiles(&pairs(true, 5), 0.95, c.floor, c.power, None);
+        for (period, factors) in [
+            (0, vec![2.0; 30]),
+            (-1_800, vec![2.0; 30]),
+            (i64::MAX, vec![2.0; 30]),
+            (1_800, Vec::new()),
+            (1_800, vec![f64::NAN; 30]),
+            (1_800, vec![2.0; 100_000]),
+        ] {
+            c.cycle = Some(Cycle { period, factors });
+            let c = Calibration {
+                lo: plain.lo.clone(),
+                hi: plain.hi.clone(),
+                ..c.clone()
+            };
+            assert_eq!(
+                c.interval(100.0, 3, 1_700_000_120),
+                plain.interval(100.0, 3, 0)
+            );
+        }
+        c.lo.clear();
+        assert_eq!(c.interval(100.0, 3, 0), (100.0, 100.0));
     }
 
     #[test]
