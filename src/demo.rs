@@ -337,7 +337,7 @@ stale_after = "{stale}s"
     let addr = listener.local_addr()?;
     let hour = Duration::from_secs(3_600).div_f64(clock.speed());
     println!(
-        "prescale demo: replaying {what} at {}x (a simulated hour every {:.1} s).\n  dashboard: http://{addr}/\n  API:       http://{addr}/api/v1/targets\n  metrics:   http://{addr}/metrics\n  API token (pause, resume, refit): {token}\n    e.g. curl -X POST -H 'Authorization: Bearer {token}' http://{addr}/api/v1/targets/demo/pause\n  Ctrl-C stops.",
+        "prescale demo: replaying {what} at {}x (a simulated hour every {:.1} s).\n  dashboard: http://{addr}/#token={token} (the token lets its buttons act; the page keeps it for this tab only)\n  API:       http://{addr}/api/v1/targets\n  metrics:   http://{addr}/metrics\n  API token (pause, resume, refit, frontier): {token}\n    e.g. curl -X POST -H 'Authorization: Bearer {token}' http://{addr}/api/v1/targets/demo/pause\n  Ctrl-C stops.",
         clock.speed(),
         hour.as_secs_f64()
     );

@@ -3,7 +3,7 @@
 //! `prescale tune` (every tenth of the risk dial, the HPA at 0.3–0.9, the clairvoyant
 //! scaler, and the target as configured), in the background on at most half the cores;
 //! `GET …/frontier` answers how far it is and, once done, the frontier and where the
-//! target sits on it. The dashboard draws it.
+//! target sits on it. One replay runs at a time per instance. The dashboard draws it.
 //!
 //! Runs are kept in memory by the API (one per target, the newest), until the process
 //! restarts or a reload rebuilds the API.
@@ -47,6 +47,14 @@ struct Run {
     started_at: i64,
     finished_at: Option<i64>,
     found: Option<Found>,
+    /// Why it found nothing (the replay failed).
+    failed: Option<String>,
+}
+
+impl Run {
+    fn running(&self) -> bool {
+        self.finished_at.is_none()
+    }
 }
 
 /// What a finished run found.
@@ -65,6 +73,8 @@ pub(super) enum RunState {
     Running,
     /// Done: the frontier is in the answer.
     Done,
+    /// The replay failed: `error` says why.
+    Failed,
 }
 
 /// One point: a scaler and how it did on the history.
@@ -97,6 +107,8 @@ impl FrontierPoint {
 pub(super) struct FrontierBody {
     target: String,
     state: RunState,
+    /// Why the replay failed.
+    error: Option<String>,
     /// When the replay was asked for (Unix s).
     started_at: i64,
     /// When it finished (Unix s).
@@ -130,11 +142,12 @@ impl FrontierBody {
         let t = f.map(|f| &f.tuning);
         Self {
             target,
-            state: if f.is_some() {
-                RunState::Done
-            } else {
-                RunState::Running
+            state: match (f, &run.failed) {
+                (Some(_), _) => RunState::Done,
+                (None, Some(_)) => RunState::Failed,
+                (None, None) => RunState::Running,
             },
+            error: run.failed.clone(),
             started_at: run.started_at,
             finished_at: run.finished_at,
             history_from: f.map(|f| f.input.trace.start),
@@ -273,14 +286,18 @@ pub(super) async fn start(
         started_at: now,
         finished_at: None,
         found: None,
+        failed: None,
     };
     let body = {
         let mut runs = state.frontiers.lock();
-        if runs.get(&name).is_some_and(|r| r.found.is_none()) {
+        // One at a time per instance: replays share the cores with the live cycles.
+        if let Some((other, _)) = runs.iter().find(|(_, r)| r.running()) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "replay_running",
-                format!("target `{name}`: a replay of its history is already running"),
+                format!(
+                    "target `{name}`: a replay of `{other}`'s history is running; one runs at a time, ask again when it is done"
+                ),
             ));
         }
         let body = FrontierBody::of(name.clone(), &run);
@@ -289,12 +306,19 @@ pub(super) async fn start(
     };
     tracing::info!(target = %name, steps = input.trace.counts.len(), "replaying the history across the risk dial");
     let (frontiers, store, key) = (state.frontiers.clone(), state.store.clone(), name.clone());
-    tokio::task::spawn_blocking(move || {
-        let found = input.replay();
+    tokio::spawn(async move {
+        let replayed = tokio::task::spawn_blocking(move || input.replay()).await;
         let mut runs = frontiers.lock();
-        if let Some(r) = runs.get_mut(&key) {
-            r.finished_at = Some(store.now());
-            r.found = Some(found);
+        let Some(r) = runs.get_mut(&key) else {
+            return;
+        };
+        r.finished_at = Some(store.now());
+        match replayed {
+            Ok(found) => r.found = Some(found),
+            Err(e) => {
+                tracing::error!(target = %key, error = %e, "the replay of the history failed");
+                r.failed = Some(format!("the replay failed: {e}"));
+            }
         }
     });
     Ok((StatusCode::ACCEPTED, Json(body)))
@@ -447,13 +471,15 @@ mod tests {
             (StatusCode::CONFLICT, Some("too_little_history")),
             "{b}"
         );
+        // Another target's replay running: this one waits its turn.
         let busy = Frontiers::default();
         busy.lock().insert(
-            "web".to_owned(),
+            "api".to_owned(),
             Run {
                 started_at: 0,
                 finished_at: None,
                 found: None,
+                failed: None,
             },
         );
         let (st, b) = call(&app(&store(30, Some(10.0)), &busy), "POST", uri, Some("t")).await;
@@ -461,6 +487,15 @@ mod tests {
             (st, b["error"]["code"].as_str()),
             (StatusCode::CONFLICT, Some("replay_running")),
             "{b}"
+        );
+        busy.lock().insert(
+            "web".to_owned(),
+            Run {
+                started_at: 0,
+                finished_at: None,
+                found: None,
+                failed: None,
+            },
         );
         let (st, b) = call(&app(&store(30, Some(10.0)), &busy), "GET", uri, None).await;
         assert_eq!(

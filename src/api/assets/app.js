@@ -26,12 +26,12 @@ function token() {
   try { return sessionStorage.getItem(TOKEN_KEY); } catch (_) { return null; }
 }
 
-// Shows the token form: `wrong` when the token given was refused.
-function askForToken(wrong) {
+// Shows the token form: `wrong` when the token given was refused; `what` needs it.
+function askForToken(wrong, what = "Reading this API") {
   $("#auth").hidden = false;
   $("#auth-why").textContent = wrong
     ? "The API refused this token; enter the right one."
-    : "Reading this API needs its token.";
+    : `${what} needs its token.`;
 }
 
 $("#auth").addEventListener("submit", (ev) => {
@@ -262,8 +262,8 @@ function renderFrontier(f) {
   }
   box.dataset.state = f.state;
   if (f.state !== "done") {
-    box.className = "muted";
-    box.textContent = `replaying the history since ${fmtTime(f.started_at)}…`;
+    box.className = f.state === "failed" ? "warn" : "muted";
+    box.textContent = f.state === "failed" ? f.error : `replaying the history since ${fmtTime(f.started_at)}…`;
     return;
   }
   const pts = [...f.frontier, ...f.hpa, f.current].filter(Boolean);
@@ -295,7 +295,8 @@ function renderFrontier(f) {
   box.innerHTML = `<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="lost requests against replica-hours">${axes}${oracle}` +
     `<polyline points="${line}" fill="none" stroke="#805ad5" stroke-width="1.5"/>${dots}${hpa}${here}</svg>` +
     `<p>${fmtTime(f.history_from)} to ${fmtTime(f.history_to)} (first ${Math.round(f.skip_seconds / 3600)} h left out): ` +
-    `this target now (ringed) ${fmtNum(c && c.lost_pct, 3)} % lost at ${fmtNum(c && c.replica_hours, 1)} replica-h; ${esc(rec)}.</p>`;
+    `this target now (ringed) ${fmtNum(c && c.lost_pct, 3)} % lost at ${fmtNum(c && c.replica_hours, 1)} replica-h; ${esc(rec)}.</p>` +
+    `<p class="muted">Purple: prescale from risk 0 (left) to 1; orange squares: the HPA at 0.3 (right) to 0.9; dashed green: the clairvoyant scaler's cost.</p>`;
 }
 
 async function startReplay() {
@@ -305,7 +306,7 @@ async function startReplay() {
   const t = token();
   if (t) headers.authorization = `Bearer ${t}`;
   const res = await fetch(`/api/v1/targets/${encodeURIComponent(name)}/frontier`, { method: "POST", headers });
-  if (res.status === 401 || res.status === 403) askForToken(res.status === 403 && t);
+  if (res.status === 401 || res.status === 403) askForToken(res.status === 403 && t, "Replaying a target's history");
   if (!res.ok) {
     let msg = `${res.status}`;
     try { msg = (await res.json()).error.message; } catch (_) { /* not JSON */ }
