@@ -86,8 +86,13 @@ fn demo_runs_the_pipeline_on_its_own_goes_on_after_sighup_and_stops_on_ctrl_c() 
     );
     assert!(!err.contains("bad signature"), "{err}");
     assert!(!err.contains("panicked"), "no task panicked: {err}");
+    let token = out
+        .split("API token (pause, resume, refit, frontier): ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("prints the token: {out}"));
     assert!(
-        out.contains("API token (pause, resume, refit): "),
-        "prints the token: {out}"
+        out.contains(&format!("dashboard: http://{}/#token={token} ", demo.addr)),
+        "the dashboard's address carries the token, so that its buttons act: {out}"
     );
 }
