@@ -42,7 +42,7 @@ impl Frontiers {
 }
 
 /// A run: when it started and, once done, what it found.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Run {
     started_at: i64,
     finished_at: Option<i64>,
@@ -477,9 +477,7 @@ mod tests {
             "api".to_owned(),
             Run {
                 started_at: 0,
-                finished_at: None,
-                found: None,
-                failed: None,
+                ..Run::default()
             },
         );
         let (st, b) = call(&app(&store(30, Some(10.0)), &busy), "POST", uri, Some("t")).await;
@@ -492,9 +490,7 @@ mod tests {
             "web".to_owned(),
             Run {
                 started_at: 0,
-                finished_at: None,
-                found: None,
-                failed: None,
+                ..Run::default()
             },
         );
         let (st, b) = call(&app(&store(30, Some(10.0)), &busy), "GET", uri, None).await;
