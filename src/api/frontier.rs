@@ -447,30 +447,18 @@ mod tests {
     #[tokio::test]
     async fn a_replay_needs_a_capacity_a_day_of_history_and_no_other_running() {
         let uri = "/api/v1/targets/web/frontier";
-        let (st, b) = call(
-            &app(&store(30, None), &Frontiers::default()),
-            "POST",
-            uri,
-            Some("t"),
-        )
-        .await;
-        assert_eq!(
-            (st, b["error"]["code"].as_str()),
-            (StatusCode::CONFLICT, Some("no_capacity")),
-            "{b}"
-        );
-        let (st, b) = call(
-            &app(&store(20, Some(10.0)), &Frontiers::default()),
-            "POST",
-            uri,
-            Some("t"),
-        )
-        .await;
-        assert_eq!(
-            (st, b["error"]["code"].as_str()),
-            (StatusCode::CONFLICT, Some("too_little_history")),
-            "{b}"
-        );
+        for (hours, capacity, code) in [
+            (30, None, "no_capacity"),
+            (20, Some(10.0), "too_little_history"),
+        ] {
+            let app = app(&store(hours, capacity), &Frontiers::default());
+            let (st, b) = call(&app, "POST", uri, Some("t")).await;
+            assert_eq!(
+                (st, b["error"]["code"].as_str()),
+                (StatusCode::CONFLICT, Some(code)),
+                "{b}"
+            );
+        }
         // Another target's replay running: this one waits its turn.
         let busy = Frontiers::default();
         busy.lock().insert(
