@@ -1,0 +1,336 @@
+//! Unit tests of the decision engine: each policy, missing data, stabilisation, rate limits
+//! and scheduled bounds.
+
+use super::*;
+use crate::forecast::Point;
+
+fn policy() -> Policy {
+    Policy {
+        capacity_rps: 10.0,
+        target_utilization: 1.0,
+        prediction_utilization: 1.0,
+        interval_share: 1.0,
+        tolerance: 0.1,
+        min_replicas: 2,
+        max_replicas: 20,
+        lookahead: 300,
+        interval: 60,
+        headroom: 0.0,
+        scale_up: Rules::default_scale_up(),
+        scale_down: Rules::default_scale_down(),
+        schedule: Vec::new(),
+    }
+}
+
+fn flat(now: i64, upper: f64) -> Forecast {
+    Forecast {
+        generated_at: now,
+        step_seconds: 60,
+        model: "test",
+        level: 0.95,
+        points: (1..=10)
+            .map(|k| Point {
+                timestamp: now + 60 * k,
+                value: upper * 0.8,
+                lower: 0.0,
+                upper,
+            })
+            .collect(),
+    }
+}
+
+fn obs(replicas: u32, demand: f64) -> Observed {
+    Observed::demand(replicas, Some(demand))
+}
+
+/// (replicas now, upper forecast, demand now, degraded) → (replicas asked, reasons)
+#[test]
+fn single_decisions() {
+    let check = |replicas: u32, upper: f64, demand: f64, degraded: bool, want: u32, codes: &str| {
+        let mut st = DecideState::default();
+        let o = Observed {
+            degraded,
+            ..obs(replicas, demand)
+        };
+        let d = decide(&policy(), Some(&flat(0, upper)), o, &mut st, 0);
+        assert_eq!((d.to, d.reason_codes().as_str()), (want, codes), "{d:?}");
+    };
+    check(5, 95.0, 50.0, false, 10, "Prediction");
+    check(5, 100.0, 50.0, false, 10, "Prediction");
+    check(5, 40.0, 120.0, false, 12, "Demand");
+    // Prediction holds within the tolerance (11 is within 10 % of 10), moves past it.
+    check(10, 105.0, 50.0, false, 10, "Prediction");
+    check(10, 115.0, 50.0, false, 12, "Prediction");
+    check(10, 79.0, 50.0, false, 8, "Prediction");
+    // Within the tolerance the demand policy holds; prediction still scales in.
+    check(5, 10.0, 54.0, false, 5, "Demand");
+    check(5, 500.0, 50.0, false, 20, "Prediction+TooManyReplicas");
+    // No earlier recommendation to hold on to: down at once, to the minimum.
+    check(5, 1.0, 1.0, false, 2, "Prediction+TooFewReplicas");
+    check(5, 20.0, 20.0, true, 5, "Prediction+Degraded");
+    check(5, 90.0, 20.0, true, 9, "Prediction+Degraded");
+}
+
+/// The HPA formula and its tolerance, as in the Kubernetes documentation ("Algorithm
+/// details"): `ceil(current × metric / target)`, skipped within 10 % of the target.
+/// (replicas, demand rps) → replicas, with 10 rps per replica at utilisation 1.
+#[test]
+fn demand_policy_is_the_hpa_formula() {
+    let check = |replicas: u32, demand: f64, want: u32| {
+        let mut st = DecideState::default();
+        let d = decide(&policy(), None, obs(replicas, demand), &mut st, 0);
+        assert_eq!(
+            (d.to, d.reasons[0].code),
+            (want, ReasonCode::Demand),
+            "{replicas} replicas at {demand} rps: {d:?}"
+        );
+    };
+    check(4, 80.0, 8); // 200 % of target: double
+    check(4, 20.0, 2); // 50 %: halve
+    check(5, 54.0, 5); // 108 %: within the tolerance
+    check(5, 46.0, 5); // 92 %: within
+    check(5, 56.0, 6); // 112 %: past it
+    check(10, 85.0, 9); // 85 %: past it, down
+    check(0, 5.0, 2); // nothing running: the formula, then min_replicas
+}
+
+#[test]
+fn missing_data_holds() {
+    let mut st = DecideState::default();
+    let o = Observed {
+        degraded: true,
+        ..Observed::demand(5, None)
+    };
+    let d = decide(&policy(), None, o, &mut st, 0);
+    assert_eq!((d.to, d.reason_codes().as_str()), (5, "NoData+Degraded"));
+    // Demand alone, without a forecast, still scales out.
+    let d = decide(&policy(), None, obs(5, 90.0), &mut st, 60);
+    assert_eq!((d.to, d.reason_codes().as_str()), (9, "Demand"));
+}
+
+#[test]
+fn performance_policy() {
+    let check = |latency: Latency, demand: f64, want: u32, first: ReasonCode| {
+        let mut st = DecideState::default();
+        let o = Observed {
+            latency: Some(latency),
+            ..obs(5, demand)
+        };
+        let d = decide(&policy(), Some(&flat(0, demand)), o, &mut st, 0);
+        assert_eq!((d.to, d.reasons[0].code), (want, first), "{d:?}");
+    };
+    let slow = |p95: f64, curve: Option<f64>| Latency {
+        p95,
+        slo: 0.2,
+        rps_per_replica_at_slo: curve,
+        replicas: 5,
+    };
+    // Under the SLO: performance has nothing to say.
+    check(slow(0.1, Some(5.0)), 50.0, 5, ReasonCode::Prediction);
+    // Over it, with a curve: 50 rps at 6 rps per replica needs 9.
+    check(slow(0.3, Some(6.0)), 50.0, 9, ReasonCode::Performance);
+    // Without a curve: scaled by the excess, 5 × 0.3/0.2 → 8.
+    check(slow(0.3, None), 50.0, 8, ReasonCode::Performance);
+    // A curve that claims far more than is seen is not trusted beyond what is seen:
+    // 8 rps per replica break the SLO now, so at most 8 × 0.2/0.3 are assumed → 8.
+    check(slow(0.3, Some(100.0)), 40.0, 8, ReasonCode::Performance);
+    // Far over the SLO, distrust of the curve at most doubles the serving count.
+    check(slow(2.0, Some(100.0)), 40.0, 10, ReasonCode::Performance);
+}
+
+#[test]
+fn scale_in_waits_for_the_stabilisation_window() {
+    let mut st = DecideState::default();
+    let mut replicas = 10;
+    let mut at = Vec::new();
+    for k in 0..12 {
+        let now = k * 60;
+        let upper = if k == 0 { 100.0 } else { 30.0 };
+        let d = decide(
+            &policy(),
+            Some(&flat(now, upper)),
+            obs(replicas, 10.0),
+            &mut st,
+            now,
+        );
+        if k > 0 && k < 5 {
+            assert_eq!(
+                d.reasons.last().unwrap().code,
+                ReasonCode::ScaleDownStabilized
+            );
+        }
+        replicas = d.to;
+        at.push(replicas);
+    }
+    // The recommendation of 10 at t=0 holds while it is within the last 300 s.
+    assert_eq!(at, [10, 10, 10, 10, 10, 3, 3, 3, 3, 3, 3, 3]);
+}
+
+#[test]
+fn scale_up_rate_limit() {
+    let mut p = policy();
+    p.max_replicas = 1000;
+    let mut st = DecideState::default();
+    // Default policy over a 60 s interval: max(+100 %, +4) four times: 1 → 5 → 10 → 20 → 40.
+    let d = decide(&p, Some(&flat(0, 1000.0)), obs(1, 5.0), &mut st, 0);
+    assert_eq!(
+        (d.to, d.reason_codes().as_str()),
+        (40, "Prediction+ScaleUpLimit")
+    );
+}
+
+#[test]
+fn scale_down_rate_limit() {
+    let mut p = policy();
+    p.scale_down = Rules {
+        stabilization_window: 0,
+        select: Select::Max,
+        policies: vec![RatePolicy {
+            kind: RateKind::Pods,
+            value: 2,
+            period: 120,
+        }],
+    };
+    let mut st = DecideState::default();
+    let mut replicas = 12;
+    let mut at = Vec::new();
+    for k in 0..6 {
+        let now = k * 60;
+        let d = decide(
+            &p,
+            Some(&flat(now, 20.0)),
+            obs(replicas, 20.0),
+            &mut st,
+            now,
+        );
+        // The rate limits count what was asked for.
+        st.record_scale(now, d.from, d.to);
+        replicas = d.to;
+        at.push((replicas, d.reason_codes()));
+    }
+    let counts: Vec<u32> = at.iter().map(|a| a.0).collect();
+    assert_eq!(counts, [10, 10, 8, 8, 6, 6], "{at:?}");
+    assert_eq!(at[0].1, "Prediction+ScaleDownLimit");
+}
+
+/// Unix seconds of an RFC 3339 time.
+fn at(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .timestamp()
+}
+
+/// A scheduled floor leads its window by the look-ahead and passes the scale-up rate
+/// limits (a floor that arrives late defeats its purpose), as `min_replicas` does.
+#[test]
+fn a_scheduled_floor_leads_and_passes_the_rate_limits() {
+    let mut p = policy();
+    p.scale_up.policies = vec![RatePolicy {
+        kind: RateKind::Pods,
+        value: 1,
+        period: 60,
+    }];
+    p.schedule = vec![schedule::window("0 8 * * *", "UTC", 3600, Some(15), None)];
+    let check = |now: &str, replicas: u32, want: (u32, &str)| {
+        let mut st = DecideState::default();
+        let now = at(now);
+        let d = decide(
+            &p,
+            Some(&flat(now, 20.0)),
+            obs(replicas, 20.0),
+            &mut st,
+            now,
+        );
+        assert_eq!((d.to, d.reason_codes().as_str()), want, "{d:?}");
+        d
+    };
+    check("2026-01-15T07:54:59Z", 2, (2, "Prediction"));
+    // The recommendation is raised to the floor, the rate limits allow 3, and the floor
+    // passes them.
+    let d = check(
+        "2026-01-15T07:55:00Z",
+        2,
+        (15, "Prediction+Scheduled+ScaleUpLimit+Scheduled"),
+    );
+    let m = &d.reasons[1].message;
+    assert!(
+        m.contains("`0 8 * * *` (UTC) opening at 2026-01-15T08:00:00+00:00"),
+        "{m}"
+    );
+    check("2026-01-15T08:59:59Z", 15, (15, "Prediction+Scheduled"));
+    // Without data the floor still comes.
+    let mut st = DecideState::default();
+    let d = decide(
+        &p,
+        None,
+        Observed::demand(2, None),
+        &mut st,
+        at("2026-01-15T07:58:00Z"),
+    );
+    assert_eq!((d.to, d.reason_codes().as_str()), (15, "NoData+Scheduled"));
+    // The window closed: its floor was remembered as a recommendation, so the count
+    // comes down after the scale-in stabilisation window, not at once.
+    let mut st = DecideState::default();
+    let mut replicas = 2;
+    let mut counts = Vec::new();
+    for k in 0..10 {
+        let now = at("2026-01-15T08:56:00Z") + 60 * k;
+        let d = decide(
+            &p,
+            Some(&flat(now, 20.0)),
+            obs(replicas, 20.0),
+            &mut st,
+            now,
+        );
+        replicas = d.to;
+        counts.push(replicas);
+    }
+    // Open until 09:00 (k = 4); 15 recommended until 08:59, held for 300 s.
+    assert_eq!(counts, [15, 15, 15, 15, 15, 15, 15, 15, 2, 2]);
+}
+
+/// A scheduled maximum below the running count scales in only through the scale-in
+/// stabilisation; one above `max_replicas` lets the count rise to it.
+#[test]
+fn a_scheduled_maximum_scales_in_through_the_stabilisation() {
+    let mut p = policy();
+    p.schedule = vec![
+        schedule::window("0 22 * * *", "UTC", 3600, None, Some(3)),
+        schedule::window("0 12 * * *", "UTC", 3600, None, Some(30)),
+    ];
+    let mut st = DecideState::default();
+    let mut replicas = 10;
+    let mut seen = Vec::new();
+    for k in 0..9 {
+        let now = at("2026-01-15T21:58:00Z") + 60 * k;
+        let d = decide(
+            &p,
+            Some(&flat(now, 100.0)),
+            obs(replicas, 100.0),
+            &mut st,
+            now,
+        );
+        replicas = d.to;
+        seen.push((replicas, d.reason_codes()));
+    }
+    let counts: Vec<u32> = seen.iter().map(|s| s.0).collect();
+    // 10 recommended until 21:59, held while within the last 300 s; the window's 3
+    // from 22:04.
+    assert_eq!(counts, [10, 10, 10, 10, 10, 10, 3, 3, 3], "{seen:?}");
+    assert_eq!(seen[2].1, "Prediction+Scheduled+ScaleDownStabilized");
+    assert_eq!(seen[6].1, "Prediction+Scheduled");
+    // Midday: up to the window's 30 over max_replicas 20.
+    let mut st = DecideState::default();
+    let now = at("2026-01-15T12:10:00Z");
+    let d = decide(&p, Some(&flat(now, 500.0)), obs(20, 500.0), &mut st, now);
+    assert_eq!(
+        (d.to, d.reason_codes().as_str()),
+        (30, "Prediction+Scheduled")
+    );
+    let now = at("2026-01-15T13:10:00Z");
+    let d = decide(&p, Some(&flat(now, 500.0)), obs(20, 500.0), &mut st, now);
+    assert_eq!(
+        (d.to, d.reason_codes().as_str()),
+        (20, "Prediction+TooManyReplicas")
+    );
+}
