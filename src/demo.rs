@@ -242,14 +242,7 @@ fn demand(trace: Option<&std::path::Path>, start: i64) -> anyhow::Result<(Demand
     // Two weeks of history (or all but a day of a shorter trace) before `now`.
     let history = (HISTORY_DAYS * DAY).min(n * trace.step - DAY);
     let offset = start - (trace.start + history);
-    let finite: Vec<f64> = trace
-        .counts
-        .iter()
-        .copied()
-        .filter(|v| v.is_finite())
-        .collect();
-    let mean_rps = finite.iter().sum::<f64>() / finite.len().max(1) as f64 / trace.step as f64;
-    let capacity = (mean_rps / 8.0).max(1e-6);
+    let capacity = (trace.mean_rps().unwrap_or(0.0) / 8.0).max(1e-6);
     let what = format!("the trace {}", path.display());
     Ok((
         Demand::Replay(ReplaySource::new(trace, offset)),

@@ -35,13 +35,7 @@ fn along_the_dial_cost_rises_and_lost_requests_fall() {
         .collect();
     for (file, days) in TRACES {
         let trace = trace(file, days);
-        let finite: Vec<f64> = trace
-            .counts
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .collect();
-        let mean_rps = finite.iter().sum::<f64>() / finite.len() as f64 / trace.step as f64;
+        let mean_rps = trace.mean_rps().expect("a trace with data");
         let target = TargetConfig::example(file, mean_rps / 8.0, Duration::from_secs(300));
         let opts = Options {
             dials: dials.clone(),

@@ -227,6 +227,15 @@ impl Trace {
         self.counts[i] / self.step as f64
     }
 
+    /// The mean request rate over the buckets that are not missing, requests/s; `None`
+    /// when every bucket is missing.
+    pub fn mean_rps(&self) -> Option<f64> {
+        let (sum, n) = (self.counts.iter())
+            .filter(|v| v.is_finite())
+            .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+        (n > 0).then(|| sum / n as f64 / self.step as f64)
+    }
+
     /// Latency in bucket `i`, seconds (`NaN` when missing or not in the trace).
     pub fn latency(&self, i: usize) -> f64 {
         self.latency.as_ref().map_or(f64::NAN, |c| c[i])
@@ -409,6 +418,14 @@ mod tests {
         assert_eq!((t.start, t.step, t.counts.len()), (0, 60, 4));
         assert!(t.counts[2].is_nan());
         assert_eq!(t.rps(1), 2.0);
+        // (1 + 2 + 0.5) rps / 3 buckets with data; the gap is not a zero.
+        assert_eq!(t.mean_rps(), Some(3.5 / 3.0));
+        let empty = Trace {
+            counts: vec![f64::NAN; 3],
+            step: 60,
+            ..Trace::default()
+        };
+        assert_eq!(empty.mean_rps(), None);
     }
 
     #[test]
