@@ -286,6 +286,9 @@ fn live_until(sent: Instant, ttl: i64) -> Instant {
     sent + ttl.saturating_sub((ttl / 10).max(ELECTION_MARGIN))
 }
 
+/// The pause before renewing again after a first failure.
+const RETRY_AT_ONCE: Duration = Duration::from_millis(50);
+
 /// etcd's default election timeout.
 const ELECTION_MARGIN: Duration = Duration::from_secs(1);
 
@@ -299,6 +302,16 @@ async fn keep_alive(
     report: mpsc::Sender<Renewal>,
 ) {
     let every = ttl / 3;
+    // Failures in a row: the first is retried at once (a member that died takes its
+    // stream with it, and another member answers), the next ones after half a period.
+    let mut failures = 0u32;
+    let backoff = |failures: u32| {
+        if failures <= 1 {
+            RETRY_AT_ONCE
+        } else {
+            every / 2
+        }
+    };
     loop {
         let (mut keeper, mut stream) = match etcd.keep_alive(lease).await {
             Ok(Some(pair)) => pair,
@@ -307,8 +320,9 @@ async fn keep_alive(
                 return;
             }
             Err(e) => {
-                debug!(error = %e, "cannot open the keep-alive stream; retrying");
-                tokio::time::sleep(every / 2).await;
+                failures += 1;
+                debug!(error = %e, failures, "cannot open the keep-alive stream; retrying");
+                tokio::time::sleep(backoff(failures)).await;
                 continue;
             }
         };
@@ -321,6 +335,7 @@ async fn keep_alive(
             .await;
             match answer {
                 Ok(Some(r)) if r.ttl() > 0 => {
+                    failures = 0;
                     let was_live = {
                         let mut local = shared.local();
                         let was_live = local.is_live(Instant::now());
@@ -338,10 +353,11 @@ async fn keep_alive(
                     return;
                 }
                 Ok(None) | Err(_) => {
+                    failures += 1;
                     if let Err(e) = answer {
-                        debug!(error = %e, "keep-alive failed; reopening the stream");
+                        debug!(error = %e, failures, "keep-alive failed; reopening the stream");
                     }
-                    tokio::time::sleep(every / 2).await;
+                    tokio::time::sleep(backoff(failures)).await;
                     break;
                 }
             }
