@@ -415,7 +415,8 @@ fn forecast_step(
     });
     let refitted = matches!(updated, Some(Ok(Updated::Refitted)));
     let lead = policy.alert.map_or(0, |a| a.lead);
-    match forecaster.forecast(inputs.now, settings.horizon.max(lead)) {
+    let share = policy.decide.interval_share;
+    match forecaster.forecast_planned(inputs.now, settings.horizon.max(lead), Some(share)) {
         Ok(f) => (Some(f), None, refitted),
         Err(e) => {
             let why = match updated {

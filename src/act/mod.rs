@@ -478,6 +478,7 @@ mod tests {
                 timestamp: 1_700_000_180,
                 value: 80.5,
                 upper: 101.25,
+                planned: 101.25,
             }),
         }
     }

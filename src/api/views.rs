@@ -129,6 +129,8 @@ pub(super) struct Peak {
     value: f64,
     /// Upper bound there, requests/s.
     upper: f64,
+    /// The load planned for there, requests/s.
+    planned: f64,
 }
 
 impl From<decide::Peak> for Peak {
@@ -137,6 +139,7 @@ impl From<decide::Peak> for Peak {
             timestamp: p.timestamp,
             value: p.value,
             upper: p.upper,
+            planned: p.planned,
         }
     }
 }

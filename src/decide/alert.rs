@@ -179,6 +179,7 @@ mod tests {
             step_seconds: 60,
             model: "test",
             level: 0.95,
+            planned: None,
             points: uppers
                 .iter()
                 .enumerate()

@@ -6,9 +6,10 @@
 //!   `ceil(load / (capacity × target_utilization))`, holding within the tolerance;
 //! - **performance**: when the observed p95 latency exceeds the SLO, the count the learned
 //!   latency curve needs to bring it back under (proportional to the excess without one);
-//! - **prediction**: the highest upper forecast over `[now, now + startup + interval]`,
-//!   the time until a replica asked for now would serve, over `capacity ×
-//!   prediction_utilization`, also holding within the tolerance (against flapping).
+//! - **prediction**: the highest load planned for (the upper forecast at `interval_share`
+//!   1) over `[now, now + startup + interval]`, the time until a replica asked for now
+//!   would serve, over `capacity × prediction_utilization`, also holding within the
+//!   tolerance (against flapping).
 //!
 //! The two plan at different utilisations on purpose: the upper forecast already carries a
 //! margin, so it is planned close to capacity (0.9 by default), while observed demand above
@@ -68,7 +69,9 @@ pub struct Policy {
     /// The share of `capacity_rps` each replica carries in the prediction policy, in (0, 1].
     pub prediction_utilization: f64,
     /// How much of the prediction interval above the point forecast the prediction policy
-    /// plans for: 1 plans for the upper bound, 0.5 half-way to it (see [`risk`]).
+    /// plans for: 1 plans for the upper bound, below 1 a calibrated quantile short of it
+    /// (the forecast's `planned` values), above 1 a multiple of its distance (see
+    /// [`risk`]).
     pub interval_share: f64,
     /// The demand policy holds while load/planned capacity is within 1 ± tolerance.
     pub tolerance: f64,
@@ -283,11 +286,12 @@ pub fn decide_explained(
             let to = now + policy.lookahead + f.step_seconds;
             f.peak_planned(now, to, policy.interval_share)
         })
-        .filter(|p| p.upper.is_finite())
-        .map(|p| Peak {
+        .filter(|(p, _)| p.upper.is_finite())
+        .map(|(p, planned)| Peak {
             timestamp: p.timestamp,
             value: p.value,
             upper: p.upper,
+            planned,
         });
     let demand_rps = observed.demand_rps.filter(|v| v.is_finite() && *v >= 0.0);
     if let Some(d) = demand_rps {
@@ -414,7 +418,7 @@ impl DecideState {
 /// The prediction policy: the upper forecast's peak plus headroom, moved only past the
 /// tolerance (a forecast that wavers around the current count must not make it flap).
 fn prediction(policy: &Policy, pk: Peak, headroom: f64, current: u32) -> (u32, Reason) {
-    let planned = pk.value + policy.interval_share * (pk.upper - pk.value);
+    let planned = pk.planned;
     let r = policy.need(planned + headroom, policy.prediction_utilization);
     let r = if f64::from(r.abs_diff(current)) <= f64::from(current) * policy.tolerance {
         current
@@ -425,7 +429,7 @@ fn prediction(policy: &Policy, pk: Peak, headroom: f64, current: u32) -> (u32, R
         format!("upper forecast {:.3} rps", pk.upper)
     } else {
         format!(
-            "{planned:.3} rps planned ({:.0}% of the way from the forecast {:.3} to its upper bound {:.3})",
+            "{planned:.3} rps planned ({:.0}% of the way from the forecast {:.3} to its upper bound {:.3}, as a quantile)",
             policy.interval_share * 100.0,
             pk.value,
             pk.upper

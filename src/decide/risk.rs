@@ -14,7 +14,8 @@
 //! | 1 (safest) | 1.5 | 0.80 | 0.55 | 1200 s |
 //!
 //! The interval share is how much of the prediction interval above the point forecast is
-//! planned for (1: the upper bound; 0.5: half-way to it; 0: the point forecast alone). The
+//! planned for (1: the upper bound; 0: the point forecast alone; in between, the quantile a
+//! normal error would put that far, read from the target's calibrated errors). The
 //! lean half moves faster than the safe half: below the defaults the forecast's own margin
 //! is what is given up first.
 

@@ -28,6 +28,7 @@ fn flat(now: i64, upper: f64) -> Forecast {
         step_seconds: 60,
         model: "test",
         level: 0.95,
+        planned: None,
         points: (1..=10)
             .map(|k| Point {
                 timestamp: now + 60 * k,

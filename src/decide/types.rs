@@ -112,4 +112,7 @@ pub struct Peak {
     pub value: f64,
     /// Upper bound there, requests/s.
     pub upper: f64,
+    /// The load planned for there (the policy's share of the way to the upper bound, as a
+    /// calibrated quantile), requests/s.
+    pub planned: f64,
 }

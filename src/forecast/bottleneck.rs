@@ -142,6 +142,7 @@ mod tests {
             step_seconds: 60,
             model: "test",
             level: 0.95,
+            planned: None,
             points: values
                 .iter()
                 .enumerate()

@@ -14,7 +14,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::stats::quantile;
+use super::stats::{normal_cdf, normal_quantile, quantile};
+
+mod bursts;
+
+use bursts::Recurrence;
 
 /// Candidate cycle lengths (s): ten minutes to four hours.
 const PERIODS: [i64; 10] = [
@@ -31,6 +35,15 @@ const MIN_F: f64 = 4.0;
 /// A shorter period is kept over the best-explaining one if its F is at least this share
 /// of the best's.
 const PARSIMONY: f64 = 0.5;
+/// Where regimes of the cycle factor start, as shares of the held-out forecasts: the
+/// calmest half, then the next quarter, the next 15% and the top tenth are calibrated
+/// apart.
+const REGIME_SHARES: [f64; 3] = [0.5, 0.75, 0.9];
+/// Shares of the way from the point forecast to the upper bound whose quantiles are kept
+/// (see [`Calibration::planned`]).
+const LADDER: [f64; 3] = [0.25, 0.5, 0.75];
+/// Held-out errors a regime needs at a horizon to be calibrated on its own.
+const MIN_REGIME: usize = 30;
 /// Shrinkage of a bin's factor towards 1, in target times: a bin seen this often is
 /// halfway between its own mean and the overall one.
 const SHRINK: f64 = 5.0;
@@ -41,6 +54,9 @@ pub(super) struct Pair {
     pub(super) actual: f64,
     pub(super) predicted: f64,
     pub(super) ts: i64,
+    /// The newest burst known when it was forecast (see `bursts.rs`), filled in by
+    /// [`calibrate`].
+    pub(super) last_burst: Option<i64>,
 }
 
 /// A short cycle in the errors' size: phase bins of `period` and each bin's factor.
@@ -51,6 +67,10 @@ pub(super) struct Cycle {
     /// Factor per phase bin (bin `i` covers `[i, i + 1) × period / len` after the period's
     /// start on the Unix clock).
     pub(super) factors: Vec<f64>,
+    /// When the errors' size also follows the time since the last burst: factors per
+    /// (periods since it, phase bin).
+    #[serde(default)]
+    recurrence: Option<Recurrence>,
 }
 
 impl Cycle {
@@ -60,14 +80,20 @@ impl Cycle {
         ((phase * bins as i64 / period) as usize).min(bins - 1)
     }
 
-    /// How much wider than average the interval for a value at `ts` is (1 for a cycle no
-    /// calibration makes, as a damaged model file may hold).
-    fn factor(&self, ts: i64) -> f64 {
+    /// How much wider than average the interval for a value at `ts` is when the last burst
+    /// known was at `last` (1 for a cycle no calibration makes, as a damaged model file may
+    /// hold).
+    fn factor(&self, ts: i64, last: Option<i64>) -> f64 {
         let n = self.factors.len();
         let valid = (1..=PERIODS[PERIODS.len() - 1]).contains(&self.period)
             && (1..=MAX_BINS as usize).contains(&n);
         let f = if valid {
-            self.factors[Self::bin(self.period, n, ts)]
+            let bin = Self::bin(self.period, n, ts);
+            let gap = bursts::gap(self.period, ts, last);
+            self.recurrence
+                .as_ref()
+                .and_then(|r| r.factor(self.period, n, bin, gap))
+                .unwrap_or(self.factors[bin])
         } else {
             1.0
         };
@@ -75,36 +101,140 @@ impl Cycle {
     }
 }
 
-/// Interval calibration: scaled residual quantiles per horizon.
+/// Interval calibration: scaled residual quantiles per horizon, per regime.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Calibration {
-    /// Residuals are divided by `max(forecast, floor)^power`.
+    /// Residuals are divided by `max(forecast, floor)^power` (and the cycle's factor).
     power: f64,
     floor: f64,
-    /// Lower and upper quantiles per horizon step (index 0 = one step ahead).
+    /// Lower and upper quantiles per horizon step (index 0 = one step ahead), of the
+    /// forecasts below the first regime.
     lo: Vec<f64>,
     hi: Vec<f64>,
+    /// Upper quantiles per horizon step at the [`LADDER`]'s shares (empty in a model saved
+    /// before there were any: plans are then linear in the share).
+    #[serde(default)]
+    mid: Vec<[f64; 3]>,
+    /// Quantiles of the forecasts whose cycle factor is larger, by rising factor: each
+    /// regime is calibrated on its own errors (Mondrian conformal), so a regime where
+    /// errors are skewed (bursts come or not) gets its own shape, not a scaled copy.
+    #[serde(default)]
+    regimes: Vec<Regime>,
     /// The short cycle the width follows, if the errors have one.
     #[serde(default)]
     pub(super) cycle: Option<Cycle>,
+    /// A value more than this share above its one-step forecast is a burst.
+    #[serde(default)]
+    burst_threshold: Option<f64>,
     /// Share of held-out actuals inside the calibrated interval, over all horizons.
     pub(super) coverage: f64,
     /// Held-out errors it was computed from.
     samples: usize,
 }
 
+/// The quantiles for forecasts whose cycle factor is at least `from`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Regime {
+    from: f64,
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+    #[serde(default)]
+    mid: Vec<[f64; 3]>,
+}
+
+/// One regime's quantiles per horizon step.
+struct Quantiles {
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+    mid: Vec<[f64; 3]>,
+}
+
 impl Calibration {
-    fn scale(&self, value: f64, ts: i64) -> f64 {
-        let cycle = self.cycle.as_ref().map_or(1.0, |c| c.factor(ts));
-        scale(value, self.floor, self.power) * cycle
+    /// The cycle's factor for a value at `ts` when the newest burst seen was `last_burst`.
+    fn factor(&self, ts: i64, last_burst: Option<i64>) -> f64 {
+        self.cycle
+            .as_ref()
+            .map_or(1.0, |c| c.factor(ts, last_burst))
     }
 
-    /// `(lower, upper)` around `value`, forecast for `ts`, `k` steps ahead (1-based).
-    pub(super) fn interval(&self, value: f64, k: usize, ts: i64) -> (f64, f64) {
-        let n = self.lo.len().min(self.hi.len());
-        if n == 0 {
+    /// The lower and upper scaled quantiles at horizon index `i` (< `lo.len()`) for a
+    /// forecast with cycle factor `f`; a regime of the wrong length (a damaged file) is
+    /// passed over.
+    fn band(&self, i: usize, f: f64) -> (f64, f64) {
+        let (lo, hi, _) = self.regime(f);
+        (lo[i], hi[i])
+    }
+
+    /// The quantiles of the regime a forecast with cycle factor `f` falls in.
+    fn regime(&self, f: f64) -> (&[f64], &[f64], &[[f64; 3]]) {
+        let n = self.lo.len();
+        self.regimes
+            .iter()
+            .rev()
+            .find(|r| f >= r.from && r.lo.len() == n && r.hi.len() == n)
+            .map_or((&self.lo, &self.hi, &self.mid), |r| (&r.lo, &r.hi, &r.mid))
+    }
+
+    /// The load to plan for at `share` of the way from `value` (forecast for `ts`, `k`
+    /// steps ahead, the newest burst at `last_burst`) to its upper bound, as a quantile:
+    /// share 1 is the upper bound, and a share below it the quantile a normal error would
+    /// put there (0.5: Φ(½ z)), read from the held-out errors of the forecast's regime. A
+    /// bimodal regime (a burst comes or not) is then planned for whole or not at all,
+    /// where a straight share would plan part of every burst. Above 1, the share scales
+    /// the upper bound's distance.
+    pub(super) fn planned(
+        &self,
+        value: f64,
+        k: usize,
+        ts: i64,
+        last_burst: Option<i64>,
+        share: f64,
+    ) -> f64 {
+        let (_, upper) = self.interval(value, k, ts, last_burst);
+        let linear = value + share * (upper - value);
+        let n = self.lo.len();
+        if n == 0 || share >= 1.0 || share.is_nan() || share <= 0.0 {
+            return linear;
+        }
+        let f = self.factor(ts, last_burst);
+        let (_, hi, mid) = self.regime(f);
+        let i = k.clamp(1, n) - 1;
+        let Some(m) = mid.get(i).filter(|_| mid.len() == n) else {
+            return linear; // a model saved without the ladder
+        };
+        let knots = [0.0, m[0], m[1], m[2], hi[i]];
+        let x = share * (knots.len() - 1) as f64;
+        let j = (x.floor() as usize).min(knots.len() - 2);
+        let offset = knots[j] + (x - j as f64) * (knots[j + 1] - knots[j]);
+        let grow = if k > n {
+            (k as f64 / n as f64).sqrt()
+        } else {
+            1.0
+        };
+        let planned = value + offset * scale(value, self.floor, self.power) * f * grow;
+        planned.clamp(value, upper.max(value))
+    }
+
+    /// Whether `actual` is a burst against its one-step forecast `predicted` (tracked
+    /// whether or not this calibration's width follows the time since one: the next may).
+    pub(super) fn is_burst(&self, actual: f64, predicted: f64) -> bool {
+        self.burst_threshold
+            .is_some_and(|t| bursts::is_burst(actual, predicted, self.floor, t))
+    }
+
+    /// `(lower, upper)` around `value`, forecast for `ts`, `k` steps ahead (1-based), when
+    /// the newest burst seen was at `last_burst`.
+    pub(super) fn interval(
+        &self,
+        value: f64,
+        k: usize,
+        ts: i64,
+        last_burst: Option<i64>,
+    ) -> (f64, f64) {
+        if self.lo.is_empty() || self.hi.len() != self.lo.len() {
             return (value, value); // no quantiles (a damaged model file): no band
         }
+        let n = self.lo.len();
         let i = k.clamp(1, n) - 1;
         // Beyond the calibrated horizon, widen like a random walk.
         let grow = if k > n {
@@ -112,27 +242,45 @@ impl Calibration {
         } else {
             1.0
         };
-        let s = self.scale(value, ts) * grow;
-        let lower = (value + self.lo[i] * s).max(0.0).min(value);
-        let upper = (value + self.hi[i] * s).max(value);
+        let f = self.factor(ts, last_burst);
+        let (lo, hi) = self.band(i, f);
+        let s = scale(value, self.floor, self.power) * f * grow;
+        let lower = (value + lo * s).max(0.0).min(value);
+        let upper = (value + hi * s).max(value);
         (lower, upper)
     }
 }
 
 /// Split-conformal quantiles per horizon from held-out pairs (`pairs[k]`: `k + 1` steps
-/// ahead) made every `step` seconds; see the module docs.
-pub(super) fn calibrate(pairs: &[Vec<Pair>], step: i64, level: f64) -> Option<Calibration> {
+/// ahead) made every `step` seconds; see the module docs. Marks each pair with the last
+/// burst known when it was forecast.
+pub(super) fn calibrate(pairs: &mut [Vec<Pair>], step: i64, level: f64) -> Option<Calibration> {
     let samples: usize = pairs.iter().map(Vec::len).sum();
     if pairs.iter().any(Vec::is_empty) {
         return None;
     }
     let mean = pairs.iter().flatten().map(|p| p.actual).sum::<f64>() / samples as f64;
     let floor = (0.05 * mean).max(1e-9);
+    let threshold = bursts::threshold(&pairs[0], floor);
+    if let Some(t) = threshold {
+        bursts::mark(pairs, step, floor, t);
+    }
+    let pairs = &*pairs;
     let mut best: Option<(f64, Calibration)> = None;
     for power in [0.5, 1.0] {
-        // Without a cycle, and with one when the errors have one.
+        // Without a cycle, and with one when the errors have one: by phase alone, and by
+        // phase and the time since the last burst.
         let mut tries = vec![None];
         if let Some(found) = find_cycle(pairs, step, floor, power) {
+            if threshold.is_some() {
+                let size =
+                    |p: &Pair| (p.actual - p.predicted).abs() / scale(p.predicted, floor, power);
+                let r = Recurrence::fit(pairs, found.period, &found.factors, size);
+                tries.push(Some(Cycle {
+                    recurrence: Some(r),
+                    ..found.clone()
+                }));
+            }
             tries.push(Some(found));
         }
         for cycle in tries {
@@ -143,11 +291,14 @@ pub(super) fn calibrate(pairs: &[Vec<Pair>], step: i64, level: f64) -> Option<Ca
             }
         }
     }
-    best.map(|(_, c)| c)
+    best.map(|(_, c)| Calibration {
+        burst_threshold: threshold,
+        ..c
+    })
 }
 
 /// The calibration at `power` (and `cycle`): the quantiles of the scaled errors per
-/// horizon, smoothed across horizons and never narrowing as the horizon grows.
+/// horizon and regime, smoothed across horizons and never narrowing as the horizon grows.
 fn quantiles(
     pairs: &[Vec<Pair>],
     level: f64,
@@ -158,38 +309,125 @@ fn quantiles(
     let mut c = Calibration {
         power,
         floor,
-        lo: Vec::with_capacity(pairs.len()),
-        hi: Vec::with_capacity(pairs.len()),
+        lo: Vec::new(),
+        hi: Vec::new(),
+        mid: Vec::new(),
+        regimes: Vec::new(),
+        burst_threshold: None,
         cycle,
         coverage: 0.0,
-        samples: 0,
+        samples: pairs.iter().map(Vec::len).sum(),
     };
+    // (factor, scaled error) per pair, per horizon.
+    let scored: Vec<Vec<(f64, f64)>> = pairs
+        .iter()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    let f = c.factor(p.ts, p.last_burst);
+                    let s = scale(p.predicted, floor, power) * f;
+                    (f, (p.actual - p.predicted) / s)
+                })
+                .collect()
+        })
+        .collect();
+    let bounds = if c.cycle.is_some() {
+        regime_bounds(&scored)
+    } else {
+        Vec::new()
+    };
+    let first = bounds.first().copied().unwrap_or(f64::INFINITY);
+    let q = regime_quantiles(&scored, level, |f| f < first);
+    (c.lo, c.hi, c.mid) = (q.lo, q.hi, q.mid);
+    for (j, &from) in bounds.iter().enumerate() {
+        let upto = bounds.get(j + 1).copied().unwrap_or(f64::INFINITY);
+        let q = regime_quantiles(&scored, level, |f| from <= f && f < upto);
+        c.regimes.push(Regime {
+            from,
+            lo: q.lo,
+            hi: q.hi,
+            mid: q.mid,
+        });
+    }
+    let inside: usize = scored
+        .iter()
+        .enumerate()
+        .flat_map(|(k, ps)| ps.iter().map(move |&(f, e)| (k, f, e)))
+        .filter(|&(k, f, e)| {
+            let (lo, hi) = c.band(k, f);
+            lo <= e && e <= hi
+        })
+        .count();
+    c.coverage = inside as f64 / c.samples.max(1) as f64;
+    c
+}
+
+/// Where regimes start: the factors at [`REGIME_SHARES`] of the forecasts, each above the
+/// last.
+fn regime_bounds(scored: &[Vec<(f64, f64)>]) -> Vec<f64> {
+    let mut factors: Vec<f64> = scored.iter().flatten().map(|s| s.0).collect();
+    let mut bounds: Vec<f64> = Vec::new();
+    for share in REGIME_SHARES {
+        let Some(b) = quantile(&mut factors, share) else {
+            break;
+        };
+        let above = bounds.last().copied().unwrap_or(f64::NEG_INFINITY);
+        if b > above && factors.iter().any(|&f| f < b) {
+            bounds.push(b);
+        }
+    }
+    bounds
+}
+
+/// Split-conformal lower and upper quantiles per horizon of the scaled errors whose factor
+/// is `within` (all of the horizon's, when it has fewer than [`MIN_REGIME`]), and the
+/// upper quantiles at the [`LADDER`]'s shares.
+fn regime_quantiles(
+    scored: &[Vec<(f64, f64)>],
+    level: f64,
+    within: impl Fn(f64) -> bool,
+) -> Quantiles {
+    // The quantile a normal error puts at each share of the way to the upper bound.
+    let z = normal_quantile(0.5 + level / 2.0);
+    let levels = LADDER.map(|s| normal_cdf(s * z));
     let mut errs = Vec::new();
     let (mut lo, mut hi) = (Vec::new(), Vec::new());
-    for ps in pairs {
+    let mut mid: [Vec<f64>; 3] = Default::default();
+    for ps in scored {
         errs.clear();
-        errs.extend(
-            ps.iter()
-                .map(|p| (p.actual - p.predicted) / c.scale(p.predicted, p.ts)),
-        );
+        errs.extend(ps.iter().filter(|s| within(s.0)).map(|s| s.1));
+        if errs.len() < MIN_REGIME {
+            errs.clear();
+            errs.extend(ps.iter().map(|s| s.1));
+        }
         let m = errs.len() as f64;
         // Finite-sample correction of split conformal.
         let tail = ((1.0 - level) / 2.0 * (m + 1.0) / m).min(0.5);
         lo.push(quantile(&mut errs, tail).unwrap_or(0.0));
         hi.push(quantile(&mut errs, 1.0 - tail).unwrap_or(0.0));
-    }
-    c.lo = monotone(smooth(&lo), f64::min);
-    c.hi = monotone(smooth(&hi), f64::max);
-    let mut inside = 0usize;
-    for (k, ps) in pairs.iter().enumerate() {
-        for p in ps {
-            let e = (p.actual - p.predicted) / c.scale(p.predicted, p.ts);
-            inside += usize::from(c.lo[k] <= e && e <= c.hi[k]);
+        for (m, l) in mid.iter_mut().zip(levels) {
+            m.push(quantile(&mut errs, l).unwrap_or(0.0));
         }
     }
-    c.samples = pairs.iter().map(Vec::len).sum();
-    c.coverage = inside as f64 / c.samples.max(1) as f64;
-    c
+    let hi = monotone(smooth(&hi), f64::max);
+    let mid = mid.map(|m| monotone(smooth(&m), f64::max));
+    // Never below the point forecast, never above the upper bound, rising with the share.
+    let mid = (0..hi.len())
+        .map(|i| {
+            let mut rung = [0.0; 3];
+            let mut below = 0.0;
+            for (j, r) in rung.iter_mut().enumerate() {
+                *r = mid[j][i].clamp(below, hi[i].max(below));
+                below = *r;
+            }
+            rung
+        })
+        .collect();
+    Quantiles {
+        lo: monotone(smooth(&lo), f64::min),
+        hi,
+        mid,
+    }
 }
 
 impl Calibration {
@@ -199,8 +437,11 @@ impl Calibration {
             .iter()
             .enumerate()
             .flat_map(|(k, ps)| {
-                ps.iter()
-                    .map(move |p| (self.hi[k] - self.lo[k]) * self.scale(p.predicted, p.ts))
+                ps.iter().map(move |p| {
+                    let f = self.factor(p.ts, p.last_burst);
+                    let (lo, hi) = self.band(k, f);
+                    (hi - lo) * scale(p.predicted, self.floor, self.power) * f
+                })
             })
             .sum();
         width / self.samples.max(1) as f64
@@ -252,7 +493,11 @@ fn find_cycle(pairs: &[Vec<Pair>], step: i64, floor: f64, power: f64) -> Option<
         .iter()
         .map(|&(sum, count)| (sum + SHRINK * mean) / (count + SHRINK) / mean)
         .collect();
-    Some(Cycle { period, factors })
+    Some(Cycle {
+        period,
+        factors,
+        recurrence: None,
+    })
 }
 
 /// The mean absolute scaled error per target time (over every horizon that forecast it),
@@ -341,6 +586,7 @@ mod tests {
                             actual: 100.0 + 10.0 * noise(seed) + burst,
                             predicted: 100.0,
                             ts,
+                            last_burst: None,
                         }
                     })
                     .collect()
@@ -352,7 +598,7 @@ mod tests {
         let (mut inside, mut all) = (0usize, 0usize);
         for (k, ps) in pairs.iter().enumerate() {
             for p in ps {
-                let (lo, hi) = c.interval(p.predicted, k + 1, p.ts);
+                let (lo, hi) = c.interval(p.predicted, k + 1, p.ts, p.last_burst);
                 inside += usize::from(lo <= p.actual && p.actual <= hi);
                 all += 1;
             }
@@ -362,19 +608,20 @@ mod tests {
 
     #[test]
     fn half_hourly_bursts_widen_the_interval_only_where_they_come() {
-        let held = pairs(true, 0);
-        let c = calibrate(&held, STEP, 0.95).expect("calibrated");
+        let mut held = pairs(true, 0);
+        let c = calibrate(&mut held, STEP, 0.95).expect("calibrated");
         let cycle = c.cycle.as_ref().expect("a cycle is found");
         // Two hours fit the half-hour bursts too; the shortest period that fits is kept.
         assert_eq!(cycle.period, 1_800);
-        let at = |minute: i64| c.interval(100.0, 1, 1_700_001_000 / 1_800 * 1_800 + minute * 60);
+        let at =
+            |minute: i64| c.interval(100.0, 1, 1_700_001_000 / 1_800 * 1_800 + minute * 60, None);
         let (burst, calm) = (at(5), at(20));
         assert!(
             burst.1 - burst.0 > 4.0 * (calm.1 - calm.0),
             "burst {burst:?}, calm {calm:?}"
         );
         // Calibrated on other days' draws of the same process: still about the level.
-        let fresh = coverage(&c, &pairs(true, 1 << 40));
+        let fresh = coverage(&c, &marked(&c, pairs(true, 1 << 40)));
         assert!((0.93..=0.97).contains(&fresh), "coverage {fresh}");
         let plain = quantiles(&held, 0.95, c.floor, c.power, None);
         assert!(c.mean_width(&held) < 0.8 * plain.mean_width(&held));
@@ -382,8 +629,8 @@ mod tests {
 
     #[test]
     fn errors_without_a_cycle_get_one_width_at_every_phase() {
-        let held = pairs(false, 7);
-        let c = calibrate(&held, STEP, 0.95).expect("calibrated");
+        let mut held = pairs(false, 7);
+        let c = calibrate(&mut held, STEP, 0.95).expect("calibrated");
         assert_eq!(c.cycle, None);
         let fresh = coverage(&c, &pairs(false, 1 << 41));
         assert!((0.93..=0.97).contains(&fresh), "coverage {fresh}");
@@ -391,7 +638,7 @@ mod tests {
 
     #[test]
     fn a_damaged_cycle_or_calibration_from_a_file_widens_nothing_and_never_panics() {
-        let mut c = calibrate(&pairs(true, 5), STEP, 0.95).expect("calibrated");
+        let mut c = calibrate(&mut pairs(true, 5), STEP, 0.95).expect("calibrated");
         let plain = quantiles(&pairs(true, 5), 0.95, c.floor, c.power, None);
         for (period, factors) in [
             (0, vec![2.0; 30]),
@@ -401,19 +648,26 @@ mod tests {
             (1_800, vec![f64::NAN; 30]),
             (1_800, vec![2.0; 100_000]),
         ] {
-            c.cycle = Some(Cycle { period, factors });
+            c.cycle = Some(Cycle {
+                period,
+                factors,
+                recurrence: None,
+            });
+            // The regimes are the plain calibration's too (none): a damaged cycle's factor
+            // is 1 and must not widen the plain band.
             let c = Calibration {
                 lo: plain.lo.clone(),
                 hi: plain.hi.clone(),
+                regimes: plain.regimes.clone(),
                 ..c.clone()
             };
             assert_eq!(
-                c.interval(100.0, 3, 1_700_000_120),
-                plain.interval(100.0, 3, 0)
+                c.interval(100.0, 3, 1_700_000_120, None),
+                plain.interval(100.0, 3, 0, None)
             );
         }
         c.lo.clear();
-        assert_eq!(c.interval(100.0, 3, 0), (100.0, 100.0));
+        assert_eq!(c.interval(100.0, 3, 0, None), (100.0, 100.0));
     }
 
     #[test]
@@ -422,7 +676,100 @@ mod tests {
         for ps in &mut held {
             ps.truncate(100); // 100 minutes: no candidate period fits six times
         }
-        let c = calibrate(&held, STEP, 0.95).expect("calibrated");
+        let c = calibrate(&mut held, STEP, 0.95).expect("calibrated");
         assert!(c.cycle.as_ref().is_none_or(|c| c.period * 6 <= 100 * STEP));
+    }
+
+    const START: i64 = 1_700_000_000 - 1_700_000_000 % 7_200;
+
+    /// A series at about 100 with a burst to about 300 in minutes :02 to :09 of a half
+    /// hour every 90, 120 or 150 minutes (a batch job whose phase drifts), forecast flat
+    /// at 100; with the bursts' half hours.
+    fn recurring(from: u64) -> (Vec<Vec<Pair>>, Vec<i64>) {
+        let mut starts = vec![START];
+        while let Some(&last) = starts.last().filter(|&&l| l < START + 4 * 86_400) {
+            let periods = 3 + ((noise(from ^ last as u64) + 1.0) * 1.5).floor().min(2.0) as i64;
+            starts.push(last + periods * 1_800);
+        }
+        let actual = |ts: i64| {
+            let seed = from + (ts - START) as u64;
+            let bursting = starts.iter().any(|&s| (s + 120..s + 600).contains(&ts));
+            let burst = if bursting { 200.0 } else { 0.0 };
+            100.0 + 10.0 * noise(seed) + burst * (1.0 + 0.1 * noise(seed ^ 0xb1))
+        };
+        let pairs = (0..H)
+            .map(|k| {
+                (0..3 * 1_440)
+                    .map(|i| {
+                        let ts = START + (i + k as i64) * STEP;
+                        Pair {
+                            actual: actual(ts),
+                            predicted: 100.0,
+                            ts,
+                            last_burst: None,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        (pairs, starts)
+    }
+
+    /// `fresh` marked with the bursts `c` sees, as production marks them.
+    fn marked(c: &Calibration, mut fresh: Vec<Vec<Pair>>) -> Vec<Vec<Pair>> {
+        if let Some(t) = c.burst_threshold {
+            bursts::mark(&mut fresh, STEP, c.floor, t);
+        }
+        fresh
+    }
+
+    /// Where a burst may come (four half hours after the last) the load planned for at a
+    /// share below 1 is the burst; where one just passed, at the same phase, it is the
+    /// calm level: the time since the last burst tells them apart, and the plan is a
+    /// quantile (the whole burst or none of it), not a share of every burst.
+    #[test]
+    fn bursts_that_recur_are_planned_for_only_when_due() {
+        let (mut held, starts) = recurring(0);
+        assert!(starts.windows(2).any(|w| w[1] - w[0] == 5_400));
+        assert!(starts.windows(2).any(|w| w[1] - w[0] == 9_000));
+        let c = calibrate(&mut held, STEP, 0.95).expect("calibrated");
+        let cycle = c.cycle.as_ref().expect("a cycle is found");
+        assert!(cycle.recurrence.is_some(), "period {}", cycle.period);
+        assert!(c.is_burst(300.0, 100.0) && !c.is_burst(110.0, 100.0));
+        // A burst's last minute, and the burst phase 30 minutes and 2 hours on.
+        let last = START + 9 * 60;
+        let (soon, due) = (START + 1_800 + 5 * 60, START + 7_200 + 5 * 60);
+        let plan = |ts: i64, share: f64| c.planned(100.0, 1, ts, Some(last), share);
+        assert!(plan(due, 0.5) > 250.0, "due: {}", plan(due, 0.5));
+        assert!(plan(soon, 0.5) < 130.0, "soon: {}", plan(soon, 0.5));
+        // The share moves the plan one way, from the forecast to the upper bound.
+        let shares = [0.0, 0.1, 0.25, 0.4, 0.5, 0.75, 0.9, 1.0];
+        for ts in [soon, due] {
+            let plans: Vec<f64> = shares.iter().map(|&s| plan(ts, s)).collect();
+            assert!(plans.windows(2).all(|w| w[0] <= w[1]), "{plans:?}");
+            assert_eq!(plans[0], 100.0);
+            assert_eq!(plans[7], c.interval(100.0, 1, ts, Some(last)).1);
+        }
+        assert!(plan(due, 1.5) > plan(due, 1.0));
+        // Fresh draws of the same process, marked as production marks them.
+        let got = coverage(&c, &marked(&c, recurring(1 << 40).0));
+        assert!((0.93..=0.97).contains(&got), "coverage {got}");
+    }
+
+    /// A model saved before the ladder plans linearly, as it did; one saved before the
+    /// burst threshold tracks no bursts.
+    #[test]
+    fn a_calibration_saved_before_the_ladder_plans_linearly() {
+        let mut c = calibrate(&mut recurring(3).0, STEP, 0.95).expect("calibrated");
+        c.mid.clear();
+        for r in &mut c.regimes {
+            r.mid.clear();
+        }
+        c.burst_threshold = None;
+        let ts = 1_700_000_000;
+        let (_, upper) = c.interval(100.0, 2, ts, None);
+        let half = c.planned(100.0, 2, ts, None, 0.5);
+        assert!((half - (100.0 + 0.5 * (upper - 100.0))).abs() < 1e-9);
+        assert!(!c.is_burst(1e9, 1.0));
     }
 }

@@ -24,7 +24,7 @@ use super::fourier::Fourier;
 use super::model::{Fitted, Spec};
 use super::naive::SeasonalNaive;
 use super::stats::enough;
-use super::types::{Forecast, ForecastError, History, Point};
+use super::types::{Forecast, ForecastError, History, Planned, Point};
 
 const DAY: i64 = 86_400;
 const WEEK: i64 = 7 * DAY;
@@ -102,6 +102,9 @@ struct State {
     calibration: Option<Calibration>,
     scores: Vec<Score>,
     coverage: Coverage,
+    /// The newest value that was a burst, when the calibration follows the time since one.
+    #[serde(default)]
+    last_burst: Option<i64>,
 }
 
 /// What [`Forecaster::update`] did.
@@ -235,9 +238,12 @@ impl Forecaster {
                 && let Some(c) = &s.calibration
             {
                 s.fitted.predict_values(1, &mut one);
-                let (lo, hi) = c.interval(one[0], 1, ts);
+                let (lo, hi) = c.interval(one[0], 1, ts, s.last_burst);
                 s.coverage.total += 1;
                 s.coverage.inside += u64::from(lo <= v && v <= hi);
+                if c.is_burst(v, one[0]) {
+                    s.last_burst = Some(ts);
+                }
             }
             s.fitted.update(v);
             fed += 1;
@@ -257,7 +263,7 @@ impl Forecaster {
         let h = horizon_steps(&settings);
         // The time of `y[0]`: the history starts after the padding.
         let base = history.start - (y.len() - history.values.len()) as i64 * settings.step;
-        let (fitted, calibration, scores) = select(&y, per_day, base, &settings, h)?;
+        let (fitted, calibration, scores, last_burst) = select(&y, per_day, base, &settings, h)?;
         self.state = Some(State {
             fitted,
             last_ts: history.end(),
@@ -266,12 +272,25 @@ impl Forecaster {
             calibration,
             scores,
             coverage: Coverage::default(),
+            last_burst,
         });
         Ok(())
     }
 
     /// Forecasts from the step after the last value seen up to `now + horizon` seconds.
     pub fn forecast(&self, now: i64, horizon: i64) -> Result<Forecast, ForecastError> {
+        self.forecast_planned(now, horizon, None)
+    }
+
+    /// [`forecast`](Self::forecast), and with a `share` the load to plan for at each point
+    /// (`share` of the way to the upper bound, as a calibrated quantile: see
+    /// [`Forecast::peak_planned`]).
+    pub fn forecast_planned(
+        &self,
+        now: i64,
+        horizon: i64,
+        share: Option<f64>,
+    ) -> Result<Forecast, ForecastError> {
         let s = self.state.as_ref().ok_or(ForecastError::NotFitted)?;
         let step = self.settings.step;
         let steps = ((now + horizon - s.last_ts) as f64 / step as f64)
@@ -285,7 +304,7 @@ impl Forecaster {
             .map(|(k, (value, lo, hi))| {
                 let timestamp = s.last_ts + (k as i64 + 1) * step;
                 let (lower, upper) = match &s.calibration {
-                    Some(c) => c.interval(value, k + 1, timestamp),
+                    Some(c) => c.interval(value, k + 1, timestamp, s.last_burst),
                     None => (lo, hi),
                 };
                 Point {
@@ -295,13 +314,22 @@ impl Forecaster {
                     upper,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let planned = share.zip(s.calibration.as_ref()).map(|(share, c)| Planned {
+            share,
+            values: points
+                .iter()
+                .enumerate()
+                .map(|(k, p)| c.planned(p.value, k + 1, p.timestamp, s.last_burst, share))
+                .collect(),
+        });
         Ok(Forecast {
             generated_at: now,
             step_seconds: step,
             model: s.fitted.name(),
             level,
             points,
+            planned,
         })
     }
 
@@ -399,7 +427,9 @@ fn candidates(per_day: usize, days: f64, step: i64) -> Vec<Spec> {
             weekly: 3,
             alpha: 0.15,
         }));
-        out.push(Spec::Naive(SeasonalNaive { period: per_day }));
+        // No daily seasonal naive: on bursts whose time drifts from day to day, it wins the
+        // held-out window by copying yesterday's bursts and then forecasts them where they
+        // no longer come; the profile models cover a day that does repeat.
         if enough(days, 7.0) {
             out.push(Spec::Naive(SeasonalNaive {
                 period: 7 * per_day,
@@ -421,7 +451,8 @@ fn default_spec(per_day: usize, step: i64) -> Spec {
     })
 }
 
-type Selected = (Fitted, Option<Calibration>, Vec<Score>);
+/// The winner, its calibration, the scores and the newest burst in the held-out part.
+type Selected = (Fitted, Option<Calibration>, Vec<Score>, Option<i64>);
 
 /// Rolling-origin selection and calibration on `y`; see the module docs.
 fn select(
@@ -441,7 +472,7 @@ fn select(
     if window < h + 30 {
         let spec = default_spec(per_day, step);
         let fitted = spec.fit(y).ok_or(ForecastError::NoData)?;
-        return Ok((fitted, None, Vec::new()));
+        return Ok((fitted, None, Vec::new(), None));
     }
     let train = &y[..n - window];
     let days = if per_day > 0 {
@@ -489,9 +520,9 @@ fn select(
         let fitted = default_spec(per_day, step)
             .fit(y)
             .ok_or(ForecastError::NoData)?;
-        return Ok((fitted, None, Vec::new()));
+        return Ok((fitted, None, Vec::new(), None));
     };
-    let calibration = best.fit(train).and_then(|mut fitted| {
+    let (calibration, last_burst) = best.fit(train).map_or((None, None), |mut fitted| {
         let held_out = Held {
             y,
             start: n - window,
@@ -505,6 +536,7 @@ fn select(
         fitted,
         calibration,
         scores.into_iter().map(|(_, s)| s).collect(),
+        last_burst,
     ))
 }
 
@@ -519,8 +551,14 @@ struct Held<'a> {
 
 impl Held<'_> {
     /// The winner's (`fitted` on what comes before) intervals, calibrated on its errors
-    /// over the held-out part from about [`CALIBRATION_ORIGINS`] origins.
-    fn calibrate(&self, fitted: &mut Fitted, h: usize, level: f64) -> Option<Calibration> {
+    /// over the held-out part from about [`CALIBRATION_ORIGINS`] origins; with the newest
+    /// burst among them.
+    fn calibrate(
+        &self,
+        fitted: &mut Fitted,
+        h: usize,
+        level: f64,
+    ) -> (Option<Calibration>, Option<i64>) {
         let stride = ((self.y.len() - self.start) / CALIBRATION_ORIGINS).max(1);
         let mut pairs: Vec<Vec<Pair>> = vec![Vec::new(); h];
         let mut buf = Vec::with_capacity(h);
@@ -536,10 +574,20 @@ impl Held<'_> {
                     actual,
                     predicted,
                     ts: self.base + i as i64 * self.step,
+                    last_burst: None,
                 });
             },
         );
-        calibrate(&pairs, self.step, level)
+        let Some(c) = calibrate(&mut pairs, self.step, level) else {
+            return (None, None);
+        };
+        let last = pairs.first().and_then(|one| {
+            one.iter()
+                .filter(|p| c.is_burst(p.actual, p.predicted))
+                .map(|p| p.ts)
+                .max()
+        });
+        (Some(c), last)
     }
 }
 
@@ -660,7 +708,7 @@ mod tests {
                         50.0 + (i % PER_DAY) as f64 % 7.0
                     }
                 },
-                &["seasonal_naive_daily", "ets"],
+                &["ets"],
             ),
             // A smooth daily cycle with noise: the profile model wins.
             (

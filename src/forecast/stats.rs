@@ -82,6 +82,24 @@ pub(crate) fn fill_ring(xs: &mut [f64]) {
     }
 }
 
+/// The standard normal distribution function at `x`: [`normal_quantile`] inverted by
+/// bisection (to 1e-12; called a few times per calibration, never per point).
+pub(crate) fn normal_cdf(x: f64) -> f64 {
+    let (mut lo, mut hi) = (1e-12, 1.0 - 1e-12);
+    if x.is_nan() {
+        return f64::NAN;
+    }
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if normal_quantile(mid) < x {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
 /// The `q`-quantile (0..=1) of `xs` by linear interpolation; `xs` is reordered. `None` when
 /// empty.
 pub(crate) fn quantile(xs: &mut [f64], q: f64) -> Option<f64> {
@@ -128,6 +146,8 @@ mod tests {
             (0.9, 1.281_552),
         ] {
             assert!((normal_quantile(p) - want).abs() < 1e-5, "{p}");
+            assert!((normal_cdf(want) - p).abs() < 1e-6, "{p}");
         }
+        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-9);
     }
 }

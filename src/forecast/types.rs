@@ -49,6 +49,19 @@ pub struct Forecast {
     pub level: f64,
     /// Points from the step after the last observation up to `now + horizon`.
     pub points: Vec<Point>,
+    /// The load to plan for at each point, when the forecaster was asked for one.
+    #[serde(skip)]
+    pub planned: Option<Planned>,
+}
+
+/// The load to plan for at each point of a forecast, at one share of the way to the upper
+/// bound, read from the calibrated quantiles of the forecast's errors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// The share it was made for.
+    pub share: f64,
+    /// One per point.
+    pub values: Vec<f64>,
 }
 
 impl Forecast {
@@ -61,15 +74,24 @@ impl Forecast {
             .max_by(|a, b| a.upper.total_cmp(&b.upper))
     }
 
-    /// The point within `[from, to]` whose planned load, `value + share × (upper − value)`,
-    /// is highest (at share 1: the highest upper bound), if any.
-    pub fn peak_planned(&self, from: i64, to: i64, share: f64) -> Option<Point> {
-        let planned = |p: &Point| p.value + share * (p.upper - p.value);
+    /// The point within `[from, to]` with the highest planned load, and that load: the
+    /// forecaster's [`Planned`] values when made for `share`, else
+    /// `value + share × (upper − value)` (at share 1: the highest upper bound).
+    pub fn peak_planned(&self, from: i64, to: i64, share: f64) -> Option<(Point, f64)> {
+        let made = self
+            .planned
+            .as_ref()
+            .filter(|p| p.share == share && p.values.len() == self.points.len());
         self.points
             .iter()
-            .filter(|p| p.timestamp >= from && p.timestamp <= to)
-            .copied()
-            .max_by(|a, b| planned(a).total_cmp(&planned(b)))
+            .enumerate()
+            .filter(|(_, p)| p.timestamp >= from && p.timestamp <= to)
+            .map(|(i, p)| {
+                let load = made.map_or(p.value + share * (p.upper - p.value), |m| m.values[i]);
+                (*p, load)
+            })
+            .filter(|(_, load)| load.is_finite())
+            .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
     /// The points up to `to` (inclusive).
@@ -122,6 +144,7 @@ mod tests {
             step_seconds: 60,
             model: "t",
             level: 0.9,
+            planned: None,
             points: (1..=3)
                 .map(|k| Point {
                     timestamp: 60 * k,

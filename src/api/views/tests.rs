@@ -25,6 +25,7 @@ fn decision(reasons: usize, peak: bool) -> decide::Decision {
             timestamp: 1_800_000_600,
             value: 41.5,
             upper: 48.25,
+            planned: 45.0,
         }),
     }
 }
