@@ -36,9 +36,9 @@ const MIN_F: f64 = 4.0;
 /// of the best's.
 const PARSIMONY: f64 = 0.5;
 /// Where regimes of the cycle factor start, as shares of the held-out forecasts: the
-/// calmest half, then the next quarter, the next 15% and the top tenth are calibrated
-/// apart.
-const REGIME_SHARES: [f64; 3] = [0.5, 0.75, 0.9];
+/// calmest half, then the next quarter, the next 15%, and the top tenth in two halves are
+/// calibrated apart (a regime needs [`MIN_REGIME`] errors per horizon).
+const REGIME_SHARES: [f64; 4] = [0.5, 0.75, 0.9, 0.95];
 /// Shares of the way from the point forecast to the upper bound whose quantiles are kept
 /// (see [`Calibration::planned`]).
 const LADDER: [f64; 3] = [0.25, 0.5, 0.75];
