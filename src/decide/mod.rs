@@ -6,10 +6,10 @@
 //!   `ceil(load / (capacity × target_utilization))`, holding within the tolerance;
 //! - **performance**: when the observed p95 latency exceeds the SLO, the count the learned
 //!   latency curve needs to bring it back under (proportional to the excess without one);
-//! - **prediction**: the highest load planned for (the upper forecast at `interval_share`
-//!   1) over `[now, now + startup + interval]`, the time until a replica asked for now
-//!   would serve, over `capacity × prediction_utilization`, also holding within the
-//!   tolerance (against flapping).
+//! - **prediction**: the highest load planned for (at an `interval_share` of 1: the
+//!   upper forecast) over `[now, now + startup + interval]`, the time until a replica
+//!   asked for now would serve, over `capacity × prediction_utilization`, also holding
+//!   within the tolerance (against flapping).
 //!
 //! The two plan at different utilisations on purpose: the upper forecast already carries a
 //! margin, so it is planned close to capacity (0.9 by default), while observed demand above

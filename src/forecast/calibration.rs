@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use super::stats::{normal_cdf, normal_quantile, quantile};
 
 mod bursts;
+mod pair;
 
 use bursts::Recurrence;
+pub(super) use pair::Pair;
 
 /// Candidate cycle lengths (s): ten minutes to four hours.
 const PERIODS: [i64; 10] = [
@@ -48,17 +50,6 @@ const MIN_REGIME: usize = 30;
 /// halfway between its own mean and the overall one.
 const SHRINK: f64 = 5.0;
 
-/// One held-out forecast: what came, what was forecast, and the time it was for.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Pair {
-    pub(super) actual: f64,
-    pub(super) predicted: f64,
-    pub(super) ts: i64,
-    /// The newest burst known when it was forecast (see `bursts.rs`), filled in by
-    /// [`calibrate`].
-    pub(super) last_burst: Option<i64>,
-}
-
 /// A short cycle in the errors' size: phase bins of `period` and each bin's factor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Cycle {
@@ -75,9 +66,7 @@ pub(super) struct Cycle {
 
 impl Cycle {
     fn bin(period: i64, bins: usize, ts: i64) -> usize {
-        // phase < period ≤ 4 h and bins ≤ 60: the product cannot overflow.
-        let phase = ts.rem_euclid(period);
-        ((phase * bins as i64 / period) as usize).min(bins - 1)
+        pair::phase_bin(period, bins, ts)
     }
 
     /// How much wider than average the interval for a value at `ts` is when the last burst

@@ -655,6 +655,58 @@ mod tests {
         f
     }
 
+    /// Removes `keys` wherever they occur in `v`.
+    fn strip(v: &mut serde_json::Value, keys: &[&str]) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for k in keys {
+                    m.remove(*k);
+                }
+                m.values_mut().for_each(|x| strip(x, keys));
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| strip(x, keys)),
+            _ => {}
+        }
+    }
+
+    /// A model saved before regimes, bursts and the plan's quantiles loads, forecasts and
+    /// plans (linearly in the share, as it did), and tracks no bursts.
+    #[test]
+    fn a_model_saved_before_bursts_and_regimes_still_plans() {
+        // Three days of 5-minute steps with a burst every two hours.
+        let y: Vec<f64> = (0..PER_DAY * 3)
+            .map(|i| 100.0 + 5.0 * noise(i) + if i % 24 < 2 { 200.0 } else { 0.0 })
+            .collect();
+        let f = run(&y, y.len());
+        let now = (y.len() as i64) * STEP;
+        let mut json = serde_json::to_value(&f).expect("serialises");
+        strip(
+            &mut json,
+            &[
+                "last_burst",
+                "mid",
+                "regimes",
+                "burst_threshold",
+                "recurrence",
+            ],
+        );
+        let old: Forecaster = serde_json::from_value(json).expect("an old model loads");
+        let planned = old
+            .forecast_planned(now, 3_600, Some(0.5))
+            .expect("forecasts");
+        let made = planned.planned.as_ref().expect("planned values");
+        for (p, &load) in planned.points.iter().zip(&made.values) {
+            assert!(load.is_finite() && p.value <= load && load <= p.upper.max(p.value));
+            let linear = p.value + 0.5 * (p.upper - p.value);
+            assert!(
+                (load - linear).abs() < 1e-6 * linear.max(1.0),
+                "{load} {linear}"
+            );
+        }
+        let state = old.state.as_ref().expect("fitted");
+        assert_eq!(state.last_burst, None);
+    }
+
     /// Forecasters fitted in the same cycle refit in different ones when their phases
     /// differ: the first refit comes at the next point of each one's grid, then every
     /// `refit_every`; a model saved without a due time refits `refit_every` after its fit.

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Pair;
+use super::pair::{Pair, phase_bin};
 use crate::forecast::stats::quantile;
 
 /// How far back the time since the last burst is told apart: rows of one period each up
@@ -71,7 +71,7 @@ impl Recurrence {
         let (mut total, mut count) = (0.0, 0.0);
         for p in pairs.iter().flatten() {
             let e = size(p);
-            let i = gap(period, p.ts, p.last_burst) * bins + super::Cycle::bin(period, bins, p.ts);
+            let i = gap(period, p.ts, p.last_burst) * bins + phase_bin(period, bins, p.ts);
             acc[i].0 += e;
             acc[i].1 += 1.0;
             total += e;
