@@ -182,7 +182,8 @@ impl Calibration {
         let (_, upper) = self.interval(value, k, ts, last_burst);
         let linear = value + share * (upper - value);
         let n = self.lo.len();
-        if n == 0 || share >= 1.0 || share.is_nan() || share <= 0.0 {
+        let damaged = self.hi.len() != n; // a model file's: `interval` gives no band
+        if n == 0 || damaged || share >= 1.0 || share.is_nan() || share <= 0.0 {
             return linear;
         }
         let f = self.factor(ts, last_burst);

@@ -707,6 +707,70 @@ mod tests {
         assert_eq!(state.last_burst, None);
     }
 
+    /// Replaces the value of `key` wherever it occurs in `v`.
+    fn set(v: &mut serde_json::Value, key: &str, to: &serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(x) = m.get_mut(key) {
+                    *x = to.clone();
+                }
+                m.values_mut().for_each(|x| set(x, key, to));
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| set(x, key, to)),
+            _ => {}
+        }
+    }
+
+    /// A model file whose regimes, ladder, burst table or burst state were damaged by hand
+    /// loads, forecasts and plans without a panic, every planned load between the point
+    /// forecast and the upper bound.
+    #[test]
+    fn a_damaged_burst_or_regime_in_a_model_file_never_panics() {
+        let y: Vec<f64> = (0..PER_DAY * 3)
+            .map(|i| 100.0 + 5.0 * noise(i) + if i % 24 < 2 { 200.0 } else { 0.0 })
+            .collect();
+        let f = run(&y, y.len());
+        let now = (y.len() as i64) * STEP;
+        let damages = [
+            ("mid", serde_json::json!([[1.0, 2.0, 3.0]])),
+            (
+                "mid",
+                serde_json::Value::from(vec![vec![-5.0, 1e300, 0.0]; 12]),
+            ),
+            ("lo", serde_json::json!([])),
+            ("hi", serde_json::json!([1.0])),
+            ("factors", serde_json::json!([0.0, -1.0])),
+            ("from", serde_json::json!(-1e300)),
+            ("burst_threshold", serde_json::json!(-3.0)),
+            ("last_burst", serde_json::json!(i64::MIN)),
+            ("last_burst", serde_json::json!(i64::MAX)),
+            ("period", serde_json::json!(i64::MAX)),
+        ];
+        for (key, to) in damages {
+            let mut json = serde_json::to_value(&f).expect("serialises");
+            set(&mut json, key, &to);
+            let Ok(mut g) = serde_json::from_value::<Forecaster>(json) else {
+                continue; // refused whole, as a model file that does not parse is
+            };
+            let h = History {
+                start: 0,
+                step: STEP,
+                values: &y,
+            };
+            g.update(h, now).expect("updates");
+            let planned = g
+                .forecast_planned(now, 3_600, Some(0.5))
+                .expect("forecasts");
+            let made = planned.planned.as_ref().expect("planned values");
+            for (p, &load) in planned.points.iter().zip(&made.values) {
+                assert!(
+                    load.is_nan() || (p.value <= load && load <= p.upper.max(p.value)),
+                    "{key}: {load} for {p:?}"
+                );
+            }
+        }
+    }
+
     /// Forecasters fitted in the same cycle refit in different ones when their phases
     /// differ: the first refit comes at the next point of each one's grid, then every
     /// `refit_every`; a model saved without a due time refits `refit_every` after its fit.
