@@ -655,41 +655,48 @@ mod tests {
         f
     }
 
-    /// Removes `keys` wherever they occur in `v`.
-    fn strip(v: &mut serde_json::Value, keys: &[&str]) {
+    /// Calls `edit` on every object in `v`, outermost first.
+    fn each_object(
+        v: &mut serde_json::Value,
+        edit: &mut impl FnMut(&mut serde_json::Map<String, serde_json::Value>),
+    ) {
         match v {
             serde_json::Value::Object(m) => {
-                for k in keys {
-                    m.remove(*k);
-                }
-                m.values_mut().for_each(|x| strip(x, keys));
+                edit(m);
+                m.values_mut().for_each(|x| each_object(x, edit));
             }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| strip(x, keys)),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| each_object(x, edit)),
             _ => {}
         }
+    }
+
+    /// Three days of 5-minute steps with a burst every two hours, fitted; with `now`.
+    fn bursty() -> (Vec<f64>, Forecaster, i64) {
+        let y: Vec<f64> = (0..PER_DAY * 3)
+            .map(|i| 100.0 + 5.0 * noise(i) + if i % 24 < 2 { 200.0 } else { 0.0 })
+            .collect();
+        let f = run(&y, y.len());
+        let now = (y.len() as i64) * STEP;
+        (y, f, now)
     }
 
     /// A model saved before regimes, bursts and the plan's quantiles loads, forecasts and
     /// plans (linearly in the share, as it did), and tracks no bursts.
     #[test]
     fn a_model_saved_before_bursts_and_regimes_still_plans() {
-        // Three days of 5-minute steps with a burst every two hours.
-        let y: Vec<f64> = (0..PER_DAY * 3)
-            .map(|i| 100.0 + 5.0 * noise(i) + if i % 24 < 2 { 200.0 } else { 0.0 })
-            .collect();
-        let f = run(&y, y.len());
-        let now = (y.len() as i64) * STEP;
+        let (_, f, now) = bursty();
         let mut json = serde_json::to_value(&f).expect("serialises");
-        strip(
-            &mut json,
-            &[
+        each_object(&mut json, &mut |m| {
+            for k in [
                 "last_burst",
                 "mid",
                 "regimes",
                 "burst_threshold",
                 "recurrence",
-            ],
-        );
+            ] {
+                m.remove(k);
+            }
+        });
         let old: Forecaster = serde_json::from_value(json).expect("an old model loads");
         let planned = old
             .forecast_planned(now, 3_600, Some(0.5))
@@ -707,30 +714,12 @@ mod tests {
         assert_eq!(state.last_burst, None);
     }
 
-    /// Replaces the value of `key` wherever it occurs in `v`.
-    fn set(v: &mut serde_json::Value, key: &str, to: &serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                if let Some(x) = m.get_mut(key) {
-                    *x = to.clone();
-                }
-                m.values_mut().for_each(|x| set(x, key, to));
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| set(x, key, to)),
-            _ => {}
-        }
-    }
-
     /// A model file whose regimes, ladder, burst table or burst state were damaged by hand
     /// loads, forecasts and plans without a panic, every planned load between the point
     /// forecast and the upper bound.
     #[test]
     fn a_damaged_burst_or_regime_in_a_model_file_never_panics() {
-        let y: Vec<f64> = (0..PER_DAY * 3)
-            .map(|i| 100.0 + 5.0 * noise(i) + if i % 24 < 2 { 200.0 } else { 0.0 })
-            .collect();
-        let f = run(&y, y.len());
-        let now = (y.len() as i64) * STEP;
+        let (y, f, now) = bursty();
         let damages = [
             ("mid", serde_json::json!([[1.0, 2.0, 3.0]])),
             (
@@ -748,7 +737,11 @@ mod tests {
         ];
         for (key, to) in damages {
             let mut json = serde_json::to_value(&f).expect("serialises");
-            set(&mut json, key, &to);
+            each_object(&mut json, &mut |m| {
+                if let Some(x) = m.get_mut(key) {
+                    *x = to.clone();
+                }
+            });
             let Ok(mut g) = serde_json::from_value::<Forecaster>(json) else {
                 continue; // refused whole, as a model file that does not parse is
             };
