@@ -113,6 +113,10 @@ struct TuneArgs {
     /// Steps of the dial from 0 to 1 (each a replay).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=200))]
     steps: u32,
+    /// Dials replayed between the recommended step and the next one beyond the objective,
+    /// to recommend finer than the steps (0: none).
+    #[arg(long, default_value_t = prescale::simulate::tune::REFINE, value_parser = clap::value_parser!(u32).range(0..=50))]
+    refine: u32,
     /// Write a configuration with one `[[target]]` holding the recommended dial here
     /// (usable as `backtest --config`).
     #[arg(long)]
@@ -378,11 +382,12 @@ fn tune(a: TuneArgs) -> anyhow::Result<()> {
         skip: a.replay.skip.as_secs() as i64,
         objective: a.objective,
         threads: std::thread::available_parallelism().map_or(1, usize::from),
+        refine: a.refine,
     };
     let train_steps = a.train_until.map_or(trace.counts.len(), |t| {
         ((t - trace.start) / trace.step) as usize
     });
-    let bar = progress_bar(train_steps * opts.dials.len());
+    let bar = progress_bar(train_steps * (opts.dials.len() + opts.refine as usize));
     let tuning = tune::tune(&trace, &target, &forecast, &opts, &|n| {
         bar.set_position(n as u64)
     });
@@ -400,7 +405,10 @@ fn report_tuning(
     let Some(risk) = t.recommended else {
         anyhow::bail!("{}", t.unmet());
     };
-    println!("recommended: risk = {risk:.2}");
+    println!(
+        "recommended: risk = {}",
+        prescale::simulate::tune::label(risk)
+    );
     if let Some(test) = &t.test {
         println!("on the rest of the trace (after {}):", t.train_until);
         print!("{}", test.table());

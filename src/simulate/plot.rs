@@ -192,7 +192,7 @@ fn draw_frontier(
         let at = (p.score.replica_hours, p.score.lost_pct);
         chart.draw_series([Circle::new(at, 9, style(BLACK))])?;
         chart.draw_series([Text::new(
-            format!("recommended: risk {:.2}", p.risk),
+            format!("recommended: risk {}", super::tune::label(p.risk)),
             at,
             ("sans-serif", 16),
         )])?;

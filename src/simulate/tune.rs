@@ -13,6 +13,10 @@ use crate::config::{ForecastConfig, TargetConfig};
 use crate::decide::risk::Risk;
 use crate::source::replay::Trace;
 
+/// Dials replayed, by default, between the recommendation and its neighbour beyond the
+/// objective (see [`Options::refine`]).
+pub const REFINE: u32 = 4;
+
 /// The HPA's target utilisations drawn beside prescale's frontier.
 pub const HPA_FRONTIER: [f64; 7] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
@@ -113,6 +117,9 @@ pub struct Options {
     pub objective: Objective,
     /// Replays run at once.
     pub threads: usize,
+    /// Dials replayed between the recommendation and its neighbour beyond the objective,
+    /// so the recommendation is not limited by the grid's resolution (0: none).
+    pub refine: u32,
 }
 
 /// The dial from 0 to 1 in `n` steps (`n + 1` values).
@@ -135,9 +142,18 @@ pub fn tune(
     let end = trace.timestamp(trace.counts.len());
     let train_until = opts.train_until.unwrap_or(end).min(end);
     let train = trace.truncated(((train_until - trace.start) / trace.step.max(1)).max(0) as usize);
-    let frontier = replay_all(&train, target, forecast, opts, progress);
+    let done = AtomicUsize::new(0);
+    let mut frontier = replay_all(&train, target, forecast, opts, &opts.dials, &done, progress);
     let references = references(&train, target, opts.skip);
-    let recommended = recommend(&frontier, &references, opts.objective);
+    let mut recommended = recommend(&frontier, &references, opts.objective);
+    let finer = refinement(&frontier, recommended, opts.objective, opts.refine);
+    if !finer.is_empty() {
+        frontier.extend(replay_all(
+            &train, target, forecast, opts, &finer, &done, progress,
+        ));
+        frontier.sort_by(|a, b| a.risk.total_cmp(&b.risk));
+        recommended = recommend(&frontier, &references, opts.objective);
+    }
     let test = recommended
         .filter(|_| train_until < end)
         .and_then(Risk::new)
@@ -157,21 +173,62 @@ pub fn tune(
     }
 }
 
-/// Every dial replayed on `trace`, `opts.threads` at a time, in dial order.
+/// `refine` dials evenly between the `recommended` one and its neighbour on the side the
+/// objective forbids (the next costlier for a cost cap, the next cheaper for a loss cap):
+/// the best setting lies between them.
+fn refinement(
+    frontier: &[Point],
+    recommended: Option<f64>,
+    objective: Objective,
+    refine: u32,
+) -> Vec<Risk> {
+    let Some(r) = recommended else {
+        return Vec::new();
+    };
+    let beyond = match objective {
+        Objective::LostPct(_) => frontier.iter().rev().find(|p| p.risk < r),
+        Objective::CostOfHpa | Objective::ReplicaHours(_) => frontier.iter().find(|p| p.risk > r),
+    };
+    let Some(b) = beyond else {
+        return Vec::new();
+    };
+    // Rounded to a thousandth (as printed and written), each once.
+    let mut dials: Vec<Risk> = (1..=refine)
+        .map(|k| r + (b.risk - r) * f64::from(k) / f64::from(refine + 1))
+        .map(|d| (d * 1000.0).round() / 1000.0)
+        .filter(|&d| d != r && d != b.risk)
+        .filter_map(Risk::new)
+        .collect();
+    dials.dedup();
+    dials
+}
+
+/// A dial value as printed: two decimals, or three for a refined one.
+pub fn label(risk: f64) -> String {
+    if ((risk * 100.0).round() - risk * 100.0).abs() < 1e-6 {
+        format!("{risk:.2}")
+    } else {
+        format!("{risk:.3}")
+    }
+}
+
+/// Every one of `dials` replayed on `trace`, `opts.threads` at a time, in dial order;
+/// `done` counts the steps replayed, for `progress`.
 fn replay_all(
     trace: &Trace,
     target: &TargetConfig,
     forecast: &ForecastConfig,
     opts: &Options,
+    dials: &[Risk],
+    done: &AtomicUsize,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Vec<Point> {
     let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let points = Mutex::new(Vec::with_capacity(opts.dials.len()));
+    let points = Mutex::new(Vec::with_capacity(dials.len()));
     std::thread::scope(|s| {
-        for _ in 0..opts.threads.clamp(1, opts.dials.len().max(1)) {
+        for _ in 0..opts.threads.clamp(1, dials.len().max(1)) {
             s.spawn(|| {
-                while let Some(&r) = opts.dials.get(next.fetch_add(1, Ordering::Relaxed)) {
+                while let Some(&r) = dials.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let t = target.with_risk(r);
                     let mut seen = 0;
                     let rows = backtest(trace, &t, forecast, |n| {
@@ -312,7 +369,7 @@ impl Tuning {
             } else {
                 ""
             };
-            let name = format!("risk {:.2}", p.risk);
+            let name = format!("risk {}", label(p.risk));
             let _ = writeln!(
                 s,
                 "{name:<14} {:>8.3} {:>12.1}{mark}",
@@ -385,6 +442,27 @@ mod tests {
         assert_eq!(pick(Objective::LostPct(0.01)), None);
         assert_eq!(pick(Objective::ReplicaHours(100.0)), Some(0.0));
         assert_eq!(pick(Objective::ReplicaHours(50.0)), None);
+        // Refinement looks past the recommendation, towards what the objective forbids.
+        let near = |v: Vec<Risk>, want: &[f64]| {
+            v.len() == want.len()
+                && v.iter()
+                    .zip(want)
+                    .all(|(r, w)| (r.value() - w).abs() < 1e-9)
+        };
+        let cost = refinement(&frontier, Some(0.5), Objective::CostOfHpa, 4);
+        assert!(near(cost, &[0.6, 0.7, 0.8, 0.9]));
+        let lost = refinement(&frontier, Some(0.5), Objective::LostPct(0.5), 1);
+        assert!(near(lost, &[0.25]));
+        assert!(refinement(&frontier, Some(1.0), Objective::CostOfHpa, 4).is_empty());
+        assert!(refinement(&frontier, None, Objective::CostOfHpa, 4).is_empty());
+        assert!(refinement(&frontier, Some(0.5), Objective::CostOfHpa, 0).is_empty());
+        // Three decimals at most, each once, none already replayed.
+        let fine = refinement(&frontier, Some(0.5), Objective::CostOfHpa, 2000);
+        assert_eq!(fine.len(), 499);
+        assert_eq!(
+            (label(0.15), label(0.175), label(1.0)),
+            ("0.15".into(), "0.175".into(), "1.00".into())
+        );
     }
 
     /// A week of a daily cycle with noise: replays across the dial cost more and lose less
@@ -415,6 +493,7 @@ mod tests {
             skip: 2 * 86_400,
             objective: Objective::CostOfHpa,
             threads: 2,
+            refine: 0,
         };
         let t = tune(&trace, &target, &ForecastConfig::default(), &opts, &|_| {});
         let f = &t.frontier;
