@@ -6,7 +6,8 @@
 //!
 //! - `parse.rs`: [`RawConfig`] and its tables, as written (serde);
 //! - `validate.rs`: raw sections → validated ones, with their defaults;
-//! - `target.rs`: [`TargetConfig`], the per-target part, and its validation;
+//! - `target.rs`: [`TargetConfig`], the per-target part, and its defaults;
+//! - `target/resolve.rs`: a `[[target]]` table → [`TargetConfig`], its validation;
 //! - `cluster.rs`: [`ClusterConfig`], `[cluster]` and its validation;
 //! - `platform.rs`: `[target.platform]`: a webhook or [`KubernetesConfig`];
 //! - `secrets.rs`: [`Secret`], read from an environment variable or a file;
@@ -267,7 +268,7 @@ impl Config {
 
 /// What every validation step shares: the file, to name it in errors and to resolve
 /// relative paths against. Each part of the configuration adds its own methods
-/// (`validate.rs`, `target.rs`, `secrets.rs`).
+/// (`validate.rs`, `target/resolve.rs`, `secrets.rs`).
 struct Validator<'a> {
     file: &'a Path,
 }
