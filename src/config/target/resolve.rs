@@ -18,7 +18,10 @@ use crate::decide::balance::{MAX_WEIGHT, Settings};
 use crate::decide::risk::Risk;
 use crate::decide::{Mode, RatePolicy, Rules};
 
-/// Prometheus refuses a range query of more than 11,000 points per series.
+/// The most steps a target's history (or its forecast horizon) may span. Prometheus refuses
+/// a range query of more than 11,000 points per series, so the backfill asks in chunks
+/// (`source::prometheus::MAX_POINTS_PER_REQUEST`); this bounds how many chunks and how
+/// much memory one target may take.
 const MAX_HISTORY_POINTS: u64 = 1_000_000;
 
 /// The longest target name: it is the stem of the target's model file.
