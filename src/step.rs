@@ -16,8 +16,7 @@ use serde::Serialize;
 
 use crate::decide::alert::{self, AlertAction, AlertState, Limit};
 use crate::decide::balance::{self, Balancer, InstanceStats};
-use crate::decide::budget::{self, Claim};
-use crate::decide::explain::{Grant, Trail};
+use crate::decide::explain::Trail;
 use crate::decide::{
     self, DecideState, Decision, Explain, Mode, Observed, Policy, Reason, ReasonCode,
 };
@@ -26,84 +25,16 @@ use crate::forecast::capacity::{self, Capacity};
 use crate::forecast::{self, Forecast, Forecaster, History, Updated};
 use crate::series::{Sample, Series};
 
-/// A signal of a target: the name used in metrics, the API and messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Signal {
-    /// Requests/s.
-    RequestRate,
-    /// Latency, seconds.
-    Latency,
-    /// Replica count.
-    Replicas,
-    /// Requests/s per instance.
-    InstanceRate,
-    /// Latency per instance.
-    InstanceLatency,
-    /// Error ratio per instance.
-    InstanceErrors,
-}
+mod budget;
+mod health;
+mod rebalance;
 
-impl Signal {
-    /// The name, as in the configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RequestRate => "request_rate",
-            Self::Latency => "latency",
-            Self::Replicas => "replicas",
-            Self::InstanceRate => "instance_rate",
-            Self::InstanceLatency => "instance_latency",
-            Self::InstanceErrors => "instance_errors",
-        }
-    }
+pub use budget::{BudgetView, claim};
+pub use health::{Signal, SignalHealth, degraded_reasons};
+pub use rebalance::Rebalance;
 
-    /// Whether it is a per-instance signal (used for balancing and failover, not scaling).
-    pub fn per_instance(self) -> bool {
-        matches!(
-            self,
-            Self::InstanceRate | Self::InstanceLatency | Self::InstanceErrors
-        )
-    }
-}
-
-/// What is known of one signal's freshness.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct SignalHealth {
-    /// Timestamp of the newest sample (Unix s).
-    pub newest: Option<i64>,
-    /// When it was last polled (Unix s).
-    pub last_poll: Option<i64>,
-    /// The last poll's error, if it failed.
-    pub error: Option<String>,
-}
-
-/// Why scaling is degraded at `now`: one line per target-level signal (request rate,
-/// latency, replicas) that is missing, failing or older than `stale_after`; empty when
-/// healthy. Per-instance signals never degrade scaling: they limit balancing only.
-pub fn degraded_reasons(
-    signals: &BTreeMap<Signal, SignalHealth>,
-    now: i64,
-    stale_after: i64,
-) -> Vec<String> {
-    signals
-        .iter()
-        .filter(|(s, _)| !s.per_instance())
-        .filter_map(|(signal, h)| health_problem(*signal, h, now, stale_after))
-        .collect()
-}
-
-fn health_problem(signal: Signal, h: &SignalHealth, now: i64, stale_after: i64) -> Option<String> {
-    let name = signal.as_str();
-    match (h.newest, &h.error) {
-        (_, Some(e)) => Some(format!("{name}: {e}")),
-        (None, None) => Some(format!("{name}: no data yet")),
-        (Some(ts), None) if now - ts > stale_after => Some(format!(
-            "{name}: stale, newest sample {}s old (stale_after {stale_after}s)",
-            now - ts
-        )),
-        _ => None,
-    }
-}
+use budget::apply_budget;
+use rebalance::rebalance;
 
 /// Where predicted bottlenecks are alerted, as plain numbers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -208,18 +139,6 @@ impl Memory {
     }
 }
 
-/// The other targets' claims on a shared budget.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BudgetView {
-    /// Most replicas across all targets.
-    pub total: u32,
-    /// Every target's claim in a fixed order; the entry at `mine` is this target's and is
-    /// replaced by its fresh one.
-    pub claims: Vec<Claim>,
-    /// This target's index in `claims`.
-    pub mine: usize,
-}
-
 /// This cycle's inputs.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
@@ -241,17 +160,6 @@ pub struct Inputs<'a> {
     pub refit: bool,
     /// The shared budget, when there is one.
     pub budget: Option<&'a BudgetView>,
-}
-
-/// A rebalance to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rebalance {
-    /// Weight per instance; 0 = drained.
-    pub weights: BTreeMap<String, u32>,
-    /// Instances newly drained, with why.
-    pub drained: BTreeMap<String, String>,
-    /// Instances restored from drained.
-    pub restored: Vec<String>,
 }
 
 /// What one step decided.
@@ -582,59 +490,6 @@ fn decide_count(
     (decision, explain)
 }
 
-/// A target's claim on the budget: it wants `want` and is always granted its
-/// `min_replicas` — and, when degraded, what it runs now (up to `want`): missing data never
-/// scales in, not even for the budget.
-pub fn claim(priority: u32, min_replicas: u32, running: u32, want: u32, degraded: bool) -> Claim {
-    let min = if degraded {
-        min_replicas.max(running.min(want))
-    } else {
-        min_replicas
-    };
-    Claim {
-        priority,
-        min,
-        want,
-    }
-}
-
-/// Limits the decision to this target's share of the budget; returns the share when it
-/// limited it. A degraded target's floor is what it runs now: missing data never scales
-/// in, not even for the budget.
-fn apply_budget(
-    view: &BudgetView,
-    policy: &TargetPolicy,
-    decision: &mut Decision,
-    explain: &mut Explain,
-    degraded: bool,
-) -> Option<u32> {
-    let mut claims = view.claims.clone();
-    let mine = claims.get_mut(view.mine)?;
-    *mine = claim(
-        policy.priority,
-        policy.decide.bounds(decision.at).min,
-        decision.from,
-        decision.to,
-        degraded,
-    );
-    let total: u64 = claims.iter().map(|c| u64::from(c.want)).sum();
-    let granted = *budget::allocate(view.total, &claims).get(view.mine)?;
-    explain.inputs.budget = Some(Grant {
-        total: view.total,
-        wanted: decision.to,
-        granted: granted.min(decision.to),
-    });
-    (granted < decision.to).then(|| {
-        let message = format!(
-            "{} limited to {granted} by the budget of {} replicas across targets (asked for in all: {total})",
-            decision.to, view.total
-        );
-        explain.clamp(ReasonCode::BudgetLimited, decision.to, granted, &message);
-        decision.limit_to(granted, message);
-        granted
-    })
-}
-
 /// Whether to ask the platform for `decision.to` now, recording what is asked for.
 ///
 /// A count is asked for when it differs from the count last asked for (at first: the count
@@ -677,66 +532,6 @@ fn ask(
         memory.running = Some(d.to);
     }
     acts(policy)
-}
-
-/// Rebalances: the weights when they changed past the threshold, and whether to send them.
-///
-/// The balancer sees every instance seen by any per-instance signal, plus those it drained
-/// (a drained instance gets no traffic, so its latency series may vanish): a drained
-/// instance without data is restored to be probed, and its weight is sent.
-fn rebalance(
-    policy: &TargetPolicy,
-    memory: &mut Memory,
-    inputs: &Inputs<'_>,
-) -> (Option<Rebalance>, bool) {
-    let instance_error = inputs
-        .signals
-        .iter()
-        .any(|(s, h)| s.per_instance() && h.error.is_some());
-    if instance_error {
-        // Without fresh per-instance data, hold the weights in force.
-        return (None, false);
-    }
-    let mut instances = inputs.instances.clone();
-    for name in memory.drained.keys() {
-        instances.entry(name.clone()).or_default();
-    }
-    let balance = memory
-        .balancer
-        .update(&policy.rebalance, &instances, inputs.now);
-    let newly: BTreeMap<String, String> = balance
-        .drained
-        .iter()
-        .filter(|(k, _)| !memory.drained.contains_key(*k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let restored: Vec<String> = memory
-        .drained
-        .keys()
-        .filter(|k| !balance.drained.contains_key(*k))
-        .cloned()
-        .collect();
-    memory.drained = balance.drained;
-    let weights = balance.weights;
-    let changed = !restored.is_empty()
-        || (!weights.is_empty()
-            && balance::changed(&memory.weights, &weights, policy.rebalance.threshold));
-    if !changed {
-        return (None, false);
-    }
-    let acting = policy.mode == Mode::Act && policy.balances;
-    if acting && inputs.paused {
-        // Nothing is sent while paused: the weights in force stay the last ones sent, so
-        // the first rebalance after a resume sends what changed meanwhile.
-        return (None, false);
-    }
-    memory.weights = weights.clone();
-    let r = Rebalance {
-        weights,
-        drained: newly,
-        restored,
-    };
-    (Some(r), acting)
 }
 
 /// The alert to send, if any: a breach of what the target may still reach (its budget

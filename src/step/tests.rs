@@ -2,6 +2,7 @@
 //! here that fails without its fix.
 
 use super::*;
+use crate::decide::budget::Claim;
 use crate::decide::{RateKind, RatePolicy, Rules, Select};
 
 const STEP: i64 = 60;
