@@ -1,7 +1,7 @@
 //! Trend plus Fourier seasonal terms (daily and weekly harmonics), fitted by least squares
 //! with `linfa-linear`, plus an exponentially smoothed correction for the recent residual.
 //!
-//! The regression runs on at most [`MAX_ROWS`] evenly spaced finite points, so a 14-day
+//! The regression runs on at most `MAX_ROWS` evenly spaced finite points, so a 14-day
 //! one-minute series fits in about a millisecond. It is fitted twice: points whose residual
 //! is more than four robust standard deviations out (bursts, outliers) are left out of the
 //! second fit. A period with fewer than two cycles of history is dropped and noted.

@@ -3,7 +3,7 @@
 //! `ScaledObject` whose trigger names a prescale target gets prescale's desired replicas
 //! as its metric and KEDA does the scaling.
 //!
-//! - `GetMetricSpec`: one metric, `prescale-<target>` ([`answer::metric_name`]), of
+//! - `GetMetricSpec`: one metric, `prescale-<target>` (`answer::metric_name`), of
 //!   target size 1, so the HPA's count is the metric's value;
 //! - `GetMetrics`: the count of the target's latest decision (what prescale would ask the
 //!   platform for);
