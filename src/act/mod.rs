@@ -479,6 +479,7 @@ mod tests {
                 value: 80.5,
                 upper: 101.25,
                 planned: 101.25,
+                basis: crate::forecast::PlanBasis::Interval,
             }),
         }
     }

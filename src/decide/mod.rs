@@ -47,7 +47,7 @@ pub use types::{Latency, Peak, Reason, ReasonCode};
 
 use explain::{BoundsInForce, Inputs, PolicyKind, Recommendation, Trail};
 
-use crate::forecast::Forecast;
+use crate::forecast::{Forecast, PlanBasis};
 
 /// Whether a target's decisions are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
@@ -284,14 +284,17 @@ pub fn decide_explained(
         // that starts within `[now, now + lookahead]`.
         .and_then(|f| {
             let to = now + policy.lookahead + f.step_seconds;
+            let basis = f.plan_basis(policy.interval_share);
             f.peak_planned(now, to, policy.interval_share)
+                .map(|(p, planned)| (p, planned, basis))
         })
-        .filter(|(p, _)| p.upper.is_finite())
-        .map(|(p, planned)| Peak {
+        .filter(|(p, _, _)| p.upper.is_finite())
+        .map(|(p, planned, basis)| Peak {
             timestamp: p.timestamp,
             value: p.value,
             upper: p.upper,
             planned,
+            basis,
         });
     let demand_rps = observed.demand_rps.filter(|v| v.is_finite() && *v >= 0.0);
     if let Some(d) = demand_rps {
@@ -425,15 +428,21 @@ fn prediction(policy: &Policy, pk: Peak, headroom: f64, current: u32) -> (u32, R
     } else {
         r
     };
-    let what = if policy.interval_share == 1.0 {
-        format!("upper forecast {:.3} rps", pk.upper)
-    } else {
-        format!(
+    let what = match pk.basis {
+        PlanBasis::RecurringBursts { quantile } => format!(
+            "{planned:.3} rps planned (the last hour's median times the {:.1}% quantile of what followed it at this phase of the target's recurring bursts; forecast {:.3})",
+            quantile * 100.0,
+            pk.value
+        ),
+        PlanBasis::Interval if policy.interval_share == 1.0 => {
+            format!("upper forecast {:.3} rps", pk.upper)
+        }
+        PlanBasis::Interval => format!(
             "{planned:.3} rps planned ({:.0}% of the way from the forecast {:.3} to its upper bound {:.3}, as a quantile)",
             policy.interval_share * 100.0,
             pk.value,
             pk.upper
-        )
+        ),
     };
     let message = format!(
         "{what} at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",

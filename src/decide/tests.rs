@@ -335,3 +335,49 @@ fn a_scheduled_maximum_scales_in_through_the_stabilisation() {
         (20, "Prediction+TooManyReplicas")
     );
 }
+
+/// A load planned from the target's recurring bursts is planned for as given, even below
+/// the point forecast, and the reason says where it came from; at a share of 1 one from
+/// the interval is the upper bound.
+#[test]
+fn the_prediction_says_where_its_planned_load_came_from() {
+    let plan = |basis: PlanBasis, values: Vec<f64>| {
+        let mut f = flat(0, 100.0);
+        f.planned = Some(crate::forecast::Planned {
+            share: 1.0,
+            values,
+            basis,
+        });
+        let d = decide(
+            &policy(),
+            Some(&f),
+            obs(5, 20.0),
+            &mut DecideState::default(),
+            0,
+        );
+        let prediction = d.reasons.iter().find(|r| r.code == ReasonCode::Prediction);
+        (
+            d.to,
+            prediction.map(|r| r.message.clone()).unwrap_or_default(),
+        )
+    };
+    let recurring = PlanBasis::RecurringBursts { quantile: 0.975 };
+    let (to, why) = plan(recurring, vec![30.0; 10]);
+    assert_eq!(to, 3, "{why}");
+    assert!(
+        why.contains("97.5% quantile") && why.contains("recurring bursts"),
+        "{why}"
+    );
+    let (to, why) = plan(PlanBasis::Interval, vec![100.0; 10]);
+    assert_eq!(to, 10, "{why}");
+    assert!(why.starts_with("upper forecast 100.000 rps"), "{why}");
+    // A plan made for another share is not used: the upper bound is, and said so.
+    let mut f = flat(0, 100.0);
+    f.planned = Some(crate::forecast::Planned {
+        share: 0.5,
+        values: vec![30.0; 10],
+        basis: recurring,
+    });
+    assert_eq!(f.plan_basis(1.0), PlanBasis::Interval);
+    assert_eq!(f.plan_basis(0.5), recurring);
+}

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::forecast::PlanBasis;
+
 /// Observed latency against its objective, as plain numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Latency {
@@ -113,6 +115,8 @@ pub struct Peak {
     /// Upper bound there, requests/s.
     pub upper: f64,
     /// The load planned for there (the policy's share of the way to the upper bound, as a
-    /// calibrated quantile), requests/s.
+    /// calibrated quantile, or the quantile of the target's recurring bursts), requests/s.
     pub planned: f64,
+    /// Where `planned` comes from.
+    pub basis: PlanBasis,
 }

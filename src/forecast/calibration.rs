@@ -66,7 +66,7 @@ pub(super) struct Cycle {
 
 impl Cycle {
     fn bin(period: i64, bins: usize, ts: i64) -> usize {
-        pair::phase_bin(period, bins, ts)
+        super::stats::phase_bin(period, bins, ts)
     }
 
     /// How much wider than average the interval for a value at `ts` is when the last burst

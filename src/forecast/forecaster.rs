@@ -23,8 +23,9 @@ use super::ets::Ets;
 use super::fourier::Fourier;
 use super::model::{Fitted, Spec};
 use super::naive::SeasonalNaive;
-use super::stats::enough;
-use super::types::{Forecast, ForecastError, History, Planned, Point};
+use super::recurring::Recurring;
+use super::stats::{enough, normal_cdf, normal_quantile};
+use super::types::{Forecast, ForecastError, History, PlanBasis, Planned, Point};
 
 const DAY: i64 = 86_400;
 const WEEK: i64 = 7 * DAY;
@@ -105,6 +106,9 @@ struct State {
     /// The newest value that was a burst, when the calibration follows the time since one.
     #[serde(default)]
     last_burst: Option<i64>,
+    /// The plan for recurring bursts, when the calibration found a short cycle.
+    #[serde(default)]
+    recurring: Option<Recurring>,
 }
 
 /// What [`Forecaster::update`] did.
@@ -245,6 +249,9 @@ impl Forecaster {
                     s.last_burst = Some(ts);
                 }
             }
+            if let Some(r) = &mut s.recurring {
+                r.feed(v, ts);
+            }
             s.fitted.update(v);
             fed += 1;
             ts += step;
@@ -264,6 +271,10 @@ impl Forecaster {
         // The time of `y[0]`: the history starts after the padding.
         let base = history.start - (y.len() - history.values.len()) as i64 * settings.step;
         let (fitted, calibration, scores, last_burst) = select(&y, per_day, base, &settings, h)?;
+        let recurring = calibration
+            .as_ref()
+            .and_then(|c| c.cycle.as_ref())
+            .and_then(|c| Recurring::fit(&y, base, settings.step, c.period));
         self.state = Some(State {
             fitted,
             last_ts: history.end(),
@@ -273,6 +284,7 @@ impl Forecaster {
             scores,
             coverage: Coverage::default(),
             last_burst,
+            recurring,
         });
         Ok(())
     }
@@ -315,14 +327,7 @@ impl Forecaster {
                 }
             })
             .collect::<Vec<_>>();
-        let planned = share.zip(s.calibration.as_ref()).map(|(share, c)| Planned {
-            share,
-            values: points
-                .iter()
-                .enumerate()
-                .map(|(k, p)| c.planned(p.value, k + 1, p.timestamp, s.last_burst, share))
-                .collect(),
-        });
+        let planned = share.and_then(|share| self.planned(s, &points, share));
         Ok(Forecast {
             generated_at: now,
             step_seconds: step,
@@ -330,6 +335,36 @@ impl Forecaster {
             level,
             points,
             planned,
+        })
+    }
+
+    /// The load to plan for at each of `points` at `share`: from the plan for recurring
+    /// bursts at the quantile `share` stands for (Φ(share × z) at the interval's `z`), or
+    /// from the calibration.
+    fn planned(&self, s: &State, points: &[Point], share: f64) -> Option<Planned> {
+        let quantile = normal_cdf(share * normal_quantile(0.5 + self.settings.level / 2.0));
+        let recurring = s.recurring.as_ref().and_then(|r| {
+            let targets: Vec<i64> = points.iter().map(|p| p.timestamp).collect();
+            r.plan(s.last_ts, &targets, quantile)
+        });
+        if let Some(values) = recurring {
+            let basis = PlanBasis::RecurringBursts { quantile };
+            return Some(Planned {
+                share,
+                values,
+                basis,
+            });
+        }
+        let c = s.calibration.as_ref()?;
+        let values = points
+            .iter()
+            .enumerate()
+            .map(|(k, p)| c.planned(p.value, k + 1, p.timestamp, s.last_burst, share))
+            .collect();
+        Some(Planned {
+            share,
+            values,
+            basis: PlanBasis::Interval,
         })
     }
 

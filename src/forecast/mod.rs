@@ -21,13 +21,14 @@ mod forecaster;
 pub mod fourier;
 pub mod model;
 pub mod naive;
+mod recurring;
 mod stats;
 mod types;
 
 pub use forecaster::{
     Coverage, EVAL_WINDOW, Forecaster, ModelInfo, Score, Settings, UNDER_WEIGHT, Updated,
 };
-pub use types::{Forecast, ForecastError, History, Planned, Point};
+pub use types::{Forecast, ForecastError, History, PlanBasis, Planned, Point};
 
 /// Forecasts `history` from its last value to `now + horizon` seconds with intervals at
 /// `level` (in (0, 1)): a one-off [`Forecaster`] fitted on the spot.

@@ -118,6 +118,13 @@ pub(crate) fn quantile(xs: &mut [f64], q: f64) -> Option<f64> {
     Some(lo_v + (hi_v - lo_v) * (pos - lo as f64))
 }
 
+/// The phase bin of `ts` among `bins` of a cycle of `period` seconds (both positive).
+pub(crate) fn phase_bin(period: i64, bins: usize, ts: i64) -> usize {
+    // phase < period ≤ 4 h and bins ≤ 60: the product cannot overflow.
+    let phase = ts.rem_euclid(period);
+    ((phase * bins as i64 / period) as usize).min(bins - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

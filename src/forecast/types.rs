@@ -62,6 +62,24 @@ pub struct Planned {
     pub share: f64,
     /// One per point.
     pub values: Vec<f64>,
+    /// Where they come from.
+    pub basis: PlanBasis,
+}
+
+/// Where the load planned for comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum PlanBasis {
+    /// The share of the way from the point forecast to its upper bound, as a quantile of
+    /// the calibrated errors (or straight, when the forecaster made no plan).
+    Interval,
+    /// The target's recurring bursts: the last hour's median times the `quantile` of
+    /// what followed such a median at the same phase of the cycle and the same time since
+    /// the last burst.
+    RecurringBursts {
+        /// In (0, 1).
+        quantile: f64,
+    },
 }
 
 impl Forecast {
@@ -92,6 +110,14 @@ impl Forecast {
             })
             .filter(|(_, load)| load.is_finite())
             .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Where [`peak_planned`](Self::peak_planned)'s load at `share` comes from.
+    pub fn plan_basis(&self, share: f64) -> PlanBasis {
+        self.planned
+            .as_ref()
+            .filter(|p| p.share == share && p.values.len() == self.points.len())
+            .map_or(PlanBasis::Interval, |p| p.basis)
     }
 
     /// The points up to `to` (inclusive).

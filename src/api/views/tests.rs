@@ -26,6 +26,7 @@ fn decision(reasons: usize, peak: bool) -> decide::Decision {
             value: 41.5,
             upper: 48.25,
             planned: 45.0,
+            basis: crate::forecast::PlanBasis::Interval,
         }),
     }
 }

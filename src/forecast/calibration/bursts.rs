@@ -13,8 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::pair::{Pair, phase_bin};
-use crate::forecast::stats::quantile;
+use super::pair::Pair;
+use crate::forecast::stats::{phase_bin, quantile};
 
 /// How far back the time since the last burst is told apart: rows of one period each up
 /// to this, then one row for all longer (and none seen).

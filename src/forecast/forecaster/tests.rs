@@ -72,6 +72,7 @@ fn a_model_saved_before_bursts_and_regimes_still_plans() {
             "regimes",
             "burst_threshold",
             "recurrence",
+            "recurring",
         ] {
             m.remove(k);
         }
@@ -93,9 +94,10 @@ fn a_model_saved_before_bursts_and_regimes_still_plans() {
     assert_eq!(state.last_burst, None);
 }
 
-/// A model file whose regimes, ladder, burst table or burst state were damaged by hand
-/// loads, forecasts and plans without a panic, every planned load between the point
-/// forecast and the upper bound.
+/// A model file whose regimes, ladder, burst tables or burst state were damaged by hand
+/// loads, forecasts and plans without a panic: every planned load a finite non-negative
+/// number, and between the point forecast and the upper bound unless the plan for
+/// recurring bursts made it.
 #[test]
 fn a_damaged_burst_or_regime_in_a_model_file_never_panics() {
     let (y, f, now) = bursty();
@@ -113,6 +115,17 @@ fn a_damaged_burst_or_regime_in_a_model_file_never_panics() {
         ("last_burst", serde_json::json!(i64::MIN)),
         ("last_burst", serde_json::json!(i64::MAX)),
         ("period", serde_json::json!(i64::MAX)),
+        ("table", serde_json::json!([[1.0, f64::MAX]])),
+        (
+            "table",
+            serde_json::Value::from(vec![vec![-1.0; 16]; 24 * 10 + 1]),
+        ),
+        ("bins", serde_json::json!(0)),
+        ("rows", serde_json::json!(0)),
+        ("rows", serde_json::json!(u64::MAX)),
+        ("len", serde_json::json!(0)),
+        ("len", serde_json::json!(u64::MAX)),
+        ("recent", serde_json::json!([-1.0, 1e308, 0.0])),
     ];
     for (key, to) in damages {
         let mut json = serde_json::to_value(&f).expect("serialises");
@@ -134,13 +147,38 @@ fn a_damaged_burst_or_regime_in_a_model_file_never_panics() {
             .forecast_planned(now, 3_600, Some(0.5))
             .expect("forecasts");
         let made = planned.planned.as_ref().expect("planned values");
+        let recurring = g.state.as_ref().and_then(|s| s.recurring.as_ref());
         for (p, &load) in planned.points.iter().zip(&made.values) {
+            let bounded = recurring.is_some() || (p.value <= load && load <= p.upper.max(p.value));
             assert!(
-                load.is_nan() || (p.value <= load && load <= p.upper.max(p.value)),
+                load.is_nan() || (load.is_finite() && load >= 0.0 && bounded),
                 "{key}: {load} for {p:?}"
             );
         }
     }
+}
+
+/// Bursts every two hours are a short cycle, so the load is planned from the target's
+/// history of them: the bursts' steps get about their whole load, the calm steps about
+/// the calm load, where the calibrated quantile would put one width on every step.
+#[test]
+fn recurring_bursts_are_planned_from_their_history() {
+    let (y, f, now) = bursty();
+    let state = f.state.as_ref().expect("fitted");
+    assert!(state.recurring.is_some(), "a cycle was found");
+    let planned = f
+        .forecast_planned(now, 4 * 3_600, Some(1.0))
+        .expect("forecasts");
+    let made = planned.planned.as_ref().expect("planned values");
+    for (p, load) in planned.points.iter().zip(&made.values) {
+        let i = (p.timestamp / STEP) as usize;
+        if i % 24 < 2 {
+            assert!(*load > 270.0, "burst at {i}: {load}");
+        } else {
+            assert!(*load < 130.0, "calm at {i}: {load}");
+        }
+    }
+    assert_eq!(y.len() as i64 * STEP, now);
 }
 
 /// Forecasters fitted in the same cycle refit in different ones when their phases
