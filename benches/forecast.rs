@@ -1,6 +1,7 @@
 //! Forecasting speed: a full fit (selection, calibration, refit) plus a 1 h forecast of a
-//! 14-day one-minute series; one poll cycle (update + forecast) for 1,000 targets; and the
-//! reference, augurs MSTL + AutoETS fitted to the same series.
+//! 14-day one-minute series; the same with half-hourly bursts, planned for (the plan for
+//! recurring bursts is fitted too); one poll cycle (update + forecast) for 1,000 targets;
+//! and the reference, augurs MSTL + AutoETS fitted to the same series.
 //!
 //! `cargo bench --bench forecast` (add `-- --quick` on a busy machine).
 
@@ -23,6 +24,17 @@ fn series(n: usize) -> Vec<f64> {
             weekend * (100.0 + 60.0 * day.sin()) * (1.0 + 0.2 * noise)
         })
         .collect()
+}
+
+/// The same with a burst of 4× the load at minutes 2 to 7 of every other half hour.
+fn bursty(n: usize) -> Vec<f64> {
+    let mut y = series(n);
+    for (i, v) in y.iter_mut().enumerate() {
+        if (2..8).contains(&(i % 60)) {
+            *v *= 4.0;
+        }
+    }
+    y
 }
 
 fn settings() -> Settings {
@@ -49,6 +61,20 @@ fn benches(c: &mut Criterion) {
             let mut f = Forecaster::new(settings());
             f.update(history, now).expect("fit");
             f.forecast(now, 3_600).expect("forecast")
+        })
+    });
+
+    let b = bursty(N);
+    let bursts = History {
+        start: 0,
+        step: STEP,
+        values: &b,
+    };
+    c.bench_function("fit_and_plan_1h_14d_1min_bursty", |bench| {
+        bench.iter(|| {
+            let mut f = Forecaster::new(settings());
+            f.update(bursts, now).expect("fit");
+            f.forecast_planned(now, 3_600, Some(1.0)).expect("forecast")
         })
     });
 

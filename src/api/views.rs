@@ -131,6 +131,8 @@ pub(super) struct Peak {
     upper: f64,
     /// The load planned for there, requests/s.
     planned: f64,
+    /// Where `planned` comes from.
+    basis: PlanBasis,
 }
 
 impl From<decide::Peak> for Peak {
@@ -140,6 +142,31 @@ impl From<decide::Peak> for Peak {
             value: p.value,
             upper: p.upper,
             planned: p.planned,
+            basis: p.basis.into(),
+        }
+    }
+}
+
+/// Where the load planned for comes from.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub(super) enum PlanBasis {
+    /// The share of the way from the point forecast to its upper bound, as a quantile of
+    /// the calibrated errors.
+    Interval,
+    /// The target's recurring bursts: the last hour's median times the `quantile` of what
+    /// followed such a median at the same phase and time since the last burst.
+    RecurringBursts {
+        /// In (0, 1).
+        quantile: f64,
+    },
+}
+
+impl From<forecast::PlanBasis> for PlanBasis {
+    fn from(b: forecast::PlanBasis) -> Self {
+        match b {
+            forecast::PlanBasis::Interval => Self::Interval,
+            forecast::PlanBasis::RecurringBursts { quantile } => Self::RecurringBursts { quantile },
         }
     }
 }

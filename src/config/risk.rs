@@ -57,6 +57,7 @@ impl super::TargetConfig {
         t.target_utilization = p.target_utilization;
         t.scale_in_window = std::time::Duration::from_secs(p.scale_in_window as u64);
         t.scale_down.stabilization_window = p.scale_in_window;
+        t.scale_in_from_dial = true;
         t
     }
 }

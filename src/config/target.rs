@@ -98,6 +98,10 @@ pub struct TargetConfig {
     pub stale_after: Duration,
     /// Scale-in stabilisation window (the same as `scale_down.stabilization_window`).
     pub scale_in_window: Duration,
+    /// Whether that window is the dial's (neither `scale_in_window` nor
+    /// `behavior.scale_down.stabilization_window` is set): then, while the load planned for
+    /// comes from the target's recurring bursts, the leanest window is used instead.
+    pub scale_in_from_dial: bool,
     /// The cost/risk dial the defaults below come from (`balanced` when not given).
     pub risk: Risk,
     /// Share of the prediction interval above the point forecast planned for, in [0, 2].
@@ -159,6 +163,9 @@ impl TargetConfig {
             headroom: self.headroom,
             scale_up: self.scale_up.clone(),
             scale_down: self.scale_down.clone(),
+            recurring_scale_in: self
+                .scale_in_from_dial
+                .then(|| self.risk.planning().recurring_scale_in_window),
             schedule: self.schedule.clone(),
         }
     }
@@ -268,6 +275,7 @@ impl TargetConfig {
             step: DEFAULT_STEP,
             stale_after: 2 * DEFAULT_STEP + 2 * DEFAULT_INTERVAL,
             scale_in_window: DEFAULT_SCALE_IN_WINDOW,
+            scale_in_from_dial: true,
             risk: Risk::BALANCED,
             interval_share: 1.0,
             target_utilization: DEFAULT_TARGET_UTILIZATION,

@@ -258,6 +258,17 @@ fn the_risk_dial_sets_defaults_and_keys_override_it() {
         (t.interval_share, t.scale_down.stabilization_window),
         (0.0, 1200)
     );
+    // A window set by hand holds even while recurring bursts are planned for; the dial's
+    // gives way to the leanest.
+    assert_eq!(t.policy().recurring_scale_in, None);
+    assert_eq!(safe.targets[0].policy().recurring_scale_in, Some(300));
+    assert_eq!(d.targets[0].policy().recurring_scale_in, Some(75));
+    let by_behavior =
+        format!("{MINIMAL}[target.behavior.scale_down]\nstabilization_window = \"10m\"\n");
+    let t = &parse(&by_behavior).unwrap().targets[0];
+    assert_eq!(t.policy().recurring_scale_in, None);
+    let replayed = t.with_risk(crate::decide::risk::Risk::SAFE);
+    assert_eq!(replayed.policy().recurring_scale_in, Some(300));
 }
 
 #[test]

@@ -90,6 +90,12 @@ pub struct Policy {
     pub scale_up: Rules,
     /// Scale-down behaviour.
     pub scale_down: Rules,
+    /// The scale-down stabilisation window while the load planned for comes from the
+    /// target's recurring bursts, when shorter than `scale_down`'s: that plan holds
+    /// capacity where a burst may come back and releases it where none comes, so less
+    /// patience is needed (the dial's `recurring_scale_in_window`; `None`: the window was
+    /// configured, and holds).
+    pub recurring_scale_in: Option<i64>,
     /// Scheduled windows; their floors lead their openings by `lookahead`.
     pub schedule: Vec<schedule::Window>,
 }
@@ -269,6 +275,15 @@ pub fn decide(
     decide_explained(policy, forecast, observed, state, now).0
 }
 
+/// What [`behave`] starts from: the observation, the winning policy's count, and whether
+/// the load planned for came from the target's recurring bursts.
+#[derive(Debug, Clone, Copy)]
+struct Behave {
+    observed: Observed,
+    recommended: u32,
+    recurring: bool,
+}
+
 /// Decides the replica count at `now`, with why: every policy's recommendation and each
 /// clamp in order.
 pub fn decide_explained(
@@ -341,7 +356,14 @@ pub fn decide_explained(
         }
         Some((recommended, reason)) => {
             trail.reasons.push(reason);
-            behave(policy, state, observed, recommended, now, &mut trail)
+            let recurring =
+                peak.is_some_and(|p| matches!(p.basis, PlanBasis::RecurringBursts { .. }));
+            let input = Behave {
+                observed,
+                recommended,
+                recurring,
+            };
+            behave(policy, state, input, now, &mut trail)
         }
     };
     state.last = Some(now);
@@ -521,16 +543,31 @@ fn performance(l: Latency, demand_rps: Option<f64>, current: u32) -> (u32, Reaso
 fn behave(
     policy: &Policy,
     state: &mut DecideState,
-    observed: Observed,
-    recommended: u32,
+    input: Behave,
     now: i64,
     trail: &mut Trail<'_>,
 ) -> u32 {
+    let Behave {
+        observed,
+        recommended,
+        recurring,
+    } = input;
     let current = observed.replicas;
-    let (up, down) = (&policy.scale_up, &policy.scale_down);
+    let up = &policy.scale_up;
     let bounds = policy.bounds(now);
     let recommended = scheduled(&bounds, recommended, trail);
-    state.history.recommend(now, recommended, up, down);
+    // Every recommendation is kept for the configured window, whichever is used now.
+    state
+        .history
+        .recommend(now, recommended, up, &policy.scale_down);
+    let narrowed = policy
+        .recurring_scale_in
+        .filter(|&w| recurring && w < policy.scale_down.stabilization_window)
+        .map(|w| Rules {
+            stabilization_window: w,
+            ..policy.scale_down.clone()
+        });
+    let down = narrowed.as_ref().unwrap_or(&policy.scale_down);
     let mut to = state.history.stabilized(now, current, up, down);
     if to > recommended {
         let m = format!(

@@ -5,19 +5,22 @@
 //! moves the same way as the dial grows, so a larger value plans for more and releases
 //! later:
 //!
-//! | at | interval share | prediction utilisation | target utilisation | scale-in window |
-//! |---|---|---|---|---|
-//! | 0 (leanest) | 0 | 1.00 | 0.95 | 75 s |
-//! | 0.25 `lean` | 0.5 | 0.95 | 0.825 | 150 s |
-//! | 0.5 `balanced` | 1.0 | 0.90 | 0.70 | 300 s |
-//! | 0.75 `safe` | 1.25 | 0.85 | 0.625 | 600 s |
-//! | 1 (safest) | 1.5 | 0.80 | 0.55 | 1200 s |
+//! | at | interval share | prediction utilisation | target utilisation | scale-in window | with recurring bursts |
+//! |---|---|---|---|---|---|
+//! | 0 (leanest) | 0 | 1.00 | 0.95 | 75 s | 75 s |
+//! | 0.25 `lean` | 0.5 | 0.95 | 0.825 | 150 s | 75 s |
+//! | 0.5 `balanced` | 1.0 | 0.90 | 0.70 | 300 s | 75 s |
+//! | 0.75 `safe` | 1.25 | 0.85 | 0.625 | 600 s | 300 s |
+//! | 1 (safest) | 1.5 | 0.80 | 0.55 | 1200 s | 1200 s |
 //!
 //! The interval share is how much of the prediction interval above the point forecast is
 //! planned for (1: the upper bound; 0: the point forecast alone; in between, the quantile a
 //! normal error would put that far, read from the target's calibrated errors). The
 //! lean half moves faster than the safe half: below the defaults the forecast's own margin
-//! is what is given up first.
+//! is what is given up first. When the load planned for comes from the target's recurring
+//! bursts (a quantile of what followed at the same phase and time since a burst), the
+//! share stands for the quantile a normal error would put there, and scale-in waits the
+//! last column's window: that plan already holds capacity where a burst may come back.
 
 use serde::Serialize;
 
@@ -36,6 +39,10 @@ pub struct Planning {
     pub target_utilization: f64,
     /// The scale-down stabilisation window, seconds.
     pub scale_in_window: i64,
+    /// The scale-down stabilisation window while the load planned for comes from the
+    /// target's recurring bursts, seconds: that plan already keeps capacity where a burst
+    /// may come back, so the leanest window up to `balanced`, then rising to the safest.
+    pub recurring_scale_in_window: i64,
 }
 
 impl Risk {
@@ -74,9 +81,15 @@ impl Risk {
             interval_share: if lean { 2.0 * d } else { 0.5 + d },
             prediction_utilization: 1.0 - 0.2 * d,
             target_utilization: if lean { 0.95 - 0.5 * d } else { 0.85 - 0.3 * d },
-            scale_in_window: (300.0 * 4f64.powf(2.0 * d - 1.0)).round() as i64,
+            scale_in_window: window(d),
+            recurring_scale_in_window: window((2.0 * d - 1.0).max(0.0)),
         }
     }
+}
+
+/// The scale-in window at `d` on the dial: 75 s at 0, 300 s at ½, 1200 s at 1.
+fn window(d: f64) -> i64 {
+    (300.0 * 4f64.powf(2.0 * d - 1.0)).round() as i64
 }
 
 impl Default for Risk {
@@ -96,6 +109,15 @@ mod tests {
         assert!((b.prediction_utilization - 0.9).abs() < 1e-12);
         assert!((b.target_utilization - 0.7).abs() < 1e-12);
         assert_eq!(b.scale_in_window, 300);
+        assert_eq!(b.recurring_scale_in_window, 75);
+        assert_eq!(Risk::SAFE.planning().recurring_scale_in_window, 300);
+        assert_eq!(
+            Risk::new(1.0)
+                .expect("in range")
+                .planning()
+                .recurring_scale_in_window,
+            1200
+        );
         let dial: Vec<Planning> = (0..=20)
             .map(|k| Risk::new(f64::from(k) / 20.0).expect("in range").planning())
             .collect();
@@ -104,6 +126,8 @@ mod tests {
             assert!(w[1].prediction_utilization < w[0].prediction_utilization);
             assert!(w[1].target_utilization < w[0].target_utilization);
             assert!(w[1].scale_in_window >= w[0].scale_in_window);
+            assert!(w[1].recurring_scale_in_window >= w[0].recurring_scale_in_window);
+            assert!(w[1].recurring_scale_in_window <= w[1].scale_in_window);
         }
         assert!(Risk::new(1.01).is_none() && Risk::new(f64::NAN).is_none());
         assert_eq!(Risk::named("safe"), Some(Risk::SAFE));

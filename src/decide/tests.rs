@@ -18,6 +18,7 @@ fn policy() -> Policy {
         headroom: 0.0,
         scale_up: Rules::default_scale_up(),
         scale_down: Rules::default_scale_down(),
+        recurring_scale_in: None,
         schedule: Vec::new(),
     }
 }
@@ -380,4 +381,34 @@ fn the_prediction_says_where_its_planned_load_came_from() {
     });
     assert_eq!(f.plan_basis(1.0), PlanBasis::Interval);
     assert_eq!(f.plan_basis(0.5), recurring);
+}
+
+/// While the load planned for comes from the target's recurring bursts, scale-in waits
+/// only the leanest window (that plan already keeps capacity where a burst may come back);
+/// a plan from the interval, or a window configured by hand, keeps the full window.
+#[test]
+fn a_plan_from_recurring_bursts_scales_in_after_the_shorter_window() {
+    let run = |basis: PlanBasis, recurring_scale_in: Option<i64>| {
+        let p = Policy {
+            recurring_scale_in,
+            ..policy()
+        };
+        let mut st = DecideState::default();
+        let planned = |upper: f64, now: i64| {
+            let mut f = flat(now, upper);
+            f.planned = Some(crate::forecast::Planned {
+                share: 1.0,
+                values: vec![upper; 10],
+                basis,
+            });
+            f
+        };
+        let first = decide(&p, Some(&planned(100.0, 0)), obs(5, 20.0), &mut st, 0);
+        assert_eq!(first.to, 10);
+        decide(&p, Some(&planned(30.0, 120)), obs(10, 20.0), &mut st, 120).to
+    };
+    let recurring = PlanBasis::RecurringBursts { quantile: 0.975 };
+    assert_eq!(run(recurring, Some(75)), 3);
+    assert_eq!(run(recurring, None), 10);
+    assert_eq!(run(PlanBasis::Interval, Some(75)), 10);
 }

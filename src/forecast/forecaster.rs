@@ -373,7 +373,14 @@ impl Forecaster {
         let s = self.state.as_ref()?;
         Some(ModelInfo {
             model: s.fitted.name(),
-            description: s.fitted.describe(),
+            description: match &s.recurring {
+                Some(r) => format!(
+                    "{}; load planned from bursts recurring on a {} s cycle",
+                    s.fitted.describe(),
+                    r.period()
+                ),
+                None => s.fitted.describe(),
+            },
             fitted_at: s.fitted_at,
             last_observation: s.last_ts,
             calibrated: s.calibration.is_some(),

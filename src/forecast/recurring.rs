@@ -120,8 +120,9 @@ pub(super) struct Recurring {
     bins: usize,
     rows: usize,
     /// The quantiles at [`LEVELS`] per group: `rows × bins` (row-major), then one per phase
-    /// bin, then one over all; empty for a group seen too rarely.
-    table: Vec<Vec<f64>>,
+    /// bin, then one over all; empty for a group seen too rarely. Single precision: a
+    /// ratio needs no more, and a bursty target's model is half the size.
+    table: Vec<Vec<f32>>,
     tracker: Tracker,
 }
 
@@ -166,6 +167,11 @@ impl Recurring {
             .last()
             .is_some_and(|all| !all.is_empty())
             .then_some(fit)
+    }
+
+    /// The cycle's length (s).
+    pub(super) fn period(&self) -> i64 {
+        self.period
     }
 
     /// Takes the value at `ts` (after the last one fed).
@@ -220,9 +226,9 @@ impl Recurring {
 
 /// The quantiles at [`LEVELS`] of each group with enough ratios, then of each phase bin
 /// over every row, then of all.
-fn ladders(groups: Vec<Vec<f64>>, bins: usize) -> Vec<Vec<f64>> {
+fn ladders(groups: Vec<Vec<f64>>, bins: usize) -> Vec<Vec<f32>> {
     let mut per_bin = vec![Vec::new(); bins];
-    let mut table: Vec<Vec<f64>> = Vec::with_capacity(groups.len() + bins + 1);
+    let mut table: Vec<Vec<f32>> = Vec::with_capacity(groups.len() + bins + 1);
     for (g, ratios) in groups.into_iter().enumerate() {
         per_bin[g % bins].extend_from_slice(&ratios);
         table.push(ladder(ratios));
@@ -234,7 +240,7 @@ fn ladders(groups: Vec<Vec<f64>>, bins: usize) -> Vec<Vec<f64>> {
 }
 
 /// The quantiles at [`LEVELS`] of `ratios`; empty when there are fewer than [`MIN_GROUP`].
-fn ladder(mut ratios: Vec<f64>) -> Vec<f64> {
+fn ladder(mut ratios: Vec<f64>) -> Vec<f32> {
     if ratios.len() < MIN_GROUP {
         return Vec::new();
     }
@@ -245,23 +251,24 @@ fn ladder(mut ratios: Vec<f64>) -> Vec<f64> {
         .map(|&q| {
             let pos = q * last;
             let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-            ratios[lo] + (ratios[hi] - ratios[lo]) * (pos - lo as f64)
+            (ratios[lo] + (ratios[hi] - ratios[lo]) * (pos - lo as f64)) as f32
         })
         .collect()
 }
 
 /// The value of `ladder` (quantiles at [`LEVELS`]) at level `q`, interpolated; clamped to
 /// the ends.
-fn at(ladder: &[f64], q: f64) -> f64 {
+fn at(ladder: &[f32], q: f64) -> f64 {
     let j = LEVELS.partition_point(|&l| l <= q);
     if j == 0 {
-        return ladder[0];
+        return f64::from(ladder[0]);
     }
     if j == LEVELS.len() {
-        return ladder[j - 1];
+        return f64::from(ladder[j - 1]);
     }
     let (l0, l1) = (LEVELS[j - 1], LEVELS[j]);
-    ladder[j - 1] + (ladder[j] - ladder[j - 1]) * (q - l0) / (l1 - l0)
+    let (a, b) = (f64::from(ladder[j - 1]), f64::from(ladder[j]));
+    a + (b - a) * (q - l0) / (l1 - l0)
 }
 
 #[cfg(test)]

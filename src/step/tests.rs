@@ -27,6 +27,7 @@ fn policy() -> TargetPolicy {
                 stabilization_window: 0,
                 ..Rules::default_scale_down()
             },
+            recurring_scale_in: None,
             schedule: Vec::new(),
         },
         forecast: forecast::Settings {

@@ -14,6 +14,14 @@ fn check<C: Serialize + std::fmt::Debug, V: Serialize>(core: &C, view: V) {
 }
 
 fn decision(reasons: usize, peak: bool) -> decide::Decision {
+    decision_with(reasons, peak, crate::forecast::PlanBasis::Interval)
+}
+
+fn decision_with(
+    reasons: usize,
+    peak: bool,
+    basis: crate::forecast::PlanBasis,
+) -> decide::Decision {
     decide::Decision {
         at: 1_800_000_000,
         from: 2,
@@ -26,14 +34,19 @@ fn decision(reasons: usize, peak: bool) -> decide::Decision {
             value: 41.5,
             upper: 48.25,
             planned: 45.0,
-            basis: crate::forecast::PlanBasis::Interval,
+            basis,
         }),
     }
 }
 
 #[test]
 fn decisions_and_their_records() {
-    for d in [decision(0, false), decision(2, true)] {
+    let recurring = crate::forecast::PlanBasis::RecurringBursts { quantile: 0.9 };
+    for d in [
+        decision(0, false),
+        decision(2, true),
+        decision_with(1, true, recurring),
+    ] {
         check(&d, Decision::from(&d));
         for mode in [config::Mode::Act, config::Mode::ForecastOnly] {
             let r = store::DecisionRecord::new("web", d.clone(), mode);

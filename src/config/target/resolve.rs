@@ -70,6 +70,11 @@ impl Validator<'_> {
         let dial_window = Duration::from_secs(planning.risk.planning().scale_in_window as u64);
         let scale_in_window = t.scale_in_window.unwrap_or(dial_window);
         let explicit = t.scale_in_window.is_some();
+        let scale_in_from_dial = !explicit
+            && t.behavior
+                .as_ref()
+                .and_then(|b| b.scale_down.as_ref())
+                .is_none_or(|r| r.stabilization_window.is_none());
         let (scale_up, scale_down) =
             self.behavior(&t.name, (scale_in_window, explicit), t.behavior)?;
         let rebalance = self.rebalance(
@@ -98,6 +103,7 @@ impl Validator<'_> {
             step: timing.step,
             stale_after: timing.stale_after,
             scale_in_window: Duration::from_secs(scale_down.stabilization_window as u64),
+            scale_in_from_dial,
             risk: planning.risk,
             interval_share: planning.interval_share,
             target_utilization: planning.target_utilization,

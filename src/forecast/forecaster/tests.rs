@@ -166,6 +166,13 @@ fn recurring_bursts_are_planned_from_their_history() {
     let (y, f, now) = bursty();
     let state = f.state.as_ref().expect("fitted");
     assert!(state.recurring.is_some(), "a cycle was found");
+    let info = f.info().expect("fitted");
+    assert!(
+        info.description
+            .ends_with("load planned from bursts recurring on a 7200 s cycle"),
+        "{}",
+        info.description
+    );
     let planned = f
         .forecast_planned(now, 4 * 3_600, Some(1.0))
         .expect("forecasts");
