@@ -16,6 +16,9 @@
 //!   [`MIN_GROUP`] times gives way to its phase bin's over every time since a burst, then
 //!   to all ratios.
 //!
+//! A fit needs at least a day and 24 cycles of history ([`MIN_SPAN`], [`MIN_FIT_CYCLES`]):
+//! a cycle found in a few hours of errors may be chance.
+//!
 //! The plan at quantile `q` is the baseline times the group's `q`-quantile: where a burst
 //! is likely it is planned whole (or not at all, below its probability); where one has just
 //! passed it is not. A **burst** starts when a value reaches [`BURST`] times the baseline
@@ -51,6 +54,10 @@ const MIN_GROUP: usize = 20;
 pub(super) const FIT_STEPS: usize = 15;
 /// The history fitted on, at most (s).
 const FIT_SPAN: i64 = 28 * 86_400;
+/// The history a fit needs, at least: a day, and this many cycles. A cycle found in a few
+/// hours of errors may be chance, and a few hours hold too few of each group.
+const MIN_SPAN: i64 = 86_400;
+const MIN_FIT_CYCLES: i64 = 24;
 /// The quantile levels kept per group; a plan between two is interpolated, outside them
 /// clamped.
 const LEVELS: [f64; 16] = [
@@ -148,6 +155,13 @@ impl Recurring {
         let mut groups = vec![Vec::new(); rows * bins];
         let mut scratch = Vec::new();
         let from = y.len().saturating_sub((FIT_SPAN / step.max(1)) as usize);
+        let seen = y[from..]
+            .iter()
+            .filter(|v| v.is_finite() && **v >= 0.0)
+            .count() as i64;
+        if seen * step < MIN_SPAN.max(MIN_FIT_CYCLES * period) {
+            return None;
+        }
         for (i, &v) in y.iter().enumerate().skip(from) {
             let ts = base + i as i64 * step;
             fit.tracker.feed(v, ts, &mut scratch);
@@ -335,11 +349,14 @@ mod tests {
         }
     }
 
-    /// No plan from a cycle of fewer than four steps, from nothing, or before the baseline
-    /// has half its window.
+    /// No plan from a cycle of fewer than four steps, from nothing, from under a day or
+    /// under 24 cycles of history, or before the baseline has half its window.
     #[test]
-    fn needs_bins_values_and_a_baseline() {
+    fn needs_bins_values_history_and_a_baseline() {
         let y: Vec<f64> = (0..2_000).map(minute).collect();
+        assert!(Recurring::fit(&y[..1_400], 0, STEP, HALF_HOUR).is_none());
+        assert!(Recurring::fit(&y[..1_440], 0, STEP, HALF_HOUR).is_some());
+        assert!(Recurring::fit(&y, 0, STEP, 2 * 3_600).is_none());
         assert!(Recurring::fit(&y, 0, STEP, 180).is_none());
         assert!(Recurring::fit(&y, 0, STEP, i64::MAX).is_none());
         assert!(Recurring::fit(&[f64::NAN; 2_000], 0, STEP, HALF_HOUR).is_none());
