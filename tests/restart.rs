@@ -9,14 +9,17 @@
 //! it, and no decision or webhook may ask for fewer: with and without a `replicas` query.
 //! A paused target stays paused across a `kill -9` and asks for nothing until resumed.
 //!
-//! Nothing sleeps: every step waits on a condition with a deadline.
+//! Nothing sleeps: every step waits on a condition with a deadline. The backfilled day
+//! is continued by a live exporter that Prometheus scrapes, so that the request rate stays
+//! fresh however long a busy machine takes to settle, stop and restart prescale.
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::{AppProcess, Prometheus, Receiver, Reply, TempConfig, TestConfig, TestTarget};
+use common::{AppProcess, Backfill, Exporter, Options, Prometheus, Receiver, Reply};
+use common::{TempConfig, TestConfig, TestTarget};
 use common::{free_addr, poll_until};
 use prescale::act::Receivers;
 use prescale::act::outbox::{Outbox, Settings};
@@ -38,6 +41,36 @@ const CAPACITY: f64 = 0.05;
 const CAPACITY_AFTER: f64 = 0.04;
 /// The platform's own count when it is observed: one replica per `CAPACITY` rps of demand.
 const REPLICAS_QUERY: &str = r#"ceil(sum(rate(http_requests_total{job="web"}[5m])) / 0.05)"#;
+
+/// A Prometheus holding the trace's last day, continued live at the rate of its last hour
+/// by an exporter it scrapes every second (dropped with it).
+struct Live {
+    prom: Prometheus,
+    _exporter: Exporter,
+}
+
+impl Live {
+    fn start() -> Self {
+        let fill = Backfill::from_trace(1);
+        let rate = fill
+            .rate(fill.end(), 3600)
+            .expect("the backfill holds an hour");
+        let exporter = Exporter::start(fill.total(), rate);
+        let prom = Prometheus::start(Options {
+            backfill: Some(fill),
+            scrape: Some(exporter.addr()),
+            ..Options::default()
+        });
+        Self {
+            prom,
+            _exporter: exporter,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.prom.url()
+    }
+}
 
 /// How prescale is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +200,7 @@ fn decisions_after(app: &AppProcess, since: i64) -> Option<Vec<Value>> {
 /// restart starts from the count asked for before it, and nothing asks for fewer.
 fn restart_never_scales_in(how: Stop, observed: bool) {
     let case = format!("{how:?}, replicas query: {observed}");
-    let prom = Prometheus::backfilled(1);
+    let prom = Live::start();
     let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
     let cfg = config(&prom.url(), &receiver, observed, CAPACITY).write();
     cfg.write_file("secret", SECRET);
@@ -254,7 +287,7 @@ fn post(app: &AppProcess, path: &str) {
 /// and asks for nothing; resumed, it asks from the count it held.
 #[test]
 fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
-    let prom = Prometheus::backfilled(1);
+    let prom = Live::start();
     let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
     let cfg = config(&prom.url(), &receiver, false, CAPACITY).write();
     cfg.write_file("secret", SECRET);
@@ -300,7 +333,7 @@ fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
 /// nothing; restarted with `initial_replicas`, it asks from that count.
 #[test]
 fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
-    let prom = Prometheus::backfilled(1);
+    let prom = Live::start();
     let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
     let unknown = TestConfig::new().prometheus(&prom.url()).target(
         TestTarget::new("web", common::RATE_QUERY)
