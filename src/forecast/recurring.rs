@@ -87,17 +87,27 @@ impl Tracker {
     }
 
     /// Takes the value at `ts`; anything but a finite non-negative value is a gap.
-    fn feed(&mut self, v: f64, ts: i64, scratch: &mut Vec<f64>) {
-        if !(v.is_finite() && v >= 0.0) {
+    fn feed(&mut self, v: f64, ts: i64) {
+        if !usable(v) {
             return;
         }
-        while self.recent.len() >= self.len.max(1) {
-            self.recent.pop_front();
+        self.push(v);
+        if let Some(b) = self.baseline() {
+            self.mark(v, ts, b);
         }
+    }
+
+    /// Adds `v` (usable) to the window; returns the value it pushed out.
+    fn push(&mut self, v: f64) -> Option<f64> {
+        let out = (self.recent.len() >= self.len.max(1))
+            .then(|| self.recent.pop_front())
+            .flatten();
         self.recent.push_back(v);
-        let Some(b) = self.baseline(scratch) else {
-            return;
-        };
+        out
+    }
+
+    /// Starts or ends a burst at `ts` by `v` against the baseline `b`.
+    fn mark(&mut self, v: f64, ts: i64, b: f64) {
         if v >= BURST * b && !self.in_burst {
             self.last_burst = Some(ts);
             self.in_burst = true;
@@ -106,15 +116,19 @@ impl Tracker {
         }
     }
 
+    /// Whether the window holds enough values for a baseline: half of it.
+    fn enough(&self) -> bool {
+        self.recent.len() * 2 >= self.len
+    }
+
     /// The median of the recent values, once at least half the window is seen and it is
     /// positive.
-    fn baseline(&self, scratch: &mut Vec<f64>) -> Option<f64> {
-        if self.recent.len() * 2 < self.len {
+    fn baseline(&self) -> Option<f64> {
+        if !self.enough() {
             return None;
         }
-        scratch.clear();
-        scratch.extend(self.recent.iter().copied());
-        quantile(scratch, 0.5).filter(|b| *b > 0.0)
+        let mut values: Vec<f64> = self.recent.iter().copied().collect();
+        quantile(&mut values, 0.5).filter(|b| *b > 0.0)
     }
 }
 
@@ -153,24 +167,26 @@ impl Recurring {
             tracker: Tracker::new(step),
         };
         let mut groups = vec![Vec::new(); rows * bins];
-        let mut scratch = Vec::new();
         let from = y.len().saturating_sub((FIT_SPAN / step.max(1)) as usize);
-        let seen = y[from..]
-            .iter()
-            .filter(|v| v.is_finite() && **v >= 0.0)
-            .count() as i64;
+        let seen = y[from..].iter().filter(|v| usable(**v)).count() as i64;
         if seen * step < MIN_SPAN.max(MIN_FIT_CYCLES * period) {
             return None;
         }
+        let mut window = Sorted::default();
         for (i, &v) in y.iter().enumerate().skip(from) {
             let ts = base + i as i64 * step;
-            fit.tracker.feed(v, ts, &mut scratch);
-            let Some(b) = fit.tracker.baseline(&mut scratch) else {
+            if usable(v) {
+                window.replace(fit.tracker.push(v), v);
+            }
+            let Some(b) = window.median().filter(|b| fit.tracker.enough() && *b > 0.0) else {
                 continue;
             };
+            if usable(v) {
+                fit.tracker.mark(v, ts, b);
+            }
             let row = fit.row(ts);
             for (h, &later) in y.iter().enumerate().skip(i + 1).take(FIT_STEPS) {
-                if later.is_finite() && later >= 0.0 {
+                if usable(later) {
                     let bin = phase_bin(period, bins, base + h as i64 * step);
                     groups[row * bins + bin].push(later / b);
                 }
@@ -191,7 +207,7 @@ impl Recurring {
     /// Takes the value at `ts` (after the last one fed).
     pub(super) fn feed(&mut self, v: f64, ts: i64) {
         if self.valid() {
-            self.tracker.feed(v, ts, &mut Vec::new());
+            self.tracker.feed(v, ts);
         }
     }
 
@@ -202,7 +218,7 @@ impl Recurring {
         if !self.valid() {
             return None;
         }
-        let b = self.tracker.baseline(&mut Vec::new())?;
+        let b = self.tracker.baseline()?;
         let (bins, rows) = (self.bins, self.rows);
         let row = self.row(origin);
         targets
@@ -254,20 +270,61 @@ fn ladders(groups: Vec<Vec<f64>>, bins: usize) -> Vec<Vec<f32>> {
 }
 
 /// The quantiles at [`LEVELS`] of `ratios`; empty when there are fewer than [`MIN_GROUP`].
+/// Each rank needed is selected in what lies above the one before, not sorted: a fit
+/// builds a ladder for every group, every phase bin and all ratios.
 fn ladder(mut ratios: Vec<f64>) -> Vec<f32> {
     if ratios.len() < MIN_GROUP {
         return Vec::new();
     }
-    ratios.sort_unstable_by(f64::total_cmp);
     let last = (ratios.len() - 1) as f64;
+    let mut placed = 0;
+    let mut rank = |r: usize, ratios: &mut [f64]| {
+        if r >= placed {
+            ratios[placed..].select_nth_unstable_by(r - placed, f64::total_cmp);
+            placed = r + 1;
+        }
+        ratios[r]
+    };
     LEVELS
         .iter()
         .map(|&q| {
             let pos = q * last;
             let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-            (ratios[lo] + (ratios[hi] - ratios[lo]) * (pos - lo as f64)) as f32
+            let lo_v = rank(lo, &mut ratios);
+            let hi_v = rank(hi, &mut ratios);
+            (lo_v + (hi_v - lo_v) * (pos - lo as f64)) as f32
         })
         .collect()
+}
+
+/// A value a plan can use: finite and non-negative; anything else is a gap.
+fn usable(v: f64) -> bool {
+    v.is_finite() && v >= 0.0
+}
+
+/// The baseline's window kept sorted while a fit walks the history: its median in a
+/// binary search a value, not a selection.
+#[derive(Debug, Default)]
+struct Sorted(Vec<f64>);
+
+impl Sorted {
+    /// Removes `out` (when the window pushed one out) and inserts `v`.
+    fn replace(&mut self, out: Option<f64>, v: f64) {
+        if let Some(o) = out {
+            let i = self.0.partition_point(|x| x.total_cmp(&o).is_lt());
+            self.0.remove(i);
+        }
+        let i = self.0.partition_point(|x| x.total_cmp(&v).is_lt());
+        self.0.insert(i, v);
+    }
+
+    /// The median, interpolated as [`quantile`] does.
+    fn median(&self) -> Option<f64> {
+        let last = self.0.len().checked_sub(1)?;
+        let pos = 0.5 * last as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        Some(self.0[lo] + (self.0[hi] - self.0[lo]) * (pos - lo as f64))
+    }
 }
 
 /// The value of `ladder` (quantiles at [`LEVELS`]) at level `q`, interpolated; clamped to
