@@ -35,6 +35,8 @@ const NOT_FROM_CORE: &[&str] = &[
     "metrics",
     "clock",
     "telemetry",
+    "serve",
+    "signals",
     "lib",
     "main",
 ];

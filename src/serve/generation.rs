@@ -1,0 +1,270 @@
+//! One configuration at work ([`Generation`]: its store and its targets' loops) and the
+//! switch to the next: at a reload of the file, or when the discovered targets change.
+//! Everything that can fail is done before anything running is touched.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::{Shared, Sources, receivers};
+use crate::{act, api, config, models, pipeline, reload, source, store};
+
+/// One configuration at work: its store and its targets' loops.
+pub(super) struct Generation {
+    /// The configuration file's, as validated.
+    pub(super) file: config::Config,
+    /// `file` with the discovered targets: what runs.
+    pub(super) config: config::Config,
+    pub(super) source: Arc<dyn source::Source>,
+    pub(super) store: store::Store,
+    stop: watch::Sender<bool>,
+    loops: tokio::task::JoinSet<()>,
+}
+
+impl Generation {
+    /// A store for `config`'s targets (`file`'s and the discovered ones), attached to the
+    /// outbox; no loop runs yet.
+    pub(super) fn new(
+        file: config::Config,
+        config: config::Config,
+        source: Arc<dyn source::Source>,
+        shared: &Shared,
+    ) -> Self {
+        let store = store::Store::with_clock(&config.targets, shared.metrics.clone(), shared.clock);
+        store.set_outbox(shared.outbox.clone());
+        store.set_discovery(shared.discovery.clone());
+        Self {
+            file,
+            config,
+            source,
+            store,
+            stop: watch::channel(false).0,
+            loops: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Starts a loop per target, polling its source; with `[cluster]`, one per target this
+    /// instance owns, following ownership ([`pipeline::run_owned`]).
+    pub(super) fn spawn_loops(&mut self, shared: &Shared) {
+        let c = &self.config;
+        let source = self.source.clone();
+        let store = self.store.clone();
+        let outbox = shared.outbox.clone();
+        let (alerts, budget, forecast) = (c.alertmanager.clone(), c.budget, c.forecast.clone());
+        let models = models::ModelsDir::new(&c.forecast.models_dir);
+        let receivers = shared.receivers.clone();
+        let make = move |target: Arc<config::TargetConfig>, ownership| pipeline::TargetLoop {
+            kubernetes: receivers.kubernetes(&target.name),
+            target,
+            source: source.clone(),
+            store: store.clone(),
+            outbox: outbox.clone(),
+            alerts: alerts.clone(),
+            budget,
+            forecast: forecast.clone(),
+            models: models.clone(),
+            ownership,
+        };
+        let targets = c.targets.iter().map(|t| Arc::new(t.clone()));
+        match &shared.cluster {
+            None => {
+                for t in targets {
+                    self.loops.spawn(make(t, None).run(self.stop.subscribe()));
+                }
+            }
+            Some(cluster) => {
+                let owned = pipeline::run_owned(
+                    cluster.clone(),
+                    targets.collect(),
+                    self.store.clone(),
+                    move |t, o| make(t, Some(o)),
+                    self.stop.subscribe(),
+                );
+                self.loops.spawn(owned);
+            }
+        }
+    }
+
+    /// The API over this store, guarded as `[server]` says.
+    pub(super) fn router(&self, shared: &Shared) -> axum::Router {
+        api::router(
+            self.store.clone(),
+            api::ApiAuth::from_config(&self.config.server),
+            shared.fleet.clone(),
+        )
+    }
+
+    /// Stops the loops and waits for them.
+    pub(super) async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        while self.loops.join_next().await.is_some() {}
+    }
+
+    /// Takes over `old`'s state: a target kept as it was keeps all of it; a changed one
+    /// keeps its pause, last delivery and decision history.
+    pub(super) fn take_over(&self, old: &store::Store, changes: &reload::Changes) {
+        for name in self.store.names() {
+            let (Some(mut was), Some(mut now)) = (old.target(name), self.store.target(name)) else {
+                continue;
+            };
+            if changes.keeps(name) {
+                std::mem::swap(&mut *was, &mut *now);
+                std::mem::swap(&mut was.config, &mut now.config);
+            } else {
+                now.paused = was.paused;
+                now.last_delivery = was.last_delivery.take();
+                now.decisions = std::mem::take(&mut was.decisions);
+            }
+        }
+        self.store.continue_decisions_after(old);
+    }
+}
+
+/// Reads the configuration file again and, if it is valid and needs no restart, stops the
+/// running loops and starts new ones with it; otherwise logs why and keeps `running`.
+pub(super) async fn reload_config(
+    running: Generation,
+    sources: &Sources,
+    shared: &Shared,
+) -> Generation {
+    let file = running.config.file.clone();
+    let (config, source) = match prepare_reload(&running.config, sources) {
+        Ok(ready) => ready,
+        Err(e) => {
+            let error = one_line(&format!("{e:#}"));
+            tracing::error!(file = %file.display(), %error, "configuration reload refused; the running configuration is kept");
+            return running;
+        }
+    };
+    shared.discovery.reconfigure(&config);
+    switch(running, config, source, shared, Switch::Reloaded).await
+}
+
+/// Why the loops are started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Switch {
+    /// The configuration file was read again (SIGHUP).
+    Reloaded,
+    /// The discovered targets changed.
+    Discovered,
+}
+
+impl Switch {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Reloaded => "configuration reloaded",
+            Self::Discovered => "discovered targets changed",
+        }
+    }
+}
+
+/// Runs `file` with the targets discovered now: stops the running loops and starts new
+/// ones, unless `file` is the running one and no target was added, removed or changed.
+pub(super) async fn switch(
+    mut running: Generation,
+    file: config::Config,
+    source: Arc<dyn source::Source>,
+    shared: &Shared,
+    why: Switch,
+) -> Generation {
+    let config = shared.discovery.merged(&file);
+    let changes = reload::Changes::between(&running.config, &config);
+    let same_targets =
+        changes.added.is_empty() && changes.removed.is_empty() && changes.changed.is_empty();
+    if why == Switch::Discovered && same_targets {
+        return running;
+    }
+    let what = why.as_str();
+    let receivers = match receivers(&shared.discovery.with_retired(&config)) {
+        Ok(r) => r,
+        Err(e) => {
+            let error = format!("{e:#}");
+            tracing::error!(%error, "{what}, but the receivers cannot be built; the running targets are kept");
+            return running;
+        }
+    };
+    running.stop().await;
+    for name in &changes.removed {
+        if let Some(t) = running.config.target(name) {
+            let signals: Vec<&str> = t.signals().iter().map(|(s, _)| s.as_str()).collect();
+            shared.metrics.forget_target(name, &signals);
+        }
+    }
+    let acted: Vec<String> = changes
+        .removed
+        .iter()
+        .filter(|n| {
+            running
+                .config
+                .target(n)
+                .is_some_and(|t| t.mode == config::Mode::Act)
+        })
+        .cloned()
+        .collect();
+    release_removed(&acted, &shared.receivers).await;
+    shared.receivers.replace(&receivers);
+    let mut next = Generation::new(file, config, source, shared);
+    next.take_over(&running.store, &changes);
+    next.spawn_loops(shared);
+    let list = |names: &[String]| names.join(",");
+    tracing::info!(
+        file = %next.file.file.display(),
+        added = %list(&changes.added),
+        removed = %list(&changes.removed),
+        changed = %list(&changes.changed),
+        sections = %changes.sections.join(","),
+        targets = next.config.targets.len(),
+        "{what}"
+    );
+    next
+}
+
+/// Gives back the HPA floors of targets that acted and were removed from the configuration
+/// (Kubernetes `hpa-floor`): prescale stops acting on them. A failure is logged;
+/// the floor then stays where prescale last set it.
+async fn release_removed(removed: &[String], receivers: &act::Receivers) {
+    for name in removed {
+        let Some(k) = receivers.kubernetes(name) else {
+            continue;
+        };
+        match k.release().await {
+            Ok(Some(floor)) => {
+                tracing::info!(target = %name, floor, "removed: the HPA's floor is given back");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(target = %name, error = %e, "removed: cannot give the HPA its floor back");
+            }
+        }
+    }
+}
+
+/// A message of several lines (a TOML error quoting the line) on one line, for the log.
+fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect();
+    parts.join(" ")
+}
+
+/// The configuration read again from `running`'s file, validated, checked against what
+/// needs a restart, with its source and receivers built: everything that can fail, done
+/// before anything running is touched.
+fn prepare_reload(
+    running: &config::Config,
+    sources: &Sources,
+) -> anyhow::Result<(config::Config, Arc<dyn source::Source>)> {
+    let config = config::Config::load(&running.file)?;
+    let restart = reload::needs_restart(running, &config);
+    anyhow::ensure!(
+        restart.is_empty(),
+        "{} changed; this needs a restart (nothing of the file was applied)",
+        restart.join(", ")
+    );
+    let source = (sources.0)(&config)?;
+    // Built here to refuse a file whose receivers cannot be, before anything changes.
+    receivers(&config)?;
+    Ok((config, source))
+}
