@@ -22,12 +22,12 @@ pub mod fourier;
 pub mod model;
 pub mod naive;
 mod recurring;
+mod selection;
 mod stats;
 mod types;
 
-pub use forecaster::{
-    Coverage, EVAL_WINDOW, Forecaster, ModelInfo, Score, Settings, UNDER_WEIGHT, Updated,
-};
+pub use forecaster::{Coverage, Forecaster, ModelInfo, Settings, Updated};
+pub use selection::{EVAL_WINDOW, Score, UNDER_WEIGHT};
 pub use types::{Forecast, ForecastError, History, PlanBasis, Planned, Point};
 
 /// Forecasts `history` from its last value to `now + horizon` seconds with intervals at
