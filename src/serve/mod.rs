@@ -73,13 +73,13 @@ pub async fn serve_with(
 }
 
 /// The source of a configuration.
-pub(crate) type SourceResult = anyhow::Result<Arc<dyn source::Source>>;
+type SourceResult = anyhow::Result<Arc<dyn source::Source>>;
 
 /// Makes the source of a configuration (again at every reload).
-pub(crate) struct Sources(Box<dyn Fn(&config::Config) -> SourceResult + Send + Sync>);
+struct Sources(Box<dyn Fn(&config::Config) -> SourceResult + Send + Sync>);
 
 /// What lives as long as the process serves, across reloads.
-pub(crate) struct Shared {
+struct Shared {
     outbox: act::outbox::Outbox,
     metrics: metrics::Metrics,
     clock: clock::Clock,
@@ -94,7 +94,7 @@ pub(crate) struct Shared {
 }
 
 /// The receivers of `config`, with a new webhook client.
-pub(crate) fn receivers(config: &config::Config) -> anyhow::Result<act::Receivers> {
+fn receivers(config: &config::Config) -> anyhow::Result<act::Receivers> {
     let sender =
         act::webhook::WebhookSender::new(config.delivery).context("building the webhook client")?;
     Ok(act::Receivers::new(config, sender))
