@@ -35,6 +35,8 @@ pub mod balance;
 pub mod behavior;
 pub mod budget;
 pub mod explain;
+mod policy;
+mod recommend;
 pub mod risk;
 pub mod schedule;
 mod types;
@@ -43,129 +45,13 @@ use serde::Serialize;
 
 pub use behavior::{RateKind, RatePolicy, Rules, Select};
 pub use explain::Explain;
+pub use policy::{Mode, Policy};
 pub use types::{Latency, Peak, Reason, ReasonCode};
 
-use explain::{BoundsInForce, Inputs, PolicyKind, Recommendation, Trail};
+use explain::Trail;
+use recommend::{demand, performance, prediction, recommendations};
 
 use crate::forecast::{Forecast, PlanBasis};
-
-/// Whether a target's decisions are sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Decide and send webhooks.
-    Act,
-    /// Decide and show; send nothing.
-    ForecastOnly,
-}
-
-/// What the decision engine needs of a target's configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    /// Requests/s one replica serves within its SLO.
-    pub capacity_rps: f64,
-    /// The share of `capacity_rps` each replica carries in the demand policy, in (0, 1].
-    pub target_utilization: f64,
-    /// The share of `capacity_rps` each replica carries in the prediction policy, in (0, 1].
-    pub prediction_utilization: f64,
-    /// How much of the prediction interval above the point forecast the prediction policy
-    /// plans for: 1 plans for the upper bound, below 1 a calibrated quantile short of it
-    /// (the forecast's `planned` values), above 1 a multiple of its distance (see
-    /// [`risk`]).
-    pub interval_share: f64,
-    /// The demand policy holds while load/planned capacity is within 1 ± tolerance.
-    pub tolerance: f64,
-    /// Fewest replicas.
-    pub min_replicas: u32,
-    /// Most replicas.
-    pub max_replicas: u32,
-    /// Seconds ahead that capacity must cover: startup + interval.
-    pub lookahead: i64,
-    /// Seconds between decisions (rate limits apply once per period within it).
-    pub interval: i64,
-    /// Headroom added to the predicted peak, as a share of the typical demand (its
-    /// exponentially weighted mean over about a day).
-    pub headroom: f64,
-    /// Scale-up behaviour.
-    pub scale_up: Rules,
-    /// Scale-down behaviour.
-    pub scale_down: Rules,
-    /// The scale-down stabilisation window while the load planned for comes from the
-    /// target's recurring bursts, when shorter than `scale_down`'s: that plan holds
-    /// capacity where a burst may come back and releases it where none comes, so less
-    /// patience is needed (the dial's `recurring_scale_in_window`; `None`: the window was
-    /// configured, and holds).
-    pub recurring_scale_in: Option<i64>,
-    /// Scheduled windows; their floors lead their openings by `lookahead`.
-    pub schedule: Vec<schedule::Window>,
-}
-
-impl Policy {
-    /// The bounds in force at `now`: `min_replicas`/`max_replicas`, or those of the
-    /// scheduled windows open (or, for a floor, opening within `lookahead`).
-    pub fn bounds(&self, now: i64) -> schedule::Bounds<'_> {
-        schedule::bounds(
-            &self.schedule,
-            self.min_replicas,
-            self.max_replicas,
-            self.lookahead,
-            now,
-        )
-    }
-
-    /// An explanation with this policy's settings and the bounds at `now`, and nothing
-    /// recommended yet.
-    fn explanation(&self, replicas: u32, now: i64) -> Explain {
-        Explain {
-            inputs: Inputs {
-                replicas,
-                demand_rps: None,
-                latency: None,
-                degraded: false,
-                capacity_rps: Some(self.capacity_rps).filter(|c| c.is_finite() && *c > 0.0),
-                capacity_source: None,
-                target_utilization: self.target_utilization,
-                prediction_utilization: self.prediction_utilization,
-                interval_share: self.interval_share,
-                tolerance: self.tolerance,
-                lookahead: self.lookahead,
-                peak: None,
-                headroom_rps: 0.0,
-                bounds: BoundsInForce::from(&self.bounds(now)),
-                budget: None,
-            },
-            policies: Vec::new(),
-            clamps: Vec::new(),
-        }
-    }
-
-    /// The explanation of a hold for want of capacity per replica: no policy could size
-    /// replicas.
-    pub fn explain_without_capacity(&self, replicas: u32, now: i64, why: &str) -> Explain {
-        let mut e = self.explanation(replicas, now);
-        e.inputs.capacity_rps = None;
-        e.policies = [
-            PolicyKind::Prediction,
-            PolicyKind::Demand,
-            PolicyKind::Performance,
-        ]
-        .into_iter()
-        .map(|policy| Recommendation {
-            policy,
-            replicas: None,
-            chosen: false,
-            message: format!("no capacity per replica to size replicas by: {why}"),
-        })
-        .collect();
-        e
-    }
-
-    /// Replicas needed to carry `rps` at `utilization`.
-    fn need(&self, rps: f64, utilization: f64) -> u32 {
-        let per = self.capacity_rps * utilization;
-        (rps / per - 1e-9).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
-    }
-}
 
 /// What is observed of a target now.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -338,7 +224,7 @@ pub fn decide_explained(
         .filter_map(|(i, c)| c.as_ref().map(|(r, _)| (i, *r)))
         .max_by_key(|(i, r)| (*r, std::cmp::Reverse(*i)))
         .map(|(i, _)| i);
-    explain.policies = recommendations(&candidates, best, observed);
+    explain.policies = recommendations(&candidates, best, observed.latency);
     let mut reasons = Vec::new();
     let mut trail = Trail {
         reasons: &mut reasons,
@@ -377,41 +263,6 @@ pub fn decide_explained(
     (decision, explain)
 }
 
-/// Every policy's recommendation for the explanation, with why those that did not apply
-/// did not.
-fn recommendations(
-    candidates: &[Option<(u32, Reason)>; 3],
-    best: Option<usize>,
-    observed: Observed,
-) -> Vec<Recommendation> {
-    let kinds = [
-        PolicyKind::Prediction,
-        PolicyKind::Demand,
-        PolicyKind::Performance,
-    ];
-    let absent = |kind: PolicyKind| match kind {
-        PolicyKind::Prediction => "no forecast within the look-ahead".to_owned(),
-        PolicyKind::Demand => "no fresh observation of the request rate".to_owned(),
-        PolicyKind::Performance => match observed.latency {
-            Some(l) => format!("p95 {:.3}s within the {:.3}s objective", l.p95, l.slo),
-            None => "no latency objective, or no fresh latency sample".to_owned(),
-        },
-    };
-    kinds
-        .into_iter()
-        .zip(candidates)
-        .enumerate()
-        .map(|(i, (policy, c))| Recommendation {
-            policy,
-            replicas: c.as_ref().map(|(r, _)| *r),
-            chosen: best == Some(i),
-            message: c
-                .as_ref()
-                .map_or_else(|| absent(policy), |(_, reason)| reason.message.clone()),
-        })
-        .collect()
-}
-
 /// A count held for want of data or capacity, raised to a scheduled floor in force: a
 /// window's floor does not wait for the data.
 pub fn scheduled_floor(policy: &Policy, current: u32, now: i64, trail: &mut Trail<'_>) -> u32 {
@@ -438,104 +289,6 @@ impl DecideState {
             None => (d, now),
         });
     }
-}
-
-/// The prediction policy: the upper forecast's peak plus headroom, moved only past the
-/// tolerance (a forecast that wavers around the current count must not make it flap).
-fn prediction(policy: &Policy, pk: Peak, headroom: f64, current: u32) -> (u32, Reason) {
-    let planned = pk.planned;
-    let r = policy.need(planned + headroom, policy.prediction_utilization);
-    let r = if f64::from(r.abs_diff(current)) <= f64::from(current) * policy.tolerance {
-        current
-    } else {
-        r
-    };
-    let what = match pk.basis {
-        PlanBasis::RecurringBursts { quantile } => format!(
-            "{planned:.3} rps planned (the last hour's median times the {:.1}% quantile of what followed it at this phase of the target's recurring bursts; forecast {:.3})",
-            quantile * 100.0,
-            pk.value
-        ),
-        PlanBasis::Interval if policy.interval_share == 1.0 => {
-            format!("upper forecast {:.3} rps", pk.upper)
-        }
-        PlanBasis::Interval => format!(
-            "{planned:.3} rps planned ({:.0}% of the way from the forecast {:.3} to its upper bound {:.3}, as a quantile)",
-            policy.interval_share * 100.0,
-            pk.value,
-            pk.upper
-        ),
-    };
-    let message = format!(
-        "{what} at {} within the next {}s, plus {headroom:.3} rps headroom, needs {r} replicas",
-        pk.timestamp, policy.lookahead
-    );
-    (r, Reason::new(ReasonCode::Prediction, message))
-}
-
-/// The demand policy: the HPA formula on the observed demand over the replicas `serving`
-/// (else `current`), holding `current` within tolerance.
-fn demand(policy: &Policy, d: f64, current: u32, serving: Option<u32>) -> (u32, Reason) {
-    let serving = serving.unwrap_or(current);
-    let planned = f64::from(serving) * policy.capacity_rps * policy.target_utilization;
-    let ratio = if planned > 0.0 {
-        d / planned
-    } else {
-        f64::INFINITY
-    };
-    let r = if (ratio - 1.0).abs() <= policy.tolerance {
-        current
-    } else {
-        policy.need(d, policy.target_utilization)
-    };
-    let message = format!(
-        "observed {d:.3} rps is {:.0}% of planned capacity: {r} replicas",
-        ratio * 100.0
-    );
-    (r, Reason::new(ReasonCode::Demand, message))
-}
-
-/// The most a latency breach shrinks the capacity per replica the curve claims, in one
-/// decision: trusting what is seen over the curve at most doubles the replicas serving.
-const MAX_LATENCY_SHRINK: f64 = 0.5;
-
-/// The performance policy, for a p95 above the SLO: the count the learned curve needs, but
-/// never trusting the curve beyond what is observed — the SLO breaks at the load each
-/// serving replica carries now, so capacity is taken at most that load scaled by
-/// `slo / p95` (at most halved). Without a curve, the count scaled by the excess. Never
-/// fewer than now.
-fn performance(l: Latency, demand_rps: Option<f64>, current: u32) -> (u32, Reason) {
-    let ceil = |x: f64| (x - 1e-9).ceil().clamp(0.0, f64::from(u32::MAX)) as u32;
-    let serving = f64::from(l.replicas.max(1));
-    let curve = l
-        .rps_per_replica_at_slo
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .zip(demand_rps.filter(|d| *d > 0.0));
-    let (r, how) = match curve {
-        Some((per, d)) => {
-            let seen = d / serving * (l.slo / l.p95).max(MAX_LATENCY_SHRINK);
-            let per_replica = per.min(seen);
-            let how = if per_replica < per {
-                format!(
-                    "the latency curve meets it at {per:.3} rps per replica, but it breaks at {:.3} now: {per_replica:.3} assumed",
-                    d / serving
-                )
-            } else {
-                format!("the latency curve meets it at {per:.3} rps per replica")
-            };
-            (ceil(d / per_replica), how)
-        }
-        None => (
-            ceil(f64::from(current) * l.p95 / l.slo),
-            "no latency curve yet: scaled by the excess".to_owned(),
-        ),
-    };
-    let r = r.max(current);
-    let message = format!(
-        "p95 {:.3}s above the {:.3}s objective; {how}: {r} replicas",
-        l.p95, l.slo
-    );
-    (r, Reason::new(ReasonCode::Performance, message))
 }
 
 /// The HPA's behaviour on a recommendation: stabilisation, no scale-in when degraded, rate
