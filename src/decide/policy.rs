@@ -28,7 +28,7 @@ pub struct Policy {
     /// How much of the prediction interval above the point forecast the prediction policy
     /// plans for: 1 plans for the upper bound, below 1 a calibrated quantile short of it
     /// (the forecast's `planned` values), above 1 a multiple of its distance (see
-    /// [`risk`]).
+    /// [`risk`](super::risk)).
     pub interval_share: f64,
     /// The demand policy holds while load/planned capacity is within 1 ± tolerance.
     pub tolerance: f64,
