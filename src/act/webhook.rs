@@ -8,6 +8,10 @@
 //!   carries one `v1=` per secret (the current one first), so a receiver holding either
 //!   accepts the request.
 //! - `Idempotency-Key: <key>`: [`Action::idempotency_key`], the same on every attempt.
+//! - `webhook-id: <key>`, `webhook-timestamp: <unix seconds>` and
+//!   `webhook-signature: v1,<base64> [v1,<base64>]`: the same delivery signed as the
+//!   Standard Webhooks convention says ([`standard`]), so a receiver can check it with that
+//!   standard's libraries. Both signatures carry the same timestamp.
 //! - `Content-Type: application/json`, `User-Agent: prescale/<version>`.
 //!
 //! A 2xx answer is success. Connection errors, timeouts, 5xx, 408 and 429 are retried up to
@@ -27,6 +31,8 @@ use url::Url;
 use super::outbox::DeliveryOutcome;
 use super::{Action, ActionKind, Attempt};
 use crate::config::{DeliveryConfig, WebhookConfig};
+
+pub mod standard;
 
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "Prescale-Signature";
@@ -350,13 +356,31 @@ impl WebhookSender {
         if let Some(previous) = &hook.previous_secret {
             secrets.push(previous.expose().as_bytes());
         }
-        let signature = sign_all(&secrets, unix_now(), body);
+        let now = unix_now();
+        let signature = sign_all(&secrets, now, body);
+        let standard = match standard::headers(hook, key, now, body) {
+            Ok(headers) => headers,
+            // Only a hook built without validating its configuration gets here.
+            Err(e) => {
+                return Attempt::Final {
+                    error: format!(
+                        "webhook to {}: the signing secret {e}",
+                        redacted(&hook.url)
+                    ),
+                    status: None,
+                    body: String::new(),
+                };
+            }
+        };
         let mut request = self
             .client
             .post(hook.url.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(SIGNATURE_HEADER, signature)
             .header(IDEMPOTENCY_HEADER, key);
+        for (name, value) in standard {
+            request = request.header(name, value);
+        }
         if let Some(epoch) = epoch {
             request = request.header(EPOCH_HEADER, epoch.to_string());
         }
@@ -857,13 +881,27 @@ mod tests {
             .deliver(&hook, &scale())
             .await
             .expect("delivered");
-        for s in r.seen() {
-            let h = header(&s, SIGNATURE_HEADER);
+        let seen = r.seen();
+        assert_eq!(seen.len(), 2);
+        for s in &seen {
+            let h = header(s, SIGNATURE_HEADER);
             assert_eq!(
                 verify(SECRET.as_bytes(), h, &s.body, unix_now(), 300),
                 Ok(())
             );
             assert_eq!(verify(b"previous", h, &s.body, unix_now(), 300), Ok(()));
+
+            // The Standard Webhooks headers: the key as id, the attempt's time (the one the
+            // `Prescale-Signature` carries too), one `v1,` per secret.
+            let id = header(s, standard::ID_HEADER);
+            assert_eq!(id, header(s, IDEMPOTENCY_HEADER));
+            let t = header(s, standard::TIMESTAMP_HEADER);
+            assert!(h.starts_with(&format!("t={t},")), "{h} vs {t}");
+            let t: i64 = t.parse().expect("integer seconds");
+            assert_eq!(
+                header(s, standard::SIGNATURE_HEADER),
+                standard::sign(&[SECRET.as_bytes(), b"previous"], id, t, &s.body)
+            );
         }
     }
 

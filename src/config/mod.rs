@@ -48,7 +48,7 @@ pub use parse::{
     RawRebalance, RawRules, RawServer, RawState, RawTarget, RawWebhook,
 };
 pub use platform::{Credentials, KubernetesConfig, KubernetesMode, ScaleTargetRef};
-pub use secrets::Secret;
+pub use secrets::{Secret, WHSEC_PREFIX, WhsecError};
 pub use summary::summary;
 pub use target::{
     DEFAULT_HEADROOM, DEFAULT_PREDICTION_UTILIZATION, DEFAULT_TARGET_UTILIZATION,

@@ -1,8 +1,12 @@
 //! Secrets: [`Secret`], a string whose `Debug` output is redacted, and how one is read from
-//! an environment variable or a file named by the configuration.
+//! an environment variable or a file named by the configuration; and the key a webhook
+//! secret gives the Standard Webhooks signature ([`Secret::standard_webhook_key`]).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
+
+use base64::Engine as _;
 
 use super::{ConfigError, Validator};
 
@@ -18,6 +22,66 @@ impl Secret {
     /// The secret itself.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The HMAC key of the Standard Webhooks signature (`webhook-signature`) made with this
+    /// secret, following the convention of that standard's libraries: a secret written
+    /// `whsec_<base64>` is the key its base64 decodes to; any other secret is its UTF-8
+    /// bytes (a receiver then gives its library `"whsec_" + base64(secret)`). So a receiver
+    /// hands a `whsec_` secret to the library exactly as it is written here.
+    ///
+    /// The `Prescale-Signature` is made with the secret as written, whatever it is, as it
+    /// always was.
+    pub fn standard_webhook_key(&self) -> Result<Cow<'_, [u8]>, WhsecError> {
+        let Some(encoded) = self.0.strip_prefix(WHSEC_PREFIX) else {
+            return Ok(Cow::Borrowed(self.0.as_bytes()));
+        };
+        // Standard alphabet with its padding: what the Python, JavaScript and other
+        // libraries of the standard all decode alike (URL-safe or unpadded text is not).
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| WhsecError::NotBase64(describe(&e)))?;
+        if key.is_empty() {
+            return Err(WhsecError::Empty);
+        }
+        Ok(Cow::Owned(key))
+    }
+}
+
+/// The prefix that marks a secret as a Standard Webhooks secret: base64 after it.
+pub const WHSEC_PREFIX: &str = "whsec_";
+
+/// Why a `whsec_` secret gives no key. Never holds any of the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WhsecError {
+    /// What follows `whsec_` is not standard, padded base64.
+    #[error(
+        "starts with `whsec_` but what follows is not standard base64 ({0}); expected \
+         `whsec_` and the key in base64 with `+`, `/` and `=` padding (e.g. \
+         `whsec_$(openssl rand -base64 32)`), or a secret that does not start with `whsec_`"
+    )]
+    NotBase64(String),
+    /// Nothing follows `whsec_`.
+    #[error("is `whsec_` alone; expected a key in base64 after it")]
+    Empty,
+}
+
+/// Where base64 decoding failed, without the offending character (it is part of a secret).
+fn describe(e: &base64::DecodeError) -> String {
+    match e {
+        base64::DecodeError::InvalidByte(at, _) => {
+            format!("a character outside the alphabet at position {} after `whsec_`", at + 1)
+        }
+        base64::DecodeError::InvalidLength(len) => {
+            format!("{len} base64 characters, a length no padded base64 has")
+        }
+        base64::DecodeError::InvalidLastSymbol(at, _) => {
+            format!(
+                "the last character, at position {} after `whsec_`, leaves stray bits",
+                at + 1
+            )
+        }
+        base64::DecodeError::InvalidPadding => "missing or misplaced `=` padding".to_owned(),
     }
 }
 
@@ -68,5 +132,14 @@ impl Validator<'_> {
             return Err(self.err(key, "the secret is empty; expected a non-empty value"));
         }
         Ok(Some(Secret(value)))
+    }
+
+    /// Refuses a webhook secret (read from `key`) that starts with `whsec_` but gives no
+    /// Standard Webhooks key (see [`Secret::standard_webhook_key`]).
+    pub(super) fn standard_webhook_key(&self, key: &str, secret: &Secret) -> Result<(), ConfigError> {
+        match secret.standard_webhook_key() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err(key, format!("the secret {e}"))),
+        }
     }
 }

@@ -395,6 +395,54 @@ fn state_alertmanager_rotation_and_haproxy() {
     );
 }
 
+/// A webhook secret written `whsec_<base64>` is the decoded key of the Standard Webhooks
+/// signature; any other secret its UTF-8 bytes; a `whsec_` secret that is not padded,
+/// standard base64 is refused naming the key, without showing the secret.
+#[test]
+fn whsec_secrets_are_decoded_or_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |table: &str, key: &str, secret: &str| {
+        std::fs::write(dir.path().join("s"), secret).unwrap();
+        std::fs::write(dir.path().join("good"), "plain").unwrap();
+        let extra = if key == "secret_file" {
+            "secret_file = \"s\"".to_owned()
+        } else {
+            format!("secret_file = \"good\"\n{key} = \"s\"")
+        };
+        let text =
+            format!("{MINIMAL}\n[target.{table}]\nurl = \"http://127.0.0.1:9000/h\"\n{extra}\n");
+        Config::parse(&text, &dir.path().join("p.toml"))
+    };
+
+    let c = config("platform", "secret_file", "whsec_b2xkLWtleQ==\n").unwrap();
+    let secret = &c.targets[0].platform.as_ref().unwrap().secret;
+    assert_eq!(secret.expose(), "whsec_b2xkLWtleQ==", "kept as written");
+    assert_eq!(secret.standard_webhook_key().unwrap().as_ref(), b"old-key");
+    let c = config("balancer", "previous_secret_file", "s3cret").unwrap();
+    let hook = c.targets[0].balancer.as_ref().unwrap();
+    assert_eq!(
+        hook.previous_secret.as_ref().unwrap().standard_webhook_key().unwrap().as_ref(),
+        b"s3cret"
+    );
+    assert_eq!(hook.secret.standard_webhook_key().unwrap().as_ref(), b"plain");
+
+    let refused = [
+        ("platform", "secret_file", "whsec_not-base64!", "position 4"),
+        ("platform", "secret_file", "whsec_b2xkLWtleQ", "padding"),
+        ("platform", "secret_file", "whsec_b2xk_WtleQ==", "position 5"),
+        ("balancer", "previous_secret_file", "whsec_ \n", "alone"),
+        ("balancer", "previous_secret_file", "whsec_b2xkLWtleR==", "stray bits"),
+    ];
+    for (table, key, secret, why) in refused {
+        let err = config(table, key, secret).expect_err(secret).to_string();
+        for want in [&format!("target[web].{table}.{key}"), "whsec_", why] {
+            assert!(err.contains(want), "{secret:?}: `{err}` lacks `{want}`");
+        }
+        let rest = secret.trim().trim_start_matches("whsec_");
+        assert!(rest.is_empty() || !err.contains(rest), "{err} shows the secret");
+    }
+}
+
 /// Each broken balancer, state or alertmanager table fails naming its key.
 #[test]
 fn balancer_state_and_alertmanager_errors() {

@@ -487,6 +487,12 @@ impl Validator<'_> {
             w.previous_secret_env.as_deref(),
             w.previous_secret_file.as_deref(),
         )?;
+        let source = |env: &Option<String>| if env.is_some() { "env" } else { "file" };
+        self.standard_webhook_key(&format!("{key}.secret_{}", source(&w.secret_env)), &secret)?;
+        if let Some(previous) = &previous_secret {
+            let at = format!("{key}.previous_secret_{}", source(&w.previous_secret_env));
+            self.standard_webhook_key(&at, previous)?;
+        }
         Ok(WebhookConfig {
             url,
             secret,
