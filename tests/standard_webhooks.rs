@@ -62,6 +62,9 @@ print(" ".join("v1," + base64.b64encode(hmac.new(key(s), signed, hashlib.sha256)
         .to_owned()
 }
 
+/// (secret, previous secret, id, timestamp, body).
+type Case<'a> = (&'a str, Option<&'a str>, &'a str, i64, &'a [u8]);
+
 /// Our `webhook-signature` is the one Python's `hmac` computes independently, for plain and
 /// `whsec_` secrets, one or two of them, ASCII and non-ASCII.
 #[test]
@@ -71,12 +74,30 @@ fn signatures_match_pythons_hmac() {
         base64::engine::general_purpose::STANDARD.encode([7u8; 32])
     );
     let body = br#"{"schema_version":1,"kind":"scale","target":"web","to":7}"#;
-    let cases: &[(&str, Option<&str>, &str, i64, &[u8])] = &[
-        ("s3cret", None, "0123456789abcdef0123456789abcdef", 1_700_000_000, body),
+    let cases: &[Case] = &[
+        (
+            "s3cret",
+            None,
+            "0123456789abcdef0123456789abcdef",
+            1_700_000_000,
+            body,
+        ),
         (&whsec, None, "5f1e", 1, body),
         (&whsec, Some("old secret"), "5f1e", 1_750_000_123, body),
-        ("pässwörd", Some(&whsec), "ab", 42, "{\"name\":\"café\"}".as_bytes()),
-        ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", None, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, br#"{"test": 2432232314}"#),
+        (
+            "pässwörd",
+            Some(&whsec),
+            "ab",
+            42,
+            "{\"name\":\"café\"}".as_bytes(),
+        ),
+        (
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            None,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1_614_265_330,
+            br#"{"test": 2432232314}"#,
+        ),
     ];
     for &(secret, previous, id, t, body) in cases {
         let [_, _, (name, ours)] =
@@ -107,7 +128,10 @@ fn start_receiver(config: &Value) -> (ChildGuard, u16, mpsc::Receiver<Value>) {
     let stdout = child.child_mut().stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    let Some(port) = first.strip_prefix("listening ").and_then(|p| p.parse().ok()) else {
+    let Some(port) = first
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+    else {
         let mut err = String::new();
         if let Some(mut stderr) = child.child_mut().stderr.take() {
             let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
@@ -193,7 +217,12 @@ async fn the_library_verifies_real_deliveries_during_a_rotation() {
     ];
     target = target.set(
         "platform",
-        toml::Value::Table(platform.into_iter().map(|(k, v)| (k.into(), v.into())).collect()),
+        toml::Value::Table(
+            platform
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        ),
     );
     let cfg = TestConfig::new()
         .prometheus(&prom.url())
@@ -207,9 +236,10 @@ async fn the_library_verifies_real_deliveries_during_a_rotation() {
     let started = common::now_secs();
     let app = App::start(&cfg).await;
     let on = |path: &'static str| move |r: &&Value| r["path"] == path;
+    let is_weights = |r: &Value| r["path"] == "/weights";
     let seen = tokio::task::spawn_blocking(move || {
         collect(&records, |got| {
-            got.iter().filter(on("/scale")).count() >= 2 && got.iter().any(on("/weights"))
+            got.iter().filter(on("/scale")).count() >= 2 && got.iter().any(is_weights)
         })
     })
     .await
@@ -224,9 +254,14 @@ async fn the_library_verifies_real_deliveries_during_a_rotation() {
             Value::Array(vec![Value::Null; n]),
             "the library verifies with each secret: {r}"
         );
-        let refused = |e: &Value| e.as_str().is_some_and(|e| e.contains("No matching signature"));
+        let refused = |e: &Value| {
+            e.as_str()
+                .is_some_and(|e| e.contains("No matching signature"))
+        };
         assert!(
-            r["tampered_errors"].as_array().is_some_and(|a| a.len() == n && a.iter().all(refused)),
+            r["tampered_errors"]
+                .as_array()
+                .is_some_and(|a| a.len() == n && a.iter().all(refused)),
             "a tampered body is refused: {r}"
         );
         assert!(refused(&r["wrong_error"]), "a wrong secret is refused: {r}");
@@ -236,8 +271,13 @@ async fn the_library_verifies_real_deliveries_during_a_rotation() {
         let signatures = header(r, "webhook-signature").split(' ').count();
         assert_eq!(signatures, n, "{r}");
         assert_eq!(header(r, "webhook-id"), header(r, "idempotency-key"), "{r}");
-        let t: i64 = header(r, "webhook-timestamp").parse().expect("integer seconds");
-        assert!((started..=ended).contains(&t), "sent at {t}, within [{started}, {ended}]");
+        let t: i64 = header(r, "webhook-timestamp")
+            .parse()
+            .expect("integer seconds");
+        assert!(
+            (started..=ended).contains(&t),
+            "sent at {t}, within [{started}, {ended}]"
+        );
         let legacy = header(r, "prescale-signature");
         assert!(legacy.starts_with(&format!("t={t},")), "{legacy}");
         let body = r["body"].as_str().expect("body").as_bytes();
@@ -249,11 +289,22 @@ async fn the_library_verifies_real_deliveries_during_a_rotation() {
     }
     // The scale webhook failed once (503) and was sent again: the same id, verified again.
     let scales: Vec<&Value> = seen.iter().filter(on("/scale")).collect();
-    assert_eq!((scales[0]["status"].as_u64(), scales[1]["status"].as_u64()), (Some(503), Some(200)));
-    assert_eq!(header(scales[0], "webhook-id"), header(scales[1], "webhook-id"));
+    assert_eq!(
+        (scales[0]["status"].as_u64(), scales[1]["status"].as_u64()),
+        (Some(503), Some(200))
+    );
+    assert_eq!(
+        header(scales[0], "webhook-id"),
+        header(scales[1], "webhook-id")
+    );
     assert_eq!(scales[0]["body"], scales[1]["body"]);
-    let body: Value = serde_json::from_str(scales[0]["body"].as_str().expect("body")).expect("JSON");
-    assert_eq!((body["kind"].as_str(), body["from"].as_u64()), (Some("scale"), Some(2)), "{body}");
-    let weights = seen.iter().find(|r| r["path"] == "/weights").expect("weights");
+    let body: Value =
+        serde_json::from_str(scales[0]["body"].as_str().expect("body")).expect("JSON");
+    assert_eq!(
+        (body["kind"].as_str(), body["from"].as_u64()),
+        (Some("scale"), Some(2)),
+        "{body}"
+    );
+    let weights = seen.iter().find(|r| is_weights(r)).expect("weights");
     assert_eq!(weights["status"], 200, "{weights}");
 }

@@ -363,10 +363,7 @@ impl WebhookSender {
             // Only a hook built without validating its configuration gets here.
             Err(e) => {
                 return Attempt::Final {
-                    error: format!(
-                        "webhook to {}: the signing secret {e}",
-                        redacted(&hook.url)
-                    ),
+                    error: format!("webhook to {}: the signing secret {e}", redacted(&hook.url)),
                     status: None,
                     body: String::new(),
                 };

@@ -70,7 +70,10 @@ pub enum WhsecError {
 fn describe(e: &base64::DecodeError) -> String {
     match e {
         base64::DecodeError::InvalidByte(at, _) => {
-            format!("a character outside the alphabet at position {} after `whsec_`", at + 1)
+            format!(
+                "a character outside the alphabet at position {} after `whsec_`",
+                at + 1
+            )
         }
         base64::DecodeError::InvalidLength(len) => {
             format!("{len} base64 characters, a length no padded base64 has")
@@ -136,7 +139,11 @@ impl Validator<'_> {
 
     /// Refuses a webhook secret (read from `key`) that starts with `whsec_` but gives no
     /// Standard Webhooks key (see [`Secret::standard_webhook_key`]).
-    pub(super) fn standard_webhook_key(&self, key: &str, secret: &Secret) -> Result<(), ConfigError> {
+    pub(super) fn standard_webhook_key(
+        &self,
+        key: &str,
+        secret: &Secret,
+    ) -> Result<(), ConfigError> {
         match secret.standard_webhook_key() {
             Ok(_) => Ok(()),
             Err(e) => Err(self.err(key, format!("the secret {e}"))),

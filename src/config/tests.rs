@@ -421,17 +421,35 @@ fn whsec_secrets_are_decoded_or_refused_by_key() {
     let c = config("balancer", "previous_secret_file", "s3cret").unwrap();
     let hook = c.targets[0].balancer.as_ref().unwrap();
     assert_eq!(
-        hook.previous_secret.as_ref().unwrap().standard_webhook_key().unwrap().as_ref(),
+        hook.previous_secret
+            .as_ref()
+            .unwrap()
+            .standard_webhook_key()
+            .unwrap()
+            .as_ref(),
         b"s3cret"
     );
-    assert_eq!(hook.secret.standard_webhook_key().unwrap().as_ref(), b"plain");
+    assert_eq!(
+        hook.secret.standard_webhook_key().unwrap().as_ref(),
+        b"plain"
+    );
 
     let refused = [
         ("platform", "secret_file", "whsec_not-base64!", "position 4"),
         ("platform", "secret_file", "whsec_b2xkLWtleQ", "padding"),
-        ("platform", "secret_file", "whsec_b2xk_WtleQ==", "position 5"),
+        (
+            "platform",
+            "secret_file",
+            "whsec_b2xk_WtleQ==",
+            "position 5",
+        ),
         ("balancer", "previous_secret_file", "whsec_ \n", "alone"),
-        ("balancer", "previous_secret_file", "whsec_b2xkLWtleR==", "stray bits"),
+        (
+            "balancer",
+            "previous_secret_file",
+            "whsec_b2xkLWtleR==",
+            "stray bits",
+        ),
     ];
     for (table, key, secret, why) in refused {
         let err = config(table, key, secret).expect_err(secret).to_string();
@@ -439,7 +457,10 @@ fn whsec_secrets_are_decoded_or_refused_by_key() {
             assert!(err.contains(want), "{secret:?}: `{err}` lacks `{want}`");
         }
         let rest = secret.trim().trim_start_matches("whsec_");
-        assert!(rest.is_empty() || !err.contains(rest), "{err} shows the secret");
+        assert!(
+            rest.is_empty() || !err.contains(rest),
+            "{err} shows the secret"
+        );
     }
 }
 

@@ -75,7 +75,9 @@ mod tests {
     #[test]
     fn signs_the_published_vector() {
         let secret = Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
-        let key = secret.standard_webhook_key().expect("a valid whsec_ secret");
+        let key = secret
+            .standard_webhook_key()
+            .expect("a valid whsec_ secret");
         assert_eq!(
             sign(
                 &[&key],
