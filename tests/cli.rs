@@ -66,7 +66,12 @@ fn check_config_says_when_a_target_sends_nothing_and_why() {
     let hook = "http://127.0.0.1:9/scale";
     let config = TestConfig::new()
         .prometheus("http://127.0.0.1:9")
-        .target(TestTarget::new("quiet", "q").set("capacity_rps", 1).set("startup", "1m").set("max_replicas", 4))
+        .target(
+            TestTarget::new("quiet", "q")
+                .set("capacity_rps", 1)
+                .set("startup", "1m")
+                .set("max_replicas", 4),
+        )
         .target(
             TestTarget::new("watching", "q")
                 .set("capacity_rps", 1)
@@ -105,8 +110,12 @@ fn check_config_says_when_a_target_sends_nothing_and_why() {
     let stdout = text(&out.stdout);
     // The line that follows the target's own line (or None when the next is a target's).
     let note = |name: &str| -> Option<String> {
-        let mut lines = stdout.lines().skip_while(|l| !l.starts_with(&format!("  {name}:")));
-        lines.next().unwrap_or_else(|| panic!("no line for {name}:\n{stdout}"));
+        let mut lines = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("  {name}:")));
+        lines
+            .next()
+            .unwrap_or_else(|| panic!("no line for {name}:\n{stdout}"));
         lines
             .next()
             .filter(|l| l.starts_with("    "))
@@ -148,7 +157,9 @@ fn check_config_says_when_a_target_sends_nothing_and_why() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains(&format!("KEDA may read its count from the external scaler on {keda}")),
+        stdout.contains(&format!(
+            "KEDA may read its count from the external scaler on {keda}"
+        )),
         "{stdout}"
     );
 }

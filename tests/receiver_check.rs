@@ -145,7 +145,10 @@ impl Receiver {
         });
         let receiver = Self { child, lines };
         let first = receiver.next_line();
-        assert!(first.starts_with("listening on http://127.0.0.1:"), "{first}");
+        assert!(
+            first.starts_with("listening on http://127.0.0.1:"),
+            "{first}"
+        );
         receiver
     }
 
@@ -163,7 +166,9 @@ fn shipped_hook(port: u16) -> WebhookConfig {
         .platform
         .clone()
         .expect("the shipped example has a platform webhook");
-    hook.url.set_port(Some(port)).expect("an http URL takes a port");
+    hook.url
+        .set_port(Some(port))
+        .expect("an http URL takes a port");
     hook
 }
 
@@ -175,11 +180,17 @@ fn shipped_hook(port: u16) -> WebhookConfig {
 async fn readme_receiver_accepts_what_prescale_sends_with_the_shipped_config() {
     let port = common::free_port();
     let mut receiver = Receiver::start(port, &repo("config/webhook-secret"));
-    let sender = WebhookSender::with_builder(DeliveryConfig::default(), reqwest::Client::builder().no_proxy())
-        .expect("a webhook sender");
+    let sender = WebhookSender::with_builder(
+        DeliveryConfig::default(),
+        reqwest::Client::builder().no_proxy(),
+    )
+    .expect("a webhook sender");
     let body = br#"{"schema_version":1,"kind":"scale","target":"web","issued_at":1763700000,"from":4,"to":7}"#;
     let hook = shipped_hook(port);
-    match sender.attempt(&hook, body, "0123456789abcdef0123456789abcdef", None).await {
+    match sender
+        .attempt(&hook, body, "0123456789abcdef0123456789abcdef", None)
+        .await
+    {
         Attempt::Success(status) => assert_eq!(status, Some(200)),
         other => panic!("the receiver refused a correctly signed action: {other:?}"),
     }

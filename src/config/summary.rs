@@ -113,7 +113,9 @@ fn silence(config: &Config, t: &TargetConfig) -> Option<String> {
     if !scales && !balances {
         let instead = match config.server.keda_listen {
             Some(addr) => format!("; KEDA may read its count from the external scaler on {addr}"),
-            None => "; add one to act (or set [server] keda_listen to let KEDA scale it)".to_owned(),
+            None => {
+                "; add one to act (or set [server] keda_listen to let KEDA scale it)".to_owned()
+            }
         };
         return Some(format!(
             "sends nothing: no [target.platform] and no [target.balancer]{instead}{alerts}"
