@@ -58,6 +58,112 @@ fn check_config_names_the_file_and_the_unknown_key() {
     assert!(text(&out.stderr).contains("/nonexistent/prescale.toml: cannot read"));
 }
 
+/// `check-config` says plainly, under each target, when it will send nothing (or no scale
+/// actions) and why; a target that acts on a platform and knows what runs gets no such line.
+#[test]
+fn check_config_says_when_a_target_sends_nothing_and_why() {
+    use common::{TestConfig, TestTarget};
+    let hook = "http://127.0.0.1:9/scale";
+    let config = TestConfig::new()
+        .prometheus("http://127.0.0.1:9")
+        .target(
+            TestTarget::new("quiet", "q")
+                .set("capacity_rps", 1)
+                .set("startup", "1m")
+                .set("max_replicas", 4),
+        )
+        .target(
+            TestTarget::new("watching", "q")
+                .set("capacity_rps", 1)
+                .set("startup", "1m")
+                .set("max_replicas", 4)
+                .set("mode", "forecast-only")
+                .set("initial_replicas", 1)
+                .platform(hook, "secret"),
+        )
+        .target(
+            TestTarget::new("weights", "q")
+                .set("capacity_rps", 1)
+                .set("startup", "1m")
+                .set("max_replicas", 4)
+                .balancer(hook, "secret"),
+        )
+        .target(
+            TestTarget::new("unknown", "q")
+                .set("capacity_rps", 1)
+                .set("startup", "1m")
+                .set("max_replicas", 4)
+                .platform(hook, "secret"),
+        )
+        .target(
+            TestTarget::new("acting", "q")
+                .set("capacity_rps", 1)
+                .set("startup", "1m")
+                .set("max_replicas", 4)
+                .set("initial_replicas", 2)
+                .platform(hook, "secret"),
+        );
+    let cfg = config.write();
+    cfg.write_file("secret", "s3cret");
+    let out = prescale(&["check-config", cfg.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // The line that follows the target's own line (or None when the next is a target's).
+    let note = |name: &str| -> Option<String> {
+        let mut lines = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("  {name}:")));
+        lines
+            .next()
+            .unwrap_or_else(|| panic!("no line for {name}:\n{stdout}"));
+        lines
+            .next()
+            .filter(|l| l.starts_with("    "))
+            .map(|l| l.trim().to_owned())
+    };
+    let quiet = note("quiet").unwrap_or_default();
+    assert!(
+        quiet.starts_with("sends nothing: no [target.platform] and no [target.balancer]")
+            && quiet.contains("keda_listen"),
+        "{stdout}"
+    );
+    let watching = note("watching").unwrap_or_default();
+    assert!(
+        watching.starts_with("sends nothing: mode = \"forecast-only\""),
+        "{stdout}"
+    );
+    assert!(
+        note("weights")
+            .unwrap_or_default()
+            .starts_with("sends no scale actions: no [target.platform]"),
+        "{stdout}"
+    );
+    let unknown = note("unknown").unwrap_or_default();
+    assert!(
+        unknown.starts_with("asks for nothing until its running count is known")
+            && unknown.contains("initial_replicas"),
+        "{stdout}"
+    );
+    assert_eq!(note("acting"), None, "{stdout}");
+
+    // With an external scaler for KEDA, a target without a platform says who reads it.
+    let keda = common::free_addr();
+    let cfg = TestConfig::new()
+        .prometheus("http://127.0.0.1:9")
+        .set("server", "keda_listen", keda.to_string())
+        .target(TestTarget::web())
+        .write();
+    let out = prescale(&["check-config", cfg.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "KEDA may read its count from the external scaler on {keda}"
+        )),
+        "{stdout}"
+    );
+}
+
 fn backtest(trace: &Path, out: &Path) -> Vec<csv::StringRecord> {
     let o = prescale(&[
         "backtest",

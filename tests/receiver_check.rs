@@ -1,26 +1,37 @@
-//! The README's receiver checks, run as written: the shell one (with `openssl`) and the
-//! Python one, against headers prescale signs — with one secret, and with two while
-//! rotating.
+//! The receiver checks of the webhook contract (`docs/webhooks.md`), run as written: the
+//! shell one (with `openssl`) and the Python one, against headers prescale signs — with
+//! one secret, and with two while rotating. And the README's one-line receiver
+//! (`examples/receiver.py`), started as the README starts it, receiving what prescale's own
+//! webhook sender posts with the shipped configuration's secret.
 
 mod common;
 
+use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
-use prescale::act::webhook::sign_all;
+use prescale::act::Attempt;
+use prescale::act::webhook::{WebhookSender, sign_all};
+use prescale::config::{Config, DeliveryConfig, WebhookConfig};
 
-/// The code block that follows `<!-- receiver-check:{lang}` in the README.
+/// The code block that follows `<!-- receiver-check:{lang}` in the webhook contract.
 fn snippet(lang: &str) -> String {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
+    let doc = repo("docs/webhooks.md");
+    let text = std::fs::read_to_string(&doc).expect("docs/webhooks.md");
     let marker = format!("<!-- receiver-check:{lang}");
-    let after = &readme[readme
+    let after = &text[text
         .find(&marker)
-        .unwrap_or_else(|| panic!("README.md has no `{marker}` block"))..];
+        .unwrap_or_else(|| panic!("docs/webhooks.md has no `{marker}` block"))..];
     let start = after.find("```").expect("a code block");
     let body = &after[start..];
     let body = &body[body.find('\n').expect("fence line") + 1..];
     body[..body.find("```").expect("closing fence")].to_owned()
+}
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
 /// (header, body, secret) → does each snippet say valid?
@@ -102,4 +113,113 @@ fn python_check_verifies_what_prescale_signs() {
             "case {i}: header {header}, secret {secret}"
         );
     }
+}
+
+/// `examples/receiver.py` on `port` with `secret_file`, as the README starts it; its
+/// stdout lines arrive on the channel.
+struct Receiver {
+    child: common::ChildGuard,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Receiver {
+    fn start(port: u16, secret_file: &Path) -> Self {
+        let mut child = common::ChildGuard::spawn(
+            Command::new("python3")
+                .arg(repo("examples/receiver.py"))
+                .args(["--port", &port.to_string(), "--secret-file"])
+                .arg(secret_file)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+            "examples/receiver.py",
+            "python3",
+        );
+        let stdout = child.child_mut().stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let receiver = Self { child, lines };
+        let first = receiver.next_line();
+        assert!(
+            first.starts_with("listening on http://127.0.0.1:"),
+            "{first}"
+        );
+        receiver
+    }
+
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a line from examples/receiver.py within 30 s")
+    }
+}
+
+/// The shipped configuration's platform webhook, pointed at `port`.
+fn shipped_hook(port: u16) -> WebhookConfig {
+    let config = Config::load(&repo("config/prescale.toml")).expect("the shipped example loads");
+    let mut hook = config.targets[0]
+        .platform
+        .clone()
+        .expect("the shipped example has a platform webhook");
+    hook.url
+        .set_port(Some(port))
+        .expect("an http URL takes a port");
+    hook
+}
+
+/// The README's receiver, started with `config/webhook-secret`, answers 200 to what
+/// prescale's webhook sender signs with the shipped configuration (and prints the action),
+/// also while a secret is rotated; 401 to a request signed with another secret, which
+/// prescale then treats as final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_receiver_accepts_what_prescale_sends_with_the_shipped_config() {
+    let port = common::free_port();
+    let mut receiver = Receiver::start(port, &repo("config/webhook-secret"));
+    let sender = WebhookSender::with_builder(
+        DeliveryConfig::default(),
+        reqwest::Client::builder().no_proxy(),
+    )
+    .expect("a webhook sender");
+    let body = br#"{"schema_version":1,"kind":"scale","target":"web","issued_at":1763700000,"from":4,"to":7}"#;
+    let hook = shipped_hook(port);
+    match sender
+        .attempt(&hook, body, "0123456789abcdef0123456789abcdef", None)
+        .await
+    {
+        Attempt::Success(status) => assert_eq!(status, Some(200)),
+        other => panic!("the receiver refused a correctly signed action: {other:?}"),
+    }
+    assert_eq!(
+        receiver.next_line(),
+        "valid /scale scale web: 4 -> 7 (key 0123456789abcdef0123456789abcdef)"
+    );
+
+    // Another secret, and the shipped one as the previous while rotating.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("new-secret"), "a-new-secret\n").unwrap();
+    let rotating = format!(
+        "[[target]]\nname = \"web\"\nrequest_rate = \"q\"\ncapacity_rps = 1\nstartup = \"1m\"\n\
+         max_replicas = 4\ninitial_replicas = 1\n[target.platform]\nurl = \"http://127.0.0.1:{port}/scale\"\n\
+         secret_file = \"new-secret\"\nprevious_secret_file = \"{}\"\n",
+        repo("config/webhook-secret").display()
+    );
+    let config = Config::parse(&rotating, &dir.path().join("prescale.toml")).expect("config");
+    let mut hook = config.targets[0].platform.clone().expect("platform");
+    match sender.attempt(&hook, body, "k2", None).await {
+        Attempt::Success(status) => assert_eq!(status, Some(200)),
+        other => panic!("refused while rotating: {other:?}"),
+    }
+    assert!(receiver.next_line().starts_with("valid /scale"));
+    hook.previous_secret = None;
+    match sender.attempt(&hook, body, "k3", None).await {
+        Attempt::Final { status, .. } => assert_eq!(status, Some(401)),
+        other => panic!("a wrong secret was not refused for good: {other:?}"),
+    }
+    assert_eq!(receiver.next_line(), "INVALID signature on /scale: refused");
+    receiver.child.kill();
 }

@@ -2,7 +2,7 @@
 //! [`Config`], whose fields have the right types and whose secrets are resolved.
 //!
 //! Every error names the file, the key and what was expected. The documented fields of the
-//! raw structs are the configuration reference (the README mirrors them).
+//! raw structs are the configuration reference (docs/configuration.md mirrors them).
 //!
 //! - `parse.rs`: [`RawConfig`] and its tables, as written (serde);
 //! - `validate.rs`: raw sections → validated ones, with their defaults;

@@ -1,6 +1,6 @@
 //! The configuration file as written: [`RawConfig`] and its tables, deserialised by serde.
 //!
-//! The documented fields are the reference of keys (the README mirrors them). Nothing here
+//! The documented fields are the reference of keys (docs/configuration.md mirrors them). Nothing here
 //! checks values beyond their types; `validate.rs` does that.
 
 use std::path::{Path, PathBuf};

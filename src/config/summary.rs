@@ -1,6 +1,6 @@
 //! The human summary of a validated configuration that `check-config` prints.
 
-use super::{Config, redacted};
+use super::{Config, Mode, TargetConfig, redacted};
 
 /// A human summary of a validated configuration, as `check-config` prints it.
 pub fn summary(config: &Config) -> String {
@@ -75,6 +75,9 @@ pub fn summary(config: &Config) -> String {
                 ""
             },
         );
+        if let Some(why) = silence(config, t) {
+            let _ = writeln!(s, "    {why}");
+        }
         for w in &t.schedule {
             let bound = |b: Option<u32>| b.map_or("-".to_owned(), |n| n.to_string());
             let _ = writeln!(
@@ -89,4 +92,47 @@ pub fn summary(config: &Config) -> String {
         }
     }
     s
+}
+
+/// What a target will not send, and why, in plain words; `None` when it sends scale
+/// actions to a platform that knows (or can learn) what runs.
+fn silence(config: &Config, t: &TargetConfig) -> Option<String> {
+    let alerts = if config.alertmanager.is_some() {
+        "; predicted bottlenecks still go to Alertmanager"
+    } else {
+        ""
+    };
+    let scales = t.platform.is_some() || t.kubernetes.is_some();
+    let balances = t.balancer.is_some() || t.haproxy.is_some();
+    if t.mode == Mode::ForecastOnly {
+        return Some(format!(
+            "sends nothing: mode = \"forecast-only\" decides and shows only \
+             (set mode = \"act\" to act){alerts}"
+        ));
+    }
+    if !scales && !balances {
+        let instead = match config.server.keda_listen {
+            Some(addr) => format!("; KEDA may read its count from the external scaler on {addr}"),
+            None => {
+                "; add one to act (or set [server] keda_listen to let KEDA scale it)".to_owned()
+            }
+        };
+        return Some(format!(
+            "sends nothing: no [target.platform] and no [target.balancer]{instead}{alerts}"
+        ));
+    }
+    if !scales {
+        return Some(
+            "sends no scale actions: no [target.platform] (rebalance actions go to the balancer)"
+                .to_owned(),
+        );
+    }
+    if !t.observes_replicas() && t.initial_replicas.is_none() {
+        return Some(
+            "asks for nothing until its running count is known: no `replicas` query and no \
+             `initial_replicas` (a count remembered in the state directory also serves)"
+                .to_owned(),
+        );
+    }
+    None
 }

@@ -437,7 +437,7 @@ mod tests {
         assert_eq!(
             names,
             ["delivered", "rejected", "gave_up", "expired", "superseded"],
-            "as documented in the README"
+            "as documented in docs/http-api.md and docs/delivery.md"
         );
     }
 
