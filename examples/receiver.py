@@ -1,32 +1,44 @@
 #!/usr/bin/env python3
-"""A webhook receiver for trying prescale: checks each request's `Prescale-Signature`
-and prints the actions that verify. Python's standard library only.
+"""A webhook receiver for trying prescale: verifies each request with the Standard Webhooks
+library and prints the actions that verify.
 
+    pip install standardwebhooks
     python3 examples/receiver.py --port 9000 --secret-file config/webhook-secret
 
-It answers 200 to a request whose signature verifies (and is at most 5 minutes old), 401
-otherwise, and prints one line per request. It changes nothing: point a real platform's
-receiver at the same contract (docs/webhooks.md). tests/receiver_check.rs runs it.
+The secret file holds the secret as prescale is configured with it: a `whsec_<base64>`
+secret is handed to the library unchanged, any other one as `whsec_` + its base64 (see
+docs/webhooks.md, "The secret's format"). A request verifies when one of its
+`webhook-signature` entries matches and its `webhook-timestamp` is at most 5 minutes old
+(the library's rule): it is answered 200; anything else 401. One line is printed per
+request. It changes nothing: point a real platform's receiver at the same contract.
+tests/receiver_check.rs runs it.
 """
 
 import argparse
-import hashlib
-import hmac
+import base64
 import json
 import sys
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+try:
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+except ImportError:
+    sys.exit("examples/receiver.py needs the Standard Webhooks library: pip install standardwebhooks")
 
-def verify(secret: bytes, header: str, body: bytes, tolerance: int = 300) -> bool:
-    """The check of docs/webhooks.md: any `v1` matches HMAC-SHA256(secret, t + "." + body)."""
-    pairs = [p.split("=", 1) for p in header.split(",") if "=" in p]
-    t = next((v for k, v in pairs if k == "t"), None)
-    if t is None or not t.isdigit():
-        return False
-    mac = hmac.new(secret, t.encode() + b"." + body, hashlib.sha256).hexdigest()
-    ok = any(hmac.compare_digest(mac, v) for k, v in pairs if k == "v1")
-    return ok and abs(time.time() - int(t)) <= tolerance
+
+def library_secret(secret: bytes) -> str:
+    """The secret as the library takes it."""
+    if secret.startswith(b"whsec_"):
+        return secret.decode()
+    return "whsec_" + base64.b64encode(secret).decode()
+
+
+def describe(body: bytes) -> str:
+    action = json.loads(body) if body else {}
+    what = f"{action.get('kind')} {action.get('target')}"
+    if action.get("kind") == "scale":
+        what += f": {action.get('from')} -> {action.get('to')}"
+    return what
 
 
 def main() -> None:
@@ -36,28 +48,29 @@ def main() -> None:
     parser.add_argument("--secret-file", required=True)
     args = parser.parse_args()
     with open(args.secret_file, "rb") as f:
-        secret = f.read().rstrip()
+        webhook = Webhook(library_secret(f.read().rstrip()))
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            header = self.headers.get("Prescale-Signature", "")
-            if verify(secret, header, body):
-                self.send_response(200)
-                self.end_headers()
-                try:
-                    action = json.loads(body)
-                    what = f"{action.get('kind')} {action.get('target')}"
-                    if action.get("kind") == "scale":
-                        what += f": {action.get('from')} -> {action.get('to')}"
-                except ValueError:
-                    what = "a body that is not JSON"
-                key = self.headers.get("Idempotency-Key", "-")
-                print(f"valid {self.path} {what} (key {key})", flush=True)
-            else:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            try:
+                webhook.verify(body, headers)
+            except WebhookVerificationError:
                 self.send_response(401)
                 self.end_headers()
                 print(f"INVALID signature on {self.path}: refused", flush=True)
+                return
+            except ValueError:
+                pass  # verified, but the body is not JSON: described below
+            self.send_response(200)
+            self.end_headers()
+            try:
+                what = describe(body)
+            except ValueError:
+                what = "a body that is not JSON"
+            key = headers.get("webhook-id", "-")
+            print(f"valid {self.path} {what} (key {key})", flush=True)
 
         def log_message(self, *_args) -> None:
             pass  # one line per request is printed above

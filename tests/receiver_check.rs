@@ -1,6 +1,7 @@
 //! The receiver checks of the webhook contract (`docs/webhooks.md`), run as written: the
-//! shell one (with `openssl`) and the Python one, against headers prescale signs — with
-//! one secret, and with two while rotating. And the README's one-line receiver
+//! one with the Standard Webhooks library (PyPI `standardwebhooks`, which `tests/run.sh`
+//! installs), the shell one (with `openssl`) and the Python one, against headers prescale
+//! signs — with one secret, and with two while rotating. And the README's one-line receiver
 //! (`examples/receiver.py`), started as the README starts it, receiving what prescale's own
 //! webhook sender posts with the shipped configuration's secret.
 
@@ -13,14 +14,14 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use prescale::act::Attempt;
-use prescale::act::webhook::{WebhookSender, sign_all};
+use prescale::act::webhook::{WebhookSender, sign_all, standard};
 use prescale::config::{Config, DeliveryConfig, WebhookConfig};
 
 /// The code block that follows `<!-- receiver-check:{lang}` in the webhook contract.
 fn snippet(lang: &str) -> String {
     let doc = repo("docs/webhooks.md");
     let text = std::fs::read_to_string(&doc).expect("docs/webhooks.md");
-    let marker = format!("<!-- receiver-check:{lang}");
+    let marker = format!("<!-- receiver-check:{lang} ");
     let after = &text[text
         .find(&marker)
         .unwrap_or_else(|| panic!("docs/webhooks.md has no `{marker}` block"))..];
@@ -52,6 +53,77 @@ fn cases(now: i64) -> Vec<(String, Vec<u8>, &'static str, bool)> {
         (old, body.clone(), "new-secret", false),
         ("v1=abc".to_owned(), body, "new-secret", false),
     ]
+}
+
+/// (headers, body, secret as configured) → does the library snippet say valid? Plain and
+/// `whsec_` secrets, a rotation, a tampered body, an old timestamp, a missing header.
+fn standard_cases(now: i64) -> Vec<(serde_json::Value, Vec<u8>, &'static str, bool)> {
+    const WHSEC: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let whsec_key = b"0123456789abcdef0123456789abcdef".as_slice();
+    let body = br#"{"schema_version":1,"kind":"scale","target":"web","to":7}"#.to_vec();
+    let id = "0123456789abcdef0123456789abcdef";
+    let headers = |keys: &[&[u8]], t: i64| {
+        serde_json::json!({
+            standard::ID_HEADER: id,
+            standard::TIMESTAMP_HEADER: t.to_string(),
+            standard::SIGNATURE_HEADER: standard::sign(keys, id, t, &body),
+        })
+    };
+    let one = headers(&[b"new-secret"], now);
+    let two = headers(&[whsec_key, b"new-secret"], now);
+    let mut tampered = body.clone();
+    tampered[30] ^= 1;
+    let mut missing = one.clone();
+    missing.as_object_mut().unwrap().remove(standard::TIMESTAMP_HEADER);
+    vec![
+        (one.clone(), body.clone(), "new-secret", true),
+        (one.clone(), body.clone(), "old-secret", false),
+        (two.clone(), body.clone(), WHSEC, true),
+        (two.clone(), body.clone(), "new-secret", true),
+        (two.clone(), body.clone(), "wrong", false),
+        (two, tampered, WHSEC, false),
+        (headers(&[b"new-secret"], now - 3_600), body.clone(), "new-secret", false),
+        (missing, body, "new-secret", false),
+    ]
+}
+
+#[test]
+fn library_check_verifies_what_prescale_signs() {
+    let code = snippet("python-library")
+        + "\nimport json, sys\n\
+           for case in json.load(open(sys.argv[1])):\n\
+           \x20   print(verify(case['secret'], bytes(case['body']), case['headers']))\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("verify.py");
+    std::fs::write(&file, code).unwrap();
+    let cases = standard_cases(common::now_secs());
+    let input: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(headers, body, secret, _)| {
+            serde_json::json!({"headers": headers, "body": body, "secret": secret})
+        })
+        .collect();
+    let cases_file = dir.path().join("cases.json");
+    std::fs::write(&cases_file, serde_json::to_vec(&input).unwrap()).unwrap();
+    let out = Command::new("python3")
+        .arg(&file)
+        .arg(&cases_file)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e}); install Debian package python3"));
+    assert!(
+        out.status.success(),
+        "the library snippet failed (tests/run.sh installs PyPI standardwebhooks): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = cases
+        .iter()
+        .map(|c| if c.3 { "True" } else { "False" }.to_owned())
+        .collect();
+    assert_eq!(said, want, "one line per case: {cases:?}");
 }
 
 #[test]
