@@ -106,6 +106,8 @@ pub struct Metrics {
     pub capacity_rps: Family<CapacityLabels, Gauge<f64, AtomicU64>>,
     /// Model refits by selected model.
     pub forecast_refits: Family<ModelLabels, Counter>,
+    /// Changes of the running count someone else made, by target.
+    pub external_changes: Family<TargetLabels, Counter>,
     /// Discovery queries by discovery and outcome.
     pub discovery_refreshes: Family<DiscoveryOutcomeLabels, Counter>,
     /// Targets each discovery makes now.
@@ -187,6 +189,7 @@ impl Metrics {
             seconds_to_bottleneck: Family::default(),
             capacity_rps: Family::default(),
             forecast_refits: Family::default(),
+            external_changes: Family::default(),
             discovery_refreshes: Family::default(),
             discovered_targets: Family::default(),
             discovery_problems: Family::default(),
@@ -288,6 +291,11 @@ impl Metrics {
             "forecast_refits",
             "Model re-selections and refits, by the model selected",
             self.forecast_refits.clone(),
+        );
+        registry.register(
+            "external_changes",
+            "Changes of the running count prescale did not ask for (someone else's), observed",
+            self.external_changes.clone(),
         );
         registry.register(
             "discovery_refreshes",
@@ -425,6 +433,7 @@ mod tests {
                 model: "ets".into(),
             })
             .inc();
+        m.external_changes.get_or_create(&t()).inc();
         m.outbox
             .get_or_create(&OutboxLabels {
                 state: crate::act::outbox::DeliveryState::Dead,

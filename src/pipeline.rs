@@ -183,9 +183,18 @@ impl TargetLoop {
                 self.release_while_paused(k, now).await;
             }
         }
-        let Some((actions, model, unsent)) = self.step(now) else {
+        let Some(Stepped {
+            actions,
+            model,
+            unsent,
+            hold,
+        }) = self.step(now)
+        else {
             return;
         };
+        if hold && acting == Acting::Yes {
+            self.hold(now).await;
+        }
         let written = match acting {
             Acting::Hold(why) => Err(NotWritten::Coordination(why)),
             _ if actions.is_empty() => Ok(()),
@@ -352,9 +361,10 @@ impl TargetLoop {
     }
 
     /// The step at `now` on the stored state, recorded in the store and metrics: the
-    /// actions to write, the encoded model to save after a refit, and what to undo if the
-    /// actions cannot be written. `None` if the target is not in the store.
-    fn step(&self, now: i64) -> Option<(Vec<Action>, Option<Encoded>, Unsent)> {
+    /// actions to write, the encoded model to save after a refit, what to undo if the
+    /// actions cannot be written, and whether to pause the target. `None` if the target
+    /// is not in the store.
+    fn step(&self, now: i64) -> Option<Stepped> {
         let t = &self.target;
         let policy = t.step_policy(&self.forecast, self.alerts.as_ref());
         // The other targets are locked one at a time, never while holding this one.
@@ -391,10 +401,16 @@ impl TargetLoop {
         self.record_metrics(state, &plan);
         let actions = self.actions(&policy, &plan);
         record(state, &plan);
+        let hold = plan.hold;
         let record = DecisionRecord::new(t.name.clone(), plan.decision, t.mode);
         drop(guard);
         self.store.record_decision(record.explained(plan.explain));
-        Some((actions, model, unsent))
+        Some(Stepped {
+            actions,
+            model,
+            unsent,
+            hold,
+        })
     }
 
     /// Every target's last claim on the budget, in a fixed order, and this one's place.
@@ -492,6 +508,11 @@ impl TargetLoop {
         m.seconds_to_bottleneck
             .get_or_create(&labels)
             .set(to_breach);
+        if let Some(c) = plan.external {
+            m.external_changes.get_or_create(&labels).inc();
+            warn!(target = %t.name, from = c.from, to = c.to, then = t.external_changes.as_str(),
+                "the running count was changed by someone else");
+        }
         let d = &plan.decision;
         m.desired_replicas
             .get_or_create(&labels)
@@ -569,6 +590,18 @@ impl TargetLoop {
     }
 }
 
+/// What a cycle's step gives the loop to do.
+struct Stepped {
+    /// The actions to write.
+    actions: Vec<Action>,
+    /// The encoded model to save after a refit.
+    model: Option<Encoded>,
+    /// What to put back if the actions cannot be written.
+    unsent: Unsent,
+    /// Pause the target: someone else changed its count under `external_changes = "hold"`.
+    hold: bool,
+}
+
 /// Keeps in the store what a plan says of the target.
 fn record(state: &mut TargetState, plan: &Plan) {
     state.wanted = Some(plan.wanted);
@@ -608,6 +641,7 @@ fn merge_instances(
 }
 
 mod durable;
+mod external;
 mod kubernetes;
 mod owned;
 mod shared;

@@ -26,14 +26,17 @@ use crate::forecast::{self, Forecast, Forecaster, History, Updated};
 use crate::series::{Sample, Series};
 
 mod budget;
+pub mod external;
 mod health;
 mod rebalance;
 
 pub use budget::{BudgetView, claim};
+pub use external::{ExternalChange, ExternalChanges};
 pub use health::{Signal, SignalHealth, degraded_reasons};
 pub use rebalance::Rebalance;
 
 use budget::apply_budget;
+use external::Own;
 use rebalance::rebalance;
 
 /// Where predicted bottlenecks are alerted, as plain numbers.
@@ -84,6 +87,8 @@ pub struct TargetPolicy {
     pub priority: u32,
     /// Alerting of predicted bottlenecks, when configured.
     pub alert: Option<AlertPolicy>,
+    /// What to do when someone else changes the running count (see [`external`]).
+    pub external_changes: ExternalChanges,
 }
 
 /// The count last asked for, and when.
@@ -125,6 +130,10 @@ pub struct Memory {
     /// that acts, without a replicas series, with nothing remembered and no
     /// `initial_replicas`. `None` when it was known.
     pub unknown_running: Option<String>,
+    /// What prescale's own asks may leave running, to tell someone else's change of the
+    /// observed count from them (see [`external`]); `None` until a count is observed or
+    /// asked for.
+    pub own: Option<Own>,
 }
 
 impl Memory {
@@ -135,6 +144,7 @@ impl Memory {
     pub fn resume(&mut self, policy: &TargetPolicy, asked: Asked, running: Option<u32>, now: i64) {
         self.asked = Some(asked);
         self.running = running.or(self.running);
+        self.own = Some(Own::resumed(asked.replicas, running));
         self.decide.remember(&policy.decide, now, asked.replicas);
     }
 }
@@ -192,6 +202,11 @@ pub struct Plan {
     /// The replica count running after this step (observed, or the count last asked
     /// for); `None` while unknown (see [`ReasonCode::ReplicasUnknown`]).
     pub replicas: Option<u32>,
+    /// A change of the running count someone else made, observed at this step.
+    pub external: Option<ExternalChange>,
+    /// Pause acting on the target until it is resumed: it saw an external change under
+    /// `external_changes = "hold"` (nothing was asked for at this step).
+    pub hold: bool,
 }
 
 /// One step of one target at `inputs.now`.
@@ -210,6 +225,8 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
         memory.capacity_resolved_at = now;
     }
     let capacity = memory.capacity.as_ref().and_then(|c| c.effective_rps);
+    let external = external_change(policy, memory, inputs);
+    let hold = external.is_some() && policy.external_changes == ExternalChanges::Hold;
     let known = running_now(policy, memory, inputs);
     // Decisions start from the count last asked for, as the HPA's from the scale's
     // `spec.replicas`: a platform still starting replicas is not asked again.
@@ -245,6 +262,21 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
         let degraded = !degraded.is_empty();
         apply_budget(b, policy, &mut decision, &mut explain, degraded)
     });
+    if let Some(c) = external {
+        let why = external::message(&c, policy.external_changes);
+        explain.inputs.external = Some(c);
+        explain.clamp(ReasonCode::External, c.from, c.to, &why);
+        decision
+            .reasons
+            .push(Reason::new(ReasonCode::External, why));
+    }
+    // The true `from` is the count observed running, when it is observed: the count
+    // asked for may still be on its way.
+    if policy.observes_replicas
+        && let Some(n) = known
+    {
+        decision.from = n;
+    }
     if let Some(why) = unknown {
         let why = format!("{why}; nothing is asked for until it is known");
         explain.clamp(ReasonCode::ReplicasUnknown, decision.to, decision.to, &why);
@@ -252,7 +284,7 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
             .reasons
             .push(Reason::new(ReasonCode::ReplicasUnknown, why));
     }
-    let scale = ask(policy, memory, inputs, &decision, running);
+    let scale = ask(policy, memory, inputs, &decision, running.filter(|_| !hold));
     let (rebalance, send_rebalance) = rebalance(policy, memory, inputs);
     let alert = alert_step(
         policy,
@@ -281,6 +313,8 @@ pub fn step(policy: &TargetPolicy, memory: &mut Memory, inputs: &Inputs<'_>) -> 
         refitted,
         degraded,
         replicas,
+        external,
+        hold,
     }
 }
 
@@ -369,15 +403,58 @@ fn load_latency_pairs(rate: &Series, replicas: &Series, latency: &Series) -> Vec
 /// asked for, `initial_replicas`.
 fn running_now(policy: &TargetPolicy, memory: &Memory, inputs: &Inputs<'_>) -> Option<u32> {
     let known = if policy.observes_replicas {
-        inputs
-            .replicas
-            .last()
-            .filter(|s| s.value.is_finite() && s.value >= 0.0)
-            .map(|s| s.value.round().clamp(0.0, f64::from(u32::MAX)) as u32)
+        observed(policy, inputs)
     } else {
         memory.running
     };
     known.or(policy.initial_replicas.filter(|_| memory.asked.is_none()))
+}
+
+/// The newest observed running count, with a replicas series (or the scale subresource).
+fn observed(policy: &TargetPolicy, inputs: &Inputs<'_>) -> Option<u32> {
+    if !policy.observes_replicas {
+        return None;
+    }
+    inputs
+        .replicas
+        .last()
+        .filter(|s| s.value.is_finite() && s.value >= 0.0)
+        .map(|s| s.value.round().clamp(0.0, f64::from(u32::MAX)) as u32)
+}
+
+/// Compares the observed running count with what prescale's own asks may leave running
+/// (see [`external`]). On someone else's change, decisions start from the observed count:
+/// it becomes the count last asked for and, when raised, a recommendation at `now`, so
+/// that scale-in waits the scale-down stabilisation window as after any recommendation.
+/// Only for a target that sends scale actions and observes its count.
+fn external_change(
+    policy: &TargetPolicy,
+    memory: &mut Memory,
+    inputs: &Inputs<'_>,
+) -> Option<ExternalChange> {
+    if !acts(policy) {
+        return None;
+    }
+    let n = observed(policy, inputs)?;
+    let Some(asked) = memory.asked else {
+        // Nothing asked for yet: whatever runs is where prescale starts.
+        memory.own = Some(Own::settled(n));
+        return None;
+    };
+    let now = inputs.now;
+    let settled = now - asked.at >= policy.startup + policy.decide.interval;
+    let change = memory
+        .own
+        .get_or_insert_with(|| Own::settled(asked.replicas))
+        .observe(n, asked.replicas, settled, now)?;
+    memory.asked = Some(Asked {
+        replicas: n,
+        at: now,
+    });
+    if n > asked.replicas {
+        memory.decide.remember(&policy.decide, now, n);
+    }
+    Some(change)
 }
 
 /// Whether the target sends scale actions: it acts, and has a platform.
@@ -528,6 +605,10 @@ fn ask(
         replicas: d.to,
         at: now,
     });
+    memory
+        .own
+        .get_or_insert_with(|| Own::settled(before))
+        .asked(d.to);
     if !policy.observes_replicas {
         memory.running = Some(d.to);
     }

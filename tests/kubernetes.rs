@@ -614,3 +614,224 @@ fn the_configmap_holds_a_valid_kubernetes_config() {
         "{summary}"
     );
 }
+
+/// A target on the stand-in whose demand needs about 6 replicas (40 rps at 10 each, 0.7
+/// utilised), deciding every second, scaling in by at most 4 per 5 s after a 20 s window,
+/// with `external_changes = "{then}"`.
+fn external_target(name: &str, then: &str) -> String {
+    format!(
+        r#"
+[[target]]
+name = "{name}"
+request_rate = 'sum(rate(http_requests_total{{job="web"}}[1m]))'
+capacity_rps = 10
+startup = "2s"
+min_replicas = 1
+max_replicas = 40
+interval = "1s"
+step = "1s"
+history = "10m"
+stale_after = "30s"
+external_changes = "{then}"
+
+[target.behavior.scale_down]
+stabilization_window = "20s"
+policies = [{{ type = "Pods", value = 4, period = "5s" }}]
+
+[target.platform]
+kind = "kubernetes"
+namespace = "{NS}"
+deployment = "{name}"
+kubeconfig = "kubeconfig"
+context = "stand-in"
+"#
+    )
+}
+
+/// The decisions of `target` in the log, oldest first.
+async fn decisions(app: &Serving, target: &str) -> Vec<Value> {
+    let b = app
+        .get(&format!("/api/v1/decisions?target={target}&limit=1000"))
+        .await;
+    let mut list = b["decisions"].as_array().cloned().unwrap_or_default();
+    list.reverse();
+    list
+}
+
+fn codes(d: &Value) -> Vec<String> {
+    d["reasons"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|r| r["code"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The first decision of `target` that records an external change.
+async fn external_decision(app: &Serving, target: &str) -> Value {
+    poll_until_async(
+        &format!("`{target}`'s decision recording the external change"),
+        DEADLINE,
+        || async {
+            decisions(app, target)
+                .await
+                .into_iter()
+                .find(|d| codes(d).iter().any(|c| c == "External"))
+        },
+    )
+    .await
+}
+
+/// The scale deliveries of `target`, oldest first: (created_at, from, to).
+async fn scale_deliveries(app: &Serving, target: &str) -> Vec<(f64, u64, u64)> {
+    let b = app
+        .get(&format!("/api/v1/deliveries?target={target}&limit=1000"))
+        .await;
+    let mut list: Vec<(f64, u64, u64)> = b["deliveries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|d| d["kind"] == "scale")
+        .filter_map(|d| {
+            Some((
+                d["created_at"].as_f64()?,
+                d["body"]["from"].as_u64()?,
+                d["body"]["to"].as_u64()?,
+            ))
+        })
+        .collect();
+    list.sort_by(|a, b| a.0.total_cmp(&b.0));
+    list
+}
+
+/// Defect (issue 25): a person scaled a Deployment to 30 during an incident and prescale
+/// patched it back to its own count 0.2 s later, with no stabilisation, its decision and
+/// delivery saying `from` its own count. Against the Kubernetes API stand-in (no real API
+/// server can run here), with a real Prometheus: the change is recorded as `External`
+/// with the observed count as `from`; nothing is scaled in before the 20 s window; then the
+/// scale-in goes through the rate limit (4 per 5 s), every delivery carrying the count
+/// observed as `from`. Under `external_changes = "hold"` the target is paused and nothing
+/// is sent until it is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_scale_is_followed_after_the_window_or_held_until_resumed() {
+    let exporter = common::SeriesExporter::start();
+    exporter.set(&[("job", "web"), ("instance", "a")], 40.0);
+    let prom = Prometheus::start_async(Options {
+        backfill: None,
+        scrape: Some(exporter.addr()),
+        port: None,
+        openmetrics: None,
+    })
+    .await;
+    let api = KubeApi::start();
+    api.add_deployment(NS, "web", 2);
+    api.add_deployment(NS, "held", 2);
+    let dir = tempfile::tempdir().unwrap();
+    api.write_kubeconfig(dir.path());
+    std::fs::write(dir.path().join("token"), API_TOKEN).unwrap();
+    let config = dir.path().join("prescale.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\napi_token_file = \"token\"\n\n[prometheus]\nurl = \"{}\"\n\n[delivery]\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"\n{}{}",
+            prom.url(),
+            external_target("web", "follow"),
+            external_target("held", "hold"),
+        ),
+    )
+    .unwrap();
+    let app = Serving::start(&config).await;
+
+    // Both settle on their own count (a hold at the count running).
+    let mut settled = 0;
+    for name in ["web", "held"] {
+        settled = poll_until_async(&format!("`{name}` to settle"), DEADLINE, || async {
+            let running = api.replicas(NS, name)?;
+            let last = decisions(&app, name).await.pop()?;
+            (running > 2 && last["from"] == running && last["to"] == running).then_some(running)
+        })
+        .await;
+        assert!(settled < 30, "{settled}");
+    }
+    let before = scale_deliveries(&app, "held").await.len();
+
+    // Someone scales both to 30.
+    api.set_replicas(NS, "web", 30);
+    api.set_replicas(NS, "held", 30);
+
+    let ext = external_decision(&app, "web").await;
+    assert_eq!(ext["from"], 30, "the observed count: {ext}");
+    assert!(
+        ext["reasons"]
+            .to_string()
+            .contains(&format!("from {settled} to 30")),
+        "{ext}"
+    );
+    let at = ext["at"].as_i64().expect("at");
+    let window = 20;
+
+    // Scaled in through the rate limit: at least three steps of 4.
+    poll_until_async("`web` to be scaled in to 18 or fewer", DEADLINE, || async {
+        (api.replicas(NS, "web")? <= 18).then_some(())
+    })
+    .await;
+    let after: Vec<Value> = decisions(&app, "web")
+        .await
+        .into_iter()
+        .filter(|d| d["at"].as_i64().is_some_and(|t| t >= at))
+        .collect();
+    for d in &after {
+        let (t, from, to) = (d["at"].as_i64().unwrap(), &d["from"], &d["to"]);
+        if t < at + window {
+            assert!(to.as_u64() >= Some(30), "scaled in within the window: {d}");
+            assert_eq!(from, 30, "from the count observed: {d}");
+        }
+    }
+    assert_eq!(
+        after
+            .iter()
+            .filter(|d| codes(d).contains(&"External".to_owned()))
+            .count(),
+        1,
+        "one external change: {after:?}"
+    );
+    let sent: Vec<_> = scale_deliveries(&app, "web")
+        .await
+        .into_iter()
+        .filter(|d| d.0 >= at as f64)
+        .collect();
+    assert!(sent.len() >= 3, "scaled in in steps: {sent:?}");
+    let first = sent[0];
+    assert!(
+        first.0 >= (at + window) as f64,
+        "sent within the window: {sent:?}"
+    );
+    let mut observed = 30;
+    for &(created, from, to) in &sent {
+        assert_eq!(
+            from, observed,
+            "from the count observed at {created}: {sent:?}"
+        );
+        assert!(from - to <= 4, "beyond the rate limit: {sent:?}");
+        observed = to;
+    }
+
+    // `hold`: paused since the change; nothing sent while paused, then resumed.
+    let held = external_decision(&app, "held").await;
+    assert_eq!(held["from"], 30, "{held}");
+    let t = app.get("/api/v1/targets/held").await;
+    assert_eq!(t["paused"], true, "{t}");
+    assert_eq!(api.replicas(NS, "held"), Some(30));
+    assert_eq!(scale_deliveries(&app, "held").await.len(), before);
+    assert_eq!(app.post("/api/v1/targets/held/resume").await, 200);
+    poll_until_async("`held` to scale in once resumed", DEADLINE, || async {
+        api.replicas(NS, "held").filter(|n| *n < 30)
+    })
+    .await;
+    let sent = scale_deliveries(&app, "held").await;
+    assert_eq!(sent.get(before).map(|d| d.1), Some(30), "{sent:?}");
+    app.stop().await;
+}

@@ -123,6 +123,20 @@ pub(super) struct Inputs {
     bounds: Bounds,
     /// The shared budget's grant, with `[budget]`.
     budget: Option<Grant>,
+    /// A change of the running count someone else made, observed at this decision: the
+    /// decision starts from the count it changed to (code `External` among the clamps).
+    external: Option<ExternalChange>,
+}
+
+/// A change of the running count prescale did not ask for, as observed.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub(super) struct ExternalChange {
+    /// The count observed before it.
+    from: u32,
+    /// The count observed after it.
+    to: u32,
+    /// When it was observed (Unix s).
+    at: i64,
 }
 
 /// Why a decision's count is what it is.
@@ -175,6 +189,11 @@ impl From<&core::Inputs> for Inputs {
                 total: g.total,
                 wanted: g.wanted,
                 granted: g.granted,
+            }),
+            external: i.external.map(|c| ExternalChange {
+                from: c.from,
+                to: c.to,
+                at: c.at,
             }),
         }
     }

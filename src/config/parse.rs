@@ -361,6 +361,12 @@ pub struct RawTarget {
     pub behavior: Option<RawBehavior>,
     /// `act` (default) sends webhooks; `forecast-only` decides and shows, sends nothing.
     pub mode: Option<Mode>,
+    /// When someone else changes the running count (observed by the `replicas` query or
+    /// the Kubernetes scale subresource): `follow` (default) decides from the observed
+    /// count, scaling an external scale-out in only after the scale-down stabilisation
+    /// window and through the rate limits; `hold` pauses acting on the target until it
+    /// is resumed through the API, so that a manual override wins.
+    pub external_changes: Option<crate::step::ExternalChanges>,
     /// Where scale actions go: a signed webhook (default) or the Kubernetes API.
     pub platform: Option<RawPlatform>,
     /// Where rebalance actions go: a webhook (default) or HAProxy's runtime API.

@@ -17,7 +17,7 @@ use crate::decide::balance::Settings;
 use crate::decide::risk::Risk;
 use crate::decide::schedule::{self, Window};
 use crate::decide::{Mode, Policy, Rules};
-use crate::step::{AlertPolicy, Signal, TargetPolicy};
+use crate::step::{AlertPolicy, ExternalChanges, Signal, TargetPolicy};
 
 pub(super) use resolve::target_key;
 
@@ -122,6 +122,8 @@ pub struct TargetConfig {
     pub scale_down: Rules,
     /// Act or only forecast.
     pub mode: Mode,
+    /// What to do when someone else changes the running count.
+    pub external_changes: ExternalChanges,
     /// Scale webhook.
     pub platform: Option<WebhookConfig>,
     /// Scale through the Kubernetes API instead (`[target.platform] kind = "kubernetes"`).
@@ -228,6 +230,7 @@ impl TargetConfig {
                 lead: a.lead.as_secs() as i64,
                 resend: a.resend.as_secs() as i64,
             }),
+            external_changes: self.external_changes,
         }
     }
 
@@ -286,6 +289,7 @@ impl TargetConfig {
             scale_up: Rules::default_scale_up(),
             scale_down: Rules::default_scale_down(),
             mode: Mode::Act,
+            external_changes: ExternalChanges::Follow,
             platform: None,
             kubernetes: None,
             balancer: None,

@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use super::schedule::Bounds;
-use super::types::{Latency, Peak, Reason, ReasonCode};
+use super::types::{ExternalChange, Latency, Peak, Reason, ReasonCode};
 use crate::forecast::capacity::CapacitySource;
 
 /// One of the three policies that recommend a count.
@@ -117,6 +117,9 @@ pub struct Inputs {
     pub bounds: BoundsInForce,
     /// The shared budget's grant, with `[budget]` (set by the step).
     pub budget: Option<Grant>,
+    /// A change of the running count someone else made, observed this cycle (set by the
+    /// step): `replicas` is then the count it changed to.
+    pub external: Option<ExternalChange>,
 }
 
 /// Why a decision's count is what it is.

@@ -46,7 +46,7 @@ use serde::Serialize;
 pub use behavior::{RateKind, RatePolicy, Rules, Select};
 pub use explain::Explain;
 pub use policy::{Mode, Policy};
-pub use types::{Latency, Peak, Reason, ReasonCode};
+pub use types::{ExternalChange, Latency, Peak, Reason, ReasonCode};
 
 use explain::Trail;
 use recommend::{demand, performance, prediction, recommendations};

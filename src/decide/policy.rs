@@ -90,6 +90,7 @@ impl Policy {
                 headroom_rps: 0.0,
                 bounds: BoundsInForce::from(&self.bounds(now)),
                 budget: None,
+                external: None,
             },
             policies: Vec::new(),
             clamps: Vec::new(),

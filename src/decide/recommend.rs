@@ -54,10 +54,16 @@ pub(super) fn demand(policy: &Policy, d: f64, current: u32, serving: Option<u32>
     } else {
         policy.need(d, policy.target_utilization)
     };
-    let message = format!(
-        "observed {d:.3} rps is {:.0}% of planned capacity: {r} replicas",
-        ratio * 100.0
-    );
+    // With no replica serving the ratio is infinite (or, with no demand, undefined): say
+    // so in words rather than print `inf%` or `NaN%`.
+    let message = if ratio.is_finite() {
+        format!(
+            "observed {d:.3} rps is {:.0}% of planned capacity: {r} replicas",
+            ratio * 100.0
+        )
+    } else {
+        format!("observed {d:.3} rps with no replica serving (no planned capacity): {r} replicas")
+    };
     (r, Reason::new(ReasonCode::Demand, message))
 }
 

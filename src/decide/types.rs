@@ -55,6 +55,11 @@ pub enum ReasonCode {
     /// The count running is unknown (no `replicas` sample, or without a `replicas` query
     /// nothing remembered and no `initial_replicas`): decided and shown, nothing asked for.
     ReplicasUnknown,
+    /// The running count was changed by someone else (not asked for by prescale, nor its
+    /// earlier ask still being applied); the message says from what to what, as observed.
+    /// The decision starts from the observed count (`external_changes = "follow"`), or
+    /// the target is paused until resumed (`"hold"`).
+    External,
 }
 
 impl ReasonCode {
@@ -76,6 +81,7 @@ impl ReasonCode {
             Self::BudgetLimited => "BudgetLimited",
             Self::Scheduled => "Scheduled",
             Self::ReplicasUnknown => "ReplicasUnknown",
+            Self::External => "External",
         }
     }
 }
@@ -119,4 +125,16 @@ pub struct Peak {
     pub planned: f64,
     /// Where `planned` comes from.
     pub basis: PlanBasis,
+}
+
+/// A change of the running count that prescale did not ask for, as observed (see
+/// `step::external`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ExternalChange {
+    /// The count observed before it.
+    pub from: u32,
+    /// The count observed now.
+    pub to: u32,
+    /// When it was observed (Unix s).
+    pub at: i64,
 }

@@ -12,6 +12,7 @@ use crate::decide::DecideState;
 use crate::decide::alert::AlertState;
 use crate::series::Sample;
 use crate::step::Asked;
+use crate::step::external::Own;
 use crate::store::TargetState;
 
 impl TargetLoop {
@@ -162,6 +163,9 @@ struct Remembered {
 pub(super) struct Unsent {
     asked: Option<Asked>,
     running: Option<u32>,
+    /// What prescale's own asks may leave running: an external change the step adopted
+    /// is seen again at the next step, with the count asked for put back.
+    own: Option<Own>,
     decide: DecideState,
     weights: BTreeMap<String, u32>,
     alert: AlertState,
@@ -177,6 +181,7 @@ impl Unsent {
         Self {
             asked: m.asked,
             running: m.running,
+            own: m.own,
             decide: m.decide.clone(),
             weights: m.weights.clone(),
             alert: m.alert.clone(),
@@ -193,6 +198,7 @@ impl Unsent {
         let m = &mut state.memory;
         m.asked = self.asked;
         m.running = self.running;
+        m.own = self.own;
         m.decide = self.decide;
         m.weights = self.weights;
         m.alert = self.alert;

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::decide::budget::Claim;
-use crate::decide::{RateKind, RatePolicy, Rules, Select};
+use crate::decide::{ExternalChange, RateKind, RatePolicy, Rules, Select};
 
 const STEP: i64 = 60;
 
@@ -51,6 +51,7 @@ fn policy() -> TargetPolicy {
         rebalance: balance::Settings::default(),
         priority: 0,
         alert: None,
+        external_changes: ExternalChanges::Follow,
     }
 }
 
@@ -597,4 +598,159 @@ fn a_scheduled_floor_holds_under_the_budget_and_without_capacity() {
         (plan.decision.to, plan.decision.reason_codes().as_str()),
         (7, "NoCapacity+Scheduled")
     );
+}
+
+/// A target that observes its running count and scales in by at most 2 per minute after
+/// a 5-minute stabilisation window; demand needs 8 (80 rps at 10 rps per replica).
+fn observed_target(then: ExternalChanges) -> (TargetPolicy, World, Memory) {
+    let mut p = policy();
+    p.observes_replicas = true;
+    p.initial_replicas = None;
+    p.external_changes = then;
+    p.decide.scale_down = Rules {
+        stabilization_window: 300,
+        select: Select::Max,
+        policies: vec![RatePolicy {
+            kind: RateKind::Pods,
+            value: 2,
+            period: 60,
+        }],
+    };
+    let w = World::new(&[Signal::RequestRate, Signal::Replicas]);
+    let m = Memory {
+        asked: Some(Asked {
+            replicas: 8,
+            at: -3_600,
+        }),
+        ..Memory::default()
+    };
+    (p, w, m)
+}
+
+/// Steps at `now` with `running` observed and 80 rps.
+fn step_observed(p: &TargetPolicy, w: &mut World, m: &mut Memory, now: i64, running: u32) -> Plan {
+    w.observe(Signal::Replicas, now, f64::from(running));
+    w.observe(Signal::RequestRate, now, 80.0);
+    w.step(p, m, now)
+}
+
+fn has(plan: &Plan, code: ReasonCode) -> bool {
+    plan.decision.reasons.iter().any(|r| r.code == code)
+}
+
+/// Defect: someone scaled to 30 during an incident and the next decision read `30 -> 8`
+/// at once, with no stabilisation. Now the change is recorded as `External`, decisions
+/// start from the observed count, scale-in waits the stabilisation window and then goes
+/// through the rate limits; every decision's `from` is the count observed.
+#[test]
+fn an_external_scale_out_is_followed_and_scaled_in_only_after_the_window() {
+    let (p, mut w, mut m) = observed_target(ExternalChanges::Follow);
+    let plan = step_observed(&p, &mut w, &mut m, 0, 8);
+    assert!(
+        plan.external.is_none() && !plan.scale,
+        "{:?}",
+        plan.decision
+    );
+    let plan = step_observed(&p, &mut w, &mut m, STEP, 30);
+    assert_eq!(
+        plan.external,
+        Some(ExternalChange {
+            from: 8,
+            to: 30,
+            at: STEP
+        })
+    );
+    assert!(has(&plan, ReasonCode::External), "{:?}", plan.decision);
+    assert_eq!(plan.explain.inputs.external, plan.external);
+    assert_eq!((plan.decision.from, plan.decision.to), (30, 30));
+    assert!(!plan.scale && !plan.hold);
+    // Held for the window (30 recommended at 60 s, until 360 s), then 2 per minute.
+    let mut running = 30;
+    let mut asked = Vec::new();
+    for k in 2..12 {
+        let now = k * STEP;
+        let plan = step_observed(&p, &mut w, &mut m, now, running);
+        assert!(!has(&plan, ReasonCode::External), "{:?}", plan.decision);
+        assert_eq!(plan.decision.from, running, "{:?}", plan.decision);
+        if now < STEP + 300 {
+            assert!(
+                !plan.scale,
+                "scale-in within the window: {:?}",
+                plan.decision
+            );
+            assert!(
+                has(&plan, ReasonCode::ScaleDownStabilized),
+                "{:?}",
+                plan.decision
+            );
+        }
+        if plan.scale {
+            asked.push((now, plan.decision.to));
+            running = plan.decision.to;
+        }
+    }
+    assert_eq!(
+        asked,
+        [
+            (360, 28),
+            (420, 26),
+            (480, 24),
+            (540, 22),
+            (600, 20),
+            (660, 18)
+        ]
+    );
+}
+
+/// Defect: a count set to 0 by someone else was folded into an `8 -> 8` hold. Now it is
+/// recorded, decisions start from 0 and scale out through the scale-up rate limits; no
+/// message prints `inf%` or `NaN`.
+#[test]
+fn an_external_scale_to_zero_is_recorded_and_scaled_out_from_zero() {
+    let (p, mut w, mut m) = observed_target(ExternalChanges::Follow);
+    step_observed(&p, &mut w, &mut m, 0, 8);
+    let plan = step_observed(&p, &mut w, &mut m, STEP, 0);
+    assert_eq!(plan.external.map(|c| (c.from, c.to)), Some((8, 0)));
+    // From 0, the default scale-up allows 4 pods per 15 s, then doubling: 8 in a minute.
+    assert_eq!((plan.decision.from, plan.decision.to), (0, 8));
+    assert!(plan.scale);
+    for r in &plan.decision.reasons {
+        assert!(
+            !r.message.contains("inf") && !r.message.contains("NaN"),
+            "{r:?}"
+        );
+    }
+}
+
+/// With `external_changes = "hold"`, an external change pauses the target: nothing is
+/// asked for at that step, and the plan says to pause.
+#[test]
+fn an_external_change_under_hold_asks_for_nothing_and_pauses() {
+    let (p, mut w, mut m) = observed_target(ExternalChanges::Hold);
+    step_observed(&p, &mut w, &mut m, 0, 8);
+    let plan = step_observed(&p, &mut w, &mut m, STEP, 0);
+    assert!(plan.hold && !plan.scale, "{:?}", plan.decision);
+    assert!(has(&plan, ReasonCode::External));
+    assert_eq!(plan.decision.from, 0);
+}
+
+/// prescale's own scale-out still rolling out (the observed count lags the ask) is not an
+/// external change, and is not asked for again before a start-up has passed.
+#[test]
+fn prescales_own_scale_rolling_out_is_not_external() {
+    let (p, mut w, mut m) = observed_target(ExternalChanges::Follow);
+    step_observed(&p, &mut w, &mut m, 0, 8);
+    w.observe(Signal::RequestRate, STEP, 200.0);
+    w.observe(Signal::Replicas, STEP, 8.0);
+    let plan = w.step(&p, &mut m, STEP);
+    assert!(plan.scale, "{:?}", plan.decision);
+    let to = plan.decision.to;
+    assert!(to > 8);
+    for (k, running) in [(2, 9), (3, to - 1), (4, to)] {
+        w.observe(Signal::RequestRate, k * STEP, 200.0);
+        w.observe(Signal::Replicas, k * STEP, f64::from(running));
+        let plan = w.step(&p, &mut m, k * STEP);
+        assert!(plan.external.is_none(), "{:?}", plan.decision);
+        assert_eq!(plan.decision.from, running);
+    }
 }

@@ -194,6 +194,21 @@ impl KubeApi {
         self.lock().objects.get(&key)?["spec"]["replicas"].as_u64()
     }
 
+    /// Another writer (a person with `kubectl scale`) sets a Deployment's `spec.replicas`
+    /// and, as there is no controller, its `status.replicas`; the resourceVersion moves on.
+    pub fn set_replicas(&self, namespace: &str, name: &str, replicas: u32) {
+        let key = (
+            "deployments".to_owned(),
+            namespace.to_owned(),
+            name.to_owned(),
+        );
+        let mut c = self.lock();
+        let o = c.objects.get_mut(&key).expect("the Deployment exists");
+        o["spec"]["replicas"] = json!(replicas);
+        o["status"]["replicas"] = json!(replicas);
+        c.bump(&key);
+    }
+
     /// An HPA's `spec.minReplicas`.
     pub fn hpa_min(&self, namespace: &str, name: &str) -> Option<u64> {
         let key = (

@@ -114,6 +114,7 @@ impl Validator<'_> {
             scale_up,
             scale_down,
             mode: t.mode.unwrap_or(Mode::Act),
+            external_changes: t.external_changes.unwrap_or_default(),
             platform,
             kubernetes,
             balancer,
