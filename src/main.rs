@@ -278,53 +278,59 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Forecast {
             trace,
             horizon,
-            out: out_path,
+            out,
             config,
             skip,
-        } => {
-            let trace = Trace::load(&trace)?;
-            let (forecast, history) = match config {
-                Some(path) => {
-                    let c = Config::load(&path)?;
-                    (c.forecast, c.targets[0].history)
-                }
-                None => (
-                    prescale::config::ForecastConfig::default(),
-                    TargetConfig::example("forecast", 1.0, Duration::ZERO).history,
-                ),
-            };
-            let horizon_s = horizon.as_secs() as i64;
-            anyhow::ensure!(
-                horizon_s > 0 && horizon_s % trace.step == 0,
-                "--horizon {}: expected a positive multiple of the trace step ({}s)",
-                humantime::format_duration(horizon),
-                trace.step
-            );
-            let mut target = TargetConfig::example("forecast", 1.0, Duration::ZERO);
-            target.history = history;
-            let progress = Progress::new("forecasting", trace.counts.len());
-            let rows = prescale::simulate::rolling_forecasts(
-                &trace,
-                horizon_s,
-                &target,
-                &forecast,
-                |done| progress.set(done),
-            );
-            progress.finish();
-            write_csv(&out_path, &rows)?;
-            out(format_args!(
-                "{:<22} {:>7} {:>6} {:>7} {:>9}\n",
-                "model", "rows", "mase", "smape%", "coverage%"
-            ))?;
-            for a in prescale::simulate::accuracy(&trace, &rows, skip) {
-                out(format_args!(
-                    "{:<22} {:>7} {:>6.3} {:>7.2} {:>9.2}\n",
-                    a.model, a.rows, a.mase, a.smape, a.coverage
-                ))?;
-            }
-            Ok(())
-        }
+        } => forecast(&trace, horizon, &out, config.as_deref(), skip),
     }
+}
+
+/// `prescale forecast`: rolling forecasts written to `out_path`, their accuracy printed.
+fn forecast(
+    trace: &std::path::Path,
+    horizon: Duration,
+    out_path: &std::path::Path,
+    config: Option<&std::path::Path>,
+    skip: i64,
+) -> anyhow::Result<()> {
+    let trace = Trace::load(trace)?;
+    let (forecast, history) = match config {
+        Some(path) => {
+            let c = Config::load(path)?;
+            (c.forecast, c.targets[0].history)
+        }
+        None => (
+            prescale::config::ForecastConfig::default(),
+            TargetConfig::example("forecast", 1.0, Duration::ZERO).history,
+        ),
+    };
+    let horizon_s = horizon.as_secs() as i64;
+    anyhow::ensure!(
+        horizon_s > 0 && horizon_s % trace.step == 0,
+        "--horizon {}: expected a positive multiple of the trace step ({}s)",
+        humantime::format_duration(horizon),
+        trace.step
+    );
+    let mut target = TargetConfig::example("forecast", 1.0, Duration::ZERO);
+    target.history = history;
+    let progress = Progress::new("forecasting", trace.counts.len());
+    let rows =
+        prescale::simulate::rolling_forecasts(&trace, horizon_s, &target, &forecast, |done| {
+            progress.set(done)
+        });
+    progress.finish();
+    write_csv(out_path, &rows)?;
+    out(format_args!(
+        "{:<22} {:>7} {:>6} {:>7} {:>9}\n",
+        "model", "rows", "mase", "smape%", "coverage%"
+    ))?;
+    for a in prescale::simulate::accuracy(&trace, &rows, skip) {
+        out(format_args!(
+            "{:<22} {:>7} {:>6.3} {:>7.2} {:>9.2}\n",
+            a.model, a.rows, a.mase, a.smape, a.coverage
+        ))?;
+    }
+    Ok(())
 }
 
 /// The target, the `[forecast]` settings and the trace a replay runs on.
@@ -366,9 +372,7 @@ fn load_replay(a: &ReplayArgs) -> anyhow::Result<(TargetConfig, ForecastConfig, 
 fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
     let (mut target, forecast, trace) = load_replay(&a.replay)?;
     let progress = Progress::new("replaying", trace.counts.len());
-    let rows = prescale::simulate::backtest(&trace, &target, &forecast, |done| {
-        progress.set(done)
-    });
+    let rows = prescale::simulate::backtest(&trace, &target, &forecast, |done| progress.set(done));
     progress.finish();
     write_csv(&a.out, &rows)?;
     // Scored by the capacity decided with at the end (configured, or learned).
@@ -671,6 +675,10 @@ fn write_csv<T: serde::Serialize>(path: &std::path::Path, rows: &[T]) -> anyhow:
         w.serialize(row).with_context(context)?;
     }
     w.flush().with_context(context)?;
-    note(format_args!("{} rows written to {}", rows.len(), path.display()));
+    note(format_args!(
+        "{} rows written to {}",
+        rows.len(),
+        path.display()
+    ));
     Ok(())
 }

@@ -97,7 +97,9 @@ impl Persisting {
     /// Held only for a lookup, never across an `.await`; a panic elsewhere while it was
     /// held leaves nothing half-written that logging could not go on with.
     fn lock(&self) -> std::sync::MutexGuard<'_, Conditions<Failure>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -112,7 +112,10 @@ fn logs_to_a_pipe_or_a_file_have_no_colour_codes() {
         app.stderr().contains("poll failed").then_some(())
     });
     let log = app.stderr();
-    assert!(!log.contains('\u{1b}'), "escape codes in the log file:\n{log:?}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in the log file:\n{log:?}"
+    );
 }
 
 /// On a terminal (a pseudo-terminal from `script`) the log is coloured, unless `NO_COLOR`
@@ -149,10 +152,16 @@ fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
     };
     let coloured = run(false);
     assert!(coloured.contains("east-1"), "{coloured}");
-    assert!(coloured.contains('\u{1b}'), "no colour on a terminal:\n{coloured:?}");
+    assert!(
+        coloured.contains('\u{1b}'),
+        "no colour on a terminal:\n{coloured:?}"
+    );
     let plain = run(true);
     assert!(plain.contains("east-1"), "{plain}");
-    assert!(!plain.contains('\u{1b}'), "colour with NO_COLOR set:\n{plain:?}");
+    assert!(
+        !plain.contains('\u{1b}'),
+        "colour with NO_COLOR set:\n{plain:?}"
+    );
 }
 
 /// A query that matches nothing in a real Prometheus, polled every second for many
@@ -199,7 +208,14 @@ fn backtest_days(dir: &Path, days: usize) -> (std::process::Output, std::path::P
     std::fs::write(&trace, format!("timestamp_seconds,value\n{body}")).unwrap();
     let out = dir.join("decisions.csv");
     let o = prescale()
-        .args(["backtest", "--capacity", "0.1", "--startup", "5m", "--trace"])
+        .args([
+            "backtest",
+            "--capacity",
+            "0.1",
+            "--startup",
+            "5m",
+            "--trace",
+        ])
         .arg(&trace)
         .arg("--out")
         .arg(&out)
@@ -226,14 +242,12 @@ fn backtest_reports_progress_on_stderr_and_leaves_stdout_alone() {
         .collect();
     assert_eq!(
         percents,
-        ["10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "100%"],
+        [
+            "10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "100%"
+        ],
         "{stderr}"
     );
-    assert!(
-        progress[9].contains("11520/11520 steps"),
-        "{}",
-        progress[9]
-    );
+    assert!(progress[9].contains("11520/11520 steps"), "{}", progress[9]);
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 
     // stdout: the scores, as `backtest` computed them before progress was reported.
@@ -242,11 +256,8 @@ fn backtest_reports_progress_on_stderr_and_leaves_stdout_alone() {
         level: 0.95,
         ..Default::default()
     };
-    let mut target = prescale::config::TargetConfig::example(
-        "backtest",
-        1.0,
-        Duration::from_secs(300),
-    );
+    let mut target =
+        prescale::config::TargetConfig::example("backtest", 1.0, Duration::from_secs(300));
     target.capacity_rps = Some(0.1);
     let rows = prescale::simulate::backtest(&trace, &target, &forecast, |_| {});
     let scores = prescale::simulate::Summary::of(&trace, &target, &rows, 0);
@@ -289,9 +300,17 @@ fn a_closed_stdout_ends_commands_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let (_, trace) = backtest_days(dir.path(), 3);
     let mut tune = prescale();
-    tune.args(["tune", "--capacity", "0.1", "--startup", "5m", "--steps", "2"])
-        .args(["--refine", "0", "--trace"])
-        .arg(&trace);
+    tune.args([
+        "tune",
+        "--capacity",
+        "0.1",
+        "--startup",
+        "5m",
+        "--steps",
+        "2",
+    ])
+    .args(["--refine", "0", "--trace"])
+    .arg(&trace);
     assert_quiet_end("tune", with_stdout_closed(tune));
 
     let mut forecast = prescale();
@@ -304,7 +323,14 @@ fn a_closed_stdout_ends_commands_quietly() {
 
     let mut backtest = prescale();
     backtest
-        .args(["backtest", "--capacity", "0.1", "--startup", "5m", "--trace"])
+        .args([
+            "backtest",
+            "--capacity",
+            "0.1",
+            "--startup",
+            "5m",
+            "--trace",
+        ])
         .arg(&trace)
         .arg("--out")
         .arg(dir.path().join("decisions.csv"));
@@ -330,7 +356,8 @@ fn serve_goes_on_when_its_log_reader_has_gone() {
         .stderr(Stdio::piped());
     let mut child = ChildGuard::new(cmd.spawn().expect("start prescale"), "prescale");
     drop(child.child_mut().stderr.take());
-    let series = r#"prescale_polls_total{target="web",signal="request_rate",outcome="unreachable"}"#;
+    let series =
+        r#"prescale_polls_total{target="web",signal="request_rate",outcome="unreachable"}"#;
     poll_until("five failed polls, each logged or not", DEADLINE, || {
         child.assert_running(|| "(stderr closed)".to_owned());
         let (_, m) = common::http_get(listen, "/metrics").ok()?;

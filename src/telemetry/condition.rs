@@ -175,10 +175,7 @@ mod tests {
         let events = every(5, 0, 600, "empty");
         check(
             &events,
-            &[
-                (0, Note::Started),
-                (300, Note::Continues { for_secs: 300 }),
-            ],
+            &[(0, Note::Started), (300, Note::Continues { for_secs: 300 })],
         );
         let mut events = events;
         events.push((600, None));
@@ -240,12 +237,18 @@ mod tests {
         assert!(c.is_holding(&"a"));
         assert_eq!(c.clears(&"a", 200), Some(Note::Ended { lasted_secs: 200 }));
         assert!(!c.is_holding(&"a"));
-        assert_eq!(c.holds(&"b", "x", 400), Some(Note::Continues { for_secs: 300 }));
+        assert_eq!(
+            c.holds(&"b", "x", 400),
+            Some(Note::Continues { for_secs: 300 })
+        );
     }
 
     #[test]
     fn durations_read_as_humans_write_them() {
-        assert_eq!(Note::Continues { for_secs: 330 }.duration().to_string(), "5m 30s");
+        assert_eq!(
+            Note::Continues { for_secs: 330 }.duration().to_string(),
+            "5m 30s"
+        );
         assert_eq!(Note::Started.duration().to_string(), "0s");
     }
 }

@@ -116,9 +116,15 @@ mod tests {
     fn colour_only_on_a_terminal_without_no_color() {
         use std::ffi::OsStr;
         assert!(colour(true, None));
-        assert!(colour(true, Some(OsStr::new(""))), "an empty NO_COLOR is unset");
+        assert!(
+            colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
         assert!(!colour(true, Some(OsStr::new("1"))));
-        assert!(!colour(false, None), "a file or a pipe gets no escape codes");
+        assert!(
+            !colour(false, None),
+            "a file or a pipe gets no escape codes"
+        );
         assert!(!colour(false, Some(OsStr::new("1"))));
     }
 
