@@ -206,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
                 models: ModelsDir::new(&forecast.models_dir),
                 ownership: None,
                 kubernetes: None,
+                persisting: Default::default(),
             })
         })
         .collect();

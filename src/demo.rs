@@ -6,6 +6,7 @@
 //! its webhook receiver runs in-process, checks each signature and logs what it gets. The
 //! pipeline, the API and the dashboard are the production ones.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -329,7 +330,9 @@ stale_after = "{stale}s"
         .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let hour = Duration::from_secs(3_600).div_f64(clock.speed());
-    println!(
+    // The banner is for a person at a terminal; a closed stdout does not stop the demo.
+    let _ = writeln!(
+        std::io::stdout(),
         "prescale demo: replaying {what} at {}x (a simulated hour every {:.1} s).\n  dashboard: http://{addr}/#token={token} (the token lets its buttons act; the page keeps it for this tab only)\n  API:       http://{addr}/api/v1/targets\n  metrics:   http://{addr}/metrics\n  API token (pause, resume, refit, frontier): {token}\n    e.g. curl -X POST -H 'Authorization: Bearer {token}' http://{addr}/api/v1/targets/demo/pause\n  Ctrl-C stops.",
         clock.speed(),
         hour.as_secs_f64()

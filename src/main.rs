@@ -4,8 +4,10 @@
 // Functions stay under `too-many-lines-threshold` (clippy.toml) lines.
 #![warn(clippy::too_many_lines)]
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -186,11 +188,36 @@ fn main() -> ExitCode {
     prescale::telemetry::init(matches!(cli.log_format, LogFormat::Json));
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout has gone (`| head`): it has what it wanted, as when
+        // everything fitted in the pipe before it left.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            note(format_args!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has gone.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes `text` to stdout. An error (a closed pipe) is returned, and ends the command:
+/// quietly when the reader has gone.
+fn out(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")
+}
+
+/// Writes a line to stderr; an error writing it is ignored (there is nobody to tell).
+fn note(text: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -240,9 +267,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
-            println!("{}: ok", file.display());
-            print!("{}", prescale::summary(&config));
-            Ok(())
+            out(format_args!(
+                "{}: ok\n{}",
+                file.display(),
+                prescale::summary(&config)
+            ))
         }
         Command::Backtest(args) => backtest(*args),
         Command::Tune(args) => tune(*args),
@@ -252,42 +281,56 @@ fn run(command: Command) -> anyhow::Result<()> {
             out,
             config,
             skip,
-        } => {
-            let trace = Trace::load(&trace)?;
-            let (forecast, history) = match config {
-                Some(path) => {
-                    let c = Config::load(&path)?;
-                    (c.forecast, c.targets[0].history)
-                }
-                None => (
-                    prescale::config::ForecastConfig::default(),
-                    TargetConfig::example("forecast", 1.0, Duration::ZERO).history,
-                ),
-            };
-            let horizon_s = horizon.as_secs() as i64;
-            anyhow::ensure!(
-                horizon_s > 0 && horizon_s % trace.step == 0,
-                "--horizon {}: expected a positive multiple of the trace step ({}s)",
-                humantime::format_duration(horizon),
-                trace.step
-            );
-            let mut target = TargetConfig::example("forecast", 1.0, Duration::ZERO);
-            target.history = history;
-            let rows = prescale::simulate::rolling_forecasts(&trace, horizon_s, &target, &forecast);
-            write_csv(&out, &rows)?;
-            println!(
-                "{:<22} {:>7} {:>6} {:>7} {:>9}",
-                "model", "rows", "mase", "smape%", "coverage%"
-            );
-            for a in prescale::simulate::accuracy(&trace, &rows, skip) {
-                println!(
-                    "{:<22} {:>7} {:>6.3} {:>7.2} {:>9.2}",
-                    a.model, a.rows, a.mase, a.smape, a.coverage
-                );
-            }
-            Ok(())
-        }
+        } => forecast(&trace, horizon, &out, config.as_deref(), skip),
     }
+}
+
+/// `prescale forecast`: rolling forecasts written to `out_path`, their accuracy printed.
+fn forecast(
+    trace: &std::path::Path,
+    horizon: Duration,
+    out_path: &std::path::Path,
+    config: Option<&std::path::Path>,
+    skip: i64,
+) -> anyhow::Result<()> {
+    let trace = Trace::load(trace)?;
+    let (forecast, history) = match config {
+        Some(path) => {
+            let c = Config::load(path)?;
+            (c.forecast, c.targets[0].history)
+        }
+        None => (
+            prescale::config::ForecastConfig::default(),
+            TargetConfig::example("forecast", 1.0, Duration::ZERO).history,
+        ),
+    };
+    let horizon_s = horizon.as_secs() as i64;
+    anyhow::ensure!(
+        horizon_s > 0 && horizon_s % trace.step == 0,
+        "--horizon {}: expected a positive multiple of the trace step ({}s)",
+        humantime::format_duration(horizon),
+        trace.step
+    );
+    let mut target = TargetConfig::example("forecast", 1.0, Duration::ZERO);
+    target.history = history;
+    let progress = Progress::new("forecasting", trace.counts.len());
+    let rows =
+        prescale::simulate::rolling_forecasts(&trace, horizon_s, &target, &forecast, |done| {
+            progress.set(done)
+        });
+    progress.finish();
+    write_csv(out_path, &rows)?;
+    out(format_args!(
+        "{:<22} {:>7} {:>6} {:>7} {:>9}\n",
+        "model", "rows", "mase", "smape%", "coverage%"
+    ))?;
+    for a in prescale::simulate::accuracy(&trace, &rows, skip) {
+        out(format_args!(
+            "{:<22} {:>7} {:>6.3} {:>7.2} {:>9.2}\n",
+            a.model, a.rows, a.mase, a.smape, a.coverage
+        ))?;
+    }
+    Ok(())
 }
 
 /// The target, the `[forecast]` settings and the trace a replay runs on.
@@ -328,11 +371,9 @@ fn load_replay(a: &ReplayArgs) -> anyhow::Result<(TargetConfig, ForecastConfig, 
 /// `prescale backtest`: replays, writes the decisions, prints and writes the scores.
 fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
     let (mut target, forecast, trace) = load_replay(&a.replay)?;
-    let bar = progress_bar(trace.counts.len());
-    let rows = prescale::simulate::backtest(&trace, &target, &forecast, |done| {
-        bar.set_position(done as u64)
-    });
-    bar.finish_and_clear();
+    let progress = Progress::new("replaying", trace.counts.len());
+    let rows = prescale::simulate::backtest(&trace, &target, &forecast, |done| progress.set(done));
+    progress.finish();
     write_csv(&a.out, &rows)?;
     // Scored by the capacity decided with at the end (configured, or learned).
     let capacity = rows.last().map_or(f64::NAN, |r| r.capacity_rps);
@@ -344,7 +385,7 @@ fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
     target.capacity_rps = Some(capacity);
     let skip = a.replay.skip.as_secs() as i64;
     let scores = prescale::simulate::Summary::of(&trace, &target, &rows, skip);
-    print!("{}", scores.table());
+    out(scores.table())?;
     if let Some(path) = &a.summary {
         write_json(path, &scores)?;
     }
@@ -387,12 +428,13 @@ fn tune(a: TuneArgs) -> anyhow::Result<()> {
     let train_steps = a.train_until.map_or(trace.counts.len(), |t| {
         ((t - trace.start) / trace.step) as usize
     });
-    let bar = progress_bar(train_steps * (opts.dials.len() + opts.refine as usize));
-    let tuning = tune::tune(&trace, &target, &forecast, &opts, &|n| {
-        bar.set_position(n as u64)
-    });
-    bar.finish_and_clear();
-    print!("{}", tuning.table());
+    let progress = Progress::new(
+        "replaying the dial",
+        train_steps * (opts.dials.len() + opts.refine as usize),
+    );
+    let tuning = tune::tune(&trace, &target, &forecast, &opts, &|n| progress.set(n));
+    progress.finish();
+    out(tuning.table())?;
     report_tuning(&tuning, &a, &target)
 }
 
@@ -405,18 +447,21 @@ fn report_tuning(
     let Some(risk) = t.recommended else {
         anyhow::bail!("{}", t.unmet());
     };
-    println!(
-        "recommended: risk = {}",
+    out(format_args!(
+        "recommended: risk = {}\n",
         prescale::simulate::tune::label(risk)
-    );
+    ))?;
     if let Some(test) = &t.test {
-        println!("on the rest of the trace (after {}):", t.train_until);
-        print!("{}", test.table());
+        out(format_args!(
+            "on the rest of the trace (after {}):\n{}",
+            t.train_until,
+            test.table()
+        ))?;
     }
     if let Some(path) = &a.write {
         let text = tuned_config(target, &a.replay, risk)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("configuration written to {}", path.display());
+        note(format_args!("configuration written to {}", path.display()));
     }
     if let Some(path) = &a.plot {
         let svg = prescale::simulate::plot::frontier_svg(t)
@@ -487,18 +532,77 @@ fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> anyhow:
     std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
-/// A progress bar on stderr, hidden when stderr is not a terminal.
-fn progress_bar(steps: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(steps as u64),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} steps, {eta} left")
-    {
-        bar.set_style(style);
+/// The progress of a long replay on stderr: a bar on a terminal; otherwise (a file, a
+/// pipe, CI) a plain line at every tenth of the way. Given to the library as a callback.
+struct Progress {
+    what: &'static str,
+    total: u64,
+    /// The bar, on a terminal.
+    bar: Option<indicatif::ProgressBar>,
+    /// Tenths already reported as lines (without a terminal).
+    tenths: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: usize) -> Self {
+        let total = total as u64;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(total),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            let template = format!("{what} {{bar:40}} {{pos}}/{{len}} steps, {{eta}} left");
+            if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Self {
+            what,
+            total,
+            bar,
+            tenths: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
     }
-    bar
+
+    /// `done` steps of the total are done (from any thread).
+    fn set(&self, done: usize) {
+        let done = (done as u64).min(self.total);
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            return;
+        }
+        let Some(line) = tenth_line(self.total, done, &self.tenths) else {
+            return;
+        };
+        let elapsed = std::time::Duration::from_secs(self.started.elapsed().as_secs());
+        note(format_args!(
+            "{}: {}% ({done}/{} steps, {} elapsed)",
+            self.what,
+            line * 10,
+            self.total,
+            humantime::format_duration(elapsed)
+        ));
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The tenth of the way that `done` of `total` steps has newly reached, if any: each of
+/// 1 to 10 once, the highest reached when several are passed at once.
+fn tenth_line(total: u64, done: u64, reported: &AtomicU64) -> Option<u64> {
+    if total == 0 {
+        return None;
+    }
+    let tenth = done * 10 / total;
+    let before = reported.fetch_max(tenth, Ordering::Relaxed);
+    (tenth > before).then_some(tenth)
 }
 
 /// A time given as RFC 3339 or Unix seconds.
@@ -571,6 +675,10 @@ fn write_csv<T: serde::Serialize>(path: &std::path::Path, rows: &[T]) -> anyhow:
         w.serialize(row).with_context(context)?;
     }
     w.flush().with_context(context)?;
-    eprintln!("{} rows written to {}", rows.len(), path.display());
+    note(format_args!(
+        "{} rows written to {}",
+        rows.len(),
+        path.display()
+    ));
     Ok(())
 }

@@ -31,6 +31,7 @@ use crate::series::{Sample, align_down};
 use crate::source::{Checked, Source, SourceError};
 use crate::step::{self, BudgetView, Inputs, Plan, TargetPolicy};
 use crate::store::{DecisionRecord, InstanceStats, Signal, Store, TargetState};
+use crate::telemetry::condition::{Conditions, Note};
 use durable::{NotWritten, Unsent};
 
 /// Steps of per-instance history fetched each cycle (the newest value is used).
@@ -61,6 +62,45 @@ pub struct TargetLoop {
     /// is read from its scale subresource (when no `replicas` query is configured), and an
     /// HPA's floor is given back while the target is paused.
     pub kubernetes: Option<Arc<Kubernetes>>,
+    /// The failures that persist across cycles, so that each is logged when it starts,
+    /// every few minutes while it lasts and when it ends, not at every cycle.
+    pub persisting: Persisting,
+}
+
+/// A failure of a target's loop that may last many cycles ([`TargetLoop::persisting`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Failure {
+    /// Polling a signal (Prometheus down, a query matching nothing, ...).
+    Poll(Signal),
+    /// Reading the running count from Kubernetes (or an HPA in the way).
+    ScaleRead,
+    /// Giving the HPA its floor back while paused.
+    FloorRelease,
+}
+
+/// The failures of a target's loop that hold now, and since when
+/// ([`crate::telemetry::condition`]).
+#[derive(Debug, Default)]
+pub struct Persisting(std::sync::Mutex<Conditions<Failure>>);
+
+impl Persisting {
+    /// `failure` (of `kind`, e.g. an error's metric label) holds at `now`: what to log.
+    fn holds(&self, failure: Failure, kind: &str, now: i64) -> Option<Note> {
+        self.lock().holds(&failure, kind, now)
+    }
+
+    /// `failure` does not hold at `now`: [`Note::Ended`] if it did.
+    fn clears(&self, failure: Failure, now: i64) -> Option<Note> {
+        self.lock().clears(&failure, now)
+    }
+
+    /// Held only for a lookup, never across an `.await`; a panic elsewhere while it was
+    /// held leaves nothing half-written that logging could not go on with.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conditions<Failure>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Which instance may act on a target, when instances share targets ([`TargetLoop::ownership`]).
@@ -253,6 +293,8 @@ impl TargetLoop {
                     age_metric.set((now - n) as f64);
                 }
                 debug!(target = %t.name, signal = signal.as_str(), added, "polled");
+                drop(state);
+                self.poll_succeeded(signal, now);
             }
             Err(e) => {
                 let h = state.signals.entry(signal).or_default();
@@ -261,8 +303,34 @@ impl TargetLoop {
                 if let Some(n) = h.newest {
                     age_metric.set((now - n) as f64);
                 }
-                warn!(target = %t.name, signal = signal.as_str(), error = %e, "poll failed");
+                drop(state);
+                self.poll_failed(signal, &e, now);
             }
+        }
+    }
+
+    /// Logs a failed poll when the failure starts (or changes kind), and every few
+    /// minutes while it lasts; at DEBUG in between.
+    fn poll_failed(&self, signal: Signal, e: &SourceError, now: i64) {
+        let (name, signal_name) = (&self.target.name, signal.as_str());
+        match self
+            .persisting
+            .holds(Failure::Poll(signal), e.metric_label(), now)
+        {
+            Some(Note::Started) => {
+                warn!(target = %name, signal = signal_name, error = %e, "poll failed");
+            }
+            Some(n) => {
+                warn!(target = %name, signal = signal_name, error = %e, failing_for = %n.duration(), "poll still failing");
+            }
+            None => debug!(target = %name, signal = signal_name, error = %e, "poll failed"),
+        }
+    }
+
+    /// Logs that a signal whose polls were failing is polled again, and after how long.
+    fn poll_succeeded(&self, signal: Signal, now: i64) {
+        if let Some(n) = self.persisting.clears(Failure::Poll(signal), now) {
+            info!(target = %self.target.name, signal = signal.as_str(), failed_for = %n.duration(), "poll recovered");
         }
     }
 
@@ -297,10 +365,13 @@ impl TargetLoop {
                     .filter_map(|(k, s)| s.last().map(|s| (k, s.value)))
                     .collect();
                 merge_instances(&mut state.instances, signal, &latest);
+                drop(state);
+                self.poll_succeeded(signal, now);
             }
             Err(e) => {
                 h.error = Some(e.to_string());
-                warn!(target = %t.name, signal = signal.as_str(), error = %e, "poll failed");
+                drop(state);
+                self.poll_failed(signal, &e, now);
             }
         }
     }
@@ -399,7 +470,7 @@ impl TargetLoop {
             })
             .flatten();
         self.record_metrics(state, &plan);
-        let actions = self.actions(&policy, &plan);
+        let actions = self.actions(&policy, &plan, state.last_decision.as_ref());
         record(state, &plan);
         let hold = plan.hold;
         let record = DecisionRecord::new(t.name.clone(), plan.decision, t.mode);
@@ -536,13 +607,28 @@ impl TargetLoop {
             .inc();
     }
 
-    /// The actions a plan asks to send, with their logs.
-    fn actions(&self, policy: &TargetPolicy, plan: &Plan) -> Vec<Action> {
+    /// The actions a plan asks to send, with their logs. A decision to change the count
+    /// is logged at INFO when it asks for it or differs from the `previous` one (its
+    /// counts or reasons); the same decision again, asking for nothing (an HPA in the way,
+    /// the count running unknown, paused), is logged at DEBUG.
+    fn actions(
+        &self,
+        policy: &TargetPolicy,
+        plan: &Plan,
+        previous: Option<&crate::decide::Decision>,
+    ) -> Vec<Action> {
         let t = &self.target;
         let mut actions = Vec::new();
         let d = &plan.decision;
         if d.is_change() {
-            info!(target = %t.name, from = d.from, to = d.to, reasons = %d.reason_codes(), "scale decision");
+            let same = previous.is_some_and(|p| {
+                (p.from, p.to, p.reason_codes()) == (d.from, d.to, d.reason_codes())
+            });
+            if plan.scale || !same {
+                info!(target = %t.name, from = d.from, to = d.to, reasons = %d.reason_codes(), asked = plan.scale, "scale decision");
+            } else {
+                debug!(target = %t.name, from = d.from, to = d.to, reasons = %d.reason_codes(), "scale decision unchanged; nothing asked");
+            }
         }
         if plan.scale {
             let model = plan.forecast.as_ref().map(|f| f.model);
@@ -555,7 +641,11 @@ impl TargetLoop {
             for instance in &r.restored {
                 info!(target = %t.name, %instance, "restoring a drained instance");
             }
-            info!(target = %t.name, instances = r.weights.len(), sent = plan.send_rebalance, "rebalance");
+            if plan.send_rebalance {
+                info!(target = %t.name, instances = r.weights.len(), "rebalance");
+            } else {
+                debug!(target = %t.name, instances = r.weights.len(), "rebalance unchanged; nothing sent");
+            }
             if plan.send_rebalance {
                 actions.push(Action::Rebalance(RebalanceAction {
                     target: t.name.clone(),

@@ -282,6 +282,7 @@ fn live_loop(store: &Store, target: &TargetConfig, outbox: Outbox, dir: &Path) -
         models: ModelsDir::new(dir.join("models")),
         ownership: None,
         kubernetes: None,
+        persisting: Default::default(),
     }
 }
 

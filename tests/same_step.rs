@@ -127,6 +127,7 @@ async fn serve_and_backtest_decide_the_same_at_the_same_times() {
         models: ModelsDir::new(dir.path().join("models")),
         ownership: None,
         kubernetes: None,
+        persisting: Default::default(),
     };
     let mut performance = 0;
     for (i, row) in rows.iter().enumerate() {

@@ -103,6 +103,20 @@ pub enum KubeError {
 }
 
 impl KubeError {
+    /// What kind of error this is, as a stable word (`api`, `transport`, `hpa_in_the_way`,
+    /// ...): a failure that persists is logged again when its kind changes.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Credentials(_) => "credentials",
+            Self::Api { .. } => "api",
+            Self::Transport { .. } => "transport",
+            Self::HpaInTheWay { .. } => "hpa_in_the_way",
+            Self::NoHpa { .. } => "no_hpa",
+            Self::Conflict { .. } => "conflict",
+            Self::Malformed { .. } => "malformed",
+        }
+    }
+
     /// The attempt this error ends: final for refusals retrying cannot change (403, 404,
     /// other 4xx, an HPA in the way or missing, bad credentials), retried otherwise.
     pub fn attempt(self) -> Attempt {

@@ -28,6 +28,7 @@ use crate::clock::Clock;
 use crate::config::{Config, DiscoveryConfig, Labels, TargetConfig};
 use crate::metrics::{DiscoveryLabels, DiscoveryOutcomeLabels, Metrics};
 use crate::source::SourceError;
+use crate::telemetry::condition::{Condition, Note};
 
 mod task;
 #[cfg(test)]
@@ -64,6 +65,8 @@ struct Discovery {
     last_refresh: Option<i64>,
     /// The last refresh's error, until one succeeds.
     error: Option<String>,
+    /// Refreshes failing: logged when it starts, every few minutes and when it ends.
+    failing: Condition,
     /// Each series seen and not yet removed.
     series: BTreeMap<Labels, Seen>,
     /// When it is next due (tokio time).
@@ -245,7 +248,8 @@ impl Registry {
     }
 
     /// Takes the outcome of discovery `index`'s query (started at `epoch`): the series
-    /// seen now, or the error, which keeps every target. Logs each new problem once.
+    /// seen now, or the error, which keeps every target. Logs a failure when it starts,
+    /// every few minutes while it lasts and when it ends.
     fn observe(&self, index: usize, epoch: u64, result: Result<Vec<Labels>, SourceError>) {
         let now = self.clock.now();
         let mut inner = self.lock();
@@ -266,11 +270,22 @@ impl Registry {
             .get_or_create(&labels)
             .inc();
         let removed = match result {
-            Ok(sets) => d.seen(sets, now),
+            Ok(sets) => {
+                if let Some(n) = d.failing.clears(now) {
+                    tracing::info!(discovery = index, failed_for = %n.duration(), "discovery query succeeds again");
+                }
+                d.seen(sets, now)
+            }
             Err(e) => {
                 let error = e.to_string();
-                if d.error.as_ref() != Some(&error) {
-                    tracing::warn!(discovery = index, %error, "discovery query failed; the discovered targets are kept");
+                match d.failing.holds(e.metric_label(), now) {
+                    Some(Note::Started) => {
+                        tracing::warn!(discovery = index, %error, "discovery query failed; the discovered targets are kept");
+                    }
+                    Some(n) => {
+                        tracing::warn!(discovery = index, %error, failing_for = %n.duration(), "discovery query still failing; the discovered targets are kept");
+                    }
+                    None => tracing::debug!(discovery = index, %error, "discovery query failed"),
                 }
                 d.error = Some(error);
                 Vec::new()
@@ -401,6 +416,7 @@ impl Discovery {
             config,
             last_refresh: None,
             error: None,
+            failing: Condition::default(),
             series: BTreeMap::new(),
             next: tokio::time::Instant::now(),
         }

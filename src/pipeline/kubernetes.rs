@@ -1,14 +1,15 @@
 //! A target whose platform is Kubernetes: the running count read from the scale
 //! subresource each cycle, and an HPA's floor given back while the target is paused.
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::TargetLoop;
+use super::{Failure, TargetLoop};
 use crate::act::kubernetes::Kubernetes;
 use crate::config::Mode;
 use crate::series::{Sample, align_down};
 use crate::step::Asked;
 use crate::store::Signal;
+use crate::telemetry::condition::Note;
 
 impl TargetLoop {
     /// Reads the running count from the scale subresource into the replicas series (the
@@ -37,14 +38,29 @@ impl TargetLoop {
         };
         let h = state.signals.entry(Signal::Replicas).or_default();
         h.last_poll = Some(now);
+        let name = &self.target.name;
         match newest {
             Ok(newest) => {
                 h.newest = newest.or(h.newest);
                 h.error = None;
+                if let Some(n) = self.persisting.clears(Failure::ScaleRead, now) {
+                    info!(target = %name, failed_for = %n.duration(), "the running count is read from Kubernetes again");
+                }
             }
             Err(e) => {
-                warn!(target = %self.target.name, error = %e, "cannot read the running count from Kubernetes");
                 h.error = Some(e.to_string());
+                drop(state);
+                match self.persisting.holds(Failure::ScaleRead, e.kind(), now) {
+                    Some(Note::Started) => {
+                        warn!(target = %name, error = %e, "cannot read the running count from Kubernetes");
+                    }
+                    Some(n) => {
+                        warn!(target = %name, error = %e, failing_for = %n.duration(), "still cannot read the running count from Kubernetes");
+                    }
+                    None => {
+                        debug!(target = %name, error = %e, "cannot read the running count from Kubernetes");
+                    }
+                }
             }
         }
     }
@@ -70,6 +86,9 @@ impl TargetLoop {
         }
         match k.release().await {
             Ok(floor) => {
+                if let Some(n) = self.persisting.clears(Failure::FloorRelease, now) {
+                    debug!(target = %name, failed_for = %n.duration(), "the HPA's floor could be given back again");
+                }
                 let Some(mut state) = self.store.target(name) else {
                     return;
                 };
@@ -82,9 +101,17 @@ impl TargetLoop {
                     info!(target = %name, floor, "paused: the HPA's floor is given back");
                 }
             }
-            Err(e) => {
-                warn!(target = %name, error = %e, "paused: cannot give the HPA its floor back; trying again next cycle");
-            }
+            Err(e) => match self.persisting.holds(Failure::FloorRelease, e.kind(), now) {
+                Some(Note::Started) => {
+                    warn!(target = %name, error = %e, "paused: cannot give the HPA its floor back; trying again every cycle");
+                }
+                Some(n) => {
+                    warn!(target = %name, error = %e, failing_for = %n.duration(), "paused: still cannot give the HPA its floor back");
+                }
+                None => {
+                    debug!(target = %name, error = %e, "paused: cannot give the HPA its floor back");
+                }
+            },
         }
     }
 }

@@ -40,6 +40,7 @@ fn live_loop(store: &Store, dir: &std::path::Path, end: i64) -> TargetLoop {
         models: ModelsDir::new(dir.join("models")),
         ownership: None,
         kubernetes: None,
+        persisting: Default::default(),
     }
 }
 

@@ -64,6 +64,7 @@ impl Generation {
             forecast: forecast.clone(),
             models: models.clone(),
             ownership,
+            persisting: Default::default(),
         };
         let targets = c.targets.iter().map(|t| Arc::new(t.clone()));
         match &shared.cluster {

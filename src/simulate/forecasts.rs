@@ -29,11 +29,13 @@ pub struct ForecastRow {
 /// Rolling forecasts over `trace`, `horizon` seconds ahead of every step, made by the
 /// per-target step exactly as the live loop makes them (one forecaster updated each step
 /// and refitted on its schedule), with `target`'s history and `forecast`'s settings.
+/// `progress` is called with the number of steps done, now and then.
 pub fn rolling_forecasts(
     trace: &Trace,
     horizon: i64,
     target: &TargetConfig,
     forecast: &ForecastConfig,
+    mut progress: impl FnMut(usize),
 ) -> Vec<ForecastRow> {
     let step = trace.step;
     let mut forecast = forecast.clone();
@@ -41,7 +43,12 @@ pub fn rolling_forecasts(
     forecast.horizon = forecast.horizon.max(std::time::Duration::from_secs(far));
     let mut replay = Replay::new(trace, target, &forecast);
     let mut rows = Vec::with_capacity(trace.counts.len());
+    let mut steps = 0;
     while let Some(plan) = replay.step() {
+        steps += 1;
+        if steps % 1024 == 0 {
+            progress(steps);
+        }
         let origin = plan.decision.at;
         let Some(fc) = plan.forecast else {
             continue;
@@ -66,6 +73,7 @@ pub fn rolling_forecasts(
             model: fc.model,
         });
     }
+    progress(steps);
     rows
 }
 

@@ -1,5 +1,9 @@
 //! Logging set-up: `tracing` to stderr, as text or JSON, filtered by `RUST_LOG` (default
-//! `info`); and how the API's requests are traced ([`http_trace`]).
+//! `info`), coloured only on a terminal and never with `NO_COLOR` set; how the API's
+//! requests are traced ([`http_trace`]); and when a condition that persists across cycles
+//! is logged ([`condition`]).
+
+use std::io::IsTerminal;
 
 use axum::http::{Request, Response, StatusCode};
 use tower_http::classify::{
@@ -9,17 +13,35 @@ use tower_http::classify::{
 use tower_http::trace::TraceLayer;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber; a second call does nothing.
+pub mod condition;
+
+/// Installs the global subscriber; a second call does nothing. Text has colour codes only
+/// when stderr is a terminal and `NO_COLOR` is unset or empty (<https://no-color.org>),
+/// so logs sent to a file, a pipe or a collector are plain.
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
+        // A log line that cannot be written (stderr closed, its reader gone) is dropped;
+        // reporting that on stderr would panic.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// Whether text logs carry colour codes: only on a terminal, and not when `NO_COLOR` is
+/// set to anything but the empty string.
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// Request tracing for the API (tower-http): each request in a span, its answer at DEBUG,
@@ -88,6 +110,22 @@ mod tests {
             ClassifiedResponse::Ready(r) => r.is_err(),
             ClassifiedResponse::RequiresEos(_) => true,
         }
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(
+            colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(
+            !colour(false, None),
+            "a file or a pipe gets no escape codes"
+        );
+        assert!(!colour(false, Some(OsStr::new("1"))));
     }
 
     #[test]
