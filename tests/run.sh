@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and integration tests against a real Prometheus, HAProxy,
 # Alertmanager, etcd, real HTTP receivers and a real headless Chromium.
-# `protoc` compiles protobuf definitions: etcd's (etcd-client) and KEDA's (build.rs, proto/keda/).
 # Installs what the tests need from Debian's packages when it is missing (as root, or with
 # sudo). Usage: tests/run.sh [extra cargo test arguments]
 set -euo pipefail
@@ -10,7 +9,7 @@ cd "$(dirname "$0")/.."
 # tool:Debian package
 tools="prometheus:prometheus promtool:prometheus haproxy:haproxy
   prometheus-alertmanager:prometheus-alertmanager chromium:chromium openssl:openssl python3:python3
-  protoc:protobuf-compiler etcd:etcd-server systemd-analyze:systemd"
+  etcd:etcd-server systemd-analyze:systemd"
 
 need=()
 for pair in $tools; do
