@@ -431,6 +431,23 @@ async fn etcd_authentication_is_used_and_a_wrong_password_is_refused_without_sho
     b.leave().await;
     wait_shared(&[&a], TTL).await;
 
+    // Changing a user's password (to the same one, here) makes etcd forget the user's
+    // tokens ("invalid auth token"): `a` authenticates again and reads on.
+    let signed_in = pb::AuthenticateRequest {
+        name: "root".to_owned(),
+        password: "root-pw".to_owned(),
+    };
+    let root = admin.authenticate(signed_in).await.expect("root's token");
+    let mut change = tonic::Request::new(pb::AuthUserChangePasswordRequest {
+        name: "prescale".to_owned(),
+        password: "s3cret-pw".to_owned(),
+    });
+    let token = root.into_inner().token.parse().expect("an ASCII token");
+    change.metadata_mut().insert("token", token);
+    admin.user_change_password(change).await.expect("password changed");
+    let read = a.shared_state("web").await;
+    assert!(read.is_ok(), "a's old token was not replaced: {read:?}");
+
     let refused = Cluster::join(&config_with(&etcd, "c", auth("wrong-pw")))
         .await
         .err()
