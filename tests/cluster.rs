@@ -390,7 +390,10 @@ async fn etcd_authentication_is_used_and_a_wrong_password_is_refused_without_sho
         role: role.to_owned(),
     };
     admin.user_add(user("root", "root-pw")).await.expect("root");
-    admin.user_grant_role(grant("root", "root")).await.expect("root role");
+    admin
+        .user_grant_role(grant("root", "root"))
+        .await
+        .expect("root role");
     let role = pb::AuthRoleAddRequest {
         name: "prescale".to_owned(),
     };
@@ -405,7 +408,10 @@ async fn etcd_authentication_is_used_and_a_wrong_password_is_refused_without_sho
         }),
     };
     admin.role_grant_permission(keys).await.expect("grant");
-    admin.user_add(user("prescale", "s3cret-pw")).await.expect("user");
+    admin
+        .user_add(user("prescale", "s3cret-pw"))
+        .await
+        .expect("user");
     admin
         .user_grant_role(grant("prescale", "prescale"))
         .await
@@ -444,7 +450,10 @@ async fn etcd_authentication_is_used_and_a_wrong_password_is_refused_without_sho
     });
     let token = root.into_inner().token.parse().expect("an ASCII token");
     change.metadata_mut().insert("token", token);
-    admin.user_change_password(change).await.expect("password changed");
+    admin
+        .user_change_password(change)
+        .await
+        .expect("password changed");
     let read = a.shared_state("web").await;
     assert!(read.is_ok(), "a's old token was not replaced: {read:?}");
 

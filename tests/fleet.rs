@@ -27,9 +27,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::http::Server;
 use common::etcd_client::pb::event::EventType;
-use common::{AppProcess, Etcd, EtcdClient, Options, Prometheus, Receiver, Recorded, Reply, TempConfig};
+use common::http::Server;
+use common::{
+    AppProcess, Etcd, EtcdClient, Options, Prometheus, Receiver, Recorded, Reply, TempConfig,
+};
 use common::{TestConfig, TestTarget, free_addr, now_secs, poll_until};
 use prescale::cluster::{BUCKETS, bucket};
 use serde_json::Value;

@@ -132,7 +132,9 @@ impl EtcdClient {
         let mut last = Status::unavailable("no etcd endpoint");
         for channel in &self.channels {
             let (requests, rx) = mpsc::channel(1);
-            requests.try_send(first.clone()).expect("room for the first request");
+            requests
+                .try_send(first.clone())
+                .expect("room for the first request");
             match WatchClient::new(channel.clone())
                 .watch(ReceiverStream::new(rx))
                 .await

@@ -73,7 +73,9 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            Error::Timeout { endpoint, after } => write!(f, "{endpoint}: no answer within {after:?}"),
+            Error::Timeout { endpoint, after } => {
+                write!(f, "{endpoint}: no answer within {after:?}")
+            }
             Error::Setup { endpoint, error } => write!(f, "{endpoint}: {error}"),
             Error::Ended { endpoint, reason } => write!(f, "{endpoint}: stream ended: {reason}"),
         }
@@ -149,14 +151,20 @@ impl Client {
             range_end,
             ..pb::RangeRequest::default()
         };
-        self.unary(message, |ch, r| async move { KvClient::new(ch).range(r).await })
-            .await
+        self.unary(
+            message,
+            |ch, r| async move { KvClient::new(ch).range(r).await },
+        )
+        .await
     }
 
     /// Runs a transaction.
     pub(crate) async fn txn(&self, message: pb::TxnRequest) -> Result<pb::TxnResponse, Error> {
-        self.unary(message, |ch, r| async move { KvClient::new(ch).txn(r).await })
-            .await
+        self.unary(
+            message,
+            |ch, r| async move { KvClient::new(ch).txn(r).await },
+        )
+        .await
     }
 
     /// A new lease of `ttl` seconds.
@@ -201,7 +209,10 @@ impl Client {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
         };
         let (stream, answer) = self
-            .open(first, |ch, r| async move { WatchClient::new(ch).watch(r).await })
+            .open(
+                first,
+                |ch, r| async move { WatchClient::new(ch).watch(r).await },
+            )
             .await?;
         if answer.canceled || !answer.created {
             return Err(Error::Ended {
@@ -307,14 +318,12 @@ impl Client {
         fut: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
         let after = self.inner.timeout;
-        tokio::time::timeout(after, fut)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Timeout {
-                    endpoint: self.name(at),
-                    after,
-                })
+        tokio::time::timeout(after, fut).await.unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                endpoint: self.name(at),
+                after,
             })
+        })
     }
 
     /// A request with the token, and asking for an answer only from a member that has a
@@ -348,12 +357,11 @@ impl Client {
                 endpoint: endpoint(),
                 status,
             })?;
-        let token = AsciiMetadataValue::try_from(answer.into_inner().token).map_err(|_| {
-            Error::Setup {
+        let token =
+            AsciiMetadataValue::try_from(answer.into_inner().token).map_err(|_| Error::Setup {
                 endpoint: endpoint(),
                 error: "etcd's auth token is not ASCII".to_owned(),
-            }
-        })?;
+            })?;
         *self.inner.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
         Ok(())
     }

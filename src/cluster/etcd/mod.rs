@@ -174,7 +174,11 @@ impl Etcd {
         lease: i64,
     ) -> Result<Option<u64>, ClusterError> {
         let key = self.owner_key(bucket);
-        let unchanged = equal(&key, CompareTarget::Mod, TargetUnion::ModRevision(epoch as i64));
+        let unchanged = equal(
+            &key,
+            CompareTarget::Mod,
+            TargetUnion::ModRevision(epoch as i64),
+        );
         self.guarded(Op::Retake, vec![unchanged], put(&key, me, lease))
             .await
     }
@@ -191,7 +195,11 @@ impl Etcd {
     ) -> Result<Option<u64>, ClusterError> {
         let key = self.owner_key(bucket);
         let guard = vec![
-            equal(&key, CompareTarget::Mod, TargetUnion::ModRevision(epoch as i64)),
+            equal(
+                &key,
+                CompareTarget::Mod,
+                TargetUnion::ModRevision(epoch as i64),
+            ),
             equal(
                 &self.member_key(to),
                 CompareTarget::Lease,
