@@ -10,10 +10,6 @@
 
 # --- build -----------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build
-# protoc compiles etcd's and KEDA's protobuf definitions.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin prescale \

@@ -8,7 +8,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Etcd, poll_until_async};
+use common::etcd_client::pb::event::EventType;
+use common::{Etcd, EtcdClient, poll_until_async};
 use prescale::cluster::{BUCKETS, Cluster, ClusterError, Share, SharedCount, Standing};
 use prescale::config::{ClusterConfig, EtcdAuth, EtcdTls, Secret};
 
@@ -180,16 +181,14 @@ async fn a_leaving_instance_is_replaced_at_once_and_a_joiner_takes_its_share_wit
 
     // A fourth joins while the others act: at every moment each bucket is acted on by at
     // most one instance, and etcd never has a bucket without an owner.
-    let mut watcher = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .expect("connect");
+    let watcher = EtcdClient::new(&etcd.endpoints());
     let start = watcher
-        .get("/prescale-test/owners/", None)
+        .get("/prescale-test/owners/")
         .await
         .expect("revision")
-        .header()
+        .header
         .expect("header")
-        .revision();
+        .revision;
     let joined = Instant::now();
     let d = join(&etcd, "d").await;
     // (c's name is free again too.)
@@ -208,47 +207,39 @@ async fn a_leaving_instance_is_replaced_at_once_and_a_joiner_takes_its_share_wit
     };
     println!("joiners have their share after {:?}", joined.elapsed());
     assert_eq!(all.values().filter(|(o, _)| o == "d").count(), 64);
-    let opts = etcd_client::GetOptions::new().with_prefix();
     let now = watcher
-        .get("/prescale-test/owners/", Some(opts))
+        .get_prefix("/prescale-test/owners/")
         .await
         .expect("owners");
-    assert_eq!(now.kvs().len(), usize::from(BUCKETS));
+    assert_eq!(now.kvs.len(), usize::from(BUCKETS));
     // Every change of an owner key since before the join was a rewrite, never a delete.
     let mut stream = watcher
-        .watch(
-            "/prescale-test/owners/",
-            Some(
-                etcd_client::WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(start + 1),
-            ),
-        )
+        .watch_prefix("/prescale-test/owners/", start + 1)
         .await
         .expect("watch");
     // The last change of an owner key (a delete is always followed by a put, since all
     // are present now).
     let end = now
-        .kvs()
+        .kvs
         .iter()
-        .map(|kv| kv.mod_revision())
+        .map(|kv| kv.mod_revision)
         .max()
         .expect("owners");
     let mut rewrites = 0;
     'events: while let Some(r) = stream.message().await.expect("watch message") {
-        for ev in r.events() {
-            let kv = ev.kv().expect("kv");
-            if kv.mod_revision() > end {
+        for ev in r.events {
+            let kv = ev.kv.expect("kv");
+            if kv.mod_revision > end {
                 break 'events;
             }
             assert_eq!(
-                ev.event_type(),
-                etcd_client::EventType::Put,
+                ev.r#type,
+                i32::from(EventType::Put),
                 "owner key {} deleted during the join",
-                String::from_utf8_lossy(kv.key())
+                String::from_utf8_lossy(&kv.key)
             );
             rewrites += 1;
-            if kv.mod_revision() == end {
+            if kv.mod_revision == end {
                 break 'events;
             }
         }
@@ -346,14 +337,12 @@ async fn an_instance_whose_lease_is_revoked_stops_at_once_and_rejoins_at_higher_
     let b = join(&etcd, "b").await;
     let before = wait_shared(&[&a, &b], DEADLINE).await;
     // Revoke b's lease behind its back, as etcd does when it decides the lease expired.
-    let mut admin = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .expect("connect");
+    let admin = EtcdClient::new(&etcd.endpoints());
     let member = admin
-        .get("/prescale-test/members/b", None)
+        .get("/prescale-test/members/b")
         .await
         .expect("b's member key");
-    let lease = member.kvs().first().expect("b is a member").lease();
+    let lease = member.kvs.first().expect("b is a member").lease;
     admin.lease_revoke(lease).await.expect("revoke");
     // a takes everything at once, b rejoins with a new lease and is handed its share; at
     // no moment do both act on one bucket.
@@ -387,33 +376,50 @@ async fn an_instance_whose_lease_is_revoked_stops_at_once_and_rejoins_at_higher_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_authentication_is_used_and_a_wrong_password_is_refused_without_showing_it() {
     let _one = ONE_ETCD.lock().await;
-    use etcd_client::{Permission, PermissionType};
+    use common::etcd_client::pb;
     let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
         .await
         .expect("etcd");
-    let mut admin = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .expect("connect");
-    admin.user_add("root", "root-pw", None).await.expect("root");
+    let mut admin = EtcdClient::new(&etcd.endpoints()).auth();
+    let user = |name: &str, password: &str| pb::AuthUserAddRequest {
+        name: name.to_owned(),
+        password: password.to_owned(),
+    };
+    let grant = |user: &str, role: &str| pb::AuthUserGrantRoleRequest {
+        user: user.to_owned(),
+        role: role.to_owned(),
+    };
+    admin.user_add(user("root", "root-pw")).await.expect("root");
     admin
-        .user_grant_role("root", "root")
+        .user_grant_role(grant("root", "root"))
         .await
         .expect("root role");
-    admin.role_add("prescale").await.expect("role");
-    let keys = Permission::new(PermissionType::Readwrite, "/prescale-test/").with_prefix();
+    let role = pb::AuthRoleAddRequest {
+        name: "prescale".to_owned(),
+    };
+    admin.role_add(role).await.expect("role");
+    // Read and write every key under the prefix: [`/prescale-test/`, `/prescale-test0`).
+    let keys = pb::AuthRoleGrantPermissionRequest {
+        name: "prescale".to_owned(),
+        perm: Some(pb::Permission {
+            perm_type: pb::permission::Type::Readwrite.into(),
+            key: b"/prescale-test/".to_vec(),
+            range_end: b"/prescale-test0".to_vec(),
+        }),
+    };
+    admin.role_grant_permission(keys).await.expect("grant");
     admin
-        .role_grant_permission("prescale", keys)
-        .await
-        .expect("grant");
-    admin
-        .user_add("prescale", "s3cret-pw", None)
+        .user_add(user("prescale", "s3cret-pw"))
         .await
         .expect("user");
     admin
-        .user_grant_role("prescale", "prescale")
+        .user_grant_role(grant("prescale", "prescale"))
         .await
         .expect("user role");
-    admin.auth_enable().await.expect("enable auth");
+    admin
+        .auth_enable(pb::AuthEnableRequest {})
+        .await
+        .expect("enable auth");
 
     let auth = |password: &str| {
         Some(EtcdAuth {
@@ -430,6 +436,26 @@ async fn etcd_authentication_is_used_and_a_wrong_password_is_refused_without_sho
     wait_shared(&[&a, &b], DEADLINE).await;
     b.leave().await;
     wait_shared(&[&a], TTL).await;
+
+    // Changing a user's password (to the same one, here) makes etcd forget the user's
+    // tokens ("invalid auth token"): `a` authenticates again and reads on.
+    let signed_in = pb::AuthenticateRequest {
+        name: "root".to_owned(),
+        password: "root-pw".to_owned(),
+    };
+    let root = admin.authenticate(signed_in).await.expect("root's token");
+    let mut change = tonic::Request::new(pb::AuthUserChangePasswordRequest {
+        name: "prescale".to_owned(),
+        password: "s3cret-pw".to_owned(),
+    });
+    let token = root.into_inner().token.parse().expect("an ASCII token");
+    change.metadata_mut().insert("token", token);
+    admin
+        .user_change_password(change)
+        .await
+        .expect("password changed");
+    let read = a.shared_state("web").await;
+    assert!(read.is_ok(), "a's old token was not replaced: {read:?}");
 
     let refused = Cluster::join(&config_with(&etcd, "c", auth("wrong-pw")))
         .await
@@ -609,19 +635,17 @@ async fn shared_state_is_fenced_by_the_epoch_and_garbage_is_refused_naming_the_k
     );
     assert!(a.shared_state("web").await.expect("read").paused);
 
-    let mut admin = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .expect("connect");
+    let admin = EtcdClient::new(&etcd.endpoints());
     for (field, garbage) in [("asked", "{\"replicas\": -3}"), ("paused", "yes")] {
         let key = format!("/prescale-test/targets/web/{field}");
-        admin.put(key.clone(), garbage, None).await.expect("put");
+        admin.put(&key, garbage).await.expect("put");
         let e = a
             .shared_state("web")
             .await
             .expect_err("refused")
             .to_string();
         assert!(e.contains(&key) && e.contains(garbage), "{e}");
-        admin.delete(key, None).await.expect("delete");
+        admin.delete(&key).await.expect("delete");
     }
     a.leave().await;
 }

@@ -27,8 +27,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::etcd_client::pb::event::EventType;
 use common::http::Server;
-use common::{AppProcess, Etcd, Options, Prometheus, Receiver, Recorded, Reply, TempConfig};
+use common::{
+    AppProcess, Etcd, EtcdClient, Options, Prometheus, Receiver, Recorded, Reply, TempConfig,
+};
 use common::{TestConfig, TestTarget, free_addr, now_secs, poll_until};
 use prescale::cluster::{BUCKETS, bucket};
 use serde_json::Value;
@@ -236,7 +239,7 @@ struct Fleet {
     prom: Prometheus,
     _demand: Demand,
     etcd: Etcd,
-    client: etcd_client::Client,
+    client: EtcdClient,
     rt: tokio::runtime::Runtime,
     targets: Vec<String>,
     _one: MutexGuard<'static, ()>,
@@ -256,13 +259,8 @@ impl Fleet {
             scrape: Some(demand.server.addr),
             ..Options::default()
         });
-        let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5));
-        let client = rt
-            .block_on(etcd_client::Client::connect(
-                etcd.endpoints(),
-                Some(options),
-            ))
-            .expect("connect to etcd");
+        // Its channels' tasks run on `rt`.
+        let client = rt.block_on(async { EtcdClient::new(&etcd.endpoints()) });
         let mut fleet = Self {
             instances: Vec::new(),
             receiver: Receiver::start(&[]),
@@ -408,24 +406,22 @@ impl Fleet {
     /// Each bucket's owner and epoch, read from etcd (`<prefix>/owners/<bucket>`: the
     /// owner's name, its `mod_revision`).
     fn owners(&self) -> Result<BTreeMap<u16, (String, u64)>, String> {
-        let mut client = self.client.clone();
         let prefix = format!("{PREFIX}/owners/");
-        let opts = etcd_client::GetOptions::new().with_prefix();
         let answer = self
             .rt
             .block_on(async {
-                let get = client.get(prefix.as_str(), Some(opts));
+                let get = self.client.get_prefix(&prefix);
                 tokio::time::timeout(Duration::from_secs(5), get).await
             })
             .map_err(|_| "etcd: no answer within 5 s".to_owned())?
             .map_err(|e| format!("etcd: {e}"))?;
         let mut owners = BTreeMap::new();
-        for kv in answer.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
+        for kv in answer.kvs {
+            let key = String::from_utf8_lossy(&kv.key);
             let b: u16 = (key.strip_prefix(&prefix).and_then(|b| b.parse().ok()))
                 .ok_or_else(|| format!("unexpected owner key {key}"))?;
-            let owner = String::from_utf8_lossy(kv.value()).into_owned();
-            owners.insert(b, (owner, kv.mod_revision() as u64));
+            let owner = String::from_utf8_lossy(&kv.value).into_owned();
+            owners.insert(b, (owner, kv.mod_revision as u64));
         }
         Ok(owners)
     }
@@ -577,12 +573,11 @@ impl Fleet {
 
     /// The current etcd revision.
     fn revision(&self) -> i64 {
-        let mut client = self.client.clone();
         let answer = self
             .rt
-            .block_on(client.get(PREFIX, None))
+            .block_on(self.client.get(PREFIX))
             .expect("read the revision");
-        answer.header().expect("a header").revision()
+        answer.header.expect("a header").revision
     }
 
     /// How many times an owner key was written since `start` (a revision); panics when one
@@ -598,13 +593,10 @@ impl Fleet {
         if end <= start {
             return 0;
         }
-        let mut client = self.client.clone();
         let prefix = format!("{PREFIX}/owners/");
-        let opts = etcd_client::WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(start + 1);
         self.rt.block_on(async {
-            let mut stream = client.watch(prefix, Some(opts)).await.expect("watch");
+            let watch = self.client.watch_prefix(&prefix, start + 1);
+            let mut stream = watch.await.expect("watch");
             let mut puts = 0;
             loop {
                 let next = tokio::time::timeout(Duration::from_secs(10), stream.message());
@@ -612,17 +604,17 @@ impl Fleet {
                     .expect("owner key events within 10 s")
                     .expect("a watch message")
                     .expect("the watch is open");
-                for ev in message.events() {
-                    let kv = ev.kv().expect("an event's key");
+                for ev in message.events {
+                    let kv = ev.kv.expect("an event's key");
                     assert_eq!(
-                        ev.event_type(),
-                        etcd_client::EventType::Put,
+                        ev.r#type,
+                        i32::from(EventType::Put),
                         "owner key {} deleted at revision {}",
-                        String::from_utf8_lossy(kv.key()),
-                        kv.mod_revision()
+                        String::from_utf8_lossy(&kv.key),
+                        kv.mod_revision
                     );
                     puts += 1;
-                    if kv.mod_revision() >= end {
+                    if kv.mod_revision >= end {
                         return puts;
                     }
                 }

@@ -2,7 +2,6 @@
 # Runs every test: unit tests, and integration tests against a real Prometheus, HAProxy,
 # Alertmanager, etcd, real HTTP receivers, a real headless Chromium and the Standard Webhooks
 # library (PyPI standardwebhooks) checking real deliveries.
-# `protoc` compiles protobuf definitions: etcd's (etcd-client) and KEDA's (build.rs, proto/keda/).
 # Installs what the tests need from Debian's packages when it is missing (as root, or with
 # sudo). Usage: tests/run.sh [extra cargo test arguments]
 set -euo pipefail
@@ -11,7 +10,7 @@ cd "$(dirname "$0")/.."
 # tool:Debian package
 tools="prometheus:prometheus promtool:prometheus haproxy:haproxy
   prometheus-alertmanager:prometheus-alertmanager chromium:chromium openssl:openssl python3:python3
-  protoc:protobuf-compiler etcd:etcd-server systemd-analyze:systemd"
+  etcd:etcd-server systemd-analyze:systemd"
 
 need=()
 for pair in $tools; do

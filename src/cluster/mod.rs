@@ -40,9 +40,9 @@
 //!   for and delivered, the pause, the model) is written only while it owns the target at
 //!   its epoch ([`Cluster::share`]).
 //!
-//! Files: `view.rs` (the state as plain data and what to do about it, pure), `etcd.rs`
-//! (keys and requests), `session.rs` (the task: keep-alive, watch, reconcile), `shared.rs`
-//! (targets' shared state).
+//! Files: `view.rs` (the state as plain data and what to do about it, pure), `etcd/`
+//! (keys and requests; `client.rs`, the etcd client they go through), `session.rs` (the
+//! task: keep-alive, watch, reconcile), `shared.rs` (targets' shared state).
 
 mod etcd;
 mod session;

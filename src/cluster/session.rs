@@ -8,9 +8,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::etcd::{Etcd, deadline};
+use super::etcd::{Etcd, Watch};
 use super::view::{Member, Owner, View};
-use super::{ClusterError, Op, Shared};
+use super::{ClusterError, Shared};
 use crate::config::ClusterConfig;
 
 /// How a session ended.
@@ -313,8 +313,8 @@ async fn keep_alive(
         }
     };
     loop {
-        let (mut keeper, mut stream) = match etcd.keep_alive(lease).await {
-            Ok(Some(pair)) => pair,
+        let mut keeper = match etcd.keep_alive(lease).await {
+            Ok(Some(keeper)) => keeper,
             Ok(None) => {
                 let _ = report.send(Renewal::Lost).await;
                 return;
@@ -328,18 +328,14 @@ async fn keep_alive(
         };
         loop {
             let sent = Instant::now();
-            let answer = deadline(Op::KeepAlive, etcd.timeout(), async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            })
-            .await;
+            let answer = etcd.renew(&mut keeper).await;
             match answer {
-                Ok(Some(r)) if r.ttl() > 0 => {
+                Ok(ttl) if ttl > 0 => {
                     failures = 0;
                     let was_live = {
                         let mut local = shared.local();
                         let was_live = local.is_live(Instant::now());
-                        let until = live_until(sent, r.ttl());
+                        let until = live_until(sent, ttl);
                         local.live_until = Some(local.live_until.map_or(until, |t| t.max(until)));
                         was_live
                     };
@@ -348,15 +344,13 @@ async fn keep_alive(
                         let _ = report.send(Renewal::Regained).await;
                     }
                 }
-                Ok(Some(_)) => {
+                Ok(_) => {
                     let _ = report.send(Renewal::Lost).await;
                     return;
                 }
-                Ok(None) | Err(_) => {
+                Err(e) => {
                     failures += 1;
-                    if let Err(e) = answer {
-                        debug!(error = %e, failures, "keep-alive failed; reopening the stream");
-                    }
+                    debug!(error = %e, failures, "keep-alive failed; reopening the stream");
                     tokio::time::sleep(backoff(failures)).await;
                     break;
                 }
@@ -367,12 +361,12 @@ async fn keep_alive(
 }
 
 /// Whether the watch delivered an event and still works; pending forever without a watch.
-async fn next_event(watch: &mut Option<etcd_client::WatchStream>) -> bool {
+async fn next_event(watch: &mut Option<Watch>) -> bool {
     let Some(w) = watch else {
         return std::future::pending().await;
     };
     match w.message().await {
-        Ok(Some(r)) => !r.canceled(),
+        Ok(Some(r)) => !r.canceled,
         Ok(None) | Err(_) => false,
     }
 }

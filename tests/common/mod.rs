@@ -12,7 +12,7 @@
 //!   ([`Receiver`], [`Reply`]).
 //! - [`haproxy`], [`alertmanager`]: the real servers ([`Haproxy`], [`Alertmanager`]).
 //! - [`etcd`]: a real etcd cluster of one or more members ([`Etcd`]), members killed
-//!   and restarted.
+//!   and restarted; [`etcd_client`]: a plain client of it ([`EtcdClient`]).
 //! - [`kube_api`]: a stand-in for the Kubernetes API server, following its published
 //!   contract ([`KubeApi`]), because no real API server can run here.
 //! - [`config`]: configuration files ([`TestConfig`], [`TestTarget`], [`TempConfig`]).
@@ -28,6 +28,7 @@ pub mod app;
 pub mod backfill;
 pub mod config;
 pub mod etcd;
+pub mod etcd_client;
 pub mod exporter;
 pub mod haproxy;
 pub mod http;
@@ -41,6 +42,7 @@ pub use app::{App, AppProcess, STOP_DEADLINE};
 pub use backfill::{Backfill, COUNTER, Minute, RATE_QUERY, read_trace, trace_path};
 pub use config::{TempConfig, TestConfig, TestTarget, minimal_config};
 pub use etcd::Etcd;
+pub use etcd_client::EtcdClient;
 pub use exporter::SeriesExporter;
 pub use haproxy::Haproxy;
 pub use http::{decisions_made, get_json, http_get};
