@@ -262,7 +262,7 @@ fn the_risk_dial_sets_defaults_and_keys_override_it() {
     // gives way to the leanest.
     assert_eq!(t.policy().recurring_scale_in, None);
     assert_eq!(safe.targets[0].policy().recurring_scale_in, Some(300));
-    assert_eq!(d.targets[0].policy().recurring_scale_in, Some(75));
+    assert_eq!(d.targets[0].policy().recurring_scale_in, Some(60));
     let by_behavior =
         format!("{MINIMAL}[target.behavior.scale_down]\nstabilization_window = \"10m\"\n");
     let t = &parse(&by_behavior).unwrap().targets[0];

@@ -19,6 +19,7 @@ fn policy() -> Policy {
         scale_up: Rules::default_scale_up(),
         scale_down: Rules::default_scale_down(),
         recurring_scale_in: None,
+        change_cost: 0,
         schedule: Vec::new(),
     }
 }
