@@ -20,7 +20,7 @@
 /// `asks[k]` the count the plan asks for `k` steps on; the count is `current` now; a change
 /// costs `cost` replica-steps. The path never falls below `asks`; of equal paths, the one
 /// that asks for the fewest replicas now.
-pub(super) fn cheapest_first(current: u32, asks: &[u32], cost: f64) -> u32 {
+pub fn cheapest_first(current: u32, asks: &[u32], cost: f64) -> u32 {
     let Some(&now) = asks.first() else {
         return current;
     };

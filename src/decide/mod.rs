@@ -18,7 +18,9 @@
 //!
 //! The winner then goes through the HPA's scaling behaviour ([`behavior`]): stabilisation
 //! windows (scale-in only to the highest recommendation within the window, so only when all
-//! policies agree for that long) and rate limits, then `min_replicas`/`max_replicas`. With
+//! policies agree for that long), the cost of a change ([`calm`]: a count the plan asks
+//! for again soon is held, changes a few steps apart are made as one) and rate limits,
+//! then `min_replicas`/`max_replicas`. With
 //! data missing or stale the count never goes down; it goes up on the evidence there is.
 //! Every clamp is named in the reasons.
 //!
@@ -34,7 +36,7 @@ pub mod alert;
 pub mod balance;
 pub mod behavior;
 pub mod budget;
-mod calm;
+pub mod calm;
 pub mod explain;
 mod policy;
 mod recommend;

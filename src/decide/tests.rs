@@ -447,7 +447,13 @@ fn counts(change_cost: i64, until: i64, load: &dyn Fn(i64) -> f64) -> Vec<u32> {
     let mut replicas = 5;
     let mut seen = Vec::new();
     for now in (0..=until).step_by(60) {
-        let d = decide(&p, Some(&shaped(now, load)), obs(replicas, 50.0), &mut st, now);
+        let d = decide(
+            &p,
+            Some(&shaped(now, load)),
+            obs(replicas, 50.0),
+            &mut st,
+            now,
+        );
         st.record_scale(now, d.from, d.to);
         replicas = d.to;
         seen.push(replicas);
@@ -486,7 +492,12 @@ fn a_burst_cycle_gives_one_rise_and_one_fall() {
     // It holds more replica-time than the staircase, never less at any minute before
     // the fall.
     let fall = calm.iter().rposition(|&c| c > 5).expect("a rise");
-    assert!(calm[..fall].iter().zip(&hpa).all(|(c, h)| c >= h || *h == 5));
+    assert!(
+        calm[..fall]
+            .iter()
+            .zip(&hpa)
+            .all(|(c, h)| c >= h || *h == 5)
+    );
 }
 
 /// At 10 replicas with demand for 5, a scale-in is held when the plan asks for 10 again
