@@ -683,3 +683,18 @@ fn schedules_are_read_and_validated() {
     .to_string();
     assert!(err.contains("minimum"), "{err}");
 }
+
+#[test]
+fn change_cost_defaults_to_five_minutes_and_zero_turns_it_off() {
+    let cost = |extra: &str| {
+        let text = MINIMAL.replace("[[target]]\n", &format!("[[target]]\n{extra}"));
+        parse(&text).unwrap().targets[0].policy().change_cost
+    };
+    assert_eq!(cost(""), 300);
+    assert_eq!(cost("change_cost = \"2m\"\n"), 120);
+    assert_eq!(cost("change_cost = \"0s\"\n"), 0);
+    let err = parse(&MINIMAL.replace("[[target]]\n", "[[target]]\nchange_cost = \"soon\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("change_cost"), "{err}");
+}
