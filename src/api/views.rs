@@ -113,7 +113,7 @@ impl From<&forecast::Point> for Point {
 pub(super) struct Reason {
     /// Stable code. Policies: `Prediction`, `Demand`, `Performance`, `NoData`. Clamps and
     /// conditions: `ScaleDownStabilized`, `ScaleUpStabilized`, `ScaleUpLimit`,
-    /// `ScaleDownLimit`, `TooManyReplicas`, `TooFewReplicas`, `Degraded`, `BudgetLimited`,
+    /// `ScaleDownLimit`, `Calm`, `TooManyReplicas`, `TooFewReplicas`, `Degraded`, `BudgetLimited`,
     /// `ReplicasUnknown`, `Scheduled` (a window of `[[target.schedule]]`).
     code: String,
     /// What it means here, for people.

@@ -51,8 +51,9 @@ pub use platform::{Credentials, KubernetesConfig, KubernetesMode, ScaleTargetRef
 pub use secrets::{Secret, WHSEC_PREFIX, WhsecError};
 pub use summary::summary;
 pub use target::{
-    DEFAULT_HEADROOM, DEFAULT_PREDICTION_UTILIZATION, DEFAULT_TARGET_UTILIZATION,
-    DEFAULT_TOLERANCE, HaproxyConfig, Queries, RuntimeApi, TargetConfig, WebhookConfig,
+    DEFAULT_CHANGE_COST, DEFAULT_HEADROOM, DEFAULT_PREDICTION_UTILIZATION,
+    DEFAULT_TARGET_UTILIZATION, DEFAULT_TOLERANCE, HaproxyConfig, Queries, RuntimeApi,
+    TargetConfig, WebhookConfig,
 };
 
 /// A configuration error: where it is (file, key) and what was expected.

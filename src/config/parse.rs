@@ -355,6 +355,12 @@ pub struct RawTarget {
     /// Headroom added to predicted peaks, as a share of the typical demand (its
     /// exponentially weighted mean over about a day), ≥ 0 (default 0).
     pub headroom: Option<f64>,
+    /// What one change of the replica count costs, as time of the typical count's
+    /// replicas: a change is made only where the plan says it saves more replica-time, so
+    /// a count asked for again soon is held and changes a few steps apart are made as one
+    /// (default 5m; 0s makes every change the behaviour allows, as the HPA).
+    #[serde(default, with = "bounded")]
+    pub change_cost: Option<Duration>,
     /// Priority under a `[budget]`: higher is served first (default 0).
     pub priority: Option<u32>,
     /// Scaling behaviour, as `HorizontalPodAutoscaler.spec.behavior`.

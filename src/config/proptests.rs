@@ -260,6 +260,7 @@ fn target() -> Val {
             ("prediction_utilization", float()),
             ("tolerance", float()),
             ("headroom", float()),
+            ("change_cost", dur()),
             ("priority", int()),
             ("mode", pick2(&["act", "forecast-only"], &["off"])),
             ("platform", webhook()),

@@ -114,6 +114,10 @@ pub struct TargetConfig {
     pub tolerance: f64,
     /// Headroom over predicted peaks, as a share of the typical demand (≥ 0).
     pub headroom: f64,
+    /// What one change of the count costs, as time of the typical count's replicas: a
+    /// change is made only where the plan says it saves more (zero: every change the
+    /// behaviour allows, as the HPA).
+    pub change_cost: Duration,
     /// Priority under a budget; higher first.
     pub priority: u32,
     /// Scale-up behaviour.
@@ -168,6 +172,7 @@ impl TargetConfig {
             recurring_scale_in: self
                 .scale_in_from_dial
                 .then(|| self.risk.planning().recurring_scale_in_window),
+            change_cost: self.change_cost.as_secs() as i64,
             schedule: self.schedule.clone(),
         }
     }
@@ -285,6 +290,7 @@ impl TargetConfig {
             prediction_utilization: DEFAULT_PREDICTION_UTILIZATION,
             tolerance: DEFAULT_TOLERANCE,
             headroom: DEFAULT_HEADROOM,
+            change_cost: DEFAULT_CHANGE_COST,
             priority: 0,
             scale_up: Rules::default_scale_up(),
             scale_down: Rules::default_scale_down(),
@@ -323,3 +329,5 @@ pub const DEFAULT_PREDICTION_UTILIZATION: f64 = 0.9;
 pub const DEFAULT_TOLERANCE: f64 = 0.1;
 /// Headroom over predicted peaks, as a share of the typical demand.
 pub const DEFAULT_HEADROOM: f64 = 0.0;
+/// Default cost of one change of the count: five minutes of the typical count's replicas.
+pub const DEFAULT_CHANGE_COST: Duration = Duration::from_secs(300);

@@ -262,7 +262,7 @@ fn the_risk_dial_sets_defaults_and_keys_override_it() {
     // gives way to the leanest.
     assert_eq!(t.policy().recurring_scale_in, None);
     assert_eq!(safe.targets[0].policy().recurring_scale_in, Some(300));
-    assert_eq!(d.targets[0].policy().recurring_scale_in, Some(75));
+    assert_eq!(d.targets[0].policy().recurring_scale_in, Some(60));
     let by_behavior =
         format!("{MINIMAL}[target.behavior.scale_down]\nstabilization_window = \"10m\"\n");
     let t = &parse(&by_behavior).unwrap().targets[0];
@@ -751,4 +751,19 @@ fn schedules_are_read_and_validated() {
     .expect_err("unknown key")
     .to_string();
     assert!(err.contains("minimum"), "{err}");
+}
+
+#[test]
+fn change_cost_defaults_to_five_minutes_and_zero_turns_it_off() {
+    let cost = |extra: &str| {
+        let text = MINIMAL.replace("[[target]]\n", &format!("[[target]]\n{extra}"));
+        parse(&text).unwrap().targets[0].policy().change_cost
+    };
+    assert_eq!(cost(""), 300);
+    assert_eq!(cost("change_cost = \"2m\"\n"), 120);
+    assert_eq!(cost("change_cost = \"0s\"\n"), 0);
+    let err = parse(&MINIMAL.replace("[[target]]\n", "[[target]]\nchange_cost = \"soon\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("change_cost"), "{err}");
 }

@@ -18,7 +18,9 @@
 //!
 //! The winner then goes through the HPA's scaling behaviour ([`behavior`]): stabilisation
 //! windows (scale-in only to the highest recommendation within the window, so only when all
-//! policies agree for that long) and rate limits, then `min_replicas`/`max_replicas`. With
+//! policies agree for that long), the cost of a change ([`calm`]: a count the plan asks
+//! for again soon is held, changes a few steps apart are made as one) and rate limits,
+//! then `min_replicas`/`max_replicas`. With
 //! data missing or stale the count never goes down; it goes up on the evidence there is.
 //! Every clamp is named in the reasons.
 //!
@@ -34,6 +36,7 @@ pub mod alert;
 pub mod balance;
 pub mod behavior;
 pub mod budget;
+pub mod calm;
 pub mod explain;
 mod policy;
 mod recommend;
@@ -164,10 +167,14 @@ pub fn decide(
 /// What [`behave`] starts from: the observation, the winning policy's count, and whether
 /// the load planned for came from the target's recurring bursts.
 #[derive(Debug, Clone, Copy)]
-struct Behave {
+struct Behave<'a> {
     observed: Observed,
     recommended: u32,
     recurring: bool,
+    /// The forecast, whose plan says which counts will be asked for next.
+    forecast: Option<&'a Forecast>,
+    /// The headroom the prediction policy adds, requests/s.
+    headroom: f64,
 }
 
 /// Decides the replica count at `now`, with why: every policy's recommendation and each
@@ -248,6 +255,8 @@ pub fn decide_explained(
                 observed,
                 recommended,
                 recurring,
+                forecast,
+                headroom,
             };
             behave(policy, state, input, now, &mut trail)
         }
@@ -304,6 +313,7 @@ fn behave(
         observed,
         recommended,
         recurring,
+        ..
     } = input;
     let current = observed.replicas;
     let up = &policy.scale_up;
@@ -343,8 +353,57 @@ fn behave(
         let m = "data missing or stale: scaling out on the evidence there is".to_owned();
         trail.push(ReasonCode::Degraded, to, to, m);
     }
+    let to = worth_changing(policy, state, &input, to, now, trail);
     let to = rate_limit(policy, state, current, to, now, trail);
     bound(&bounds, current, to, trail)
+}
+
+/// The count the behaviour allows, held or moved further where the plan says a change
+/// now would soon be followed by another ([`calm`]).
+fn worth_changing(
+    policy: &Policy,
+    state: &DecideState,
+    input: &Behave<'_>,
+    to: u32,
+    now: i64,
+    trail: &mut Trail<'_>,
+) -> u32 {
+    let Some(f) = input.forecast.filter(|_| policy.change_cost > 0) else {
+        return to;
+    };
+    let bounds = policy.bounds(now);
+    let step = f.step_seconds.max(1);
+    let last = f.points.last().map_or(now, |p| p.timestamp);
+    let window = policy.lookahead + step;
+    let asks: Vec<u32> = std::iter::once(to)
+        .chain(
+            (1..)
+                .map(|k| now + k * step)
+                .take_while(|t| t + window <= last)
+                .filter_map(|t| f.peak_planned(t, t + window, policy.interval_share))
+                .map(|(_, load)| {
+                    policy
+                        .need(load + input.headroom, policy.prediction_utilization)
+                        .clamp(bounds.min, bounds.max.max(bounds.min))
+                }),
+        )
+        .collect();
+    let typical = state
+        .typical
+        .map_or(f64::from(input.observed.replicas), |(m, _)| {
+            f64::from(policy.need(m, policy.prediction_utilization))
+        });
+    let cost = policy.change_cost as f64 * typical.max(1.0) / step as f64;
+    let held = calm::cheapest_first(input.observed.replicas, &asks, cost);
+    if held != to {
+        let m = format!(
+            "{held}: the plan's counts over the next {}s are met at least cost so, a change costing {}s of the typical {typical:.0} replicas",
+            (asks.len() as i64 - 1) * step,
+            policy.change_cost
+        );
+        trail.push(ReasonCode::Calm, to, held, m);
+    }
+    held
 }
 
 /// Clamps a recommendation to the scheduled bounds in force, before the stabilisation

@@ -53,6 +53,10 @@ pub struct Policy {
     /// patience is needed (the dial's `recurring_scale_in_window`; `None`: the window was
     /// configured, and holds).
     pub recurring_scale_in: Option<i64>,
+    /// What one change of the count costs, in seconds of the typical count's replica-time:
+    /// a change is made only where the plan says it saves more ([`calm`](super::calm));
+    /// 0: every change the behaviour allows is made, as the HPA.
+    pub change_cost: i64,
     /// Scheduled windows; their floors lead their openings by `lookahead`.
     pub schedule: Vec<schedule::Window>,
 }

@@ -7,9 +7,9 @@
 //!
 //! | at | interval share | prediction utilisation | target utilisation | scale-in window | with recurring bursts |
 //! |---|---|---|---|---|---|
-//! | 0 (leanest) | 0 | 1.00 | 0.95 | 75 s | 75 s |
-//! | 0.25 `lean` | 0.5 | 0.95 | 0.825 | 150 s | 75 s |
-//! | 0.5 `balanced` | 1.0 | 0.90 | 0.70 | 300 s | 75 s |
+//! | 0 (leanest) | 0 | 1.00 | 0.95 | 75 s | 60 s |
+//! | 0.25 `lean` | 0.5 | 0.95 | 0.825 | 150 s | 60 s |
+//! | 0.5 `balanced` | 1.0 | 0.90 | 0.70 | 300 s | 60 s |
 //! | 0.75 `safe` | 1.25 | 0.85 | 0.625 | 600 s | 300 s |
 //! | 1 (safest) | 1.5 | 0.80 | 0.55 | 1200 s | 1200 s |
 //!
@@ -41,7 +41,7 @@ pub struct Planning {
     pub scale_in_window: i64,
     /// The scale-down stabilisation window while the load planned for comes from the
     /// target's recurring bursts, seconds: that plan already keeps capacity where a burst
-    /// may come back, so the leanest window up to `balanced`, then rising to the safest.
+    /// may come back, so one minute up to `balanced`, then rising to the safest.
     pub recurring_scale_in_window: i64,
 }
 
@@ -82,10 +82,19 @@ impl Risk {
             prediction_utilization: 1.0 - 0.2 * d,
             target_utilization: if lean { 0.95 - 0.5 * d } else { 0.85 - 0.3 * d },
             scale_in_window: window(d),
-            recurring_scale_in_window: window((2.0 * d - 1.0).max(0.0)),
+            recurring_scale_in_window: if lean || d == 0.5 {
+                RECURRING_LEANEST
+            } else {
+                window(2.0 * d - 1.0)
+            },
         }
     }
 }
+
+/// The scale-in window with recurring bursts up to `balanced`, seconds: one minute, since
+/// the cost of a change ([`calm`](super::calm)) is what holds a count the plan asks for
+/// again, and a longer window only delays each fall.
+const RECURRING_LEANEST: i64 = 60;
 
 /// The scale-in window at `d` on the dial: 75 s at 0, 300 s at ½, 1200 s at 1.
 fn window(d: f64) -> i64 {
@@ -109,7 +118,7 @@ mod tests {
         assert!((b.prediction_utilization - 0.9).abs() < 1e-12);
         assert!((b.target_utilization - 0.7).abs() < 1e-12);
         assert_eq!(b.scale_in_window, 300);
-        assert_eq!(b.recurring_scale_in_window, 75);
+        assert_eq!(b.recurring_scale_in_window, 60);
         assert_eq!(Risk::SAFE.planning().recurring_scale_in_window, 300);
         assert_eq!(
             Risk::new(1.0)

@@ -19,6 +19,7 @@ fn policy() -> Policy {
         scale_up: Rules::default_scale_up(),
         scale_down: Rules::default_scale_down(),
         recurring_scale_in: None,
+        change_cost: 0,
         schedule: Vec::new(),
     }
 }
@@ -411,4 +412,114 @@ fn a_plan_from_recurring_bursts_scales_in_after_the_shorter_window() {
     assert_eq!(run(recurring, Some(75)), 3);
     assert_eq!(run(recurring, None), 10);
     assert_eq!(run(PlanBasis::Interval, Some(75)), 10);
+}
+
+/// A forecast made at `now` for the next hour, planning `load(t)` at each minute `t`.
+fn shaped(now: i64, load: impl Fn(i64) -> f64) -> Forecast {
+    Forecast {
+        generated_at: now,
+        step_seconds: 60,
+        model: "test",
+        level: 0.95,
+        planned: None,
+        points: (1..=60)
+            .map(|k| {
+                let t = now + 60 * k;
+                Point {
+                    timestamp: t,
+                    value: load(t),
+                    lower: 0.0,
+                    upper: load(t),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The counts asked for each minute from 0 to `until`, the demand staying at 50 rps
+/// (5 replicas) and each decision planning from a forecast of `load`.
+fn counts(change_cost: i64, until: i64, load: &dyn Fn(i64) -> f64) -> Vec<u32> {
+    let p = Policy {
+        change_cost,
+        ..policy()
+    };
+    let mut st = DecideState::default();
+    let mut replicas = 5;
+    let mut seen = Vec::new();
+    for now in (0..=until).step_by(60) {
+        let d = decide(
+            &p,
+            Some(&shaped(now, load)),
+            obs(replicas, 50.0),
+            &mut st,
+            now,
+        );
+        st.record_scale(now, d.from, d.to);
+        replicas = d.to;
+        seen.push(replicas);
+    }
+    seen
+}
+
+fn changes(counts: &[u32]) -> usize {
+    counts.windows(2).filter(|w| w[0] != w[1]).count()
+}
+
+/// A burst planned for (at minute 20, ramping up over three minutes and its tail leaving
+/// over six) that never comes: the HPA's behaviour follows the plan up and down in steps;
+/// with a cost per change the count rises once and falls once.
+#[test]
+fn a_burst_cycle_gives_one_rise_and_one_fall() {
+    let burst = |t: i64| match (t - 1200) / 60 {
+        0 => 100.0,
+        1 => 150.0,
+        2 => 200.0,
+        3 => 180.0,
+        4 => 150.0,
+        5 => 120.0,
+        6 => 100.0,
+        7 => 80.0,
+        8 => 60.0,
+        _ => 50.0,
+    };
+    let hpa = counts(0, 3600, &burst);
+    let calm = counts(300, 3600, &burst);
+    assert!(changes(&hpa) > 2, "{hpa:?}");
+    assert_eq!(changes(&calm), 2, "{calm:?}");
+    // The same peak is served, and the count comes back to where it started.
+    assert_eq!(calm.iter().max(), hpa.iter().max());
+    assert_eq!((calm[0], calm[calm.len() - 1]), (5, 5));
+    // It holds more replica-time than the staircase, never less at any minute before
+    // the fall.
+    let fall = calm.iter().rposition(|&c| c > 5).expect("a rise");
+    assert!(
+        calm[..fall]
+            .iter()
+            .zip(&hpa)
+            .all(|(c, h)| c >= h || *h == 5)
+    );
+}
+
+/// At 10 replicas with demand for 5, a scale-in is held when the plan asks for 10 again
+/// within a few minutes (a fall and a rise would cost more than the replicas held), with
+/// the reason `Calm`; when it asks again only after half an hour, or without a cost per
+/// change, the count falls.
+#[test]
+fn a_scale_in_is_held_when_the_plan_asks_for_the_count_again_soon() {
+    let check = |change_cost: i64, back_at: i64, want: u32, codes: &str| {
+        let p = Policy {
+            change_cost,
+            ..policy()
+        };
+        let f = shaped(0, |t| if t >= back_at { 100.0 } else { 50.0 });
+        let d = decide(&p, Some(&f), obs(10, 50.0), &mut DecideState::default(), 0);
+        assert_eq!(
+            (d.to, d.reason_codes().as_str()),
+            (want, codes),
+            "cost {change_cost}, back at {back_at}: {d:?}"
+        );
+    };
+    check(300, 720, 10, "Prediction+Calm");
+    check(300, 2400, 5, "Prediction");
+    check(0, 720, 5, "Prediction");
 }

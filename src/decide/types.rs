@@ -47,6 +47,9 @@ pub enum ReasonCode {
     TooFewReplicas,
     /// Data missing or stale: no scale-in.
     Degraded,
+    /// Held, or moved further, because the plan asks for another change soon: a change
+    /// must be worth what it costs (`change_cost`).
+    Calm,
     /// Lowered by the shared budget.
     BudgetLimited,
     /// Set by a scheduled window's bound (`[[target.schedule]]`); the message names the
@@ -78,6 +81,7 @@ impl ReasonCode {
             Self::TooManyReplicas => "TooManyReplicas",
             Self::TooFewReplicas => "TooFewReplicas",
             Self::Degraded => "Degraded",
+            Self::Calm => "Calm",
             Self::BudgetLimited => "BudgetLimited",
             Self::Scheduled => "Scheduled",
             Self::ReplicasUnknown => "ReplicasUnknown",

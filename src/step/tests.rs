@@ -28,6 +28,7 @@ fn policy() -> TargetPolicy {
                 ..Rules::default_scale_down()
             },
             recurring_scale_in: None,
+            change_cost: 0,
             schedule: Vec::new(),
         },
         forecast: forecast::Settings {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    DEFAULT_HEADROOM, DEFAULT_HISTORY, DEFAULT_INTERVAL, DEFAULT_STEP, DEFAULT_TOLERANCE,
-    HaproxyConfig, Queries, RuntimeApi, TargetConfig, WebhookConfig,
+    DEFAULT_CHANGE_COST, DEFAULT_HEADROOM, DEFAULT_HISTORY, DEFAULT_INTERVAL, DEFAULT_STEP,
+    DEFAULT_TOLERANCE, HaproxyConfig, Queries, RuntimeApi, TargetConfig, WebhookConfig,
 };
 use crate::config::parse::{
     RawBalancer, RawBehavior, RawRebalance, RawRules, RawTarget, RawWebhook,
@@ -110,6 +110,7 @@ impl Validator<'_> {
             prediction_utilization: planning.prediction_utilization,
             tolerance: planning.tolerance,
             headroom: planning.headroom,
+            change_cost: t.change_cost.unwrap_or(DEFAULT_CHANGE_COST),
             priority: t.priority.unwrap_or(0),
             scale_up,
             scale_down,
