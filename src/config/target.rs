@@ -20,6 +20,7 @@ use crate::decide::{Mode, Policy, Rules};
 use crate::step::{AlertPolicy, Signal, TargetPolicy};
 
 pub(super) use resolve::target_key;
+pub(super) use resolve::MAX_NAME;
 
 /// Validated HAProxy balancer of a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
