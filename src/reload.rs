@@ -235,7 +235,9 @@ mod tests {
     fn a_new_cluster_secret_or_ca_in_the_same_file_needs_a_restart() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (password, ca) = (dir.path().join("password"), dir.path().join("ca.pem"));
-        let pem = |body: &str| format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n");
+        let pem = |body: &str| {
+            format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
+        };
         let cluster = || {
             config(
                 &format!(

@@ -789,11 +789,7 @@ fn tune_refuses_what_it_cannot_score() {
         ),
         (&two_days, &["--skip", "1d 1h"][..], "82800 s"),
         (&three_rows, &[][..], "180 s of the trace would be scored"),
-        (
-            &two_days,
-            &["--objective", "lost=150%"][..],
-            "under 100%",
-        ),
+        (&two_days, &["--objective", "lost=150%"][..], "under 100%"),
     ] {
         let o = tune(trace, extra);
         let (out, err) = (text(&o.stdout), text(&o.stderr));

@@ -205,7 +205,10 @@ fn a_keda_client_gets_the_decided_count_and_refusals_where_no_count_is_safe() {
         ] {
             let refusals = [
                 metrics(&mut client, &object).await.expect_err("too long"),
-                client.is_active(object.clone()).await.expect_err("too long"),
+                client
+                    .is_active(object.clone())
+                    .await
+                    .expect_err("too long"),
                 client
                     .get_metric_spec(object.clone())
                     .await

@@ -295,7 +295,10 @@ impl Kubernetes {
         let params = patch_params();
         for _ in 0..CONFLICT_ATTEMPTS {
             let what = self.call("GET", &path);
-            let scale = api.get_scale(name).await.map_err(|e| api_error(&what, self.timeout, e))?;
+            let scale = api
+                .get_scale(name)
+                .await
+                .map_err(|e| api_error(&what, self.timeout, e))?;
             let version = scale
                 .metadata
                 .resource_version
@@ -332,7 +335,10 @@ impl Kubernetes {
         let params = patch_params();
         for _ in 0..CONFLICT_ATTEMPTS {
             let what = self.call("GET", &path);
-            let hpa = api.get(&name).await.map_err(|e| api_error(&what, self.timeout, e))?;
+            let hpa = api
+                .get(&name)
+                .await
+                .map_err(|e| api_error(&what, self.timeout, e))?;
             let version = hpa
                 .metadata
                 .resource_version

@@ -19,8 +19,8 @@ use crate::decide::schedule::{self, Window};
 use crate::decide::{Mode, Policy, Rules};
 use crate::step::{AlertPolicy, Signal, TargetPolicy};
 
-pub(super) use resolve::target_key;
 pub(super) use resolve::MAX_NAME;
+pub(super) use resolve::target_key;
 
 /// Validated HAProxy balancer of a target.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -223,7 +223,11 @@ async fn a_changed_discovery_starts_from_its_first_answer() {
     assert_eq!(fresh, [(0, changed.discovery[0].query.clone())]);
     r.reconfigure_with(&changed, vec![(0, vec![series("a", "web")])]);
     let merged = r.merged(&changed);
-    assert_eq!(names(&merged), ["shop-web", "a-web"], "kept through the reload");
+    assert_eq!(
+        names(&merged),
+        ["shop-web", "a-web"],
+        "kept through the reload"
+    );
     assert_eq!(merged.target("a-web").map(|t| t.max_replicas), Some(9));
     assert_eq!(r.status()[0].error, None);
 }

@@ -94,7 +94,7 @@ impl Objective {
     /// Whether it can choose between settings: a loss cap under 100 %.
     fn check(self) -> Result<(), TuneError> {
         match self {
-            Self::LostPct(p) if !(p < 100.0) => Err(TuneError::Objective(self)),
+            Self::LostPct(p) if p >= 100.0 || !p.is_finite() => Err(TuneError::Objective(self)),
             _ => Ok(()),
         }
     }

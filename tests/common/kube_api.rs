@@ -323,7 +323,9 @@ async fn serve(
             &field_manager,
             &body,
         );
-        let stalled = c.stalled.contains(&(verb.to_owned(), rbac_resource.clone()));
+        let stalled = c
+            .stalled
+            .contains(&(verb.to_owned(), rbac_resource.clone()));
         c.calls.push(Call {
             verb: verb.to_owned(),
             group: t.group.clone(),
