@@ -75,9 +75,12 @@ struct ReplayArgs {
     /// Time from asking for a replica to it serving, e.g. `5m`.
     #[arg(long, value_parser = humantime::parse_duration)]
     startup: Duration,
-    /// Take the policy (min/max replicas, windows, risk) from this config's first target.
+    /// Take the policy (min/max replicas, windows, risk) from this config's target.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The `[[target]]` of `--config` to take the policy from (needed when it has several).
+    #[arg(long, requires = "config")]
+    target: Option<String>,
     /// Warm-up left out of the scores, e.g. `2d`.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     skip: Duration,
@@ -174,9 +177,13 @@ enum Command {
         /// Where to write the forecasts CSV.
         #[arg(long)]
         out: PathBuf,
-        /// Take `[forecast]` settings and the first target's history from this config.
+        /// Take `[forecast]` settings and the target's history from this config.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The `[[target]]` of `--config` to take the history from (needed when it has
+        /// several).
+        #[arg(long, requires = "config")]
+        target: Option<String>,
         /// Seconds at the start of the trace left out of the printed scores.
         #[arg(long, default_value_t = 604_800)]
         skip: i64,
@@ -280,8 +287,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             horizon,
             out,
             config,
+            target,
             skip,
-        } => forecast(&trace, horizon, &out, config.as_deref(), skip),
+        } => forecast(&trace, horizon, &out, config.as_deref(), target.as_deref(), skip),
     }
 }
 
@@ -291,13 +299,15 @@ fn forecast(
     horizon: Duration,
     out_path: &std::path::Path,
     config: Option<&std::path::Path>,
+    target: Option<&str>,
     skip: i64,
 ) -> anyhow::Result<()> {
     let trace = Trace::load(trace)?;
     let (forecast, history) = match config {
         Some(path) => {
             let c = Config::load(path)?;
-            (c.forecast, c.targets[0].history)
+            let history = c.replayed_target(target)?.history;
+            (c.forecast, history)
         }
         None => (
             prescale::config::ForecastConfig::default(),
@@ -344,7 +354,10 @@ fn load_replay(a: &ReplayArgs) -> anyhow::Result<(TargetConfig, ForecastConfig, 
     let (mut target, level) = match &a.config {
         Some(path) => {
             let c = Config::load(path)?;
-            (c.targets[0].clone(), c.forecast.level)
+            (
+                c.replayed_target(a.target.as_deref())?.clone(),
+                c.forecast.level,
+            )
         }
         None => (TargetConfig::example("backtest", 1.0, a.startup), 0.95),
     };
@@ -424,6 +437,7 @@ fn tune(a: TuneArgs) -> anyhow::Result<()> {
         objective: a.objective,
         threads: std::thread::available_parallelism().map_or(1, usize::from),
         refine: a.refine,
+        min_scored: tune::MIN_SCORED,
     };
     let train_steps = a.train_until.map_or(trace.counts.len(), |t| {
         ((t - trace.start) / trace.step) as usize
@@ -434,6 +448,7 @@ fn tune(a: TuneArgs) -> anyhow::Result<()> {
     );
     let tuning = tune::tune(&trace, &target, &forecast, &opts, &|n| progress.set(n));
     progress.finish();
+    let tuning = tuning?;
     out(tuning.table())?;
     report_tuning(&tuning, &a, &target)
 }
@@ -475,7 +490,7 @@ fn report_tuning(
 }
 
 /// A configuration with one `[[target]]` at the recommended dial: the given `--config`
-/// with its first target's dial replaced (and the keys that override the dial removed),
+/// with the tuned target's dial replaced (and the keys that override the dial removed),
 /// or a minimal one that `backtest --config` and `check-config` accept.
 fn tuned_config(target: &TargetConfig, r: &ReplayArgs, risk: f64) -> anyhow::Result<String> {
     let mut doc: toml::Table = match &r.config {
@@ -492,7 +507,13 @@ fn tuned_config(target: &TargetConfig, r: &ReplayArgs, risk: f64) -> anyhow::Res
     };
     let mut t = doc
         .get("target")
-        .and_then(|t| t.as_array()?.first()?.as_table().cloned())
+        .and_then(|t| {
+            t.as_array()?
+                .iter()
+                .filter_map(toml::Value::as_table)
+                .find(|t| t.get("name").and_then(toml::Value::as_str) == Some(&target.name))
+                .cloned()
+        })
         .unwrap_or_default();
     for key in [
         "interval_share",

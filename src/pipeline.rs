@@ -281,8 +281,8 @@ impl TargetLoop {
                     .series_mut(signal)
                     .and_then(|s| s.last())
                     .map(|s| s.ts);
-                if signal == Signal::RequestRate && !state.backfilled {
-                    state.backfilled = true;
+                if signal == Signal::RequestRate && !state.backfill_tried {
+                    state.backfill_tried = true;
                     info!(target = %t.name, points = added, "backfilled");
                 }
                 let h = state.signals.entry(signal).or_default();
@@ -297,6 +297,11 @@ impl TargetLoop {
                 self.poll_succeeded(signal, now);
             }
             Err(e) => {
+                // Tried: the target is degraded (naming the query), no longer backfilling,
+                // and the next poll backfills from the start of the history again.
+                if signal == Signal::RequestRate {
+                    state.backfill_tried = true;
+                }
                 let h = state.signals.entry(signal).or_default();
                 h.last_poll = Some(now);
                 h.error = Some(e.to_string());

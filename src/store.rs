@@ -98,8 +98,11 @@ pub struct TargetState {
     pub replicas_history: Runs,
     /// Freshness per configured signal.
     pub signals: BTreeMap<Signal, SignalHealth>,
-    /// Whether the request rate has been backfilled.
-    pub backfilled: bool,
+    /// Whether the request rate's backfill has been tried: its first poll answered, with
+    /// data or with an error (then the target is degraded, naming the query). Until then
+    /// the target is backfilling and `/readyz` waits for it; after, it never does, so one
+    /// query that matches nothing cannot hold the instance out of service.
+    pub backfill_tried: bool,
     /// Replicas now: observed when a `replicas` query is configured and fresh, else the
     /// last count asked for (at start: the remembered count, else `min_replicas` until one
     /// is known).
@@ -161,7 +164,7 @@ impl TargetState {
             replica_series: Series::new(step, cap),
             replicas_history: Runs::new(config.history.as_secs() as i64, REPLICA_RUNS),
             signals,
-            backfilled: false,
+            backfill_tried: false,
             replicas: config.min_replicas,
             forecast: None,
             forecast_quality: ForecastQuality::default(),
@@ -227,7 +230,7 @@ impl TargetState {
                 .iter()
                 .any(|r| r.code == ReasonCode::BudgetLimited)
         });
-        if !self.backfilled {
+        if !self.backfill_tried {
             TargetStatus::Backfilling
         } else if !self.degraded_reasons(now).is_empty() {
             TargetStatus::Degraded
@@ -245,7 +248,7 @@ impl TargetState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetStatus {
-    /// History is still being loaded.
+    /// History is still being loaded: the request rate was not polled yet.
     Backfilling,
     /// A target-level signal is missing, failing or stale (no scale-in), or its actions
     /// cannot be written to the outbox.

@@ -97,7 +97,7 @@ async fn start_with(
     for t in target_names() {
         let mut s = store.target(&t).expect("configured");
         s.replicas = replicas;
-        s.backfilled = true;
+        s.backfill_tried = true;
     }
     let fleet = Fleet::with_builder(cluster.clone(), reqwest::Client::builder().no_proxy())
         .expect("HTTP client");

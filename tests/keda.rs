@@ -196,6 +196,36 @@ fn a_keda_client_gets_the_decided_count_and_refusals_where_no_count_is_safe() {
             assert!(status.message().contains("`nope`"), "{status:?}");
         }
 
+        // A name of 20,000 characters: INVALID_ARGUMENT, its message short enough for a
+        // header (it once came back RESOURCE_EXHAUSTED, the name echoed whole).
+        let long = "x".repeat(20_000);
+        for object in [
+            scaled_object("so", &[("target", &long)]),
+            scaled_object(&long, &[]),
+        ] {
+            let refusals = [
+                metrics(&mut client, &object).await.expect_err("too long"),
+                client
+                    .is_active(object.clone())
+                    .await
+                    .expect_err("too long"),
+                client
+                    .get_metric_spec(object.clone())
+                    .await
+                    .expect_err("too long"),
+            ];
+            for status in refusals {
+                assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+                let m = status.message();
+                assert!(
+                    m.len() < 1_000
+                        && m.contains("20000 characters")
+                        && m.contains("longer than 128"),
+                    "{m}"
+                );
+            }
+        }
+
         // Paused through the API: no count at all (UNAVAILABLE, naming target and
         // reason), so KEDA keeps the current one; the metric's spec still stands.
         let paused = pause(http).await;

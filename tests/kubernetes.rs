@@ -262,6 +262,34 @@ async fn forbidden_and_missing_are_final_with_the_servers_message() {
     ));
 }
 
+/// A PATCH the API server applied but whose answer never came: the attempt is retried,
+/// and its error says it timed out and may have been applied (it once said only "client
+/// error (SendRequest)"). The stand-in holds the answer back; it is no real API server.
+#[tokio::test]
+async fn a_patch_that_times_out_says_so_and_that_it_may_have_been_applied() {
+    let api = KubeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    api.add_deployment(NS, "web", 3);
+    api.stall("patch", "deployments/scale");
+    let config = adapter(&api, dir.path(), "web", KubernetesMode::Replicas)
+        .config()
+        .clone();
+    let k = Kubernetes::new(config, Duration::from_secs(1));
+    match k.attempt(br#"{"to":5}"#).await {
+        Attempt::Retry { error, status, .. } => {
+            assert_eq!(status, None);
+            assert!(
+                error.contains("PATCH Deployment/web/scale")
+                    && error.contains("timed out")
+                    && error.contains("may have been applied"),
+                "{error}"
+            );
+        }
+        a => panic!("expected a retry after a timeout, got {a:?}"),
+    }
+    assert_eq!(api.replicas(NS, "web"), Some(5), "the stand-in applied it");
+}
+
 fn write_kubeconfig_to(dir: &Path, server: &str) -> std::path::PathBuf {
     let path = dir.join("closed-kubeconfig");
     let text = format!(

@@ -328,3 +328,71 @@ fn a_reload_applies_the_new_server_settings_and_never_scales_in() {
     );
     assert!(app.exited().is_none(), "still running");
 }
+
+/// A `[[discovery]]` finding the backfilled series: target `ok-trace`.
+const DISCOVERY: &str = r#"
+[[discovery]]
+query = 'sum by (instance) (rate(http_requests_total{job="web"}[5m]))'
+name = "ok-${instance}"
+refresh = "1s"
+
+[discovery.template]
+request_rate = 'sum(rate(http_requests_total{instance="${instance}"}[5m]))'
+capacity_rps = 150
+startup = "3m"
+max_replicas = 40
+interval = "1s"
+history = "6h"
+"#;
+
+/// A reload that changes a `[[discovery]]` runs its query first: a changed query that
+/// still finds the series keeps its target running (it was once dropped until the next
+/// refresh), and one that fails refuses the reload, naming the discovery and the query,
+/// with the discovered target kept (the log once said "the discovered targets are kept"
+/// and then `removed=` it).
+#[test]
+fn a_reload_keeps_the_discovered_targets_or_is_refused_naming_the_query() {
+    let prom = Prometheus::backfilled(1);
+    let listen = free_addr();
+    let base = config(&prom, listen, &[("web", 40)]).to_toml();
+    let cfg = common::TempConfig::write(&format!("{base}{DISCOVERY}"));
+    let mut app = AppProcess::serve(&cfg, listen);
+    app.wait_ready();
+    let names = |app: &AppProcess| -> Vec<String> {
+        targets(app)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    poll_until("`ok-trace` discovered", DEADLINE, || {
+        (names(&app) == ["ok-trace", "web"]).then_some(())
+    });
+
+    let changed = DISCOVERY.replace("[5m]))'\nname", "[10m]))'\nname");
+    assert_ne!(changed, DISCOVERY);
+    cfg.write_file("prescale.toml", &format!("{base}{changed}"));
+    let line = hang_up_until_logged(&mut app, "configuration reloaded");
+    assert!(
+        line.contains("removed= ") && line.contains("sections=discovery"),
+        "the changed discovery's target is kept: {line}"
+    );
+    assert_eq!(names(&app), ["ok-trace", "web"]);
+
+    let broken = DISCOVERY.replace("[5m]))'\nname", "[5m])'\nname");
+    cfg.write_file("prescale.toml", &format!("{base}{broken}"));
+    let line = hang_up_until_logged(&mut app, "configuration reload refused");
+    assert!(
+        line.contains("ERROR")
+            && line.contains("discovery[0]")
+            && line.contains("sum by (instance) (rate(http_requests_total{job=")
+            && line.contains("failed"),
+        "{line}"
+    );
+    assert_eq!(names(&app), ["ok-trace", "web"], "nothing applied");
+    let reloads = lines_with(&app, "configuration reloaded");
+    assert_eq!(reloads.len(), 1, "{reloads:?}");
+    app.signal("TERM");
+    let status = app.wait_exit();
+    assert!(status.success(), "exit {status}: {}", app.stderr());
+}

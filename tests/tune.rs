@@ -45,8 +45,10 @@ fn along_the_dial_cost_rises_and_lost_requests_fall() {
             threads: 2,
             // The grid alone: refined dials would crowd one stretch of it.
             refine: 0,
+            min_scored: tune::MIN_SCORED,
         };
-        let t = tune::tune(&trace, &target, &ForecastConfig::default(), &opts, &|_| {});
+        let t = tune::tune(&trace, &target, &ForecastConfig::default(), &opts, &|_| {})
+            .expect("five days and more, two skipped: scored");
         let f = &t.frontier;
         assert_eq!(f.len(), dials.len(), "{file}");
         for w in f.windows(2) {

@@ -53,13 +53,22 @@ pub enum KubeError {
         /// The `Status` message.
         message: String,
     },
-    /// No answer (connection, timeout, TLS), or one that could not be read.
+    /// No answer (connection, TLS), or one that could not be read.
     #[error("{what}: {error}")]
     Transport {
         /// The call.
         what: String,
-        /// What went wrong.
+        /// What went wrong, with every cause.
         error: String,
+    },
+    /// No answer within the request timeout. A write may have reached the API server and
+    /// been applied all the same: the next read of the object shows.
+    #[error("{what}: timed out after {after:?} without an answer{}", may_apply(.what))]
+    TimedOut {
+        /// The call.
+        what: String,
+        /// The timeout.
+        after: Duration,
     },
     /// `replicas` mode while an HPA targets the resource.
     #[error(
@@ -126,7 +135,7 @@ impl KubeError {
         };
         let retry = match &self {
             Self::Api { code, .. } => matches!(code, 408 | 409 | 429) || *code >= 500,
-            Self::Transport { .. } | Self::Conflict { .. } => true,
+            Self::Transport { .. } | Self::TimedOut { .. } | Self::Conflict { .. } => true,
             Self::Credentials(_)
             | Self::HpaInTheWay { .. }
             | Self::NoHpa { .. }
@@ -238,7 +247,7 @@ impl Kubernetes {
             .scale_api(client)
             .get_scale(&self.config.resource.name)
             .await
-            .map_err(|e| api_error(&what, e))?;
+            .map_err(|e| api_error(&what, self.timeout, e))?;
         let replicas = scale
             .status
             .map(|s| s.replicas)
@@ -300,7 +309,10 @@ impl Kubernetes {
         let params = patch_params();
         for _ in 0..CONFLICT_ATTEMPTS {
             let what = self.call("GET", &path);
-            let scale = api.get_scale(name).await.map_err(|e| api_error(&what, e))?;
+            let scale = api
+                .get_scale(name)
+                .await
+                .map_err(|e| api_error(&what, self.timeout, e))?;
             let version = scale
                 .metadata
                 .resource_version
@@ -315,7 +327,7 @@ impl Kubernetes {
             let what = self.call("PATCH", &path);
             match api.patch_scale(name, &params, &Patch::Merge(&patch)).await {
                 Ok(_) => return Ok(()),
-                Err(e) => match api_error(&what, e) {
+                Err(e) => match api_error(&what, self.timeout, e) {
                     KubeError::Api { code: 409, .. } => continue,
                     e => return Err(e),
                 },
@@ -337,7 +349,10 @@ impl Kubernetes {
         let params = patch_params();
         for _ in 0..CONFLICT_ATTEMPTS {
             let what = self.call("GET", &path);
-            let hpa = api.get(&name).await.map_err(|e| api_error(&what, e))?;
+            let hpa = api
+                .get(&name)
+                .await
+                .map_err(|e| api_error(&what, self.timeout, e))?;
             let version = hpa
                 .metadata
                 .resource_version
@@ -360,7 +375,7 @@ impl Kubernetes {
             let what = self.call("PATCH", &path);
             match api.patch(&name, &params, &Patch::Merge(&patch)).await {
                 Ok(_) => return Ok(floor),
-                Err(e) => match api_error(&what, e) {
+                Err(e) => match api_error(&what, self.timeout, e) {
                     KubeError::Api { code: 409, .. } => continue,
                     e => return Err(e),
                 },
@@ -379,7 +394,7 @@ impl Kubernetes {
             .hpa_api(client.clone())
             .list(&ListParams::default())
             .await
-            .map_err(|e| api_error(&what, e))?;
+            .map_err(|e| api_error(&what, self.timeout, e))?;
         let r = &self.config.resource;
         let (group, _) = r.group_version();
         let mut names: Vec<String> = list
@@ -457,8 +472,19 @@ async fn connect(credentials: &Credentials, timeout: Duration) -> Result<Client,
     Client::try_from(config).map_err(|e| KubeError::Credentials(format!("the client: {e}")))
 }
 
-/// A kube error on `what` as a [`KubeError`]: the API server's `Status`, or a transport error.
-fn api_error(what: &str, e: kube::Error) -> KubeError {
+/// What a timed-out call adds: a write (`PATCH …`) may have been applied.
+fn may_apply(what: &str) -> &'static str {
+    if what.starts_with("PATCH") {
+        "; it may have been applied nonetheless (the next read of the object shows)"
+    } else {
+        ""
+    }
+}
+
+/// A kube error on `what` as a [`KubeError`]: the API server's `Status`, a timeout after
+/// `timeout`, or another transport error with its causes (the client's own message alone,
+/// "client error (SendRequest)", says neither what happened nor whether it was sent).
+fn api_error(what: &str, timeout: Duration, e: kube::Error) -> KubeError {
     match e {
         kube::Error::Api(status) => KubeError::Api {
             what: what.to_owned(),
@@ -466,11 +492,45 @@ fn api_error(what: &str, e: kube::Error) -> KubeError {
             reason: status.reason.clone(),
             message: status.message.clone(),
         },
+        e if timed_out(&e) => KubeError::TimedOut {
+            what: what.to_owned(),
+            after: timeout,
+        },
         e => KubeError::Transport {
             what: what.to_owned(),
-            error: e.to_string(),
+            error: causes(&e),
         },
     }
+}
+
+/// Whether `e` or one of its causes is a timeout.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let io_timeout = c
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        let text = c.to_string().to_ascii_lowercase();
+        if io_timeout || text.contains("timed out") || text.contains("deadline has elapsed") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// `e` and its causes, each once, joined by `: `.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -384,4 +384,36 @@ mod tests {
         let (st, b) = get(&s, "/api/v1/targets/nope/decisions/latest/explain").await;
         assert_eq!(st, StatusCode::NOT_FOUND, "{b}");
     }
+
+    /// A run of equal holds is one record whose `at` moves on as holds fold into it: the
+    /// `at` a listing gave is still explained after the next hold folds in (it once
+    /// answered 404), as is any `at` within the run; one before it is not.
+    #[tokio::test]
+    async fn a_folded_hold_is_explained_by_any_at_within_it() {
+        use crate::api::tests::{get, store};
+        let s = store();
+        let held = |at: i64| {
+            let policy = TargetConfig::example("web", 10.0, Duration::from_secs(60)).policy();
+            let observed = Observed::demand(2, Some(15.0));
+            let mut state = DecideState::default();
+            let (d, e) = decide::decide_explained(&policy, None, observed, &mut state, at);
+            // Held at the count decided: the same count and reasons each time.
+            let d = crate::decide::Decision { from: d.to, ..d };
+            let record = crate::store::DecisionRecord::new("web", d, crate::config::Mode::Act);
+            s.record_decision(record.explained(e));
+        };
+        held(0);
+        held(60);
+        let (_, list) = get(&s, "/api/v1/decisions?target=web").await;
+        let listed = list["decisions"][0]["at"].as_i64().expect("an at");
+        assert_eq!(listed, 60, "{list}");
+        held(120);
+        for at in [listed, 0, 90, 120] {
+            let (st, b) = get(&s, &format!("/api/v1/targets/web/decisions/{at}/explain")).await;
+            assert_eq!(st, StatusCode::OK, "{at}: {b}");
+            assert_eq!(b["at"].as_i64(), Some(120), "the run's newest: {b}");
+        }
+        let (st, b) = get(&s, "/api/v1/targets/web/decisions/180/explain").await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{b}");
+    }
 }

@@ -243,7 +243,7 @@ impl Input {
     }
 
     /// Replays it: the dial, the references, and the target as configured.
-    fn replay(self) -> Found {
+    fn replay(self) -> Result<Found, tune::TuneError> {
         let span = self.trace.counts.len() as i64 * self.trace.step;
         let opts = tune::Options {
             dials: tune::dial(DIAL_STEPS),
@@ -253,14 +253,16 @@ impl Input {
             threads: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             // The grid alone: the panel draws it, and it costs a third less.
             refine: 0,
+            // What is left of the shortest history after its warm-up.
+            min_scored: MIN_HISTORY * 2 / 3,
         };
-        let tuning = tune::tune(&self.trace, &self.target, &self.forecast, &opts, &|_| {});
+        let tuning = tune::tune(&self.trace, &self.target, &self.forecast, &opts, &|_| {})?;
         let current = tune::as_configured(&self.trace, &self.target, &self.forecast, opts.skip);
-        Found {
+        Ok(Found {
             input: self,
             tuning,
             current,
-        }
+        })
     }
 }
 
@@ -316,7 +318,11 @@ pub(super) async fn start(
         };
         r.finished_at = Some(store.now());
         match replayed {
-            Ok(found) => r.found = Some(found),
+            Ok(Ok(found)) => r.found = Some(found),
+            Ok(Err(e)) => {
+                tracing::warn!(target = %key, error = %e, "the history could not be scored");
+                r.failed = Some(format!("the replay could not score the history: {e}"));
+            }
             Err(e) => {
                 tracing::error!(target = %key, error = %e, "the replay of the history failed");
                 r.failed = Some(format!("the replay failed: {e}"));

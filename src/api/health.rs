@@ -32,15 +32,17 @@ pub(super) async fn healthz() -> Json<Health> {
     })
 }
 
-/// Whether every target is backfilled and the outbox can be written, and which targets are
-/// degraded.
+/// Whether every target's backfill has been tried and the outbox can be written, and which
+/// targets are degraded.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct Readiness {
-    /// Every target is backfilled and the outbox can be written.
+    /// Every target's request rate has been polled once (with data or an error) and the
+    /// outbox can be written.
     ready: bool,
     /// Why it is not ready: per target still backfilling, and the outbox's write error.
     reasons: Vec<String>,
-    /// Targets with a missing, failing or stale signal, ready or not.
+    /// Targets with a missing, failing or stale signal (a query that matches nothing, one
+    /// Prometheus refuses or cannot answer), ready or not: they never make it not ready.
     degraded: Vec<DegradedTarget>,
 }
 
@@ -52,11 +54,13 @@ pub(super) struct DegradedTarget {
     reasons: Vec<String>,
 }
 
-/// 200 once every target has been backfilled and while the outbox can be written, else 503
-/// with the reasons. Degraded targets are listed either way.
+/// 200 once every target's backfill has been tried (its request rate polled once, with data
+/// or an error) and while the outbox can be written, else 503 with the reasons. Degraded
+/// targets are listed either way: one target's bad query degrades that target, never the
+/// instance.
 #[utoipa::path(get, path = "/readyz", tag = "meta", responses(
-    (status = 200, description = "Every target is backfilled and the outbox can be written; degraded targets are listed", body = Readiness),
-    (status = 503, description = "Some target is not backfilled yet, or the outbox cannot be written; `reasons` says which and why", body = Readiness)))]
+    (status = 200, description = "Every target's backfill has been tried and the outbox can be written; degraded targets are listed", body = Readiness),
+    (status = 503, description = "Some target's request rate was not polled yet, or the outbox cannot be written; `reasons` says which and why", body = Readiness)))]
 pub(super) async fn readyz(State(store): State<Store>) -> Response {
     let now = store.now();
     let mut waiting = Vec::new();
@@ -70,12 +74,10 @@ pub(super) async fn readyz(State(store): State<Store>) -> Response {
             continue;
         }
         let reasons = t.degraded_reasons(now);
-        if !t.backfilled {
-            waiting.push(if reasons.is_empty() {
-                format!("{name}: not backfilled yet")
-            } else {
-                format!("{name}: not backfilled yet ({})", reasons.join("; "))
-            });
+        if !t.backfill_tried {
+            waiting.push(format!(
+                "{name}: not backfilled yet (its request rate was not polled yet)"
+            ));
         }
         if !reasons.is_empty() {
             degraded.push(DegradedTarget {

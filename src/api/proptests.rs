@@ -41,7 +41,7 @@ impl App {
                 ts: now - 60 * (119 - k),
                 value: 42.0 + (k % 7) as f64,
             }));
-            s.backfilled = true;
+            s.backfill_tried = true;
         }
         let dir = tempfile::tempdir().expect("state dir");
         let outbox = runtime.block_on(async {

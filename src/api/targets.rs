@@ -20,8 +20,9 @@ use crate::store::{Store, TargetState};
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(super) struct TargetSummary {
     name: String,
-    /// `backfilling`, `degraded`, `paused`, `budget-limited`, `ok`, or `unreachable` (its
-    /// owner did not answer).
+    /// `backfilling`, `degraded`, `paused`, `budget-limited`, `ok`, `unreachable` (its
+    /// owner did not answer), or `owned-elsewhere` (`scope=local`: this instance does not
+    /// run it).
     status: views::Status,
     /// The instance that acts on it (`[cluster] name`); null without a `[cluster]`, and
     /// while no instance owns it.
@@ -61,7 +62,12 @@ pub(super) struct TargetList {
 fn summary(name: &str, t: &TargetState, now: i64, owner: Option<String>) -> TargetSummary {
     TargetSummary {
         name: name.to_owned(),
-        status: t.status(now).into(),
+        // What this instance holds of a target it does not run is no status of the target.
+        status: if t.owned_here {
+            t.status(now).into()
+        } else {
+            views::Status::OwnedElsewhere
+        },
         owner,
         owner_error: None,
         mode: t.config.mode.into(),

@@ -23,7 +23,7 @@ pub(super) fn store() -> Store {
             ts: now - 60 * (119 - k),
             value: 42.0,
         }));
-        s.backfilled = true;
+        s.backfill_tried = true;
     }
     store
 }
@@ -337,7 +337,7 @@ async fn forecast_covers_the_horizon() {
 async fn readiness_waits_for_backfill() {
     let s = store();
     assert_eq!(get(&s, "/readyz").await.0, StatusCode::OK);
-    s.target("web").unwrap().backfilled = false;
+    s.target("web").unwrap().backfill_tried = false;
     let (st, b) = get(&s, "/readyz").await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
@@ -694,4 +694,21 @@ fn the_status_view_serialises_as_the_stores() {
     }
     let unreachable = serde_json::to_value(views::Status::Unreachable).unwrap();
     assert_eq!(unreachable, "unreachable");
+    let elsewhere = serde_json::to_value(views::Status::OwnedElsewhere).unwrap();
+    assert_eq!(elsewhere, "owned-elsewhere");
+}
+
+/// `scope=local` on an instance that does not run a target (`[cluster]`: another owns it)
+/// shows it as owned elsewhere, not as backfilling (what its reset state would say).
+#[tokio::test]
+async fn a_target_run_elsewhere_is_shown_as_owned_elsewhere() {
+    let s = store();
+    s.target("web").unwrap().reset();
+    let (_, b) = get(&s, "/api/v1/targets?scope=local").await;
+    assert_eq!(b["targets"][0]["status"], "backfilling", "{b}");
+    s.target("web").unwrap().owned_here = false;
+    let (_, b) = get(&s, "/api/v1/targets?scope=local").await;
+    assert_eq!(b["targets"][0]["status"], "owned-elsewhere", "{b}");
+    let (_, b) = get(&s, "/api/v1/targets/web").await;
+    assert_eq!(b["status"], "owned-elsewhere", "{b}");
 }

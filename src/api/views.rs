@@ -25,7 +25,8 @@ pub(super) enum Mode {
     ForecastOnly,
 }
 
-/// A target's state: the store's, or `unreachable` when its owner did not answer.
+/// A target's state: the store's, `unreachable` when its owner did not answer, or
+/// `owned-elsewhere` for one this instance does not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub(super) enum Status {
@@ -43,6 +44,9 @@ pub(super) enum Status {
     /// Another instance owns it and did not answer (`[cluster]`): only its configuration
     /// is shown.
     Unreachable,
+    /// This instance does not run it (`[cluster]`, `scope=local`): another instance owns
+    /// it (`owner` says which), or none does yet.
+    OwnedElsewhere,
 }
 
 impl From<store::TargetStatus> for Status {

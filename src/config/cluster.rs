@@ -24,8 +24,9 @@ const LONGEST_LEASE: Duration = Duration::from_secs(300);
 /// The longest instance name, as for a target.
 const MAX_NAME: usize = 128;
 
-/// Validated `[cluster]`.
-#[derive(Clone)]
+/// Validated `[cluster]`. Compared by value (a reload that changes it needs a restart):
+/// secrets and the PEM text of the files, not their paths alone.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// etcd endpoints, all `http` or all `https`, without credentials.
     pub etcd: Vec<Url>,
@@ -59,7 +60,7 @@ impl fmt::Debug for ClusterConfig {
 }
 
 /// etcd user name and password.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdAuth {
     /// User name.
     pub username: String,
@@ -68,7 +69,7 @@ pub struct EtcdAuth {
 }
 
 /// TLS to etcd: the CA to trust, and a client identity for mutual TLS.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EtcdTls {
     /// The CA file, for messages.
     pub ca_file: PathBuf,

@@ -50,6 +50,8 @@ pub use parse::{
 pub use platform::{Credentials, KubernetesConfig, KubernetesMode, ScaleTargetRef};
 pub use secrets::{Secret, WHSEC_PREFIX, WhsecError};
 pub use summary::summary;
+/// The longest target name, in bytes: it is the stem of the target's model file.
+pub const MAX_TARGET_NAME: usize = target::MAX_NAME;
 pub use target::{
     DEFAULT_CHANGE_COST, DEFAULT_HEADROOM, DEFAULT_PREDICTION_UTILIZATION,
     DEFAULT_TARGET_UTILIZATION, DEFAULT_TOLERANCE, HaproxyConfig, Queries, RuntimeApi,
@@ -198,7 +200,7 @@ impl ForecastConfig {
 }
 
 /// Validated `[delivery]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveryConfig {
     /// Timeout of one attempt.
     pub timeout: Duration,
@@ -264,6 +266,51 @@ impl Config {
     /// The target with this name.
     pub fn target(&self, name: &str) -> Option<&TargetConfig> {
         self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// The one `[[target]]` a replay takes its policy from: the one named `name`, or, with
+    /// no name, the only one. An error (key `target`) when there is none (a configuration
+    /// whose targets are all discovered at run time), when `name` is none of them, or when
+    /// no name is given and there are several, listing their names.
+    pub fn replayed_target(&self, name: Option<&str>) -> Result<&TargetConfig, ConfigError> {
+        let names = || {
+            self.targets
+                .iter()
+                .map(|t| format!("`{}`", t.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let message = match (name, self.targets.as_slice()) {
+            (_, []) => {
+                let discovered = if self.discovery.is_empty() {
+                    String::new()
+                } else {
+                    " (its targets are discovered at run time by [[discovery]], so they are \
+                     not known here)"
+                        .to_owned()
+                };
+                format!(
+                    "no [[target]] to replay{discovered}: add a [[target]] table with the \
+                     policy to replay{}",
+                    name.map_or(String::new(), |n| format!(" named `{n}`"))
+                )
+            }
+            (None, [only]) => return Ok(only),
+            (None, _) => format!(
+                "{} targets ({}): name the one to replay with --target NAME",
+                self.targets.len(),
+                names()
+            ),
+            (Some(n), _) => match self.target(n) {
+                Some(t) => return Ok(t),
+                None => format!("no [[target]] named `{n}`; the targets are {}", names()),
+            },
+        };
+        Err(ConfigError::Invalid {
+            file: self.file.clone(),
+            key: "target".to_owned(),
+            message,
+        })
     }
 }
 

@@ -19,6 +19,7 @@ use crate::decide::schedule::{self, Window};
 use crate::decide::{Mode, Policy, Rules};
 use crate::step::{AlertPolicy, ExternalChanges, Signal, TargetPolicy};
 
+pub(super) use resolve::MAX_NAME;
 pub(super) use resolve::target_key;
 
 /// Validated HAProxy balancer of a target.

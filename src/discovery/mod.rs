@@ -202,6 +202,36 @@ impl Registry {
         self.reconfigured.notify_one();
     }
 
+    /// The discoveries of `config` that [`Registry::reconfigure`] would start afresh (new
+    /// or changed), as (index in `config`, query): a reload runs each once before it is
+    /// applied, and refuses the file if one fails, so that their targets are never dropped
+    /// on a query that fails.
+    pub fn fresh(&self, config: &Config) -> Vec<(usize, String)> {
+        let inner = self.lock();
+        let mut taken = vec![false; inner.discoveries.len()];
+        let mut fresh = Vec::new();
+        for (i, c) in config.discovery.iter().enumerate() {
+            let kept = (inner.discoveries.iter().enumerate())
+                .position(|(j, d)| !taken[j] && same(&d.config, c));
+            match kept {
+                Some(j) => taken[j] = true,
+                None => fresh.push((i, c.query.clone())),
+            }
+        }
+        fresh
+    }
+
+    /// [`Registry::reconfigure`], then each fresh discovery starts from the series its
+    /// query answered (`answers`, by index in `config`, from [`Registry::fresh`]), so that
+    /// its targets are there at once rather than after its first refresh.
+    pub fn reconfigure_with(&self, config: &Config, answers: Vec<(usize, Vec<Labels>)>) {
+        self.reconfigure(config);
+        let epoch = self.lock().epoch;
+        for (index, sets) in answers {
+            self.observe(index, epoch, Ok(sets));
+        }
+    }
+
     /// `file` with the discovered targets after its own.
     pub fn merged(&self, file: &Config) -> Config {
         let mut config = file.clone();
@@ -278,12 +308,13 @@ impl Registry {
             }
             Err(e) => {
                 let error = e.to_string();
+                let kept = d.series.len();
                 match d.failing.holds(e.metric_label(), now) {
                     Some(Note::Started) => {
-                        tracing::warn!(discovery = index, %error, "discovery query failed; the discovered targets are kept");
+                        tracing::warn!(discovery = index, %error, kept, "discovery query failed; the series it had seen are kept as they were");
                     }
                     Some(n) => {
-                        tracing::warn!(discovery = index, %error, failing_for = %n.duration(), "discovery query still failing; the discovered targets are kept");
+                        tracing::warn!(discovery = index, %error, kept, failing_for = %n.duration(), "discovery query still failing; the series it had seen are kept as they were");
                     }
                     None => tracing::debug!(discovery = index, %error, "discovery query failed"),
                 }

@@ -205,3 +205,29 @@ async fn a_reload_keeps_an_unchanged_discovery_and_drops_an_older_refresh() {
         ["shop-web", "a-web"]
     );
 }
+
+/// A reload names the discoveries it would start afresh (new or changed, not the ones
+/// kept), and a changed one starts from what its query answered: its targets run on.
+#[tokio::test(start_paused = true)]
+async fn a_changed_discovery_starts_from_its_first_answer() {
+    let file = config("");
+    let r = Registry::new(&file, Clock::accelerated(1_000, 1.0), Metrics::new());
+    r.observe(0, 0, Ok(vec![series("a", "web")]));
+    assert!(r.fresh(&file).is_empty(), "an unchanged discovery is kept");
+    let changed = Config::parse(
+        &FILE.replace("max_replicas = 8", "max_replicas = 9"),
+        Path::new("/etc/prescale.toml"),
+    )
+    .expect("valid");
+    let fresh = r.fresh(&changed);
+    assert_eq!(fresh, [(0, changed.discovery[0].query.clone())]);
+    r.reconfigure_with(&changed, vec![(0, vec![series("a", "web")])]);
+    let merged = r.merged(&changed);
+    assert_eq!(
+        names(&merged),
+        ["shop-web", "a-web"],
+        "kept through the reload"
+    );
+    assert_eq!(merged.target("a-web").map(|t| t.max_replicas), Some(9));
+    assert_eq!(r.status()[0].error, None);
+}

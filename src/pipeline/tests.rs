@@ -83,7 +83,10 @@ async fn the_loop_decides_once_per_interval_on_virtual_time() {
     }
     {
         let state = store.target("web").expect("the target");
-        assert!(state.backfilled, "the first cycle backfilled the history");
+        assert!(
+            state.backfill_tried,
+            "the first cycle backfilled the history"
+        );
         assert!(state.last_decision.as_ref().is_some_and(|d| d.to > 1));
     }
     stop.send(true).expect("stop");

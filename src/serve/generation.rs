@@ -137,8 +137,37 @@ pub(super) async fn reload_config(
             return running;
         }
     };
-    shared.discovery.reconfigure(&config);
+    let answers = match fresh_discoveries(&config, source.as_ref(), shared).await {
+        Ok(answers) => answers,
+        Err(error) => {
+            tracing::error!(file = %file.display(), %error, "configuration reload refused; the running configuration is kept");
+            return running;
+        }
+    };
+    shared.discovery.reconfigure_with(&config, answers);
     switch(running, config, source, shared, Switch::Reloaded).await
+}
+
+/// The series each new or changed `[[discovery]]` of `config` answers now: asked before a
+/// reload is applied, so that one whose query fails refuses the reload (naming it) rather
+/// than dropping the targets the running discovery found.
+async fn fresh_discoveries(
+    config: &config::Config,
+    source: &dyn source::Source,
+    shared: &Shared,
+) -> Result<Vec<(usize, Vec<config::Labels>)>, String> {
+    let mut answers = Vec::new();
+    for (index, query) in shared.discovery.fresh(config) {
+        match source.label_sets(&query).await {
+            Ok(sets) => answers.push((index, sets)),
+            Err(e) => {
+                return Err(format!(
+                    "discovery[{index}] (new or changed): its query `{query}` failed: {e}"
+                ));
+            }
+        }
+    }
+    Ok(answers)
 }
 
 /// Why the loops are started again.

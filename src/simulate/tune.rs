@@ -20,6 +20,35 @@ pub const REFINE: u32 = 4;
 /// The HPA's target utilisations drawn beside prescale's frontier.
 pub const HPA_FRONTIER: [f64; 7] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
+/// The least training stretch `prescale tune` scores (after the warm-up), seconds: a day,
+/// one cycle of the daily pattern. On less, every dial scores alike (often nothing at all)
+/// and a recommendation would be noise.
+pub const MIN_SCORED: i64 = 86_400;
+
+/// Why `tune` refuses to recommend: it could not score what it was given.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TuneError {
+    /// The training stretch left after the warm-up is under [`Options::min_scored`].
+    #[error(
+        "{scored} s of the trace would be scored ({trained} s trained on, {skip} s of it skipped \
+         as warm-up); tuning needs at least {needed} s scored: give a longer trace, a \
+         shorter --skip or a later --train-until"
+    )]
+    TooShort {
+        /// Seconds needed.
+        needed: i64,
+        /// Seconds of the training stretch (from the trace's start to `train_until`).
+        trained: i64,
+        /// Seconds skipped as warm-up.
+        skip: i64,
+        /// Seconds left to score (may be negative: the warm-up is longer than the stretch).
+        scored: i64,
+    },
+    /// A loss cap every setting meets: nothing to choose between.
+    #[error("objective `{0}`: expected a share of lost requests under 100%")]
+    Objective(Objective),
+}
+
 /// What to tune for.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "value")]
@@ -50,8 +79,23 @@ impl std::str::FromStr for Objective {
         match (k.trim(), v.trim()) {
             ("cost", "hpa") => Ok(Self::CostOfHpa),
             ("cost", n) => number(n).map(Self::ReplicaHours),
-            ("lost", p) => number(p.strip_suffix('%').unwrap_or(p)).map(Self::LostPct),
+            ("lost", p) => {
+                let pct = number(p.strip_suffix('%').unwrap_or(p))?;
+                let o = Self::LostPct(pct);
+                o.check().map_err(|e| e.to_string())?;
+                Ok(o)
+            }
             _ => Err(bad()),
+        }
+    }
+}
+
+impl Objective {
+    /// Whether it can choose between settings: a loss cap under 100 %.
+    fn check(self) -> Result<(), TuneError> {
+        match self {
+            Self::LostPct(p) if p >= 100.0 || !p.is_finite() => Err(TuneError::Objective(self)),
+            _ => Ok(()),
         }
     }
 }
@@ -120,6 +164,9 @@ pub struct Options {
     /// Dials replayed between the recommendation and its neighbour beyond the objective,
     /// so the recommendation is not limited by the grid's resolution (0: none).
     pub refine: u32,
+    /// The least training stretch scored after the warm-up, seconds (the CLI's:
+    /// [`MIN_SCORED`]); one step at least, whatever it says.
+    pub min_scored: i64,
 }
 
 /// The dial from 0 to 1 in `n` steps (`n + 1` values).
@@ -131,16 +178,30 @@ pub fn dial(n: u32) -> Vec<Risk> {
 
 /// Replays `trace` at every dial of `opts` (the first `train_until` of it), recommends one
 /// for the objective, and scores it on the rest. `progress` is called with the number of
-/// steps replayed so far, from any thread.
+/// steps replayed so far, from any thread. Refused, before anything is replayed, when
+/// less than `opts.min_scored` of the training stretch is left after the warm-up, or when
+/// the objective is a loss cap of 100 % or more.
 pub fn tune(
     trace: &Trace,
     target: &TargetConfig,
     forecast: &ForecastConfig,
     opts: &Options,
     progress: &(dyn Fn(usize) + Sync),
-) -> Tuning {
+) -> Result<Tuning, TuneError> {
+    opts.objective.check()?;
     let end = trace.timestamp(trace.counts.len());
     let train_until = opts.train_until.unwrap_or(end).min(end);
+    let trained = train_until - trace.start;
+    let scored = trained - opts.skip.max(0);
+    let needed = opts.min_scored.max(trace.step.max(1));
+    if scored < needed {
+        return Err(TuneError::TooShort {
+            needed,
+            trained,
+            skip: opts.skip,
+            scored,
+        });
+    }
     let train = trace.truncated(((train_until - trace.start) / trace.step.max(1)).max(0) as usize);
     let done = AtomicUsize::new(0);
     let mut frontier = replay_all(&train, target, forecast, opts, &opts.dials, &done, progress);
@@ -162,7 +223,7 @@ pub fn tune(
             let rows = backtest(trace, &t, forecast, |_| {});
             Summary::of(trace, &t, &rows, train_until - trace.start)
         });
-    Tuning {
+    Ok(Tuning {
         objective: opts.objective,
         skip_seconds: opts.skip,
         train_until,
@@ -170,7 +231,7 @@ pub fn tune(
         references,
         recommended,
         test,
-    }
+    })
 }
 
 /// `refine` dials evenly between the `recommended` one and its neighbour on the side the
@@ -420,6 +481,51 @@ mod tests {
             let e = bad.parse::<Objective>().expect_err(bad);
             assert!(e.contains("cost=hpa") && e.contains(bad), "{e}");
         }
+        // A loss cap every setting meets chooses nothing.
+        for bad in ["lost=100%", "lost=150%"] {
+            let e = bad.parse::<Objective>().expect_err(bad);
+            assert!(e.contains("under 100%") && e.contains(&bad[5..]), "{e}");
+        }
+    }
+
+    /// What cannot be scored is refused before anything is replayed: a warm-up longer than
+    /// the trace, a trace of three rows, a loss cap of 100 % or more.
+    #[test]
+    fn what_cannot_be_scored_is_refused() {
+        let trace = |rows: usize| Trace {
+            start: 1_000_020,
+            step: 60,
+            counts: vec![600.0; rows],
+            ..Trace::default()
+        };
+        let target = TargetConfig::example("t", 1.0, Duration::from_secs(300));
+        let opts = |skip: i64, objective: Objective| Options {
+            dials: dial(4),
+            train_until: None,
+            skip,
+            objective,
+            threads: 1,
+            refine: 0,
+            min_scored: MIN_SCORED,
+        };
+        let refused = |t: &Trace, o: &Options| {
+            let replayed = AtomicUsize::new(0);
+            let r = tune(t, &target, &ForecastConfig::default(), o, &|n| {
+                replayed.store(n, Ordering::Relaxed);
+            });
+            assert_eq!(replayed.load(Ordering::Relaxed), 0, "nothing replayed");
+            r.expect_err("refused").to_string()
+        };
+        let two_days = trace(2 * 1440);
+        let e = refused(&two_days, &opts(3 * 86_400, Objective::CostOfHpa));
+        assert!(
+            e.contains("-86400 s of the trace would be scored") && e.contains("--skip"),
+            "{e}"
+        );
+        let e = refused(&trace(3), &opts(0, Objective::CostOfHpa));
+        assert!(e.contains("180 s of the trace would be scored"), "{e}");
+        let e = refused(&two_days, &opts(0, Objective::LostPct(150.0)));
+        assert!(e.contains("lost=150%") && e.contains("under 100%"), "{e}");
     }
 
     #[test]
@@ -494,8 +600,10 @@ mod tests {
             objective: Objective::CostOfHpa,
             threads: 2,
             refine: 0,
+            min_scored: MIN_SCORED,
         };
-        let t = tune(&trace, &target, &ForecastConfig::default(), &opts, &|_| {});
+        let t = tune(&trace, &target, &ForecastConfig::default(), &opts, &|_| {})
+            .expect("two days scored");
         let f = &t.frontier;
         assert_eq!(
             f.iter().map(|p| p.risk).collect::<Vec<_>>(),

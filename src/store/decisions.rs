@@ -119,8 +119,9 @@ impl DecisionLog {
         }
     }
 
-    /// The record of the decision made at `at` (a run of holds: its newest), or the newest
-    /// record for `None`.
+    /// The record of the decision made at `at`, or the newest record for `None`. A run of
+    /// holds is found by any `at` from its `since` to its newest: its `at` moves on as
+    /// holds fold into it, so the one a listing showed a moment ago is still found.
     pub fn at(&self, at: Option<i64>) -> Option<&DecisionRecord> {
         match at {
             None => self.records.back().map(|(_, r)| r),
@@ -129,7 +130,7 @@ impl DecisionLog {
                 .iter()
                 .rev()
                 .map(|(_, r)| r)
-                .find(|r| r.decision.at == at),
+                .find(|r| (r.since..=r.decision.at).contains(&at)),
         }
     }
 

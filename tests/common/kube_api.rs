@@ -71,6 +71,9 @@ struct Cluster {
     denied: BTreeSet<(String, String)>,
     /// Objects another writer changes right after each of the next N reads.
     interfere: BTreeMap<Key, u32>,
+    /// (verb, resource as RBAC names it) applied but never answered: a server (or a
+    /// network) that stalls after the write, so that the client times out.
+    stalled: BTreeSet<(String, String)>,
 }
 
 impl Cluster {
@@ -226,6 +229,14 @@ impl KubeApi {
             .insert((verb.to_owned(), resource.to_owned()));
     }
 
+    /// Applies `verb` on `resource` (as RBAC names it) and never answers it, as an API
+    /// server whose answer is lost after the write: the client times out.
+    pub fn stall(&self, verb: &str, resource: &str) {
+        self.lock()
+            .stalled
+            .insert((verb.to_owned(), resource.to_owned()));
+    }
+
     /// Another writer changes the object right after each of the next `reads` reads of
     /// it, so a patch made from that read carries a stale resourceVersion (409).
     pub fn interfere(&self, resource: &str, namespace: &str, name: &str, reads: u32) {
@@ -316,26 +327,36 @@ async fn serve(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
-    let response = answer(
-        &mut c,
-        &t,
-        verb,
-        &rbac_resource,
-        &content_type,
-        &field_manager,
-        &body,
-    );
-    c.calls.push(Call {
-        verb: verb.to_owned(),
-        group: t.group.clone(),
-        resource: rbac_resource,
-        namespace: t.namespace.clone(),
-        name: t.name.clone(),
-        content_type: (verb == "patch").then_some(content_type).flatten(),
-        field_manager,
-        status: response.status().as_u16(),
-    });
+    let (response, stalled) = {
+        let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+        let response = answer(
+            &mut c,
+            &t,
+            verb,
+            &rbac_resource,
+            &content_type,
+            &field_manager,
+            &body,
+        );
+        let stalled = c
+            .stalled
+            .contains(&(verb.to_owned(), rbac_resource.clone()));
+        c.calls.push(Call {
+            verb: verb.to_owned(),
+            group: t.group.clone(),
+            resource: rbac_resource,
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            content_type: (verb == "patch").then_some(content_type).flatten(),
+            field_manager,
+            status: response.status().as_u16(),
+        });
+        (response, stalled)
+    };
+    if stalled {
+        // Never answered; dropping the server closes the connection.
+        std::future::pending::<()>().await;
+    }
     response
 }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use tonic::{Code, Status};
 
 use crate::api::views;
+use crate::config::MAX_TARGET_NAME;
 use crate::store::TargetState;
 
 /// The `scalerMetadata` key that names the prescale target.
@@ -19,6 +20,39 @@ pub(super) fn target_name(
     scaled_object: &str,
     metadata: &HashMap<String, String>,
 ) -> Result<String, Refusal> {
+    let name = named(scaled_object, metadata)?;
+    if name.len() > MAX_TARGET_NAME {
+        return Err(Refusal::NoTarget {
+            scaled_object: scaled_object.to_owned(),
+            why: format!(
+                "the target it names, `{}`, is {} bytes long; no target's name is longer \
+                 than {MAX_TARGET_NAME}",
+                shown(&name),
+                name.len()
+            ),
+        });
+    }
+    Ok(name)
+}
+
+/// The longest part of a name a refusal repeats: its message travels in a gRPC header,
+/// which a client limits (a name of 20,000 characters echoed whole came back as
+/// `RESOURCE_EXHAUSTED`).
+const SHOWN: usize = 64;
+
+/// `s`, cut to [`SHOWN`] characters (saying how long it was) when longer.
+fn shown(s: &str) -> String {
+    let length = s.chars().count();
+    if length <= SHOWN {
+        s.to_owned()
+    } else {
+        let head: String = s.chars().take(SHOWN).collect();
+        format!("{head}… ({length} characters)")
+    }
+}
+
+/// The name a trigger gives, before its length is checked.
+fn named(scaled_object: &str, metadata: &HashMap<String, String>) -> Result<String, Refusal> {
     match metadata.get(TARGET_KEY) {
         Some(t) if t.trim().is_empty() => Err(Refusal::NoTarget {
             scaled_object: scaled_object.to_owned(),
@@ -111,6 +145,11 @@ impl Readout {
                     "its owner's state is unknown".to_owned(),
                 )));
             }
+            views::Status::OwnedElsewhere => {
+                return Err(unavailable(Unavailable::Owner(
+                    "this instance does not run it".to_owned(),
+                )));
+            }
             views::Status::Ok | views::Status::BudgetLimited => {}
         }
         if matches!(self.mode, views::Mode::ForecastOnly) {
@@ -194,13 +233,14 @@ impl From<Refusal> for Status {
             Refusal::NoTarget { scaled_object, why } => Status::new(
                 Code::InvalidArgument,
                 format!(
-                    "ScaledObject `{scaled_object}` names no prescale target: {why}; expected \
-                     the trigger's metadata `{TARGET_KEY}: <prescale target>`"
+                    "ScaledObject `{}` names no prescale target: {why}; expected the \
+                     trigger's metadata `{TARGET_KEY}: <prescale target>`",
+                    shown(&scaled_object)
                 ),
             ),
             Refusal::UnknownTarget(target) => Status::new(
                 Code::NotFound,
-                format!("no prescale target `{target}` is configured"),
+                format!("no prescale target `{}` is configured", shown(&target)),
             ),
             Refusal::WrongMetric {
                 target,
@@ -209,7 +249,8 @@ impl From<Refusal> for Status {
             } => Status::new(
                 Code::InvalidArgument,
                 format!(
-                    "metric `{asked}` is not served for target `{target}`; expected `{served}`"
+                    "metric `{}` is not served for target `{target}`; expected `{served}`",
+                    shown(&asked)
                 ),
             ),
             Refusal::Unavailable { target, why } => Status::new(

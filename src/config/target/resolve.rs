@@ -25,7 +25,7 @@ use crate::decide::{Mode, RatePolicy, Rules};
 const MAX_HISTORY_POINTS: u64 = 1_000_000;
 
 /// The longest target name: it is the stem of the target's model file.
-const MAX_NAME: usize = 128;
+pub(crate) const MAX_NAME: usize = 128;
 
 /// The key of `k` in the target named `name`, e.g. `target[web].min_replicas`.
 pub(in crate::config) fn target_key(name: &str, k: &str) -> String {
