@@ -119,6 +119,7 @@ impl KubeError {
             Self::Credentials(_) => "credentials",
             Self::Api { .. } => "api",
             Self::Transport { .. } => "transport",
+            Self::TimedOut { .. } => "timed_out",
             Self::HpaInTheWay { .. } => "hpa_in_the_way",
             Self::NoHpa { .. } => "no_hpa",
             Self::Conflict { .. } => "conflict",
