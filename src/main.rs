@@ -289,7 +289,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             target,
             skip,
-        } => forecast(&trace, horizon, &out, config.as_deref(), target.as_deref(), skip),
+        } => forecast(
+            &trace,
+            horizon,
+            &out,
+            config.as_deref(),
+            target.as_deref(),
+            skip,
+        ),
     }
 }
 

@@ -74,7 +74,10 @@ fn standard_cases(now: i64) -> Vec<(serde_json::Value, Vec<u8>, &'static str, bo
     let mut tampered = body.clone();
     tampered[30] ^= 1;
     let mut missing = one.clone();
-    missing.as_object_mut().unwrap().remove(standard::TIMESTAMP_HEADER);
+    missing
+        .as_object_mut()
+        .unwrap()
+        .remove(standard::TIMESTAMP_HEADER);
     vec![
         (one.clone(), body.clone(), "new-secret", true),
         (one.clone(), body.clone(), "old-secret", false),
@@ -82,7 +85,12 @@ fn standard_cases(now: i64) -> Vec<(serde_json::Value, Vec<u8>, &'static str, bo
         (two.clone(), body.clone(), "new-secret", true),
         (two.clone(), body.clone(), "wrong", false),
         (two, tampered, WHSEC, false),
-        (headers(&[b"new-secret"], now - 3_600), body.clone(), "new-secret", false),
+        (
+            headers(&[b"new-secret"], now - 3_600),
+            body.clone(),
+            "new-secret",
+            false,
+        ),
         (missing, body, "new-secret", false),
     ]
 }
