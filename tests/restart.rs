@@ -1,7 +1,7 @@
 //! The `prescale` binary restarted under load, against a real Prometheus (filled by
 //! `promtool` from the NASA trace) and a real HTTP receiver as the platform.
 //!
-//! A target settles at a count well above `min_replicas` (about 20), with that count
+//! A target settles at a count well above `min_replicas` (about 40), with that count
 //! delivered and nothing pending; it is stopped (`kill -9` or SIGTERM), its outbox is
 //! pruned as it would be after holding that count longer than the retention, and it is
 //! restarted with a slightly smaller capacity per replica, so that it asks for more at
@@ -38,8 +38,8 @@ use serde_json::Value;
 const DEADLINE: Duration = Duration::from_secs(180);
 const SECRET: &str = "restart-secret";
 const TOKEN: &str = "restart-token";
-/// Requests/s one replica serves before the restart (about 20 replicas for the trace's
-/// last day), and after it (25% more replicas needed).
+/// Requests/s one replica serves before the restart (about 40 replicas for the trace's
+/// last minutes), and after it (25% more replicas needed).
 const CAPACITY: f64 = 0.05;
 const CAPACITY_AFTER: f64 = 0.04;
 /// The count the platform runs before prescale asks for any.
