@@ -1,7 +1,7 @@
 //! The `prescale` binary restarted under load, against a real Prometheus (filled by
 //! `promtool` from the NASA trace) and a real HTTP receiver as the platform.
 //!
-//! A target settles at a count well above `min_replicas` (about 20), with that count
+//! A target settles at a count well above `min_replicas` (about 40), with that count
 //! delivered and nothing pending; it is stopped (`kill -9` or SIGTERM), its outbox is
 //! pruned as it would be after holding that count longer than the retention, and it is
 //! restarted with a slightly smaller capacity per replica, so that it asks for more at
@@ -11,7 +11,10 @@
 //!
 //! Nothing sleeps: every step waits on a condition with a deadline. The backfilled day
 //! is continued by a live exporter that Prometheus scrapes, so that the request rate stays
-//! fresh however long a busy machine takes to settle, stop and restart prescale.
+//! fresh however long a busy machine takes to settle, stop and restart prescale; it
+//! continues the counter without a break at the rate the backfill ends at, so that the
+//! demand stays steady: the restart asks for more only while the demand stays above
+//! `CAPACITY_AFTER / CAPACITY` (80%) of what it was when the target settled.
 
 mod common;
 
@@ -35,27 +38,75 @@ use serde_json::Value;
 const DEADLINE: Duration = Duration::from_secs(180);
 const SECRET: &str = "restart-secret";
 const TOKEN: &str = "restart-token";
-/// Requests/s one replica serves before the restart (about 20 replicas for the trace's
-/// last day), and after it (25% more replicas needed).
+/// Requests/s one replica serves before the restart (about 40 replicas for the trace's
+/// last minutes), and after it (25% more replicas needed).
 const CAPACITY: f64 = 0.05;
 const CAPACITY_AFTER: f64 = 0.04;
-/// The platform's own count when it is observed: one replica per `CAPACITY` rps of demand.
-const REPLICAS_QUERY: &str = r#"ceil(sum(rate(http_requests_total{job="web"}[5m])) / 0.05)"#;
+/// The count the platform runs before prescale asks for any.
+const STARTING_REPLICAS: u32 = 20;
+/// The platform's count when it is observed: the count the receiver (the platform) was
+/// last asked for, [`STARTING_REPLICAS`] before that, as the exporter shows it. A platform
+/// runs what it is asked: a count it was not asked for is someone else's change
+/// (`external_changes`), which these tests do not make.
+const REPLICAS_QUERY: &str = r#"max(platform_replicas{job="web"})"#;
 
-/// A Prometheus holding the trace's last day, continued live at the rate of its last hour
-/// by an exporter it scrapes every second (dropped with it).
+/// How the live exporter carries the backfilled counter on: from the backfill's last
+/// sample, at the rate Prometheus shows there, as if it had counted on since.
+///
+/// `rate(…[5m])` over one-minute samples spans the last four minutes. Carried on at that
+/// rate, the demand moves by a few percent while the window slides from the backfill to
+/// the live samples. (It was carried on at the last hour's mean, 28% lower, from the
+/// counter's value at the backfill's last sample: the 5-minute window then took in a
+/// minute or two without requests too, and the demand fell by up to 38% over the first
+/// minutes of a test. A target settled before the fall and restarted after it needed no
+/// more replicas, and held its count through the scale-down window: no webhook came.)
+#[derive(Debug, Clone, Copy)]
+struct Continuation {
+    /// The backfill's last sample (Unix s), and the counter there.
+    end: i64,
+    total: f64,
+    /// Requests/s from then on.
+    rate: f64,
+}
+
+impl Continuation {
+    fn of(fill: &Backfill) -> Self {
+        let rate = fill
+            .rate(fill.end(), 240)
+            .expect("the backfill holds four minutes");
+        Self {
+            end: fill.end(),
+            total: fill.total(),
+            rate,
+        }
+    }
+
+    /// The counter at `t` (Unix s), after the backfill's end.
+    fn total_at(&self, t: i64) -> f64 {
+        self.total + self.rate * (t - self.end) as f64
+    }
+}
+
+/// A Prometheus holding the trace's last day, continued live (see [`Continuation`]) by an
+/// exporter it scrapes every second (dropped with it); the exporter also shows the count
+/// `platform` was last asked to run, as `platform_replicas`.
 struct Live {
     prom: Prometheus,
     _exporter: Exporter,
 }
 
 impl Live {
-    fn start() -> Self {
+    fn start(platform: &Receiver) -> Self {
         let fill = Backfill::from_trace(1);
-        let rate = fill
-            .rate(fill.end(), 3600)
-            .expect("the backfill holds an hour");
-        let exporter = Exporter::start(fill.total(), rate);
+        let live = Continuation::of(&fill);
+        let scales = platform.scales_reader();
+        let running = move || {
+            scales()
+                .last()
+                .map_or(f64::from(STARTING_REPLICAS), |s| s.1 as f64)
+        };
+        let (total, rate) = (live.total_at(common::now_secs()), live.rate);
+        let exporter = Exporter::with_gauge(total, rate, "platform_replicas", running);
         let prom = Prometheus::start(Options {
             backfill: Some(fill),
             scrape: Some(exporter.addr()),
@@ -72,6 +123,41 @@ impl Live {
     }
 }
 
+/// Defect (a test's, issue 25): the demand fell by up to 38% over the first minutes of a
+/// test, more than the restart's 25% less capacity per replica makes up for, so that a
+/// restart that came after the fall asked for nothing. Carried on as [`Continuation`]
+/// says, the demand (`rate(…[5m])`: the last four minutes' increase) at any minute from
+/// the backfill's end on is above `CAPACITY_AFTER / CAPACITY` of what it was at any
+/// earlier one, with half of the 20% to spare.
+#[test]
+fn the_live_demand_stays_steady_enough_for_a_restart_to_need_more() {
+    let fill = Backfill::from_trace(1);
+    let live = Continuation::of(&fill);
+    let counter = |t: i64| {
+        if t <= fill.end() {
+            fill.minute(t)
+                .map(|m| m.total)
+                .expect("a backfilled minute")
+        } else {
+            live.total_at(t)
+        }
+    };
+    let demand = |ts: i64| (counter(ts) - counter(ts - 240)) / 240.0;
+    let demands: Vec<f64> = (0..10).map(|k| demand(fill.end() + 60 * k)).collect();
+    // Half of the fall the restart's capacity makes up for.
+    let margin = 1.0 - (1.0 - CAPACITY_AFTER / CAPACITY) / 2.0;
+    for (i, before) in demands.iter().enumerate() {
+        for after in &demands[i..] {
+            assert!(
+                after / before > margin,
+                "the demand falls from {before:.3} to {after:.3} rps (by more than {:.0}%): \
+                 {demands:.3?}",
+                (1.0 - margin) * 100.0
+            );
+        }
+    }
+}
+
 /// How prescale is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -80,8 +166,9 @@ enum Stop {
 }
 
 /// The configuration: one target `web` scaled through `receiver`, deciding every second.
-/// Without a `replicas` query it is told that its platform runs 20 replicas when it starts
-/// managing it (`initial_replicas`); once it has asked for a count that is ignored.
+/// Without a `replicas` query it is told that its platform runs [`STARTING_REPLICAS`] when
+/// it starts managing it (`initial_replicas`); once it has asked for a count that is
+/// ignored. With one, it observes the count the platform runs ([`REPLICAS_QUERY`]).
 fn config(prom: &str, receiver: &Receiver, observed: bool, capacity: f64) -> TestConfig {
     let target = TestTarget::new("web", common::RATE_QUERY)
         .set("capacity_rps", capacity)
@@ -94,7 +181,7 @@ fn config(prom: &str, receiver: &Receiver, observed: bool, capacity: f64) -> Tes
     let target = if observed {
         target.set("replicas", REPLICAS_QUERY)
     } else {
-        target.set("initial_replicas", 20)
+        target.set("initial_replicas", i64::from(STARTING_REPLICAS))
     };
     TestConfig::new()
         .prometheus(prom)
@@ -114,27 +201,55 @@ fn serve(cfg: &TempConfig, config: &TestConfig) -> AppProcess {
 /// accepted by the receiver, with nothing pending: the count last asked for, no ask in
 /// flight.
 fn settled(app: &AppProcess, receiver: &Receiver) -> u64 {
-    until_or_log(app, "a held count, delivered, nothing pending", || {
-        let d = app.get_json("/api/v1/decisions?target=web&limit=1")?;
-        let d = d["decisions"].as_array()?.first()?.clone();
-        let pending = app.get_json("/api/v1/deliveries?state=pending")?;
-        let to = d["to"].as_u64()?;
-        // Held at the count its policies want, not on the way there.
-        let reasons = d["reasons"].to_string();
-        let wanted = !reasons.contains("Limit") && !reasons.contains("Stabilized");
-        let held = d["from"].as_u64() == Some(to) && to >= 10 && wanted;
-        let delivered = receiver.scales().last().map(|s| s.1) == Some(to);
-        (held && delivered && pending["deliveries"].as_array()?.is_empty()).then_some(to)
-    })
+    until_or_log(
+        app,
+        receiver,
+        "a held count, delivered, nothing pending",
+        || {
+            let d = app.get_json("/api/v1/decisions?target=web&limit=1")?;
+            let d = d["decisions"].as_array()?.first()?.clone();
+            let pending = app.get_json("/api/v1/deliveries?state=pending")?;
+            let to = d["to"].as_u64()?;
+            // Held at the count its policies want, not on the way there.
+            let reasons = d["reasons"].to_string();
+            let wanted = !reasons.contains("Limit") && !reasons.contains("Stabilized");
+            let held = d["from"].as_u64() == Some(to) && to >= 10 && wanted;
+            let delivered = receiver.scales().last().map(|s| s.1) == Some(to);
+            (held && delivered && pending["deliveries"].as_array()?.is_empty()).then_some(to)
+        },
+    )
 }
 
-/// [`poll_until`] with [`DEADLINE`] that, on a timeout, prints `app`'s log before failing.
-fn until_or_log<T>(app: &AppProcess, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+/// [`poll_until`] with [`DEADLINE`] that, on a timeout, prints `app`'s log, and what it
+/// shows of the target (its state, its last decisions, its deliveries) and what `receiver`
+/// was asked, before failing.
+fn until_or_log<T>(
+    app: &AppProcess,
+    receiver: &Receiver,
+    what: &str,
+    probe: impl FnMut() -> Option<T>,
+) -> T {
     let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         poll_until(what, DEADLINE, probe)
     }));
     found.unwrap_or_else(|e| {
-        eprintln!("waiting for {what}: prescale's log:\n{}", app.stderr());
+        let show = |path: &str| {
+            app.get_json(path)
+                .map_or_else(|| "(no answer)".to_owned(), |v| v.to_string())
+        };
+        eprintln!(
+            "waiting for {what}:\n\
+             target: {}\n\
+             last decisions: {}\n\
+             deliveries: {}\n\
+             scale webhooks received (from, to): {:?}\n\
+             prescale's log:\n{}",
+            show("/api/v1/targets/web"),
+            show("/api/v1/decisions?target=web&limit=10"),
+            show("/api/v1/deliveries?target=web&limit=20"),
+            receiver.scales(),
+            app.stderr()
+        );
         std::panic::resume_unwind(e)
     })
 }
@@ -200,8 +315,8 @@ fn decisions_after(app: &AppProcess, since: i64) -> Option<Vec<Value>> {
 /// restart starts from the count asked for before it, and nothing asks for fewer.
 fn restart_never_scales_in(how: Stop, observed: bool) {
     let case = format!("{how:?}, replicas query: {observed}");
-    let prom = Live::start();
     let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
+    let prom = Live::start(&receiver);
     let cfg = config(&prom.url(), &receiver, observed, CAPACITY).write();
     cfg.write_file("secret", SECRET);
     cfg.write_file("token", TOKEN);
@@ -215,13 +330,15 @@ fn restart_never_scales_in(how: Stop, observed: bool) {
     let stopped_at = common::now_secs();
     let after = config(&prom.url(), &receiver, observed, CAPACITY_AFTER);
     let app = serve(&cfg, &after);
-    let (from, to) = until_or_log(&app, "a scale webhook after the restart", || {
+    let (from, to) = until_or_log(&app, &receiver, "a scale webhook after the restart", || {
         receiver.scales().get(sent).copied()
     });
     assert_eq!(from, last, "{case}: the first webhook after the restart");
     assert!(to > last, "{case}: it asks for more: {from} → {to}");
-    let decisions = poll_until("three decisions after the restart", DEADLINE, || {
-        decisions_after(&app, stopped_at).filter(|d| d.len() >= 3)
+    // Counted as made, not as records: equal holds share one record (`repeats`), and
+    // with a steady demand all after the first ask are equal.
+    let decisions = until_or_log(&app, &receiver, "three decisions after the restart", || {
+        decisions_after(&app, stopped_at).filter(|d| common::decisions_made(d) >= 3)
     });
     assert_eq!(
         decisions[0]["from"].as_u64(),
@@ -287,8 +404,8 @@ fn post(app: &AppProcess, path: &str) {
 /// and asks for nothing; resumed, it asks from the count it held.
 #[test]
 fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
-    let prom = Live::start();
     let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
+    let prom = Live::start(&receiver);
     let cfg = config(&prom.url(), &receiver, false, CAPACITY).write();
     cfg.write_file("secret", SECRET);
     cfg.write_file("token", TOKEN);
@@ -303,9 +420,10 @@ fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
     // The first decisions after a restart may hold while the forecaster refits and the
     // demand is fresh again (a busy machine): wait for one that would ask for more.
     let wants_more = |d: &Vec<serde_json::Value>| d.iter().any(|d| d["to"].as_u64() > Some(last));
-    poll_until(
+    until_or_log(
+        &app,
+        &receiver,
         "a decision after the restart that would ask for more",
-        DEADLINE,
         || decisions_after(&app, stopped_at).filter(wants_more),
     );
     let t = app.get_json("/api/v1/targets/web").expect("the target");
@@ -321,7 +439,7 @@ fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
     assert_eq!(receiver.scales().len(), sent, "nothing sent while paused");
 
     post(&app, "/api/v1/targets/web/resume");
-    let (from, to) = poll_until("a scale webhook after the resume", DEADLINE, || {
+    let (from, to) = until_or_log(&app, &receiver, "a scale webhook after the resume", || {
         receiver.scales().get(sent).copied()
     });
     assert_eq!((from, to > last), (last, true), "{from} → {to}");
@@ -333,8 +451,8 @@ fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
 /// nothing; restarted with `initial_replicas`, it asks from that count.
 #[test]
 fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
-    let prom = Live::start();
     let receiver = Receiver::with_replies(Vec::new(), Reply::status(200));
+    let prom = Live::start(&receiver);
     let unknown = TestConfig::new().prometheus(&prom.url()).target(
         TestTarget::new("web", common::RATE_QUERY)
             .set("capacity_rps", CAPACITY)
@@ -347,8 +465,8 @@ fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
     let cfg = unknown.write();
     cfg.write_file("secret", SECRET);
     let mut app = serve(&cfg, &unknown);
-    let decisions = poll_until("three decisions", DEADLINE, || {
-        decisions_after(&app, 0).filter(|d| d.len() >= 3)
+    let decisions = until_or_log(&app, &receiver, "three decisions", || {
+        decisions_after(&app, 0).filter(|d| common::decisions_made(d) >= 3)
     });
     for d in &decisions {
         let codes = d["reasons"].to_string();
@@ -388,7 +506,7 @@ fn an_unknown_running_count_asks_for_nothing_until_initial_replicas_names_it() {
             .platform(&receiver.url("/scale"), "secret"),
     );
     let app = serve(&cfg, &named);
-    let (from, to) = poll_until("a scale webhook", DEADLINE, || {
+    let (from, to) = until_or_log(&app, &receiver, "a scale webhook", || {
         receiver.scales().first().copied()
     });
     assert_eq!(from, 8, "from the count named: {from} → {to}");

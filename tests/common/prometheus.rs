@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -278,6 +279,9 @@ fn write_config(dir: &Path, scrape: Option<SocketAddr>) {
     std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
 }
 
+/// A gauge's value, read at each scrape.
+type Gauge = Arc<dyn Fn() -> f64 + Send + Sync>;
+
 /// A live `/metrics` endpoint exposing `http_requests_total{job="web",instance="trace"}`
 /// growing at a constant rate from a starting total: scraped by [`Prometheus`] after a
 /// [`Backfill`] with `start_total = backfill.total()`, it carries the same series on.
@@ -288,15 +292,38 @@ pub struct Exporter {
 impl Exporter {
     /// Serves `start_total + rate_per_s × seconds since start`.
     pub fn start(start_total: f64, rate_per_s: f64) -> Self {
+        Self::serve(start_total, rate_per_s, None)
+    }
+
+    /// [`Exporter::start`], also exposing the gauge `name{job="web",instance="trace"}`
+    /// whose value `value` gives at each scrape (e.g. the count a stand-in platform runs).
+    pub fn with_gauge(
+        start_total: f64,
+        rate_per_s: f64,
+        name: &'static str,
+        value: impl Fn() -> f64 + Send + Sync + 'static,
+    ) -> Self {
+        Self::serve(start_total, rate_per_s, Some((name, Arc::new(value))))
+    }
+
+    fn serve(start_total: f64, rate_per_s: f64, gauge: Option<(&'static str, Gauge)>) -> Self {
         let started = Instant::now();
-        let metrics = move || async move {
-            let value = start_total + rate_per_s * started.elapsed().as_secs_f64();
-            (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                format!(
+        let metrics = move || {
+            let gauge = gauge.clone();
+            async move {
+                let value = start_total + rate_per_s * started.elapsed().as_secs_f64();
+                let mut body = format!(
                     "# TYPE {COUNTER} counter\n{COUNTER}{{job=\"web\",instance=\"trace\"}} {value}\n"
-                ),
-            )
+                );
+                if let Some((name, value)) = gauge {
+                    let _ = write!(
+                        body,
+                        "# TYPE {name} gauge\n{name}{{job=\"web\",instance=\"trace\"}} {}\n",
+                        value()
+                    );
+                }
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+            }
         };
         Self {
             server: Server::start(Router::new().route("/metrics", get(metrics))),

@@ -156,6 +156,17 @@ impl ReceiverState {
         })
     }
 
+    /// The scale webhooks accepted (2xx), as `(from, to)`, in order.
+    fn scales(&self) -> Vec<(u64, u64)> {
+        self.requests()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .map(Recorded::json)
+            .filter(|b| b["kind"] == "scale")
+            .filter_map(|b| Some((b["from"].as_u64()?, b["to"].as_u64()?)))
+            .collect()
+    }
+
     // A poisoned lock only means another test thread panicked; the data is still usable.
     fn requests(&self) -> MutexGuard<'_, Vec<Recorded>> {
         self.requests.lock().unwrap_or_else(|p| p.into_inner())
@@ -233,12 +244,14 @@ impl Receiver {
 
     /// The scale webhooks it accepted, as `(from, to)`, in order.
     pub fn scales(&self) -> Vec<(u64, u64)> {
-        self.accepted()
-            .iter()
-            .map(Recorded::json)
-            .filter(|b| b["kind"] == "scale")
-            .filter_map(|b| Some((b["from"].as_u64()?, b["to"].as_u64()?)))
-            .collect()
+        self.state.scales()
+    }
+
+    /// [`Receiver::scales`] as a function another server can call (e.g. an exporter
+    /// showing the count the receiver, as a platform, was last asked to run).
+    pub fn scales_reader(&self) -> impl Fn() -> Vec<(u64, u64)> + Send + Sync + 'static {
+        let state = self.state.clone();
+        move || state.scales()
     }
 
     /// Its address.
