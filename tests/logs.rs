@@ -20,6 +20,24 @@ fn prescale() -> Command {
     cmd
 }
 
+/// `prescale backtest` of `trace` at 0.1 rps per replica and a 5-minute start-up, writing
+/// its decisions to `out`.
+fn backtest(trace: &std::path::Path, out: &std::path::Path) -> Command {
+    let mut cmd = prescale();
+    cmd.args([
+        "backtest",
+        "--capacity",
+        "0.1",
+        "--startup",
+        "5m",
+        "--trace",
+    ])
+    .arg(trace)
+    .arg("--out")
+    .arg(out);
+    cmd
+}
+
 fn text(o: &[u8]) -> String {
     String::from_utf8_lossy(o).into_owned()
 }
@@ -207,20 +225,7 @@ fn backtest_days(dir: &Path, days: usize) -> (std::process::Output, std::path::P
         .collect();
     std::fs::write(&trace, format!("timestamp_seconds,value\n{body}")).unwrap();
     let out = dir.join("decisions.csv");
-    let o = prescale()
-        .args([
-            "backtest",
-            "--capacity",
-            "0.1",
-            "--startup",
-            "5m",
-            "--trace",
-        ])
-        .arg(&trace)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run prescale");
+    let o = backtest(&trace, &out).output().expect("run prescale");
     assert!(o.status.success(), "backtest failed: {}", text(&o.stderr));
     (o, trace)
 }
@@ -321,19 +326,7 @@ fn a_closed_stdout_ends_commands_quietly() {
         .arg(dir.path().join("forecasts.csv"));
     assert_quiet_end("forecast", with_stdout_closed(forecast));
 
-    let mut backtest = prescale();
-    backtest
-        .args([
-            "backtest",
-            "--capacity",
-            "0.1",
-            "--startup",
-            "5m",
-            "--trace",
-        ])
-        .arg(&trace)
-        .arg("--out")
-        .arg(dir.path().join("decisions.csv"));
+    let backtest = backtest(&trace, &dir.path().join("decisions.csv"));
     assert_quiet_end("backtest", with_stdout_closed(backtest));
 
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prescale.toml");
