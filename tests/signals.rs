@@ -61,6 +61,15 @@ fn lines_with(app: &AppProcess, what: &str) -> Vec<String> {
         .collect()
 }
 
+/// The names of the targets the API shows now (none while it does not answer).
+fn names(app: &AppProcess) -> Vec<String> {
+    targets(app)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
 /// How many times `target` was backfilled (a fresh state backfills once).
 fn backfills(app: &AppProcess, target: &str) -> usize {
     let field = format!("target={target} ");
@@ -154,13 +163,6 @@ fn sighup_reloads_the_configuration_and_never_stops_the_process() {
         line.contains("ERROR") && line.contains("prescale.toml") && line.contains("max_replica"),
         "{line}"
     );
-    let names = |app: &AppProcess| -> Vec<String> {
-        targets(app)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect()
-    };
     assert_eq!(names(&app), ["api", "web"]);
 
     // The listen address cannot change without a restart: nothing of the file applies.
@@ -358,13 +360,6 @@ fn a_reload_keeps_the_discovered_targets_or_is_refused_naming_the_query() {
     let cfg = common::TempConfig::write(&format!("{base}{DISCOVERY}"));
     let mut app = AppProcess::serve(&cfg, listen);
     app.wait_ready();
-    let names = |app: &AppProcess| -> Vec<String> {
-        targets(app)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect()
-    };
     poll_until("`ok-trace` discovered", DEADLINE, || {
         (names(&app) == ["ok-trace", "web"]).then_some(())
     });
