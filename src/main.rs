@@ -4,16 +4,16 @@
 // Functions stay under `too-many-lines-threshold` (clippy.toml) lines.
 #![warn(clippy::too_many_lines)]
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use prescale::config::{Config, ForecastConfig, TargetConfig};
 use prescale::source::replay::Trace;
+use prescale::telemetry::progress::Progress;
 
 /// A predictive autoscaler: forecasts demand from Prometheus and scales ahead of it.
 #[derive(Debug, Parser)]
@@ -558,79 +558,6 @@ fn tuned_config(target: &TargetConfig, r: &ReplayArgs, risk: f64) -> anyhow::Res
 fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(value)?;
     std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
-}
-
-/// The progress of a long replay on stderr: a bar on a terminal; otherwise (a file, a
-/// pipe, CI) a plain line at every tenth of the way. Given to the library as a callback.
-struct Progress {
-    what: &'static str,
-    total: u64,
-    /// The bar, on a terminal.
-    bar: Option<indicatif::ProgressBar>,
-    /// Tenths already reported as lines (without a terminal).
-    tenths: AtomicU64,
-    started: std::time::Instant,
-}
-
-impl Progress {
-    fn new(what: &'static str, total: usize) -> Self {
-        let total = total as u64;
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::with_draw_target(
-                Some(total),
-                indicatif::ProgressDrawTarget::stderr(),
-            );
-            let template = format!("{what} {{bar:40}} {{pos}}/{{len}} steps, {{eta}} left");
-            if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
-                bar.set_style(style);
-            }
-            bar
-        });
-        Self {
-            what,
-            total,
-            bar,
-            tenths: AtomicU64::new(0),
-            started: std::time::Instant::now(),
-        }
-    }
-
-    /// `done` steps of the total are done (from any thread).
-    fn set(&self, done: usize) {
-        let done = (done as u64).min(self.total);
-        if let Some(bar) = &self.bar {
-            bar.set_position(done);
-            return;
-        }
-        let Some(line) = tenth_line(self.total, done, &self.tenths) else {
-            return;
-        };
-        let elapsed = std::time::Duration::from_secs(self.started.elapsed().as_secs());
-        note(format_args!(
-            "{}: {}% ({done}/{} steps, {} elapsed)",
-            self.what,
-            line * 10,
-            self.total,
-            humantime::format_duration(elapsed)
-        ));
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-/// The tenth of the way that `done` of `total` steps has newly reached, if any: each of
-/// 1 to 10 once, the highest reached when several are passed at once.
-fn tenth_line(total: u64, done: u64, reported: &AtomicU64) -> Option<u64> {
-    if total == 0 {
-        return None;
-    }
-    let tenth = done * 10 / total;
-    let before = reported.fetch_max(tenth, Ordering::Relaxed);
-    (tenth > before).then_some(tenth)
 }
 
 /// A time given as RFC 3339 or Unix seconds.

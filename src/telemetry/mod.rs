@@ -14,6 +14,7 @@ use tower_http::trace::TraceLayer;
 use tracing_subscriber::EnvFilter;
 
 pub mod condition;
+pub mod progress;
 
 /// Installs the global subscriber; a second call does nothing. Text has colour codes only
 /// when stderr is a terminal and `NO_COLOR` is unset or empty (<https://no-color.org>),
