@@ -42,4 +42,5 @@ python3 -c 'import standardwebhooks' ||
   { echo "missing: the Python package standardwebhooks (python3 -m pip install $swh)" >&2; exit 1; }
 [ -f ../shared/traces/nasa_http_jul95_1min.csv ] || { echo "missing: ../shared/traces/nasa_http_jul95_1min.csv" >&2; exit 1; }
 
-cargo test --locked "$@"
+# --no-fail-fast: one failing file must not hide the failures of the files after it.
+cargo test --locked --no-fail-fast "$@"
