@@ -220,7 +220,7 @@ impl TargetLoop {
                 self.poll_scale(k, now).await;
             }
             if acting == Acting::Yes {
-                self.release_while_paused(k, now).await;
+                self.release_while_paused(now).await;
             }
         }
         let Some(Stepped {

@@ -127,8 +127,6 @@ pub struct TargetState {
     pub last_delivery: Option<DeliveryRecord>,
     /// Acting is paused (`POST …/pause`): decisions are made and shown, nothing is sent.
     pub paused: bool,
-    /// While paused, an HPA floor raised by prescale (Kubernetes `hpa-floor`) was given back.
-    pub floor_released: bool,
     /// A refit was asked for (`POST …/refit`); the pipeline clears it when it refits.
     pub refit_requested: bool,
     /// Its decision history: changes kept, holds summarised.
@@ -175,7 +173,6 @@ impl TargetState {
             wanted: None,
             last_delivery: None,
             paused: false,
-            floor_released: false,
             refit_requested: false,
             decisions: DecisionLog::default(),
             write_error: None,

@@ -575,11 +575,29 @@ async fn serve_scales_through_the_stand_in() {
         Some(2),
         "replicas stay the HPA's"
     );
+    // The release goes through the outbox: a first attempt that meets conflicts (another
+    // writer changes the HPA after each read) is retried by the worker.
+    api.interfere("horizontalpodautoscalers", NS, "floored-cpu", 6);
     assert_eq!(app.post("/api/v1/targets/floored/pause").await, 200);
     poll_until_async("the floor to be given back on pause", DEADLINE, || async {
         (api.hpa_min(NS, "floored-cpu") == Some(2)).then_some(())
     })
     .await;
+    let release = released(&app, "floored").await;
+    assert!(
+        release["attempts"].as_u64() >= Some(2),
+        "retried: {release}"
+    );
+    assert_eq!(
+        release["body"]["reasons"][0]["code"], "Released",
+        "{release}"
+    );
+    assert!(
+        release["body"]["reasons"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("paused: ")),
+        "{release}"
+    );
     // Resumed, the next decision raises it again.
     assert_eq!(app.post("/api/v1/targets/floored/resume").await, 200);
     poll_until_async(
@@ -602,10 +620,40 @@ async fn serve_scales_through_the_stand_in() {
         || async { (api.hpa_min(NS, "dropped-cpu") == Some(2)).then_some(()) },
     )
     .await;
+    let release = released(&app, "dropped").await;
+    assert_eq!(
+        release["body"]["reasons"][0]["code"], "Released",
+        "{release}"
+    );
 
     let calls = api.calls();
     assert_merge_patches(&calls);
     app.stop().await;
+}
+
+/// The newest delivered scale action of `target`, once it is a release of its floor to 2
+/// (the target's `min_replicas`): every write to the platform goes through the outbox.
+async fn released(app: &Serving, target: &str) -> Value {
+    poll_until_async(
+        "the release delivered through the outbox",
+        DEADLINE,
+        || async {
+            let list = app
+                .get(&format!(
+                    "/api/v1/deliveries?target={target}&state=delivered"
+                ))
+                .await;
+            let newest = list["deliveries"]
+                .as_array()?
+                .iter()
+                .filter(|d| d["kind"] == "scale")
+                .max_by_key(|d| d["id"].as_u64())?
+                .clone();
+            (newest["body"]["to"] == 2 && newest["body"]["reasons"][0]["code"] == "Released")
+                .then_some(newest)
+        },
+    )
+    .await
 }
 
 /// The ConfigMap's configuration is valid, and its targets scale through Kubernetes with

@@ -30,6 +30,9 @@ use tokio::sync::OnceCell;
 use super::Attempt;
 use crate::config::{Credentials, KubernetesConfig, KubernetesMode};
 
+mod floor;
+pub use floor::release_action;
+
 /// The `fieldManager` of every patch.
 pub const FIELD_MANAGER: &str = "prescale";
 /// Reads and patches tried within one attempt while the API server answers 409 Conflict.

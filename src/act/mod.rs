@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AlertmanagerConfig, Config, HaproxyConfig, WebhookConfig};
-use crate::decide::{Decision, Peak, Reason};
+use crate::decide::{Decision, Peak, Reason, ReasonCode};
 pub use alert::AlertAction;
 pub use outbox::DeliveryRecord;
 
@@ -187,6 +187,13 @@ impl Action {
                 a.bottleneck.target, a.bottleneck.signal
             )),
         }
+    }
+
+    /// Whether it is sent while its target is paused: the release of a platform's floor
+    /// (a scale action whose first reason is `Released`), which is how prescale stops
+    /// acting on the target. Every other scale and rebalance action waits for the resume.
+    pub fn passes_pause(&self) -> bool {
+        matches!(self, Self::Scale(a) if a.reasons.first().is_some_and(|r| r.code == ReasonCode::Released))
     }
 
     /// When it was issued (Unix s).

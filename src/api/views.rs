@@ -118,7 +118,8 @@ pub(super) struct Reason {
     /// Stable code. Policies: `Prediction`, `Demand`, `Performance`, `NoData`. Clamps and
     /// conditions: `ScaleDownStabilized`, `ScaleUpStabilized`, `ScaleUpLimit`,
     /// `ScaleDownLimit`, `Calm`, `TooManyReplicas`, `TooFewReplicas`, `Degraded`, `BudgetLimited`,
-    /// `ReplicasUnknown`, `Scheduled` (a window of `[[target.schedule]]`).
+    /// `ReplicasUnknown`, `Scheduled` (a window of `[[target.schedule]]`), `External`
+    /// (someone else changed the running count), `Released` (an HPA's floor given back).
     code: String,
     /// What it means here, for people.
     message: String,

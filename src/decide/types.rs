@@ -63,6 +63,11 @@ pub enum ReasonCode {
     /// The decision starts from the observed count (`external_changes = "follow"`), or
     /// the target is paused until resumed (`"hold"`).
     External,
+    /// The platform's floor given back (Kubernetes `hpa-floor`: the HPA's `minReplicas`
+    /// set to the target's `min_replicas` again) because prescale stops acting on the
+    /// target: it was paused, or removed from the configuration. Sent while the target is
+    /// paused, through the outbox like any other action.
+    Released,
 }
 
 impl ReasonCode {
@@ -86,6 +91,7 @@ impl ReasonCode {
             Self::Scheduled => "Scheduled",
             Self::ReplicasUnknown => "ReplicasUnknown",
             Self::External => "External",
+            Self::Released => "Released",
         }
     }
 }

@@ -147,6 +147,25 @@ pub(super) enum NotWritten {
     Coordination(String),
 }
 
+impl NotWritten {
+    /// A short name of the failure, to tell one lasting failure from another.
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            Self::Outbox(_) => "outbox",
+            Self::Coordination(_) => "coordination",
+        }
+    }
+}
+
+impl std::fmt::Display for NotWritten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Outbox(e) => write!(f, "not written to the outbox: {e}"),
+            Self::Coordination(why) => write!(f, "not acting: {why}"),
+        }
+    }
+}
+
 /// What a target remembers across a restart, from the outbox's control state.
 struct Remembered {
     /// Acting is paused.

@@ -1,10 +1,12 @@
 //! A target whose platform is Kubernetes: the running count read from the scale
-//! subresource each cycle, and an HPA's floor given back while the target is paused.
+//! subresource each cycle, and an HPA's floor given back (through the outbox) while the
+//! target is paused or once it is removed.
 
 use tracing::{debug, info, warn};
 
 use super::{Failure, TargetLoop};
-use crate::act::kubernetes::Kubernetes;
+use crate::act::Action;
+use crate::act::kubernetes::{Kubernetes, release_action};
 use crate::config::Mode;
 use crate::series::{Sample, align_down};
 use crate::step::Asked;
@@ -65,51 +67,51 @@ impl TargetLoop {
         }
     }
 
-    /// While the target is paused, gives the HPA its floor back once (`hpa-floor`, acting,
-    /// and once a count was asked for): prescale stops acting on it. The count asked for becomes that floor, so that once resumed the
-    /// next decision raises it again. A failure is tried again at the next cycle.
-    pub(super) async fn release_while_paused(&self, k: &Kubernetes, now: i64) {
+    /// While the target is paused, gives the HPA its floor back (`hpa-floor`, acting): a
+    /// scale action to the target's `min_replicas` with the reason `Released`, written to
+    /// the outbox like any other (at this owner's epoch in a fleet), which the worker
+    /// sends although the target is paused. It becomes the count asked for, so it is
+    /// written once (not again while the count asked for is that floor), and once resumed
+    /// the next decision raises the floor again. Not written, it is tried at the next
+    /// cycle.
+    pub(super) async fn release_while_paused(&self, now: i64) {
         let name = &self.target.name;
-        {
-            let Some(mut state) = self.store.target(name) else {
+        let action = {
+            let Some(state) = self.store.target(name) else {
                 return;
             };
-            if !state.paused {
-                state.floor_released = false;
+            if !state.paused || self.target.mode != Mode::Act {
                 return;
             }
-            // Nothing to give back: never acted on (or only forecasting), or given back.
-            if state.floor_released || self.target.mode != Mode::Act || state.memory.asked.is_none()
-            {
+            let asked = state.memory.asked.map(|a| a.replicas);
+            let Some(action) = release_action(&self.target, asked, now, "paused") else {
                 return;
-            }
-        }
-        match k.release().await {
-            Ok(floor) => {
+            };
+            action
+        };
+        let floor = action.to;
+        match self.write(vec![Action::Scale(action)]).await {
+            Ok(()) => {
                 if let Some(n) = self.persisting.clears(Failure::FloorRelease, now) {
-                    debug!(target = %name, failed_for = %n.duration(), "the HPA's floor could be given back again");
+                    debug!(target = %name, failed_for = %n.duration(), "the HPA's floor's release could be written again");
                 }
-                let Some(mut state) = self.store.target(name) else {
-                    return;
-                };
-                state.floor_released = true;
-                if let Some(floor) = floor {
+                if let Some(mut state) = self.store.target(name) {
                     state.memory.asked = Some(Asked {
                         replicas: floor,
                         at: now,
                     });
-                    info!(target = %name, floor, "paused: the HPA's floor is given back");
                 }
+                info!(target = %name, floor, "paused: the HPA's floor is given back (written to the outbox)");
             }
             Err(e) => match self.persisting.holds(Failure::FloorRelease, e.kind(), now) {
                 Some(Note::Started) => {
-                    warn!(target = %name, error = %e, "paused: cannot give the HPA its floor back; trying again every cycle");
+                    warn!(target = %name, error = %e, "paused: cannot write the release of the HPA's floor; trying again every cycle");
                 }
                 Some(n) => {
-                    warn!(target = %name, error = %e, failing_for = %n.duration(), "paused: still cannot give the HPA its floor back");
+                    warn!(target = %name, error = %e, failing_for = %n.duration(), "paused: still cannot write the release of the HPA's floor");
                 }
                 None => {
-                    debug!(target = %name, error = %e, "paused: cannot give the HPA its floor back");
+                    debug!(target = %name, error = %e, "paused: cannot write the release of the HPA's floor");
                 }
             },
         }

@@ -205,7 +205,8 @@ pub(super) async fn switch(
         return running;
     }
     let what = why.as_str();
-    let receivers = match receivers(&shared.discovery.with_retired(&config)) {
+    keep_floors(&running.config, &changes.removed, shared);
+    let receivers = match receivers(&with_floors(shared.discovery.with_retired(&config), shared)) {
         Ok(r) => r,
         Err(e) => {
             let error = format!("{e:#}");
@@ -220,19 +221,8 @@ pub(super) async fn switch(
             shared.metrics.forget_target(name, &signals);
         }
     }
-    let acted: Vec<String> = changes
-        .removed
-        .iter()
-        .filter(|n| {
-            running
-                .config
-                .target(n)
-                .is_some_and(|t| t.mode == config::Mode::Act)
-        })
-        .cloned()
-        .collect();
-    release_removed(&acted, &shared.receivers).await;
     shared.receivers.replace(&receivers);
+    release_removed(&running, &changes.removed, shared).await;
     let mut next = Generation::new(file, config, source, shared);
     next.take_over(&running.store, &changes);
     next.spawn_loops(shared);
@@ -249,21 +239,72 @@ pub(super) async fn switch(
     next
 }
 
-/// Gives back the HPA floors of targets that acted and were removed from the configuration
-/// (Kubernetes `hpa-floor`): prescale stops acting on them. A failure is logged;
-/// the floor then stays where prescale last set it.
-async fn release_removed(removed: &[String], receivers: &act::Receivers) {
-    for name in removed {
-        let Some(k) = receivers.kubernetes(name) else {
+/// Keeps the `hpa-floor` targets among `removed` (of `running`) for the receivers.
+fn keep_floors(running: &config::Config, removed: &[String], shared: &Shared) {
+    let mut kept = shared
+        .removed_floors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for t in removed.iter().filter_map(|n| running.target(n)) {
+        let floor = t
+            .kubernetes
+            .as_ref()
+            .is_some_and(|k| k.mode == config::KubernetesMode::HpaFloor);
+        if floor && !kept.iter().any(|k| k.name == t.name) {
+            kept.push(t.clone());
+        }
+    }
+}
+
+/// `config` with the removed `hpa-floor` targets it no longer has, for the receivers.
+fn with_floors(mut config: config::Config, shared: &Shared) -> config::Config {
+    let kept = shared
+        .removed_floors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for t in kept.iter() {
+        if config.target(&t.name).is_none() {
+            config.targets.push(t.clone());
+        }
+    }
+    config
+}
+
+/// Gives back the HPA floors of the `hpa-floor` targets `removed` from `running` that
+/// acted: a release written to the outbox (at this instance's epoch in a fleet, only by
+/// the target's owner), delivered as any action. A failure to write is logged; the floor
+/// then stays where prescale last set it.
+async fn release_removed(running: &Generation, removed: &[String], shared: &Shared) {
+    let now = running.store.now();
+    for t in removed.iter().filter_map(|n| running.config.target(n)) {
+        if t.mode != config::Mode::Act {
+            continue;
+        }
+        let epoch = match &shared.cluster {
+            None => None,
+            Some(c) => match c.epoch(&t.name) {
+                Some(e) => Some(e),
+                None => continue,
+            },
+        };
+        let asked = running
+            .store
+            .target(&t.name)
+            .and_then(|s| s.memory.asked.map(|a| a.replicas));
+        let Some(action) = act::kubernetes::release_action(t, asked, now, "removed") else {
             continue;
         };
-        match k.release().await {
-            Ok(Some(floor)) => {
-                tracing::info!(target = %name, floor, "removed: the HPA's floor is given back");
+        let floor = action.to;
+        match shared
+            .outbox
+            .enqueue_at(vec![act::Action::Scale(action)], epoch)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(target = %t.name, floor, "removed: the HPA's floor is given back (written to the outbox)");
             }
-            Ok(None) => {}
             Err(e) => {
-                tracing::warn!(target = %name, error = %e, "removed: cannot give the HPA its floor back");
+                tracing::warn!(target = %t.name, error = %e, "removed: cannot write the release of the HPA's floor; it stays where prescale last set it");
             }
         }
     }

@@ -91,6 +91,9 @@ struct Shared {
     fleet: Option<api::Fleet>,
     /// The targets discovered from Prometheus (`[[discovery]]`), across reloads.
     discovery: discovery::Registry,
+    /// `hpa-floor` targets removed from the configuration, kept for their receivers until
+    /// the process stops: the release of their floor is delivered.
+    removed_floors: std::sync::Mutex<Vec<config::TargetConfig>>,
 }
 
 /// The receivers of `config`, with a new webhook client.
@@ -135,6 +138,7 @@ async fn run(
         receivers,
         cluster,
         discovery: registry,
+        removed_floors: std::sync::Mutex::default(),
     };
     let mut running = Generation::new(config, effective, source.clone(), &shared);
     let (store_tx, store_rx) = watch::channel(running.store.clone());

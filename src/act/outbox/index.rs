@@ -163,11 +163,16 @@ impl Index {
         *kind != ActionKind::Alert && self.held.contains(target)
     }
 
+    /// The heads of the lanes with no attempt in flight; a held lane's head only when it
+    /// passes the pause (a floor's release).
     fn idle_heads(&self) -> impl Iterator<Item = &Delivery> {
         self.lanes
             .iter()
-            .filter(|(lane, _)| !self.busy.contains_key(*lane) && !self.is_held(lane))
-            .filter_map(|(_, ids)| ids.first().and_then(|id| self.pending.get(id)))
+            .filter(|(lane, _)| !self.busy.contains_key(*lane))
+            .filter_map(|(lane, ids)| {
+                let head = ids.first().and_then(|id| self.pending.get(id))?;
+                (head.passes_pause || !self.is_held(lane)).then_some(head)
+            })
     }
 }
 
@@ -195,6 +200,7 @@ mod tests {
             finished_at_ms: None,
             superseded_by: None,
             epoch: None,
+            passes_pause: false,
         }
     }
 
@@ -273,6 +279,33 @@ mod tests {
         ix.hold("a", false);
         assert_eq!(ix.next_wake(), Some(0));
         assert_eq!(ids(&ix.take_due(10, 64)), [2, 5]);
+    }
+
+    /// A floor's release goes while its target is held, replacing the scale action that
+    /// waited; the held rebalance lane still waits.
+    #[test]
+    fn a_release_passes_the_pause() {
+        let mut ix = Index::default();
+        ix.hold("a", true);
+        ix.add(vec![
+            d(1, "a", Scale, true, 0),
+            d(2, "a", Rebalance, false, 0),
+        ]);
+        assert!(ix.take_due(10, 64).is_empty());
+        let release = Delivery {
+            passes_pause: true,
+            ..d(3, "a", Scale, true, 0)
+        };
+        assert_eq!(
+            ix.add(vec![release]),
+            [(1, 3)],
+            "the waiting scale is replaced"
+        );
+        ix.remove(1);
+        assert_eq!(ix.next_wake(), Some(0));
+        assert_eq!(ids(&ix.take_due(10, 64)), [3]);
+        ix.remove(3);
+        assert!(ix.take_due(10, 64).is_empty(), "rebalance still held");
     }
 
     /// A newer action of a group supersedes older pending ones, but not one in flight;

@@ -192,6 +192,10 @@ pub struct Delivery {
     /// of the record without one, as the first version wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// Sent even while its target is paused: the release of a platform's floor
+    /// ([`Action::passes_pause`]). Left out of the record when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passes_pause: bool,
 }
 
 impl Delivery {
@@ -221,6 +225,7 @@ impl Delivery {
             finished_at_ms: None,
             superseded_by: None,
             epoch,
+            passes_pause: action.passes_pause(),
         }
     }
 
