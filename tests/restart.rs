@@ -382,23 +382,6 @@ fn sigterm_with_a_replicas_query_starts_from_the_count_asked_for() {
     restart_never_scales_in(Stop::Term, true);
 }
 
-/// `POST path` with the API token (plain HTTP/1.0); panics unless answered 200.
-fn post(app: &AppProcess, path: &str) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(app.addr).expect("connect");
-    let request = format!(
-        "POST {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n",
-        app.addr
-    );
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read");
-    assert!(
-        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
-        "POST {path}: {answer}"
-    );
-}
-
 /// Defect: the pause was forgotten on restart, and the restarted process acted at once.
 /// Paused, then `kill -9`: restarted needing more replicas, it is still paused, decides
 /// and asks for nothing; resumed, it asks from the count it held.
@@ -411,7 +394,7 @@ fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
     cfg.write_file("token", TOKEN);
     let mut app = serve(&cfg, &config(&prom.url(), &receiver, false, CAPACITY));
     let last = settled(&app, &receiver);
-    post(&app, "/api/v1/targets/web/pause");
+    app.post("/api/v1/targets/web/pause", TOKEN);
     stop(&mut app, Stop::Kill);
     let sent = receiver.scales().len();
 
@@ -438,7 +421,7 @@ fn a_pause_survives_kill_9_and_nothing_is_asked_until_resumed() {
     );
     assert_eq!(receiver.scales().len(), sent, "nothing sent while paused");
 
-    post(&app, "/api/v1/targets/web/resume");
+    app.post("/api/v1/targets/web/resume", TOKEN);
     let (from, to) = until_or_log(&app, &receiver, "a scale webhook after the resume", || {
         receiver.scales().get(sent).copied()
     });

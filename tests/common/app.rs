@@ -164,6 +164,24 @@ impl AppProcess {
         get_json(self.addr, path)
     }
 
+    /// `POST path` with `token` as its bearer token and no body; panics unless it answers
+    /// 200 (e.g. pausing or resuming a target).
+    pub fn post(&self, path: &str, token: &str) {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(self.addr).expect("connect");
+        let request = format!(
+            "POST {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n",
+            self.addr
+        );
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        assert!(
+            answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+            "POST {path}: {answer}"
+        );
+    }
+
     /// `GET path`: status and body.
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
         http_get(self.addr, path)
