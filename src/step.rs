@@ -79,6 +79,10 @@ pub struct TargetPolicy {
     pub initial_replicas: Option<u32>,
     /// Whether scale decisions go anywhere (a platform webhook).
     pub scales: bool,
+    /// Whether the count asked for is a floor under another autoscaler (Kubernetes
+    /// `hpa-floor`): the count running above it is that autoscaler's to set, so a change
+    /// of it is never someone else's (`External`).
+    pub floor_only: bool,
     /// Whether weights go anywhere (a balancer webhook or HAProxy).
     pub balances: bool,
     /// Balancer weights and failover.
@@ -432,7 +436,7 @@ fn external_change(
     memory: &mut Memory,
     inputs: &Inputs<'_>,
 ) -> Option<ExternalChange> {
-    if !acts(policy) {
+    if !acts(policy) || policy.floor_only {
         return None;
     }
     let n = observed(policy, inputs)?;

@@ -229,6 +229,10 @@ impl TargetConfig {
             observes_replicas: self.observes_replicas(),
             initial_replicas: self.initial_replicas,
             scales: self.platform.is_some() || self.kubernetes.is_some(),
+            floor_only: self
+                .kubernetes
+                .as_ref()
+                .is_some_and(|k| k.mode == super::KubernetesMode::HpaFloor),
             balances: self.balancer.is_some() || self.haproxy.is_some(),
             rebalance: self.rebalance.clone(),
             priority: self.priority,

@@ -48,6 +48,7 @@ fn policy() -> TargetPolicy {
         // The world of these tests runs one replica when the step first sees it.
         initial_replicas: Some(1),
         scales: true,
+        floor_only: false,
         balances: true,
         rebalance: balance::Settings::default(),
         priority: 0,
@@ -733,6 +734,20 @@ fn an_external_change_under_hold_asks_for_nothing_and_pauses() {
     assert!(plan.hold && !plan.scale, "{:?}", plan.decision);
     assert!(has(&plan, ReasonCode::External));
     assert_eq!(plan.decision.from, 0);
+}
+
+/// Under an HPA's floor (`hpa-floor`) the HPA sets the count above the floor: its changes
+/// are never someone else's, so they neither pause a `hold` target nor reset its asks.
+#[test]
+fn the_hpas_own_changes_above_a_floor_are_not_external() {
+    let (mut p, mut w, mut m) = observed_target(ExternalChanges::Hold);
+    p.floor_only = true;
+    step_observed(&p, &mut w, &mut m, 0, 8);
+    for (k, running) in [(1, 30), (2, 12), (3, 0)] {
+        let plan = step_observed(&p, &mut w, &mut m, k * STEP, running);
+        assert!(plan.external.is_none() && !plan.hold, "{:?}", plan.decision);
+        assert!(!has(&plan, ReasonCode::External), "{:?}", plan.decision);
+    }
 }
 
 /// prescale's own scale-out still rolling out (the observed count lags the ask) is not an
