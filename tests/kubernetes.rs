@@ -513,7 +513,7 @@ async fn serve_scales_through_the_stand_in() {
     api.write_kubeconfig(dir.path());
     std::fs::write(dir.path().join("token"), API_TOKEN).unwrap();
     let head = format!(
-        "[server]\napi_token_file = \"token\"\n\n[prometheus]\nurl = \"{}\"\n\n[delivery]\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"\n{}{}{}{}",
+        "[server]\napi_token_file = \"token\"\n\n[prometheus]\nurl = \"{}\"\n\n[delivery]\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"\ntimeout = \"2s\"\n{}{}{}{}",
         prom.url(),
         kube_target("web", "deployment = \"web\""),
         kube_target("fought", "deployment = \"fought\""),
@@ -575,14 +575,31 @@ async fn serve_scales_through_the_stand_in() {
         Some(2),
         "replicas stay the HPA's"
     );
-    // The release goes through the outbox: a first attempt that meets conflicts (another
-    // writer changes the HPA after each read) is retried by the worker.
-    api.interfere("horizontalpodautoscalers", NS, "floored-cpu", 6);
+    // The release goes through the outbox: its first attempt meets an API server that
+    // applies the patch and never answers, and the worker retries it once it answers again.
+    api.stall("patch", "horizontalpodautoscalers");
     assert_eq!(app.post("/api/v1/targets/floored/pause").await, 200);
     poll_until_async("the floor to be given back on pause", DEADLINE, || async {
         (api.hpa_min(NS, "floored-cpu") == Some(2)).then_some(())
     })
     .await;
+    poll_until_async("the release's attempt to time out", DEADLINE, || async {
+        let list = app
+            .get("/api/v1/deliveries?target=floored&limit=1000")
+            .await;
+        list["deliveries"]
+            .as_array()?
+            .iter()
+            .find(|d| {
+                d["body"]["reasons"][0]["code"] == "Released"
+                    && d["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("timed out"))
+            })
+            .map(drop)
+    })
+    .await;
+    api.unstall("patch", "horizontalpodautoscalers");
     let release = released(&app, "floored").await;
     assert!(
         release["attempts"].as_u64() >= Some(2),
@@ -633,20 +650,19 @@ async fn serve_scales_through_the_stand_in() {
 
 /// The newest delivered scale action of `target`, once it is a release of its floor to 2
 /// (the target's `min_replicas`): every write to the platform goes through the outbox.
+/// (Listed unfiltered: the API no longer knows a target removed by a reload.)
 async fn released(app: &Serving, target: &str) -> Value {
     poll_until_async(
         "the release delivered through the outbox",
         DEADLINE,
         || async {
             let list = app
-                .get(&format!(
-                    "/api/v1/deliveries?target={target}&state=delivered"
-                ))
+                .get("/api/v1/deliveries?state=delivered&limit=1000")
                 .await;
             let newest = list["deliveries"]
                 .as_array()?
                 .iter()
-                .filter(|d| d["kind"] == "scale")
+                .filter(|d| d["kind"] == "scale" && d["target"] == target)
                 .max_by_key(|d| d["id"].as_u64())?
                 .clone();
             (newest["body"]["to"] == 2 && newest["body"]["reasons"][0]["code"] == "Released")

@@ -237,6 +237,13 @@ impl KubeApi {
             .insert((verb.to_owned(), resource.to_owned()));
     }
 
+    /// Answers `verb` on `resource` again (see [`KubeApi::stall`]).
+    pub fn unstall(&self, verb: &str, resource: &str) {
+        self.lock()
+            .stalled
+            .remove(&(verb.to_owned(), resource.to_owned()));
+    }
+
     /// Another writer changes the object right after each of the next `reads` reads of
     /// it, so a patch made from that read carries a stale resourceVersion (409).
     pub fn interfere(&self, resource: &str, namespace: &str, name: &str, reads: u32) {
