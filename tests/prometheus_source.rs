@@ -18,6 +18,7 @@ fn client_with(url: &str, auth: Option<PrometheusAuth>, timeout: Duration) -> Pr
         auth,
         timeout,
         max_answer_bytes: prescale::config::DEFAULT_MAX_ANSWER_BYTES,
+        max_concurrency: prescale::config::DEFAULT_MAX_CONCURRENCY,
     };
     PrometheusClient::new(&cfg).expect("build the client")
 }
@@ -586,6 +587,7 @@ async fn an_answer_larger_than_the_limit_is_refused() {
             auth: None,
             timeout: Duration::from_secs(10),
             max_answer_bytes,
+            max_concurrency: prescale::config::DEFAULT_MAX_CONCURRENCY,
         })
         .expect("build the client")
     };
