@@ -1,7 +1,9 @@
 //! The live loop on tokio's virtual time: no test here waits for real intervals.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::poll::merge_instances;
 use super::*;
 use crate::clock::Clock;
 use crate::metrics::Metrics;

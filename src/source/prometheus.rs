@@ -21,14 +21,14 @@ use std::time::Duration;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::{
-    BoxFuture, Checked, Dropped, Grouped, Labels, Priority, Source, SourceError, admit,
-};
+use super::{BoxFuture, Checked, Dropped, Grouped, Labels, Priority, Source, SourceError, admit};
 use crate::config::{PrometheusAuth, PrometheusConfig};
 use crate::series::{Sample, align_down};
+#[cfg(test)]
+use answer::parse_value;
+use answer::result_of;
 use answer::{Answer, Labelled, parse};
 use slots::{ATTEMPTS, Slots, pause, worth_retrying};
-use answer::result_of;
 
 /// Most steps asked of Prometheus in one request: a day at a one-minute step. Prometheus
 /// refuses more than 11,000; fewer keep each request short, so that one that times out
@@ -131,7 +131,9 @@ impl PrometheusClient {
         let mut dropped = Dropped::default();
         for (from, to) in chunks(start, end, step) {
             let mut answer = self
-                .retrying(query, || self.query_range(query, (from, to, step), priority))
+                .retrying(query, || {
+                    self.query_range(query, (from, to, step), priority)
+                })
                 .await?;
             dropped.non_finite += answer.dropped;
             for s in &mut answer.series {
@@ -324,9 +326,7 @@ impl Source for PrometheusClient {
         step: i64,
     ) -> BoxFuture<'a, Result<Checked<Vec<Sample>>, SourceError>> {
         Box::pin(async move {
-            let (series, dropped) = self
-                .fetch(query, start, end, step, Priority::Poll)
-                .await?;
+            let (series, dropped) = self.fetch(query, start, end, step, Priority::Poll).await?;
             one(query, series, dropped)
         })
     }
@@ -346,7 +346,6 @@ impl Source for PrometheusClient {
         })
     }
 
-
     fn range_by_checked<'a>(
         &'a self,
         query: &'a str,
@@ -356,9 +355,7 @@ impl Source for PrometheusClient {
         step: i64,
     ) -> BoxFuture<'a, Result<Checked<Grouped>, SourceError>> {
         Box::pin(async move {
-            let (series, dropped) = self
-                .fetch(query, start, end, step, Priority::Poll)
-                .await?;
+            let (series, dropped) = self.fetch(query, start, end, step, Priority::Poll).await?;
             let value = group(query, label, series)?;
             Ok(Checked { value, dropped })
         })
@@ -480,8 +477,11 @@ mod tests {
         // Exactly one full chunk, then one point more.
         check((0, (n - 1) * 5, 5), &[(0, (n - 1) * 5)]);
         check((0, n * 5, 5), &[(0, (n - 1) * 5), (n * 5, n * 5)]);
-        // One day at 5s: 17,281 points in two requests.
-        check((0, 86_400, 5), &[(0, (n - 1) * 5), (n * 5, 86_400)]);
+        // Two days at one minute: 2,881 points in three requests.
+        check(
+            (0, 2 * 86_400, 60),
+            &[(0, 86_340), (86_400, 172_740), (172_800, 172_800)],
+        );
         check((-7, 3, 5), &[(-10, 0)]);
     }
 
@@ -589,6 +589,6 @@ mod tests {
 
 mod answer;
 mod instant;
-mod slots;
 #[cfg(test)]
 mod proptests;
+mod slots;

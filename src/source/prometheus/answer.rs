@@ -107,7 +107,12 @@ pub(super) fn result_of(
 }
 
 /// Reads one HTTP answer, which must be a matrix (see [`result_of`]).
-pub(super) fn parse(query: &str, url: &str, status: u16, body: &[u8]) -> Result<Answer, SourceError> {
+pub(super) fn parse(
+    query: &str,
+    url: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<Answer, SourceError> {
     let (result, warnings) = result_of(query, url, (status, body), "matrix", "")?;
     let decode = |message: String| SourceError::Decode {
         query: query.to_owned(),
@@ -150,7 +155,7 @@ pub(super) fn parse(query: &str, url: &str, status: u16, body: &[u8]) -> Result<
 }
 
 /// A sample value as Prometheus writes it: a decimal, `NaN`, `+Inf` or `-Inf`.
-fn parse_value(s: &str) -> Option<f64> {
+pub(super) fn parse_value(s: &str) -> Option<f64> {
     match s {
         "NaN" => Some(f64::NAN),
         "+Inf" => Some(f64::INFINITY),
@@ -168,7 +173,6 @@ fn excerpt(body: &[u8]) -> String {
         None => text.to_owned(),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -306,5 +310,4 @@ mod tests {
         assert_eq!(cut.chars().count(), BODY_EXCERPT_CHARS + 1);
         assert!(cut.ends_with('…'));
     }
-
 }

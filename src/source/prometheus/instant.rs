@@ -22,7 +22,13 @@ impl PrometheusClient {
         let (sets, warnings) = self
             .retrying(query, || async {
                 let (status, body) = self
-                    .send(&self.instant, &self.instant_shown, query, &params, Priority::Poll)
+                    .send(
+                        &self.instant,
+                        &self.instant_shown,
+                        query,
+                        &params,
+                        Priority::Poll,
+                    )
                     .await?;
                 parse_vector(query, &self.instant_shown, status, &body)
             })

@@ -98,7 +98,11 @@ mod tests {
     fn pauses_grow_and_are_jittered() {
         #[track_caller]
         fn check(input: (u32, f64), expected_ms: u64) {
-            assert_eq!(pause(input.0, input.1).as_millis() as u64, expected_ms, "{input:?}");
+            assert_eq!(
+                pause(input.0, input.1).as_millis() as u64,
+                expected_ms,
+                "{input:?}"
+            );
         }
         check((0, 0.0), 250);
         check((0, 0.999), 499);
