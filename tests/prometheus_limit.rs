@@ -85,14 +85,18 @@ async fn fifty_targets_never_have_more_than_the_limit_in_flight() {
         .set("prometheus", "max_concurrency", LIMIT as i64);
     for i in 0..TARGETS {
         config = config.target(
-            TestTarget::new(&format!("t{i}"), &format!("sum(rate(req{{t=\"t{i}\"}}[5m]))"))
-                .set("mode", "forecast-only")
-                .set("capacity_rps", 10)
-                .set("min_replicas", 1)
-                .set("max_replicas", 10)
-                .set("history", "2d")
-                .set("step", "1m")
-                .set("interval", "5s"),
+            TestTarget::new(
+                &format!("t{i}"),
+                &format!("sum(rate(req{{t=\"t{i}\"}}[5m]))"),
+            )
+            .set("mode", "forecast-only")
+            .set("capacity_rps", 10)
+            .set("startup", "1m")
+            .set("min_replicas", 1)
+            .set("max_replicas", 10)
+            .set("history", "2d")
+            .set("step", "1m")
+            .set("interval", "5s"),
         );
     }
     let cfg = config.write();
@@ -120,7 +124,10 @@ async fn fifty_targets_never_have_more_than_the_limit_in_flight() {
     app.stop().await;
 
     let most = seen.most.load(Ordering::SeqCst);
-    assert!(most <= LIMIT, "{most} requests in flight at once; the limit is {LIMIT}");
+    assert!(
+        most <= LIMIT,
+        "{most} requests in flight at once; the limit is {LIMIT}"
+    );
     // Fifty targets waiting: the limit, not the targets, bounds the requests in flight.
     assert_eq!(most, LIMIT, "the slots were never all in use");
     let requests = seen.requests.lock().expect("requests").clone();
@@ -149,10 +156,17 @@ fn check_order(requests: &[(String, i64, i64)]) {
             .copied()
             .filter(|(_, end)| *end < first_start)
             .collect();
-        assert!(!older.is_empty(), "{q}: no older history asked for: {asked:?}");
+        assert!(
+            !older.is_empty(),
+            "{q}: no older history asked for: {asked:?}"
+        );
         assert_eq!(older[0].1, first_start - STEP, "{q}: {asked:?}");
         for w in older.windows(2) {
-            assert_eq!(w[1].1, w[0].0 - STEP, "{q}: older chunks newest first: {asked:?}");
+            assert_eq!(
+                w[1].1,
+                w[0].0 - STEP,
+                "{q}: older chunks newest first: {asked:?}"
+            );
         }
     }
 }
