@@ -122,7 +122,7 @@ impl TargetLoop {
     /// Runs one cycle immediately, then one every `interval`, until `shutdown` flips (or,
     /// when instances share targets, until this one no longer owns the target at its
     /// epoch). A signal's first poll asks for its recent hours; its older history is
-    /// loaded beside the cycles ([`backfill`]).
+    /// loaded beside the cycles (`pipeline/backfill.rs`).
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let (queue, older) = mpsc::unbounded_channel();
         self.resume_older(&queue, self.store.now());
