@@ -40,6 +40,7 @@ fn benches(c: &mut Criterion) {
                 newest: Some(newest),
                 last_poll: Some(newest),
                 error: None,
+                loading: None,
             },
         )])
     };

@@ -593,6 +593,7 @@ fn prometheus_trace(url: &url::Url, a: &ReplayArgs) -> anyhow::Result<Trace> {
         auth: None,
         timeout: Duration::from_secs(30),
         max_answer_bytes: prescale::config::DEFAULT_MAX_ANSWER_BYTES,
+        max_concurrency: prescale::config::DEFAULT_MAX_CONCURRENCY,
     };
     let client = prescale::source::prometheus::PrometheusClient::new(&cfg)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

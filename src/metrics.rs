@@ -80,6 +80,10 @@ pub struct Metrics {
     pub samples_dropped: Family<DroppedLabels, Counter>,
     /// Age of the newest sample.
     pub sample_age: Family<SignalLabels, Gauge<f64, AtomicU64>>,
+    /// How long a target's cycle (poll → step → record) took, all targets together.
+    pub cycle_duration: Histogram,
+    /// How late a target's last cycle started after it was due.
+    pub cycle_lag: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     /// Decisions by direction and reason.
     pub decisions: Family<DecisionLabels, Counter>,
     /// Webhook deliveries by outcome.
@@ -176,6 +180,10 @@ impl Metrics {
             }),
             samples_dropped: Family::default(),
             sample_age: Family::default(),
+            cycle_duration: Histogram::new([
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+            ]),
+            cycle_lag: Family::default(),
             decisions: Family::default(),
             deliveries,
             outbox,
@@ -222,6 +230,16 @@ impl Metrics {
             "sample_age_seconds",
             "Age of the newest sample of a signal",
             self.sample_age.clone(),
+        );
+        registry.register(
+            "cycle_duration_seconds",
+            "Duration of a target's cycle (poll, step, record), waiting for Prometheus' slots included",
+            self.cycle_duration.clone(),
+        );
+        registry.register(
+            "cycle_lag_seconds",
+            "How late a target's last cycle started after it was due (0 when on time)",
+            self.cycle_lag.clone(),
         );
         registry.register(
             "decisions",

@@ -9,11 +9,10 @@
 //! slow receiver never delays polling and a newer scale action supersedes one not yet
 //! delivered. A predicted bottleneck that scaling cannot prevent becomes an alert.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::act::kubernetes::Kubernetes;
@@ -22,20 +21,15 @@ use crate::act::{Action, RebalanceAction, ScaleAction};
 use crate::cluster::{Cluster, Standing};
 use crate::config::{AlertmanagerConfig, ForecastConfig, TargetConfig};
 use crate::forecast::capacity::CapacitySource;
-use crate::metrics::{
-    CapacityLabels, DecisionLabels, DroppedLabels, ModelLabels, PollLabels, SignalLabels,
-    TargetLabels,
-};
+use crate::metrics::{CapacityLabels, DecisionLabels, ModelLabels, TargetLabels};
 use crate::models::{Encoded, ModelsDir, Written};
-use crate::series::{Sample, align_down};
-use crate::source::{Checked, Source, SourceError};
+use crate::series::Sample;
+use crate::source::Source;
 use crate::step::{self, BudgetView, Inputs, Plan, TargetPolicy};
-use crate::store::{DecisionRecord, InstanceStats, Signal, Store, TargetState};
+use crate::store::{DecisionRecord, Logged, Signal, Store, TargetState};
 use crate::telemetry::condition::{Conditions, Note};
+use backfill::{Backfill, Older};
 use durable::{NotWritten, Unsent};
-
-/// Steps of per-instance history fetched each cycle (the newest value is used).
-const INSTANCE_WINDOW_STEPS: i64 = 5;
 
 /// Polls, forecasts, decides and writes actions to the outbox for one target.
 pub struct TargetLoop {
@@ -127,8 +121,26 @@ enum Acting {
 impl TargetLoop {
     /// Runs one cycle immediately, then one every `interval`, until `shutdown` flips (or,
     /// when instances share targets, until this one no longer owns the target at its
-    /// epoch).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// epoch). A signal's first poll asks for its recent hours; its older history is
+    /// loaded beside the cycles (`pipeline/backfill.rs`).
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let (queue, older) = mpsc::unbounded_channel();
+        self.resume_older(&queue, self.store.now());
+        // Loads until the loop ends (the queue never closes before), then stops with it.
+        tokio::select! {
+            () = self.cycles(shutdown, &queue) => {}
+            () = self.load_older(older) => {}
+        }
+        self.store.cycles().forget(&self.target.name);
+        debug!(target = %self.target.name, "target loop stopped");
+    }
+
+    /// The cycles of [`TargetLoop::run`], each timed and its lag behind schedule recorded.
+    async fn cycles(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+        queue: &mpsc::UnboundedSender<Older>,
+    ) {
         // With an owner, the shared state is read at the first cycle that may act.
         let mut resumed = self.ownership.is_none();
         if resumed {
@@ -138,10 +150,10 @@ impl TargetLoop {
         let mut ticker = tokio::time::interval(self.store.clock().real(self.target.interval));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
+            let due = tokio::select! {
+                due = ticker.tick() => due,
                 _ = shutdown.changed() => break,
-            }
+            };
             let mut acting = self.acting();
             if acting == Acting::Lost {
                 info!(target = %self.target.name, "no longer owned by this instance; its loop stops");
@@ -154,12 +166,52 @@ impl TargetLoop {
                 }
             }
             // A cycle is bounded by the source's timeouts; stop waiting for it on shutdown.
+            let started = tokio::time::Instant::now();
+            let now = self.store.now();
             tokio::select! {
-                () = self.cycle_acting(self.store.now(), acting) => {}
+                () = self.cycle_acting(now, acting, Backfill::Staged(queue)) => {}
                 _ = shutdown.changed() => break,
             }
+            self.cycle_done(
+                now,
+                started.saturating_duration_since(due),
+                started.elapsed(),
+            );
         }
-        debug!(target = %self.target.name, "target loop stopped");
+    }
+
+    /// Records a cycle's duration and how late it started (`lag`), and logs the loops
+    /// falling behind schedule: when it starts, every few minutes while it lasts, and when
+    /// it ends, for all targets together.
+    fn cycle_done(&self, now: i64, lag: Duration, took: Duration) {
+        let m = self.store.metrics();
+        m.cycle_duration.observe(took.as_secs_f64());
+        m.cycle_lag
+            .get_or_create(&self.labels())
+            .set(lag.as_secs_f64());
+        let interval = self.store.clock().real(self.target.interval).as_secs_f64();
+        let cycles = self.store.cycles();
+        let Some(Logged { note, lag }) =
+            cycles.record(&self.target.name, lag.as_secs_f64(), interval, now)
+        else {
+            return;
+        };
+        let slowest = lag.slowest.as_deref().unwrap_or("");
+        match note {
+            Note::Started => warn!(
+                behind = lag.behind,
+                max_lag_s = lag.max_lag_seconds,
+                slowest,
+                "target cycles fall behind schedule (Prometheus slow, or [prometheus] max_concurrency low for the fleet)"
+            ),
+            Note::Continues { .. } => {
+                warn!(behind = lag.behind, max_lag_s = lag.max_lag_seconds, slowest,
+                behind_for = %note.duration(), "target cycles still behind schedule")
+            }
+            Note::Ended { .. } => {
+                info!(behind_for = %note.duration(), "target cycles back on schedule")
+            }
+        }
     }
 
     /// Whether this cycle may act, from the target's ownership.
@@ -201,18 +253,19 @@ impl TargetLoop {
     }
 
     /// One poll → step → record pass at `now` (the store's clock).
+    /// Without sample yet, a signal is backfilled over its whole history at once.
     pub async fn cycle(&self, now: i64) {
-        self.cycle_acting(now, Acting::Yes).await;
+        self.cycle_acting(now, Acting::Yes, Backfill::Whole).await;
     }
 
     /// [`TargetLoop::cycle`]; while `acting` holds, the step's actions are not written
     /// (as when the outbox cannot be written: nothing is remembered as asked for).
-    async fn cycle_acting(&self, now: i64, acting: Acting) {
+    async fn cycle_acting(&self, now: i64, acting: Acting, backfill: Backfill<'_>) {
         for (signal, query) in self.target.signals() {
             if signal.per_instance() {
                 self.poll_instances(signal, query, now).await;
             } else {
-                self.poll(signal, query, now).await;
+                self.poll(signal, query, now, backfill).await;
             }
         }
         if let Some(k) = self.kubernetes.as_deref() {
@@ -243,196 +296,6 @@ impl TargetLoop {
         self.note_written(written, unsent);
         if let Some(bytes) = model {
             self.save_model(bytes).await;
-        }
-    }
-
-    async fn poll(&self, signal: Signal, query: &str, now: i64) {
-        let t = &self.target;
-        let step = t.step_secs();
-        let end = align_down(now, step);
-        let earliest = align_down(now - t.history.as_secs() as i64, step);
-        let newest = self
-            .store
-            .target(&t.name)
-            .and_then(|s| s.signals.get(&signal).and_then(|h| h.newest));
-        let start = newest.map_or(earliest, |n| (n + step).max(earliest));
-        if start > end {
-            return;
-        }
-        let result = self
-            .timed(signal, self.source.range_checked(query, start, end, step))
-            .await;
-        self.count_dropped(signal, &result);
-        let Some(mut state) = self.store.target(&t.name) else {
-            return;
-        };
-        let age_metric = self
-            .store
-            .metrics()
-            .sample_age
-            .get_or_create(&self.signal_labels(signal))
-            .clone();
-        match result {
-            Ok(Checked { value: samples, .. }) => {
-                let added = state
-                    .series_mut(signal)
-                    .map_or(0, |s| s.extend(samples.iter().copied()));
-                let newest = state
-                    .series_mut(signal)
-                    .and_then(|s| s.last())
-                    .map(|s| s.ts);
-                if signal == Signal::RequestRate && !state.backfill_tried {
-                    state.backfill_tried = true;
-                    info!(target = %t.name, points = added, "backfilled");
-                }
-                let h = state.signals.entry(signal).or_default();
-                h.newest = newest.or(h.newest);
-                h.last_poll = Some(now);
-                h.error = None;
-                if let Some(n) = h.newest {
-                    age_metric.set((now - n) as f64);
-                }
-                debug!(target = %t.name, signal = signal.as_str(), added, "polled");
-                drop(state);
-                self.poll_succeeded(signal, now);
-            }
-            Err(e) => {
-                // Tried: the target is degraded (naming the query), no longer backfilling,
-                // and the next poll backfills from the start of the history again.
-                if signal == Signal::RequestRate {
-                    state.backfill_tried = true;
-                }
-                let h = state.signals.entry(signal).or_default();
-                h.last_poll = Some(now);
-                h.error = Some(e.to_string());
-                if let Some(n) = h.newest {
-                    age_metric.set((now - n) as f64);
-                }
-                drop(state);
-                self.poll_failed(signal, &e, now);
-            }
-        }
-    }
-
-    /// Logs a failed poll when the failure starts (or changes kind), and every few
-    /// minutes while it lasts; at DEBUG in between.
-    fn poll_failed(&self, signal: Signal, e: &SourceError, now: i64) {
-        let (name, signal_name) = (&self.target.name, signal.as_str());
-        match self
-            .persisting
-            .holds(Failure::Poll(signal), e.metric_label(), now)
-        {
-            Some(Note::Started) => {
-                warn!(target = %name, signal = signal_name, error = %e, "poll failed");
-            }
-            Some(n) => {
-                warn!(target = %name, signal = signal_name, error = %e, failing_for = %n.duration(), "poll still failing");
-            }
-            None => debug!(target = %name, signal = signal_name, error = %e, "poll failed"),
-        }
-    }
-
-    /// Logs that a signal whose polls were failing is polled again, and after how long.
-    fn poll_succeeded(&self, signal: Signal, now: i64) {
-        if let Some(n) = self.persisting.clears(Failure::Poll(signal), now) {
-            info!(target = %self.target.name, signal = signal.as_str(), failed_for = %n.duration(), "poll recovered");
-        }
-    }
-
-    async fn poll_instances(&self, signal: Signal, query: &str, now: i64) {
-        let t = &self.target;
-        let step = t.step_secs();
-        let end = align_down(now, step);
-        let start = end - INSTANCE_WINDOW_STEPS * step;
-        let result = self
-            .timed(
-                signal,
-                self.source
-                    .range_by_checked(query, "instance", start, end, step),
-            )
-            .await;
-        self.count_dropped(signal, &result);
-        let Some(mut state) = self.store.target(&t.name) else {
-            return;
-        };
-        let h = state.signals.entry(signal).or_default();
-        h.last_poll = Some(now);
-        match result {
-            Ok(Checked { value: grouped, .. }) => {
-                h.error = None;
-                h.newest = grouped
-                    .values()
-                    .filter_map(|s| s.last().map(|s| s.ts))
-                    .max()
-                    .or(h.newest);
-                let latest: BTreeMap<String, f64> = grouped
-                    .into_iter()
-                    .filter_map(|(k, s)| s.last().map(|s| (k, s.value)))
-                    .collect();
-                merge_instances(&mut state.instances, signal, &latest);
-                drop(state);
-                self.poll_succeeded(signal, now);
-            }
-            Err(e) => {
-                h.error = Some(e.to_string());
-                drop(state);
-                self.poll_failed(signal, &e, now);
-            }
-        }
-    }
-
-    /// Counts the samples a query's answer had dropped at the door (also when none was
-    /// left).
-    fn count_dropped<T>(&self, signal: Signal, result: &Result<Checked<T>, SourceError>) {
-        let dropped = match result {
-            Ok(checked) => checked.dropped,
-            Err(SourceError::Unusable { dropped, .. }) => *dropped,
-            Err(_) => return,
-        };
-        for (reason, n) in dropped.by_reason() {
-            if n > 0 {
-                let labels = DroppedLabels {
-                    target: self.target.name.clone(),
-                    signal: signal.as_str().to_owned(),
-                    reason,
-                };
-                let n = u64::try_from(n).unwrap_or(u64::MAX);
-                self.store
-                    .metrics()
-                    .samples_dropped
-                    .get_or_create(&labels)
-                    .inc_by(n);
-            }
-        }
-    }
-
-    /// Awaits a query, counting it and its duration.
-    async fn timed<T>(
-        &self,
-        signal: Signal,
-        fut: impl Future<Output = Result<T, SourceError>>,
-    ) -> Result<T, SourceError> {
-        let started = Instant::now();
-        let result = fut.await;
-        let m = self.store.metrics();
-        m.poll_duration
-            .get_or_create(&self.signal_labels(signal))
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = result.as_ref().map_or_else(|e| e.metric_label(), |_| "ok");
-        m.polls
-            .get_or_create(&PollLabels {
-                target: self.target.name.clone(),
-                signal: signal.as_str().to_owned(),
-                outcome: outcome.to_owned(),
-            })
-            .inc();
-        result
-    }
-
-    fn signal_labels(&self, signal: Signal) -> SignalLabels {
-        SignalLabels {
-            target: self.target.name.clone(),
-            signal: signal.as_str().to_owned(),
         }
     }
 
@@ -713,32 +576,12 @@ fn record(state: &mut TargetState, plan: &Plan) {
     }
 }
 
-/// Sets `signal`'s newest value per instance. An instance stays while any per-instance
-/// signal reports it: one signal losing it (a drained instance's latency series vanishes
-/// when it gets no traffic) clears only that signal's value.
-fn merge_instances(
-    instances: &mut BTreeMap<String, InstanceStats>,
-    signal: Signal,
-    latest: &BTreeMap<String, f64>,
-) {
-    for name in latest.keys() {
-        instances.entry(name.clone()).or_default();
-    }
-    for (name, stats) in instances.iter_mut() {
-        let v = latest.get(name).copied();
-        match signal {
-            Signal::InstanceLatency => stats.latency = v,
-            Signal::InstanceErrors => stats.errors = v,
-            _ => stats.rate = v,
-        }
-    }
-    instances.retain(|_, s| s.rate.is_some() || s.latency.is_some() || s.errors.is_some());
-}
-
+mod backfill;
 mod durable;
 mod external;
 mod kubernetes;
 mod owned;
+mod poll;
 mod shared;
 
 pub use owned::run_owned;

@@ -105,6 +105,46 @@ impl Series {
         added
     }
 
+    /// Puts older samples (sorted, oldest first) before the oldest held one, as far as the
+    /// capacity allows: the newest of them are kept. Samples at or after the oldest held
+    /// one, or within its step, are ignored; into an empty series they are appended.
+    /// Returns how many were added.
+    pub fn prepend<I>(&mut self, older: I) -> usize
+    where
+        I: IntoIterator<Item = Sample>,
+        I::IntoIter: DoubleEndedIterator,
+    {
+        if self.values.is_empty() {
+            return self.extend(older);
+        }
+        let mut added = 0;
+        for s in older.into_iter().rev() {
+            if !s.value.is_finite() || s.ts >= self.start {
+                continue;
+            }
+            // `s.ts < start`: the difference is positive; it may not fit an i64.
+            let steps = (i128::from(self.start) - i128::from(s.ts)) / i128::from(self.step);
+            if steps == 0 {
+                continue; // off the grid, within the oldest step
+            }
+            if steps + self.values.len() as i128 > self.capacity as i128 {
+                break; // beyond the capacity, as every older one
+            }
+            let steps = steps as usize;
+            for _ in 1..steps {
+                self.values.push_front(f32::NAN);
+            }
+            self.values
+                .push_front((s.value as f32).clamp(f32::MIN, f32::MAX));
+            self.start = self
+                .start
+                .wrapping_sub((steps as i64).wrapping_mul(self.step));
+            self.len += 1;
+            added += 1;
+        }
+        added
+    }
+
     /// Appends one finite sample if it is newer than the newest held one.
     fn push(&mut self, s: Sample) -> bool {
         // Beyond `f32`'s range a value is clamped, never made infinite.
@@ -363,6 +403,40 @@ mod tests {
 
     fn s(ts: i64, value: f64) -> Sample {
         Sample { ts, value }
+    }
+
+    #[test]
+    fn prepend_puts_older_samples_first_within_the_capacity() {
+        let s = |ts, value| Sample { ts, value };
+        let mut series = Series::new(60, 6);
+        assert_eq!(
+            series.prepend([s(240, 4.0), s(300, 5.0)]),
+            2,
+            "into an empty one"
+        );
+        // Older ones before, a gap kept; ones not older, or non-finite, ignored.
+        let older = [
+            s(0, 0.0),
+            s(60, f64::NAN),
+            s(120, 2.0),
+            s(240, 9.0),
+            s(270, 9.0),
+        ];
+        assert_eq!(series.prepend(older), 2);
+        let held: Vec<_> = series.iter().collect();
+        assert_eq!(held, [s(0, 0.0), s(120, 2.0), s(240, 4.0), s(300, 5.0)]);
+        assert_eq!(series.len(), 4);
+        // Six steps at most: the oldest that do not fit are left out.
+        let mut series = Series::new(60, 3);
+        series.extend([s(600, 6.0)]);
+        assert_eq!(series.prepend([s(300, 3.0), s(420, 4.0), s(480, 5.0)]), 1);
+        assert_eq!(
+            series.iter().collect::<Vec<_>>(),
+            [s(480, 5.0), s(600, 6.0)]
+        );
+        series.extend([s(660, 7.0)]);
+        let held: Vec<_> = series.iter().collect();
+        assert_eq!(held, [s(600, 6.0), s(660, 7.0)], "appending still works");
     }
 
     #[test]

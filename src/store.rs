@@ -23,7 +23,10 @@ use crate::metrics::Metrics;
 use crate::series::{Runs, Series};
 use crate::step::{self, Memory};
 
+mod cycles;
 mod decisions;
+
+pub use cycles::{CycleLag, Cycles, Logged};
 
 pub use decisions::{DecisionLog, DecisionRecord};
 
@@ -288,6 +291,8 @@ struct Inner {
     outbox: OnceLock<Outbox>,
     /// The targets discovered from Prometheus, when `serve` discovers any.
     discovery: OnceLock<Registry>,
+    /// Which target loops are behind their schedule.
+    cycles: Cycles,
 }
 
 impl Store {
@@ -315,8 +320,14 @@ impl Store {
                 clock,
                 outbox: OnceLock::new(),
                 discovery: OnceLock::new(),
+                cycles: Cycles::default(),
             }),
         }
+    }
+
+    /// Which target loops are behind their schedule.
+    pub fn cycles(&self) -> &Cycles {
+        &self.inner.cycles
     }
 
     /// Now, in Unix seconds, on the pipeline's clock.

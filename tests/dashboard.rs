@@ -450,6 +450,9 @@ fn check_badges(browser: &mut Browser, page: &str) {
     assert!(unreadable.is_empty(), "unreadable badges: {unreadable:#?}");
 }
 
+/// The header's word on the loops' schedule.
+const CYCLES: &str = r#"document.getElementById("cycles").textContent"#;
+
 /// The bottleneck line for breaches of each kind, rendered by the page's own code.
 const BREACH_WORDS: &str = r##"(async () => {
   const d = await getJson("/api/v1/targets/web");
@@ -549,6 +552,13 @@ async fn dashboard_draws_demand_since_start_in_headless_chromium() {
             STATES.iter().any(|s| badge == format!("badge {s}")),
             "target state shown: {shown}"
         );
+        // The header says whether the loops keep their schedule (from /readyz).
+        let cycles = common::poll_until("the header's schedule", Duration::from_secs(60), || {
+            let text = browser.try_eval(&page, CYCLES).ok()?;
+            let text = text.as_str()?.to_owned();
+            (text == "cycles on schedule" || text.contains("behind schedule")).then_some(text)
+        });
+        assert!(!cycles.is_empty());
         check_demand_since_start(&mut browser, &page, start);
         check_badges(&mut browser, &page);
         check_breach_wording(&mut browser, &page);

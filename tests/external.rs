@@ -70,8 +70,11 @@ impl Platform {
     }
 }
 
+/// The count a platform runs, read at each scrape.
+type Running = Box<dyn Fn() -> u64 + Send + Sync>;
+
 /// `/metrics`: a counter at 40 requests/s, and `platform_replicas{target=…}` per platform.
-fn exporter(platforms: Vec<(&'static str, Box<dyn Fn() -> u64 + Send + Sync>)>) -> Server {
+fn exporter(platforms: Vec<(&'static str, Running)>) -> Server {
     let platforms = Arc::new(platforms);
     let started = std::time::Instant::now();
     let metrics = move || {

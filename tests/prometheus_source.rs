@@ -18,6 +18,7 @@ fn client_with(url: &str, auth: Option<PrometheusAuth>, timeout: Duration) -> Pr
         auth,
         timeout,
         max_answer_bytes: prescale::config::DEFAULT_MAX_ANSWER_BYTES,
+        max_concurrency: prescale::config::DEFAULT_MAX_CONCURRENCY,
     };
     PrometheusClient::new(&cfg).expect("build the client")
 }
@@ -274,12 +275,10 @@ async fn a_syntax_error_passes_on_prometheus_message() {
     }
 }
 
+/// A 503 is asked again twice after a jittered pause; the last one is the error.
 #[tokio::test]
 async fn an_http_error_without_a_prometheus_body_keeps_status_and_body() {
-    let receiver = Receiver::with_replies(
-        vec![Reply::body(503, "upstream connect error")],
-        Reply::status(200),
-    );
+    let receiver = Receiver::with_replies(vec![], Reply::body(503, "upstream connect error"));
     let source: &dyn Source = &client(&receiver.url("/"));
     let err = source.range("up", 0, 600, 60).await.expect_err("a 503");
     match &err {
@@ -295,6 +294,28 @@ async fn an_http_error_without_a_prometheus_body_keeps_status_and_body() {
         }
         other => panic!("expected an HTTP error, got {other:?}"),
     }
+    assert_eq!(receiver.requests().len(), 3, "asked three times in all");
+}
+
+/// An overloaded Prometheus (503) that answers the retry is as good as one that answered
+/// at once; a refusal of the query itself (400) is not asked again.
+#[tokio::test]
+async fn a_transient_failure_is_retried_a_refusal_is_not() {
+    let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[60,"1"],[120,"2"]]}]}}"#;
+    let receiver = Receiver::with_replies(vec![Reply::body(503, "busy")], Reply::body(200, matrix));
+    let source: &dyn Source = &client(&receiver.url("/"));
+    let samples = source
+        .range("up", 60, 120, 60)
+        .await
+        .expect("the retry's answer");
+    assert_eq!(samples.len(), 2);
+    assert_eq!(receiver.requests().len(), 2);
+    let refused = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+    let receiver = Receiver::with_replies(vec![], Reply::body(400, refused));
+    let source: &dyn Source = &client(&receiver.url("/"));
+    let err = source.range("up(", 60, 120, 60).await.expect_err("refused");
+    assert!(matches!(err, SourceError::Prometheus { .. }), "{err:?}");
+    assert_eq!(receiver.requests().len(), 1, "a refusal is final");
 }
 
 #[tokio::test]
@@ -586,6 +607,7 @@ async fn an_answer_larger_than_the_limit_is_refused() {
             auth: None,
             timeout: Duration::from_secs(10),
             max_answer_bytes,
+            max_concurrency: prescale::config::DEFAULT_MAX_CONCURRENCY,
         })
         .expect("build the client")
     };

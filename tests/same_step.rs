@@ -114,6 +114,7 @@ async fn serve_and_backtest_decide_the_same_at_the_same_times() {
         auth: None,
         timeout: Duration::from_secs(30),
         max_answer_bytes: prescale::config::DEFAULT_MAX_ANSWER_BYTES,
+        max_concurrency: prescale::config::DEFAULT_MAX_CONCURRENCY,
     })
     .expect("client");
     let live = TargetLoop {

@@ -155,12 +155,19 @@ history = "2d"
     cfg.write_file("secret", SECRET);
     let app = Running::start(cfg.path()).await;
 
-    // Ready once backfilled: 2 days at 10 s, fetched in two chunks.
+    // Ready once the recent hours are in; the rest of the 2 days at 10 s follows, newest
+    // first, in chunks of 1,440 points, and the target is degraded until it is in.
     app.wait("readiness", "/readyz", |s, b| {
         (s == 200 && b["ready"] == true).then_some(())
     })
     .await;
-    let (_, detail) = app.get("/api/v1/targets/web").await;
+    let detail = app
+        .wait("the older history", "/api/v1/targets/web", |_, b| {
+            b["signals"]["request_rate"]["loading"]
+                .is_null()
+                .then(|| b.clone())
+        })
+        .await;
     let points = detail["points"].as_u64().unwrap();
     assert!(
         (17_280..=17_283).contains(&points),

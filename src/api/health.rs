@@ -44,6 +44,21 @@ pub(super) struct Readiness {
     /// Targets with a missing, failing or stale signal (a query that matches nothing, one
     /// Prometheus refuses or cannot answer), ready or not: they never make it not ready.
     degraded: Vec<DegradedTarget>,
+    /// Whether the target loops keep their schedule; falling behind never makes it not
+    /// ready.
+    cycles: CycleHealth,
+}
+
+/// How far the target loops are behind their schedule.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct CycleHealth {
+    /// Targets whose last cycle started more than a second, or a tenth of their interval,
+    /// after it was due (the cycle before took longer than the interval).
+    behind: usize,
+    /// The largest of their lags, seconds; 0 when none is behind.
+    max_lag_seconds: f64,
+    /// The target with that lag, if any.
+    slowest: Option<String>,
 }
 
 /// A degraded target and why.
@@ -96,10 +111,16 @@ pub(super) async fn readyz(State(store): State<Store>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let lag = store.cycles().lag();
     let body = Readiness {
         ready,
         reasons: waiting,
         degraded,
+        cycles: CycleHealth {
+            behind: lag.behind,
+            max_lag_seconds: lag.max_lag_seconds,
+            slowest: lag.slowest,
+        },
     };
     (status, Json(body)).into_response()
 }

@@ -462,6 +462,9 @@ pub(super) struct SignalHealth {
     last_poll: Option<i64>,
     /// The last poll's error, if it failed.
     error: Option<String>,
+    /// While its older history is still being loaded after the recent hours: the oldest
+    /// time loaded so far (Unix s); the target is degraded (no scale-in) until it is done.
+    loading: Option<i64>,
 }
 
 impl From<&store::SignalHealth> for SignalHealth {
@@ -470,6 +473,7 @@ impl From<&store::SignalHealth> for SignalHealth {
             newest: h.newest,
             last_poll: h.last_poll,
             error: h.error.clone(),
+            loading: h.loading,
         }
     }
 }

@@ -129,7 +129,16 @@ pub struct PrometheusConfig {
     pub timeout: Duration,
     /// The largest answer read, in bytes; a larger one is refused.
     pub max_answer_bytes: usize,
+    /// Most requests in flight to Prometheus at once (backfill, polls and discovery
+    /// together); the others wait for a slot.
+    pub max_concurrency: usize,
 }
+
+/// The default of `[prometheus] max_concurrency`.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 8;
+
+/// The largest `[prometheus] max_concurrency` accepted.
+pub const MAX_CONCURRENCY_LIMIT: u64 = 256;
 
 /// The default of `[prometheus] max_answer_bytes`: 32 MiB, about a million samples.
 pub const DEFAULT_MAX_ANSWER_BYTES: usize = 32 << 20;

@@ -182,6 +182,9 @@ pub struct RawPrometheus {
     pub basic_auth: Option<RawBasicAuth>,
     /// The largest answer read, in bytes (default 32 MiB).
     pub max_answer_bytes: Option<u64>,
+    /// Most requests in flight to Prometheus at once, shared by backfill, polling and
+    /// discovery (default 8, 1 to 256).
+    pub max_concurrency: Option<u64>,
 }
 
 /// `[prometheus.basic_auth]`.

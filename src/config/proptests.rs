@@ -313,6 +313,11 @@ fn near_schema() -> impl Strategy<Value = String> {
                             .boxed(),
                     ),
                     (
+                        "max_concurrency",
+                        prop_oneof![10 => (1i64..=256).prop_map(Value::Integer), 1 => int()]
+                            .boxed(),
+                    ),
+                    (
                         "basic_auth",
                         sub(
                             vec![

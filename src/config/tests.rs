@@ -629,6 +629,42 @@ fn max_answer_bytes_defaults_and_has_a_floor() {
     );
 }
 
+#[test]
+fn max_concurrency_defaults_and_is_bounded() {
+    let with = |line: &str| {
+        let text = MINIMAL.replace(
+            "url = \"http://127.0.0.1:9090\"",
+            &format!("url = \"http://127.0.0.1:9090\"\n{line}"),
+        );
+        parse(&text).map(|c| c.prometheus.expect("configured").max_concurrency)
+    };
+    #[track_caller]
+    fn check(got: Result<usize, ConfigError>, expected: Result<usize, &[&str]>) {
+        match (got, expected) {
+            (Ok(n), Ok(want)) => assert_eq!(n, want),
+            (Err(e), Err(want)) => {
+                let e = e.to_string();
+                assert!(want.iter().all(|w| e.contains(w)), "{e}");
+            }
+            (got, want) => panic!("got {got:?}, expected {want:?}"),
+        }
+    }
+    check(with(""), Ok(DEFAULT_MAX_CONCURRENCY));
+    check(with("max_concurrency = 1"), Ok(1));
+    check(with("max_concurrency = 256"), Ok(256));
+    let range = [
+        "test.toml",
+        "prometheus.max_concurrency",
+        "expected 1 to 256",
+    ];
+    check(with("max_concurrency = 0"), Err(&range));
+    check(with("max_concurrency = 257"), Err(&range));
+    check(
+        with("max_concurrency = -3"),
+        Err(&["test.toml", "max_concurrency = -3"]),
+    );
+}
+
 /// Credentials in a URL that did not parse, or in a line the TOML parser quotes, are
 /// hidden; the rest of the text stays.
 #[test]

@@ -232,11 +232,25 @@ impl Validator<'_> {
                 ));
             }
         };
+        let max_concurrency = match p.max_concurrency {
+            None => super::DEFAULT_MAX_CONCURRENCY,
+            Some(n @ 1..=super::MAX_CONCURRENCY_LIMIT) => n as usize,
+            Some(n) => {
+                return Err(self.err(
+                    "prometheus.max_concurrency",
+                    format!(
+                        "{n} is out of range; expected 1 to {} requests in flight",
+                        super::MAX_CONCURRENCY_LIMIT
+                    ),
+                ));
+            }
+        };
         Ok(PrometheusConfig {
             url,
             auth,
             timeout,
             max_answer_bytes,
+            max_concurrency,
         })
     }
 

@@ -48,6 +48,20 @@ pub trait Source: Send + Sync {
         step: i64,
     ) -> BoxFuture<'a, Result<Checked<Grouped>, SourceError>>;
 
+    /// [`Source::range_checked`] for older history, loaded after the recent hours: a
+    /// source with a limit on its requests in flight lets it wait behind polls (see
+    /// [`Priority`]). The range is asked as one request when it spans at most
+    /// [`prometheus::MAX_POINTS_PER_REQUEST`] steps.
+    fn history_checked<'a>(
+        &'a self,
+        query: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Checked<Vec<Sample>>, SourceError>> {
+        self.range_checked(query, start, end, step)
+    }
+
     /// The label sets of the series `query` gives now (an instant query): the services a
     /// `[[discovery]]` finds. No series is an empty list, not an error. Sources that answer
     /// range queries only (replayed traces) refuse it with [`SourceError::Unsupported`].
@@ -83,6 +97,16 @@ pub trait Source: Send + Sync {
         let checked = self.range_by_checked(query, label, start, end, step);
         Box::pin(async move { checked.await.map(|c| c.value) })
     }
+}
+
+/// Whose request it is, when a source limits its requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A poll, the recent hours of a backfill, or a discovery: what a decision waits for.
+    Poll,
+    /// Older history, loaded while the targets already decide: it takes at most half
+    /// the slots.
+    History,
 }
 
 /// What a query gave, with the samples dropped at the door to give it.

@@ -9,23 +9,31 @@
 //!
 //! Non-finite values (`NaN`, `+Inf`, `-Inf`, e.g. from a division by a zero rate) are
 //! dropped, leaving gaps; a series with no finite value in the range counts as absent.
+//!
+//! Every request waits for one of `[prometheus] max_concurrency` slots ([`slots`]), shared
+//! by every clone of the client, and a transient failure (unreachable, 429/502/503/504) is
+//! asked again after a jittered pause. Chunks are kept small (a day at a one-minute step)
+//! so that a request that times out leaves little work running in Prometheus.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::{BoxFuture, Checked, Dropped, Grouped, Labels, Source, SourceError, admit};
+use super::{BoxFuture, Checked, Dropped, Grouped, Labels, Priority, Source, SourceError, admit};
 use crate::config::{PrometheusAuth, PrometheusConfig};
 use crate::series::{Sample, align_down};
+#[cfg(test)]
+use answer::parse_value;
+use answer::result_of;
+use answer::{Answer, Labelled, parse};
+use slots::{ATTEMPTS, Slots, pause, worth_retrying};
 
-/// Most steps asked of Prometheus in one request (it refuses more than 11,000).
-pub const MAX_POINTS_PER_REQUEST: i64 = 10_000;
-
-/// How much of an unexpected response body is kept in [`SourceError::Http`].
-const BODY_EXCERPT_CHARS: usize = 500;
+/// Most steps asked of Prometheus in one request: a day at a one-minute step. Prometheus
+/// refuses more than 11,000; fewer keep each request short, so that one that times out
+/// leaves little work running there, and a long backfill shares the slots in small turns.
+pub const MAX_POINTS_PER_REQUEST: i64 = 1_440;
 
 /// The client could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +68,14 @@ pub struct PrometheusClient {
     auth: Option<PrometheusAuth>,
     timeout: Duration,
     max_answer_bytes: usize,
+    /// The requests in flight, shared by the clones.
+    slots: Slots,
 }
 
 impl PrometheusClient {
     /// A client for the server at `cfg.url` (a path prefix such as `/prometheus` is kept),
-    /// sending `cfg.auth` with every request and giving up on one after `cfg.timeout`.
+    /// sending `cfg.auth` with every request, at most `cfg.max_concurrency` at once, and
+    /// giving up on one after `cfg.timeout` (counted from when it has its slot).
     ///
     /// Installs rustls' `ring` provider as the process default unless one is installed
     /// already, since reqwest is built without a provider of its own.
@@ -99,6 +110,7 @@ impl PrometheusClient {
             auth: cfg.auth.clone(),
             timeout: cfg.timeout,
             max_answer_bytes: cfg.max_answer_bytes,
+            slots: Slots::new(cfg.max_concurrency),
         })
     }
 
@@ -112,12 +124,17 @@ impl PrometheusClient {
         start: i64,
         end: i64,
         step: i64,
+        priority: Priority,
     ) -> Result<(Vec<Labelled>, Dropped), SourceError> {
         let step = step.max(1);
         let mut merged: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
         let mut dropped = Dropped::default();
         for (from, to) in chunks(start, end, step) {
-            let mut answer = self.query_range(query, from, to, step).await?;
+            let mut answer = self
+                .retrying(query, || {
+                    self.query_range(query, (from, to, step), priority)
+                })
+                .await?;
             dropped.non_finite += answer.dropped;
             for s in &mut answer.series {
                 let (kept, out) = admit(std::mem::take(&mut s.samples), from, to, step);
@@ -165,13 +182,33 @@ impl PrometheusClient {
         Ok((usable, dropped))
     }
 
+    /// `attempt` until it succeeds, fails for good or has been tried [`ATTEMPTS`] times,
+    /// pausing (without a slot) before each retry.
+    async fn retrying<T, F: Future<Output = Result<T, SourceError>>>(
+        &self,
+        query: &str,
+        attempt: impl Fn() -> F,
+    ) -> Result<T, SourceError> {
+        let mut retry = 0;
+        loop {
+            match attempt().await {
+                Err(e) if retry + 1 < ATTEMPTS && worth_retrying(&e) => {
+                    let wait = pause(retry, rand::random::<f64>());
+                    debug!(query, error = %e, retry = retry + 1, wait_ms = wait.as_millis() as u64, "query failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    retry += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// One request for `[start, end]`, both on the step grid.
     async fn query_range(
         &self,
         query: &str,
-        start: i64,
-        end: i64,
-        step: i64,
+        (start, end, step): (i64, i64, i64),
+        priority: Priority,
     ) -> Result<Answer, SourceError> {
         let params = [
             ("query", query.to_owned()),
@@ -180,20 +217,23 @@ impl PrometheusClient {
             ("step", step.to_string()),
         ];
         let (status, body) = self
-            .send(&self.endpoint, &self.shown, query, &params)
+            .send(&self.endpoint, &self.shown, query, &params, priority)
             .await?;
         parse(query, &self.shown, status, &body)
     }
 
-    /// One GET of `endpoint` (shown as `shown`) with `params`, authenticated: the status
-    /// and the body, read up to `max_answer_bytes`.
+    /// One GET of `endpoint` (shown as `shown`) with `params`, authenticated, once it has
+    /// a slot: the status and the body, read up to `max_answer_bytes`. The slot is held
+    /// until the body is read, and the timeout counts from when it was taken.
     async fn send(
         &self,
         endpoint: &Url,
         shown: &str,
         query: &str,
         params: &[(&str, String)],
+        priority: Priority,
     ) -> Result<(u16, Vec<u8>), SourceError> {
+        let _slot = self.slots.take(priority).await;
         let mut request = self
             .http
             .get(endpoint.clone())
@@ -286,20 +326,23 @@ impl Source for PrometheusClient {
         step: i64,
     ) -> BoxFuture<'a, Result<Checked<Vec<Sample>>, SourceError>> {
         Box::pin(async move {
-            let (mut series, dropped) = self.fetch(query, start, end, step).await?;
-            match series.len() {
-                0 => Err(SourceError::Empty {
-                    query: query.to_owned(),
-                }),
-                1 => Ok(Checked {
-                    value: series.swap_remove(0).samples,
-                    dropped,
-                }),
-                count => Err(SourceError::ManySeries {
-                    query: query.to_owned(),
-                    count,
-                }),
-            }
+            let (series, dropped) = self.fetch(query, start, end, step, Priority::Poll).await?;
+            one(query, series, dropped)
+        })
+    }
+
+    fn history_checked<'a>(
+        &'a self,
+        query: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> BoxFuture<'a, Result<Checked<Vec<Sample>>, SourceError>> {
+        Box::pin(async move {
+            let (series, dropped) = self
+                .fetch(query, start, end, step, Priority::History)
+                .await?;
+            one(query, series, dropped)
         })
     }
 
@@ -312,7 +355,7 @@ impl Source for PrometheusClient {
         step: i64,
     ) -> BoxFuture<'a, Result<Checked<Grouped>, SourceError>> {
         Box::pin(async move {
-            let (series, dropped) = self.fetch(query, start, end, step).await?;
+            let (series, dropped) = self.fetch(query, start, end, step, Priority::Poll).await?;
             let value = group(query, label, series)?;
             Ok(Checked { value, dropped })
         })
@@ -320,6 +363,28 @@ impl Source for PrometheusClient {
 
     fn label_sets<'a>(&'a self, query: &'a str) -> BoxFuture<'a, Result<Vec<Labels>, SourceError>> {
         Box::pin(self.instant_labels(query))
+    }
+}
+
+/// The one series a query gave: none is [`SourceError::Empty`], more than one
+/// [`SourceError::ManySeries`].
+fn one(
+    query: &str,
+    mut series: Vec<Labelled>,
+    dropped: Dropped,
+) -> Result<Checked<Vec<Sample>>, SourceError> {
+    match series.len() {
+        0 => Err(SourceError::Empty {
+            query: query.to_owned(),
+        }),
+        1 => Ok(Checked {
+            value: series.swap_remove(0).samples,
+            dropped,
+        }),
+        count => Err(SourceError::ManySeries {
+            query: query.to_owned(),
+            count,
+        }),
     }
 }
 
@@ -371,166 +436,6 @@ fn chunks(start: i64, end: i64, step: i64) -> Vec<(i64, i64)> {
     out
 }
 
-// A series' identity ([`Labels`]): its labels, `__name__` included when Prometheus keeps it.
-
-/// One series with its finite samples.
-#[derive(Debug, Clone, PartialEq)]
-struct Labelled {
-    labels: Labels,
-    samples: Vec<Sample>,
-}
-
-/// What one successful request gave.
-#[derive(Debug, PartialEq)]
-struct Answer {
-    /// The series, samples finite and sorted; a series may have none left.
-    series: Vec<Labelled>,
-    /// How many non-finite samples were dropped.
-    dropped: usize,
-    /// Prometheus' warnings (e.g. about a rate over a non-counter).
-    warnings: Vec<String>,
-}
-
-/// The envelope of every Prometheus API answer.
-#[derive(Deserialize)]
-struct Envelope {
-    status: String,
-    data: Option<Data>,
-    #[serde(rename = "errorType")]
-    error_type: Option<String>,
-    error: Option<String>,
-    #[serde(default)]
-    warnings: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Data {
-    #[serde(rename = "resultType")]
-    result_type: String,
-    result: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-struct RawSeries {
-    #[serde(default)]
-    metric: Labels,
-    /// `[unix_seconds, "value"]`; absent for native histograms, which are not used.
-    #[serde(default)]
-    values: Vec<(f64, String)>,
-}
-
-/// The result of one HTTP answer, and its warnings: a Prometheus error body (whatever the
-/// status) is [`SourceError::Prometheus`], another non-2xx is [`SourceError::Http`], and a
-/// 2xx must be a `success` whose result is of type `expected` (`hint` follows the message
-/// of another type).
-pub(super) fn result_of(
-    query: &str,
-    url: &str,
-    (status, body): (u16, &[u8]),
-    expected: &str,
-    hint: &str,
-) -> Result<(serde_json::Value, Vec<String>), SourceError> {
-    let envelope = serde_json::from_slice::<Envelope>(body);
-    if let Ok(e) = &envelope
-        && e.status == "error"
-    {
-        return Err(SourceError::Prometheus {
-            query: query.to_owned(),
-            error_type: e.error_type.clone().unwrap_or_else(|| "unknown".to_owned()),
-            message: e.error.clone().unwrap_or_default(),
-        });
-    }
-    if !(200..300).contains(&status) {
-        return Err(SourceError::Http {
-            query: query.to_owned(),
-            url: url.to_owned(),
-            status,
-            body: excerpt(body),
-        });
-    }
-    let decode = |message: String| SourceError::Decode {
-        query: query.to_owned(),
-        message,
-    };
-    let envelope = envelope.map_err(|e| decode(format!("not a Prometheus API answer: {e}")))?;
-    if envelope.status != "success" {
-        return Err(decode(format!("unknown status `{}`", envelope.status)));
-    }
-    let data = envelope
-        .data
-        .ok_or_else(|| decode("no `data` in a successful answer".to_owned()))?;
-    if data.result_type != expected {
-        return Err(decode(format!(
-            "result type `{}`; expected `{expected}`{hint}",
-            data.result_type
-        )));
-    }
-    Ok((data.result, envelope.warnings))
-}
-
-/// Reads one HTTP answer, which must be a matrix (see [`result_of`]).
-fn parse(query: &str, url: &str, status: u16, body: &[u8]) -> Result<Answer, SourceError> {
-    let (result, warnings) = result_of(query, url, (status, body), "matrix", "")?;
-    let decode = |message: String| SourceError::Decode {
-        query: query.to_owned(),
-        message,
-    };
-    let raw: Vec<RawSeries> =
-        serde_json::from_value(result).map_err(|e| decode(format!("malformed matrix: {e}")))?;
-    let mut dropped = 0;
-    let mut series = Vec::with_capacity(raw.len());
-    for s in raw {
-        let mut samples = Vec::with_capacity(s.values.len());
-        for (ts, value) in s.values {
-            if !ts.is_finite() {
-                return Err(decode(format!("timestamp `{ts}` is not a number")));
-            }
-            let value = parse_value(&value)
-                .ok_or_else(|| decode(format!("value `{value}` is not a number")))?;
-            if value.is_finite() {
-                samples.push(Sample {
-                    ts: ts.round() as i64,
-                    value,
-                });
-            } else {
-                dropped += 1;
-            }
-        }
-        // Prometheus sends them sorted; a misbehaving server may not. Sorted, one per time.
-        samples.sort_by_key(|x| x.ts);
-        samples.dedup_by_key(|x| x.ts);
-        series.push(Labelled {
-            labels: s.metric,
-            samples,
-        });
-    }
-    Ok(Answer {
-        series,
-        dropped,
-        warnings,
-    })
-}
-
-/// A sample value as Prometheus writes it: a decimal, `NaN`, `+Inf` or `-Inf`.
-fn parse_value(s: &str) -> Option<f64> {
-    match s {
-        "NaN" => Some(f64::NAN),
-        "+Inf" => Some(f64::INFINITY),
-        "-Inf" => Some(f64::NEG_INFINITY),
-        _ => s.parse().ok(),
-    }
-}
-
-/// The start of a body, for a message.
-fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(BODY_EXCERPT_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
 /// A URL without user name and password, for messages.
 fn redacted(url: &Url) -> String {
     let mut url = url.clone();
@@ -572,8 +477,11 @@ mod tests {
         // Exactly one full chunk, then one point more.
         check((0, (n - 1) * 5, 5), &[(0, (n - 1) * 5)]);
         check((0, n * 5, 5), &[(0, (n - 1) * 5), (n * 5, n * 5)]);
-        // One day at 5s: 17,281 points in two requests.
-        check((0, 86_400, 5), &[(0, (n - 1) * 5), (n * 5, 86_400)]);
+        // Two days at one minute: 2,881 points in three requests.
+        check(
+            (0, 2 * 86_400, 60),
+            &[(0, 86_340), (86_400, 172_740), (172_800, 172_800)],
+        );
         check((-7, 3, 5), &[(-10, 0)]);
     }
 
@@ -598,150 +506,18 @@ mod tests {
         }
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pub(super) fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
     }
 
-    fn samples(pairs: &[(i64, f64)]) -> Vec<Sample> {
+    pub(super) fn samples(pairs: &[(i64, f64)]) -> Vec<Sample> {
         pairs
             .iter()
             .map(|&(ts, value)| Sample { ts, value })
             .collect()
-    }
-
-    /// The outcome of [`parse`], flattened for comparison.
-    #[derive(Debug, PartialEq)]
-    enum Parsed {
-        Ok {
-            series: Vec<(Labels, Vec<Sample>)>,
-            dropped: usize,
-            warnings: Vec<String>,
-        },
-        Err(String),
-    }
-
-    #[track_caller]
-    fn check(input: (u16, &str), expected: Parsed) {
-        let (status, body) = input;
-        let got = match parse("q", "http://p/api/v1/query_range", status, body.as_bytes()) {
-            Ok(a) => Parsed::Ok {
-                series: a
-                    .series
-                    .into_iter()
-                    .map(|s| (s.labels, s.samples))
-                    .collect(),
-                dropped: a.dropped,
-                warnings: a.warnings,
-            },
-            Err(e) => Parsed::Err(format!("{}: {e}", e.metric_label())),
-        };
-        assert_eq!(got, expected, "parse({status}, {body})");
-    }
-
-    fn ok(series: Vec<(Labels, Vec<Sample>)>, dropped: usize) -> Parsed {
-        Parsed::Ok {
-            series,
-            dropped,
-            warnings: vec![],
-        }
-    }
-
-    fn err(s: &str) -> Parsed {
-        Parsed::Err(s.to_owned())
-    }
-
-    #[test]
-    fn parse_matrix_drops_non_finite_values() {
-        check(
-            (
-                200,
-                r#"{"status":"success","data":{"resultType":"matrix","result":[
-                    {"metric":{"instance":"a"},"values":[[60,"1.5"],[120,"NaN"],[180,"+Inf"],[240,"-Inf"],[300,"2e3"]]},
-                    {"metric":{},"values":[[1700000000.0,"-0.25"]]}]}}"#,
-            ),
-            ok(
-                vec![
-                    (
-                        labels(&[("instance", "a")]),
-                        samples(&[(60, 1.5), (300, 2000.0)]),
-                    ),
-                    (labels(&[]), samples(&[(1_700_000_000, -0.25)])),
-                ],
-                3,
-            ),
-        );
-        check(
-            (
-                200,
-                r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
-            ),
-            ok(vec![], 0),
-        );
-        check(
-            (
-                200,
-                r#"{"status":"success","warnings":["w1"],"data":{"resultType":"matrix","result":[{"metric":{},"values":[[5,"NaN"]]}]}}"#,
-            ),
-            Parsed::Ok {
-                series: vec![(labels(&[]), vec![])],
-                dropped: 1,
-                warnings: vec!["w1".to_owned()],
-            },
-        );
-    }
-
-    #[test]
-    fn parse_maps_errors_to_their_cause() {
-        let bad_data = r#"{"status":"error","errorType":"bad_data","error":"1:5: parse error"}"#;
-        for status in [400, 422, 503, 200] {
-            check(
-                (status, bad_data),
-                err("prometheus_error: Prometheus refused query `q`: bad_data: 1:5: parse error"),
-            );
-        }
-        check(
-            (502, "<html>Bad Gateway</html>\n"),
-            err(
-                "http: query `q`: HTTP 502 from http://p/api/v1/query_range: <html>Bad Gateway</html>",
-            ),
-        );
-        check(
-            (404, r#"{"status":"success"}"#),
-            err(
-                "http: query `q`: HTTP 404 from http://p/api/v1/query_range: {\"status\":\"success\"}",
-            ),
-        );
-        check(
-            (200, "<html>"),
-            err(
-                "decode: query `q`: unreadable answer: not a Prometheus API answer: expected value at line 1 column 1",
-            ),
-        );
-        check(
-            (
-                200,
-                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
-            ),
-            err("decode: query `q`: unreadable answer: result type `vector`; expected `matrix`"),
-        );
-        check(
-            (
-                200,
-                r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[5,"x"]]}]}}"#,
-            ),
-            err("decode: query `q`: unreadable answer: value `x` is not a number"),
-        );
-    }
-
-    #[test]
-    fn long_http_bodies_are_cut() {
-        let body = "x".repeat(2 * BODY_EXCERPT_CHARS);
-        let cut = excerpt(body.as_bytes());
-        assert_eq!(cut.chars().count(), BODY_EXCERPT_CHARS + 1);
-        assert!(cut.ends_with('…'));
     }
 
     #[test]
@@ -796,6 +572,7 @@ mod tests {
                 auth: None,
                 timeout: Duration::from_secs(1),
                 max_answer_bytes: crate::config::DEFAULT_MAX_ANSWER_BYTES,
+                max_concurrency: crate::config::DEFAULT_MAX_CONCURRENCY,
             };
             let client = PrometheusClient::new(&cfg).unwrap();
             assert_eq!(client.shown, expected, "{input}");
@@ -810,6 +587,8 @@ mod tests {
     }
 }
 
+mod answer;
 mod instant;
 #[cfg(test)]
 mod proptests;
+mod slots;

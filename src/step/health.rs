@@ -54,6 +54,11 @@ pub struct SignalHealth {
     pub last_poll: Option<i64>,
     /// The last poll's error, if it failed.
     pub error: Option<String>,
+    /// While its older history is still being loaded (the first poll asked for the recent
+    /// hours only): the oldest time loaded so far (Unix s). Scaling is degraded until it
+    /// is `None`: no scale-in on a history that is not all there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loading: Option<i64>,
 }
 
 /// Why scaling is degraded at `now`: one line per target-level signal (request rate,
@@ -80,6 +85,12 @@ fn health_problem(signal: Signal, h: &SignalHealth, now: i64, stale_after: i64) 
             "{name}: stale, newest sample {}s old (stale_after {stale_after}s)",
             now - ts
         )),
-        _ => None,
+        (Some(_), None) => h.loading.map(|from| {
+            let loaded = std::time::Duration::from_secs(u64::try_from(now - from).unwrap_or(0));
+            format!(
+                "{name}: older history still loading (the newest {} loaded)",
+                humantime::format_duration(loaded)
+            )
+        }),
     }
 }

@@ -324,7 +324,26 @@ function renderDelivery(d) {
     : "nothing sent yet";
 }
 
+// The header's word on the loops' schedule, from /readyz (which needs no token and
+// answers 503 while not ready, with the same body).
+async function renderCycles() {
+  let cycles;
+  try {
+    cycles = (await (await fetch("/readyz", { headers: { accept: "application/json" } })).json()).cycles;
+  } catch (_) { return; }
+  if (!cycles) return;
+  const el = $("#cycles");
+  if (cycles.behind === 0) {
+    el.className = "muted";
+    el.textContent = "cycles on schedule";
+  } else {
+    el.className = "warn";
+    el.textContent = `${cycles.behind} target(s) behind schedule, up to ${cycles.max_lag_seconds.toFixed(1)} s late (${cycles.slowest})`;
+  }
+}
+
 async function refresh() {
+  renderCycles();
   try {
     const { targets } = await getJson("/api/v1/targets");
     $("#auth").hidden = true;

@@ -137,6 +137,7 @@ fn signals_instances_deliveries_points_samples() {
         newest: Some(1),
         last_poll: None,
         error: Some("boom".into()),
+        loading: Some(0),
     };
     check(&h, SignalHealth::from(&h));
     let s = store::InstanceStats {

@@ -1,10 +1,11 @@
 //! Instant queries (`GET {base}/api/v1/query`): the label sets of the series a query gives
-//! now, which `[[discovery]]` turns into targets.
+//! now, which `[[discovery]]` turns into targets. They wait for a slot as polls do.
 
 use serde::Deserialize;
 use tracing::{debug, warn};
 
 use super::{Labels, PrometheusClient, SourceError, result_of};
+use crate::source::Priority;
 
 /// One element of an instant vector; its value is not needed.
 #[derive(Deserialize)]
@@ -18,10 +19,20 @@ impl PrometheusClient {
     /// repeats; none is an empty list.
     pub(super) async fn instant_labels(&self, query: &str) -> Result<Vec<Labels>, SourceError> {
         let params = [("query", query.to_owned())];
-        let (status, body) = self
-            .send(&self.instant, &self.instant_shown, query, &params)
+        let (sets, warnings) = self
+            .retrying(query, || async {
+                let (status, body) = self
+                    .send(
+                        &self.instant,
+                        &self.instant_shown,
+                        query,
+                        &params,
+                        Priority::Poll,
+                    )
+                    .await?;
+                parse_vector(query, &self.instant_shown, status, &body)
+            })
             .await?;
-        let (sets, warnings) = parse_vector(query, &self.instant_shown, status, &body)?;
         for w in &warnings {
             warn!(query, warning = %w, "Prometheus warned about a query");
         }

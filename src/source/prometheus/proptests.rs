@@ -204,6 +204,7 @@ impl Server {
             auth: None,
             timeout: Duration::from_secs(30),
             max_answer_bytes,
+            max_concurrency: crate::config::DEFAULT_MAX_CONCURRENCY,
         };
         PrometheusClient::new(&cfg).expect("client")
     }
